@@ -1,0 +1,183 @@
+"""`auto`: the project's default policy — Thompson sampling on a structured model.
+
+It gets no profile; it learns from what it observes, using structure the
+bandits ignore:
+  * every round reveals acceptance of positions 1..min(A+1, L) (censored), so
+    the conditional acceptance h(i) = P(accept i | accepted i-1) is learned from
+    all rounds whatever their length (Kaplan-Meier counts) and S(i) = prod h;
+  * compute does not depend on the delay: C(L) = round_ms - 2 d is learned once
+    (per-length means shrunk toward an affine fit across lengths) and reused at
+    every delay, so drift costs no re-learning.
+Each round it samples h(i) from (tempered) Beta posteriors and plays argmin_L (C(L) + 2d)/B(L)
+at the current delay. With an observable channel state it estimates the chain
+(per-state delay, transitions, per-state compute scale) and plays the
+semi-Markov optimum instead: with purely additive delay that is one length for
+all states (the myopic per-state rule is worse, see control.markov).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from control.policies.base import Policy
+from control.types import RoundContext, RoundOutcome
+
+PRIOR_STRENGTH = 2.0
+SHRINK_ROUNDS = 30.0  # per-length compute means need this many rounds to outweigh the affine fit
+DEFAULT_ACCEPT = 0.7
+TEMPER = 0.8  # posterior deviations are scaled by this: less dithering among near-equal lengths
+
+
+class AutoPolicy(Policy):
+    spec = "auto"
+
+    def __init__(self, max_length: int, seed: int = 0):
+        super().__init__(max_length)
+        k = max_length
+        self.seed = int(seed) & 0x7FFF_FFFF
+        self.n_obs = 0
+        self.n_chosen = 0
+        self.accepted = np.zeros(k)      # rounds where position i was accepted
+        self.at_risk = np.zeros(k)       # rounds where position i was drafted and reached
+        self.arm_n = np.zeros(k)
+        self.arm_sum = np.zeros(k)       # sum of compute ms per length
+        self.states: dict[str, dict] = {}  # per channel state: n, delay_sum, compute_sum, predicted_sum
+        self.transitions: dict[str, dict[str, float]] = {}
+        self.prev_state: str | None = None
+
+    # --- learning ----------------------------------------------------------
+    def observe(self, o: RoundOutcome) -> None:
+        L = min(o.length, self.max_length)
+        a = min(o.accepted, L)
+        reached = min(a + 1, L)
+        self.at_risk[:reached] += 1
+        self.accepted[:a] += 1
+        c = o.compute_ms
+        predicted = float(self.compute_estimate()[L - 1]) if self.arm_n.any() else c
+        self.arm_n[L - 1] += 1
+        self.arm_sum[L - 1] += c
+        self.n_obs += 1
+        self.n_chosen = 0
+        if o.context.channel_state is not None:
+            key = str(o.context.channel_state)
+            st = self.states.setdefault(key, {"n": 0.0, "delay_sum": 0.0, "compute_sum": 0.0, "predicted_sum": 0.0})
+            st["n"] += 1
+            st["delay_sum"] += o.context.delay_ms
+            st["compute_sum"] += c
+            st["predicted_sum"] += predicted
+            if self.prev_state is not None:
+                row = self.transitions.setdefault(self.prev_state, {})
+                row[key] = row.get(key, 0.0) + 1
+            self.prev_state = key
+
+    # --- estimates ---------------------------------------------------------
+    def compute_estimate(self) -> np.ndarray:
+        """C(L): per-length means shrunk toward a count-weighted affine fit."""
+        L = np.arange(1, self.max_length + 1, dtype=float)
+        seen = self.arm_n > 0
+        if not seen.any():
+            return L.copy()
+        mean = np.where(seen, self.arm_sum / np.maximum(self.arm_n, 1), 0.0)
+        if seen.sum() >= 2:
+            w = np.sqrt(self.arm_n[seen])
+            slope, icept = np.polyfit(L[seen], mean[seen], 1, w=w)
+            slope = max(slope, 0.0)
+            if slope == 0.0:
+                icept = float(np.average(mean[seen], weights=self.arm_n[seen]))
+        else:  # one length seen: assume drafting is a third of its round's compute
+            only = int(np.flatnonzero(seen)[0])
+            slope = mean[only] / (3.0 * (only + 1))
+            icept = mean[only] - slope * (only + 1)
+        fit = np.maximum(icept + slope * L, 1e-6)
+        return (self.arm_n * mean + SHRINK_ROUNDS * fit) / (self.arm_n + SHRINK_ROUNDS)
+
+    def survival_sample(self, rng: np.random.Generator | None) -> np.ndarray:
+        """S(1..K) from Beta posteriors on h(i) (posterior means when rng is None).
+
+        Prior: position 1 alone (drafts are often "heavy-head": the first token is
+        accepted far less often than later ones); positions >= 2 share a prior whose
+        mean is their pooled acceptance, so an untried length borrows its neighbours'.
+        """
+        a_obs, n_obs = self.accepted, self.at_risk
+        later = n_obs[1:].sum()
+        m_later = a_obs[1:].sum() / later if later else DEFAULT_ACCEPT
+        mean = np.full(self.max_length, float(np.clip(m_later, 0.05, 0.95)))
+        mean[0] = DEFAULT_ACCEPT
+        a = a_obs + PRIOR_STRENGTH * mean
+        b = (n_obs - a_obs) + PRIOR_STRENGTH * (1 - mean)
+        mean_h = a / (a + b)
+        h = mean_h if rng is None else mean_h + TEMPER * (rng.beta(a, b) - mean_h)
+        return np.cumprod(h)
+
+    # --- acting ------------------------------------------------------------
+    def choose(self, ctx: RoundContext) -> int:
+        if self.n_obs == 0:
+            return 1
+        if self.n_obs == 1 and self.arm_n[self.max_length - 1] == 0:
+            return self.max_length  # a second, long round pins the compute slope
+        rng = np.random.default_rng([self.seed, self.n_obs, self.n_chosen])
+        self.n_chosen += 1
+        c = self.compute_estimate()
+        b = 1.0 + np.cumsum(self.survival_sample(rng))
+        if ctx.channel_state is not None and len(self.states) >= 2 and str(ctx.channel_state) in self.states:
+            return self._choose_markov(str(ctx.channel_state), c, b)
+        return int(np.argmin((c + 2.0 * ctx.delay_ms) / b)) + 1
+
+    def _choose_markov(self, state: str, c: np.ndarray, b: np.ndarray) -> int:
+        keys = sorted(self.states)
+        n = np.array([self.states[k]["n"] for k in keys])
+        delay = np.array([self.states[k]["delay_sum"] for k in keys]) / n
+        scale = np.array([_shrunk_ratio(self.states[k]) for k in keys])
+        p = np.array([[self.transitions.get(i, {}).get(j, 0.0) + 0.1 for j in keys] for i in keys])
+        p /= p.sum(axis=1, keepdims=True)
+        pi = _stationary(p)
+        t = scale[:, None] * c[None, :] + 2.0 * delay[:, None]
+        lam = _ratio_optimum(t, b, pi)
+        return int(np.argmin(t[keys.index(state)] - lam * b)) + 1
+
+    # --- persistence -------------------------------------------------------
+    def state(self) -> dict:
+        return {"seed": self.seed, "n_obs": self.n_obs, "n_chosen": self.n_chosen,
+                "accepted": self.accepted.tolist(), "at_risk": self.at_risk.tolist(),
+                "arm_n": self.arm_n.tolist(), "arm_sum": self.arm_sum.tolist(),
+                "states": self.states, "transitions": self.transitions, "prev_state": self.prev_state}
+
+    def load_state(self, s: dict) -> None:
+        k = self.max_length
+        arrays = {f: np.asarray(s[f], float) for f in ("accepted", "at_risk", "arm_n", "arm_sum")}
+        if any(v.shape != (k,) for v in arrays.values()):
+            raise ValueError("per-length arrays have the wrong length")
+        self.seed, self.n_obs, self.n_chosen = int(s["seed"]), int(s["n_obs"]), int(s["n_chosen"])
+        for f, v in arrays.items():
+            setattr(self, f, v)
+        self.states = {str(key): {f: float(v[f]) for f in ("n", "delay_sum", "compute_sum", "predicted_sum")}
+                       for key, v in dict(s["states"]).items()}
+        self.transitions = {str(i): {str(j): float(x) for j, x in row.items()} for i, row in dict(s["transitions"]).items()}
+        self.prev_state = None if s["prev_state"] is None else str(s["prev_state"])
+
+
+def _shrunk_ratio(st: dict) -> float:
+    """Observed / predicted compute in one state, shrunk toward 1 for rarely seen states."""
+    prior = SHRINK_ROUNDS * st["predicted_sum"] / st["n"]
+    return (st["compute_sum"] + prior) / (st["predicted_sum"] + prior)
+
+
+def _stationary(p: np.ndarray) -> np.ndarray:
+    pi = np.full(len(p), 1.0 / len(p))
+    for _ in range(500):
+        nxt = pi @ p
+        if np.abs(nxt - pi).max() < 1e-12:
+            break
+        pi = nxt
+    return pi / pi.sum()
+
+
+def _ratio_optimum(t: np.ndarray, b: np.ndarray, pi: np.ndarray) -> float:
+    """lambda* with sum_s pi(s) min_L (t[s, L] - lambda b[L]) = 0 (action-independent chain)."""
+    lo, hi = 0.0, float(t.max() / b.min())
+    for _ in range(60):
+        lam = 0.5 * (lo + hi)
+        if pi @ (t - lam * b[None, :]).min(axis=1) > 0:
+            lo = lam
+        else:
+            hi = lam
+    return hi

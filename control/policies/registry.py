@@ -1,0 +1,68 @@
+"""`make_policy(spec, ...)`: one entry point from a spec string to a policy object."""
+from __future__ import annotations
+
+from control.policies.auto import AutoPolicy
+from control.policies.base import Policy
+from control.policies.simple import ConfidencePolicy, FixedPolicy, HFHeuristicPolicy, OraclePolicy, StaticPolicy
+from control.policies.ucb import ContextualUcbSpecStop, UcbSpecStop
+from control.profile import Profile
+from control.types import ControlError
+
+POLICY_SPECS = ("auto", "fixed:K", "oracle", "static:D", "ucb-specstop[:beta]", "naive-ucb[:beta]",
+                "ucb-specstop-ctx[:beta]", "hf-heuristic", "hf-confidence[:threshold]")
+DEFAULT_MAX_LENGTH = 8
+
+
+def _arg(spec: str, kind, default=None):
+    name, _, arg = spec.partition(":")
+    if not arg:
+        if default is None:
+            raise ControlError(f"policy '{spec}': needs an argument ({name}:VALUE)")
+        return default
+    try:
+        return kind(arg)
+    except ValueError:
+        raise ControlError(f"policy '{spec}': argument '{arg}' is not a valid {kind.__name__}") from None
+
+
+def _need_profile(spec: str, profile: Profile | None) -> Profile:
+    if profile is None:
+        raise ControlError(f"policy '{spec}' needs a profile (--profile FILE)")
+    return profile
+
+
+def make_policy(spec: str, max_length: int = DEFAULT_MAX_LENGTH, seed: int = 0,
+                profile: Profile | None = None) -> Policy:
+    if not isinstance(spec, str) or not spec.strip():
+        raise ControlError("policy spec is empty")
+    spec = spec.strip()
+    name = spec.partition(":")[0]
+    if name == "fixed":
+        k = _arg(spec, int)
+        if k < 1:
+            raise ControlError(f"policy '{spec}': length must be >= 1")
+        return FixedPolicy(k, max_length)
+    if name == "auto":
+        return AutoPolicy(max_length, seed=seed)
+    if name == "oracle":
+        return OraclePolicy(_need_profile(spec, profile), max_length)
+    if name == "static":
+        d = _arg(spec, float)
+        if d < 0:
+            raise ControlError(f"policy '{spec}': delay must be >= 0")
+        return StaticPolicy(_need_profile(spec, profile), d, max_length)
+    if name in ("ucb-specstop", "naive-ucb"):
+        beta = _arg(spec, float, 1.0)
+        if beta < 0:
+            raise ControlError(f"policy '{spec}': beta must be >= 0")
+        return UcbSpecStop(max_length, beta=beta, naive=name == "naive-ucb")
+    if name == "ucb-specstop-ctx":
+        beta = _arg(spec, float, 1.0)
+        if beta < 0:
+            raise ControlError(f"policy '{spec}': beta must be >= 0")
+        return ContextualUcbSpecStop(max_length, beta=beta)
+    if name == "hf-heuristic":
+        return HFHeuristicPolicy(max_length)
+    if name == "hf-confidence":
+        return ConfidencePolicy(_arg(spec, float, 0.4), max_length)
+    raise ControlError(f"unknown policy '{spec}' (known: {', '.join(POLICY_SPECS)})")

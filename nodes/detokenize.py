@@ -1,0 +1,32 @@
+"""UTF-8-safe incremental detokenization: one token may be half a character."""
+from __future__ import annotations
+
+
+class IncrementalDetokenizer:
+    """Emits only text that can no longer change (no trailing U+FFFD), decoding a short window."""
+
+    def __init__(self, tokenizer, skip_ids: frozenset[int] = frozenset()):
+        self.tok = tokenizer
+        self.skip = skip_ids
+        self.ids: list[int] = []
+        self.prefix = 0
+        self.read = 0
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tok.decode([i for i in ids if i not in self.skip], skip_special_tokens=True)
+
+    def feed(self, ids: list[int]) -> str:
+        self.ids.extend(ids)
+        before = self._decode(self.ids[self.prefix : self.read])
+        after = self._decode(self.ids[self.prefix :])
+        if len(after) > len(before) and not after.endswith("\ufffd"):
+            self.prefix, self.read = self.read, len(self.ids)
+            return after[len(before) :]
+        return ""
+
+    def flush(self) -> str:
+        """Whatever is left at the end of the stream (replacement chars included)."""
+        before = self._decode(self.ids[self.prefix : self.read])
+        after = self._decode(self.ids[self.prefix :])
+        self.prefix = self.read = len(self.ids)
+        return after[len(before) :]

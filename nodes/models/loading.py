@@ -1,0 +1,141 @@
+"""Load a draft/target pair by hub id or local path and check they share a tokenizer.
+
+Real pairs (Qwen2.5-0.5B/7B) share a tokenizer but pad their embedding tables
+differently, so we compare tokenizers — never `config.vocab_size` — and slice
+logits to the shared vocabulary.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from nodes.models.errors import ModelError
+from nodes.models.train_pair import BUNDLED_DIR
+
+BUNDLED_TARGET = str(BUNDLED_DIR / "target")
+BUNDLED_DRAFT = str(BUNDLED_DIR / "draft")
+
+
+def set_threads(threads: int | None) -> None:
+    """Cap torch's intra-op threads (these machines have 2 cores shared by all nodes)."""
+    import torch
+
+    if threads:
+        torch.set_num_threads(int(threads))
+        try:
+            torch.set_num_interop_threads(1)
+        except RuntimeError:
+            pass  # already set once in this process
+
+
+def _resolve(name: str) -> str:
+    """A local directory if one exists at `name`, else a hub id (path-like names must exist)."""
+    p = Path(name).expanduser()
+    if p.exists():
+        return str(p)
+    if name.startswith((".", "/", "~")) or not name.strip():
+        raise ModelError(f"model path '{name}' does not exist")
+    return name
+
+
+def load_tokenizer(name: str):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(_resolve(name))
+    except ModelError:
+        raise
+    except Exception as exc:  # transformers raises OSError/ValueError/HTTP errors
+        raise ModelError(f"cannot load tokenizer '{name}': {_first_line(exc)}") from None
+
+
+def load_model(name: str, device: str = "cpu", dtype: str = "float32"):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(_resolve(name), dtype=getattr(torch, dtype))
+    except ModelError:
+        raise
+    except Exception as exc:
+        raise ModelError(f"cannot load model '{name}': {_first_line(exc)}") from None
+    return model.to(device).eval()
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def tokenizer_fingerprint(tok) -> str:
+    """Hash of the vocabulary and special tokens: equal fingerprints = shared tokenizer."""
+    vocab = sorted(tok.get_vocab().items(), key=lambda kv: kv[1])
+    h = hashlib.sha256(repr(vocab).encode())
+    h.update(repr((tok.eos_token_id, tok.pad_token_id)).encode())
+    return h.hexdigest()[:16]
+
+
+def check_same_tokenizer(draft_tok, target_tok, draft_name: str, target_name: str) -> None:
+    if tokenizer_fingerprint(draft_tok) != tokenizer_fingerprint(target_tok):
+        raise ModelError(
+            f"draft '{draft_name}' and target '{target_name}' do not share a tokenizer "
+            f"(vocabularies differ: {len(draft_tok)} vs {len(target_tok)} tokens)"
+        )
+
+
+def stop_token_ids(tok, *models) -> frozenset[int]:
+    ids: set[int] = set()
+    if tok.eos_token_id is not None:
+        ids.add(int(tok.eos_token_id))
+    for m in models:
+        eos = getattr(m.generation_config, "eos_token_id", None) if m is not None else None
+        if isinstance(eos, int):
+            ids.add(eos)
+        elif isinstance(eos, (list, tuple)):
+            ids.update(int(e) for e in eos)
+    return frozenset(ids)
+
+
+@dataclass
+class ModelPair:
+    """A draft and a target that share `tokenizer`; logits are sliced to `vocab_size`."""
+
+    draft: Any
+    target: Any
+    tokenizer: Any
+    vocab_size: int
+    eos_ids: frozenset[int]
+    draft_name: str
+    target_name: str
+    device: str = "cpu"
+
+
+def load_pair(draft: str | None = None, target: str | None = None, device: str = "cpu",
+              dtype: str = "float32", load_draft: bool = True, load_target: bool = True) -> ModelPair:
+    """Load either or both halves (edge needs only the draft, cloud only the target)."""
+    draft = draft or BUNDLED_DRAFT
+    target = target or BUNDLED_TARGET
+    tgt_tok = load_tokenizer(target)
+    if load_draft:
+        check_same_tokenizer(load_tokenizer(draft), tgt_tok, draft, target)
+    dm = load_model(draft, device, dtype) if load_draft else None
+    tm = load_model(target, device, dtype) if load_target else None
+    vocab = len(tgt_tok)
+    for m, name in ((dm, draft), (tm, target)):
+        if m is not None and m.get_output_embeddings().weight.shape[0] < vocab:
+            raise ModelError(f"model '{name}' has fewer output logits than its tokenizer's {vocab} tokens")
+    return ModelPair(dm, tm, tgt_tok, vocab, stop_token_ids(tgt_tok, dm, tm), draft, target, device)
+
+
+def model_hash(name: str) -> str:
+    """Short content hash of a local model's weights (for run manifests)."""
+    p = Path(name)
+    if not p.is_dir():
+        return f"hub:{name}"
+    h = hashlib.sha256()
+    for f in sorted(p.glob("*.safetensors")) + sorted(p.glob("*.json")):
+        h.update(f.read_bytes())
+    return h.hexdigest()[:16]

@@ -1,0 +1,220 @@
+"""`specstop` command line: one argparse parser, one small handler per command.
+
+Every user error (bad flag value, bad file, bad model path) ends as one line
+`specstop: error: ...` on stderr and exit status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Callable
+
+DEFAULT_DELAYS = "20,55,111,150"
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not an integer") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
+    return v
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+    if not v >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return v
+
+
+def _delays(text: str) -> list[float]:
+    try:
+        vals = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a comma-separated list of numbers") from None
+    if not vals or any(v < 0 for v in vals):
+        raise argparse.ArgumentTypeError(f"'{text}' must list delays >= 0")
+    return vals
+
+
+def _emit(obj: dict, as_json: bool, render: Callable[[dict], str]) -> None:
+    print(json.dumps(obj) if as_json else render(obj))
+
+
+# --- commands --------------------------------------------------------------
+def cmd_train_pair(a: argparse.Namespace) -> None:
+    from nodes.models.train_pair import BUNDLED_DIR, TrainConfig, train_pair
+
+    cfg = TrainConfig(steps=a.steps, draft_steps=a.draft_steps, seed=a.seed, threads=a.threads)
+    out = Path(a.out) if a.out else BUNDLED_DIR
+    print(json.dumps(train_pair(out, cfg, log=lambda s: print(s, file=sys.stderr, flush=True))))
+
+
+def _pair(a: argparse.Namespace, load_draft: bool = True):
+    from nodes.models.loading import load_pair, set_threads
+
+    set_threads(a.threads)
+    return load_pair(a.draft, a.target, device=a.device, load_draft=load_draft)
+
+
+def cmd_generate(a: argparse.Namespace) -> None:
+    from control import make_policy
+    from nodes.models.errors import ModelError
+    from nodes.speculative import speculative_generate, target_only_generate
+    from schemas.rounds import SamplingParams
+
+    if not a.prompt:
+        raise ModelError("prompt is empty")
+    params = SamplingParams(temperature=a.temperature, top_p=a.top_p)
+    target_only = a.policy == "target-only"
+    policy = None if target_only else make_policy(a.policy, max_length=a.max_length, seed=a.seed)
+    pair = _pair(a, load_draft=not target_only)
+    ids = pair.tokenizer.encode(a.prompt, add_special_tokens=False)
+    if target_only:
+        res = target_only_generate(pair, ids, a.max_new_tokens, params, a.seed)
+    else:
+        res = speculative_generate(pair, ids, a.max_new_tokens, policy, params, a.seed)
+    out = {"token_ids": res.token_ids, "text": res.text, "rounds": res.rounds,
+           "accepted_per_round": res.accepted_per_round, "lengths_per_round": res.lengths_per_round,
+           "draft_ms": round(res.draft_ms, 3), "verify_ms": round(res.verify_ms, 3),
+           "finish_reason": res.finish_reason}
+    _emit(out, a.json, lambda o: o["text"])
+
+
+def cmd_theory(a: argparse.Namespace) -> None:
+    from control.profile import load_profile
+    from control.theory import theory_table
+
+    prof = load_profile(a.profile)
+    if a.max_length:
+        prof = prof.truncated(a.max_length)
+    table = theory_table(prof, a.delays)
+
+    def render(t: dict) -> str:
+        lines = [f"profile {t['profile']}: critical delay {t['critical_delay_ms']:.1f} ms",
+                 f"{'delay ms':>9} {'best L':>7} {'ms/token':>9}"]
+        lines += [f"{r['delay_ms']:>9g} {r['best_length']:>7d} {r['ms_per_token']:>9.2f}" for r in t["rows"]]
+        return "\n".join(lines)
+
+    _emit(table, a.json, render)
+
+
+def cmd_simulate(a: argparse.Namespace) -> None:
+    from control.policies import make_policy
+    from control.profile import load_profile
+    from control.simulator import build_scenarios, simulate
+
+    prof = load_profile(a.profile)
+    k = min(a.max_length or prof.max_length, prof.max_length)
+    policies = [p.strip() for p in a.policies.split(",") if p.strip()]
+    for p in policies:  # fail fast on a bad spec, before any simulation
+        make_policy(p, max_length=k, profile=prof)
+    scenarios = build_scenarios(prof.truncated(k), a.scenario, a.delays, a.rounds, a.stay, a.seed)
+    res = simulate(prof, policies, scenarios, a.seeds, max_length=k, jitter=a.jitter)
+    if a.plots:
+        from pipeline.plots import plot_simulation
+
+        res["plots"] = plot_simulation(res, Path(a.plots))
+
+    def render(r: dict) -> str:
+        lines = [f"profile {r['profile']} ({r['seeds']} seeds, max length {r['max_length']})"]
+        for sc in r["scenarios"]:
+            lines.append(f"\n{sc['label']}: oracle {sc['oracle']['ms_per_token']:.2f} ms/token "
+                         f"(lengths {sc['oracle']['lengths']})")
+            for spec, v in sc["policies"].items():
+                slope = "n/a" if v["regret_slope"] is None else f"{v['regret_slope']:.2f}"
+                lines.append(f"  {spec:<20} {v['ms_per_token']:8.2f} ms/token  gap {v['gap_pct']:+6.2f}%  "
+                             f"regret slope {slope}")
+        return "\n".join(lines)
+
+    _emit(res, a.json, render)
+
+
+# --- parser ----------------------------------------------------------------
+def _model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--draft", help="draft model: hub id or local path (default: bundled)")
+    p.add_argument("--target", help="target model: hub id or local path (default: bundled)")
+    p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:0)")
+    p.add_argument("--threads", type=_positive_int, default=int(os.environ.get("SPECSTOP_THREADS", "2")),
+                   help="torch threads in this process")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="specstop", description="Delay-adaptive speculative decoding, edge to cloud.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train-pair", help="train the bundled byte-level model pair")
+    p.add_argument("--out", help="output folder (default: the package's bundled folder)")
+    p.add_argument("--steps", type=_positive_int, default=700)
+    p.add_argument("--draft-steps", type=_positive_int, default=1200)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=_positive_int, default=2)
+    p.set_defaults(func=cmd_train_pair)
+
+    p = sub.add_parser("generate", help="generate in-process (draft and target here)")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--max-new-tokens", type=_positive_int, default=128)
+    p.add_argument("--policy", default="auto", help="policy spec, or target-only")
+    p.add_argument("--max-length", type=_positive_int, default=8, help="longest draft")
+    p.add_argument("--temperature", type=_non_negative_float, default=0.0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true")
+    _model_args(p)
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("theory", help="best draft length per delay and the critical delay")
+    p.add_argument("--profile", required=True)
+    p.add_argument("--delays", type=_delays, default=_delays("0,5,10,20,55,83,111,150,250"))
+    p.add_argument("--max-length", type=_positive_int)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_theory)
+
+    p = sub.add_parser("simulate", help="offline simulation of policies against a profile")
+    p.add_argument("--profile", required=True)
+    p.add_argument("--policies", default="auto,ucb-specstop,naive-ucb,hf-heuristic")
+    p.add_argument("--delays", type=_delays, default=_delays(DEFAULT_DELAYS))
+    p.add_argument("--rounds", type=_positive_int, default=1000)
+    p.add_argument("--seeds", type=_positive_int, default=20)
+    p.add_argument("--scenario", choices=["const", "drift", "markov"], default="const")
+    p.add_argument("--stay", type=float, default=0.9, help="markov: probability of keeping the state")
+    p.add_argument("--jitter", type=_non_negative_float, default=0.1)
+    p.add_argument("--seed", type=int, default=0, help="seed of the channel's state path")
+    p.add_argument("--max-length", type=_positive_int)
+    p.add_argument("--plots", help="write PNG plots to this folder")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_simulate)
+
+    from pipeline import cli_extra
+
+    cli_extra.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from pipeline.errors import USER_ERRORS
+
+    try:
+        args.func(args)
+    except USER_ERRORS as exc:
+        print(f"specstop: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # output piped into `head`
+        return 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

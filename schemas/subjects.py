@@ -1,0 +1,23 @@
+"""NATS subject names (one place, so no module spells a subject by hand)."""
+PREFIX = "specstop"
+GENERATE = f"{PREFIX}.generate"               # queue group "edges"; reply inbox gets TokenChunk*
+VERIFY = f"{PREFIX}.verify"                   # first round / resend: queue group "verifiers"
+TIMING_PREFIX = f"{PREFIX}.timing"            # .<edge_id>: TimingEvent, captured by a JetStream stream
+POLICY_PREFIX = f"{PREFIX}.policy"            # .<edge_id>: PolicyUpdate
+EDGE_QUEUE = "edges"
+VERIFIER_QUEUE = "verifiers"
+TIMING_STREAM = "SPECSTOP_TIMING"
+POLICY_BUCKET = "specstop_policies"
+
+
+def verifier(verifier_id: str) -> str:
+    """Sticky subject of one verifier: later rounds of its sessions go straight to it."""
+    return f"{VERIFY}.{verifier_id}"
+
+
+def timing(edge_id: str) -> str:
+    return f"{TIMING_PREFIX}.{edge_id}"
+
+
+def policy(edge_id: str) -> str:
+    return f"{POLICY_PREFIX}.{edge_id}"

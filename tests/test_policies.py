@@ -1,0 +1,118 @@
+"""Policy interface: specs, snapshot/restore, and the behaviour of each rule."""
+import msgpack
+import numpy as np
+import pytest
+
+from control import ControlError, RoundContext, RoundOutcome, make_policy
+from control.profile import Profile
+
+PROFILE = Profile("p", 16.0 + 14.0 * np.arange(1, 9), 0.4 * 0.88 ** np.arange(8))
+SPECS = ["auto", "fixed:3", "oracle", "static:55", "ucb-specstop", "naive-ucb", "ucb-specstop-ctx",
+         "hf-heuristic", "hf-confidence:0.4"]
+
+
+def feed(policy, rounds, seed=0, states=False):
+    rng = np.random.default_rng(seed)
+    for r in range(rounds):
+        ctx = RoundContext(float(rng.choice([20.0, 111.0])), int(rng.integers(2)) if states else None)
+        L = policy.choose(ctx)
+        a = int(rng.integers(0, L + 1))
+        policy.observe(RoundOutcome(L, a, 30.0 + 10 * L + 2 * ctx.delay_ms, ctx))
+
+
+@pytest.mark.parametrize("spec", SPECS)
+def test_restored_policy_chooses_exactly_as_the_original(spec):
+    original = make_policy(spec, max_length=8, seed=3, profile=PROFILE)
+    feed(original, 60, states=True)
+    snap = msgpack.unpackb(msgpack.packb(original.snapshot()))  # survives the wire
+    clone = make_policy(spec, max_length=8, seed=99, profile=PROFILE)
+    clone.restore(snap)
+    rng = np.random.default_rng(5)
+    for _ in range(40):
+        ctx = RoundContext(float(rng.choice([0.0, 55.0, 150.0])), int(rng.integers(2)))
+        assert clone.choose(ctx) == original.choose(ctx)
+        outcome = RoundOutcome(3, int(rng.integers(4)), 90.0, ctx)
+        clone.observe(outcome)
+        original.observe(outcome)
+
+
+@pytest.mark.parametrize("spec", SPECS)
+def test_choices_stay_within_one_and_max_length(spec):
+    p = make_policy(spec, max_length=8, profile=PROFILE)
+    feed(p, 200)
+    for d in (0.0, 500.0):
+        assert 1 <= p.choose(RoundContext(d)) <= 8
+
+
+def test_snapshot_from_a_newer_format_is_refused():
+    p = make_policy("auto", max_length=8)
+    snap = p.snapshot() | {"format": 99}
+    with pytest.raises(ControlError, match="unsupported format 99"):
+        p.restore(snap)
+
+
+def test_snapshot_for_another_policy_is_refused():
+    with pytest.raises(ControlError, match="is for policy"):
+        make_policy("auto", max_length=8).restore(make_policy("ucb-specstop", max_length=8).snapshot())
+
+
+def test_malformed_snapshot_state_is_refused():
+    p = make_policy("ucb-specstop", max_length=8)
+    snap = p.snapshot()
+    snap["state"]["n"] = [1, 2]
+    with pytest.raises(ControlError, match="malformed state"):
+        p.restore(snap)
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("bogus", "unknown policy 'bogus'"), ("fixed", "needs an argument"), ("fixed:x", "not a valid int"),
+    ("fixed:0", "length must be >= 1"), ("oracle", "needs a profile"), ("static:-1", "delay must be >= 0"),
+    ("ucb-specstop:-2", "beta must be >= 0"), ("", "empty"),
+])
+def test_bad_spec_is_refused_with_a_clear_message(spec, message):
+    with pytest.raises(ControlError, match=message):
+        make_policy(spec, max_length=8, profile=None if spec == "oracle" else PROFILE)
+
+
+def test_ucb_specstop_plays_every_arm_once_first():
+    p = make_policy("ucb-specstop", max_length=5)
+    played = []
+    for _ in range(5):
+        L = p.choose(RoundContext())
+        played.append(L)
+        p.observe(RoundOutcome(L, 0, 10.0))
+    assert played == [1, 2, 3, 4, 5]
+
+
+def test_hf_heuristic_adds_two_on_full_acceptance_and_drops_one_otherwise():
+    p = make_policy("hf-heuristic", max_length=8)
+    assert p.choose(RoundContext()) == 5
+    p.observe(RoundOutcome(5, 5, 1.0))
+    assert p.choose(RoundContext()) == 7
+    p.observe(RoundOutcome(7, 2, 1.0))
+    assert p.choose(RoundContext()) == 6
+
+
+def test_hf_confidence_stops_below_its_threshold():
+    p = make_policy("hf-confidence:0.4", max_length=8)
+    assert p.should_stop(RoundContext(), 2, 0.3) and not p.should_stop(RoundContext(), 2, 0.5)
+
+
+def test_oracle_plays_the_theory_best_length_for_the_delay():
+    p = make_policy("oracle", max_length=8, profile=PROFILE)
+    assert p.choose(RoundContext(0.0)) == 1 and p.choose(RoundContext(150.0)) > 3
+
+
+def test_auto_learns_censored_survival_from_every_round():
+    p = make_policy("auto", max_length=8)
+    p.observe(RoundOutcome(4, 2, 50.0))  # positions 1, 2 accepted; 3 rejected; 4 never reached
+    assert p.at_risk.tolist()[:5] == [1, 1, 1, 0, 0]
+    assert p.accepted.tolist()[:4] == [1, 1, 0, 0]
+
+
+def test_auto_subtracts_the_delay_to_learn_compute():
+    p = make_policy("auto", max_length=8)
+    p.observe(RoundOutcome(1, 0, 30.0 + 2 * 100.0, RoundContext(100.0)))
+    p.observe(RoundOutcome(8, 0, 128.0 + 2 * 5.0, RoundContext(5.0)))
+    c = p.compute_estimate()
+    assert c[0] == pytest.approx(30.0, rel=0.3) and c[7] == pytest.approx(128.0, rel=0.3)

@@ -1,0 +1,71 @@
+"""The offline simulator and the claims the control issue makes with it.
+
+`auto` must be within 1% of the oracle at 20/55/111/150 ms after 1000 rounds
+(mean over 10 seeds), within 3% under a 20 -> 150 ms drift, and never worse
+than UCB-SpecStop, on every shipped profile (measured, heavy-head, steep draft, qwen-like).
+"""
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from control.profile import load_profile
+from control.simulator import build_scenarios, const_scenario, run_policy, simulate
+from control.theory import best_length
+from control.types import ControlError
+
+PROFILES = sorted(Path("control/profiles").glob("*.json")) + [Path("nodes/models/bundled/profile.json")]
+DELAYS = [20.0, 55.0, 111.0, 150.0]
+
+
+@pytest.fixture(scope="module", params=PROFILES, ids=lambda p: p.stem)
+def profile(request):
+    return load_profile(request.param)
+
+
+@pytest.fixture(scope="module")
+def const_results(profile):
+    return simulate(profile, ["auto", "ucb-specstop"], build_scenarios(profile, "const", DELAYS, 1000), seeds=10)
+
+
+def test_auto_is_within_one_percent_of_the_oracle_at_every_delay(const_results):
+    gaps = {sc["label"]: sc["policies"]["auto"]["gap_pct"] for sc in const_results["scenarios"]}
+    assert all(g < 1.0 for g in gaps.values()), gaps
+
+
+def test_auto_is_never_worse_than_ucb_specstop(const_results):
+    for sc in const_results["scenarios"]:
+        assert sc["policies"]["auto"]["ms_per_token"] <= sc["policies"]["ucb-specstop"]["ms_per_token"], sc["label"]
+
+
+def test_auto_is_within_three_percent_under_drift(profile):
+    res = simulate(profile, ["auto"], build_scenarios(profile, "drift", [20, 55, 111, 150], 1000), seeds=10)
+    assert res["scenarios"][0]["policies"]["auto"]["gap_pct"] < 3.0
+
+
+def test_oracle_replay_matches_the_theory_in_the_long_run():
+    prof = load_profile(PROFILES[0])
+    sc = const_scenario(prof, 55.0, 20000)
+    trace = run_policy(None, prof, sc, seed=0, fixed_lengths=sc.oracle_lengths)
+    assert trace.ms_per_token == pytest.approx(best_length(prof, 55.0)[1], rel=0.01)
+
+
+def test_policies_share_random_numbers_across_a_seed():
+    prof = load_profile(PROFILES[0])
+    sc = const_scenario(prof, 20.0, 200)
+    a = run_policy(None, prof, sc, 3, fixed_lengths=np.full(200, prof.max_length))
+    b = run_policy(None, prof, sc, 3, fixed_lengths=np.full(200, prof.max_length))
+    assert (a.times == b.times).all() and (a.tokens == b.tokens).all()
+
+
+def test_markov_scenario_reports_the_smdp_and_myopic_rules():
+    prof = load_profile(PROFILES[0])
+    res = simulate(prof, ["auto"], build_scenarios(prof, "markov", DELAYS, 300, stay=0.9), seeds=2)
+    smdp = res["scenarios"][0]["smdp"]
+    assert smdp["myopic_ms_per_token"] >= smdp["ms_per_token"]
+    assert smdp["state_dependence_pays"] is False  # additive delay, per-round transitions
+
+
+def test_unknown_scenario_is_refused():
+    with pytest.raises(ControlError, match="unknown scenario 'sine'"):
+        build_scenarios(load_profile(PROFILES[0]), "sine", DELAYS, 10)
