@@ -1,8 +1,13 @@
-"""Commands that run workers, the broker and benchmarks (registered onto the main parser)."""
+"""Commands that run workers, the broker, workloads and benchmarks (registered onto the main parser)."""
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
+import sys
+import time
+
+from pipeline.broker import default_nats_url
 
 
 def cmd_bench_engine(a: argparse.Namespace) -> None:
@@ -13,8 +18,132 @@ def cmd_bench_engine(a: argparse.Namespace) -> None:
     print(json.dumps(res) if a.json else json.dumps(res, indent=2))
 
 
+def cmd_bench_pipeline(a: argparse.Namespace) -> None:
+    from pipeline.bench_pipeline import bench_pipeline
+
+    res = bench_pipeline(run_root=a.run_root, requests=a.requests, max_new_tokens=a.max_new_tokens)
+    print(json.dumps(res) if a.json else json.dumps(res, indent=2))
+
+
+def cmd_broker(a: argparse.Namespace) -> None:
+    from pipeline.broker import EmbeddedBroker
+    from pipeline.orchestrate import new_run_dir
+
+    run_dir = new_run_dir(a.run_root)
+    with EmbeddedBroker(run_dir, port=a.port) as b:
+        print(json.dumps({"event": "broker_started", "url": b.url, "run_dir": str(run_dir)}), flush=True)
+        try:
+            while b.proc and b.proc.poll() is None:
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            pass
+
+
+def _node_options(a: argparse.Namespace):
+    from pipeline.serve import NodeOptions
+
+    return NodeOptions(default_nats_url(a.nats), a.id, a.log_file, a.threads, a.draft, a.target, a.device,
+                       a.max_length)
+
+
+def cmd_cloud(a: argparse.Namespace) -> None:
+    from pipeline.serve import serve_cloud
+
+    asyncio.run(serve_cloud(_node_options(a), a.max_sessions, a.session_ttl))
+
+
+def cmd_edge(a: argparse.Namespace) -> None:
+    from control import make_policy
+    from pipeline.channel import parse_channel
+    from pipeline.serve import serve_edge
+
+    parse_channel(a.channel)  # refuse a bad spec before loading anything
+    if a.policy != "target-only":
+        make_policy(a.policy, max_length=a.max_length)
+    asyncio.run(serve_edge(_node_options(a), a.channel, a.policy, a.seed))
+
+
+def _run_config(a: argparse.Namespace):
+    from control import make_policy
+    from pipeline.channel import parse_channel
+    from pipeline.orchestrate import RunConfig
+
+    if a.policy != "target-only":
+        make_policy(a.policy, max_length=a.max_length)
+    parse_channel(a.channel)
+    return RunConfig(requests=a.requests, concurrency=a.concurrency, max_new_tokens=a.max_new_tokens,
+                     channel=a.channel, policy=a.policy, seed=a.seed, temperature=a.temperature,
+                     max_length=a.max_length, run_root=a.run_root, draft=getattr(a, "draft", None),
+                     target=getattr(a, "target", None))
+
+
+def _progress(enabled: bool):
+    if not enabled:
+        return None, None
+    from rich.progress import Progress
+
+    bar = Progress(transient=True, console=None)
+    task = bar.add_task("requests", total=None)
+    return bar, (lambda res: bar.advance(task))
+
+
+def cmd_demo(a: argparse.Namespace) -> None:
+    from pipeline.orchestrate import demo, render_summary
+
+    cfg = _run_config(a)
+    bar, progress = _progress(not a.json and sys.stderr.isatty())
+    if bar:
+        with bar:
+            summary = demo(cfg, progress)
+    else:
+        summary = demo(cfg)
+    print(json.dumps(summary) if a.json else render_summary(summary))
+
+
+def cmd_run(a: argparse.Namespace) -> None:
+    from pipeline.orchestrate import drive, render_summary
+
+    cfg = _run_config(a)
+    summary = asyncio.run(drive(default_nats_url(a.nats), cfg, baseline=not a.no_baseline))
+    print(json.dumps(summary) if a.json else render_summary(summary))
+
+
+def cmd_analyze(a: argparse.Namespace) -> None:
+    from pipeline.analysis import analyze_run
+
+    res = analyze_run(a.run_dir)
+    if a.plots:
+        from pipeline.plots import plot_run
+
+        res["plots"] = plot_run(a.run_dir, a.plots)
+    print(json.dumps(res) if a.json else json.dumps(res, indent=2))
+
+
 def register(sub) -> None:
-    from pipeline.cli import _model_args, _positive_int
+    from pipeline.cli import _model_args, _non_negative_float, _positive_int
+
+    def nats_arg(p):
+        p.add_argument("--nats", help="broker URL (default: $SPECSTOP_NATS_URL or nats://127.0.0.1:4222)")
+
+    def node_args(p, default_id):
+        nats_arg(p)
+        p.add_argument("--id", default=default_id, help="node id (names its subjects and log)")
+        p.add_argument("--log-file", help="JSON-lines log file (default: stderr)")
+        p.add_argument("--max-length", type=_positive_int, default=8, help="longest draft accepted/produced")
+        _model_args(p)
+        p.set_defaults(threads=1)
+
+    def workload_args(p):
+        p.add_argument("--requests", type=_positive_int, default=32)
+        p.add_argument("--concurrency", type=_positive_int, default=8)
+        p.add_argument("--max-new-tokens", type=_positive_int, default=128)
+        p.add_argument("--channel", default="markov:10,40,80:0.95", help="link emulation spec (see README)")
+        p.add_argument("--policy", default="auto", help="policy spec, or target-only")
+        p.add_argument("--max-length", type=_positive_int, default=8)
+        p.add_argument("--temperature", type=_non_negative_float, default=0.0)
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--run-root", default="runs", help="parent folder of run directories")
+        p.add_argument("--json", action="store_true", help="print one JSON object")
 
     bench = sub.add_parser("bench", help="benchmarks (print JSON)")
     bsub = bench.add_subparsers(dest="bench", required=True)
@@ -25,3 +154,44 @@ def register(sub) -> None:
     p.add_argument("--json", action="store_true")
     _model_args(p)
     p.set_defaults(func=cmd_bench_engine)
+    p = bsub.add_parser("pipeline", help="per-round overhead, throughput at 1/8/32 streams, 50 ms comparison")
+    p.add_argument("--requests", type=_positive_int, default=32)
+    p.add_argument("--max-new-tokens", type=_positive_int, default=64)
+    p.add_argument("--run-root", default="runs")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_bench_pipeline)
+
+    p = sub.add_parser("broker", help="run an embedded nats-server (JetStream under the run directory)")
+    p.add_argument("--port", type=int, default=4222, help="port on 127.0.0.1 (-1 picks a free one)")
+    p.add_argument("--run-root", default="runs")
+    p.set_defaults(func=cmd_broker)
+
+    p = sub.add_parser("cloud", help="serve the target model: verify drafts")
+    node_args(p, "cloud-1")
+    p.add_argument("--max-sessions", type=_positive_int, default=128)
+    p.add_argument("--session-ttl", type=float, default=120.0, help="seconds an idle session is kept")
+    p.set_defaults(func=cmd_cloud)
+
+    p = sub.add_parser("edge", help="serve generate requests with the draft model")
+    node_args(p, "edge-1")
+    p.add_argument("--channel", default="const:0", help="link emulation spec (see README)")
+    p.add_argument("--policy", default="auto", help="default policy spec for requests that name none")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_edge)
+
+    p = sub.add_parser("demo", help="the main job: broker + cloud + edge + streaming workload + summary")
+    workload_args(p)
+    _model_args(p)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("run", help="drive a workload against running workers")
+    workload_args(p)
+    nats_arg(p)
+    p.add_argument("--no-baseline", action="store_true", help="skip the target-only baseline")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("analyze", help="latency summary of a run directory's logs")
+    p.add_argument("run_dir")
+    p.add_argument("--plots", help="write PNG plots to this folder")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_analyze)

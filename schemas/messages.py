@@ -171,18 +171,20 @@ class TimingEvent:
     draft_ms: float
     verify_ms: float
     queue_ms: float
-    network_ms: float
-    delay_ms: float
+    network_ms: float      # round - edge_queue - draft - verify - queue (measured; one-way delay ~ network/2)
+    delay_ms: float        # emulated one-way delay of this round (0 without emulation)
     policy: str
     policy_version: int
     verifier_id: str = ""
     channel_state: str | None = None
     seq: int = 0
+    tokens: int = 0          # tokens this round emitted to the client (EOS and the limit cut the last round)
+    edge_queue_ms: float = 0.0
 
     def validate(self, limits: Limits) -> None:
         _check_id(self.edge_id, "edge_id")
-        if not 0 <= self.accepted <= self.length <= limits.max_draft_length or self.length < 1:
-            raise SchemaError("timing: need 1 <= length <= max draft length and 0 <= accepted <= length")
+        if not 0 <= self.accepted <= self.length <= limits.max_draft_length:
+            raise SchemaError("timing: need 0 <= accepted <= length <= max draft length")
         if self.round_ms < 0 or self.delay_ms < 0:
             raise SchemaError("timing: times must be >= 0")
 

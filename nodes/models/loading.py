@@ -52,10 +52,19 @@ def load_tokenizer(name: str):
         raise ModelError(f"cannot load tokenizer '{name}': {_first_line(exc)}") from None
 
 
+def _quiet_transformers() -> None:
+    """No progress bars or advisory warnings: stderr is for one-line errors and JSON logs."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
 def load_model(name: str, device: str = "cpu", dtype: str = "float32"):
     import torch
     from transformers import AutoModelForCausalLM
 
+    _quiet_transformers()
     try:
         model = AutoModelForCausalLM.from_pretrained(_resolve(name), dtype=getattr(torch, dtype))
     except ModelError:

@@ -1,0 +1,161 @@
+"""Software emulation of the edge<->cloud link (tc netem is not available here).
+
+The edge asks for one sample per round and sleeps the uplink delay before
+sending the draft and the downlink delay after the verdict arrives; asyncio
+sleeps never block other requests. Spec strings (CLI --channel):
+
+  const:D                 one-way D ms each direction
+  jitter:D:J              D +- uniform J ms, drawn per direction per round
+  markov:D1,D2,..[:STAY]  one state per delay; each round keeps the state with
+                          probability STAY (default 0.9), else moves uniformly
+                          to another; the state is observable (channel_state)
+  drift:D1,D2,..:SECONDS  piecewise constant in wall time, SECONDS per phase
+  trace:FILE.csv          rows "seconds,delay_ms[,state]": piecewise constant from each row's time
+"""
+from __future__ import annotations
+
+import csv
+import random
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from pipeline.errors import PipelineError
+
+
+@dataclass(frozen=True)
+class ChannelSample:
+    up_ms: float
+    down_ms: float
+    state: str | None = None
+
+    @property
+    def one_way_ms(self) -> float:
+        return 0.5 * (self.up_ms + self.down_ms)
+
+
+class Channel:
+    spec = "const:0"
+
+    def sample(self) -> ChannelSample:
+        raise NotImplementedError
+
+
+class ConstChannel(Channel):
+    def __init__(self, delay_ms: float, jitter_ms: float = 0.0, seed: int = 0):
+        self.delay, self.jitter = delay_ms, jitter_ms
+        self.rng = random.Random(seed)
+        self.spec = f"jitter:{delay_ms:g}:{jitter_ms:g}" if jitter_ms else f"const:{delay_ms:g}"
+        self.lock = threading.Lock()
+
+    def sample(self) -> ChannelSample:
+        if not self.jitter:
+            return ChannelSample(self.delay, self.delay)
+        with self.lock:
+            up, down = (max(0.0, self.delay + self.rng.uniform(-self.jitter, self.jitter)) for _ in range(2))
+        return ChannelSample(up, down)
+
+
+class MarkovChannel(Channel):
+    def __init__(self, delays_ms: list[float], stay: float = 0.9, seed: int = 0):
+        self.delays, self.stay = delays_ms, stay
+        self.rng = random.Random(seed)
+        self.state = 0
+        self.lock = threading.Lock()
+        self.spec = f"markov:{','.join(f'{d:g}' for d in delays_ms)}:{stay:g}"
+
+    def sample(self) -> ChannelSample:
+        with self.lock:
+            if len(self.delays) > 1 and self.rng.random() >= self.stay:
+                self.state = self.rng.choice([s for s in range(len(self.delays)) if s != self.state])
+            s = self.state
+        return ChannelSample(self.delays[s], self.delays[s], str(s))
+
+
+class PiecewiseChannel(Channel):
+    """Delay (and state) as a step function of seconds since the first sample."""
+
+    def __init__(self, steps: list[tuple[float, float, str | None]], spec: str,
+                 clock: Callable[[], float] = time.monotonic, cycle: bool = False):
+        self.steps = sorted(steps)
+        self.spec, self.clock, self.cycle = spec, clock, cycle
+        self.t0: float | None = None
+
+    def sample(self) -> ChannelSample:
+        now = self.clock()
+        if self.t0 is None:
+            self.t0 = now
+        t = now - self.t0
+        if self.cycle and len(self.steps) > 1:
+            period = self.steps[-1][0] + (self.steps[1][0] - self.steps[0][0])
+            t %= period
+        cur = self.steps[0]
+        for step in self.steps:
+            if step[0] <= t:
+                cur = step
+        return ChannelSample(cur[1], cur[1], cur[2])
+
+
+def _floats(text: str, what: str) -> list[float]:
+    try:
+        vals = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise PipelineError(f"channel: {what} '{text}' is not a comma-separated list of numbers") from None
+    if not vals or any(v < 0 for v in vals):
+        raise PipelineError(f"channel: {what} must be numbers >= 0")
+    return vals
+
+
+def parse_channel(spec: str, seed: int = 0, clock: Callable[[], float] = time.monotonic) -> Channel:
+    kind, _, rest = (spec or "").strip().partition(":")
+    parts = rest.split(":") if rest else []
+    try:
+        if kind in ("none", "") and not parts:
+            return ConstChannel(0.0)
+        if kind == "const" and len(parts) == 1:
+            return ConstChannel(_floats(parts[0], "delay")[0])
+        if kind == "jitter" and len(parts) == 2:
+            return ConstChannel(_floats(parts[0], "delay")[0], _floats(parts[1], "jitter")[0], seed)
+        if kind == "markov" and len(parts) in (1, 2):
+            stay = float(parts[1]) if len(parts) == 2 else 0.9
+            if not 0 <= stay <= 1:
+                raise PipelineError("channel: markov stay probability must be in [0, 1]")
+            return MarkovChannel(_floats(parts[0], "delays"), stay, seed)
+        if kind == "drift" and len(parts) == 2:
+            delays, period = _floats(parts[0], "delays"), float(parts[1])
+            if period <= 0:
+                raise PipelineError("channel: drift phase length must be > 0 seconds")
+            return PiecewiseChannel([(i * period, d, str(i)) for i, d in enumerate(delays)], spec, clock)
+        if kind == "trace" and len(parts) == 1:
+            return PiecewiseChannel(_read_trace(parts[0]), spec, clock)
+    except ValueError:
+        raise PipelineError(f"channel: bad number in '{spec}'") from None
+    raise PipelineError(f"channel: cannot parse '{spec}' (use const:D, jitter:D:J, markov:D1,D2[:STAY], "
+                        "drift:D1,D2:SECONDS or trace:FILE.csv)")
+
+
+def _read_trace(path: str) -> list[tuple[float, float, str | None]]:
+    try:
+        with open(path, newline="") as f:
+            rows = [r for r in csv.reader(f) if r and not r[0].lstrip().startswith("#")]
+    except OSError as exc:
+        raise PipelineError(f"channel: cannot read trace '{path}' ({exc.strerror})") from None
+    steps = []
+    for i, r in enumerate(rows):
+        if i == 0 and not _is_number(r[0]):
+            continue  # header
+        if len(r) < 2 or not _is_number(r[0]) or not _is_number(r[1]) or float(r[1]) < 0 or float(r[0]) < 0:
+            raise PipelineError(f"channel: trace '{path}' row {i + 1} must be 'seconds,delay_ms[,state]'")
+        steps.append((float(r[0]), float(r[1]), r[2].strip() if len(r) > 2 and r[2].strip() else None))
+    if not steps:
+        raise PipelineError(f"channel: trace '{path}' has no rows")
+    return steps
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False

@@ -1,0 +1,231 @@
+"""Start a local cluster (broker, cloud, edge as separate processes) and drive workloads.
+
+`specstop demo` = a fresh run directory, an embedded broker, one cloud and one
+edge process, the streaming workload, a target-only baseline through the same
+pipeline, and a summary. `specstop run` drives a workload against workers that
+are already running.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from pipeline import bus
+from pipeline.analysis import analyze_run, summarize_rounds
+from pipeline.broker import EmbeddedBroker
+from pipeline.errors import PipelineError
+from pipeline.workload import WorkloadResult, run_workload, workload_prompts
+
+DEFAULT_CHANNEL = "markov:10,40,80:0.95"
+
+
+@dataclass
+class RunConfig:
+    requests: int = 32
+    concurrency: int = 8
+    max_new_tokens: int = 128
+    channel: str = DEFAULT_CHANNEL
+    policy: str = "auto"
+    seed: int = 0
+    temperature: float = 0.0
+    max_length: int = 8
+    baseline_requests: int = 8
+    baseline_tokens: int = 48
+    run_root: str = "runs"
+    draft: str | None = None
+    target: str | None = None
+    local_policy: bool = True
+    extra: dict = field(default_factory=dict)
+
+
+def new_run_dir(root: str | Path) -> Path:
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    d = Path(root) / stamp
+    n = 1
+    while d.exists():
+        n += 1
+        d = Path(root) / f"{stamp}-{n}"
+    d.mkdir(parents=True)
+    return d
+
+
+def project_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent.parent)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def write_manifest(run_dir: Path, cfg: RunConfig, broker_url: str) -> None:
+    from nodes.models.loading import BUNDLED_DRAFT, BUNDLED_TARGET, model_hash
+
+    draft, target = cfg.draft or BUNDLED_DRAFT, cfg.target or BUNDLED_TARGET
+    manifest = {"created": datetime.now(timezone.utc).isoformat(), "config": asdict(cfg), "broker": broker_url,
+                "seeds": {"workload": cfg.seed, "channel": cfg.seed, "policy": cfg.seed},
+                "models": {"draft": {"name": draft, "hash": model_hash(draft)},
+                           "target": {"name": target, "hash": model_hash(target)}},
+                "commit": project_commit(), "python": platform.python_version(), "host_cpus": os.cpu_count()}
+    (run_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+
+
+class NodeProcess:
+    """One worker as a child process; its JSON log is `<run_dir>/<node_id>.jsonl`."""
+
+    def __init__(self, kind: str, node_id: str, run_dir: Path, args: list[str]):
+        self.kind, self.node_id = kind, node_id
+        self.log_file = run_dir / f"{node_id}.jsonl"
+        self.stderr = open(run_dir / f"{node_id}.stderr", "w")
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", kind, "--id", node_id,
+                                      "--log-file", str(self.log_file), *args],
+                                     stdout=subprocess.DEVNULL, stderr=self.stderr, env=env)
+
+    def wait_ready(self, event: str, timeout: float = 90.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                err = Path(self.stderr.name).read_text().strip().splitlines()
+                raise PipelineError(f"{self.node_id} exited at start: {err[-1] if err else self.proc.returncode}")
+            if self.log_file.exists() and f'"event": "{event}"' in self.log_file.read_text():
+                return
+            time.sleep(0.1)
+        raise PipelineError(f"{self.node_id} not ready after {timeout:.0f} s")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.stderr.close()
+
+
+def start_cluster(url: str, run_dir: Path, cfg: RunConfig, edges: int = 1, clouds: int = 1,
+                  edge_channels: list[str] | None = None) -> list[NodeProcess]:
+    model = [*(["--draft", cfg.draft] if cfg.draft else []), *(["--target", cfg.target] if cfg.target else [])]
+    nodes = [NodeProcess("cloud", f"cloud-{i + 1}", run_dir, ["--nats", url, "--threads", "1",
+                                                              "--max-length", str(cfg.max_length), *model])
+             for i in range(clouds)]
+    for i in range(edges):
+        channel = (edge_channels or [cfg.channel])[i % len(edge_channels or [cfg.channel])]
+        nodes.append(NodeProcess("edge", f"edge-{i + 1}", run_dir,
+                                 ["--nats", url, "--threads", "1", "--channel", channel, "--policy", cfg.policy,
+                                  "--max-length", str(cfg.max_length), "--seed", str(cfg.seed), *model,
+                                  *([] if cfg.local_policy else ["--remote-policy"])]))
+    try:
+        for n in nodes:
+            n.wait_ready("cloud_started" if n.kind == "cloud" else "edge_started")
+    except Exception:
+        for n in nodes:
+            n.stop()
+        raise
+    return nodes
+
+
+def _stream_stats(w: WorkloadResult) -> dict:
+    import statistics
+
+    ok = [s for s in w.streams if s.ok]
+    tokens = sum(len(s.token_ids) for s in ok)
+    first = [s.chunk_times_s[0] * 1e3 for s in ok if s.chunk_times_s]
+    per_tok = [s.total_s * 1e3 / len(s.token_ids) for s in ok if s.token_ids]
+    return {"requests": len(w.streams), "completed": len(ok),
+            "errors": [s.error for s in w.streams if not s.ok][:5],
+            "wall_s": round(w.wall_s, 3), "aggregate_tokens_per_s": round(tokens / w.wall_s, 2) if w.wall_s else None,
+            "median_first_chunk_ms": round(statistics.median(first), 2) if first else None,
+            "median_request_ms_per_token": round(statistics.median(per_tok), 3) if per_tok else None}
+
+
+def _events_as_rounds(w: WorkloadResult) -> list[dict]:
+    return [asdict(e) | {"draft_length": e.length} for e in w.timing_events]
+
+
+async def drive(url: str, cfg: RunConfig, baseline: bool = True, progress=None) -> dict:
+    """Run the workload (and the target-only baseline) against running workers; summary dict."""
+    nc = await bus.connect(url, "specstop-client", long_lived=False)
+    try:
+        prompts = workload_prompts(cfg.requests, seed=cfg.seed)
+        main = await run_workload(nc, prompts, cfg.max_new_tokens, cfg.concurrency, cfg.policy, cfg.temperature,
+                                  cfg.seed, progress=progress)
+        summary = {"policy": cfg.policy, "channel": cfg.channel, **_stream_stats(main),
+                   **summarize_rounds(_events_as_rounds(main))}
+        if baseline and cfg.policy != "target-only":
+            base = await run_workload(nc, workload_prompts(cfg.baseline_requests, seed=cfg.seed + 1),
+                                      cfg.baseline_tokens, min(cfg.concurrency, cfg.baseline_requests),
+                                      "target-only", 0.0, cfg.seed, progress=progress)
+            b = summarize_rounds(_events_as_rounds(base))
+            step_ms = b["median_verify_ms"] or 0.0
+            d = summary["mean_one_way_delay_ms"] or 0.0
+            streaming = step_ms + 2 * d / cfg.max_new_tokens
+            summary["baselines"] = {
+                "one_round_trip_per_token": {"ms_per_token": b["ms_per_token"], "measured": True,
+                                             "cloud_verify_ms_per_token": b["cloud_verify_ms_per_token"],
+                                             "requests": b["rounds"] and cfg.baseline_requests},
+                "cloud_streaming": {"ms_per_token": round(streaming, 3), "measured": False,
+                                    "model": "target step (measured) + 2 x mean one-way delay / max_new_tokens"},
+            }
+            spec = summary["ms_per_token"] or 0.0
+            summary["speculative_vs_one_round_trip_per_token"] = round(spec / b["ms_per_token"], 3) if b["ms_per_token"] else None
+            summary["speculative_vs_cloud_streaming"] = round(spec / streaming, 3) if streaming else None
+            summary["cloud_compute_vs_target_only"] = (
+                round(summary["cloud_verify_ms_per_token"] / b["cloud_verify_ms_per_token"], 3)
+                if b["cloud_verify_ms_per_token"] else None)
+        return summary
+    finally:
+        await nc.close()
+
+
+def demo(cfg: RunConfig, progress=None) -> dict:
+    run_dir = new_run_dir(cfg.run_root)
+    t0 = time.perf_counter()
+    with EmbeddedBroker(run_dir) as broker:
+        write_manifest(run_dir, cfg, broker.url)
+        nodes = start_cluster(broker.url, run_dir, cfg)
+        try:
+            summary = asyncio.run(drive(broker.url, cfg, progress=progress))
+        finally:
+            for n in nodes:
+                n.stop()
+    summary["log_dir"] = str(run_dir)
+    summary["demo_wall_s"] = round(time.perf_counter() - t0, 2)
+    summary["log_analysis"] = analyze_run(run_dir)
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def render_summary(s: dict) -> str:
+    lines = [f"specstop run: policy {s['policy']}, channel {s['channel']}",
+             f"  requests      {s['completed']}/{s['requests']} completed, {s['tokens']} tokens in {s['rounds']} rounds"
+             f" ({s['wall_s']} s, {s['aggregate_tokens_per_s']} tokens/s aggregate)",
+             f"  latency       {s['ms_per_token']} ms/token (round time / tokens), first chunk median "
+             f"{s['median_first_chunk_ms']} ms",
+             f"  per round     {s['tokens_per_round']} tokens, acceptance {s['acceptance_rate']}, "
+             f"lengths chosen {s['lengths_chosen']}",
+             f"  channel       mean one-way {s['mean_one_way_delay_ms']} ms, states {s['channel_states']}",
+             f"  cloud compute {s['cloud_verify_ms_per_token']} ms verify per generated token"]
+    if "baselines" in s:
+        b = s["baselines"]
+        lines += ["  baselines at the same channel:",
+                  f"    one round trip per token (measured): {b['one_round_trip_per_token']['ms_per_token']} ms/token"
+                  f" -> speculation is {s['speculative_vs_one_round_trip_per_token']}x of it",
+                  f"    cloud streams its own generation (modelled): {b['cloud_streaming']['ms_per_token']} ms/token"
+                  f" -> speculation is {s['speculative_vs_cloud_streaming']}x of it"
+                  + ("  (speculation loses here: the delay dominates compute)" if (s['speculative_vs_cloud_streaming'] or 0) > 1 else ""),
+                  f"    cloud compute per token vs target-only: {s['cloud_compute_vs_target_only']}x"]
+    if s.get("errors"):
+        lines.append(f"  errors: {s['errors']}")
+    if "log_dir" in s:
+        lines.append(f"  logs          {s['log_dir']}  (specstop analyze {s['log_dir']})")
+    return "\n".join(lines)

@@ -1,0 +1,57 @@
+"""Bad input to the engine's command line: one clear error line, non-zero exit."""
+import json
+
+import pytest
+
+from tests.conftest import run_cli
+
+
+def one_line_error(r, fragment):
+    assert r.returncode != 0
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, r.stderr
+    assert fragment in lines[0], lines[0]
+
+
+def test_unknown_model_path(tmp_path):
+    one_line_error(run_cli("generate", "--prompt", "x", "--target", str(tmp_path / "nope")), "does not exist")
+
+
+def test_mismatched_tokenizers(tmp_path):
+    from transformers import AutoTokenizer
+
+    from nodes.models.loading import BUNDLED_DRAFT
+
+    tok = AutoTokenizer.from_pretrained(BUNDLED_DRAFT)
+    tok.add_tokens(["<extra>"])
+    other = tmp_path / "other"
+    tok.save_pretrained(other)
+    for f in ("config.json", "model.safetensors", "generation_config.json"):
+        src = __import__("pathlib").Path(BUNDLED_DRAFT) / f
+        if src.exists():
+            (other / f).write_bytes(src.read_bytes())
+    one_line_error(run_cli("generate", "--prompt", "x", "--draft", str(other)), "do not share a tokenizer")
+
+
+def test_empty_prompt():
+    one_line_error(run_cli("generate", "--prompt", ""), "prompt is empty")
+
+
+@pytest.mark.parametrize("flag", ["--max-new-tokens", "--max-length"])
+@pytest.mark.parametrize("value", ["0", "-3"])
+def test_non_positive_lengths(flag, value):
+    one_line_error(run_cli("generate", "--prompt", "x", flag, value), "must be >= 1")
+
+
+def test_non_positive_fixed_length():
+    one_line_error(run_cli("generate", "--prompt", "x", "--policy", "fixed:0"), "length must be >= 1")
+
+
+def test_generate_json_has_the_documented_fields():
+    r = run_cli("generate", "--prompt", "The with statement", "--max-new-tokens", "24", "--policy", "fixed:4", "--json")
+    out = json.loads(r.stdout)
+    assert {"token_ids", "text", "rounds", "accepted_per_round", "draft_ms", "verify_ms"} <= set(out)
+    assert len(out["token_ids"]) <= 24 and len(out["accepted_per_round"]) == out["rounds"]
+    ref = json.loads(run_cli("generate", "--prompt", "The with statement", "--max-new-tokens", "24",
+                             "--policy", "target-only", "--json").stdout)
+    assert ref["token_ids"] == out["token_ids"] and ref["rounds"] == len(ref["token_ids"])
