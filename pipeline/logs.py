@@ -1,7 +1,8 @@
 """structlog set-up: one JSON object per line, to a file per node.
 
-Field names are stable and documented in the README; analysis reads them back
-with json.loads and never parses free text.
+Each node gets its own wrapped logger (no global structlog state), so several
+nodes can share a process (tests) without mixing their files. Field names are
+stable and documented in the README; analysis reads them back with json.loads.
 """
 from __future__ import annotations
 
@@ -11,42 +12,32 @@ from typing import Any, TextIO
 
 import structlog
 
-
-def configure(node: str, log_file: str | Path | None, echo: bool = False) -> Any:
-    """Return a logger bound to `node`, writing JSON lines to `log_file` (and stderr if echo)."""
-    sink: TextIO
-    if log_file:
-        Path(log_file).parent.mkdir(parents=True, exist_ok=True)
-        sink = open(log_file, "a", buffering=1, encoding="utf-8")
-    else:
-        sink = sys.stderr
-    processors = [
-        structlog.contextvars.merge_contextvars,
-        structlog.processors.add_log_level,
-        structlog.processors.TimeStamper(fmt="iso", key="ts"),
-        structlog.processors.format_exc_info,
-        structlog.processors.JSONRenderer(sort_keys=False),
-    ]
-    structlog.configure(processors=processors, logger_factory=_Tee(sink, sys.stderr if echo and log_file else None),
-                        cache_logger_on_first_use=False)
-    return structlog.get_logger().bind(node=node)
+PROCESSORS = [
+    structlog.contextvars.merge_contextvars,
+    structlog.processors.add_log_level,
+    structlog.processors.TimeStamper(fmt="iso", key="ts"),
+    structlog.processors.format_exc_info,
+    structlog.processors.JSONRenderer(),
+]
 
 
-class _Tee:
-    def __init__(self, main: TextIO, extra: TextIO | None):
-        self.main, self.extra = main, extra
+class _LineSink:
+    """structlog's final logger: writes each rendered line and flushes it."""
 
-    def __call__(self, *args) -> "_TeeLogger":
-        return _TeeLogger(self.main, self.extra)
-
-
-class _TeeLogger:
-    def __init__(self, main: TextIO, extra: TextIO | None):
-        self.main, self.extra = main, extra
+    def __init__(self, stream: TextIO):
+        self.stream = stream
 
     def msg(self, message: str) -> None:
-        self.main.write(message + "\n")
-        if self.extra is not None:
-            self.extra.write(message + "\n")
+        self.stream.write(message + "\n")
+        self.stream.flush()
 
     info = warning = error = debug = critical = exception = log = msg
+
+
+def configure(node: str, log_file: str | Path | None = None) -> Any:
+    """A logger bound to `node`, writing JSON lines to `log_file` (stderr when None)."""
+    stream: TextIO = sys.stderr
+    if log_file:
+        Path(log_file).parent.mkdir(parents=True, exist_ok=True)
+        stream = open(log_file, "a", encoding="utf-8")
+    return structlog.wrap_logger(_LineSink(stream), processors=PROCESSORS).bind(node=node)

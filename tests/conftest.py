@@ -43,3 +43,13 @@ def tiny_pair():
 def run_cli(*args: str, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], capture_output=True, text=True,
                           timeout=timeout, env={**os.environ, **(env or {})})
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory):
+    """A real nats-server with JetStream on a free loopback port, for the whole test session."""
+    from pipeline.broker import EmbeddedBroker
+
+    b = EmbeddedBroker(tmp_path_factory.mktemp("broker")).start()
+    yield b
+    b.stop()
