@@ -28,7 +28,7 @@ from nodes.speculative import finish
 from pipeline.channel import Channel, ConstChannel
 from schemas import subjects
 from schemas.codec import Int32Array, Limits, SchemaError, decode, encode
-from schemas.messages import DraftMsg, ErrorMsg, GenerateRequest, TimingEvent, TokenChunk, VerdictMsg
+from schemas.messages import DraftMsg, ErrorMsg, GenerateRequest, PolicyUpdate, TimingEvent, TokenChunk, VerdictMsg
 from schemas.rounds import Draft, SamplingParams, round_seed
 
 TARGET_ONLY = "target-only"
@@ -51,10 +51,15 @@ class EdgeConfig:
 
 class PolicyBook:
     """The policies this edge acts on, one per spec, shared by all its requests.
-    `version` counts updates applied from a controller (0 = local learning only)."""
 
-    def __init__(self, max_length: int, seed: int, learn_locally: bool = True):
+    Local mode learns in-process. Remote mode only acts: `observe` runs in the
+    control subscriber, whose versioned snapshots arrive through `apply_update`;
+    until the first one arrives a spec acts on `fallback` (the theory's best
+    length from the pair's shipped profile, or a fixed length)."""
+
+    def __init__(self, max_length: int, seed: int, learn_locally: bool = True, fallback: Policy | None = None):
         self.max_length, self.seed, self.learn_locally = max_length, seed, learn_locally
+        self.fallback = fallback or make_policy("fixed:4", max_length=max_length)
         self.policies: dict[str, Policy] = {}
         self.versions: dict[str, int] = {}
 
@@ -63,6 +68,22 @@ class PolicyBook:
             self.policies[spec] = make_policy(spec, max_length=self.max_length, seed=self.seed)
             self.versions[spec] = 0
         return self.policies[spec]
+
+    def acting(self, spec: str) -> tuple[Policy, int]:
+        """The policy object to act on now, and the version it stands for."""
+        pol = self.get(spec)
+        if self.learn_locally or self.versions[spec] > 0 or spec.startswith("fixed:"):
+            return pol, self.versions[spec]
+        return self.fallback, 0
+
+    def apply_update(self, spec: str, version: int, snapshot: dict) -> None:
+        """Restore a controller snapshot; raises ControlError (and changes nothing) if refused."""
+        if version <= self.versions.get(spec, 0):
+            raise ControlError(f"update version {version} is not newer than {self.versions.get(spec, 0)}")
+        fresh = make_policy(spec, max_length=self.max_length, seed=self.seed)
+        fresh.restore(snapshot)
+        self.policies[spec] = fresh
+        self.versions[spec] = version
 
 
 class EdgeWorker:
@@ -82,6 +103,10 @@ class EdgeWorker:
 
     async def start(self) -> None:
         self.subs.append(await self.nc.subscribe(subjects.GENERATE, queue=subjects.EDGE_QUEUE, cb=self._on_generate))
+        self.subs.append(await self.nc.subscribe(subjects.generate(self.cfg.edge_id), cb=self._on_generate))
+        if not self.policies.learn_locally:
+            self.subs.append(await self.nc.subscribe(subjects.policy(self.cfg.edge_id), cb=self._on_policy))
+            await self._restore_from_bucket()
         self.log.info("edge_started", edge_id=self.cfg.edge_id, channel=self.channel.spec,
                       policy=self.cfg.default_policy)
 
@@ -91,6 +116,35 @@ class EdgeWorker:
         for t in list(self.tasks):
             t.cancel()
         self.pool.shutdown(wait=False, cancel_futures=True)
+
+    async def _on_policy(self, msg: Msg) -> None:
+        try:
+            upd: PolicyUpdate = decode(msg.data, self.limits, expect=(PolicyUpdate,))
+            if upd.edge_id != self.cfg.edge_id:
+                raise ControlError(f"update is for edge {upd.edge_id!r}")
+            self.policies.apply_update(upd.policy, upd.version, upd.snapshot)
+        except (SchemaError, ControlError) as exc:
+            self.log.warning("policy_update_refused", error=str(exc), subject=msg.subject,
+                             kept_versions=dict(self.policies.versions))
+            return
+        self.log.info("policy_update", policy=upd.policy, policy_version=upd.version)
+
+    async def _restore_from_bucket(self) -> None:
+        """Resume from the controller's latest snapshots (if any) before serving."""
+        try:
+            kv = await self.nc.jetstream().key_value(subjects.POLICY_BUCKET)
+            keys = await kv.keys()
+        except Exception:  # no JetStream, no bucket yet, or no keys: act on the defaults
+            return
+        for key in keys:
+            if not key.startswith(self.cfg.edge_id + "."):
+                continue
+            try:
+                upd = decode((await kv.get(key)).value, self.limits, expect=(PolicyUpdate,))
+                self.policies.apply_update(upd.policy, upd.version, upd.snapshot)
+                self.log.info("policy_update", policy=upd.policy, policy_version=upd.version, source="bucket")
+            except Exception as exc:
+                self.log.warning("policy_update_refused", error=str(exc), source="bucket", key=key)
 
     async def _on_generate(self, msg: Msg) -> None:
         try:
@@ -135,7 +189,6 @@ class EdgeWorker:
             raise ValueError("prompt encodes to no tokens")
         params = SamplingParams(req.temperature, req.top_p)
         target_only = spec == TARGET_ONLY
-        policy = None if target_only else self.policies.get(spec)
         draft, _ = await self._run(DraftSession, self.pair.draft, prompt, self.pair.vocab_size, params)
         context = list(prompt)  # what the verifier must hold: prompt + every emitted token
         detok = IncrementalDetokenizer(tok, self.pair.eos_ids)
@@ -145,8 +198,8 @@ class EdgeWorker:
         while reason is None:
             sample = self.channel.sample()
             ctx = RoundContext(self.latest_delay_ms, sample.state)
+            policy, version = (None, 0) if target_only else self.policies.acting(spec)
             length = 0 if target_only else policy.choose(ctx)
-            version = 0 if target_only else self.policies.versions.get(spec, 0)
             seed = round_seed(req.seed, rnd)
             t0 = self.clock()
             if target_only:
@@ -170,7 +223,7 @@ class EdgeWorker:
             network_ms = max(0.0, round_ms - edge_queue_ms - d.draft_ms - verdict.verify_ms - verdict.queue_ms)
             self.latest_delay_ms = network_ms / 2
             measured = RoundContext(network_ms / 2, sample.state)
-            if policy is not None and self.policies.learn_locally:
+            if policy is not None and self.policies.learn_locally:  # else the controller learns
                 policy.observe(RoundOutcome(len(d), verdict.accepted, round_ms, measured))
             if reply:
                 text = detok.feed(kept) + (detok.flush() if reason else "")

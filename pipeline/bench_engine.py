@@ -39,24 +39,31 @@ def round_compute_ms(pair: ModelPair, context: list[int], length: int, rounds: i
     return statistics.median(times[1:] if len(times) > 2 else times)
 
 
-def survival_by_band(pair: ModelPair, length: int = 8, new_tokens: int = 1100) -> dict:
-    """S(i) = P(A >= i) from fixed-length-8 greedy rounds, by context length at the round."""
-    prompts = bench_prompts(pair, n=3, chars=64)
+def survival_by_band(pair: ModelPair, length: int = 8, prompts_per_band: int = 8, new_tokens: int = 64) -> dict:
+    """S(i) = P(A >= i) from greedy rounds of fixed length 8, by context length at the round.
+
+    Each band gets real-text prompts that start inside it (pydoc topics), so the
+    contexts are documentation, not the loops a small model falls into late in a
+    long greedy generation."""
+    docs = sorted(corpus_documents(), key=len, reverse=True)
     counts = {b: [0] * (length + 1) for b in BANDS}
-    for p in prompts:
-        draft = DraftSession(pair.draft, p, pair.vocab_size)
-        target = TargetSession(pair.target, p, pair.vocab_size)
-        while len(target.tokens) < BANDS[-1][1]:
-            ctx = len(target.tokens)
-            d = draft.propose(length)
-            v = target.verify(d)
-            draft.apply(v)
-            band = next(b for b in BANDS if b[0] <= ctx < b[1])
-            counts[band][0] += 1
-            for i in range(1, v.accepted + 1):
-                counts[band][i] += 1
-            if v.next_token in pair.eos_ids:  # keep going past EOS: the band is about context length
-                pass
+    for lo, hi in BANDS:
+        start_len = lo + max(8, (hi - lo) // 4)
+        for j in range(prompts_per_band):
+            doc = docs[(j * 5 + lo) % len(docs)]
+            prompt = pair.tokenizer.encode(doc, add_special_tokens=False)[:start_len]
+            draft = DraftSession(pair.draft, prompt, pair.vocab_size)
+            target = TargetSession(pair.target, prompt, pair.vocab_size)
+            while len(target.tokens) < start_len + new_tokens:
+                ctx = len(target.tokens)
+                v = target.verify(draft.propose(length))
+                draft.apply(v)
+                band = next((b for b in BANDS if b[0] <= ctx < b[1]), None)
+                if band is None:
+                    break
+                counts[band][0] += 1
+                for i in range(1, v.accepted + 1):
+                    counts[band][i] += 1
     return {f"{lo}-{hi}": {"rounds": c[0], "survival": [round(x / c[0], 4) for x in c[1:]] if c[0] else None}
             for (lo, hi), c in counts.items()}
 

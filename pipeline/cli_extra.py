@@ -25,6 +25,13 @@ def cmd_bench_pipeline(a: argparse.Namespace) -> None:
     print(json.dumps(res) if a.json else json.dumps(res, indent=2))
 
 
+def cmd_bench_control(a: argparse.Namespace) -> None:
+    from pipeline.bench_control import bench_control
+
+    res = bench_control(run_root=a.run_root, events=a.events, lag_samples=a.lag_samples, requests=a.requests)
+    print(json.dumps(res) if a.json else json.dumps(res, indent=2))
+
+
 def cmd_broker(a: argparse.Namespace) -> None:
     from pipeline.broker import EmbeddedBroker
     from pipeline.orchestrate import new_run_dir
@@ -60,7 +67,13 @@ def cmd_edge(a: argparse.Namespace) -> None:
     parse_channel(a.channel)  # refuse a bad spec before loading anything
     if a.policy != "target-only":
         make_policy(a.policy, max_length=a.max_length)
-    asyncio.run(serve_edge(_node_options(a), a.channel, a.policy, a.seed))
+    asyncio.run(serve_edge(_node_options(a), a.channel, a.policy, a.seed, local_policy=not a.remote_policy))
+
+
+def cmd_control(a: argparse.Namespace) -> None:
+    from pipeline.serve import serve_control
+
+    asyncio.run(serve_control(default_nats_url(a.nats), a.id, a.log_file, a.max_length, a.seed))
 
 
 def _run_config(a: argparse.Namespace):
@@ -74,7 +87,7 @@ def _run_config(a: argparse.Namespace):
     return RunConfig(requests=a.requests, concurrency=a.concurrency, max_new_tokens=a.max_new_tokens,
                      channel=a.channel, policy=a.policy, seed=a.seed, temperature=a.temperature,
                      max_length=a.max_length, run_root=a.run_root, draft=getattr(a, "draft", None),
-                     target=getattr(a, "target", None))
+                     target=getattr(a, "target", None), local_policy=getattr(a, "local_policy", True))
 
 
 def _progress(enabled: bool):
@@ -160,6 +173,13 @@ def register(sub) -> None:
     p.add_argument("--run-root", default="runs")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench_pipeline)
+    p = bsub.add_parser("control", help="controller events/s, update lag, ms/token vs --local-policy")
+    p.add_argument("--events", type=_positive_int, default=3000)
+    p.add_argument("--lag-samples", type=_positive_int, default=200)
+    p.add_argument("--requests", type=_positive_int, default=16)
+    p.add_argument("--run-root", default="runs")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_bench_control)
 
     p = sub.add_parser("broker", help="run an embedded nats-server (JetStream under the run directory)")
     p.add_argument("--port", type=int, default=4222, help="port on 127.0.0.1 (-1 picks a free one)")
@@ -177,10 +197,22 @@ def register(sub) -> None:
     p.add_argument("--channel", default="const:0", help="link emulation spec (see README)")
     p.add_argument("--policy", default="auto", help="default policy spec for requests that name none")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--remote-policy", action="store_true",
+                   help="act on snapshots from `specstop control` instead of learning in-process")
     p.set_defaults(func=cmd_edge)
 
-    p = sub.add_parser("demo", help="the main job: broker + cloud + edge + streaming workload + summary")
+    p = sub.add_parser("control", help="control subscriber: learn from timing events, publish policy updates")
+    nats_arg(p)
+    p.add_argument("--id", default="control-1")
+    p.add_argument("--log-file", help="JSON-lines log file (default: stderr)")
+    p.add_argument("--max-length", type=_positive_int, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_control)
+
+    p = sub.add_parser("demo", help="the main job: broker + cloud + edge + controller + streaming workload + summary")
     workload_args(p)
+    p.add_argument("--local-policy", action="store_true",
+                   help="learn inside the edge instead of starting the control subscriber")
     _model_args(p)
     p.set_defaults(func=cmd_demo)
 

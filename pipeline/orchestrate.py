@@ -42,7 +42,7 @@ class RunConfig:
     run_root: str = "runs"
     draft: str | None = None
     target: str | None = None
-    local_policy: bool = True
+    local_policy: bool = False  # demo: the control subscriber learns; True keeps learning in the edge
     extra: dict = field(default_factory=dict)
 
 
@@ -124,9 +124,12 @@ def start_cluster(url: str, run_dir: Path, cfg: RunConfig, edges: int = 1, cloud
                                  ["--nats", url, "--threads", "1", "--channel", channel, "--policy", cfg.policy,
                                   "--max-length", str(cfg.max_length), "--seed", str(cfg.seed), *model,
                                   *([] if cfg.local_policy else ["--remote-policy"])]))
+    if not cfg.local_policy:
+        nodes.append(NodeProcess("control", "control-1", run_dir, ["--nats", url, "--max-length", str(cfg.max_length),
+                                                                   "--seed", str(cfg.seed)]))
     try:
         for n in nodes:
-            n.wait_ready("cloud_started" if n.kind == "cloud" else "edge_started")
+            n.wait_ready(f"{n.kind}_started")
     except Exception:
         for n in nodes:
             n.stop()

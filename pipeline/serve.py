@@ -56,6 +56,17 @@ async def serve_cloud(opts: NodeOptions, max_sessions: int, session_ttl_s: float
     log.info("cloud_stopped", rounds=worker.rounds)
 
 
+def default_policy_for(pair, max_length: int):
+    """Safe default before the controller speaks: the theory's best length from the
+    bundled pair's shipped profile (at the measured delay), else a fixed length."""
+    from control import load_profile, make_policy
+    from nodes.models.loading import BUNDLED_DRAFT, BUNDLED_PROFILE, BUNDLED_TARGET
+
+    if pair.draft_name == BUNDLED_DRAFT and pair.target_name == BUNDLED_TARGET and BUNDLED_PROFILE.exists():
+        return make_policy("oracle", max_length=max_length, profile=load_profile(BUNDLED_PROFILE))
+    return make_policy("fixed:4", max_length=max_length)
+
+
 async def serve_edge(opts: NodeOptions, channel_spec: str, policy: str, seed: int, local_policy: bool = True) -> None:
     from nodes.edge import EdgeConfig, EdgeWorker, PolicyBook
 
@@ -65,10 +76,23 @@ async def serve_edge(opts: NodeOptions, channel_spec: str, policy: str, seed: in
     pair = load_pair(opts.draft, opts.target, device=opts.device, load_target=False)
     nc = await bus.connect(opts.nats_url, opts.node_id, log)
     cfg = EdgeConfig(opts.node_id, policy, opts.max_length, seed=seed)
-    worker = EdgeWorker(nc, pair, cfg, limits_for(pair.vocab_size, opts), log, channel,
-                        PolicyBook(opts.max_length, seed, learn_locally=local_policy))
+    book = PolicyBook(opts.max_length, seed, learn_locally=local_policy,
+                      fallback=default_policy_for(pair, opts.max_length))
+    worker = EdgeWorker(nc, pair, cfg, limits_for(pair.vocab_size, opts), log, channel, book)
     await worker.start()
     await _wait_for_signal()
     await worker.stop()
     await nc.drain()
     log.info("edge_stopped")
+
+
+async def serve_control(nats_url: str, node_id: str, log_file: str | None, max_length: int, seed: int) -> None:
+    from nodes.controller import Controller
+
+    log = logs.configure(node_id, log_file)
+    nc = await bus.connect(nats_url, node_id, log)
+    ctl = Controller(nc, log, max_length=max_length, seed=seed)
+    await ctl.start()
+    await _wait_for_signal()
+    await ctl.stop()
+    await nc.drain()

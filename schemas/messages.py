@@ -192,10 +192,19 @@ class TimingEvent:
 @message("policy")
 @dataclass
 class PolicyUpdate:
+    """A learner's snapshot. `version` = events applied so far (monotonic per edge x policy);
+    `last_seq` = JetStream sequence of the last applied event (controller bookkeeping)."""
+
     edge_id: str
     policy: str
     version: int
     snapshot: dict = field(default_factory=dict)
+    last_seq: int = 0
+
+    def validate(self, limits: Limits) -> None:
+        _check_id(self.edge_id, "edge_id")
+        if self.version < 0 or self.last_seq < 0:
+            raise SchemaError("policy: version and last_seq must be >= 0")
 
 
 @message("error")

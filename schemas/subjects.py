@@ -1,18 +1,30 @@
 """NATS subject names (one place, so no module spells a subject by hand)."""
 PREFIX = "specstop"
 GENERATE = f"{PREFIX}.generate"               # queue group "edges"; reply inbox gets TokenChunk*
+                                              # .<edge_id>: the same, to one edge
 VERIFY = f"{PREFIX}.verify"                   # first round / resend: queue group "verifiers"
 TIMING_PREFIX = f"{PREFIX}.timing"            # .<edge_id>: TimingEvent, captured by a JetStream stream
 POLICY_PREFIX = f"{PREFIX}.policy"            # .<edge_id>: PolicyUpdate
 EDGE_QUEUE = "edges"
 VERIFIER_QUEUE = "verifiers"
 TIMING_STREAM = "SPECSTOP_TIMING"
+CONTROL_DURABLE = "specstop-control"
 POLICY_BUCKET = "specstop_policies"
 
 
 def verifier(verifier_id: str) -> str:
     """Sticky subject of one verifier: later rounds of its sessions go straight to it."""
     return f"{VERIFY}.{verifier_id}"
+
+
+def generate(edge_id: str | None = None) -> str:
+    return GENERATE if edge_id is None else f"{GENERATE}.{edge_id}"
+
+
+def policy_key(edge_id: str, policy_spec: str) -> str:
+    """KV key of one learner (KV keys allow [-/_=.a-zA-Z0-9])."""
+    safe = "".join(c if c.isalnum() or c in "-_" else "=" for c in policy_spec)
+    return f"{edge_id}.{safe}"
 
 
 def timing(edge_id: str) -> str:

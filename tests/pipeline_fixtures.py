@@ -53,3 +53,52 @@ async def cluster(url: str, pair, log_dir: Path, channel: str = "const:0", cloud
         for c in conns:
             await c.close()
         await asyncio.sleep(0)
+
+
+async def start_edge(url: str, pair, log_dir: Path, edge_id: str, channel: str, local_policy: bool,
+                     policy: str = "auto"):
+    from control import make_policy
+
+    nc = await bus.connect(url, edge_id)
+    book = PolicyBook(8, 0, learn_locally=local_policy, fallback=make_policy("fixed:2", max_length=8))
+    edge = EdgeWorker(nc, pair, EdgeConfig(edge_id, policy, 8, request_timeout_s=5.0),
+                      Limits(max_draft_length=8, vocab_size=pair.vocab_size),
+                      logs.configure(edge_id, log_dir / f"{edge_id}.jsonl"), parse_channel(channel, seed=1), book)
+    await edge.start()
+    await nc.flush()
+    return nc, edge
+
+
+async def start_controller(url: str, log_dir: Path, node_id: str = "control-1", batch: int = 128):
+    from nodes.controller import Controller
+
+    nc = await bus.connect(url, node_id)
+    ctl = Controller(nc, logs.configure(node_id, log_dir / f"{node_id}.jsonl"), max_length=8, batch=batch)
+    await ctl.start()
+    return nc, ctl
+
+
+async def reset_jetstream(url: str) -> None:
+    """Each test starts with no timing stream, consumer or policy bucket."""
+    from nats.js.errors import NotFoundError
+
+    nc = await bus.connect(url, "reset", long_lived=False)
+    js = nc.jetstream()
+    for fn in (lambda: js.delete_stream("SPECSTOP_TIMING"), lambda: js.delete_key_value("specstop_policies")):
+        try:
+            await fn()
+        except NotFoundError:
+            pass
+        except Exception:
+            pass
+    await nc.close()
+
+
+async def start_cloud(url: str, pair, log_dir: Path, verifier_id: str = "cloud-1"):
+    nc = await bus.connect(url, verifier_id)
+    w = CloudWorker(nc, pair.target, pair.vocab_size, CloudConfig(verifier_id),
+                    Limits(max_draft_length=8, vocab_size=pair.vocab_size),
+                    logs.configure(verifier_id, log_dir / f"{verifier_id}.jsonl"))
+    await w.start()
+    await nc.flush()
+    return nc, w

@@ -1,9 +1,12 @@
 """Greedy speculative output is token for token the target's own greedy output."""
+import dataclasses
+
 import pytest
 
 from control import make_policy
 from nodes.models.train_pair import corpus_documents
 from nodes.speculative import speculative_generate, target_only_generate
+from schemas.rounds import SamplingParams
 
 
 @pytest.fixture(scope="module")
@@ -42,19 +45,28 @@ def test_adaptive_policy_output_is_still_exact(pair, prompts, references):
     assert len(set(res.lengths_per_round)) > 1
 
 
-def test_generation_that_stops_at_eos_matches(pair):
-    """Near the end of a topic the pair has learned to emit <eos>; both decoders stop there."""
-    docs = corpus_documents()
-    for doc in docs:
-        prompt = pair.tokenizer.encode(doc[-120:-20], add_special_tokens=False)
-        ref = target_only_generate(pair, prompt, 200)
-        if ref.finish_reason == "eos":
-            break
-    else:
-        pytest.fail("no topic ending made the target emit <eos>")
+def test_greedy_generation_that_stops_at_a_stop_token_matches(pair):
+    """Stop ids are a set (real models list several). Greedy decoding of this small pair
+    rarely reaches <eos>, so a token from its own unconstrained output is added as a
+    stop id: decoding must end at its first occurrence, and speculation with it."""
+    prompt = pair.tokenizer.encode(corpus_documents()[7][:200], add_special_tokens=False)
+    free = target_only_generate(pair, prompt, 200)
+    stopping = dataclasses.replace(pair, eos_ids=pair.eos_ids | {free.token_ids[60]})
+    ref = target_only_generate(stopping, prompt, 200)
+    assert ref.finish_reason == "eos" and len(ref.token_ids) <= 60
+    assert ref.token_ids == free.token_ids[: len(ref.token_ids)]
     for length in (1, 3, 8):
-        res = speculative_generate(pair, prompt, 200, make_policy(f"fixed:{length}"))
+        res = speculative_generate(stopping, prompt, 200, make_policy(f"fixed:{length}"))
         assert res.token_ids == ref.token_ids and res.finish_reason == "eos"
+
+
+def test_the_pair_emits_its_real_eos_at_a_topic_end(pair):
+    """The bundled pair learned <eos>: sampling at the end of a pydoc topic stops there."""
+    doc = corpus_documents()[1]
+    prompt = pair.tokenizer.encode(doc[-300:], add_special_tokens=False)
+    reasons = [speculative_generate(pair, prompt, 40, make_policy("fixed:4"), SamplingParams(1.0), seed=s).finish_reason
+               for s in range(30)]
+    assert reasons.count("eos") >= 3, reasons
 
 
 def test_generation_that_stops_at_the_length_limit_matches(pair, prompts):

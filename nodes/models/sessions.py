@@ -38,7 +38,7 @@ class StopCallback(Protocol):
 class _CachedSession:
     """Token history plus a DynamicCache that covers all of it but `pending`."""
 
-    def __init__(self, model, context: list[int], vocab_size: int, params: SamplingParams):
+    def __init__(self, model, context: list[int], vocab_size: int, params: SamplingParams = SamplingParams()):
         if not context:
             raise ModelError("context is empty: a session needs at least one token")
         self.model = model

@@ -1,0 +1,172 @@
+"""The control subscriber over a real nats-server with JetStream on loopback."""
+from __future__ import annotations
+
+import asyncio
+
+import msgpack
+import pytest
+
+from control import RoundContext, RoundOutcome, make_policy
+from nodes.controller import ensure_stream
+from pipeline import bus
+from pipeline.client import generate_stream
+from schemas import subjects
+from schemas.codec import encode
+from schemas.messages import GenerateRequest, PolicyUpdate, TimingEvent
+from tests.pipeline_fixtures import cluster, read_log, reset_jetstream, start_cloud, start_controller, start_edge
+
+
+@pytest.fixture(autouse=True)
+async def clean_jetstream(broker):
+    await reset_jetstream(broker.url)
+    yield
+
+
+def long_draft_snapshot() -> dict:
+    """An auto policy that has seen long drafts fully accepted at a large delay."""
+    p = make_policy("auto", max_length=8)
+    for _ in range(200):
+        p.observe(RoundOutcome(8, 8, 30.0 + 2 * 100.0, RoundContext(100.0)))
+    return p.snapshot()
+
+
+async def wait_for(pred, timeout=10.0):
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not pred():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not reached")
+        await asyncio.sleep(0.02)
+
+
+async def test_published_update_changes_the_lengths_an_edge_chooses(broker, pair, tmp_path):
+    async with cluster(broker.url, pair, tmp_path, channel="const:1", local_policy=False) as (client, edge, _):
+        req = lambda rid: GenerateRequest(rid, prompt="The for statement", max_new_tokens=40, policy="auto")
+        await generate_stream(client, req("before"), 30)
+        await client.publish(subjects.policy("edge-1"), encode(PolicyUpdate("edge-1", "auto", 7, long_draft_snapshot())))
+        await wait_for(lambda: edge.policies.versions.get("auto") == 7)
+        await generate_stream(client, req("after"), 30)
+    rounds = [e for e in read_log(tmp_path / "edge-1.jsonl") if e["event"] == "round"]
+    before = {r["draft_length"] for r in rounds if r["request_id"] == "before"}
+    after = [r for r in rounds if r["request_id"] == "after"]
+    assert {r["policy_version"] for r in rounds if r["request_id"] == "before"} == {0}
+    assert {r["policy_version"] for r in after} == {7}
+    assert {r["draft_length"] for r in after} == {8} and before != {8}
+
+
+async def publish_events(url: str, n: int, edge_id: str = "edge-z", start: int = 0) -> list[TimingEvent]:
+    nc = await bus.connect(url, "events", long_lived=False)
+    await ensure_stream(nc.jetstream())
+    evs = []
+    for i in range(start, start + n):
+        L = 1 + i % 8
+        a = (i * 7) % (L + 1)
+        ev = TimingEvent(edge_id, f"r{i // 10}", i % 10, 0, L, a, 20.0 + 3 * L + 2 * (5 + i % 3), 3.0 * L, 20.0,
+                         0.1, 2 * (5 + i % 3), 5.0, "auto", 0, "cloud-1", None, i + 1, a + 1)
+        evs.append(ev)
+        await nc.jetstream().publish(subjects.timing(edge_id), encode(ev))
+    await nc.close()
+    return evs
+
+
+def reference_state(evs: list[TimingEvent]) -> dict:
+    p = make_policy("auto", max_length=8)
+    for ev in evs:
+        p.observe(RoundOutcome(ev.length, ev.accepted, ev.round_ms, RoundContext(ev.network_ms / 2, ev.channel_state)))
+    return p.snapshot()
+
+
+async def test_restarted_controller_resumes_from_the_bucket(broker, tmp_path):
+    evs = await publish_events(broker.url, 150)
+    nc, ctl = await start_controller(broker.url, tmp_path, batch=50)
+    await wait_for(lambda: ctl.applied >= 50)
+    await ctl.stop()
+    first_run = ctl.applied
+    before = ctl.learners[("edge-z", "auto")].policy.snapshot()
+    await nc.close()
+    assert 50 <= first_run < 150 or first_run == 150
+
+    nc2, ctl2 = await start_controller(broker.url, tmp_path, node_id="control-2", batch=50)
+    restored = ctl2.learners[("edge-z", "auto")]
+    assert restored.policy.snapshot() == before  # estimates equal before and after the restart
+    evs += await publish_events(broker.url, 50, start=150)
+    await wait_for(lambda: restored.version == 200)
+    await asyncio.sleep(0.3)
+    await ctl2.stop()
+    await nc2.close()
+    assert first_run + ctl2.applied == 200  # none applied twice, none lost
+    assert restored.version == 200 and restored.policy.snapshot() == reference_state(evs)
+
+
+async def test_two_edges_with_different_channels_learn_different_lengths(broker, pair, tmp_path):
+    cnc, ctl = await start_controller(broker.url, tmp_path)
+    cloud = await start_cloud(broker.url, pair, tmp_path)
+    fast = await start_edge(broker.url, pair, tmp_path, "edge-fast", "const:0", local_policy=False)
+    slow = await start_edge(broker.url, pair, tmp_path, "edge-slow", "const:60", local_policy=False)
+    client = await bus.connect(broker.url, "client", long_lived=False)
+    try:
+        async def load(edge_id: str, n: int, tokens: int):
+            for i in range(n):
+                req = GenerateRequest(f"{edge_id}-{i}", prompt=f"The {i} statement", max_new_tokens=tokens,
+                                      policy="auto")
+                reply = client.new_inbox()
+                sub = await client.subscribe(reply)
+                await client.publish(subjects.generate(edge_id), encode(req), reply=reply)
+                while True:
+                    body = msgpack.unpackb((await sub.next_msg(timeout=60)).data)
+                    assert body["t"] != "error", body
+                    if body["done"]:
+                        break
+                await sub.unsubscribe()
+
+        await asyncio.gather(load("edge-fast", 6, 64), load("edge-slow", 3, 64))
+    finally:
+        for nc, w in (fast, slow, cloud):
+            await w.stop()
+            await nc.close()
+        await ctl.stop()
+        await cnc.close()
+        await client.close()
+    lengths = {}
+    for e in ("edge-fast", "edge-slow"):
+        rounds = [r for r in read_log(tmp_path / f"{e}.jsonl") if r["event"] == "round"]
+        late = [r["draft_length"] for r in rounds if r["policy_version"] > 10]
+        assert late, f"{e} never acted on a controller update"
+        lengths[e] = sum(late[-30:]) / len(late[-30:])
+    assert lengths["edge-slow"] > lengths["edge-fast"] + 1.0, lengths
+
+
+async def test_malformed_events_are_acked_logged_and_skipped(broker, tmp_path):
+    nc = await bus.connect(broker.url, "bad-events", long_lived=False)
+    await ensure_stream(nc.jetstream())
+    await nc.jetstream().publish(subjects.timing("edge-q"), b"\x93garbage")
+    await nc.jetstream().publish(subjects.timing("edge-q"), msgpack.packb({"v": 1, "t": "timing"}))
+    await nc.close()
+    await publish_events(broker.url, 5, edge_id="edge-q")
+    cnc, ctl = await start_controller(broker.url, tmp_path)
+    await wait_for(lambda: ctl.applied == 5 and ctl.malformed == 2)
+    await asyncio.sleep(0.3)
+    info = await cnc.jetstream().consumer_info(subjects.TIMING_STREAM, subjects.CONTROL_DURABLE)
+    await ctl.stop()
+    await cnc.close()
+    assert info.num_ack_pending == 0 and info.num_redelivered == 0 and ctl.malformed == 2
+    bad = [e for e in read_log(tmp_path / "control-1.jsonl") if e["event"] == "bad_event"]
+    assert len(bad) == 2 and all(e["error"] for e in bad)
+
+
+@pytest.mark.parametrize("snapshot_patch, fragment", [
+    ({"format": 99}, "unsupported format 99"),
+    ({"spec": "mystery"}, "is for policy 'mystery'"),
+])
+async def test_snapshot_of_unknown_or_newer_version_is_refused(broker, pair, tmp_path, snapshot_patch, fragment):
+    async with cluster(broker.url, pair, tmp_path, local_policy=False) as (client, edge, _):
+        good = PolicyUpdate("edge-1", "auto", 3, long_draft_snapshot())
+        await client.publish(subjects.policy("edge-1"), encode(good))
+        await wait_for(lambda: edge.policies.versions.get("auto") == 3)
+        bad = PolicyUpdate("edge-1", "auto", 4, long_draft_snapshot() | snapshot_patch)
+        await client.publish(subjects.policy("edge-1"), encode(bad))
+        await client.flush()
+        await asyncio.sleep(0.3)
+        assert edge.policies.versions["auto"] == 3
+        assert edge.policies.get("auto").snapshot() == good.snapshot
+    refused = [e for e in read_log(tmp_path / "edge-1.jsonl") if e["event"] == "policy_update_refused"]
+    assert refused and fragment in refused[0]["error"]
