@@ -62,6 +62,7 @@ class Controller:
         self.skipped_duplicates = 0
         self.malformed = 0
         self.task: asyncio.Task | None = None
+        self.stopping = False
         self.js = nc.jetstream()
         self.kv = None
         self.psub = None
@@ -77,12 +78,13 @@ class Controller:
         self.log.info("control_started", learners=len(self.learners))
 
     async def stop(self) -> None:
+        """Finish the batch in hand (applied, persisted, acked), then stop fetching."""
+        self.stopping = True
         if self.task:
-            self.task.cancel()
             try:
-                await self.task
-            except asyncio.CancelledError:
-                pass
+                await asyncio.wait_for(asyncio.shield(self.task), timeout=10)
+            except asyncio.TimeoutError:
+                self.task.cancel()
         self.log.info("control_stopped", applied=self.applied, duplicates=self.skipped_duplicates,
                       malformed=self.malformed)
 
@@ -112,7 +114,7 @@ class Controller:
         return self.learners[key]
 
     async def _loop(self) -> None:
-        while True:
+        while not self.stopping:
             try:
                 msgs = await self.psub.fetch(self.batch, timeout=0.5)
             except (NatsTimeoutError, asyncio.TimeoutError):

@@ -209,7 +209,7 @@ class EdgeWorker:
                 d, edge_queue_ms = await self._run(draft.propose, length, seed, stop)
             dm = DraftMsg.from_draft(d, request_id=req.request_id, round=rnd, attempt=0, edge_id=self.cfg.edge_id,
                                      params=params, context=context if send_context else None)
-            verdict, subject, resent = await self._exchange(dm, subject, sample, context)
+            verdict, subject, resent, link_ms = await self._exchange(dm, subject, sample, context)
             round_ms = (self.clock() - t0) * 1e3
             if target_only:
                 new = [verdict.next_token]
@@ -233,7 +233,7 @@ class EdgeWorker:
                           verifier_id=verdict.verifier_id, draft_length=len(d), accepted=verdict.accepted,
                           tokens=len(kept), draft_ms=round(d.draft_ms, 3), edge_queue_ms=round(edge_queue_ms, 3),
                           verify_ms=round(verdict.verify_ms, 3), queue_ms=round(verdict.queue_ms, 3),
-                          network_ms=round(network_ms, 3), round_ms=round(round_ms, 3),
+                          network_ms=round(network_ms, 3), link_ms=round(link_ms, 3), round_ms=round(round_ms, 3),
                           delay_ms=round(sample.one_way_ms, 3), channel_state=sample.state, policy=spec,
                           policy_version=version, context_resent=resent, context_len=len(context))
             self.log.info("round", **fields)
@@ -253,12 +253,21 @@ class EdgeWorker:
                          f["tokens"], f["edge_queue_ms"])
         await self.nc.publish(subjects.timing(self.cfg.edge_id), encode(ev))
 
+    async def _link(self, ms: float, slept: list[float]) -> None:
+        """One emulated direction; the time actually slept is added to slept[0] (logged as link_ms)."""
+        if ms <= 0:
+            return
+        t0 = self.clock()
+        await asyncio.sleep(ms / 1e3)
+        slept[0] += (self.clock() - t0) * 1e3
+
     async def _exchange(self, dm: DraftMsg, subject: str, sample, context: list[int]):
         """Send one round until a verdict comes back: retries, resends, re-routing."""
         resent = False
+        slept = [0.0]
         for attempt in range(self.cfg.max_attempts):
             dm.attempt = attempt
-            await asyncio.sleep(sample.up_ms / 1e3)
+            await self._link(sample.up_ms, slept)
             try:
                 reply = await self.nc.request(subject, encode(dm), timeout=self.cfg.request_timeout_s)
             except (NatsTimeoutError, NoRespondersError, asyncio.TimeoutError) as exc:
@@ -268,7 +277,7 @@ class EdgeWorker:
                     subject, dm.context, resent = subjects.VERIFY, Int32Array(context), True
                 await asyncio.sleep(min(0.05 * 2 ** attempt, 1.0))
                 continue
-            await asyncio.sleep(sample.down_ms / 1e3)
+            await self._link(sample.down_ms, slept)
             try:
                 m = decode(reply.data, self.limits, expect=(VerdictMsg, ErrorMsg))
             except SchemaError as exc:
@@ -286,6 +295,6 @@ class EdgeWorker:
             if m.request_id != dm.request_id or m.round != dm.round:
                 self.log.warning("stale_verdict", request_id=dm.request_id, round=dm.round, got_round=m.round)
                 continue
-            return m, subjects.verifier(m.verifier_id), resent
+            return m, subjects.verifier(m.verifier_id), resent, slept[0]
         raise RoundFailed(f"round {dm.round} of {dm.request_id} got no verdict after {self.cfg.max_attempts} attempts")
 

@@ -45,6 +45,13 @@ def _delays(text: str) -> list[float]:
     return vals
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (`specstop: error: ...`), exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"specstop: error: {self.prog.removeprefix('specstop').strip() or 'specstop'}: {message}\n")
+
+
 def _emit(obj: dict, as_json: bool, render: Callable[[dict], str]) -> None:
     print(json.dumps(obj) if as_json else render(obj))
 
@@ -148,7 +155,7 @@ def _model_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="specstop", description="Delay-adaptive speculative decoding, edge to cloud.")
+    parser = OneLineParser(prog="specstop", description="Delay-adaptive speculative decoding, edge to cloud.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train-pair", help="train the bundled byte-level model pair")

@@ -105,17 +105,30 @@ def decode(payload: bytes, limits: Limits = Limits(), expect: tuple[type, ...] |
     return msg
 
 
+_FIELDS: dict[type, tuple[tuple[dataclasses.Field, Any, bool], ...]] = {}
+
+
+def _fields(cls: type) -> tuple[tuple[dataclasses.Field, Any, bool], ...]:
+    """(field, type hint, has default) per field, resolved once per class (hot path)."""
+    if cls not in _FIELDS:
+        hints = typing.get_type_hints(cls)
+        _FIELDS[cls] = tuple(
+            (f, hints[f.name], f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING)
+            for f in dataclasses.fields(cls))
+    return _FIELDS[cls]
+
+
 def _build(cls: type, body: dict) -> Any:
-    hints = typing.get_type_hints(cls)
     kwargs = {}
-    for f in dataclasses.fields(cls):
-        has_default = f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+    names = set()
+    for f, hint, has_default in _fields(cls):
+        names.add(f.name)
         if f.name not in body:
             if has_default:
                 continue
             raise SchemaError(f"{cls.TYPE}: missing field '{f.name}'")
-        kwargs[f.name] = _coerce(body[f.name], hints[f.name], f"{cls.TYPE}.{f.name}")
-    extra = set(body) - {f.name for f in dataclasses.fields(cls)} - {"v", "t"}
+        kwargs[f.name] = _coerce(body[f.name], hint, f"{cls.TYPE}.{f.name}")
+    extra = set(body) - names - {"v", "t"}
     if extra:
         raise SchemaError(f"{cls.TYPE}: unknown fields {sorted(extra)}")
     return cls(**kwargs)

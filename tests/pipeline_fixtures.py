@@ -56,24 +56,26 @@ async def cluster(url: str, pair, log_dir: Path, channel: str = "const:0", cloud
 
 
 async def start_edge(url: str, pair, log_dir: Path, edge_id: str, channel: str, local_policy: bool,
-                     policy: str = "auto"):
+                     policy: str = "auto", max_length: int = 8):
     from control import make_policy
 
     nc = await bus.connect(url, edge_id)
-    book = PolicyBook(8, 0, learn_locally=local_policy, fallback=make_policy("fixed:2", max_length=8))
-    edge = EdgeWorker(nc, pair, EdgeConfig(edge_id, policy, 8, request_timeout_s=5.0),
-                      Limits(max_draft_length=8, vocab_size=pair.vocab_size),
+    book = PolicyBook(max_length, 0, learn_locally=local_policy, fallback=make_policy("fixed:2", max_length=max_length))
+    edge = EdgeWorker(nc, pair, EdgeConfig(edge_id, policy, max_length, request_timeout_s=5.0),
+                      Limits(max_draft_length=max_length, vocab_size=pair.vocab_size),
                       logs.configure(edge_id, log_dir / f"{edge_id}.jsonl"), parse_channel(channel, seed=1), book)
     await edge.start()
     await nc.flush()
     return nc, edge
 
 
-async def start_controller(url: str, log_dir: Path, node_id: str = "control-1", batch: int = 128):
+async def start_controller(url: str, log_dir: Path, node_id: str = "control-1", batch: int = 128,
+                           max_length: int = 8):
     from nodes.controller import Controller
 
     nc = await bus.connect(url, node_id)
-    ctl = Controller(nc, logs.configure(node_id, log_dir / f"{node_id}.jsonl"), max_length=8, batch=batch)
+    ctl = Controller(nc, logs.configure(node_id, log_dir / f"{node_id}.jsonl"), max_length=max_length, batch=batch,
+                     limits=Limits(max_draft_length=max_length))
     await ctl.start()
     return nc, ctl
 
@@ -94,10 +96,10 @@ async def reset_jetstream(url: str) -> None:
     await nc.close()
 
 
-async def start_cloud(url: str, pair, log_dir: Path, verifier_id: str = "cloud-1"):
+async def start_cloud(url: str, pair, log_dir: Path, verifier_id: str = "cloud-1", max_length: int = 8):
     nc = await bus.connect(url, verifier_id)
     w = CloudWorker(nc, pair.target, pair.vocab_size, CloudConfig(verifier_id),
-                    Limits(max_draft_length=8, vocab_size=pair.vocab_size),
+                    Limits(max_draft_length=max_length, vocab_size=pair.vocab_size),
                     logs.configure(verifier_id, log_dir / f"{verifier_id}.jsonl"))
     await w.start()
     await nc.flush()

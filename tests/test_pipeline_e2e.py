@@ -102,9 +102,12 @@ async def test_emulated_delay_shows_in_the_logs(broker, pair, tmp_path):
         await generate_stream(client, GenerateRequest("delay", prompt="The import statement", max_new_tokens=48,
                                                       policy="fixed:3"), 60)
     rounds = [e for e in read_log(tmp_path / "edge-1.jsonl") if e["event"] == "round"]
-    excess = [r["network_ms"] - 40.0 for r in rounds]
     assert all(r["delay_ms"] == 20.0 for r in rounds)
-    assert 0.0 <= statistics.median(excess) <= 1.0, excess
+    # the emulator injects 2d per round (asyncio timers overshoot by well under a millisecond each) ...
+    assert 0.0 <= statistics.median(r["link_ms"] - 40.0 for r in rounds) <= 1.0
+    # ... and the measured network time is that plus the transport (loopback NATS, codec, thread hops)
+    transport = [r["network_ms"] - r["link_ms"] for r in rounds]
+    assert all(t >= 0 for t in transport) and statistics.median(transport) < 5.0
 
 
 async def test_markov_channel_states_vary_and_are_logged(broker, pair, tmp_path):
