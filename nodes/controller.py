@@ -19,7 +19,7 @@ from typing import Any
 from nats.aio.client import Client
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import AckPolicy, ConsumerConfig, StorageType, StreamConfig
-from nats.js.errors import BadRequestError, KeyNotFoundError, NotFoundError
+from nats.js.errors import BadRequestError, KeyNotFoundError, NoKeysError, NotFoundError
 
 from control import Policy, RoundContext, RoundOutcome, make_policy
 from control.types import ControlError
@@ -89,10 +89,13 @@ class Controller:
                       malformed=self.malformed)
 
     async def _restore(self) -> None:
+        keys: list[str] = []
         try:
             keys = await self.kv.keys()
-        except (NotFoundError, Exception):  # an empty bucket raises NoKeysError
-            keys = []
+        except NoKeysError:
+            pass
+        except Exception as exc:  # keep serving: learners then start fresh
+            self.log.warning("restore_failed", error=repr(exc)[:200])
         for key in keys:
             try:
                 entry = await self.kv.get(key)
