@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +19,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from nodes.models.sessions import TargetSession
+from nodes.worker_base import WorkerBase
 from schemas import subjects
 from schemas.codec import Limits, SchemaError, decode, encode
 from schemas.messages import DraftMsg, ErrorMsg, VerdictMsg
@@ -43,14 +43,11 @@ class _Session:
     last_verdict: VerdictMsg | None = None
 
 
-class CloudWorker:
+class CloudWorker(WorkerBase):
     def __init__(self, nc: Client, model: Any, vocab_size: int, config: CloudConfig, limits: Limits, log: Any):
-        self.nc, self.model, self.vocab, self.cfg, self.limits, self.log = nc, model, vocab_size, config, limits, log
+        super().__init__(nc, log, "verify", config.max_in_flight)
+        self.model, self.vocab, self.cfg, self.limits = model, vocab_size, config, limits
         self.sessions: dict[str, _Session] = {}
-        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="verify")
-        self.in_flight = asyncio.Semaphore(config.max_in_flight)
-        self.tasks: set[asyncio.Task] = set()
-        self.subs: list = []
         self.rounds = 0
 
     async def start(self) -> None:
@@ -60,19 +57,8 @@ class CloudWorker:
         self.log.info("cloud_started", verifier_id=self.cfg.verifier_id, subjects=[subjects.VERIFY,
                       subjects.verifier(self.cfg.verifier_id)])
 
-    async def stop(self) -> None:
-        for s in self.subs:
-            await s.unsubscribe()
-        for t in list(self.tasks):
-            t.cancel()
-        self.pool.shutdown(wait=False, cancel_futures=True)
-
     async def _on_msg(self, msg: Msg) -> None:
-        received = time.perf_counter()
-        await self.in_flight.acquire()
-        task = asyncio.create_task(self._handle(msg, received))
-        self.tasks.add(task)
-        task.add_done_callback(lambda t: (self.tasks.discard(t), self.in_flight.release()))
+        await self.spawn(self._handle(msg, time.perf_counter()))
 
     async def _reply_error(self, msg: Msg, code: str, text: str, request_id: str | None = None) -> None:
         if msg.reply:

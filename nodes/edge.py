@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -25,6 +24,7 @@ from nodes.detokenize import IncrementalDetokenizer
 from nodes.models.loading import ModelPair
 from nodes.models.sessions import DraftSession
 from nodes.speculative import finish
+from nodes.worker_base import WorkerBase
 from pipeline.channel import Channel, ConstChannel
 from schemas import subjects
 from schemas.codec import Int32Array, Limits, SchemaError, decode, encode
@@ -86,18 +86,15 @@ class PolicyBook:
         self.versions[spec] = version
 
 
-class EdgeWorker:
+class EdgeWorker(WorkerBase):
     def __init__(self, nc: Client, pair: ModelPair, config: EdgeConfig, limits: Limits, log: Any,
                  channel: Channel | None = None, policies: PolicyBook | None = None,
                  clock: Callable[[], float] = time.perf_counter):
-        self.nc, self.pair, self.cfg, self.limits, self.log = nc, pair, config, limits, log
+        super().__init__(nc, log, "draft", config.max_concurrent)
+        self.pair, self.cfg, self.limits = pair, config, limits
         self.channel = channel or ConstChannel(0.0)
         self.policies = policies or PolicyBook(config.max_length, config.seed)
         self.clock = clock
-        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="draft")
-        self.slots = asyncio.Semaphore(config.max_concurrent)
-        self.tasks: set[asyncio.Task] = set()
-        self.subs: list = []
         self.latest_delay_ms = 0.0
         self.timing_seq = 0
 
@@ -109,13 +106,6 @@ class EdgeWorker:
             await self._restore_from_bucket()
         self.log.info("edge_started", edge_id=self.cfg.edge_id, channel=self.channel.spec,
                       policy=self.cfg.default_policy)
-
-    async def stop(self) -> None:
-        for s in self.subs:
-            await s.unsubscribe()
-        for t in list(self.tasks):
-            t.cancel()
-        self.pool.shutdown(wait=False, cancel_futures=True)
 
     async def _on_policy(self, msg: Msg) -> None:
         try:
@@ -158,10 +148,7 @@ class EdgeWorker:
                 await self.nc.publish(msg.reply, encode(ErrorMsg(code, str(exc))))
             self.log.warning("bad_message", code=code, error=str(exc), replied=bool(msg.reply), subject=msg.subject)
             return
-        await self.slots.acquire()
-        task = asyncio.create_task(self._serve(req, msg.reply, spec))
-        self.tasks.add(task)
-        task.add_done_callback(lambda t: (self.tasks.discard(t), self.slots.release()))
+        await self.spawn(self._serve(req, msg.reply, spec))
 
     async def _serve(self, req: GenerateRequest, reply: str | None, spec: str) -> None:
         try:

@@ -17,7 +17,7 @@ from nodes.controller import Controller, ensure_stream
 from nodes.edge import PolicyBook
 from pipeline import bus, logs
 from pipeline.broker import EmbeddedBroker
-from pipeline.orchestrate import RunConfig, drive, new_run_dir, start_cluster
+from pipeline.orchestrate import RunConfig, drive, local_cluster, new_run_dir
 from schemas import subjects
 from schemas.codec import decode, encode
 from schemas.messages import PolicyUpdate, TimingEvent
@@ -82,13 +82,8 @@ def bench_control(run_root: str = "runs", events: int = 3000, lag_samples: int =
     for local in (True, False):
         d = new_run_dir(run_root)
         c = replace(cfg, local_policy=local)
-        with EmbeddedBroker(d) as broker:
-            nodes = start_cluster(broker.url, d, c)
-            try:
-                s = asyncio.run(drive(broker.url, c, baseline=False))
-            finally:
-                for n in nodes:
-                    n.stop()
+        with local_cluster(d, c) as url:
+            s = asyncio.run(drive(url, c, baseline=False))
         per_mode["local" if local else "controller"] = {"ms_per_token": s["ms_per_token"], "run_dir": str(d),
                                                         "lengths_chosen": s["lengths_chosen"]}
     out["workload"] = per_mode

@@ -18,8 +18,7 @@ from dataclasses import replace
 
 from pipeline import bus
 from pipeline.analysis import summarize_rounds
-from pipeline.broker import EmbeddedBroker
-from pipeline.orchestrate import RunConfig, _events_as_rounds, drive, new_run_dir, start_cluster
+from pipeline.orchestrate import RunConfig, _events_as_rounds, drive, local_cluster, new_run_dir
 from pipeline.workload import run_workload, workload_prompts
 
 
@@ -73,23 +72,13 @@ def bench_pipeline(run_root: str = "runs", requests: int = 32, max_new_tokens: i
     run_dir = new_run_dir(run_root)
     cfg = RunConfig(channel="const:0", policy="auto", run_root=run_root)
     result: dict = {"run_dir": str(run_dir)}
-    with EmbeddedBroker(run_dir) as broker:
-        nodes = start_cluster(broker.url, run_dir, cfg)
-        try:
-            result["zero_delay"] = asyncio.run(_zero_delay_part(broker.url, cfg, requests, max_new_tokens))
-        finally:
-            for n in nodes:
-                n.stop()
+    with local_cluster(run_dir, cfg) as url:
+        result["zero_delay"] = asyncio.run(_zero_delay_part(url, cfg, requests, max_new_tokens))
     run50 = new_run_dir(run_root)
     cfg50 = replace(cfg, channel="const:50", requests=16, concurrency=8, max_new_tokens=128, baseline_requests=8,
                     baseline_tokens=48)
-    with EmbeddedBroker(run50) as broker:
-        nodes = start_cluster(broker.url, run50, cfg50)
-        try:
-            s = asyncio.run(drive(broker.url, cfg50))
-        finally:
-            for n in nodes:
-                n.stop()
+    with local_cluster(run50, cfg50) as url:
+        s = asyncio.run(drive(url, cfg50))
     result["delay_50ms"] = {
         "run_dir": str(run50),
         "speculative_ms_per_token": s["ms_per_token"],

@@ -14,6 +14,8 @@ import platform
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -137,6 +139,20 @@ def start_cluster(url: str, run_dir: Path, cfg: RunConfig, edges: int = 1, cloud
     return nodes
 
 
+@contextmanager
+def local_cluster(run_dir: Path, cfg: RunConfig, manifest: bool = False) -> Iterator[str]:
+    """Embedded broker plus cloud, edge (and controller) processes; yields the broker URL."""
+    with EmbeddedBroker(run_dir) as broker:
+        if manifest:
+            write_manifest(run_dir, cfg, broker.url)
+        nodes = start_cluster(broker.url, run_dir, cfg)
+        try:
+            yield broker.url
+        finally:
+            for n in nodes:
+                n.stop()
+
+
 def _stream_stats(w: WorkloadResult) -> dict:
     import statistics
 
@@ -193,14 +209,8 @@ async def drive(url: str, cfg: RunConfig, baseline: bool = True, progress=None) 
 def demo(cfg: RunConfig, progress=None) -> dict:
     run_dir = new_run_dir(cfg.run_root)
     t0 = time.perf_counter()
-    with EmbeddedBroker(run_dir) as broker:
-        write_manifest(run_dir, cfg, broker.url)
-        nodes = start_cluster(broker.url, run_dir, cfg)
-        try:
-            summary = asyncio.run(drive(broker.url, cfg, progress=progress))
-        finally:
-            for n in nodes:
-                n.stop()
+    with local_cluster(run_dir, cfg, manifest=True) as url:
+        summary = asyncio.run(drive(url, cfg, progress=progress))
     summary["log_dir"] = str(run_dir)
     summary["demo_wall_s"] = round(time.perf_counter() - t0, 2)
     summary["log_analysis"] = analyze_run(run_dir)
