@@ -30,3 +30,7 @@ class IncrementalDetokenizer:
         after = self._decode(self.ids[self.prefix :])
         self.prefix = self.read = len(self.ids)
         return after[len(before) :]
+
+    def flush_all(self) -> str:
+        """The whole stream's text (for the last chunk), independent of what was emitted."""
+        return self._decode(self.ids)

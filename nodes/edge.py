@@ -214,8 +214,11 @@ class EdgeWorker(WorkerBase):
                 policy.observe(RoundOutcome(len(d), verdict.accepted, round_ms, measured))
             if reply:
                 text = detok.feed(kept) + (detok.flush() if reason else "")
-                await self.nc.publish(reply, encode(TokenChunk(req.request_id, rnd, Int32Array(kept), text,
-                                                               reason is not None, reason, rnd + 1, len(out))))
+                done = reason is not None
+                full_ids = Int32Array(out) if done else None
+                full_text = (detok.flush_all() if done else None)
+                await self.nc.publish(reply, encode(TokenChunk(req.request_id, rnd, Int32Array(kept), text, done,
+                                                               reason, rnd + 1, len(out), full_ids, full_text)))
             fields = dict(request_id=req.request_id, round=rnd, attempt=dm.attempt, edge_id=self.cfg.edge_id,
                           verifier_id=verdict.verifier_id, draft_length=len(d), accepted=verdict.accepted,
                           tokens=len(kept), draft_ms=round(d.draft_ms, 3), edge_queue_ms=round(edge_queue_ms, 3),

@@ -22,6 +22,7 @@ class StreamResult:
     finish_reason: str | None = None
     error: str | None = None
     total_s: float = 0.0
+    missing_seqs: list[int] = field(default_factory=list)  # chunks lost in transit (recovered from the last)
 
     @property
     def ok(self) -> bool:
@@ -56,6 +57,10 @@ async def generate_stream(nc: Client, req: GenerateRequest, timeout_s: float = 6
             res.text += m.text
             if m.done:
                 res.finish_reason = m.finish_reason
+                res.missing_seqs = sorted(set(range(m.seq + 1)) - set(res.chunk_seqs))
+                if m.full_ids is not None and list(m.full_ids) != res.token_ids:
+                    res.token_ids = list(m.full_ids)
+                    res.text = m.full_text if m.full_text is not None else res.text
                 break
     finally:
         await sub.unsubscribe()

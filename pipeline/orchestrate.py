@@ -22,7 +22,7 @@ from pathlib import Path
 
 from pipeline import bus
 from pipeline.analysis import analyze_run, summarize_rounds
-from pipeline.broker import EmbeddedBroker
+from pipeline.broker import EmbeddedBroker, stop_process
 from pipeline.errors import PipelineError
 from pipeline.workload import WorkloadResult, run_workload, workload_prompts
 
@@ -104,13 +104,7 @@ class NodeProcess:
         raise PipelineError(f"{self.node_id} not ready after {timeout:.0f} s")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, timeout=10)
         self.stderr.close()
 
 

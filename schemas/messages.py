@@ -156,6 +156,8 @@ class TokenChunk:
     finish_reason: str | None = None  # "eos" | "length" | "error" on the last chunk
     rounds: int = 0
     tokens: int = 0
+    full_ids: Int32Array | None = None  # last chunk only: the whole output, so a chunk lost in
+    full_text: str | None = None        # a broker outage never loses tokens
 
 
 @message("timing")

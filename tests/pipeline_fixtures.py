@@ -29,16 +29,17 @@ async def cluster(url: str, pair, log_dir: Path, channel: str = "const:0", cloud
         cloud_workers = []
         for i in range(clouds):
             vid = f"cloud-{i + 1}"
-            nc = await bus.connect(url, vid)
+            log = logs.configure(vid, log_dir / f"{vid}.jsonl")
+            nc = await bus.connect(url, vid, log)
             conns.append(nc)
-            w = CloudWorker(nc, pair.target, pair.vocab_size, CloudConfig(vid, max_sessions=max_sessions), limits,
-                            logs.configure(vid, log_dir / f"{vid}.jsonl"))
+            w = CloudWorker(nc, pair.target, pair.vocab_size, CloudConfig(vid, max_sessions=max_sessions), limits, log)
             await w.start()
             cloud_workers.append(w)
-        nc = await bus.connect(url, edge_id)
+        log = logs.configure(edge_id, log_dir / f"{edge_id}.jsonl")
+        nc = await bus.connect(url, edge_id, log)
         conns.append(nc)
-        edge = EdgeWorker(nc, pair, EdgeConfig(edge_id, policy, 8, request_timeout_s=5.0), limits,
-                          logs.configure(edge_id, log_dir / f"{edge_id}.jsonl"), parse_channel(channel, seed=1),
+        edge = EdgeWorker(nc, pair, EdgeConfig(edge_id, policy, 8, request_timeout_s=5.0), limits, log,
+                          parse_channel(channel, seed=1),
                           PolicyBook(8, 0, learn_locally=local_policy))
         await edge.start()
         workers = [*cloud_workers, edge]

@@ -89,7 +89,7 @@ async def test_token_chunks_arrive_one_per_round_in_order(broker, pair, tmp_path
         res = await generate_stream(client, GenerateRequest("chunks", prompt=prompt, max_new_tokens=96,
                                                             policy="fixed:4"), 60)
     rounds = [e for e in read_log(tmp_path / "edge-1.jsonl") if e["event"] == "round"]
-    assert res.ok
+    assert res.ok and res.missing_seqs == []
     assert res.chunk_seqs == list(range(len(rounds)))
     assert sum(r["tokens"] for r in rounds) == len(res.token_ids) == 96
     ref = target_only_generate(pair, pair.tokenizer.encode(prompt, add_special_tokens=False), 96)
@@ -120,3 +120,26 @@ async def test_markov_channel_states_vary_and_are_logged(broker, pair, tmp_path)
         rs = [r for r in rounds if r["channel_state"] == state]
         assert all(r["delay_ms"] == d for r in rs)
         assert 0.0 <= statistics.median(r["link_ms"] - 2 * d for r in rs) <= 1.0
+
+
+async def test_a_stream_survives_a_broker_restart(tmp_path, pair):
+    """A broker of its own (restarting the shared one would disturb other tests)."""
+    from pipeline.broker import EmbeddedBroker
+
+    prompt = "The try statement specifies exception handlers"
+    ref = target_only_generate(pair, pair.tokenizer.encode(prompt, add_special_tokens=False), 128)
+    broker = EmbeddedBroker(tmp_path / "own-broker").start()
+    try:
+        async with cluster(broker.url, pair, tmp_path, channel="const:20") as (client, edge, clouds):
+            task = asyncio.create_task(generate_stream(
+                client, GenerateRequest("restart", prompt=prompt, max_new_tokens=128, policy="fixed:3"), 60))
+            await asyncio.sleep(0.5)
+            await asyncio.to_thread(broker.restart)
+            res = await task
+    finally:
+        broker.stop()
+    assert res.ok, res.error
+    assert res.token_ids == ref.token_ids  # a chunk lost while the client resubscribes is recovered
+    assert res.chunk_seqs == sorted(res.chunk_seqs) and len(res.chunk_seqs) + len(res.missing_seqs) == res.chunk_seqs[-1] + 1
+    edge_events = {e["event"] for e in read_log(tmp_path / "edge-1.jsonl")}
+    assert {"nats_disconnected", "nats_reconnected"} <= edge_events

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import inspect
 import time
-from typing import Callable, Protocol
+from typing import Protocol
 
 import torch
 from transformers import DynamicCache
@@ -153,5 +153,3 @@ class TargetSession(_CachedSession):
         """One target-only decoding step (an empty draft): the reference decoder."""
         return self.verify(Draft([], seed))
 
-
-StopFn = Callable[[int, float, torch.Tensor], bool]
