@@ -215,6 +215,3 @@ class ErrorMsg:
     code: str      # bad_message | too_large | version | unknown_request | resend_context | overloaded | internal
     message: str
     request_id: str | None = None
-
-
-MESSAGE_TYPES = (GenerateRequest, DraftMsg, VerdictMsg, TokenChunk, TimingEvent, PolicyUpdate, ErrorMsg)
