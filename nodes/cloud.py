@@ -6,7 +6,8 @@ verifier and the edge sends later rounds straight to it (sticky sessions). A
 round for a session this verifier does not hold answers `resend_context`.
 Sessions end on the edge's final message, on a TTL, or never start when the
 cap is reached (`overloaded`). Model compute runs on one worker thread so the
-event loop keeps receiving while a round computes.
+event loop keeps receiving while a round computes (inline when this is the
+only round in flight: see WorkerBase.run_model).
 """
 from __future__ import annotations
 
@@ -53,7 +54,7 @@ class CloudWorker(WorkerBase):
     async def start(self) -> None:
         self.subs.append(await self.nc.subscribe(subjects.VERIFY, queue=subjects.VERIFIER_QUEUE, cb=self._on_msg))
         self.subs.append(await self.nc.subscribe(subjects.verifier(self.cfg.verifier_id), cb=self._on_msg))
-        self.tasks.add(asyncio.create_task(self._expire_loop()))
+        self.background.add(asyncio.create_task(self._expire_loop()))
         self.log.info("cloud_started", verifier_id=self.cfg.verifier_id, subjects=[subjects.VERIFY,
                       subjects.verifier(self.cfg.verifier_id)])
 
@@ -104,11 +105,7 @@ class CloudWorker(WorkerBase):
                                     f"verifier {self.cfg.verifier_id} holds {len(self.sessions)} sessions (cap)",
                                     dm.request_id)
             return
-        loop = asyncio.get_running_loop()
-        started = [0.0]
-
         def work():
-            started[0] = time.perf_counter()
             s = sess
             prefill_ms = 0.0
             if dm.context is not None:
@@ -119,15 +116,15 @@ class CloudWorker(WorkerBase):
             v = s.target.verify(dm.to_draft())
             return s, v, prefill_ms
 
-        s, v, prefill_ms = await loop.run_in_executor(self.pool, work)
-        queue_ms = (started[0] - received) * 1e3
+        (s, v, prefill_ms), started = await self.run_model(work)
+        queue_ms = (started - received) * 1e3
         verdict = VerdictMsg(dm.request_id, dm.round, dm.attempt, v.accepted, v.next_token,
                              v.verify_ms + prefill_ms, queue_ms, self.cfg.verifier_id)
         s.next_round, s.last_used, s.last_draft, s.last_verdict = dm.round + 1, time.monotonic(), list(dm.tokens), verdict
         self.sessions[dm.request_id] = s
         self.rounds += 1
         if msg.reply:
-            await self.nc.publish(msg.reply, encode(verdict))
+            await self.send_now(msg.reply, encode(verdict))
         self.log.info("verify", request_id=dm.request_id, round=dm.round, attempt=dm.attempt, edge_id=dm.edge_id,
                       verifier_id=self.cfg.verifier_id, draft_length=len(dm.tokens), accepted=v.accepted,
                       verify_ms=round(v.verify_ms, 3), prefill_ms=round(prefill_ms, 3), queue_ms=round(queue_ms, 3),

@@ -1,8 +1,9 @@
 """Edge worker: drafts locally, verifies remotely, streams tokens to the client.
 
 Each generate request runs as its own task: per round it asks the policy for a
-length (from the latest measured delay and the channel state), drafts on the
-model thread, sends the draft across the emulated link, applies the verdict,
+length (from the latest measured delay and the channel state), drafts (on the
+model thread, or inline when it is the only request: see WorkerBase.run_model),
+sends the draft across the emulated link, applies the verdict,
 streams one TokenChunk to the client and publishes one TimingEvent. Rounds are
 retried (same round, same seed, next attempt) when a reply is lost, and the
 full context is resent when the verifier lost the session.
@@ -12,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -25,7 +26,7 @@ from nodes.models.loading import ModelPair
 from nodes.models.sessions import DraftSession
 from nodes.speculative import finish
 from nodes.worker_base import WorkerBase
-from pipeline.channel import Channel, ConstChannel
+from pipeline.channel import Channel, ConstChannel, LinkTimer
 from schemas import subjects
 from schemas.codec import Int32Array, Limits, SchemaError, decode, encode
 from schemas.messages import DraftMsg, ErrorMsg, GenerateRequest, PolicyUpdate, TimingEvent, TokenChunk, VerdictMsg
@@ -88,13 +89,12 @@ class PolicyBook:
 
 class EdgeWorker(WorkerBase):
     def __init__(self, nc: Client, pair: ModelPair, config: EdgeConfig, limits: Limits, log: Any,
-                 channel: Channel | None = None, policies: PolicyBook | None = None,
-                 clock: Callable[[], float] = time.perf_counter):
+                 channel: Channel | None = None, policies: PolicyBook | None = None):
         super().__init__(nc, log, "draft", config.max_concurrent)
         self.pair, self.cfg, self.limits = pair, config, limits
         self.channel = channel or ConstChannel(0.0)
+        self.link = LinkTimer()
         self.policies = policies or PolicyBook(config.max_length, config.seed)
-        self.clock = clock
         self.latest_delay_ms = 0.0
         self.timing_seq = 0
 
@@ -159,15 +159,10 @@ class EdgeWorker(WorkerBase):
                 await self.nc.publish(reply, encode(ErrorMsg("internal", f"request failed: {exc}", req.request_id)))
 
     async def _run(self, fn, *args):
-        queued = self.clock()
-        started = [0.0]
-
-        def work():
-            started[0] = self.clock()
-            return fn(*args)
-
-        result = await asyncio.get_running_loop().run_in_executor(self.pool, work)
-        return result, (started[0] - queued) * 1e3
+        """Model compute (inline when idle, else on the model thread); returns (result, ms queued)."""
+        queued = time.perf_counter()
+        result, started = await self.run_model(fn, *args)
+        return result, (started - queued) * 1e3
 
     async def generate(self, req: GenerateRequest, spec: str, reply: str | None) -> list[int]:
         tok = self.pair.tokenizer
@@ -188,7 +183,7 @@ class EdgeWorker(WorkerBase):
             policy, version = (None, 0) if target_only else self.policies.acting(spec)
             length = 0 if target_only else policy.choose(ctx)
             seed = round_seed(req.seed, rnd)
-            t0 = self.clock()
+            t0 = time.perf_counter()
             if target_only:
                 d, edge_queue_ms = Draft([], seed), 0.0
             else:
@@ -197,7 +192,7 @@ class EdgeWorker(WorkerBase):
             dm = DraftMsg.from_draft(d, request_id=req.request_id, round=rnd, attempt=0, edge_id=self.cfg.edge_id,
                                      params=params, context=context if send_context else None)
             verdict, subject, resent, link_ms = await self._exchange(dm, subject, sample, context)
-            round_ms = (self.clock() - t0) * 1e3
+            round_ms = (time.perf_counter() - t0) * 1e3
             if target_only:
                 new = [verdict.next_token]
             else:
@@ -217,7 +212,7 @@ class EdgeWorker(WorkerBase):
                 done = reason is not None
                 full_ids = Int32Array(out) if done else None
                 full_text = (detok.flush_all() if done else None)
-                await self.nc.publish(reply, encode(TokenChunk(req.request_id, rnd, Int32Array(kept), text, done,
+                await self.send_now(reply, encode(TokenChunk(req.request_id, rnd, Int32Array(kept), text, done,
                                                                reason, rnd + 1, len(out), full_ids, full_text)))
             fields = dict(request_id=req.request_id, round=rnd, attempt=dm.attempt, edge_id=self.cfg.edge_id,
                           verifier_id=verdict.verifier_id, draft_length=len(d), accepted=verdict.accepted,
@@ -241,23 +236,15 @@ class EdgeWorker(WorkerBase):
                          f["round_ms"], f["draft_ms"], f["verify_ms"], f["queue_ms"], f["network_ms"], f["delay_ms"],
                          f["policy"], f["policy_version"], f["verifier_id"], f["channel_state"], self.timing_seq,
                          f["tokens"], f["edge_queue_ms"])
-        await self.nc.publish(subjects.timing(self.cfg.edge_id), encode(ev))
-
-    async def _link(self, ms: float, slept: list[float]) -> None:
-        """One emulated direction; the time actually slept is added to slept[0] (logged as link_ms)."""
-        if ms <= 0:
-            return
-        t0 = self.clock()
-        await asyncio.sleep(ms / 1e3)
-        slept[0] += (self.clock() - t0) * 1e3
+        await self.send_now(subjects.timing(self.cfg.edge_id), encode(ev))
 
     async def _exchange(self, dm: DraftMsg, subject: str, sample, context: list[int]):
         """Send one round until a verdict comes back: retries, resends, re-routing."""
         resent = False
-        slept = [0.0]
+        link_ms = 0.0
         for attempt in range(self.cfg.max_attempts):
             dm.attempt = attempt
-            await self._link(sample.up_ms, slept)
+            link_ms += await self.link.sleep(sample.up_ms)
             try:
                 reply = await self.nc.request(subject, encode(dm), timeout=self.cfg.request_timeout_s)
             except (NatsTimeoutError, NoRespondersError, asyncio.TimeoutError) as exc:
@@ -267,7 +254,7 @@ class EdgeWorker(WorkerBase):
                     subject, dm.context, resent = subjects.VERIFY, Int32Array(context), True
                 await asyncio.sleep(min(0.05 * 2 ** attempt, 1.0))
                 continue
-            await self._link(sample.down_ms, slept)
+            link_ms += await self.link.sleep(sample.down_ms)
             try:
                 m = decode(reply.data, self.limits, expect=(VerdictMsg, ErrorMsg))
             except SchemaError as exc:
@@ -285,6 +272,6 @@ class EdgeWorker(WorkerBase):
             if m.request_id != dm.request_id or m.round != dm.round:
                 self.log.warning("stale_verdict", request_id=dm.request_id, round=dm.round, got_round=m.round)
                 continue
-            return m, subjects.verifier(m.verifier_id), resent, slept[0]
+            return m, subjects.verifier(m.verifier_id), resent, link_ms
         raise RoundFailed(f"round {dm.round} of {dm.request_id} got no verdict after {self.cfg.max_attempts} attempts")
 

@@ -15,7 +15,7 @@ from dataclasses import replace
 
 from nodes.controller import Controller, ensure_stream
 from nodes.edge import PolicyBook
-from pipeline import bus, logs
+from pipeline import aio, bus, logs
 from pipeline.broker import EmbeddedBroker
 from pipeline.orchestrate import RunConfig, drive, local_cluster, new_run_dir
 from schemas import subjects
@@ -75,7 +75,7 @@ async def _throughput_and_lag(url: str, run_dir, n_events: int, n_lag: int) -> d
 def bench_control(run_root: str = "runs", events: int = 3000, lag_samples: int = 200, requests: int = 16) -> dict:
     run_dir = new_run_dir(run_root)
     with EmbeddedBroker(run_dir) as broker:
-        out = asyncio.run(_throughput_and_lag(broker.url, run_dir, events, lag_samples))
+        out = aio.run(_throughput_and_lag(broker.url, run_dir, events, lag_samples))
     cfg = RunConfig(requests=requests, concurrency=8, max_new_tokens=96, channel="markov:10,40,80:0.95",
                     run_root=run_root)
     per_mode = {}
@@ -83,7 +83,7 @@ def bench_control(run_root: str = "runs", events: int = 3000, lag_samples: int =
         d = new_run_dir(run_root)
         c = replace(cfg, local_policy=local)
         with local_cluster(d, c) as url:
-            s = asyncio.run(drive(url, c, baseline=False))
+            s = aio.run(drive(url, c, baseline=False))
         per_mode["local" if local else "controller"] = {"ms_per_token": s["ms_per_token"], "run_dir": str(d),
                                                         "lengths_chosen": s["lengths_chosen"]}
     out["workload"] = per_mode

@@ -3,7 +3,13 @@
 One run, real processes (broker, cloud, edge) on loopback:
   * per-round overhead at zero delay and concurrency 1: round - edge_queue - draft
     - verify - queue - injected delay (timers sit around the model calls only),
-    next to a bare NATS request/reply round trip measured in the same run;
+    next to two bare NATS request/reply round trips measured in the same run:
+    back to back in one process, and between two processes with a round's
+    compute pattern (the requester busy for the median draft time before each
+    request, the responder busy for the median verify time before replying;
+    that busy time is subtracted). The second is the transport floor a round
+    pays on this machine: a process that has been idle for milliseconds wakes
+    up slower than one that has not;
   * aggregate tokens/s at 1, 8 and 32 concurrent streams;
   * at 50 ms one-way delay: ms/token of speculation vs one round trip per token
     (measured) vs the cloud streaming its own generation (modelled), and the
@@ -13,72 +19,145 @@ from __future__ import annotations
 
 import asyncio
 import statistics
+import subprocess
+import sys
 import time
 from dataclasses import replace
 
-from pipeline import bus
+from nats.errors import NoRespondersError
+
+from pipeline import aio, bus
 from pipeline.analysis import summarize_rounds
+from pipeline.broker import stop_process
 from pipeline.orchestrate import RunConfig, _events_as_rounds, drive, local_cluster, new_run_dir
 from pipeline.workload import run_workload, workload_prompts
 
 
-async def bare_round_trip_ms(url: str, n: int = 200) -> float:
-    nc = await bus.connect(url, "bench-echo", long_lived=False)
-    client = await bus.connect(url, "bench-client", long_lived=False)
+ECHO_SUBJECT = "specstop.bench.echo"
 
-    async def echo(msg):
+
+def _busy(ms: float) -> None:
+    """Hold the CPU like model compute would (a sleep would let the core idle)."""
+    end = time.perf_counter() + ms / 1e3
+    while time.perf_counter() < end:
+        pass
+
+
+async def _echo(url: str, busy_ms: float, ready: asyncio.Event | None = None, stop: asyncio.Event | None = None):
+    nc = await bus.connect(url, "bench-echo", long_lived=False)
+
+    async def reply(msg):
+        _busy(busy_ms)
         await nc.publish(msg.reply, msg.data)
 
-    sub = await nc.subscribe("specstop.bench.echo", cb=echo)
+    sub = await nc.subscribe(ECHO_SUBJECT, cb=reply)
     await nc.flush()
-    payload = b"x" * 200
-    times = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        await client.request("specstop.bench.echo", payload, timeout=5)
-        times.append((time.perf_counter() - t0) * 1e3)
+    if ready is not None:
+        ready.set()
+    await (stop.wait() if stop is not None else asyncio.Event().wait())
     await sub.unsubscribe()
     await nc.close()
-    await client.close()
-    return statistics.median(times)
 
 
-async def _zero_delay_part(url: str, cfg: RunConfig, requests: int, max_new: int) -> dict:
-    out: dict = {"bare_nats_round_trip_ms": round(await bare_round_trip_ms(url), 3)}
+async def _timed_requests(url: str, n: int, busy_before_ms: float = 0.0, minus_ms: float = 0.0) -> float:
+    client = await bus.connect(url, "bench-client", long_lived=False)
+    try:
+        for _ in range(100):  # wait until the responder's subscription is visible
+            try:
+                await client.request(ECHO_SUBJECT, b"ping", timeout=5)
+                break
+            except NoRespondersError:
+                await asyncio.sleep(0.05)
+        payload = b"x" * 200  # about a draft message
+        times = []
+        for _ in range(n):
+            _busy(busy_before_ms)
+            t0 = time.perf_counter()
+            await client.request(ECHO_SUBJECT, payload, timeout=5)
+            times.append((time.perf_counter() - t0) * 1e3 - minus_ms)
+        return statistics.median(times)
+    finally:
+        await client.close()
+
+
+async def bare_round_trip_ms(url: str, n: int = 200) -> float:
+    """Back to back, responder in this process: NATS with every process awake."""
+    ready, stop = asyncio.Event(), asyncio.Event()
+    task = asyncio.create_task(_echo(url, 0.0, ready, stop))
+    await ready.wait()
+    try:
+        return await _timed_requests(url, n)
+    finally:
+        stop.set()
+        await task
+
+
+def bare_round_trip_with_compute_ms(url: str, draft_ms: float, verify_ms: float, n: int = 200) -> float:
+    """Responder in its own process busy `verify_ms` per request, requester busy `draft_ms`
+    before each: a round's pattern without the models or our code."""
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.bench_pipeline", "echo", url, str(verify_ms)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        return aio.run(_timed_requests(url, n, draft_ms, verify_ms))
+    finally:
+        stop_process(proc, timeout=5)
+
+
+async def _overhead_c1(url: str, max_new: int) -> dict:
+    """Zero delay, one stream, fixed length 4: what a round costs beyond its model calls."""
     nc = await bus.connect(url, "bench", long_lived=False)
     try:
         w = await run_workload(nc, workload_prompts(8, seed=3), max_new, 1, "fixed:4")
-        rounds = _events_as_rounds(w)
-        overhead = [r["round_ms"] - r["edge_queue_ms"] - r["draft_ms"] - r["verify_ms"] - r["queue_ms"]
-                    - 2 * r["delay_ms"] for r in rounds]
-        out["median_round_overhead_ms"] = round(statistics.median(overhead), 3)
-        out["p90_round_overhead_ms"] = round(sorted(overhead)[int(0.9 * len(overhead))], 3)
-        out["overhead_rounds"] = len(overhead)
-        out["median_round_ms_c1"] = round(statistics.median(r["round_ms"] for r in rounds), 3)
-        tps = {}
+    finally:
+        await nc.close()
+    rounds = _events_as_rounds(w)
+    overhead = sorted(r["round_ms"] - r["edge_queue_ms"] - r["draft_ms"] - r["verify_ms"] - r["queue_ms"]
+                      - 2 * r["delay_ms"] for r in rounds)
+    return {"median_round_overhead_ms": round(statistics.median(overhead), 3),
+            "p90_round_overhead_ms": round(overhead[int(0.9 * len(overhead))], 3),
+            "overhead_rounds": len(overhead),
+            "median_round_ms_c1": round(statistics.median(r["round_ms"] for r in rounds), 3),
+            "median_draft_ms_c1": round(statistics.median(r["draft_ms"] for r in rounds), 3),
+            "median_verify_ms_c1": round(statistics.median(r["verify_ms"] for r in rounds), 3)}
+
+
+async def _tokens_per_s(url: str, policy: str, requests: int, max_new: int) -> dict:
+    nc = await bus.connect(url, "bench", long_lived=False)
+    tps = {}
+    try:
         for c in (1, 8, 32):
             n = max(c, min(requests, 4 * c)) if c > 1 else 8
-            w = await run_workload(nc, workload_prompts(n, seed=c), max_new, c, cfg.policy)
+            w = await run_workload(nc, workload_prompts(n, seed=c), max_new, c, policy)
             toks = sum(len(s.token_ids) for s in w.streams if s.ok)
             tps[str(c)] = {"tokens_per_s": round(toks / w.wall_s, 2), "requests": n,
                            "completed": sum(s.ok for s in w.streams)}
-        out["aggregate_tokens_per_s"] = tps
     finally:
         await nc.close()
-    return out
+    return tps
 
 
 def bench_pipeline(run_root: str = "runs", requests: int = 32, max_new_tokens: int = 64) -> dict:
     run_dir = new_run_dir(run_root)
-    cfg = RunConfig(channel="const:0", policy="auto", run_root=run_root)
+    # the data plane alone (broker, cloud, edge learning locally); the controller's share is measured after
+    cfg = RunConfig(channel="const:0", policy="auto", run_root=run_root, local_policy=True)
     result: dict = {"run_dir": str(run_dir)}
     with local_cluster(run_dir, cfg) as url:
-        result["zero_delay"] = asyncio.run(_zero_delay_part(url, cfg, requests, max_new_tokens))
+        z: dict = {"event_loop": aio.loop_name(), "bare_nats_round_trip_ms": round(aio.run(bare_round_trip_ms(url)), 3)}
+        z |= aio.run(_overhead_c1(url, max_new_tokens))
+        floor = bare_round_trip_with_compute_ms(url, z["median_draft_ms_c1"], z["median_verify_ms_c1"])
+        z["bare_nats_round_trip_with_round_compute_ms"] = round(floor, 3)
+        z["overhead_above_bare_with_round_compute_ms"] = round(z["median_round_overhead_ms"] - floor, 3)
+        z["aggregate_tokens_per_s"] = aio.run(_tokens_per_s(url, cfg.policy, requests, max_new_tokens))
+    run_ctl = new_run_dir(run_root)
+    with local_cluster(run_ctl, replace(cfg, local_policy=False)) as url:  # + controller learning every event
+        z["median_round_overhead_with_controller_ms"] = aio.run(_overhead_c1(url, max_new_tokens))[
+            "median_round_overhead_ms"]
+    result["zero_delay"] = z
     run50 = new_run_dir(run_root)
-    cfg50 = replace(cfg, channel="const:50", requests=16, concurrency=8, max_new_tokens=128, baseline_requests=8,
+    cfg50 = replace(cfg, local_policy=False, channel="const:50", requests=16, concurrency=8, max_new_tokens=128, baseline_requests=8,
                     baseline_tokens=48)
     with local_cluster(run50, cfg50) as url:
-        s = asyncio.run(drive(url, cfg50))
+        s = aio.run(drive(url, cfg50))
     result["delay_50ms"] = {
         "run_dir": str(run50),
         "speculative_ms_per_token": s["ms_per_token"],
@@ -92,3 +171,10 @@ def bench_pipeline(run_root: str = "runs", requests: int = 32, max_new_tokens: i
         "tokens_per_round": s["tokens_per_round"], "lengths_chosen": s["lengths_chosen"],
     }
     return result
+
+
+if __name__ == "__main__":  # the responder process of bare_round_trip_with_compute_ms
+    if len(sys.argv) == 4 and sys.argv[1] == "echo":
+        aio.run(_echo(sys.argv[2], float(sys.argv[3])))
+    else:
+        sys.exit("usage: python -m pipeline.bench_pipeline echo NATS_URL BUSY_MS")

@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 import time
 
+from pipeline import aio
 from pipeline.broker import default_nats_url
 
 
@@ -56,7 +56,7 @@ def _node_options(a: argparse.Namespace):
 def cmd_cloud(a: argparse.Namespace) -> None:
     from pipeline.serve import serve_cloud
 
-    asyncio.run(serve_cloud(_node_options(a), a.max_sessions, a.session_ttl))
+    aio.run(serve_cloud(_node_options(a), a.max_sessions, a.session_ttl))
 
 
 def cmd_edge(a: argparse.Namespace) -> None:
@@ -67,13 +67,13 @@ def cmd_edge(a: argparse.Namespace) -> None:
     parse_channel(a.channel)  # refuse a bad spec before loading anything
     if a.policy != "target-only":
         make_policy(a.policy, max_length=a.max_length)
-    asyncio.run(serve_edge(_node_options(a), a.channel, a.policy, a.seed, local_policy=not a.remote_policy))
+    aio.run(serve_edge(_node_options(a), a.channel, a.policy, a.seed, local_policy=not a.remote_policy))
 
 
 def cmd_control(a: argparse.Namespace) -> None:
     from pipeline.serve import serve_control
 
-    asyncio.run(serve_control(default_nats_url(a.nats), a.id, a.log_file, a.max_length, a.seed))
+    aio.run(serve_control(default_nats_url(a.nats), a.id, a.log_file, a.max_length, a.seed))
 
 
 def _run_config(a: argparse.Namespace):
@@ -117,7 +117,7 @@ def cmd_run(a: argparse.Namespace) -> None:
     from pipeline.orchestrate import drive, render_summary
 
     cfg = _run_config(a)
-    summary = asyncio.run(drive(default_nats_url(a.nats), cfg, baseline=not a.no_baseline))
+    summary = aio.run(drive(default_nats_url(a.nats), cfg, baseline=not a.no_baseline))
     print(json.dumps(summary) if a.json else render_summary(summary))
 
 

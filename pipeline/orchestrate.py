@@ -7,7 +7,6 @@ are already running.
 """
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import platform
@@ -20,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from pipeline import bus
+from pipeline import aio, bus
 from pipeline.analysis import analyze_run, summarize_rounds
 from pipeline.broker import EmbeddedBroker, stop_process
 from pipeline.errors import PipelineError
@@ -76,7 +75,8 @@ def write_manifest(run_dir: Path, cfg: RunConfig, broker_url: str) -> None:
                 "seeds": {"workload": cfg.seed, "channel": cfg.seed, "policy": cfg.seed},
                 "models": {"draft": {"name": draft, "hash": model_hash(draft)},
                            "target": {"name": target, "hash": model_hash(target)}},
-                "commit": project_commit(), "python": platform.python_version(), "host_cpus": os.cpu_count()}
+                "commit": project_commit(), "python": platform.python_version(), "host_cpus": os.cpu_count(),
+                "event_loop": aio.loop_name()}
     (run_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
 
 
@@ -204,7 +204,7 @@ def demo(cfg: RunConfig, progress=None) -> dict:
     run_dir = new_run_dir(cfg.run_root)
     t0 = time.perf_counter()
     with local_cluster(run_dir, cfg, manifest=True) as url:
-        summary = asyncio.run(drive(url, cfg, progress=progress))
+        summary = aio.run(drive(url, cfg, progress=progress))
     summary["log_dir"] = str(run_dir)
     summary["demo_wall_s"] = round(time.perf_counter() - t0, 2)
     summary["log_analysis"] = analyze_run(run_dir)

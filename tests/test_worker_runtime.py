@@ -1,0 +1,87 @@
+"""Where model compute runs, how emulated delays are slept, which event loop runs the workers."""
+from __future__ import annotations
+
+import asyncio
+import statistics
+import threading
+
+from nodes.worker_base import WorkerBase
+from pipeline import aio
+from pipeline.channel import LinkTimer
+
+
+def _where() -> int:
+    return threading.get_ident()
+
+
+async def test_compute_runs_inline_when_the_worker_has_one_request():
+    w = WorkerBase(None, None, "model", 8)
+    got = []
+
+    async def handler():
+        got.append((await w.run_model(_where))[0])
+
+    await w.spawn(handler())
+    await asyncio.gather(*w.tasks)
+    assert got == [threading.get_ident()] and w.inline_calls == 1
+    await w.stop()
+
+
+async def test_compute_moves_to_the_model_thread_while_requests_overlap():
+    w = WorkerBase(None, None, "model", 8)
+    both_running = asyncio.Event()
+    got = []
+
+    async def handler():
+        await both_running.wait()
+        got.append((await w.run_model(_where))[0])
+
+    for _ in range(2):
+        await w.spawn(handler())
+    both_running.set()
+    await asyncio.gather(*w.tasks)
+    assert len(got) == 2 and threading.get_ident() not in got and w.inline_calls == 0
+    await w.stop()
+
+
+async def test_compute_stays_on_the_model_thread_when_inline_is_off():
+    w = WorkerBase(None, None, "model", 8, inline_when_idle=False)
+    got = []
+
+    async def handler():
+        got.append((await w.run_model(_where))[0])
+
+    await w.spawn(handler())
+    await asyncio.gather(*w.tasks)
+    assert got != [threading.get_ident()]
+    await w.stop()
+
+
+async def test_the_link_timer_spends_the_asked_delay_despite_late_timers():
+    timer = LinkTimer()
+    spent = [await timer.sleep(5.0) for _ in range(40)]
+    # asyncio timers fire late here; after a few samples the timer asks for that much less
+    assert abs(statistics.median(spent[10:]) - 5.0) < 0.3
+    assert timer.lead_ms[3] > 0  # 5 ms is in the 4-8 ms octave
+
+
+async def test_the_link_timer_does_not_sleep_a_zero_delay():
+    assert await LinkTimer().sleep(0.0) == 0.0
+
+
+def test_uvloop_runs_the_workers_unless_asyncio_is_asked_for(monkeypatch):
+    async def loop_type() -> str:
+        return type(asyncio.get_running_loop()).__module__
+
+    monkeypatch.delenv("SPECSTOP_LOOP", raising=False)
+    assert aio.loop_name() == "uvloop" and aio.run(loop_type()).startswith("uvloop")
+    monkeypatch.setenv("SPECSTOP_LOOP", "asyncio")
+    assert aio.loop_name() == "asyncio" and aio.run(loop_type()).startswith("asyncio")
+
+
+def test_the_bench_transport_floor_counts_only_the_transport(broker):
+    from pipeline.bench_pipeline import bare_round_trip_with_compute_ms
+
+    # responder busy 5 ms per request in its own process: that time is not transport
+    floor = bare_round_trip_with_compute_ms(broker.url, draft_ms=2.0, verify_ms=5.0, n=40)
+    assert 0.0 < floor < 5.0
