@@ -104,34 +104,37 @@ class PiecewiseChannel(Channel):
 class LinkTimer:
     """Sleeps one emulated direction, compensating for late timers.
 
-    asyncio timers fire late (epoll's millisecond rounding plus the VM's wake-up
-    from idle: ~0.1-0.6 ms per sleep measured here, more after longer sleeps),
-    which would add to every emulated delay. The timer keeps a running mean of
-    that lateness per delay octave (1-2 ms, 2-4 ms, ...) and asks for that much
-    less, so the time actually spent matches the sampled delay on average; what
-    was actually spent is returned (the edge logs it as link_ms).
+    asyncio timers fire late: the selector rounds a timeout up to whole
+    milliseconds and the VM wakes from idle slowly (0.1-0.6 ms), which would add
+    to every emulated delay. The timer asks for `lead` ms less than the sampled
+    delay and corrects `lead` by half of each sleep's error (an integral
+    controller, per delay octave: 1-2 ms, 2-4 ms, ...). Because of the rounding a
+    single sleep lands either a little late or a little early; the mean converges
+    to the sampled delay within a handful of sleeps. What was actually spent is
+    returned (the edge logs it as link_ms).
     """
 
-    def __init__(self, smoothing: float = 0.1, max_lead_ms: float = 2.0):
-        self.smoothing, self.max_lead_ms = smoothing, max_lead_ms
+    def __init__(self, gain: float = 0.5, max_lead_ms: float = 2.0):
+        self.gain, self.max_lead_ms = gain, max_lead_ms
         self.lead_ms: dict[int, float] = {}
-        self.samples: dict[int, int] = {}
 
     async def sleep(self, ms: float) -> float:
         if ms <= 0:
             return 0.0
         octave = max(0, math.frexp(ms)[1])
-        lead = self.lead_ms.get(octave, 0.0)
-        ask = max(0.0, ms - lead)
+        lead = self.lead_ms.get(octave, self._nearest_lead(octave))
         t0 = time.perf_counter()
-        await asyncio.sleep(ask / 1e3)
+        await asyncio.sleep(max(0.0, ms - lead) / 1e3)
         spent = (time.perf_counter() - t0) * 1e3
-        if ask > 0:  # a plain mean over the first samples, then a moving one (the lateness drifts with load)
-            n = self.samples[octave] = self.samples.get(octave, 0) + 1
-            late = spent - ask
-            lead += max(self.smoothing, 1.0 / n) * (late - lead)
-            self.lead_ms[octave] = min(self.max_lead_ms, max(0.0, lead))
+        error = min(1.0, max(-1.0, spent - ms))  # clipped: one stall must not swing the next sleeps
+        self.lead_ms[octave] = min(self.max_lead_ms, max(0.0, lead + self.gain * error))
         return spent
+
+    def _nearest_lead(self, octave: int) -> float:
+        """A new octave starts from its nearest measured neighbour (lateness varies slowly with delay)."""
+        if not self.lead_ms:
+            return 0.0
+        return self.lead_ms[min(self.lead_ms, key=lambda o: abs(o - octave))]
 
 
 def _floats(text: str, what: str) -> list[float]:

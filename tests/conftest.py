@@ -1,6 +1,7 @@
 """Shared fixtures: the bundled model pair, tiny random pairs, and CLI runners."""
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -9,6 +10,17 @@ import pytest
 import torch
 
 torch.set_num_threads(int(os.environ.get("SPECSTOP_TEST_THREADS", "1")))
+
+
+def pytest_asyncio_loop_factories(config, item):
+    """Async tests run on the loop the workers run on (uvloop; SPECSTOP_LOOP=asyncio for the standard one)."""
+    from pipeline import aio
+
+    if aio.loop_name() == "uvloop":
+        import uvloop
+
+        return {"uvloop": uvloop.new_event_loop}
+    return {"asyncio": asyncio.new_event_loop}
 
 
 @pytest.fixture(scope="session")

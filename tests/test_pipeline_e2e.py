@@ -104,7 +104,7 @@ async def test_emulated_delay_shows_in_the_logs(broker, pair, tmp_path):
     rounds = [e for e in read_log(tmp_path / "edge-1.jsonl") if e["event"] == "round"]
     assert all(r["delay_ms"] == 20.0 for r in rounds)
     # the emulator spends 2d per round (its timer corrects for asyncio timers firing late) ...
-    assert abs(statistics.median(r["link_ms"] - 40.0 for r in rounds)) <= 0.5
+    assert abs(statistics.mean(r["link_ms"] - 40.0 for r in rounds)) <= 0.5
     # ... and the measured network time is that plus the transport: loopback NATS and codec, here with
     # edge and cloud sharing one event loop (separate processes: `specstop bench pipeline`, ~1 ms)
     transport = [r["network_ms"] - r["link_ms"] for r in rounds]
@@ -120,7 +120,7 @@ async def test_markov_channel_states_vary_and_are_logged(broker, pair, tmp_path)
     for state, d in (("0", 2.0), ("1", 12.0)):
         rs = [r for r in rounds if r["channel_state"] == state]
         assert all(r["delay_ms"] == d for r in rs)
-        assert abs(statistics.median(r["link_ms"] - 2 * d for r in rs)) <= 0.5
+        assert abs(statistics.mean(r["link_ms"] - 2 * d for r in rs)) <= 0.5
 
 
 async def test_a_stream_survives_a_broker_restart(tmp_path, pair):

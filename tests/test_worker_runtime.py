@@ -60,9 +60,16 @@ async def test_compute_stays_on_the_model_thread_when_inline_is_off():
 async def test_the_link_timer_spends_the_asked_delay_despite_late_timers():
     timer = LinkTimer()
     spent = [await timer.sleep(5.0) for _ in range(40)]
-    # asyncio timers fire late here; after a few samples the timer asks for that much less
-    assert abs(statistics.median(spent[10:]) - 5.0) < 0.3
+    # asyncio timers fire late here (and in whole milliseconds); on average the timer corrects it
+    assert abs(statistics.mean(spent[5:]) - 5.0) < 0.25
     assert timer.lead_ms[3] > 0  # 5 ms is in the 4-8 ms octave
+
+
+async def test_a_new_delay_octave_starts_from_the_nearest_measured_lead():
+    timer = LinkTimer()
+    for _ in range(10):
+        await timer.sleep(5.0)
+    assert timer._nearest_lead(4) == timer.lead_ms[3]
 
 
 async def test_the_link_timer_does_not_sleep_a_zero_delay():
@@ -85,3 +92,7 @@ def test_the_bench_transport_floor_counts_only_the_transport(broker):
     # responder busy 5 ms per request in its own process: that time is not transport
     floor = bare_round_trip_with_compute_ms(broker.url, draft_ms=2.0, verify_ms=5.0, n=40)
     assert 0.0 < floor < 5.0
+
+
+async def test_async_tests_run_on_the_loop_the_workers_use():
+    assert type(asyncio.get_running_loop()).__module__.startswith(aio.loop_name())
