@@ -116,7 +116,8 @@ class CloudWorker(WorkerBase):
             v = s.target.verify(dm.to_draft())
             return s, v, prefill_ms
 
-        (s, v, prefill_ms), started = await self.run_model(work)
+        alone = len(self.sessions) - (dm.request_id in self.sessions) == 0  # no other request live here
+        (s, v, prefill_ms), started = await self.run_model(work, alone=alone)
         queue_ms = (started - received) * 1e3
         verdict = VerdictMsg(dm.request_id, dm.round, dm.attempt, v.accepted, v.next_token,
                              v.verify_ms + prefill_ms, queue_ms, self.cfg.verifier_id)

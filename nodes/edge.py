@@ -161,7 +161,7 @@ class EdgeWorker(WorkerBase):
     async def _run(self, fn, *args):
         """Model compute (inline when idle, else on the model thread); returns (result, ms queued)."""
         queued = time.perf_counter()
-        result, started = await self.run_model(fn, *args)
+        result, started = await self.run_model(fn, *args, alone=len(self.tasks) <= 1)
         return result, (started - queued) * 1e3
 
     async def generate(self, req: GenerateRequest, spec: str, reply: str | None) -> list[int]:

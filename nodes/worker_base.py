@@ -4,11 +4,14 @@ nats-py runs one subscription's callbacks one after another, so each message
 becomes its own task (bounded by `max_in_flight`); model compute goes to a
 single worker thread so the event loop keeps receiving while a round computes.
 
-The exception is a worker with nothing else to do: when the running handler is
-the only one and the model thread is idle, compute runs inline on the loop.
-Handing work to a sleeping thread and waking the loop again costs ~0.3 ms each
-way on these VMs (measured), which is most of a round's overhead at low load;
-with one handler there is no other round for the loop to overlap with.
+The exception is a worker serving a single request: when the caller says no
+other request is live (`alone`), no other handler runs and the model thread is
+idle, compute runs inline on the loop. Handing work to a sleeping thread and
+waking the loop again costs ~0.3 ms each way on these VMs (measured), most of a
+round's overhead at low load; with one request there is nothing to overlap
+with. With several live requests a blocked loop would hold back their messages
+(measured at concurrency 8: the p90 of draft send -> verifier receive doubled),
+so compute stays on the thread.
 """
 from __future__ import annotations
 
@@ -46,9 +49,9 @@ class WorkerBase:
         await self.nc.publish(subject, data)
         await asyncio.sleep(0)
 
-    async def run_model(self, fn: Callable[..., T], *args: Any) -> tuple[T, float]:
+    async def run_model(self, fn: Callable[..., T], *args: Any, alone: bool = False) -> tuple[T, float]:
         """Run model compute; returns (result, time.perf_counter() when it started)."""
-        if self.inline_when_idle and self.jobs_submitted == self.jobs_finished and len(self.tasks) <= 1:
+        if alone and self.inline_when_idle and self.jobs_submitted == self.jobs_finished and len(self.tasks) <= 1:
             self.inline_calls += 1
             started = time.perf_counter()
             return fn(*args), started

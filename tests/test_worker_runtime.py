@@ -19,7 +19,7 @@ async def test_compute_runs_inline_when_the_worker_has_one_request():
     got = []
 
     async def handler():
-        got.append((await w.run_model(_where))[0])
+        got.append((await w.run_model(_where, alone=True))[0])
 
     await w.spawn(handler())
     await asyncio.gather(*w.tasks)
@@ -34,7 +34,7 @@ async def test_compute_moves_to_the_model_thread_while_requests_overlap():
 
     async def handler():
         await both_running.wait()
-        got.append((await w.run_model(_where))[0])
+        got.append((await w.run_model(_where, alone=True))[0])
 
     for _ in range(2):
         await w.spawn(handler())
@@ -44,12 +44,25 @@ async def test_compute_moves_to_the_model_thread_while_requests_overlap():
     await w.stop()
 
 
+async def test_compute_stays_on_the_model_thread_while_other_requests_are_live():
+    w = WorkerBase(None, None, "model", 8)
+    got = []
+
+    async def handler():  # e.g. a verifier holding other sessions: their drafts may arrive any moment
+        got.append((await w.run_model(_where, alone=False))[0])
+
+    await w.spawn(handler())
+    await asyncio.gather(*w.tasks)
+    assert got != [threading.get_ident()] and w.inline_calls == 0
+    await w.stop()
+
+
 async def test_compute_stays_on_the_model_thread_when_inline_is_off():
     w = WorkerBase(None, None, "model", 8, inline_when_idle=False)
     got = []
 
     async def handler():
-        got.append((await w.run_model(_where))[0])
+        got.append((await w.run_model(_where, alone=True))[0])
 
     await w.spawn(handler())
     await asyncio.gather(*w.tasks)
