@@ -6,8 +6,8 @@ verifier and the edge sends later rounds straight to it (sticky sessions). A
 round for a session this verifier does not hold answers `resend_context`.
 Sessions end on the edge's final message, on a TTL, or never start when the
 cap is reached (`overloaded`). Model compute runs on one worker thread so the
-event loop keeps receiving while a round computes (inline when this is the
-only round in flight: see WorkerBase.run_model).
+event loop keeps receiving while a round computes (inline while this verifier
+holds no other session: see WorkerBase.run_model).
 """
 from __future__ import annotations
 

@@ -159,7 +159,7 @@ class EdgeWorker(WorkerBase):
                 await self.nc.publish(reply, encode(ErrorMsg("internal", f"request failed: {exc}", req.request_id)))
 
     async def _run(self, fn, *args):
-        """Model compute (inline when idle, else on the model thread); returns (result, ms queued)."""
+        """Model compute (inline when this is the only request, else on the model thread); (result, ms queued)."""
         queued = time.perf_counter()
         result, started = await self.run_model(fn, *args, alone=len(self.tasks) <= 1)
         return result, (started - queued) * 1e3

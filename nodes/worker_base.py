@@ -24,14 +24,14 @@ T = TypeVar("T")
 
 
 class WorkerBase:
-    def __init__(self, nc: Any, log: Any, thread_name: str, max_in_flight: int, inline_when_idle: bool = True):
+    def __init__(self, nc: Any, log: Any, thread_name: str, max_in_flight: int, inline_when_alone: bool = True):
         self.nc, self.log = nc, log
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=thread_name)
         self.in_flight = asyncio.Semaphore(max_in_flight)
         self.tasks: set[asyncio.Task] = set()       # one per message being handled
         self.background: set[asyncio.Task] = set()  # housekeeping loops
         self.subs: list = []
-        self.inline_when_idle = inline_when_idle
+        self.inline_when_alone = inline_when_alone
         self.jobs_submitted = 0  # written by the loop thread only
         self.jobs_finished = 0   # written by the model thread only (so no lock is needed)
         self.inline_calls = 0
@@ -51,7 +51,7 @@ class WorkerBase:
 
     async def run_model(self, fn: Callable[..., T], *args: Any, alone: bool = False) -> tuple[T, float]:
         """Run model compute; returns (result, time.perf_counter() when it started)."""
-        if alone and self.inline_when_idle and self.jobs_submitted == self.jobs_finished and len(self.tasks) <= 1:
+        if alone and self.inline_when_alone and self.jobs_submitted == self.jobs_finished and len(self.tasks) <= 1:
             self.inline_calls += 1
             started = time.perf_counter()
             return fn(*args), started

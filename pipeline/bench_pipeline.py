@@ -27,7 +27,6 @@ from dataclasses import replace
 from nats.errors import NoRespondersError
 
 from pipeline import aio, bus
-from pipeline.analysis import summarize_rounds
 from pipeline.broker import stop_process
 from pipeline.orchestrate import RunConfig, _events_as_rounds, drive, local_cluster, new_run_dir
 from pipeline.workload import run_workload, workload_prompts

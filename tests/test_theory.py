@@ -5,7 +5,7 @@ import pytest
 from control.markov import MarkovChannel, brute_force_optimum, evaluate_policy, solve_smdp
 from control.profile import Profile, parametric_profile
 from control.theory import (
-    best_length, critical_delay, dinkelbach_stop, expected_tokens, geometric_expected_tokens, ms_per_token,
+    best_length, critical_delay, dinkelbach_stop, geometric_expected_tokens, ms_per_token,
     rejection_threshold, theory_table, threshold_length,
 )
 

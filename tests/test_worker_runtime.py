@@ -58,7 +58,7 @@ async def test_compute_stays_on_the_model_thread_while_other_requests_are_live()
 
 
 async def test_compute_stays_on_the_model_thread_when_inline_is_off():
-    w = WorkerBase(None, None, "model", 8, inline_when_idle=False)
+    w = WorkerBase(None, None, "model", 8, inline_when_alone=False)
     got = []
 
     async def handler():

@@ -7,7 +7,6 @@ logits to the shared vocabulary.
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
