@@ -45,8 +45,9 @@ class _Session:
 
 
 class CloudWorker(WorkerBase):
-    def __init__(self, nc: Client, model: Any, vocab_size: int, config: CloudConfig, limits: Limits, log: Any):
-        super().__init__(nc, log, "verify", config.max_in_flight)
+    def __init__(self, nc: Client, model: Any, vocab_size: int, config: CloudConfig, limits: Limits, log: Any,
+                 model_nice: int = 0):
+        super().__init__(nc, log, "verify", config.max_in_flight, model_nice=model_nice)
         self.model, self.vocab, self.cfg, self.limits = model, vocab_size, config, limits
         self.sessions: dict[str, _Session] = {}
         self.rounds = 0
@@ -56,7 +57,7 @@ class CloudWorker(WorkerBase):
         self.subs.append(await self.nc.subscribe(subjects.verifier(self.cfg.verifier_id), cb=self._on_msg))
         self.background.add(asyncio.create_task(self._expire_loop()))
         self.log.info("cloud_started", verifier_id=self.cfg.verifier_id, subjects=[subjects.VERIFY,
-                      subjects.verifier(self.cfg.verifier_id)])
+                      subjects.verifier(self.cfg.verifier_id)], model_nice=self.model_nice)
 
     async def _on_msg(self, msg: Msg) -> None:
         await self.spawn(self._handle(msg, time.perf_counter()))

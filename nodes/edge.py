@@ -89,8 +89,8 @@ class PolicyBook:
 
 class EdgeWorker(WorkerBase):
     def __init__(self, nc: Client, pair: ModelPair, config: EdgeConfig, limits: Limits, log: Any,
-                 channel: Channel | None = None, policies: PolicyBook | None = None):
-        super().__init__(nc, log, "draft", config.max_concurrent)
+                 channel: Channel | None = None, policies: PolicyBook | None = None, model_nice: int = 0):
+        super().__init__(nc, log, "draft", config.max_concurrent, model_nice=model_nice)
         self.pair, self.cfg, self.limits = pair, config, limits
         self.channel = channel or ConstChannel(0.0)
         self.link = LinkTimer()
@@ -105,7 +105,7 @@ class EdgeWorker(WorkerBase):
             self.subs.append(await self.nc.subscribe(subjects.policy(self.cfg.edge_id), cb=self._on_policy))
             await self._restore_from_bucket()
         self.log.info("edge_started", edge_id=self.cfg.edge_id, channel=self.channel.spec,
-                      policy=self.cfg.default_policy)
+                      policy=self.cfg.default_policy, model_nice=self.model_nice)
 
     async def _on_policy(self, msg: Msg) -> None:
         try:

@@ -12,10 +12,18 @@ round's overhead at low load; with one request there is nothing to overlap
 with. With several live requests a blocked loop would hold back their messages
 (measured at concurrency 8: the p90 of draft send -> verifier receive doubled),
 so compute stays on the thread.
+
+`model_nice` lowers the model thread's scheduling priority (Linux: a thread's
+nice value is its own). With both cores busy computing, the event loops and the
+broker then get the CPU promptly when a message arrives (measured in the demo,
+nice 5 vs 0, interleaved runs: transport p90 6.7/5.4 vs 9.2/6.9 ms).
 """
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Coroutine, TypeVar
@@ -24,9 +32,11 @@ T = TypeVar("T")
 
 
 class WorkerBase:
-    def __init__(self, nc: Any, log: Any, thread_name: str, max_in_flight: int, inline_when_alone: bool = True):
-        self.nc, self.log = nc, log
-        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=thread_name)
+    def __init__(self, nc: Any, log: Any, thread_name: str, max_in_flight: int, inline_when_alone: bool = True,
+                 model_nice: int = 0):
+        self.nc, self.log, self.model_nice = nc, log, model_nice
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=thread_name, initializer=lower_priority,
+                                       initargs=(model_nice,))
         self.in_flight = asyncio.Semaphore(max_in_flight)
         self.tasks: set[asyncio.Task] = set()       # one per message being handled
         self.background: set[asyncio.Task] = set()  # housekeeping loops
@@ -74,3 +84,15 @@ class WorkerBase:
         for t in [*self.tasks, *self.background]:
             t.cancel()
         self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+def lower_priority(nice: int) -> None:
+    """Add `nice` to the calling thread's nice value (Linux only; never raises: a pool
+    initializer that raises would break the pool)."""
+    if nice <= 0 or not sys.platform.startswith("linux"):
+        return
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
+    except OSError:
+        pass

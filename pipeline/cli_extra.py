@@ -50,7 +50,7 @@ def _node_options(a: argparse.Namespace):
     from pipeline.serve import NodeOptions
 
     return NodeOptions(default_nats_url(a.nats), a.id, a.log_file, a.threads, a.draft, a.target, a.device,
-                       a.max_length)
+                       a.max_length, model_nice=a.model_nice)
 
 
 def cmd_cloud(a: argparse.Namespace) -> None:
@@ -135,6 +135,12 @@ def cmd_analyze(a: argparse.Namespace) -> None:
 def register(sub) -> None:
     from pipeline.cli import _model_args, _non_negative_float, _positive_int
 
+    def _nice(text: str) -> int:
+        value = _non_negative_float(text)
+        if value != int(value) or value > 19:
+            raise argparse.ArgumentTypeError(f"'{text}' is not a whole number from 0 to 19")
+        return int(value)
+
     def nats_arg(p):
         p.add_argument("--nats", help="broker URL (default: $SPECSTOP_NATS_URL or nats://127.0.0.1:4222)")
 
@@ -144,6 +150,8 @@ def register(sub) -> None:
         p.add_argument("--log-file", help="JSON-lines log file (default: stderr)")
         p.add_argument("--max-length", type=_positive_int, default=8, help="longest draft accepted/produced")
         _model_args(p)
+        p.add_argument("--model-nice", type=_nice, default=5,
+                       help="lower the model thread's priority by this much (0-19) so the event loop stays prompt")
         p.set_defaults(threads=1)
 
     def workload_args(p):

@@ -26,6 +26,7 @@ class NodeOptions:
     device: str = "cpu"
     max_length: int = 8
     max_payload: int = DEFAULT_MAX_PAYLOAD
+    model_nice: int = 5  # the model thread yields the CPU to event loops and the broker (WorkerBase)
 
 
 def limits_for(vocab: int, opts: NodeOptions) -> Limits:
@@ -48,7 +49,7 @@ async def serve_cloud(opts: NodeOptions, max_sessions: int, session_ttl_s: float
     pair = load_pair(opts.draft, opts.target, device=opts.device, load_draft=False)
     nc = await bus.connect(opts.nats_url, opts.node_id, log)
     worker = CloudWorker(nc, pair.target, pair.vocab_size, CloudConfig(opts.node_id, max_sessions, session_ttl_s),
-                         limits_for(pair.vocab_size, opts), log)
+                         limits_for(pair.vocab_size, opts), log, model_nice=opts.model_nice)
     await worker.start()
     await _wait_for_signal()
     await worker.stop()
@@ -78,7 +79,8 @@ async def serve_edge(opts: NodeOptions, channel_spec: str, policy: str, seed: in
     cfg = EdgeConfig(opts.node_id, policy, opts.max_length, seed=seed)
     book = PolicyBook(opts.max_length, seed, learn_locally=local_policy,
                       fallback=default_policy_for(pair, opts.max_length))
-    worker = EdgeWorker(nc, pair, cfg, limits_for(pair.vocab_size, opts), log, channel, book)
+    worker = EdgeWorker(nc, pair, cfg, limits_for(pair.vocab_size, opts), log, channel, book,
+                        model_nice=opts.model_nice)
     await worker.start()
     await _wait_for_signal()
     await worker.stop()

@@ -55,3 +55,8 @@ def test_generate_json_has_the_documented_fields():
     ref = json.loads(run_cli("generate", "--prompt", "The with statement", "--max-new-tokens", "24",
                              "--policy", "target-only", "--json").stdout)
     assert ref["token_ids"] == out["token_ids"] and ref["rounds"] == len(ref["token_ids"])
+
+
+@pytest.mark.parametrize("value", ["25", "2.5", "-1"])
+def test_model_nice_out_of_range(value):
+    one_line_error(run_cli("edge", "--model-nice", value), "--model-nice")

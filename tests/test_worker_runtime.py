@@ -2,8 +2,12 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import statistics
+import sys
 import threading
+
+import pytest
 
 from nodes.worker_base import WorkerBase
 from pipeline import aio
@@ -109,3 +113,22 @@ def test_the_bench_transport_floor_counts_only_the_transport(broker):
 
 async def test_async_tests_run_on_the_loop_the_workers_use():
     assert type(asyncio.get_running_loop()).__module__.startswith(aio.loop_name())
+
+
+def _own_nice() -> int:
+    return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice values are Linux's")
+async def test_the_model_thread_runs_at_a_lower_priority_than_the_loop():
+    w = WorkerBase(None, None, "model", 8, model_nice=5)
+    loop_nice = _own_nice()
+    got = []
+
+    async def handler():
+        got.append((await w.run_model(_own_nice, alone=False))[0])
+
+    await w.spawn(handler())
+    await asyncio.gather(*w.tasks)
+    assert got == [min(19, loop_nice + 5)] and _own_nice() == loop_nice
+    await w.stop()
