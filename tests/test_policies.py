@@ -116,3 +116,20 @@ def test_auto_subtracts_the_delay_to_learn_compute():
     p.observe(RoundOutcome(8, 0, 128.0 + 2 * 5.0, RoundContext(5.0)))
     c = p.compute_estimate()
     assert c[0] == pytest.approx(30.0, rel=0.3) and c[7] == pytest.approx(128.0, rel=0.3)
+
+
+def test_the_markov_ratio_optimum_is_the_best_ratio_over_every_per_state_choice():
+    import itertools
+
+    from control.policies.auto import _ratio_optimum
+
+    rng = np.random.default_rng(7)
+    for _ in range(50):
+        states, k = 3, 6
+        c = np.cumsum(rng.uniform(1, 10, k))
+        b = 1 + np.cumsum(np.cumprod(rng.uniform(0.3, 1.0, k)))
+        t = rng.uniform(0.5, 2, states)[:, None] * c[None, :] + 2 * rng.uniform(0, 150, states)[:, None]
+        pi = rng.dirichlet(np.ones(states))
+        best = min(sum(pi[s] * t[s, L] for s, L in enumerate(pick)) / sum(pi[s] * b[L] for s, L in enumerate(pick))
+                   for pick in itertools.product(range(k), repeat=states))
+        assert _ratio_optimum(t, b, pi) == pytest.approx(best, rel=1e-12)
