@@ -1,29 +1,33 @@
 """Cloud worker: the target model verifies drafts from many edges.
 
-First rounds (and context resends) arrive on the shared subject with queue
-group "verifiers", so several verifiers share the load; the verdict names the
-verifier and the edge sends later rounds straight to it (sticky sessions). A
-round for a session this verifier does not hold answers `resend_context`.
-Sessions end on the edge's final message, on a TTL, or never start when the
-cap is reached (`overloaded`). Model compute runs on one worker thread so the
-event loop keeps receiving while a round computes (inline while this verifier
-holds no other session: see WorkerBase.run_model).
+A thin wiring of the verifier's session table (`nodes.protocol.verifier_table`):
+decode, `admit`, run the target when the table says so, `finish`, publish
+every reply it returns. First rounds and context resends arrive on the shared
+subject with queue group "verifiers"; the verdict names the verifier and the
+edge sends later rounds straight to it (sticky sessions). Model compute runs
+on one worker thread so the event loop keeps receiving while a round computes
+(inline while this verifier holds no other session: see WorkerBase.run_model).
+
+Shutdown: leave the queue group (no new sessions), let the rounds in flight
+finish (bounded), answer anything else `draining` so edges move elsewhere.
 """
 from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from nodes.models.sessions import TargetSession
+from nodes.models.sessions import verify_round
+from nodes.protocol.verifier_table import Admission, Compute, Outcome, Reply, SessionTable, TableConfig
 from nodes.worker_base import WorkerBase
 from schemas import subjects
 from schemas.codec import Limits, SchemaError, decode, encode
-from schemas.messages import DraftMsg, ErrorMsg, VerdictMsg
+from schemas.messages import OVERLOADED, DraftMsg, ErrorMsg
+from schemas.rounds import SamplingParams
 
 
 @dataclass(frozen=True)
@@ -32,16 +36,11 @@ class CloudConfig:
     max_sessions: int = 128
     session_ttl_s: float = 120.0
     max_in_flight: int = 256
+    evict_idle_s: float = 2.0
+    drain_timeout_s: float = 10.0
 
-
-@dataclass
-class _Session:
-    target: TargetSession
-    edge_id: str
-    next_round: int
-    last_used: float
-    last_draft: list[int] = field(default_factory=list)
-    last_verdict: VerdictMsg | None = None
+    def table(self) -> TableConfig:
+        return TableConfig(self.verifier_id, self.max_sessions, self.session_ttl_s, self.evict_idle_s)
 
 
 class CloudWorker(WorkerBase):
@@ -49,95 +48,110 @@ class CloudWorker(WorkerBase):
                  model_nice: int = 0):
         super().__init__(nc, log, "verify", config.max_in_flight, model_nice=model_nice)
         self.model, self.vocab, self.cfg, self.limits = model, vocab_size, config, limits
-        self.sessions: dict[str, _Session] = {}
-        self.rounds = 0
+        self.table = SessionTable(config.table(), limits)
+        self._queue_sub = None
+
+    @property
+    def sessions(self):
+        return self.table.sessions
+
+    @property
+    def rounds(self) -> int:
+        return self.table.rounds
 
     async def start(self) -> None:
-        self.subs.append(await self.nc.subscribe(subjects.VERIFY, queue=subjects.VERIFIER_QUEUE, cb=self._on_msg))
+        self._queue_sub = await self.nc.subscribe(subjects.VERIFY, queue=subjects.VERIFIER_QUEUE, cb=self._on_msg)
+        self.subs.append(self._queue_sub)
         self.subs.append(await self.nc.subscribe(subjects.verifier(self.cfg.verifier_id), cb=self._on_msg))
         self.background.add(asyncio.create_task(self._expire_loop()))
         self.log.info("cloud_started", verifier_id=self.cfg.verifier_id, subjects=[subjects.VERIFY,
-                      subjects.verifier(self.cfg.verifier_id)], model_nice=self.model_nice)
+                      subjects.verifier(self.cfg.verifier_id)], model_nice=self.model_nice,
+                      max_sessions=self.cfg.max_sessions)
+
+    async def stop(self) -> None:
+        self.table.begin_drain()
+        if self._queue_sub is not None:
+            try:
+                await self._queue_sub.unsubscribe()
+            except Exception:
+                pass
+            self.subs.remove(self._queue_sub)
+            self._queue_sub = None
+        deadline = time.monotonic() + self.cfg.drain_timeout_s
+        while self.table.in_flight() and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        await super().stop()
+        self.log.info("cloud_drained", rounds=self.rounds, sessions=len(self.sessions))
 
     async def _on_msg(self, msg: Msg) -> None:
-        await self.spawn(self._handle(msg, time.perf_counter()))
+        received = time.perf_counter()
+        if self.try_spawn(self._handle(msg, received)) is None:
+            await self._send(msg.reply, ErrorMsg(OVERLOADED, f"verifier {self.cfg.verifier_id} has "
+                                                             f"{self.max_in_flight} messages in hand"))
+            self.log.warning(OVERLOADED, reason="messages in hand", subject=msg.subject)
 
-    async def _reply_error(self, msg: Msg, code: str, text: str, request_id: str | None = None) -> None:
-        if msg.reply:
-            await self.nc.publish(msg.reply, encode(ErrorMsg(code, text, request_id)))
-        self.log.warning("bad_message" if code in ("bad_message", "too_large", "version") else code,
-                         code=code, error=text, request_id=request_id, replied=bool(msg.reply), subject=msg.subject)
+    async def _send(self, to: str | None, m: Any) -> None:
+        if to:
+            await self.send_now(to, encode(m))
 
     async def _handle(self, msg: Msg, received: float) -> None:
         try:
             dm: DraftMsg = decode(msg.data, self.limits, expect=(DraftMsg,))
         except SchemaError as exc:
-            await self._reply_error(msg, exc.code, str(exc))
+            await self._send(msg.reply, ErrorMsg(exc.code, str(exc)[:1000]))
+            self.log.warning("bad_message", code=exc.code, error=str(exc)[:300], replied=bool(msg.reply),
+                             subject=msg.subject)
             return
+        adm = self.table.admit(dm, msg.reply, time.monotonic())
+        await self._publish(adm.replies)
+        self._log_admission(dm, adm, msg.subject)
+        if adm.compute is not None:
+            await self._compute(adm.compute, received)
+
+    async def _compute(self, job: Compute, received: float) -> None:
+        s, dm = job.session, job.msg
+        context = list(s.tokens) if job.rebuild else None
+        params = SamplingParams(dm.temperature, dm.top_p)
         try:
-            await self._verify(msg, dm, received)
-        except Exception as exc:  # a bug must not take the worker down: report and keep serving
+            (state, v, prefill_ms), started = await self.run_model(
+                verify_round, self.model, self.vocab, s.state, context, dm.to_draft(), params,
+                alone=not self.table.others_live(s.key))
+        except Exception as exc:  # a bug or a model error: the waiters hear of it, the worker keeps serving
             self.log.error("internal_error", request_id=dm.request_id, error=repr(exc)[:300])
-            await self._reply_error(msg, "internal", f"verifier error: {type(exc).__name__}", dm.request_id)
-
-    async def _verify(self, msg: Msg, dm: DraftMsg, received: float) -> None:
-        sess = self.sessions.get(dm.request_id)
-        if dm.final:
-            self.sessions.pop(dm.request_id, None)
-            self.log.info("session_end", request_id=dm.request_id, reason="final", sessions=len(self.sessions))
+            await self._publish(self.table.finish(s, exc, None, time.monotonic()))
             return
-        if dm.context is None:
-            if sess is None:
-                await self._reply_error(msg, "resend_context", "no session for this request on this verifier",
-                                        dm.request_id)
-                return
-            if dm.round == sess.next_round - 1 and list(dm.tokens) == sess.last_draft and sess.last_verdict:
-                retry = sess.last_verdict  # the edge lost our verdict: answer it again, do not re-apply
-                retry.attempt = dm.attempt
-                await self.nc.publish(msg.reply, encode(retry))
-                self.log.info("verdict_resent", request_id=dm.request_id, round=dm.round, attempt=dm.attempt)
-                return
-            if dm.round != sess.next_round:
-                await self._reply_error(msg, "resend_context",
-                                        f"round {dm.round} out of order (expected {sess.next_round})", dm.request_id)
-                return
-        elif sess is None and len(self.sessions) >= self.cfg.max_sessions:
-            await self._reply_error(msg, "overloaded",
-                                    f"verifier {self.cfg.verifier_id} holds {len(self.sessions)} sessions (cap)",
-                                    dm.request_id)
-            return
-        def work():
-            s = sess
-            prefill_ms = 0.0
-            if dm.context is not None:
-                t0 = time.perf_counter()
-                s = _Session(TargetSession(self.model, list(dm.context), self.vocab, dm.params), dm.edge_id,
-                             dm.round, 0.0)
-                prefill_ms = (time.perf_counter() - t0) * 1e3
-            v = s.target.verify(dm.to_draft())
-            return s, v, prefill_ms
-
-        alone = len(self.sessions) - (dm.request_id in self.sessions) == 0  # no other request live here
-        (s, v, prefill_ms), started = await self.run_model(work, alone=alone)
         queue_ms = (started - received) * 1e3
-        verdict = VerdictMsg(dm.request_id, dm.round, dm.attempt, v.accepted, v.next_token,
-                             v.verify_ms + prefill_ms, queue_ms, self.cfg.verifier_id)
-        s.next_round, s.last_used, s.last_draft, s.last_verdict = dm.round + 1, time.monotonic(), list(dm.tokens), verdict
-        self.sessions[dm.request_id] = s
-        self.rounds += 1
-        if msg.reply:
-            await self.send_now(msg.reply, encode(verdict))
+        replies = self.table.finish(s, Outcome(v.accepted, v.next_token, v.verify_ms + prefill_ms, queue_ms),
+                                    state, time.monotonic())
+        await self._publish(replies)
         self.log.info("verify", request_id=dm.request_id, round=dm.round, attempt=dm.attempt, edge_id=dm.edge_id,
                       verifier_id=self.cfg.verifier_id, draft_length=len(dm.tokens), accepted=v.accepted,
                       verify_ms=round(v.verify_ms, 3), prefill_ms=round(prefill_ms, 3), queue_ms=round(queue_ms, 3),
-                      context_resent=dm.context is not None, context_len=len(s.target.tokens),
-                      sessions=len(self.sessions))
+                      context_resent=job.rebuild and dm.round > 0, context_len=len(s.tokens),
+                      sessions=len(self.sessions), waiters=len(replies))
+
+    async def _publish(self, replies: list[Reply]) -> None:
+        for r in replies:
+            await self._send(r.to, r.msg)
+
+    def _log_admission(self, dm: DraftMsg, adm: Admission, subject: str) -> None:
+        if adm.event == "compute":
+            if adm.evicted is not None:
+                self.log.info("session_evicted", edge_id=adm.evicted[0], request_id=adm.evicted[1],
+                              for_request=dm.request_id, sessions=len(self.sessions))
+            return
+        fields = dict(request_id=dm.request_id, round=dm.round, attempt=dm.attempt, edge_id=dm.edge_id,
+                      subject=subject, sessions=len(self.sessions))
+        if adm.event in ("joined_in_flight", "verdict_resent"):
+            self.log.info(adm.event, **fields)
+        elif adm.event == "session_end":
+            self.log.info("session_end", reason="final", held=adm.detail == "held", **fields)
+        else:
+            self.log.warning(adm.event, code=adm.event, error=adm.detail[:300], replied=bool(adm.replies), **fields)
 
     async def _expire_loop(self) -> None:
         while True:
             await asyncio.sleep(min(5.0, self.cfg.session_ttl_s / 2))
-            now = time.monotonic()
-            for rid, s in list(self.sessions.items()):
-                if now - s.last_used > self.cfg.session_ttl_s:
-                    del self.sessions[rid]
-                    self.log.info("session_end", request_id=rid, reason="ttl", sessions=len(self.sessions))
+            for edge_id, rid in self.table.expire(time.monotonic()):
+                self.log.info("session_end", request_id=rid, edge_id=edge_id, reason="ttl",
+                              sessions=len(self.sessions))

@@ -1,33 +1,51 @@
 """Control subscriber: learns from every edge's timing events, steers every edge.
 
-Events come from a JetStream stream through a durable pull consumer with
-explicit acks. Per (edge, policy) one learner runs the policy's `observe`; after
-each batch its snapshot is written to a KV bucket together with the stream
-sequence of the last event it applied, then published as a versioned update to
-that edge, and only then are the events acked. A restarted controller restores
-the learners from the bucket and skips redelivered events at or below their
-sequence, so no event is applied twice and none is lost. Malformed events are
-acked, logged and skipped.
+Events come from a JetStream stream (bounded in count, bytes, age and message
+size) through a durable pull consumer with explicit acks. Per (edge, policy)
+one learner runs the policy's `observe` on `outcome_of(event)` (the same
+function the edge acts on); after each batch its snapshot is written to a KV
+bucket together with the stream sequence of the last event it applied, then
+published as a versioned update to that edge, and only then are the events
+acked. A restarted controller restores the learners from the bucket (each
+snapshot range-checked; a bad one is refused and logged, never used) and skips
+redelivered events at or below their sequence, so no event is applied twice
+and none is lost.
+
+Nothing an event carries can stop the loop: an event that does not decode,
+names another edge than its subject, or names a policy that cannot learn is
+acked, logged and skipped. Learners are bounded (least recently used evicted;
+its snapshot stays in the bucket and is read back when its edge returns).
+After a broker restart the stream, consumer and bucket are re-created or
+resumed. `stop` finishes the batch in hand and returns within ~2 s.
 """
 from __future__ import annotations
 
 import asyncio
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
 from nats.aio.client import Client
 from nats.errors import TimeoutError as NatsTimeoutError
-from nats.js.api import AckPolicy, ConsumerConfig, StorageType, StreamConfig
+from nats.js.api import AckPolicy, ConsumerConfig, DiscardPolicy, StorageType, StreamConfig
 from nats.js.errors import BadRequestError, KeyNotFoundError, NoKeysError, NotFoundError
 
-from control import Policy, RoundContext, RoundOutcome, make_policy
-from control.types import ControlError
+from control import ControlError, Policy, make_policy
+from nodes.protocol.timing import outcome_of
 from schemas import subjects
 from schemas.codec import Limits, SchemaError, decode, encode
 from schemas.messages import PolicyUpdate, TimingEvent
 
-NOT_LEARNED = ("target-only",)
+
+@dataclass(frozen=True)
+class StreamLimits:
+    """Bounds of the timing stream: whichever is hit first discards the oldest events."""
+
+    max_msgs: int = 1_000_000
+    max_bytes: int = 512 * 1024 * 1024
+    max_age_s: float = 24 * 3600.0
+    max_msg_size: int = 4096  # a timing event is ~400 bytes
 
 
 @dataclass
@@ -37,9 +55,10 @@ class Learner:
     last_seq: int = 0
 
 
-async def ensure_stream(js) -> None:
+async def ensure_stream(js, limits: StreamLimits = StreamLimits()) -> None:
     cfg = StreamConfig(name=subjects.TIMING_STREAM, subjects=[f"{subjects.TIMING_PREFIX}.>"],
-                       storage=StorageType.FILE, max_age=24 * 3600.0)
+                       storage=StorageType.FILE, max_age=limits.max_age_s, max_msgs=limits.max_msgs,
+                       max_bytes=limits.max_bytes, max_msg_size=limits.max_msg_size, discard=DiscardPolicy.OLD)
     try:
         await js.add_stream(cfg)
     except BadRequestError:
@@ -50,17 +69,21 @@ async def policy_bucket(js):
     try:
         return await js.key_value(subjects.POLICY_BUCKET)
     except (NotFoundError, BadRequestError):
-        return await js.create_key_value(bucket=subjects.POLICY_BUCKET, history=1)
+        return await js.create_key_value(bucket=subjects.POLICY_BUCKET, history=1, max_bytes=256 * 1024 * 1024)
 
 
 class Controller:
     def __init__(self, nc: Client, log: Any, max_length: int = 8, seed: int = 0, batch: int = 128,
-                 limits: Limits = Limits()):
+                 limits: Limits = Limits(), max_learners: int = 1024, stream: StreamLimits = StreamLimits()):
         self.nc, self.log, self.max_length, self.seed, self.batch, self.limits = nc, log, max_length, seed, batch, limits
-        self.learners: dict[tuple[str, str], Learner] = {}
+        self.max_learners, self.stream = max_learners, stream
+        self.learners: OrderedDict[tuple[str, str], Learner] = OrderedDict()
+        self._specs: dict[str, tuple[str, bool]] = {}
         self.applied = 0
         self.skipped_duplicates = 0
         self.malformed = 0
+        self.evicted = 0
+        self.recoveries = 0
         self.task: asyncio.Task | None = None
         self.stopping = False
         self.js = nc.jetstream()
@@ -68,26 +91,41 @@ class Controller:
         self.psub = None
 
     async def start(self) -> None:
-        await ensure_stream(self.js)
-        self.kv = await policy_bucket(self.js)
+        await self._setup()
         await self._restore()
-        self.psub = await self.js.pull_subscribe(
-            f"{subjects.TIMING_PREFIX}.>", durable=subjects.CONTROL_DURABLE, stream=subjects.TIMING_STREAM,
-            config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=30, max_ack_pending=10000))
         self.task = asyncio.create_task(self._loop())
         self.log.info("control_started", learners=len(self.learners))
 
-    async def stop(self) -> None:
+    async def _setup(self) -> None:
+        """Stream, bucket and durable consumer: created if missing, resumed if there."""
+        await ensure_stream(self.js, self.stream)
+        self.kv = await policy_bucket(self.js)
+        if self.psub is not None:
+            try:
+                await self.psub.unsubscribe()
+            except Exception:
+                pass
+        self.psub = await self.js.pull_subscribe(
+            f"{subjects.TIMING_PREFIX}.>", durable=subjects.CONTROL_DURABLE, stream=subjects.TIMING_STREAM,
+            config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=30, max_ack_pending=10000))
+
+    async def stop(self, timeout: float = 2.0) -> None:
         """Finish the batch in hand (applied, persisted, acked), then stop fetching."""
         self.stopping = True
         if self.task:
             try:
-                await asyncio.wait_for(asyncio.shield(self.task), timeout=10)
+                await asyncio.wait_for(asyncio.shield(self.task), timeout=timeout)
             except asyncio.TimeoutError:
                 self.task.cancel()
+        if self.psub is not None:
+            try:
+                await self.psub.unsubscribe()
+            except Exception:
+                pass
         self.log.info("control_stopped", applied=self.applied, duplicates=self.skipped_duplicates,
                       malformed=self.malformed)
 
+    # --- learners --------------------------------------------------------------------
     async def _restore(self) -> None:
         keys: list[str] = []
         try:
@@ -96,60 +134,121 @@ class Controller:
             pass
         except Exception as exc:  # keep serving: learners then start fresh
             self.log.warning("restore_failed", error=repr(exc)[:200])
-        for key in keys:
-            try:
-                entry = await self.kv.get(key)
-                upd: PolicyUpdate = decode(entry.value, self.limits, expect=(PolicyUpdate,))
-                pol = make_policy(upd.policy, max_length=self.max_length, seed=self.seed)
-                pol.restore(upd.snapshot)
-            except (KeyNotFoundError, SchemaError, ControlError) as exc:
-                self.log.warning("snapshot_skipped", key=key, error=str(exc))
-                continue
-            self.learners[(upd.edge_id, upd.policy)] = Learner(pol, upd.version, upd.last_seq)
+        for key in keys[: self.max_learners]:
+            ln = await self._read_learner(key)
+            if ln is not None:
+                self.learners[ln[0]] = ln[1]
         if self.learners:
             self.log.info("learners_restored", count=len(self.learners),
                           versions={f"{e}/{p}": l.version for (e, p), l in self.learners.items()})
 
-    def learner(self, edge_id: str, spec: str) -> Learner:
-        key = (edge_id, spec)
-        if key not in self.learners:
-            self.learners[key] = Learner(make_policy(spec, max_length=self.max_length, seed=self.seed))
-        return self.learners[key]
+    async def _read_learner(self, key: str) -> tuple[tuple[str, str], Learner] | None:
+        """A learner from its bucket entry, or None (no entry, or one that fails its checks)."""
+        try:
+            entry = await self.kv.get(key)
+            upd: PolicyUpdate = decode(entry.value, self.limits, expect=(PolicyUpdate,))
+            if subjects.policy_key(upd.edge_id, upd.policy) != key:
+                raise ControlError(f"entry names {upd.edge_id}/{upd.policy}, not its key")
+            pol = make_policy(upd.policy, max_length=self.max_length, seed=self.seed)
+            pol.restore(upd.snapshot)
+        except KeyNotFoundError:
+            return None
+        except (SchemaError, ControlError) as exc:
+            self.log.warning("snapshot_refused", key=key, error=str(exc)[:300])
+            return None
+        return (upd.edge_id, pol.spec), Learner(pol, upd.version, upd.last_seq)
 
+    async def learner(self, edge_id: str, spec: str) -> Learner:
+        key = (edge_id, spec)
+        if key in self.learners:
+            self.learners.move_to_end(key)
+            return self.learners[key]
+        stored = await self._read_learner(subjects.policy_key(edge_id, spec))
+        ln = stored[1] if stored is not None else Learner(make_policy(spec, max_length=self.max_length,
+                                                                      seed=self.seed))
+        self.learners[key] = ln
+        while len(self.learners) > self.max_learners:
+            self.learners.popitem(last=False)  # its snapshot is in the bucket already
+            self.evicted += 1
+        return ln
+
+    def _spec(self, text: str) -> tuple[str, bool]:
+        """(canonical spec, whether it learns), cached: building a policy per event costs."""
+        if text not in self._specs:
+            pol = make_policy(text, max_length=self.max_length, seed=self.seed)
+            if len(self._specs) >= 256:
+                self._specs.clear()
+            self._specs[text] = (pol.spec, pol.learns)
+        return self._specs[text]
+
+    # --- the loop --------------------------------------------------------------------
     async def _loop(self) -> None:
+        failures = 0
         while not self.stopping:
             try:
                 msgs = await self.psub.fetch(self.batch, timeout=0.5)
             except (NatsTimeoutError, asyncio.TimeoutError):
+                failures = 0
                 continue
-            except Exception as exc:  # broker restarting: keep trying
-                self.log.warning("fetch_failed", error=type(exc).__name__)
-                await asyncio.sleep(0.5)
+            except Exception as exc:  # broker restarting, or the stream/consumer gone with it
+                failures += 1
+                self.log.warning("fetch_failed", error=type(exc).__name__, detail=str(exc)[:200])
+                await asyncio.sleep(min(0.25 * failures, 2.0))
+                if self.nc.is_connected:
+                    await self._recover()
                 continue
-            await self.process(msgs)
+            failures = 0
+            try:
+                await self.process(msgs)
+            except Exception as exc:  # persisting or publishing failed: not acked, so redelivered later
+                self.log.warning("batch_failed", error=type(exc).__name__, detail=str(exc)[:200], events=len(msgs))
+                await asyncio.sleep(0.25)
+
+    async def _recover(self) -> None:
+        try:
+            await self._setup()
+        except Exception as exc:
+            self.log.warning("recover_failed", error=type(exc).__name__, detail=str(exc)[:200])
+            return
+        self.recoveries += 1
+        self.log.info("jetstream_resumed", recoveries=self.recoveries)
+
+    async def _usable(self, m) -> tuple[Learner, TimingEvent] | None:
+        """The learner an event feeds, or None after logging why the event is skipped."""
+        try:
+            ev: TimingEvent = decode(m.data, self.limits, expect=(TimingEvent,))
+            if m.subject != subjects.timing(ev.edge_id):
+                raise ControlError(f"event names edge {ev.edge_id!r} but arrived on {m.subject}")
+            spec, learns = self._spec(ev.policy)
+            if not learns:
+                return None
+            return await self.learner(ev.edge_id, spec), ev
+        except (SchemaError, ControlError) as exc:
+            self.malformed += 1
+            self.log.warning("bad_event", seq=m.metadata.sequence.stream, subject=m.subject, error=str(exc)[:300])
+            return None
 
     async def process(self, msgs) -> None:
         touched: dict[tuple[str, str], Learner] = {}
         for m in msgs:
             seq = m.metadata.sequence.stream
-            try:
-                ev: TimingEvent = decode(m.data, self.limits, expect=(TimingEvent,))
-                if ev.policy in NOT_LEARNED:
-                    continue
-                ln = self.learner(ev.edge_id, ev.policy)
-            except (SchemaError, ControlError) as exc:
-                self.malformed += 1
-                self.log.warning("bad_event", seq=seq, subject=m.subject, error=str(exc))
+            found = await self._usable(m)
+            if found is None:
                 continue
+            ln, ev = found
             if seq <= ln.last_seq:
                 self.skipped_duplicates += 1
                 continue
-            ctx = RoundContext(ev.network_ms / 2.0, ev.channel_state)
-            ln.policy.observe(RoundOutcome(ev.length, ev.accepted, ev.round_ms, ctx))
+            try:
+                ln.policy.observe(outcome_of(ev))
+            except Exception as exc:  # a learner must never take the loop down
+                self.malformed += 1
+                self.log.warning("bad_event", seq=seq, subject=m.subject, error=f"observe failed: {exc!r}"[:300])
+                continue
             ln.version += 1
             ln.last_seq = seq
             self.applied += 1
-            touched[(ev.edge_id, ev.policy)] = ln
+            touched[(ev.edge_id, ln.policy.spec)] = ln
         for (edge_id, spec), ln in touched.items():
             upd = PolicyUpdate(edge_id, spec, ln.version, ln.policy.snapshot(), ln.last_seq)
             payload = encode(upd)

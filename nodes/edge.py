@@ -1,42 +1,52 @@
 """Edge worker: drafts locally, verifies remotely, streams tokens to the client.
 
-Each generate request runs as its own task: per round it asks the policy for a
-length (from the latest measured delay and the channel state), drafts (on the
-model thread, or inline when it is the only request: see WorkerBase.run_model),
-sends the draft across the emulated link, applies the verdict,
-streams one TokenChunk to the client and publishes one TimingEvent. Rounds are
-retried (same round, same seed, next attempt) when a reply is lost, and the
-full context is resent when the verifier lost the session.
+A thin wiring of the round protocol (`nodes.protocol`): decode, admit, hand
+the request's rounds to `EdgeRequest`, run the draft model (on the model
+thread, or inline when it is the only request: see WorkerBase.run_model),
+sleep the emulated link, publish what the protocol says. Every bound is
+checked where a request is admitted (`protocol.admission`); a full edge
+answers `overloaded` at once. Requests end by finishing, by failing with an
+error that names what went wrong, by the client's cancel or deadline, or by
+the edge's shutdown (drained within `drain_timeout_s`); in every case the
+client gets a terminal message and every verifier that held the request's
+session gets a final draft.
 """
 from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.errors import NoRespondersError, TimeoutError as NatsTimeoutError
+from nats.errors import Error as NatsError, NoRespondersError, TimeoutError as NatsTimeoutError
 
-from control import Policy, RoundContext, RoundOutcome, make_policy
-from control.types import ControlError
+from control import ControlError, Policy, RoundContext
 from nodes.detokenize import IncrementalDetokenizer
+from nodes.link import Channel, ConstChannel, LinkTimer
 from nodes.models.loading import ModelPair
 from nodes.models.sessions import DraftSession
-from nodes.speculative import finish
+from nodes.policy_book import PolicyBook
+from nodes.protocol.admission import EdgeLimits, admit_generate, check_prompt_tokens, deadline_s
+from nodes.protocol.request import Accepted, EdgeRequest, Failed, RoundRules, RoundTimes
+from nodes.protocol.timing import one_way_delay_ms, round_log_fields
 from nodes.worker_base import WorkerBase
-from pipeline.channel import Channel, ConstChannel, LinkTimer
 from schemas import subjects
-from schemas.codec import Int32Array, Limits, SchemaError, decode, encode
-from schemas.messages import DraftMsg, ErrorMsg, GenerateRequest, PolicyUpdate, TimingEvent, TokenChunk, VerdictMsg
-from schemas.rounds import Draft, SamplingParams, round_seed
+from schemas.codec import Limits, SchemaError, decode, encode
+from schemas.messages import (
+    BAD_MESSAGE, CANCELLED, DEADLINE, INTERNAL, UNAVAILABLE, AckMsg, CancelMsg, ErrorMsg, GenerateRequest,
+    PolicyUpdate, VerdictMsg,
+)
+from schemas.rounds import Draft
 
 TARGET_ONLY = "target-only"
 
 
 class RoundFailed(RuntimeError):
-    pass
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
 
 
 @dataclass(frozen=True)
@@ -45,82 +55,117 @@ class EdgeConfig:
     default_policy: str = "auto"
     max_length: int = 8
     request_timeout_s: float = 10.0
-    max_attempts: int = 6
-    max_concurrent: int = 64
+    failover_deadline_s: float = 30.0
     seed: int = 0
+    limits: EdgeLimits = EdgeLimits()
+    drain_timeout_s: float = 10.0
+
+    def rules(self) -> RoundRules:
+        return RoundRules(self.edge_id, self.max_length, self.request_timeout_s, self.failover_deadline_s)
 
 
-class PolicyBook:
-    """The policies this edge acts on, one per spec, shared by all its requests.
+@dataclass
+class Live:
+    """A request this edge holds: its task, the client's inbox, and why it was stopped (if it was)."""
 
-    Local mode learns in-process. Remote mode only acts: `observe` runs in the
-    control subscriber, whose versioned snapshots arrive through `apply_update`;
-    until the first one arrives a spec acts on `fallback` (the theory's best
-    length from the pair's shipped profile, or a fixed length)."""
-
-    def __init__(self, max_length: int, seed: int, learn_locally: bool = True, fallback: Policy | None = None):
-        self.max_length, self.seed, self.learn_locally = max_length, seed, learn_locally
-        self.fallback = fallback or make_policy("fixed:4", max_length=max_length)
-        self.policies: dict[str, Policy] = {}
-        self.versions: dict[str, int] = {}
-
-    def get(self, spec: str) -> Policy:
-        if spec not in self.policies:
-            self.policies[spec] = make_policy(spec, max_length=self.max_length, seed=self.seed)
-            self.versions[spec] = 0
-        return self.policies[spec]
-
-    def acting(self, spec: str) -> tuple[Policy, int]:
-        """The policy object to act on now, and the version it stands for."""
-        pol = self.get(spec)
-        if self.learn_locally or self.versions[spec] > 0 or spec.startswith("fixed:"):
-            return pol, self.versions[spec]
-        return self.fallback, 0
-
-    def apply_update(self, spec: str, version: int, snapshot: dict) -> None:
-        """Restore a controller snapshot; raises ControlError (and changes nothing) if refused."""
-        if version <= self.versions.get(spec, 0):
-            raise ControlError(f"update version {version} is not newer than {self.versions.get(spec, 0)}")
-        fresh = make_policy(spec, max_length=self.max_length, seed=self.seed)
-        fresh.restore(snapshot)
-        self.policies[spec] = fresh
-        self.versions[spec] = version
+    inbox: str | None
+    task: asyncio.Task | None = None
+    started: bool = False
+    stop_reason: tuple[str, str] | None = None
+    request: EdgeRequest | None = field(default=None, repr=False)
 
 
 class EdgeWorker(WorkerBase):
     def __init__(self, nc: Client, pair: ModelPair, config: EdgeConfig, limits: Limits, log: Any,
                  channel: Channel | None = None, policies: PolicyBook | None = None, model_nice: int = 0):
-        super().__init__(nc, log, "draft", config.max_concurrent, model_nice=model_nice)
+        super().__init__(nc, log, "draft", config.limits.max_active + config.limits.max_queued, model_nice=model_nice)
         self.pair, self.cfg, self.limits = pair, config, limits
         self.channel = channel or ConstChannel(0.0)
         self.link = LinkTimer()
         self.policies = policies or PolicyBook(config.max_length, config.seed)
+        self.slots = asyncio.Semaphore(config.limits.max_active)
+        self.live: dict[str, Live] = {}
+        self.draining = False
         self.latest_delay_ms = 0.0
         self.timing_seq = 0
+        self.completed = 0
+        self._generate_subs: list = []
 
+    # --- lifecycle -----------------------------------------------------------------
     async def start(self) -> None:
-        self.subs.append(await self.nc.subscribe(subjects.GENERATE, queue=subjects.EDGE_QUEUE, cb=self._on_generate))
-        self.subs.append(await self.nc.subscribe(subjects.generate(self.cfg.edge_id), cb=self._on_generate))
+        self._generate_subs = [
+            await self.nc.subscribe(subjects.GENERATE, queue=subjects.EDGE_QUEUE, cb=self._on_generate),
+            await self.nc.subscribe(subjects.generate(self.cfg.edge_id), cb=self._on_generate)]
+        self.subs += self._generate_subs
+        self.subs.append(await self.nc.subscribe(subjects.CANCEL, cb=self._on_cancel))
         if not self.policies.learn_locally:
             self.subs.append(await self.nc.subscribe(subjects.policy(self.cfg.edge_id), cb=self._on_policy))
             await self._restore_from_bucket()
+            self.background.add(asyncio.create_task(self._resync_after_reconnect()))
         self.log.info("edge_started", edge_id=self.cfg.edge_id, channel=self.channel.spec,
-                      policy=self.cfg.default_policy, model_nice=self.model_nice)
+                      policy=self.cfg.default_policy, model_nice=self.model_nice,
+                      max_active=self.cfg.limits.max_active, max_queued=self.cfg.limits.max_queued)
 
+    async def stop(self) -> None:
+        """Take no new requests; let running ones finish within the drain timeout; then stop the rest
+        (the client gets an `unavailable` error, the verifier a final draft)."""
+        self.draining = True
+        for sub in self._generate_subs:
+            try:
+                await sub.unsubscribe()
+            except NatsError:
+                pass
+        self.subs = [s for s in self.subs if s not in self._generate_subs]
+        for live in self.live.values():  # queued, not started: nothing to finish
+            if not live.started and live.task is not None:
+                live.stop_reason = (UNAVAILABLE, "edge shut down before the request started: send it again")
+                live.task.cancel()
+        tasks = [lv.task for lv in self.live.values() if lv.task is not None]
+        if tasks:
+            await asyncio.wait(tasks, timeout=self.cfg.drain_timeout_s)
+        for live in self.live.values():
+            if live.task is not None and not live.task.done():
+                live.stop_reason = (UNAVAILABLE, f"edge shut down after {self.cfg.drain_timeout_s:g} s of draining")
+                live.task.cancel()
+        tasks = [lv.task for lv in self.live.values() if lv.task is not None]
+        if tasks:
+            await asyncio.wait(tasks, timeout=5.0)
+        await super().stop()
+        self.log.info("edge_drained", completed=self.completed)
+
+    # --- policy updates --------------------------------------------------------------
     async def _on_policy(self, msg: Msg) -> None:
         try:
             upd: PolicyUpdate = decode(msg.data, self.limits, expect=(PolicyUpdate,))
             if upd.edge_id != self.cfg.edge_id:
                 raise ControlError(f"update is for edge {upd.edge_id!r}")
-            self.policies.apply_update(upd.policy, upd.version, upd.snapshot)
+            spec = self.policies.canonical(upd.policy)
+            confirmed = False
+            if self.policies.needs_confirmation(spec, upd.version):
+                confirmed = await self._bucket_holds(spec, upd)
+            self.policies.apply_update(spec, upd.version, upd.snapshot, confirmed=confirmed)
         except (SchemaError, ControlError) as exc:
-            self.log.warning("policy_update_refused", error=str(exc), subject=msg.subject,
+            self.log.warning("policy_update_refused", error=str(exc)[:300], subject=msg.subject,
                              kept_versions=dict(self.policies.versions))
+            if msg.reply:
+                await self.send_now(msg.reply, encode(ErrorMsg(getattr(exc, "code", BAD_MESSAGE), str(exc)[:300])))
             return
-        self.log.info("policy_update", policy=upd.policy, policy_version=upd.version)
+        self.log.info("policy_update", policy=upd.policy, policy_version=upd.version, confirmed=confirmed)
+        if msg.reply:
+            await self.send_now(msg.reply, encode(AckMsg(self.cfg.edge_id, "policy_update")))
+
+    async def _bucket_holds(self, spec: str, upd: PolicyUpdate) -> bool:
+        """Whether the controller's bucket holds exactly this version (the controller wrote it)."""
+        try:
+            kv = await self.nc.jetstream().key_value(subjects.POLICY_BUCKET)
+            stored = decode((await kv.get(subjects.policy_key(self.cfg.edge_id, spec))).value, self.limits,
+                            expect=(PolicyUpdate,))
+        except Exception:  # no bucket, no key, broker away, or a bad entry: not confirmed
+            return False
+        return stored.version == upd.version and stored.snapshot == upd.snapshot
 
     async def _restore_from_bucket(self) -> None:
-        """Resume from the controller's latest snapshots (if any) before serving."""
+        """Resume from the controller's latest snapshots (if any): the bucket is authoritative."""
         try:
             kv = await self.nc.jetstream().key_value(subjects.POLICY_BUCKET)
             keys = await kv.keys()
@@ -131,32 +176,109 @@ class EdgeWorker(WorkerBase):
                 continue
             try:
                 upd = decode((await kv.get(key)).value, self.limits, expect=(PolicyUpdate,))
-                self.policies.apply_update(upd.policy, upd.version, upd.snapshot)
+                if upd.edge_id != self.cfg.edge_id:
+                    raise ControlError(f"entry is for edge {upd.edge_id!r}")
+                spec = self.policies.canonical(upd.policy)
+                if self.policies.versions.get(spec, 0) == upd.version:
+                    continue
+                self.policies.apply_update(spec, upd.version, upd.snapshot, confirmed=True)
                 self.log.info("policy_update", policy=upd.policy, policy_version=upd.version, source="bucket")
             except Exception as exc:
-                self.log.warning("policy_update_refused", error=str(exc), source="bucket", key=key)
+                self.log.warning("policy_update_refused", error=str(exc)[:300], source="bucket", key=key)
+
+    async def _resync_after_reconnect(self) -> None:
+        """After a reconnect (a broker restart) updates may have been missed: read the bucket again."""
+        seen = self.nc.stats.get("reconnects", 0)
+        while True:
+            await asyncio.sleep(1.0)
+            now = self.nc.stats.get("reconnects", 0)
+            if now != seen and self.nc.is_connected:
+                seen = now
+                await self._restore_from_bucket()
+
+    # --- admission ---------------------------------------------------------------------
+    async def _refuse(self, msg: Msg, code: str, text: str, request_id: str | None = None) -> None:
+        if msg.reply:
+            await self.send_now(msg.reply, encode(ErrorMsg(code, text[:1000], request_id)))
+        self.log.warning("refused" if code not in (BAD_MESSAGE, "too_large", "version") else "bad_message",
+                         code=code, error=text[:300], request_id=request_id, replied=bool(msg.reply),
+                         subject=msg.subject)
 
     async def _on_generate(self, msg: Msg) -> None:
         try:
             req: GenerateRequest = decode(msg.data, self.limits, expect=(GenerateRequest,))
-            spec = req.policy or self.cfg.default_policy
-            if spec != TARGET_ONLY:
-                self.policies.get(spec)  # a bad spec is refused before any work
+            spec = self.policies.canonical(req.policy or self.cfg.default_policy)  # before any work
         except (SchemaError, ControlError) as exc:
-            code = getattr(exc, "code", "bad_message")
-            if msg.reply:
-                await self.nc.publish(msg.reply, encode(ErrorMsg(code, str(exc))))
-            self.log.warning("bad_message", code=code, error=str(exc), replied=bool(msg.reply), subject=msg.subject)
+            await self._refuse(msg, getattr(exc, "code", BAD_MESSAGE), str(exc))
             return
-        await self.spawn(self._serve(req, msg.reply, spec))
+        refusal = admit_generate(req, self.cfg.limits, len(self.live), self.draining, req.request_id in self.live)
+        if refusal is not None:
+            await self._refuse(msg, refusal.code, refusal.message, req.request_id)
+            return
+        live = Live(msg.reply)
+        self.live[req.request_id] = live
+        live.task = self.try_spawn(self._serve(req, live, spec))
+        if live.task is None:  # cannot happen while max_in_flight >= the admission bound; answer anyway
+            del self.live[req.request_id]
+            await self._refuse(msg, "overloaded", "edge is full", req.request_id)
 
-    async def _serve(self, req: GenerateRequest, reply: str | None, spec: str) -> None:
+    async def _on_cancel(self, msg: Msg) -> None:
         try:
-            await self.generate(req, spec, reply)
-        except Exception as exc:  # report to the client, keep serving others
-            self.log.error("request_failed", request_id=req.request_id, error=repr(exc)[:300])
-            if reply:
-                await self.nc.publish(reply, encode(ErrorMsg("internal", f"request failed: {exc}", req.request_id)))
+            c: CancelMsg = decode(msg.data, self.limits, expect=(CancelMsg,))
+        except SchemaError as exc:
+            await self._refuse(msg, exc.code, str(exc))
+            return
+        live = self.live.get(c.request_id)
+        held = live is not None and live.inbox == c.inbox and live.task is not None
+        if held:
+            live.stop_reason = (CANCELLED, f"cancelled by the client ({c.reason[:64]})")
+            live.task.cancel()
+            self.log.info("request_cancelled", request_id=c.request_id, reason=c.reason[:64])
+        if msg.reply:
+            await self.send_now(msg.reply, encode(AckMsg(c.request_id, "cancelled" if held else "not_held")))
+
+    # --- one request -------------------------------------------------------------------
+    async def _serve(self, req: GenerateRequest, live: Live, spec: str) -> None:
+        reply, limit = live.inbox, deadline_s(req, self.cfg.limits)
+        deadline = asyncio.timeout(limit)
+        try:
+            async with deadline:
+                async with self.slots:
+                    live.started = True
+                    live.request = await self._open(req, spec)
+                    await self._rounds(live.request, reply)
+            self.completed += 1
+        except TimeoutError as exc:
+            if not deadline.expired():
+                await self._fail(req, reply, INTERNAL, f"request failed: {type(exc).__name__}")
+            else:
+                await self._fail(req, reply, DEADLINE, f"request passed its deadline of {limit:g} s")
+        except asyncio.CancelledError:
+            code, text = live.stop_reason or (UNAVAILABLE, "edge stopped the request")
+            await self._fail(req, reply, code, text)
+        except RoundFailed as exc:
+            await self._fail(req, reply, exc.code, str(exc))
+        except Exception as exc:  # a bug must not take the worker down: report it, keep serving others
+            await self._fail(req, reply, INTERNAL, f"request failed: {type(exc).__name__}: {str(exc)[:200]}")
+        finally:
+            self.live.pop(req.request_id, None)
+            if live.request is not None:
+                for subject, final in live.request.final_messages():
+                    await self.send_now(subject, encode(final))
+
+    async def _fail(self, req: GenerateRequest, reply: str | None, code: str, text: str) -> None:
+        self.log.warning("request_failed", request_id=req.request_id, code=code, error=text[:300])
+        if reply:
+            await self.send_now(reply, encode(ErrorMsg(code, text[:1000], req.request_id)))
+
+    async def _open(self, req: GenerateRequest, spec: str) -> EdgeRequest:
+        tok = self.pair.tokenizer
+        prompt = list(req.prompt_ids) if req.prompt_ids else tok.encode(req.prompt, add_special_tokens=False)
+        refusal = check_prompt_tokens(len(prompt), self.cfg.limits)
+        if refusal is not None:
+            raise RoundFailed(refusal.code, refusal.message)
+        return EdgeRequest(req, prompt, self.cfg.rules(), spec, self.pair.eos_ids,
+                           IncrementalDetokenizer(tok, self.pair.eos_ids))
 
     async def _run(self, fn, *args):
         """Model compute (inline when this is the only request, else on the model thread); (result, ms queued)."""
@@ -164,114 +286,84 @@ class EdgeWorker(WorkerBase):
         result, started = await self.run_model(fn, *args, alone=len(self.tasks) <= 1)
         return result, (started - queued) * 1e3
 
-    async def generate(self, req: GenerateRequest, spec: str, reply: str | None) -> list[int]:
-        tok = self.pair.tokenizer
-        prompt = list(req.prompt_ids) if req.prompt_ids else tok.encode(req.prompt, add_special_tokens=False)
-        if not prompt:
-            raise ValueError("prompt encodes to no tokens")
-        params = SamplingParams(req.temperature, req.top_p)
-        target_only = spec == TARGET_ONLY
-        draft, _ = await self._run(DraftSession, self.pair.draft, prompt, self.pair.vocab_size, params)
-        context = list(prompt)  # what the verifier must hold: prompt + every emitted token
-        detok = IncrementalDetokenizer(tok, self.pair.eos_ids)
-        out: list[int] = []
-        subject, send_context = subjects.VERIFY, True
-        rnd, reason = 0, None
-        while reason is None:
+    def _acting(self, r: EdgeRequest, ctx: RoundContext):
+        policy, version = self.policies.acting(r.policy_spec)
+        try:
+            return policy, version, r.plan(policy, version, ctx)
+        except Exception as exc:  # a policy that cannot choose must not fail the request
+            self.log.warning("policy_error", policy=r.policy_spec, error=f"{type(exc).__name__}: {str(exc)[:200]}")
+            fallback = self.policies.fallback
+            return fallback, 0, r.plan(fallback, 0, ctx)
+
+    async def _rounds(self, r: EdgeRequest, reply: str | None) -> None:
+        draft_model: DraftSession | None = None
+        if r.policy_spec != TARGET_ONLY:
+            draft_model, _ = await self._run(DraftSession, self.pair.draft, r.context, self.pair.vocab_size, r.params)
+        while not r.done:
             sample = self.channel.sample()
             ctx = RoundContext(self.latest_delay_ms, sample.state)
-            policy, version = (None, 0) if target_only else self.policies.acting(spec)
-            length = 0 if target_only else policy.choose(ctx)
-            seed = round_seed(req.seed, rnd)
+            policy, version, plan = self._acting(r, ctx)
             t0 = time.perf_counter()
-            if target_only:
-                d, edge_queue_ms = Draft([], seed), 0.0
+            if plan.length and draft_model is None:
+                draft_model, _ = await self._run(DraftSession, self.pair.draft, r.context, self.pair.vocab_size,
+                                                 r.params)
+            if plan.length:
+                stop = _stop_rule(policy, ctx)
+                d, edge_queue_ms = await self._run(draft_model.propose, plan.length, plan.seed, stop)
             else:
-                stop = (lambda pos, prob, _h: policy.should_stop(ctx, pos, prob))
-                d, edge_queue_ms = await self._run(draft.propose, length, seed, stop)
-            dm = DraftMsg.from_draft(d, request_id=req.request_id, round=rnd, attempt=0, edge_id=self.cfg.edge_id,
-                                     params=params, context=context if send_context else None)
-            verdict, subject, resent, link_ms = await self._exchange(dm, subject, sample, context)
-            round_ms = (time.perf_counter() - t0) * 1e3
-            if target_only:
-                new = [verdict.next_token]
-            else:
-                new, _ = await self._run(draft.apply, verdict.to_verdict())
-            context.extend(new)
-            send_context = False
-            before = len(out)
-            reason = finish(new, out, req.max_new_tokens, self.pair.eos_ids)
-            kept = out[before:]
-            network_ms = max(0.0, round_ms - edge_queue_ms - d.draft_ms - verdict.verify_ms - verdict.queue_ms)
-            self.latest_delay_ms = network_ms / 2
-            measured = RoundContext(network_ms / 2, sample.state)
-            if policy is not None and self.policies.learn_locally:  # else the controller learns
-                policy.observe(RoundOutcome(len(d), verdict.accepted, round_ms, measured))
+                d, edge_queue_ms = Draft([], plan.seed), 0.0
+            verdict, link_ms, stall_ms = await self._exchange(r, d, sample)
+            round_ms = (time.perf_counter() - t0) * 1e3 - stall_ms
+            if draft_model is not None:
+                await self._run(draft_model.apply, verdict.to_verdict())
+            self.timing_seq += 1
+            rec = r.complete(verdict, RoundTimes(round_ms, d.draft_ms, edge_queue_ms, link_ms, stall_ms),
+                             sample.state, sample.one_way_ms, self.timing_seq)
+            self.latest_delay_ms = one_way_delay_ms(rec.timing.network_ms)
+            if self.policies.learn_locally and policy.learns:  # else the controller learns
+                policy.observe(rec.outcome)
             if reply:
-                text = detok.feed(kept) + (detok.flush() if reason else "")
-                done = reason is not None
-                full_ids = Int32Array(out) if done else None
-                full_text = (detok.flush_all() if done else None)
-                await self.send_now(reply, encode(TokenChunk(req.request_id, rnd, Int32Array(kept), text, done,
-                                                               reason, rnd + 1, len(out), full_ids, full_text)))
-            fields = dict(request_id=req.request_id, round=rnd, attempt=dm.attempt, edge_id=self.cfg.edge_id,
-                          verifier_id=verdict.verifier_id, draft_length=len(d), accepted=verdict.accepted,
-                          tokens=len(kept), draft_ms=round(d.draft_ms, 3), edge_queue_ms=round(edge_queue_ms, 3),
-                          verify_ms=round(verdict.verify_ms, 3), queue_ms=round(verdict.queue_ms, 3),
-                          network_ms=round(network_ms, 3), link_ms=round(link_ms, 3), round_ms=round(round_ms, 3),
-                          delay_ms=round(sample.one_way_ms, 3), channel_state=sample.state, policy=spec,
-                          policy_version=version, context_resent=resent, context_len=len(context))
-            self.log.info("round", **fields)
-            await self._publish_timing(fields)
-            rnd += 1
-        await self.nc.publish(subject, encode(DraftMsg(req.request_id, rnd, 0, self.cfg.edge_id, Int32Array(), 0,
-                                                       final=True)))
-        self.log.info("request_done", request_id=req.request_id, rounds=rnd, tokens=len(out), finish_reason=reason,
-                      policy=spec)
-        return out
+                await self.send_now(reply, encode(rec.chunk))
+            self.log.info("round", **round_log_fields(rec.timing))
+            await self.send_now(subjects.timing(self.cfg.edge_id), encode(rec.timing))
+        self.log.info("request_done", request_id=r.req.request_id, rounds=r.round, tokens=len(r.out),
+                      finish_reason=r.finish_reason, policy=r.policy_spec, retries=r.retries)
 
-    async def _publish_timing(self, f: dict) -> None:
-        self.timing_seq += 1
-        ev = TimingEvent(f["edge_id"], f["request_id"], f["round"], f["attempt"], f["draft_length"], f["accepted"],
-                         f["round_ms"], f["draft_ms"], f["verify_ms"], f["queue_ms"], f["network_ms"], f["delay_ms"],
-                         f["policy"], f["policy_version"], f["verifier_id"], f["channel_state"], self.timing_seq,
-                         f["tokens"], f["edge_queue_ms"])
-        await self.send_now(subjects.timing(self.cfg.edge_id), encode(ev))
-
-    async def _exchange(self, dm: DraftMsg, subject: str, sample, context: list[int]):
-        """Send one round until a verdict comes back: retries, resends, re-routing."""
-        resent = False
-        link_ms = 0.0
-        for attempt in range(self.cfg.max_attempts):
-            dm.attempt = attempt
-            link_ms += await self.link.sleep(sample.up_ms)
+    async def _exchange(self, r: EdgeRequest, d: Draft, sample) -> tuple[VerdictMsg, float, float]:
+        """Send the round until the protocol accepts a verdict: (verdict, link ms, stall ms)."""
+        step = r.send(d, time.monotonic())
+        first = time.perf_counter()
+        while True:
+            if step.wait_s:
+                await asyncio.sleep(step.wait_s)
+            began = time.perf_counter()
+            link_ms = await self.link.sleep(sample.up_ms)
             try:
-                reply = await self.nc.request(subject, encode(dm), timeout=self.cfg.request_timeout_s)
-            except (NatsTimeoutError, NoRespondersError, asyncio.TimeoutError) as exc:
-                self.log.warning("round_retry", request_id=dm.request_id, round=dm.round, attempt=attempt,
-                                 reason=type(exc).__name__, subject=subject)
-                if attempt >= 1 or isinstance(exc, NoRespondersError):  # the verifier may be gone: any verifier
-                    subject, dm.context, resent = subjects.VERIFY, Int32Array(context), True
-                await asyncio.sleep(min(0.05 * 2 ** attempt, 1.0))
-                continue
-            link_ms += await self.link.sleep(sample.down_ms)
-            try:
-                m = decode(reply.data, self.limits, expect=(VerdictMsg, ErrorMsg))
-            except SchemaError as exc:
-                self.log.warning("bad_message", code=exc.code, error=str(exc), subject=reply.subject)
-                continue
-            if isinstance(m, ErrorMsg):
-                self.log.info("round_error_reply", request_id=dm.request_id, round=dm.round, code=m.code,
-                              error=m.message)
-                if m.code in ("resend_context", "overloaded"):
-                    subject, dm.context, resent = subjects.VERIFY, Int32Array(context), True
-                    if m.code == "overloaded":
-                        await asyncio.sleep(min(0.05 * 2 ** attempt, 1.0))
-                    continue
-                raise RoundFailed(f"verifier refused round {dm.round}: {m.code}: {m.message}")
-            if m.request_id != dm.request_id or m.round != dm.round:
-                self.log.warning("stale_verdict", request_id=dm.request_id, round=dm.round, got_round=m.round)
-                continue
-            return m, subjects.verifier(m.verifier_id), resent, link_ms
-        raise RoundFailed(f"round {dm.round} of {dm.request_id} got no verdict after {self.cfg.max_attempts} attempts")
+                answer = await self.nc.request(step.subject, encode(step.msg), timeout=step.timeout_s)
+            except NoRespondersError:
+                nxt = r.on_no_responders(time.monotonic())
+            except (NatsTimeoutError, asyncio.TimeoutError):
+                nxt = r.on_timeout(time.monotonic())
+            else:
+                link_ms += await self.link.sleep(sample.down_ms)
+                try:
+                    m = decode(answer.data, self.limits, expect=(VerdictMsg, ErrorMsg))
+                except SchemaError as exc:
+                    self.log.warning("bad_message", code=exc.code, error=str(exc)[:300], subject=step.subject,
+                                     request_id=r.req.request_id)
+                    nxt = r.on_timeout(time.monotonic())  # as good as no answer: retry
+                else:
+                    nxt = r.on_verdict(m, time.monotonic()) if isinstance(m, VerdictMsg) else \
+                        r.on_error(m, time.monotonic())
+            if isinstance(nxt, Accepted):
+                return nxt.verdict, link_ms, (began - first) * 1e3
+            if isinstance(nxt, Failed):
+                raise RoundFailed(nxt.code, nxt.message)
+            self.log.warning("round_retry", request_id=r.req.request_id, round=r.round, attempt=nxt.msg.attempt,
+                             subject=nxt.subject, context_resent=nxt.msg.context is not None,
+                             wait_s=round(nxt.wait_s, 3))
+            step = nxt
 
+
+def _stop_rule(policy: Policy, ctx: RoundContext):
+    return lambda pos, prob, _hidden: policy.should_stop(ctx, pos, prob)

@@ -1,16 +1,26 @@
 """The whole speculative loop on one screen (in-process: both halves here).
 
-The pipeline runs the same two halves in different processes; this module is
-the reference for what one request does, round by round.
+The same round protocol objects as the pipeline (`EdgeRequest` on the edge
+side, `SessionTable` on the verifier side), wired to the two models directly
+instead of to NATS: this is the reference for what one request does, round by
+round. Target-only decoding is the same loop with the policy of length 0.
 """
 from __future__ import annotations
 
-from control import Policy, RoundContext, RoundOutcome
+import time
+
+from control import Policy, RoundContext, make_policy
 from nodes.detokenize import IncrementalDetokenizer
 from nodes.models.errors import ModelError
 from nodes.models.loading import ModelPair
-from nodes.models.sessions import DraftSession, TargetSession
-from schemas.rounds import GenerationResult, SamplingParams, round_seed
+from nodes.models.sessions import DraftSession, verify_round
+from nodes.protocol.request import Accepted, EdgeRequest, RoundRules, RoundTimes
+from nodes.protocol.verifier_table import Outcome, SessionTable, TableConfig
+from schemas.codec import Limits
+from schemas.messages import GenerateRequest
+from schemas.rounds import Draft, GenerationResult, SamplingParams
+
+IN_PROCESS = "in-process"
 
 
 def check_request(prompt_ids: list[int], max_new_tokens: int, vocab_size: int) -> None:
@@ -23,40 +33,47 @@ def check_request(prompt_ids: list[int], max_new_tokens: int, vocab_size: int) -
         raise ModelError(f"prompt has token ids outside the vocabulary [0, {vocab_size}): {bad[:5]}")
 
 
-def finish(new: list[int], out: list[int], max_new: int, eos: frozenset[int]) -> str | None:
-    """Append `new` to `out`, cutting at EOS (not emitted) or the length limit."""
-    for t in new:
-        if t in eos:
-            return "eos"
-        out.append(t)
-        if len(out) >= max_new:
-            return "length"
-    return None
-
-
 def speculative_generate(pair: ModelPair, prompt_ids: list[int], max_new_tokens: int, policy: Policy,
                          params: SamplingParams = SamplingParams(), seed: int = 0,
                          delay_ms: float = 0.0) -> GenerationResult:
     check_request(prompt_ids, max_new_tokens, pair.vocab_size)
-    draft = DraftSession(pair.draft, prompt_ids, pair.vocab_size, params)
-    target = TargetSession(pair.target, prompt_ids, pair.vocab_size, params)
+    req = GenerateRequest(IN_PROCESS, prompt_ids=None, prompt="-", max_new_tokens=max_new_tokens,
+                          temperature=params.temperature, top_p=params.top_p, seed=seed, policy=policy.spec)
+    edge = EdgeRequest(req, prompt_ids, RoundRules(IN_PROCESS, max_length=policy.max_length), policy.spec,
+                       pair.eos_ids)
+    table = SessionTable(TableConfig(IN_PROCESS), Limits(max_context_tokens=1 << 30))
+    draft_model: DraftSession | None = None
     res = GenerationResult([], "", 0)
     ctx = RoundContext(delay_ms=delay_ms)
-    reason = None
-    while reason is None:
-        length = policy.choose(ctx)
+    while not edge.done:
+        plan = edge.plan(policy, 0, ctx)
+        if plan.length and draft_model is None:  # created at the first drafted round (never for target-only)
+            draft_model = DraftSession(pair.draft, edge.context, pair.vocab_size, params)
         stop = (lambda pos, prob, _h: policy.should_stop(ctx, pos, prob))
-        d = draft.propose(length, seed=round_seed(seed, res.rounds), stop=stop)
-        v = target.verify(d)
-        new = draft.apply(v)
-        policy.observe(RoundOutcome(len(d), v.accepted, d.draft_ms + v.verify_ms + 2 * delay_ms, ctx))
+        d = draft_model.propose(plan.length, plan.seed, stop) if draft_model else Draft([], plan.seed)
+        send = edge.send(d, time.monotonic())
+        adm = table.admit(send.msg, "edge", time.monotonic())
+        job = adm.compute
+        assert job is not None, adm.detail
+        state, v, prefill_ms = verify_round(pair.target, pair.vocab_size, job.session.state,
+                                            job.session.tokens if job.rebuild else None, job.msg.to_draft(),
+                                            SamplingParams(params.temperature, params.top_p))
+        [reply] = table.finish(job.session, Outcome(v.accepted, v.next_token, v.verify_ms + prefill_ms, 0.0),
+                               state, time.monotonic())
+        step = edge.on_verdict(reply.msg, time.monotonic())
+        assert isinstance(step, Accepted), step
+        if draft_model is not None:
+            draft_model.apply(v)
+        rec = edge.complete(step.verdict, RoundTimes(d.draft_ms + v.verify_ms + 2 * delay_ms, d.draft_ms), None,
+                            delay_ms, 0)
+        policy.observe(rec.outcome)
         res.rounds += 1
         res.lengths_per_round.append(len(d))
         res.accepted_per_round.append(v.accepted)
         res.draft_ms += d.draft_ms
         res.verify_ms += v.verify_ms
-        reason = finish(new, res.token_ids, max_new_tokens, pair.eos_ids)
-    res.finish_reason = reason
+    res.token_ids = edge.out
+    res.finish_reason = edge.finish_reason or "length"
     res.text = decode(pair, res.token_ids)
     return res
 
@@ -64,20 +81,7 @@ def speculative_generate(pair: ModelPair, prompt_ids: list[int], max_new_tokens:
 def target_only_generate(pair: ModelPair, prompt_ids: list[int], max_new_tokens: int,
                          params: SamplingParams = SamplingParams(), seed: int = 0) -> GenerationResult:
     """Plain autoregressive target decoding (KV cache, batch 1): the reference output."""
-    check_request(prompt_ids, max_new_tokens, pair.vocab_size)
-    target = TargetSession(pair.target, prompt_ids, pair.vocab_size, params)
-    res = GenerationResult([], "", 0)
-    reason = None
-    while reason is None:
-        v = target.step(seed=round_seed(seed, res.rounds))
-        res.rounds += 1
-        res.accepted_per_round.append(0)
-        res.lengths_per_round.append(0)
-        res.verify_ms += v.verify_ms
-        reason = finish([v.next_token], res.token_ids, max_new_tokens, pair.eos_ids)
-    res.finish_reason = reason
-    res.text = decode(pair, res.token_ids)
-    return res
+    return speculative_generate(pair, prompt_ids, max_new_tokens, make_policy("target-only"), params, seed)
 
 
 def decode(pair: ModelPair, ids: list[int]) -> str:

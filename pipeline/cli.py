@@ -25,13 +25,33 @@ def _positive_int(text: str) -> int:
     return v
 
 
+def _non_negative_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not an integer") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
+    return v
+
+
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+    if not (v > 0 and v < float("inf")):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return v
+
+
 def _non_negative_float(text: str) -> float:
     try:
         v = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
-    if not v >= 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    if not (v >= 0 and v < float("inf")):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
     return v
 
 
@@ -46,10 +66,16 @@ def _delays(text: str) -> list[float]:
 
 
 class OneLineParser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line (`specstop: error: ...`), exit status 2."""
+    """argparse, but a usage error is one line (`specstop: error: ...`), exit status 2, and no
+    abbreviated flags (`--request 4` is an error, not a silent `--requests 4`)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):
-        self.exit(2, f"specstop: error: {self.prog.removeprefix('specstop').strip() or 'specstop'}: {message}\n")
+        where = self.prog.removeprefix("specstop").strip()
+        self.exit(2, f"specstop: error: {where + ': ' if where else ''}{message}\n")
 
 
 def _emit(obj: dict, as_json: bool, render: Callable[[dict], str]) -> None:
@@ -73,22 +99,18 @@ def _pair(a: argparse.Namespace, load_draft: bool = True):
 
 
 def cmd_generate(a: argparse.Namespace) -> None:
-    from control import make_policy
+    from control import TARGET_ONLY, make_policy
     from nodes.models.errors import ModelError
-    from nodes.speculative import speculative_generate, target_only_generate
+    from nodes.speculative import speculative_generate
     from schemas.rounds import SamplingParams
 
     if not a.prompt:
         raise ModelError("prompt is empty")
     params = SamplingParams(temperature=a.temperature, top_p=a.top_p)
-    target_only = a.policy == "target-only"
-    policy = None if target_only else make_policy(a.policy, max_length=a.max_length, seed=a.seed)
-    pair = _pair(a, load_draft=not target_only)
+    policy = make_policy(a.policy, max_length=a.max_length, seed=a.seed)  # a bad spec fails before loading
+    pair = _pair(a, load_draft=a.policy != TARGET_ONLY)
     ids = pair.tokenizer.encode(a.prompt, add_special_tokens=False)
-    if target_only:
-        res = target_only_generate(pair, ids, a.max_new_tokens, params, a.seed)
-    else:
-        res = speculative_generate(pair, ids, a.max_new_tokens, policy, params, a.seed)
+    res = speculative_generate(pair, ids, a.max_new_tokens, policy, params, a.seed)
     out = {"token_ids": res.token_ids, "text": res.text, "rounds": res.rounds,
            "accepted_per_round": res.accepted_per_round, "lengths_per_round": res.lengths_per_round,
            "draft_ms": round(res.draft_ms, 3), "verify_ms": round(res.verify_ms, 3),

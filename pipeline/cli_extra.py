@@ -32,57 +32,81 @@ def cmd_bench_control(a: argparse.Namespace) -> None:
     print(json.dumps(res) if a.json else json.dumps(res, indent=2))
 
 
+def _stop_on_sigterm() -> None:
+    """SIGTERM unwinds like Ctrl-C, so `with` blocks stop the child processes they started."""
+    import signal
+
+    def raise_interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, raise_interrupt)
+
+
 def cmd_broker(a: argparse.Namespace) -> None:
+    from pathlib import Path
+
     from pipeline.broker import EmbeddedBroker
     from pipeline.orchestrate import new_run_dir
 
+    _stop_on_sigterm()
     run_dir = new_run_dir(a.run_root)
-    with EmbeddedBroker(run_dir, port=a.port) as b:
-        print(json.dumps({"event": "broker_started", "url": b.url, "run_dir": str(run_dir)}), flush=True)
+    store = Path(a.store_dir) if a.store_dir else Path(a.run_root) / "jetstream"
+    with EmbeddedBroker(run_dir, port=a.port, store_dir=store) as b:
+        print(json.dumps({"event": "broker_started", "url": b.url, "run_dir": str(run_dir),
+                          "store_dir": str(store)}), flush=True)
         try:
             while b.proc and b.proc.poll() is None:
                 time.sleep(0.5)
         except KeyboardInterrupt:
             pass
+        code = b.proc.poll() if b.proc else None
+    if code not in (None, 0) and code > 0:
+        from pipeline.errors import PipelineError
+
+        raise PipelineError(f"nats-server exited with code {code}; see {run_dir / 'broker'}")
 
 
 def _node_options(a: argparse.Namespace):
     from pipeline.serve import NodeOptions
 
     return NodeOptions(default_nats_url(a.nats), a.id, a.log_file, a.threads, a.draft, a.target, a.device,
-                       a.max_length, model_nice=a.model_nice)
+                       a.max_length, model_nice=a.model_nice, drain_timeout_s=a.drain_timeout)
 
 
 def cmd_cloud(a: argparse.Namespace) -> None:
-    from pipeline.serve import serve_cloud
+    from pipeline.serve import CloudOptions, serve_cloud
 
-    aio.run(serve_cloud(_node_options(a), a.max_sessions, a.session_ttl))
+    aio.run(serve_cloud(_node_options(a), CloudOptions(a.max_sessions, a.session_ttl, a.evict_idle)))
 
 
 def cmd_edge(a: argparse.Namespace) -> None:
     from control import make_policy
-    from pipeline.channel import parse_channel
-    from pipeline.serve import serve_edge
+    from nodes.link import parse_channel
+    from nodes.protocol.admission import EdgeLimits
+    from pipeline.serve import EdgeOptions, serve_edge
 
     parse_channel(a.channel)  # refuse a bad spec before loading anything
-    if a.policy != "target-only":
-        make_policy(a.policy, max_length=a.max_length)
-    aio.run(serve_edge(_node_options(a), a.channel, a.policy, a.seed, local_policy=not a.remote_policy))
+    make_policy(a.policy, max_length=a.max_length)
+    limits = EdgeLimits(a.max_active, a.max_queued, a.max_prompt_tokens, a.max_new_tokens_limit, a.max_request_s)
+    aio.run(serve_edge(_node_options(a), EdgeOptions(a.channel, a.policy, a.seed, not a.remote_policy,
+                                                     a.request_timeout, a.failover_deadline, limits)))
 
 
 def cmd_control(a: argparse.Namespace) -> None:
+    from nodes.controller import StreamLimits
     from pipeline.serve import serve_control
 
-    aio.run(serve_control(default_nats_url(a.nats), a.id, a.log_file, a.max_length, a.seed))
+    stream = StreamLimits(a.stream_max_msgs, a.stream_max_bytes, a.stream_max_age)
+    aio.run(serve_control(default_nats_url(a.nats), a.id, a.log_file, a.max_length, a.seed, stream,
+                          a.max_learners))
 
 
 def _run_config(a: argparse.Namespace):
     from control import make_policy
-    from pipeline.channel import parse_channel
+    from nodes.link import parse_channel
     from pipeline.orchestrate import RunConfig
 
-    if a.policy != "target-only":
-        make_policy(a.policy, max_length=a.max_length)
+    make_policy(a.policy, max_length=a.max_length)
     parse_channel(a.channel)
     return RunConfig(requests=a.requests, concurrency=a.concurrency, max_new_tokens=a.max_new_tokens,
                      channel=a.channel, policy=a.policy, seed=a.seed, temperature=a.temperature,
@@ -133,7 +157,7 @@ def cmd_analyze(a: argparse.Namespace) -> None:
 
 
 def register(sub) -> None:
-    from pipeline.cli import _model_args, _non_negative_float, _positive_int
+    from pipeline.cli import _model_args, _non_negative_float, _non_negative_int, _positive_float, _positive_int
 
     def _nice(text: str) -> int:
         value = _non_negative_float(text)
@@ -152,6 +176,8 @@ def register(sub) -> None:
         _model_args(p)
         p.add_argument("--model-nice", type=_nice, default=5,
                        help="lower the model thread's priority by this much (0-19) so the event loop stays prompt")
+        p.add_argument("--drain-timeout", type=_positive_float, default=10.0,
+                       help="seconds to finish work in hand after SIGTERM/SIGINT")
         p.set_defaults(threads=1)
 
     def workload_args(p):
@@ -189,15 +215,18 @@ def register(sub) -> None:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench_control)
 
-    p = sub.add_parser("broker", help="run an embedded nats-server (JetStream under the run directory)")
+    p = sub.add_parser("broker", help="run an embedded nats-server (JetStream kept across restarts)")
     p.add_argument("--port", type=int, default=4222, help="port on 127.0.0.1 (-1 picks a free one)")
-    p.add_argument("--run-root", default="runs")
+    p.add_argument("--run-root", default="runs", help="parent of the run directory (server log, ports file)")
+    p.add_argument("--store-dir", help="JetStream store, kept across restarts (default: RUN_ROOT/jetstream)")
     p.set_defaults(func=cmd_broker)
 
     p = sub.add_parser("cloud", help="serve the target model: verify drafts")
     node_args(p, "cloud-1")
-    p.add_argument("--max-sessions", type=_positive_int, default=128)
-    p.add_argument("--session-ttl", type=float, default=120.0, help="seconds an idle session is kept")
+    p.add_argument("--max-sessions", type=_positive_int, default=128, help="sessions held at once (the cap)")
+    p.add_argument("--session-ttl", type=_positive_float, default=120.0, help="seconds an idle session is kept")
+    p.add_argument("--evict-idle", type=_positive_float, default=2.0,
+                   help="at the cap, a session idle this many seconds may make room for a new one")
     p.set_defaults(func=cmd_cloud)
 
     p = sub.add_parser("edge", help="serve generate requests with the draft model")
@@ -207,6 +236,18 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--remote-policy", action="store_true",
                    help="act on snapshots from `specstop control` instead of learning in-process")
+    p.add_argument("--request-timeout", type=_positive_float, default=10.0,
+                   help="seconds one attempt of a round waits for its verdict")
+    p.add_argument("--failover-deadline", type=_positive_float, default=30.0,
+                   help="seconds a round may wait for any verifier before the request fails")
+    p.add_argument("--max-active", type=_positive_int, default=64, help="requests generating at once")
+    p.add_argument("--max-queued", type=_non_negative_int, default=256,
+                   help="requests waiting for a slot; beyond, requests are answered 'overloaded'")
+    p.add_argument("--max-prompt-tokens", type=_positive_int, default=4096)
+    p.add_argument("--max-new-tokens-limit", type=_positive_int, default=2048,
+                   help="largest max_new_tokens a request may ask for")
+    p.add_argument("--max-request-s", type=_positive_float, default=600.0,
+                   help="no request runs longer (a request's own deadline may be shorter)")
     p.set_defaults(func=cmd_edge)
 
     p = sub.add_parser("control", help="control subscriber: learn from timing events, publish policy updates")
@@ -215,6 +256,13 @@ def register(sub) -> None:
     p.add_argument("--log-file", help="JSON-lines log file (default: stderr)")
     p.add_argument("--max-length", type=_positive_int, default=8)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-learners", type=_positive_int, default=1024,
+                   help="learners kept in memory (least recently used ones wait in the bucket)")
+    p.add_argument("--stream-max-msgs", type=_positive_int, default=1_000_000, help="timing stream: events kept")
+    p.add_argument("--stream-max-bytes", type=_positive_int, default=512 * 1024 * 1024,
+                   help="timing stream: bytes kept")
+    p.add_argument("--stream-max-age", type=_positive_float, default=24 * 3600.0,
+                   help="timing stream: seconds an event is kept")
     p.set_defaults(func=cmd_control)
 
     p = sub.add_parser("demo", help="the main job: broker + cloud + edge + controller + streaming workload + summary")

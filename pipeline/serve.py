@@ -1,17 +1,20 @@
-"""Long-lived node processes: `specstop cloud` and `specstop edge`.
+"""Long-lived node processes: `specstop cloud`, `specstop edge`, `specstop control`.
 
 Each loads only its half of the pair, sets its own torch thread count, connects
-(probe, then endless reconnects) and serves until SIGINT/SIGTERM.
+(probe, then endless reconnects) and serves until SIGINT/SIGTERM; then it
+drains within a bounded time (the worker's own `stop`), writes what is still
+buffered to the broker and closes. A second signal stops at once.
 """
 from __future__ import annotations
 
 import asyncio
 import signal
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from nodes.models.loading import load_pair, set_threads
+from nodes.link import parse_channel
+from nodes.protocol.admission import EdgeLimits
 from pipeline import bus, logs
-from pipeline.channel import parse_channel
 from schemas.codec import DEFAULT_MAX_PAYLOAD, Limits
 
 
@@ -27,33 +30,72 @@ class NodeOptions:
     max_length: int = 8
     max_payload: int = DEFAULT_MAX_PAYLOAD
     model_nice: int = 5  # the model thread yields the CPU to event loops and the broker (WorkerBase)
+    drain_timeout_s: float = 10.0
 
 
-def limits_for(vocab: int, opts: NodeOptions) -> Limits:
-    return Limits(max_payload=opts.max_payload, max_draft_length=max(opts.max_length, 1), vocab_size=vocab)
+@dataclass
+class EdgeOptions:
+    channel: str = "const:0"
+    policy: str = "auto"
+    seed: int = 0
+    local_policy: bool = True
+    request_timeout_s: float = 10.0
+    failover_deadline_s: float = 30.0
+    limits: EdgeLimits = field(default_factory=EdgeLimits)
+
+
+@dataclass
+class CloudOptions:
+    max_sessions: int = 128
+    session_ttl_s: float = 120.0
+    evict_idle_s: float = 2.0
+
+
+def limits_for(vocab: int, opts: NodeOptions, max_context_tokens: int = 32768) -> Limits:
+    return Limits(max_payload=opts.max_payload, max_draft_length=max(opts.max_length, 1), vocab_size=vocab,
+                  max_context_tokens=max_context_tokens)
 
 
 async def _wait_for_signal() -> None:
+    """Return at the first SIGINT/SIGTERM; a second one ends the process at once."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    main = asyncio.current_task()
+
+    def on_signal() -> None:
+        if stop.is_set() and main is not None:
+            main.cancel()
+        stop.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal)
     await stop.wait()
 
 
-async def serve_cloud(opts: NodeOptions, max_sessions: int, session_ttl_s: float) -> None:
+async def close_connection(nc) -> None:
+    """Write what is buffered (final drafts, error replies), then close; never hang on a dead broker."""
+    try:
+        await nc.flush(timeout=1)
+    except Exception:
+        pass
+    await nc.close()
+
+
+async def serve_cloud(opts: NodeOptions, cloud: CloudOptions) -> None:
     from nodes.cloud import CloudConfig, CloudWorker
 
     log = logs.configure(opts.node_id, opts.log_file)
     set_threads(opts.threads)
     pair = load_pair(opts.draft, opts.target, device=opts.device, load_draft=False)
     nc = await bus.connect(opts.nats_url, opts.node_id, log)
-    worker = CloudWorker(nc, pair.target, pair.vocab_size, CloudConfig(opts.node_id, max_sessions, session_ttl_s),
-                         limits_for(pair.vocab_size, opts), log, model_nice=opts.model_nice)
+    cfg = CloudConfig(opts.node_id, cloud.max_sessions, cloud.session_ttl_s, evict_idle_s=cloud.evict_idle_s,
+                      drain_timeout_s=opts.drain_timeout_s)
+    worker = CloudWorker(nc, pair.target, pair.vocab_size, cfg, limits_for(pair.vocab_size, opts), log,
+                         model_nice=opts.model_nice)
     await worker.start()
     await _wait_for_signal()
     await worker.stop()
-    await nc.drain()
+    await close_connection(nc)
     log.info("cloud_stopped", rounds=worker.rounds)
 
 
@@ -65,36 +107,40 @@ def default_policy_for(pair, max_length: int):
 
     if pair.draft_name == BUNDLED_DRAFT and pair.target_name == BUNDLED_TARGET and BUNDLED_PROFILE.exists():
         return make_policy("oracle", max_length=max_length, profile=load_profile(BUNDLED_PROFILE))
-    return make_policy("fixed:4", max_length=max_length)
+    return make_policy(f"fixed:{min(4, max_length)}", max_length=max_length)
 
 
-async def serve_edge(opts: NodeOptions, channel_spec: str, policy: str, seed: int, local_policy: bool = True) -> None:
-    from nodes.edge import EdgeConfig, EdgeWorker, PolicyBook
+async def serve_edge(opts: NodeOptions, edge: EdgeOptions) -> None:
+    from nodes.edge import EdgeConfig, EdgeWorker
+    from nodes.policy_book import PolicyBook
 
     log = logs.configure(opts.node_id, opts.log_file)
-    channel = parse_channel(channel_spec, seed=seed)
+    channel = parse_channel(edge.channel, seed=edge.seed)
     set_threads(opts.threads)
     pair = load_pair(opts.draft, opts.target, device=opts.device, load_target=False)
     nc = await bus.connect(opts.nats_url, opts.node_id, log)
-    cfg = EdgeConfig(opts.node_id, policy, opts.max_length, seed=seed)
-    book = PolicyBook(opts.max_length, seed, learn_locally=local_policy,
+    cfg = EdgeConfig(opts.node_id, edge.policy, opts.max_length, edge.request_timeout_s, edge.failover_deadline_s,
+                     edge.seed, edge.limits, opts.drain_timeout_s)
+    book = PolicyBook(opts.max_length, edge.seed, learn_locally=edge.local_policy,
                       fallback=default_policy_for(pair, opts.max_length))
-    worker = EdgeWorker(nc, pair, cfg, limits_for(pair.vocab_size, opts), log, channel, book,
-                        model_nice=opts.model_nice)
+    limits = limits_for(pair.vocab_size, opts, edge.limits.max_prompt_tokens + edge.limits.max_new_tokens + 64)
+    worker = EdgeWorker(nc, pair, cfg, limits, log, channel, book, model_nice=opts.model_nice)
     await worker.start()
     await _wait_for_signal()
     await worker.stop()
-    await nc.drain()
+    await close_connection(nc)
     log.info("edge_stopped")
 
 
-async def serve_control(nats_url: str, node_id: str, log_file: str | None, max_length: int, seed: int) -> None:
-    from nodes.controller import Controller
+async def serve_control(nats_url: str, node_id: str, log_file: str | None, max_length: int, seed: int,
+                        stream=None, max_learners: int = 1024) -> None:
+    from nodes.controller import Controller, StreamLimits
 
     log = logs.configure(node_id, log_file)
     nc = await bus.connect(nats_url, node_id, log)
-    ctl = Controller(nc, log, max_length=max_length, seed=seed)
+    ctl = Controller(nc, log, max_length=max_length, seed=seed, limits=Limits(max_draft_length=max_length),
+                     max_learners=max_learners, stream=stream or StreamLimits())
     await ctl.start()
     await _wait_for_signal()
     await ctl.stop()
-    await nc.drain()
+    await close_connection(nc)

@@ -22,7 +22,7 @@ DEFAULT_MAX_PAYLOAD = 256 * 1024  # well below nats-server's 1 MiB default max_p
 
 
 class SchemaError(ValueError):
-    """A message that could not be decoded or failed validation."""
+    """A message that could not be decoded or failed validation; `code` goes into the error reply."""
 
     def __init__(self, message: str, code: str = "bad_message"):
         super().__init__(message)
@@ -31,10 +31,13 @@ class SchemaError(ValueError):
 
 @dataclass(frozen=True)
 class Limits:
+    """What one message may make a receiver hold or spend (checked while decoding)."""
+
     max_payload: int = DEFAULT_MAX_PAYLOAD
     max_draft_length: int = 32
     vocab_size: int = 1 << 31
     max_context_tokens: int = 32768
+    max_prompt_chars: int = 65536
 
 
 class Int32Array(list):
@@ -90,11 +93,13 @@ def decode(payload: bytes, limits: Limits = Limits(), expect: tuple[type, ...] |
     if not isinstance(body, dict):
         raise SchemaError(f"message must be a map, got {type(body).__name__}")
     v = body.get("v")
-    if v != SCHEMA_VERSION:
-        raise SchemaError(f"schema version {v!r} is not supported (this build speaks {SCHEMA_VERSION})", "version")
-    cls = _REGISTRY.get(body.get("t"))  # type: ignore[arg-type]
+    if type(v) is not int or v != SCHEMA_VERSION:
+        raise SchemaError(f"schema version {_short(v)} is not supported (this build speaks {SCHEMA_VERSION})",
+                          "version")
+    t = body.get("t")
+    cls = _REGISTRY.get(t) if isinstance(t, str) else None
     if cls is None:
-        raise SchemaError(f"unknown message type {body.get('t')!r}")
+        raise SchemaError(f"unknown message type {_short(t)}")
     if expect is not None and cls not in expect:
         names = ", ".join(c.TYPE for c in expect)
         raise SchemaError(f"expected a {names} message, got {cls.TYPE!r}")
@@ -103,6 +108,12 @@ def decode(payload: bytes, limits: Limits = Limits(), expect: tuple[type, ...] |
     if check is not None:
         check(limits)
     return msg
+
+
+def _short(value: Any) -> str:
+    """repr of a hostile value, cut so that an error line stays one short line."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 _FIELDS: dict[type, tuple[tuple[dataclasses.Field, Any, bool], ...]] = {}
@@ -130,7 +141,7 @@ def _build(cls: type, body: dict) -> Any:
         kwargs[f.name] = _coerce(body[f.name], hint, f"{cls.TYPE}.{f.name}")
     extra = set(body) - names - {"v", "t"}
     if extra:
-        raise SchemaError(f"{cls.TYPE}: unknown fields {sorted(extra)}")
+        raise SchemaError(f"{cls.TYPE}: unknown fields {_short(sorted(map(str, extra)))}")
     return cls(**kwargs)
 
 

@@ -2,7 +2,11 @@
 
 Flow: client -> GenerateRequest -> edge; edge -> DraftMsg -> cloud; cloud ->
 VerdictMsg (or ErrorMsg) -> edge; edge -> TokenChunk* -> client (the last has
-done=True); edge -> TimingEvent -> control; control -> PolicyUpdate -> edge.
+done=True); edge -> TimingEvent -> control; control -> PolicyUpdate -> edge;
+client -> CancelMsg -> edges (AckMsg back).
+
+Every number a peer sends is range-checked here, so that whatever passes
+`decode` can be acted on without further type or range surprises.
 """
 from __future__ import annotations
 
@@ -12,6 +16,21 @@ from schemas.codec import Float32Array, Int32Array, Limits, SchemaError, message
 from schemas.rounds import Draft, SamplingParams, Verdict
 
 MAX_ID_LEN = 128
+MAX_SPEC_LEN = 64          # policy spec strings
+MAX_STATE_LEN = 64         # channel state labels
+MAX_ROUND = 1 << 31        # rounds and attempts of one request
+MAX_MS = 1e7               # any duration on the wire (~2.8 h)
+MAX_POLICY_VERSION = (1 << 53) - 1  # events applied to one learner; beyond this a version is forged
+MAX_SEQ = (1 << 63) - 1
+MAX_TOP_K = 4096
+
+# error codes (ErrorMsg.code); the README says what each asks the receiver to do
+BAD_MESSAGE, TOO_LARGE, VERSION = "bad_message", "too_large", "version"
+RESEND_CONTEXT, OVERLOADED, DRAINING, CONFLICT = "resend_context", "overloaded", "draining", "conflict"
+TOO_LONG, DUPLICATE, NO_VERIFIER, DEADLINE = "too_long", "duplicate", "no_verifier", "deadline"
+CANCELLED, UNAVAILABLE, INTERNAL = "cancelled", "unavailable", "internal"
+ERROR_CODES = (BAD_MESSAGE, TOO_LARGE, VERSION, RESEND_CONTEXT, OVERLOADED, DRAINING, CONFLICT, TOO_LONG,
+               DUPLICATE, NO_VERIFIER, DEADLINE, CANCELLED, UNAVAILABLE, INTERNAL)
 
 
 def _check_id(value: str, name: str) -> None:
@@ -26,10 +45,26 @@ def _check_tokens(ids: list[int], limits: Limits, name: str) -> None:
 
 
 def _check_sampling(temperature: float, top_p: float) -> None:
-    if temperature < 0:
-        raise SchemaError("temperature must be >= 0")
+    if not 0 <= temperature <= 100:
+        raise SchemaError("temperature must be in [0, 100]")
     if not 0 < top_p <= 1:
         raise SchemaError("top_p must be in (0, 1]")
+
+
+def _check_round(where: str, rnd: int, attempt: int) -> None:
+    if not (0 <= rnd < MAX_ROUND and 0 <= attempt < MAX_ROUND):
+        raise SchemaError(f"{where}: round and attempt must be in [0, {MAX_ROUND})")
+
+
+def _check_ms(where: str, **values: float) -> None:
+    for name, v in values.items():
+        if not 0.0 <= v <= MAX_MS:
+            raise SchemaError(f"{where}: {name} must be in [0, {MAX_MS:g}] ms")
+
+
+def _check_text(where: str, value: str | None, limit: int) -> None:
+    if value is not None and len(value) > limit:
+        raise SchemaError(f"{where} is longer than {limit} characters")
 
 
 @message("generate")
@@ -43,11 +78,16 @@ class GenerateRequest:
     top_p: float = 1.0
     seed: int = 0
     policy: str | None = None
+    deadline_s: float = 0.0  # the client stops waiting after this many seconds (0: the edge's maximum)
 
     def validate(self, limits: Limits) -> None:
         _check_id(self.request_id, "request_id")
         if not self.prompt and not self.prompt_ids:
             raise SchemaError("generate: prompt is empty")
+        _check_text("generate.prompt", self.prompt, limits.max_prompt_chars)
+        _check_text("generate.policy", self.policy, MAX_SPEC_LEN)
+        if not 0.0 <= self.deadline_s <= MAX_MS / 1e3:
+            raise SchemaError("generate: deadline_s must be >= 0")
         if self.prompt_ids is not None:
             _check_tokens(self.prompt_ids, limits, "generate.prompt_ids")
             if len(self.prompt_ids) > limits.max_context_tokens:
@@ -77,8 +117,9 @@ class DraftMsg:
     def validate(self, limits: Limits) -> None:
         _check_id(self.request_id, "request_id")
         _check_id(self.edge_id, "edge_id")
-        if self.round < 0 or self.attempt < 0:
-            raise SchemaError("draft: round and attempt must be >= 0")
+        _check_round("draft", self.round, self.attempt)
+        if not 0 <= self.top_k <= MAX_TOP_K:
+            raise SchemaError(f"draft: top_k must be in [0, {MAX_TOP_K}]")
         if len(self.tokens) > limits.max_draft_length:
             raise SchemaError(f"draft: {len(self.tokens)} tokens exceed the maximum draft length {limits.max_draft_length}")
         _check_tokens(self.tokens, limits, "draft.tokens")
@@ -135,11 +176,12 @@ class VerdictMsg:
 
     def validate(self, limits: Limits) -> None:
         _check_id(self.request_id, "request_id")
+        _check_id(self.verifier_id, "verifier_id")
+        _check_round("verdict", self.round, self.attempt)
         if self.accepted < 0 or self.accepted > limits.max_draft_length:
             raise SchemaError("verdict: accepted out of range")
         _check_tokens([self.next_token], limits, "verdict.next_token")
-        if self.verify_ms < 0 or self.queue_ms < 0:
-            raise SchemaError("verdict: times must be >= 0")
+        _check_ms("verdict", verify_ms=self.verify_ms, queue_ms=self.queue_ms)
 
     def to_verdict(self) -> Verdict:
         return Verdict(self.accepted, self.next_token, self.verify_ms)
@@ -158,6 +200,11 @@ class TokenChunk:
     tokens: int = 0
     full_ids: Int32Array | None = None  # last chunk only: the whole output, so a chunk lost in
     full_text: str | None = None        # a broker outage never loses tokens
+
+    def validate(self, limits: Limits) -> None:
+        _check_id(self.request_id, "request_id")
+        if not 0 <= self.seq < MAX_ROUND:
+            raise SchemaError("chunk: seq out of range")
 
 
 @message("timing")
@@ -182,13 +229,28 @@ class TimingEvent:
     seq: int = 0
     tokens: int = 0          # tokens this round emitted to the client (EOS and the limit cut the last round)
     edge_queue_ms: float = 0.0
+    link_ms: float = 0.0     # emulated link time actually slept (~ 2 x delay_ms)
+    stall_ms: float = 0.0    # time lost to failed attempts and backoff (not in round_ms)
+    context_resent: bool = False
+    context_len: int = 0
 
     def validate(self, limits: Limits) -> None:
         _check_id(self.edge_id, "edge_id")
+        _check_id(self.request_id, "request_id")
+        _check_round("timing", self.round, self.attempt)
         if not 0 <= self.accepted <= self.length <= limits.max_draft_length:
             raise SchemaError("timing: need 0 <= accepted <= length <= max draft length")
-        if self.round_ms < 0 or self.delay_ms < 0:
-            raise SchemaError("timing: times must be >= 0")
+        if not 0 <= self.tokens <= self.accepted + 1:
+            raise SchemaError("timing: tokens must be in [0, accepted + 1]")
+        _check_ms("timing", round_ms=self.round_ms, draft_ms=self.draft_ms, verify_ms=self.verify_ms,
+                  queue_ms=self.queue_ms, network_ms=self.network_ms, delay_ms=self.delay_ms,
+                  edge_queue_ms=self.edge_queue_ms, link_ms=self.link_ms, stall_ms=self.stall_ms)
+        if not self.policy or len(self.policy) > MAX_SPEC_LEN:
+            raise SchemaError(f"timing: policy must be 1..{MAX_SPEC_LEN} characters")
+        _check_text("timing.channel_state", self.channel_state, MAX_STATE_LEN)
+        if not (0 <= self.policy_version <= MAX_POLICY_VERSION and 0 <= self.seq <= MAX_SEQ
+                and 0 <= self.context_len <= limits.max_context_tokens):
+            raise SchemaError("timing: policy_version, seq or context_len out of range")
 
 
 @message("policy")
@@ -205,13 +267,51 @@ class PolicyUpdate:
 
     def validate(self, limits: Limits) -> None:
         _check_id(self.edge_id, "edge_id")
-        if self.version < 0 or self.last_seq < 0:
-            raise SchemaError("policy: version and last_seq must be >= 0")
+        if not self.policy or len(self.policy) > MAX_SPEC_LEN:
+            raise SchemaError(f"policy: spec must be 1..{MAX_SPEC_LEN} characters")
+        if not 1 <= self.version <= MAX_POLICY_VERSION:
+            raise SchemaError(f"policy: version must be in [1, {MAX_POLICY_VERSION}]")
+        if not 0 <= self.last_seq <= MAX_SEQ:
+            raise SchemaError("policy: last_seq out of range")
+
+
+@message("cancel")
+@dataclass
+class CancelMsg:
+    """Stop a generation. `inbox` is the reply subject of the generate request: only the client
+    that made the request knows it, so nobody else can cancel it by guessing a request id."""
+
+    request_id: str
+    inbox: str
+    reason: str = "client"
+
+    def validate(self, limits: Limits) -> None:
+        _check_id(self.request_id, "request_id")
+        if not self.inbox or len(self.inbox) > 256:
+            raise SchemaError("cancel: inbox must be 1..256 characters")
+        _check_text("cancel.reason", self.reason, 64)
+
+
+@message("ack")
+@dataclass
+class AckMsg:
+    """The answer to a message that needs no other reply (a final draft, a cancel)."""
+
+    request_id: str
+    what: str
+
+    def validate(self, limits: Limits) -> None:
+        _check_id(self.request_id, "request_id")
+        _check_text("ack.what", self.what, 64)
 
 
 @message("error")
 @dataclass
 class ErrorMsg:
-    code: str      # bad_message | too_large | version | unknown_request | resend_context | overloaded | internal
+    code: str      # one of ERROR_CODES
     message: str
     request_id: str | None = None
+
+    def validate(self, limits: Limits) -> None:
+        _check_text("error.code", self.code, 32)
+        _check_text("error.message", self.message, 2000)

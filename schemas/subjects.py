@@ -5,6 +5,7 @@ GENERATE = f"{PREFIX}.generate"               # queue group "edges"; reply inbox
 VERIFY = f"{PREFIX}.verify"                   # first round / resend: queue group "verifiers"
 TIMING_PREFIX = f"{PREFIX}.timing"            # .<edge_id>: TimingEvent, captured by a JetStream stream
 POLICY_PREFIX = f"{PREFIX}.policy"            # .<edge_id>: PolicyUpdate
+CANCEL = f"{PREFIX}.cancel"                   # CancelMsg, to every edge (the one holding the request acts)
 EDGE_QUEUE = "edges"
 VERIFIER_QUEUE = "verifiers"
 TIMING_STREAM = "SPECSTOP_TIMING"

@@ -7,9 +7,10 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from nodes.cloud import CloudConfig, CloudWorker
-from nodes.edge import EdgeConfig, EdgeWorker, PolicyBook
+from nodes.edge import EdgeConfig, EdgeWorker
+from nodes.policy_book import PolicyBook
 from pipeline import bus, logs
-from pipeline.channel import parse_channel
+from nodes.link import parse_channel
 from schemas.codec import Limits
 
 

@@ -43,8 +43,9 @@ def test_non_positive_lengths(flag, value):
     one_line_error(run_cli("generate", "--prompt", "x", flag, value), "must be >= 1")
 
 
-def test_non_positive_fixed_length():
-    one_line_error(run_cli("generate", "--prompt", "x", "--policy", "fixed:0"), "length must be >= 1")
+@pytest.mark.parametrize("spec", ["fixed:0", "fixed:2000"])
+def test_fixed_length_outside_one_to_the_maximum(spec):
+    one_line_error(run_cli("generate", "--prompt", "x", "--policy", spec), "length must be in 1..8")
 
 
 def test_generate_json_has_the_documented_fields():

@@ -31,9 +31,9 @@ async def test_greedy_output_through_the_pipeline_equals_target_only(broker, pai
         async def force_resend():  # drop request 3's verifier session mid-stream
             while True:
                 await asyncio.sleep(0.01)
-                s = clouds[0].sessions.get("greedy-3")
-                if s is not None and s.next_round >= 3:
-                    clouds[0].sessions.pop("greedy-3")
+                s = clouds[0].sessions.get(("edge-1", "greedy-3"))
+                if s is not None and s.next_round >= 3 and s.in_flight is None:
+                    clouds[0].sessions.pop(("edge-1", "greedy-3"))
                     return
 
         dropper = asyncio.create_task(force_resend())

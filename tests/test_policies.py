@@ -60,13 +60,14 @@ def test_malformed_snapshot_state_is_refused():
     p = make_policy("ucb-specstop", max_length=8)
     snap = p.snapshot()
     snap["state"]["n"] = [1, 2]
-    with pytest.raises(ControlError, match="malformed state"):
+    with pytest.raises(ControlError, match="'state.n' must be a list of 8 numbers"):
         p.restore(snap)
 
 
 @pytest.mark.parametrize("spec, message", [
     ("bogus", "unknown policy 'bogus'"), ("fixed", "needs an argument"), ("fixed:x", "not a valid int"),
-    ("fixed:0", "length must be >= 1"), ("oracle", "needs a profile"), ("static:-1", "delay must be >= 0"),
+    ("fixed:0", "length must be in 1..8"), ("fixed:2000", "length must be in 1..8"),
+    ("static:nan", "not a finite number"), ("x" * 65, "longer than 64"), ("oracle", "needs a profile"), ("static:-1", "delay must be >= 0"),
     ("ucb-specstop:-2", "beta must be >= 0"), ("", "empty"),
 ])
 def test_bad_spec_is_refused_with_a_clear_message(spec, message):

@@ -11,7 +11,7 @@ import pytest
 
 from nodes.worker_base import WorkerBase
 from pipeline import aio
-from pipeline.channel import LinkTimer
+from nodes.link import LinkTimer
 
 
 def _where() -> int:

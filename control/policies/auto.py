@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from control.policies import checks
 from control.policies.base import Policy
 from control.types import RoundContext, RoundOutcome
 
@@ -46,6 +47,8 @@ class AutoPolicy(Policy):
 
     # --- learning ----------------------------------------------------------
     def observe(self, o: RoundOutcome) -> None:
+        if o.length < 1:
+            return  # a target-only round says nothing about drafting
         L = min(o.length, self.max_length)
         a = min(o.accepted, L)
         reached = min(a + 1, L)
@@ -57,8 +60,8 @@ class AutoPolicy(Policy):
         self.arm_sum[L - 1] += c
         self.n_obs += 1
         self.n_chosen = 0
-        if o.context.channel_state is not None:
-            key = str(o.context.channel_state)
+        key = None if o.context.channel_state is None else str(o.context.channel_state)[:checks.MAX_KEY_LEN]
+        if key is not None and (key in self.states or len(self.states) < checks.MAX_TABLE):
             st = self.states.setdefault(key, {"n": 0.0, "delay_sum": 0.0, "compute_sum": 0.0, "predicted_sum": 0.0})
             st["n"] += 1
             st["delay_sum"] += o.context.delay_ms
@@ -142,23 +145,39 @@ class AutoPolicy(Policy):
                 "states": self.states, "transitions": self.transitions, "prev_state": self.prev_state}
 
     def load_state(self, s: dict) -> None:
-        k = self.max_length
-        arrays = {f: np.asarray(s[f], float) for f in ("accepted", "at_risk", "arm_n", "arm_sum")}
-        if any(v.shape != (k,) for v in arrays.values()):
-            raise ValueError("per-length arrays have the wrong length")
-        self.seed, self.n_obs, self.n_chosen = int(s["seed"]), int(s["n_obs"]), int(s["n_chosen"])
-        for f, v in arrays.items():
-            setattr(self, f, v)
-        self.states = {str(key): {f: float(v[f]) for f in ("n", "delay_sum", "compute_sum", "predicted_sum")}
-                       for key, v in dict(s["states"]).items()}
-        self.transitions = {str(i): {str(j): float(x) for j, x in row.items()} for i, row in dict(s["transitions"]).items()}
-        self.prev_state = None if s["prev_state"] is None else str(s["prev_state"])
+        """Every field range-checked (counts finite and >= 0, accepted <= at risk, states bounded)."""
+        k, f = self.max_length, checks.field
+        arrays = {name: checks.array(f(s, name), name, k) for name in ("accepted", "at_risk", "arm_n", "arm_sum")}
+        if (arrays["accepted"] > arrays["at_risk"]).any():
+            raise checks.ControlError("snapshot: 'accepted' exceeds 'at_risk' at some position")
+        seed = checks.integer(f(s, "seed"), "seed", 0, 0x7FFF_FFFF)
+        n_obs = checks.integer(f(s, "n_obs"), "n_obs")
+        n_chosen = checks.integer(f(s, "n_chosen"), "n_chosen")
+        states = {}
+        for key, v in checks.table(f(s, "states"), "states").items():
+            st = checks.table(v, f"states[{key}]", 4)
+            states[key] = {name: checks.number(f(st, name), f"states[{key}].{name}")
+                           for name in ("n", "delay_sum", "compute_sum", "predicted_sum")}
+            if states[key]["n"] < 1:
+                raise checks.ControlError(f"snapshot: 'states[{key}].n' must be >= 1")
+        transitions = {}
+        for i, row in checks.table(f(s, "transitions"), "transitions").items():
+            transitions[i] = {j: checks.number(x, f"transitions[{i}][{j}]")
+                              for j, x in checks.table(row, f"transitions[{i}]").items()}
+        prev = f(s, "prev_state")
+        if prev is not None and (not isinstance(prev, str) or len(prev) > checks.MAX_KEY_LEN):
+            raise checks.ControlError("snapshot: 'prev_state' must be a short string or null")
+        self.seed, self.n_obs, self.n_chosen = seed, n_obs, n_chosen
+        for name, v in arrays.items():
+            setattr(self, name, v)
+        self.states, self.transitions, self.prev_state = states, transitions, prev
 
 
 def _shrunk_ratio(st: dict) -> float:
     """Observed / predicted compute in one state, shrunk toward 1 for rarely seen states."""
     prior = SHRINK_ROUNDS * st["predicted_sum"] / st["n"]
-    return (st["compute_sum"] + prior) / (st["predicted_sum"] + prior)
+    denominator = st["predicted_sum"] + prior
+    return (st["compute_sum"] + prior) / denominator if denominator > 0 else 1.0
 
 
 def _stationary(p: np.ndarray) -> np.ndarray:

@@ -15,6 +15,7 @@ SNAPSHOT_FORMAT = 1
 
 class Policy:
     spec: str = ""
+    learns: bool = True  # False: observe() is a no-op, so nobody needs to send it outcomes
 
     def __init__(self, max_length: int):
         if max_length < 1:
@@ -56,8 +57,10 @@ class Policy:
             raise ControlError("snapshot: field 'state' must be a dict")
         try:
             self.load_state(state)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ControlError(f"snapshot: malformed state ({exc!r})") from None
+        except ControlError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError, IndexError) as exc:
+            raise ControlError(f"snapshot: malformed state ({type(exc).__name__}: {str(exc)[:100]})") from None
 
     def clamp(self, length: int) -> int:
         return max(1, min(self.max_length, int(length)))

@@ -1,14 +1,20 @@
 """`make_policy(spec, ...)`: one entry point from a spec string to a policy object."""
 from __future__ import annotations
 
+import math
+
 from control.policies.auto import AutoPolicy
 from control.policies.base import Policy
-from control.policies.simple import ConfidencePolicy, FixedPolicy, HFHeuristicPolicy, OraclePolicy, StaticPolicy
+from control.policies.simple import (
+    ConfidencePolicy, FixedPolicy, HFHeuristicPolicy, OraclePolicy, StaticPolicy, TargetOnlyPolicy,
+)
 from control.policies.ucb import ContextualUcbSpecStop, UcbSpecStop
 from control.profile import Profile
 from control.types import ControlError
 
-POLICY_SPECS = ("auto", "fixed:K", "oracle", "static:D", "ucb-specstop[:beta]", "naive-ucb[:beta]",
+TARGET_ONLY = "target-only"
+MAX_SPEC_LEN = 64
+POLICY_SPECS = (TARGET_ONLY, "auto", "fixed:K", "oracle", "static:D", "ucb-specstop[:beta]", "naive-ucb[:beta]",
                 "ucb-specstop-ctx[:beta]", "hf-heuristic", "hf-confidence[:threshold]")
 DEFAULT_MAX_LENGTH = 8
 
@@ -20,9 +26,12 @@ def _arg(spec: str, kind, default=None):
             raise ControlError(f"policy '{spec}': needs an argument ({name}:VALUE)")
         return default
     try:
-        return kind(arg)
+        value = kind(arg)
     except ValueError:
         raise ControlError(f"policy '{spec}': argument '{arg}' is not a valid {kind.__name__}") from None
+    if kind is float and not math.isfinite(value):
+        raise ControlError(f"policy '{spec}': argument '{arg}' is not a finite number")
+    return value
 
 
 def _need_profile(spec: str, profile: Profile | None) -> Profile:
@@ -36,12 +45,13 @@ def make_policy(spec: str, max_length: int = DEFAULT_MAX_LENGTH, seed: int = 0,
     if not isinstance(spec, str) or not spec.strip():
         raise ControlError("policy spec is empty")
     spec = spec.strip()
+    if len(spec) > MAX_SPEC_LEN:
+        raise ControlError(f"policy spec is longer than {MAX_SPEC_LEN} characters")
     name = spec.partition(":")[0]
+    if spec == TARGET_ONLY:
+        return TargetOnlyPolicy(max_length)
     if name == "fixed":
-        k = _arg(spec, int)
-        if k < 1:
-            raise ControlError(f"policy '{spec}': length must be >= 1")
-        return FixedPolicy(k, max_length)
+        return FixedPolicy(_arg(spec, int), max_length)
     if name == "auto":
         return AutoPolicy(max_length, seed=seed)
     if name == "oracle":

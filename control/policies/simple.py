@@ -2,6 +2,7 @@
 and the HF transformers heuristic and confidence schedules."""
 from __future__ import annotations
 
+from control.policies import checks
 from control.policies.base import Policy
 from control.profile import Profile
 from control.theory import best_length
@@ -9,8 +10,12 @@ from control.types import ControlError, RoundContext, RoundOutcome
 
 
 class FixedPolicy(Policy):
+    learns = False
+
     def __init__(self, length: int, max_length: int):
-        super().__init__(max(max_length, length))
+        super().__init__(max_length)
+        if not 1 <= length <= max_length:
+            raise ControlError(f"policy 'fixed:{length}': length must be in 1..{max_length} (the maximum draft length)")
         self.length = length
         self.spec = f"fixed:{length}"
 
@@ -18,10 +23,22 @@ class FixedPolicy(Policy):
         return self.length
 
 
+class TargetOnlyPolicy(Policy):
+    """No drafting: every round is one target step (length 0). The reference decoder and the
+    one-round-trip-per-token baseline, through exactly the same round protocol as speculation."""
+
+    spec = "target-only"
+    learns = False
+
+    def choose(self, ctx: RoundContext) -> int:
+        return 0
+
+
 class OraclePolicy(Policy):
     """Knows the profile and the true delay: best fixed length for this round's delay."""
 
     spec = "oracle"
+    learns = False
 
     def __init__(self, profile: Profile, max_length: int):
         super().__init__(max_length)
@@ -33,6 +50,8 @@ class OraclePolicy(Policy):
 
 class StaticPolicy(Policy):
     """Tuned once for delay D (the best length there), then kept whatever happens."""
+
+    learns = False
 
     def __init__(self, profile: Profile, delay_ms: float, max_length: int):
         super().__init__(max_length)
@@ -63,11 +82,13 @@ class HFHeuristicPolicy(Policy):
         return {"length": self.length}
 
     def load_state(self, state: dict) -> None:
-        self.length = self.clamp(int(state["length"]))
+        self.length = checks.integer(checks.field(state, "length"), "length", 1, self.max_length)
 
 
 class ConfidencePolicy(Policy):
     """transformers' confidence threshold: draft up to K, stop when p(draft token) < threshold."""
+
+    learns = False
 
     def __init__(self, threshold: float, max_length: int):
         super().__init__(max_length)

@@ -13,9 +13,11 @@ Naive UCB: UCB on the per-round ratio T/(A+1) — biased toward short drafts
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
+from control.policies import checks
 from control.policies.base import Policy
 from control.types import RoundContext, RoundOutcome
 
@@ -48,22 +50,27 @@ class _ArmStats:
                 "n": self.n.tolist(), "range": [_f(self.t_min), _f(self.t_max), _f(self.r_min), _f(self.r_max)]}
 
     @classmethod
-    def from_dict(cls, d: dict, k: int) -> "_ArmStats":
+    def from_dict(cls, d: Any, k: int, where: str = "state") -> "_ArmStats":
+        """Range-checked: every arm played n times has S_A >= n tokens (each round yields >= 1)."""
+        d = checks.table(d, where, 5)
         s = cls(k)
-        s.sum_t, s.sum_a, s.sum_r = (np.asarray(d[f], float) for f in ("sum_t", "sum_a", "sum_r"))
-        s.n = np.asarray(d["n"], np.int64)
-        if not (len(s.sum_t) == len(s.sum_a) == len(s.sum_r) == len(s.n) == k):
-            raise ValueError("arm statistics have the wrong length")
-        s.t_min, s.t_max, s.r_min, s.r_max = (_unf(x) for x in d["range"])
+        s.sum_t, s.sum_a, s.sum_r = (checks.array(checks.field(d, f), f"{where}.{f}", k) for f in ("sum_t", "sum_a", "sum_r"))
+        n = checks.array(checks.field(d, "n"), f"{where}.n", k)
+        if (n != np.round(n)).any() or (s.sum_a < n).any():
+            raise checks.ControlError(f"snapshot: '{where}.n' must be whole counts with sum_a >= n")
+        s.n = n.astype(np.int64)
+        rng = checks.field(d, "range")
+        if not isinstance(rng, (list, tuple)) or len(rng) != 4:
+            raise checks.ControlError(f"snapshot: '{where}.range' must be 4 numbers or nulls")
+        s.t_min, s.t_max, s.r_min, s.r_max = (
+            math.inf if x is None else checks.number(x, f"{where}.range", 0.0) for x in rng)
+        if s.n.any() and (math.isinf(s.t_min) or math.isinf(s.r_min)):
+            raise checks.ControlError(f"snapshot: '{where}.range' is missing for arms already played")
         return s
 
 
 def _f(x: float) -> float | None:
     return None if math.isinf(x) else x
-
-
-def _unf(x) -> float:
-    return math.inf if x is None else float(x)
 
 
 def _ucb_index(stats: _ArmStats, beta: float, naive: bool) -> int:
@@ -110,9 +117,11 @@ class ContextualUcbSpecStop(Policy):
         self.spec = "ucb-specstop-ctx" + ("" if beta == 1.0 else f":{beta:g}")
         self.per_state: dict[str, _ArmStats] = {}
 
-    def _stats(self, ctx: RoundContext) -> _ArmStats:
-        key = str(ctx.channel_state)
+    def _stats(self, ctx: RoundContext) -> _ArmStats | None:
+        key = str(ctx.channel_state)[:checks.MAX_KEY_LEN]
         if key not in self.per_state:
+            if len(self.per_state) >= checks.MAX_TABLE:
+                return None  # bounded: states beyond the table are not learned
             self.per_state[key] = _ArmStats(self.max_length)
         return self.per_state[key]
 
@@ -120,10 +129,13 @@ class ContextualUcbSpecStop(Policy):
         return _ucb_index(self.per_state.get(str(ctx.channel_state)) or _ArmStats(self.max_length), self.beta, False)
 
     def observe(self, outcome: RoundOutcome) -> None:
-        self._stats(outcome.context).add(outcome)
+        stats = self._stats(outcome.context)
+        if stats is not None:
+            stats.add(outcome)
 
     def state(self) -> dict:
         return {k: v.to_dict() for k, v in self.per_state.items()}
 
     def load_state(self, state: dict) -> None:
-        self.per_state = {str(k): _ArmStats.from_dict(v, self.max_length) for k, v in state.items()}
+        self.per_state = {k: _ArmStats.from_dict(v, self.max_length, f"state[{k}]")
+                          for k, v in checks.table(state, "state").items()}

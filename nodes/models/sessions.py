@@ -80,8 +80,11 @@ class DraftSession(_CachedSession):
         self._last_draft: list[int] = []
 
     def propose(self, max_len: int, seed: int = 0, stop: StopCallback | None = None) -> Draft:
-        if max_len < 1:
-            raise ModelError(f"draft length must be >= 1, got {max_len}")
+        if max_len < 0:
+            raise ModelError(f"draft length must be >= 0, got {max_len}")
+        if max_len == 0:  # a target-only round: nothing to draft
+            self._last_draft = []
+            return Draft([], seed)
         t0 = time.perf_counter()
         gen, _ = round_generators(seed)
         tokens: list[int] = []
@@ -117,7 +120,9 @@ class DraftSession(_CachedSession):
         if not 0 <= a <= len(drafted):
             raise ModelError(f"verdict accepts {a} tokens of a {len(drafted)}-token draft")
         new = drafted[:a] + [verdict.next_token]
-        if a < len(drafted):  # the cache covers every old token plus drafted[:-1]
+        if not drafted:  # target-only round: the target's token joins the pending ones
+            self.pending = [*self.pending, verdict.next_token]
+        elif a < len(drafted):  # the cache covers every old token plus drafted[:-1]
             self._crop_to(len(self.tokens) + a)
             self.pending = [verdict.next_token]
         else:  # the last draft token was never fed
@@ -153,3 +158,15 @@ class TargetSession(_CachedSession):
         """One target-only decoding step (an empty draft): the reference decoder."""
         return self.verify(Draft([], seed))
 
+
+
+def verify_round(model, vocab_size: int, state: TargetSession | None, context: list[int] | None, draft: Draft,
+                 params: SamplingParams) -> tuple[TargetSession, Verdict, float]:
+    """One verifier round: (re)build the session from `context` when given, then verify.
+    Returns (session, verdict, prefill ms)."""
+    prefill_ms = 0.0
+    if context is not None or state is None:
+        t0 = time.perf_counter()
+        state = TargetSession(model, list(context or []), vocab_size, params)
+        prefill_ms = (time.perf_counter() - t0) * 1e3
+    return state, state.verify(draft), prefill_ms

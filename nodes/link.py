@@ -1,5 +1,8 @@
 """Software emulation of the edge<->cloud link (tc netem is not available here).
 
+Link emulation is something the edge does (it sits on the edge's side of every
+exchange), so it lives with the edge under nodes/.
+
 The edge asks for one sample per round and sleeps the uplink delay before
 sending the draft and the downlink delay after the verdict arrives; asyncio
 sleeps never block other requests; `LinkTimer` corrects for the event loop's
@@ -25,7 +28,9 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from pipeline.errors import PipelineError
+
+class LinkError(ValueError):
+    """A channel spec or trace file that cannot be used; the message names what is wrong."""
 
 
 @dataclass(frozen=True)
@@ -141,9 +146,9 @@ def _floats(text: str, what: str) -> list[float]:
     try:
         vals = [float(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise PipelineError(f"channel: {what} '{text}' is not a comma-separated list of numbers") from None
+        raise LinkError(f"channel: {what} '{text}' is not a comma-separated list of numbers") from None
     if not vals or any(v < 0 for v in vals):
-        raise PipelineError(f"channel: {what} must be numbers >= 0")
+        raise LinkError(f"channel: {what} must be numbers >= 0")
     return vals
 
 
@@ -160,18 +165,20 @@ def parse_channel(spec: str, seed: int = 0, clock: Callable[[], float] = time.mo
         if kind == "markov" and len(parts) in (1, 2):
             stay = float(parts[1]) if len(parts) == 2 else 0.9
             if not 0 <= stay <= 1:
-                raise PipelineError("channel: markov stay probability must be in [0, 1]")
+                raise LinkError("channel: markov stay probability must be in [0, 1]")
             return MarkovChannel(_floats(parts[0], "delays"), stay, seed)
         if kind == "drift" and len(parts) == 2:
             delays, period = _floats(parts[0], "delays"), float(parts[1])
             if period <= 0:
-                raise PipelineError("channel: drift phase length must be > 0 seconds")
+                raise LinkError("channel: drift phase length must be > 0 seconds")
             return PiecewiseChannel([(i * period, d, str(i)) for i, d in enumerate(delays)], spec, clock)
         if kind == "trace" and len(parts) == 1:
             return PiecewiseChannel(_read_trace(parts[0]), spec, clock)
+    except LinkError:
+        raise
     except ValueError:
-        raise PipelineError(f"channel: bad number in '{spec}'") from None
-    raise PipelineError(f"channel: cannot parse '{spec}' (use const:D, jitter:D:J, markov:D1,D2[:STAY], "
+        raise LinkError(f"channel: bad number in '{spec}'") from None
+    raise LinkError(f"channel: cannot parse '{spec}' (use const:D, jitter:D:J, markov:D1,D2[:STAY], "
                         "drift:D1,D2:SECONDS or trace:FILE.csv)")
 
 
@@ -180,16 +187,16 @@ def _read_trace(path: str) -> list[tuple[float, float, str | None]]:
         with open(path, newline="") as f:
             rows = [r for r in csv.reader(f) if r and not r[0].lstrip().startswith("#")]
     except OSError as exc:
-        raise PipelineError(f"channel: cannot read trace '{path}' ({exc.strerror})") from None
+        raise LinkError(f"channel: cannot read trace '{path}' ({exc.strerror})") from None
     steps = []
     for i, r in enumerate(rows):
         if i == 0 and not _is_number(r[0]):
             continue  # header
         if len(r) < 2 or not _is_number(r[0]) or not _is_number(r[1]) or float(r[1]) < 0 or float(r[0]) < 0:
-            raise PipelineError(f"channel: trace '{path}' row {i + 1} must be 'seconds,delay_ms[,state]'")
+            raise LinkError(f"channel: trace '{path}' row {i + 1} must be 'seconds,delay_ms[,state]'")
         steps.append((float(r[0]), float(r[1]), r[2].strip() if len(r) > 2 and r[2].strip() else None))
     if not steps:
-        raise PipelineError(f"channel: trace '{path}' has no rows")
+        raise LinkError(f"channel: trace '{path}' has no rows")
     return steps
 
 

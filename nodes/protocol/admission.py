@@ -1,0 +1,73 @@
+"""What an edge admits: every bound checked before any work (tokenizing, drafting) starts.
+
+A request over a bound gets one clear error reply naming the bound and the
+value; an edge that is full answers `overloaded` at once instead of letting
+requests wait unseen.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from schemas.messages import BAD_MESSAGE, DUPLICATE, OVERLOADED, TOO_LONG, UNAVAILABLE, GenerateRequest
+
+
+@dataclass(frozen=True)
+class EdgeLimits:
+    max_active: int = 64             # requests generating at once
+    max_queued: int = 256            # admitted requests waiting for an active slot
+    max_prompt_tokens: int = 4096
+    max_new_tokens: int = 2048
+    max_request_s: float = 600.0     # no request runs longer (a request's own deadline may be shorter)
+
+    def __post_init__(self) -> None:
+        for name in ("max_active", "max_prompt_tokens", "max_new_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+        if self.max_queued < 0 or not self.max_request_s > 0:
+            raise ValueError("max_queued must be >= 0 and max_request_s > 0")
+
+    @property
+    def max_prompt_chars(self) -> int:
+        """A prompt string longer than this cannot fit (no tokenizer packs 16 characters into a token)."""
+        return 16 * self.max_prompt_tokens
+
+
+@dataclass(frozen=True)
+class Refusal:
+    code: str
+    message: str
+
+
+def admit_generate(req: GenerateRequest, limits: EdgeLimits, live: int, draining: bool,
+                   duplicate: bool) -> Refusal | None:
+    """Checks that need no tokenizer: capacity, duplicates, length limits."""
+    if draining:
+        return Refusal(UNAVAILABLE, "edge is shutting down: send the request again (another edge will take it)")
+    if duplicate:
+        return Refusal(DUPLICATE, f"request {req.request_id} is already being generated on this edge")
+    if live >= limits.max_active + limits.max_queued:
+        return Refusal(OVERLOADED, f"edge holds {live} requests ({limits.max_active} active + "
+                                   f"{limits.max_queued} queued at most): try again later")
+    if req.max_new_tokens > limits.max_new_tokens:
+        return Refusal(TOO_LONG, f"max_new_tokens {req.max_new_tokens} exceeds this edge's limit "
+                                 f"{limits.max_new_tokens}")
+    if len(req.prompt) > limits.max_prompt_chars:
+        return Refusal(TOO_LONG, f"prompt of {len(req.prompt)} characters exceeds this edge's limit "
+                                 f"({limits.max_prompt_tokens} tokens)")
+    if req.prompt_ids is not None and len(req.prompt_ids) > limits.max_prompt_tokens:
+        return Refusal(TOO_LONG, f"prompt of {len(req.prompt_ids)} tokens exceeds this edge's limit "
+                                 f"{limits.max_prompt_tokens}")
+    return None
+
+
+def check_prompt_tokens(n: int, limits: EdgeLimits) -> Refusal | None:
+    if n == 0:
+        return Refusal(BAD_MESSAGE, "prompt encodes to no tokens")
+    if n > limits.max_prompt_tokens:
+        return Refusal(TOO_LONG, f"prompt of {n} tokens exceeds this edge's limit {limits.max_prompt_tokens}")
+    return None
+
+
+def deadline_s(req: GenerateRequest, limits: EdgeLimits) -> float:
+    """How long this request may run on the edge: its own deadline, capped by the edge's."""
+    return min(req.deadline_s, limits.max_request_s) if req.deadline_s > 0 else limits.max_request_s

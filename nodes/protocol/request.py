@@ -1,0 +1,277 @@
+"""One generate request on the edge, round by round, with no transport in it.
+
+Per round: `plan` asks the policy for a length (0 = target-only), the caller
+drafts, `send` builds the draft message and says where it goes; every answer
+(or its absence) goes back in through `on_verdict` / `on_error` /
+`on_timeout` / `on_no_responders`, each of which returns what to do next:
+`Accepted` (apply it), `Send` (try again, maybe elsewhere, maybe after a
+pause) or `Failed` (give up with an error naming what was unreachable).
+`complete` turns the accepted verdict into the client's chunk, the timing
+event and the policy outcome.
+
+Rules (README, "Round protocol"):
+  * a verdict is accepted only for the exact request, round and attempt in
+    flight, and only if it fits the draft (accepted <= drafted);
+  * a lost reply is retried once on the same verifier (it answers a round it
+    already applied from its cache); then, or at once when nobody listens
+    there, the full context goes to the verifier queue group, so the request
+    continues on any verifier;
+  * with no verifier reachable the round waits (backoff) up to
+    `failover_deadline_s`, then the request fails with `no_verifier`;
+  * verifiers this request left behind get a final message at the end.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from control import Policy, RoundContext, RoundOutcome
+from nodes.protocol.timing import network_ms, outcome_of
+from schemas import subjects
+from schemas.codec import Int32Array
+from schemas.messages import (
+    BAD_MESSAGE, CONFLICT, DRAINING, NO_VERIFIER, OVERLOADED, RESEND_CONTEXT, DraftMsg, ErrorMsg, GenerateRequest,
+    TimingEvent, TokenChunk, VerdictMsg,
+)
+from schemas.rounds import Draft, SamplingParams, round_seed
+
+
+@dataclass(frozen=True)
+class RoundRules:
+    edge_id: str
+    max_length: int = 8
+    request_timeout_s: float = 10.0    # how long one attempt waits for its verdict
+    failover_deadline_s: float = 30.0  # how long a round may go without a verdict before the request fails
+    backoff_min_s: float = 0.05
+    backoff_max_s: float = 1.0
+
+
+@dataclass
+class RoundPlan:
+    length: int      # 0: target-only round
+    seed: int
+    context: RoundContext
+    policy_version: int
+
+
+@dataclass
+class Send:
+    """Publish `msg` to `subject` (as a request: one reply) after sleeping `wait_s`."""
+
+    subject: str
+    msg: DraftMsg
+    wait_s: float
+    timeout_s: float
+
+
+@dataclass
+class Accepted:
+    verdict: VerdictMsg
+
+
+@dataclass
+class Failed:
+    code: str
+    message: str
+
+
+@dataclass
+class RoundTimes:
+    """What the edge's clock measured for the round (ms)."""
+
+    round_ms: float        # draft start -> verdict applied, failed attempts excluded
+    draft_ms: float
+    edge_queue_ms: float = 0.0
+    link_ms: float = 0.0   # emulated link time slept in the successful attempt
+    stall_ms: float = 0.0  # failed attempts and backoff
+
+
+@dataclass
+class RoundRecord:
+    new_tokens: list[int]  # what the client gets this round (cut at EOS / the limit)
+    chunk: TokenChunk
+    timing: TimingEvent
+    outcome: RoundOutcome
+    done: bool
+
+
+class Detokenizer(Protocol):
+    def feed(self, ids: list[int]) -> str: ...
+    def flush(self) -> str: ...
+    def flush_all(self) -> str: ...
+
+
+def finish(new: list[int], out: list[int], max_new: int, eos: frozenset[int]) -> str | None:
+    """Append `new` to `out`, cutting at EOS (not emitted) or the length limit; the finish reason or None."""
+    for t in new:
+        if t in eos:
+            return "eos"
+        out.append(t)
+        if len(out) >= max_new:
+            return "length"
+    return None
+
+
+@dataclass
+class EdgeRequest:
+    req: GenerateRequest
+    prompt_ids: list[int]
+    rules: RoundRules
+    policy_spec: str
+    eos_ids: frozenset[int] = frozenset()
+    detok: Detokenizer | None = None
+    context: list[int] = field(init=False)    # what a verifier must hold: prompt + every emitted token
+    out: list[int] = field(default_factory=list)
+    round: int = 0
+    attempt: int = 0
+    verifier: str | None = None               # sticky verifier of the session, None: queue group next
+    left_behind: list[str] = field(default_factory=list)  # verifiers that may still hold a session
+    finish_reason: str | None = None
+    retries: int = 0
+    _draft: Draft | None = None
+    _plan: RoundPlan | None = None
+    _pending: DraftMsg | None = None
+    _failing_since: float | None = None
+    _context_resent: bool = False
+
+    def __post_init__(self) -> None:
+        self.context = list(self.prompt_ids)
+
+    @property
+    def done(self) -> bool:
+        return self.finish_reason is not None
+
+    @property
+    def params(self) -> SamplingParams:
+        return SamplingParams(self.req.temperature, self.req.top_p)
+
+    # --- one round -----------------------------------------------------------------
+    def plan(self, policy: Policy, version: int, ctx: RoundContext) -> RoundPlan:
+        """The policy's length for this round, kept within [0, max_length] whatever the policy says."""
+        length = max(0, min(self.rules.max_length, int(policy.choose(ctx))))
+        self._plan = RoundPlan(length, round_seed(self.req.seed, self.round), ctx, version)
+        return self._plan
+
+    def send(self, draft: Draft, now: float) -> Send:
+        """The round's first attempt: to the sticky verifier, or with the context to the queue group."""
+        self._draft, self.attempt, self._failing_since = draft, 0, None
+        self._context_resent = False
+        first_round = self.verifier is None and self.round == 0
+        msg = DraftMsg.from_draft(draft, request_id=self.req.request_id, round=self.round, attempt=0,
+                                  edge_id=self.rules.edge_id, params=self.params,
+                                  context=self.context if self.verifier is None else None)
+        self._context_resent = self.verifier is None and not first_round
+        self._pending = msg
+        return Send(self._subject(), msg, 0.0, self.rules.request_timeout_s)
+
+    def on_verdict(self, v: VerdictMsg, now: float) -> Accepted | Send | Failed:
+        m = self._pending
+        assert m is not None and self._draft is not None, "on_verdict without a round in flight"
+        if (v.request_id, v.round, v.attempt) != (m.request_id, m.round, m.attempt):
+            return self._retry(now, f"unexpected verdict for {v.request_id} round {v.round} attempt {v.attempt}",
+                               to_queue=True, backoff=False)
+        if v.accepted > len(self._draft.tokens):
+            return Failed(BAD_MESSAGE, f"verifier {v.verifier_id} accepted {v.accepted} tokens of a "
+                                       f"{len(self._draft.tokens)}-token draft")
+        if self.verifier is not None and self.verifier != v.verifier_id:
+            self._leave(self.verifier)
+        self.verifier = v.verifier_id
+        return Accepted(v)
+
+    def on_error(self, e: ErrorMsg, now: float) -> Send | Failed:
+        where = self._where()
+        if e.code in (RESEND_CONTEXT, DRAINING):
+            return self._retry(now, f"{where} answered {e.code}: {e.message}", to_queue=True, backoff=False)
+        if e.code == OVERLOADED:
+            return self._retry(now, f"{where} answered {e.code}: {e.message}", to_queue=True, backoff=True)
+        if e.code == CONFLICT:
+            return Failed(CONFLICT, f"{where} holds a different round {self.round} for this request: {e.message}")
+        return Failed(e.code, f"{where} refused round {self.round}: {e.code}: {e.message}")
+
+    def on_timeout(self, now: float) -> Send | Failed:
+        problem = f"{self._where()} did not answer within {self.rules.request_timeout_s:g} s"
+        if self.attempt == 0 and self.verifier is not None:
+            return self._retry(now, problem, to_queue=False, backoff=False)  # the reply may just be lost
+        return self._retry(now, problem, to_queue=True, backoff=False)
+
+    def on_no_responders(self, now: float) -> Send | Failed:
+        if self.verifier is not None:  # that verifier is gone: any other one
+            return self._retry(now, f"no responders on {self._subject()}", to_queue=True, backoff=False)
+        return self._retry(now, f"no verifier listens on {subjects.VERIFY} (no responders)", to_queue=True,
+                           backoff=True)
+
+    def complete(self, verdict: VerdictMsg, times: RoundTimes, channel_state: str | None, delay_ms: float,
+                 timing_seq: int) -> RoundRecord:
+        """Apply an accepted verdict: the new tokens, the client's chunk, the timing event."""
+        d, plan, m = self._draft, self._plan, self._pending
+        assert d is not None and plan is not None and m is not None
+        new = list(d.tokens[:verdict.accepted]) + [verdict.next_token]
+        self.context.extend(new)
+        before = len(self.out)
+        self.finish_reason = finish(new, self.out, self.req.max_new_tokens, self.eos_ids)
+        kept = self.out[before:]
+        done = self.finish_reason is not None
+        text = ""
+        full_text = None
+        if self.detok is not None:
+            text = self.detok.feed(kept) + (self.detok.flush() if done else "")
+            full_text = self.detok.flush_all() if done else None
+        chunk = TokenChunk(self.req.request_id, self.round, Int32Array(kept), text, done, self.finish_reason,
+                           self.round + 1, len(self.out), Int32Array(self.out) if done else None, full_text)
+        net = network_ms(times.round_ms, times.edge_queue_ms, times.draft_ms, verdict.verify_ms, verdict.queue_ms)
+        ev = TimingEvent(self.rules.edge_id, self.req.request_id, self.round, m.attempt, len(d.tokens),
+                         verdict.accepted, _ms(times.round_ms), _ms(times.draft_ms), _ms(verdict.verify_ms),
+                         _ms(verdict.queue_ms), _ms(net), _ms(delay_ms), self.policy_spec, plan.policy_version,
+                         verdict.verifier_id, channel_state, timing_seq, len(kept), _ms(times.edge_queue_ms),
+                         _ms(times.link_ms), _ms(times.stall_ms), self._context_resent, len(self.context))
+        self.round += 1
+        self._draft = self._pending = self._plan = None
+        return RoundRecord(kept, chunk, ev, outcome_of(ev), done)
+
+    # --- the end ---------------------------------------------------------------------
+    def final_messages(self) -> list[tuple[str, DraftMsg]]:
+        """One `final` draft to every verifier that may hold a session of this request."""
+        targets = [*self.left_behind, *([self.verifier] if self.verifier else [])]
+        return [(subjects.verifier(v), DraftMsg(self.req.request_id, min(self.round, (1 << 31) - 1), 0,
+                                                self.rules.edge_id, Int32Array(), 0, final=True))
+                for v in dict.fromkeys(targets)]
+
+    # --- internals -------------------------------------------------------------------
+    def _subject(self) -> str:
+        return subjects.VERIFY if self.verifier is None else subjects.verifier(self.verifier)
+
+    def _where(self) -> str:
+        return f"verifier {self.verifier}" if self.verifier else "the verifier queue group"
+
+    def _leave(self, verifier: str) -> None:
+        if verifier not in self.left_behind:
+            self.left_behind.append(verifier)
+
+    def _retry(self, now: float, problem: str, to_queue: bool, backoff: bool) -> Send | Failed:
+        if self._failing_since is None:
+            self._failing_since = now
+        waited = now - self._failing_since
+        deadline = self.rules.failover_deadline_s
+        if waited >= deadline:
+            return Failed(NO_VERIFIER, f"no verifier answered round {self.round} of {self.req.request_id} "
+                                       f"within {deadline:g} s (last: {problem})")
+        m = self._pending
+        assert m is not None
+        self.retries += 1
+        self.attempt = min(self.attempt + 1, (1 << 31) - 1)
+        m.attempt = self.attempt
+        if to_queue:
+            if self.verifier is not None:
+                self._leave(self.verifier)
+            self.verifier = None
+            m.context = Int32Array(self.context)
+            self._context_resent = True
+        wait = 0.0
+        if backoff:
+            wait = min(self.rules.backoff_max_s, self.rules.backoff_min_s * 2 ** min(self.retries, 16),
+                       max(0.0, deadline - waited))
+        return Send(self._subject(), m, wait, self.rules.request_timeout_s)
+
+
+def _ms(x: float) -> float:
+    return round(min(max(x, 0.0), 1e7), 3)

@@ -1,0 +1,246 @@
+"""The verifier's sessions, with no transport and no model in them.
+
+`admit(draft, reply_to, now)` decides what one draft message means and
+returns an `Admission`: a `Compute` to run (the caller runs the model, then
+calls `finish`), replies to send now, and what happened (for the log).
+`finish` turns the computed verdict into one reply per waiting attempt.
+
+Rules (README, "Round protocol"):
+  * a session belongs to (edge_id, request_id): a context from another edge, or
+    another edge reusing a request id, is a different session and never
+    touches a live one;
+  * a round is in flight from the moment it is admitted, before any compute:
+    a retry of it (any attempt, with or without the context) waits for that
+    verdict and gets the same one; a retry of the round last applied gets the
+    cached verdict. Nothing is ever applied twice;
+  * a round out of order, or for a session this verifier does not hold,
+    answers `resend_context`; the owner's context rebuilds its session;
+  * the session cap is checked and the slot taken in one step (no await
+    between): at the cap the least recently used idle session is evicted
+    (its edge resends the context if it ever comes back), else `overloaded`;
+  * draining: rounds in flight finish, cached verdicts are still answered,
+    everything else answers `draining` (the edge moves to another verifier).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from schemas.codec import Limits
+from schemas.messages import (
+    BAD_MESSAGE, CONFLICT, DRAINING, INTERNAL, OVERLOADED, RESEND_CONTEXT, TOO_LONG, AckMsg, DraftMsg, ErrorMsg,
+    VerdictMsg,
+)
+
+SessionKey = tuple[str, str]  # (edge_id, request_id)
+
+
+@dataclass(frozen=True)
+class TableConfig:
+    verifier_id: str = "cloud-1"
+    max_sessions: int = 128
+    session_ttl_s: float = 120.0  # an idle session is dropped after this long
+    evict_idle_s: float = 2.0     # at the cap, a session idle this long may be evicted for a new one
+
+
+@dataclass
+class Waiter:
+    reply_to: Any
+    attempt: int
+
+
+@dataclass
+class InFlight:
+    round: int
+    tokens: tuple[int, ...]
+    received: float
+    waiters: list[Waiter] = field(default_factory=list)
+
+
+@dataclass
+class Session:
+    key: SessionKey
+    params: tuple[float, float, int]
+    tokens: list[int]                     # the context this session holds (prompt + applied rounds)
+    next_round: int
+    last_used: float
+    state: Any = None                     # the model's state (a TargetSession), owned by the caller
+    last_tokens: tuple[int, ...] | None = None
+    last_verdict: VerdictMsg | None = None
+    in_flight: InFlight | None = None
+    ending: bool = False
+
+
+@dataclass
+class Compute:
+    """Run the target on `session` for `msg`: from scratch on `session.tokens` when `rebuild`."""
+
+    session: Session
+    msg: DraftMsg
+    rebuild: bool
+
+
+@dataclass
+class Reply:
+    to: Any
+    msg: VerdictMsg | ErrorMsg | AckMsg
+
+
+@dataclass
+class Admission:
+    event: str                        # what happened: compute, joined_in_flight, verdict_resent, session_end, or an error code
+    replies: list[Reply] = field(default_factory=list)
+    compute: Compute | None = None
+    evicted: SessionKey | None = None
+    detail: str = ""
+
+
+@dataclass
+class Outcome:
+    """A finished computation: accepted draft tokens and the target's own token."""
+
+    accepted: int
+    next_token: int
+    verify_ms: float
+    queue_ms: float
+
+
+class SessionTable:
+    def __init__(self, config: TableConfig, limits: Limits = Limits()):
+        self.cfg, self.limits = config, limits
+        self.sessions: dict[SessionKey, Session] = {}
+        self.draining = False
+        self.rounds = 0
+
+    # --- admission -----------------------------------------------------------------
+    def admit(self, msg: DraftMsg, reply_to: Any, now: float) -> Admission:
+        key = (msg.edge_id, msg.request_id)
+        s = self.sessions.get(key)
+        if msg.final:
+            return self._end(key, s, msg, reply_to)
+        params = (msg.temperature, msg.top_p, msg.top_k)
+        tokens = tuple(msg.tokens)
+        if s is not None:
+            if s.params != params:
+                return self._error(reply_to, msg, BAD_MESSAGE, "sampling parameters changed within a session")
+            if s.in_flight is not None and s.in_flight.round == msg.round:
+                if s.in_flight.tokens != tokens:
+                    return self._error(reply_to, msg, CONFLICT, f"round {msg.round} is in flight with another draft")
+                if reply_to is not None:
+                    s.in_flight.waiters.append(Waiter(reply_to, msg.attempt))
+                return Admission("joined_in_flight")
+            if s.last_verdict is not None and msg.round == s.next_round - 1:
+                if s.last_tokens != tokens:
+                    return self._error(reply_to, msg, CONFLICT, f"round {msg.round} was applied with another draft")
+                s.last_used = now
+                again = replace(s.last_verdict, attempt=msg.attempt)
+                return Admission("verdict_resent", [Reply(reply_to, again)] if reply_to is not None else [])
+        if self.draining:
+            return self._error(reply_to, msg, DRAINING,
+                               f"verifier {self.cfg.verifier_id} is shutting down: resend the context elsewhere")
+        if msg.context is None:
+            if s is None:
+                return self._error(reply_to, msg, RESEND_CONTEXT,
+                                   f"verifier {self.cfg.verifier_id} holds no session for this request")
+            if s.in_flight is not None or msg.round != s.next_round:
+                return self._error(reply_to, msg, RESEND_CONTEXT,
+                                   f"round {msg.round} is out of order (expected {s.next_round})")
+            return self._start(s, msg, reply_to, tokens, now, rebuild=False)
+        context = list(msg.context)
+        if s is not None and s.in_flight is None and msg.round == s.next_round and context == s.tokens:
+            return self._start(s, msg, reply_to, tokens, now, rebuild=False)  # the cache already holds it
+        evicted = None
+        if s is None:
+            if not self._has_room(now):
+                return self._error(reply_to, msg, OVERLOADED,
+                                   f"verifier {self.cfg.verifier_id} holds {len(self.sessions)} sessions, all active")
+            evicted = self._evict_one(now) if len(self.sessions) >= self.cfg.max_sessions else None
+        # a new session object: a round still computing on the old one finishes on its own object
+        fresh = Session(key, params, context, msg.round, now)
+        adm = self._start(fresh, msg, reply_to, tokens, now, rebuild=True)
+        if adm.compute is not None:
+            self.sessions[key] = fresh
+        adm.evicted = evicted
+        return adm
+
+    def finish(self, session: Session, result: Outcome | BaseException, state: Any, now: float) -> list[Reply]:
+        """The computation admitted for `session` ended: one reply per waiting attempt."""
+        inf = session.in_flight
+        assert inf is not None, "finish without a round in flight"
+        session.in_flight = None
+        current = self.sessions.get(session.key) is session
+        rid = session.key[1]
+        if isinstance(result, BaseException):
+            if current:  # the model state may be half-updated: the edge resends the context
+                del self.sessions[session.key]
+            err = ErrorMsg(INTERNAL, f"verifier {self.cfg.verifier_id} failed: {type(result).__name__}", rid)
+            return [Reply(w.reply_to, err) for w in inf.waiters]
+        a = result.accepted
+        verdict = VerdictMsg(rid, inf.round, 0, a, result.next_token, round(result.verify_ms, 3),
+                             round(result.queue_ms, 3), self.cfg.verifier_id)
+        session.tokens.extend(inf.tokens[:a] + (result.next_token,))
+        session.next_round, session.last_tokens, session.last_verdict = inf.round + 1, inf.tokens, verdict
+        session.state, session.last_used = state, now
+        self.rounds += 1
+        if session.ending and current:
+            del self.sessions[session.key]
+        return [Reply(w.reply_to, replace(verdict, attempt=w.attempt)) for w in inf.waiters]
+
+    # --- housekeeping ----------------------------------------------------------------
+    def expire(self, now: float) -> list[SessionKey]:
+        """Drop sessions idle longer than the TTL (never one with a round in flight)."""
+        old = [k for k, s in self.sessions.items()
+               if s.in_flight is None and now - s.last_used > self.cfg.session_ttl_s]
+        for k in old:
+            del self.sessions[k]
+        return old
+
+    def begin_drain(self) -> None:
+        self.draining = True
+
+    def in_flight(self) -> int:
+        return sum(1 for s in self.sessions.values() if s.in_flight is not None)
+
+    def others_live(self, key: SessionKey) -> bool:
+        """Whether any session besides `key` is held (compute then stays off the event loop)."""
+        return len(self.sessions) - (key in self.sessions) > 0
+
+    # --- internals -------------------------------------------------------------------
+    def _start(self, s: Session, msg: DraftMsg, reply_to: Any, tokens: tuple[int, ...], now: float,
+               rebuild: bool) -> Admission:
+        if len(s.tokens) + len(tokens) + 1 > self.limits.max_context_tokens:
+            err = self._error(reply_to, msg, TOO_LONG, f"context would exceed {self.limits.max_context_tokens} tokens")
+            if not rebuild:  # the held session cannot grow: nothing more can be verified on it
+                self.sessions.pop(s.key, None)
+            return err
+        waiters = [Waiter(reply_to, msg.attempt)] if reply_to is not None else []
+        s.in_flight = InFlight(msg.round, tokens, now, waiters)
+        s.last_used = now
+        return Admission("compute", compute=Compute(s, msg, rebuild))
+
+    def _end(self, key: SessionKey, s: Session | None, msg: DraftMsg, reply_to: Any) -> Admission:
+        if s is not None:
+            if s.in_flight is not None:
+                s.ending = True
+            else:
+                del self.sessions[key]
+        ack = [Reply(reply_to, AckMsg(msg.request_id, "session_end"))] if reply_to is not None else []
+        return Admission("session_end", ack, detail="held" if s is not None else "unknown")
+
+    def _has_room(self, now: float) -> bool:
+        return len(self.sessions) < self.cfg.max_sessions or self._evictable(now) is not None
+
+    def _evictable(self, now: float) -> SessionKey | None:
+        idle = [(s.last_used, k) for k, s in self.sessions.items()
+                if s.in_flight is None and now - s.last_used >= self.cfg.evict_idle_s]
+        return min(idle)[1] if idle else None
+
+    def _evict_one(self, now: float) -> SessionKey | None:
+        k = self._evictable(now)
+        if k is not None:
+            del self.sessions[k]
+        return k
+
+    def _error(self, reply_to: Any, msg: DraftMsg, code: str, text: str) -> Admission:
+        replies = [Reply(reply_to, ErrorMsg(code, text, msg.request_id))] if reply_to is not None else []
+        return Admission(code, replies, detail=text)

@@ -1,0 +1,195 @@
+"""The edge's side of the round protocol, without a broker: one rule per test."""
+from __future__ import annotations
+
+import pytest
+
+from control import RoundContext, make_policy
+from nodes.protocol.request import Accepted, EdgeRequest, Failed, RoundRules, RoundTimes, Send
+from nodes.protocol.timing import one_way_delay_ms, outcome_of, round_log_fields
+from schemas import subjects
+from schemas.messages import ErrorMsg, GenerateRequest, VerdictMsg
+from schemas.rounds import Draft
+
+RULES = RoundRules("edge-a", max_length=8, request_timeout_s=2.0, failover_deadline_s=30.0)
+EOS = 0
+
+
+def request(max_new: int = 16, **kw) -> EdgeRequest:
+    req = GenerateRequest("r1", prompt="x", max_new_tokens=max_new, **kw)
+    return EdgeRequest(req, [5, 6, 7], RULES, "fixed:3", frozenset({EOS}))
+
+
+def verdict(r: EdgeRequest, accepted: int, nxt: int = 9, verifier: str = "cloud-1", **kw) -> VerdictMsg:
+    fields = dict(request_id="r1", round=r.round, attempt=r.attempt, accepted=accepted, next_token=nxt,
+                  verify_ms=3.0, queue_ms=0.5, verifier_id=verifier) | kw
+    return VerdictMsg(**fields)
+
+
+def run_round(r: EdgeRequest, tokens=(1, 2, 3), accepted=2, nxt=9, verifier="cloud-1"):
+    r.plan(make_policy("fixed:3"), 0, RoundContext())
+    r.send(Draft(list(tokens), 0), 0.0)
+    step = r.on_verdict(verdict(r, accepted, nxt, verifier), 0.0)
+    assert isinstance(step, Accepted)
+    return r.complete(step.verdict, RoundTimes(40.0, 10.0, 1.0, 20.0), "s1", 10.0, 1)
+
+
+def test_the_first_round_carries_the_context_to_the_verifier_queue_group():
+    r = request()
+    r.plan(make_policy("fixed:3"), 0, RoundContext())
+    send = r.send(Draft([1, 2, 3], 0), 0.0)
+    assert send.subject == subjects.VERIFY and list(send.msg.context) == [5, 6, 7] and send.msg.attempt == 0
+
+
+def test_later_rounds_go_to_the_sticky_verifier_without_the_context():
+    r = request()
+    run_round(r, verifier="cloud-7")
+    r.plan(make_policy("fixed:3"), 0, RoundContext())
+    send = r.send(Draft([4], 0), 0.0)
+    assert send.subject == subjects.verifier("cloud-7") and send.msg.context is None and send.msg.round == 1
+
+
+def test_a_verdict_for_another_attempt_is_not_accepted():
+    r = request()
+    r.plan(make_policy("fixed:3"), 0, RoundContext())
+    r.send(Draft([1, 2, 3], 0), 0.0)
+    step = r.on_verdict(verdict(r, 1, attempt=5), 0.0)
+    assert isinstance(step, Send) and step.msg.attempt == 1
+
+
+def test_a_verdict_for_another_round_is_not_accepted():
+    r = request()
+    r.plan(make_policy("fixed:3"), 0, RoundContext())
+    r.send(Draft([1, 2, 3], 0), 0.0)
+    assert isinstance(r.on_verdict(verdict(r, 1, round=4), 0.0), Send)
+
+
+def test_a_verdict_accepting_more_than_was_drafted_fails_the_request():
+    r = request()
+    r.plan(make_policy("fixed:3"), 0, RoundContext())
+    r.send(Draft([1, 2], 0), 0.0)
+    step = r.on_verdict(verdict(r, 3), 0.0)
+    assert isinstance(step, Failed) and "accepted 3 tokens of a 2-token draft" in step.message
+
+
+def test_a_timeout_retries_the_same_verifier_once_then_the_queue_group_with_the_context():
+    r = request()
+    run_round(r)
+    r.plan(make_policy("fixed:3"), 0, RoundContext())
+    r.send(Draft([4], 0), 0.0)
+    first = r.on_timeout(2.0)
+    assert first.subject == subjects.verifier("cloud-1") and first.msg.context is None and first.msg.attempt == 1
+    second = r.on_timeout(4.0)
+    assert second.subject == subjects.VERIFY and list(second.msg.context) == r.context and second.wait_s == 0
+
+
+def test_no_responders_on_the_sticky_verifier_goes_to_the_queue_group_at_once():
+    r = request()
+    run_round(r)
+    r.plan(make_policy("fixed:3"), 0, RoundContext())
+    r.send(Draft([4], 0), 0.0)
+    step = r.on_no_responders(0.0)
+    assert step.subject == subjects.VERIFY and step.msg.context is not None and step.wait_s == 0
+
+
+def test_no_verifier_at_all_backs_off_with_growing_capped_waits():
+    r = request()
+    r.plan(make_policy("fixed:3"), 0, RoundContext())
+    r.send(Draft([1], 0), 0.0)
+    waits = [r.on_no_responders(float(i)).wait_s for i in range(10)]
+    assert waits[0] > 0 and waits == sorted(waits) and max(waits) == RULES.backoff_max_s
+
+
+def test_resend_context_goes_to_the_queue_group_without_waiting():
+    r = request()
+    run_round(r)
+    r.plan(make_policy("fixed:3"), 0, RoundContext())
+    r.send(Draft([4], 0), 0.0)
+    step = r.on_error(ErrorMsg("resend_context", "no session", "r1"), 0.0)
+    assert step.subject == subjects.VERIFY and step.msg.context is not None and step.wait_s == 0
+
+
+def test_overloaded_goes_to_the_queue_group_after_a_pause():
+    r = request()
+    r.plan(make_policy("fixed:3"), 0, RoundContext())
+    r.send(Draft([4], 0), 0.0)
+    step = r.on_error(ErrorMsg("overloaded", "full", "r1"), 0.0)
+    assert step.subject == subjects.VERIFY and step.wait_s > 0
+
+
+def test_past_the_failover_deadline_the_request_fails_naming_what_was_unreachable():
+    r = request()
+    r.plan(make_policy("fixed:3"), 0, RoundContext())
+    r.send(Draft([4], 0), 0.0)
+    r.on_no_responders(0.0)
+    step = r.on_no_responders(RULES.failover_deadline_s + 0.1)
+    assert isinstance(step, Failed) and step.code == "no_verifier"
+    assert "no responders" in step.message and "30 s" in step.message
+
+
+def test_a_verifier_that_refuses_the_message_fails_the_request_with_its_reason():
+    r = request()
+    r.plan(make_policy("fixed:3"), 0, RoundContext())
+    r.send(Draft([4], 0), 0.0)
+    step = r.on_error(ErrorMsg("bad_message", "draft: top_p must be in (0, 1]", "r1"), 0.0)
+    assert isinstance(step, Failed) and "top_p" in step.message
+
+
+def test_an_accepted_round_yields_the_accepted_drafts_plus_the_targets_token():
+    r = request()
+    rec = run_round(r, tokens=(1, 2, 3), accepted=2, nxt=9)
+    assert rec.new_tokens == [1, 2, 9] and list(rec.chunk.token_ids) == [1, 2, 9] and r.context[-3:] == [1, 2, 9]
+    assert rec.timing.length == 3 and rec.timing.accepted == 2 and rec.timing.tokens == 3 and not rec.done
+
+
+def test_network_time_is_the_round_minus_compute_and_queues_and_the_delay_estimate_is_half():
+    r = request()
+    rec = run_round(r)  # round 40, draft 10, edge queue 1, verify 3, queue 0.5
+    assert rec.timing.network_ms == pytest.approx(25.5)
+    assert rec.outcome.context.delay_ms == one_way_delay_ms(25.5) == pytest.approx(12.75)
+    assert outcome_of(rec.timing) == rec.outcome
+
+
+def test_eos_ends_the_request_and_is_not_emitted():
+    r = request()
+    rec = run_round(r, tokens=(1, EOS, 3), accepted=3, nxt=9)
+    assert rec.done and r.finish_reason == "eos" and rec.new_tokens == [1] and list(rec.chunk.full_ids) == [1]
+
+
+def test_the_length_limit_cuts_the_last_round():
+    r = request(max_new=2)
+    rec = run_round(r, tokens=(1, 2, 3), accepted=3)
+    assert rec.done and r.finish_reason == "length" and r.out == [1, 2] and rec.timing.tokens == 2
+
+
+def test_target_only_is_the_policy_of_length_zero():
+    r = request()
+    plan = r.plan(make_policy("target-only"), 0, RoundContext())
+    send = r.send(Draft([], plan.seed), 0.0)
+    assert plan.length == 0 and list(send.msg.tokens) == []
+
+
+def test_a_policy_asking_for_more_than_the_maximum_is_clamped():
+    class Greedy:
+        def choose(self, ctx):
+            return 2000
+
+    assert request().plan(Greedy(), 0, RoundContext()).length == RULES.max_length
+
+
+def test_final_messages_reach_the_current_and_every_left_behind_verifier():
+    r = request()
+    run_round(r, verifier="cloud-1")
+    r.plan(make_policy("fixed:3"), 0, RoundContext())
+    r.send(Draft([4], 0), 0.0)
+    r.on_no_responders(0.0)
+    step = r.on_verdict(verdict(r, 0, verifier="cloud-2"), 0.0)
+    assert isinstance(step, Accepted)
+    targets = {s for s, m in r.final_messages() if m.final}
+    assert targets == {subjects.verifier("cloud-1"), subjects.verifier("cloud-2")}
+
+
+def test_the_round_log_line_is_the_timing_event():
+    rec = run_round(request())
+    fields = round_log_fields(rec.timing)
+    assert fields["draft_length"] == rec.timing.length and fields["round_ms"] == rec.timing.round_ms
+    assert "length" not in fields and fields["link_ms"] == 20.0

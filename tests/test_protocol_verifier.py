@@ -1,0 +1,188 @@
+"""The verifier's session table, without a broker or a model: one rule per test."""
+from __future__ import annotations
+
+from nodes.protocol.verifier_table import Outcome, SessionTable, TableConfig
+from schemas.codec import Int32Array, Limits
+from schemas.messages import AckMsg, DraftMsg, ErrorMsg, VerdictMsg
+
+CFG = TableConfig("cloud-1", max_sessions=2, session_ttl_s=60.0, evict_idle_s=5.0)
+
+
+def draft(rid="r1", rnd=0, attempt=0, tokens=(1, 2), context=(7, 8, 9), edge="edge-a", **kw) -> DraftMsg:
+    return DraftMsg(rid, rnd, attempt, edge, Int32Array(tokens), 0,
+                    context=None if context is None else Int32Array(context), **kw)
+
+
+def compute(table, msg, reply="inbox", now=0.0, accepted=1, nxt=42):
+    """Admit and finish one round as the worker would: the replies it sends."""
+    adm = table.admit(msg, reply, now)
+    assert adm.compute is not None, adm
+    return table.finish(adm.compute.session, Outcome(accepted, nxt, 3.0, 0.1), "model-state", now)
+
+
+def test_a_first_round_with_its_context_builds_a_session_and_computes():
+    t = SessionTable(CFG)
+    adm = t.admit(draft(), "inbox", 0.0)
+    assert adm.event == "compute" and adm.compute.rebuild and adm.compute.session.tokens == [7, 8, 9]
+
+
+def test_the_next_round_reuses_the_session_and_extends_its_context():
+    t = SessionTable(CFG)
+    compute(t, draft(tokens=(1, 2)), accepted=1, nxt=42)
+    adm = t.admit(draft(rnd=1, context=None, tokens=(5,)), "inbox", 1.0)
+    assert adm.event == "compute" and not adm.compute.rebuild
+    assert adm.compute.session.tokens == [7, 8, 9, 1, 42]
+
+
+def test_a_retry_of_the_round_in_flight_waits_for_it_and_gets_the_same_verdict():
+    t = SessionTable(CFG)
+    first = t.admit(draft(), "inbox-0", 0.0)
+    retry = t.admit(draft(attempt=1), "inbox-1", 1.0)
+    resent = t.admit(draft(attempt=2), "inbox-2", 2.0)  # with the context again, as after a failover
+    assert retry.event == resent.event == "joined_in_flight" and retry.compute is None and not retry.replies
+    replies = t.finish(first.compute.session, Outcome(1, 42, 3.0, 0.0), "state", 3.0)
+    assert [(r.to, r.msg.attempt) for r in replies] == [("inbox-0", 0), ("inbox-1", 1), ("inbox-2", 2)]
+    assert {(r.msg.accepted, r.msg.next_token) for r in replies} == {(1, 42)}
+    assert t.rounds == 1 and t.sessions[("edge-a", "r1")].next_round == 1
+
+
+def test_a_retry_of_the_round_last_applied_gets_the_cached_verdict_and_nothing_is_applied_again():
+    t = SessionTable(CFG)
+    [reply] = compute(t, draft(), accepted=2, nxt=42)
+    adm = t.admit(draft(attempt=3, context=None), "late", 5.0)
+    assert adm.event == "verdict_resent" and adm.compute is None
+    assert adm.replies[0].msg == VerdictMsg("r1", 0, 3, 2, 42, reply.msg.verify_ms, reply.msg.queue_ms, "cloud-1")
+    assert t.rounds == 1 and t.sessions[("edge-a", "r1")].tokens == [7, 8, 9, 1, 2, 42]
+
+
+def test_the_same_round_with_another_draft_is_a_conflict():
+    t = SessionTable(CFG)
+    t.admit(draft(tokens=(1, 2)), "a", 0.0)
+    adm = t.admit(draft(tokens=(3, 4), attempt=1), "b", 0.0)
+    assert adm.event == "conflict" and adm.replies[0].msg.code == "conflict"
+
+
+def test_a_round_for_a_session_not_held_asks_for_the_context():
+    adm = SessionTable(CFG).admit(draft(rnd=4, context=None), "inbox", 0.0)
+    assert adm.event == "resend_context" and isinstance(adm.replies[0].msg, ErrorMsg)
+
+
+def test_a_round_out_of_order_asks_for_the_context():
+    t = SessionTable(CFG)
+    compute(t, draft())
+    adm = t.admit(draft(rnd=3, context=None), "inbox", 1.0)
+    assert adm.event == "resend_context" and "out of order" in adm.detail
+
+
+def test_another_edge_reusing_a_request_id_never_touches_the_live_session():
+    t = SessionTable(CFG)
+    compute(t, draft(edge="edge-a"))
+    held = t.sessions[("edge-a", "r1")]
+    adm = t.admit(draft(edge="edge-b", context=(1, 1, 1)), "inbox", 1.0)
+    assert adm.event == "compute" and adm.compute.session is not held
+    assert t.sessions[("edge-a", "r1")] is held and held.tokens == [7, 8, 9, 1, 42]
+
+
+def test_the_owners_context_for_the_next_round_reuses_the_cache_when_it_matches():
+    t = SessionTable(CFG)
+    compute(t, draft(), accepted=1, nxt=42)
+    adm = t.admit(draft(rnd=1, context=(7, 8, 9, 1, 42), tokens=(3,)), "inbox", 1.0)
+    assert adm.event == "compute" and not adm.compute.rebuild
+
+
+def test_the_owners_differing_context_rebuilds_its_session():
+    t = SessionTable(CFG)
+    compute(t, draft())
+    adm = t.admit(draft(rnd=5, context=(1, 2, 3)), "inbox", 1.0)
+    assert adm.compute.rebuild and t.sessions[("edge-a", "r1")].tokens == [1, 2, 3]
+
+
+def test_at_the_cap_with_every_session_busy_a_new_one_is_refused_as_overloaded():
+    t = SessionTable(CFG)
+    t.admit(draft("a"), "x", 0.0)
+    t.admit(draft("b"), "x", 0.0)
+    adm = t.admit(draft("c"), "x", 100.0)  # both still in flight
+    assert adm.event == "overloaded" and len(t.sessions) == 2
+
+
+def test_at_the_cap_the_least_recently_used_idle_session_makes_room():
+    t = SessionTable(CFG)
+    compute(t, draft("a"), now=0.0)
+    compute(t, draft("b"), now=1.0)
+    adm = t.admit(draft("c"), "x", 10.0)
+    assert adm.event == "compute" and adm.evicted == ("edge-a", "a") and set(t.sessions) == {
+        ("edge-a", "b"), ("edge-a", "c")}
+
+
+def test_a_recently_used_session_is_not_evicted():
+    t = SessionTable(CFG)
+    compute(t, draft("a"), now=0.0)
+    compute(t, draft("b"), now=0.0)
+    assert t.admit(draft("c"), "x", 1.0).event == "overloaded"
+
+
+def test_the_cap_holds_however_many_new_sessions_arrive_before_any_compute_ends():
+    t = SessionTable(CFG)
+    events = [t.admit(draft(f"s{i}"), "x", 0.0).event for i in range(50)]
+    assert len(t.sessions) == CFG.max_sessions and events.count("compute") == 2
+
+
+def test_a_final_message_ends_the_session_and_is_acknowledged():
+    t = SessionTable(CFG)
+    compute(t, draft())
+    adm = t.admit(draft(rnd=1, tokens=(), context=None, final=True), "inbox", 1.0)
+    assert adm.event == "session_end" and isinstance(adm.replies[0].msg, AckMsg) and not t.sessions
+
+
+def test_a_final_message_during_a_round_ends_the_session_after_it():
+    t = SessionTable(CFG)
+    first = t.admit(draft(), "inbox", 0.0)
+    t.admit(draft(rnd=1, tokens=(), context=None, final=True), None, 0.5)
+    assert t.sessions
+    replies = t.finish(first.compute.session, Outcome(0, 1, 1.0, 0.0), "state", 1.0)
+    assert replies and not t.sessions
+
+
+def test_draining_refuses_new_work_but_answers_rounds_in_flight_and_cached_verdicts():
+    t = SessionTable(CFG)
+    compute(t, draft("done"))
+    running = t.admit(draft("busy"), "a", 0.0)
+    t.begin_drain()
+    assert t.admit(draft("new"), "x", 1.0).event == "draining"
+    assert t.admit(draft("done", rnd=1, context=None), "x", 1.0).event == "draining"
+    assert t.admit(draft("done", attempt=1, context=None), "x", 1.0).event == "verdict_resent"
+    assert t.admit(draft("busy", attempt=1), "b", 1.0).event == "joined_in_flight"
+    assert len(t.finish(running.compute.session, Outcome(0, 1, 1.0, 0.0), "s", 2.0)) == 2
+
+
+def test_a_failed_computation_answers_every_waiter_and_drops_the_session():
+    t = SessionTable(CFG)
+    first = t.admit(draft(), "a", 0.0)
+    t.admit(draft(attempt=1), "b", 0.0)
+    replies = t.finish(first.compute.session, RuntimeError("boom"), None, 1.0)
+    assert [r.msg.code for r in replies] == ["internal", "internal"] and not t.sessions
+
+
+def test_idle_sessions_expire_but_never_one_with_a_round_in_flight():
+    t = SessionTable(CFG)
+    compute(t, draft("idle"), now=0.0)
+    t.admit(draft("busy"), "x", 0.0)
+    assert t.expire(1000.0) == [("edge-a", "idle")] and set(t.sessions) == {("edge-a", "busy")}
+
+
+def test_sampling_parameters_cannot_change_within_a_session():
+    t = SessionTable(CFG)
+    compute(t, draft())
+    adm = t.admit(draft(rnd=1, context=None, temperature=0.5, top_k=1, q_ids=Int32Array([1, 2]),
+                        q_probs=None), "x", 1.0)
+    assert adm.event == "bad_message"
+
+
+def test_a_context_that_would_grow_past_the_limit_is_refused():
+    t = SessionTable(CFG, Limits(max_context_tokens=4))
+    assert t.admit(draft(context=(1, 2, 3)), "x", 0.0).event == "too_long"
+
+
+def test_messages_without_a_reply_subject_get_no_reply():
+    t = SessionTable(CFG)
+    assert t.admit(draft(rnd=2, context=None), None, 0.0).replies == []
