@@ -11,6 +11,7 @@ class IncrementalDetokenizer:
         self.ids: list[int] = []
         self.prefix = 0
         self.read = 0
+        self.emitted = ""  # every piece of text returned so far, concatenated
 
     def _decode(self, ids: list[int]) -> str:
         return self.tok.decode([i for i in ids if i not in self.skip], skip_special_tokens=True)
@@ -21,7 +22,9 @@ class IncrementalDetokenizer:
         after = self._decode(self.ids[self.prefix :])
         if len(after) > len(before) and not after.endswith("\ufffd"):
             self.prefix, self.read = self.read, len(self.ids)
-            return after[len(before) :]
+            piece = after[len(before) :]
+            self.emitted += piece
+            return piece
         return ""
 
     def flush(self) -> str:
@@ -29,7 +32,9 @@ class IncrementalDetokenizer:
         before = self._decode(self.ids[self.prefix : self.read])
         after = self._decode(self.ids[self.prefix :])
         self.prefix = self.read = len(self.ids)
-        return after[len(before) :]
+        piece = after[len(before) :]
+        self.emitted += piece
+        return piece
 
     def flush_all(self) -> str:
         """The whole stream's text (for the last chunk), independent of what was emitted."""

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass, field
+from collections import OrderedDict
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from nats.aio.client import Client
@@ -33,10 +34,10 @@ from nodes.protocol.request import Accepted, EdgeRequest, Failed, RoundRules, Ro
 from nodes.protocol.timing import one_way_delay_ms, round_log_fields
 from nodes.worker_base import WorkerBase
 from schemas import subjects
-from schemas.codec import Limits, SchemaError, decode, encode
+from schemas.codec import Int32Array, Limits, SchemaError, decode, encode
 from schemas.messages import (
     BAD_MESSAGE, CANCELLED, DEADLINE, INTERNAL, UNAVAILABLE, AckMsg, CancelMsg, ErrorMsg, GenerateRequest,
-    PolicyUpdate, VerdictMsg,
+    PolicyUpdate, ResumeMsg, TokenChunk, VerdictMsg,
 )
 from schemas.rounds import Draft
 
@@ -73,6 +74,11 @@ class Live:
     started: bool = False
     stop_reason: tuple[str, str] | None = None
     request: EdgeRequest | None = field(default=None, repr=False)
+    terminal: TokenChunk | ErrorMsg | None = None  # the stream's last message, kept to answer `resume`
+
+
+RECENT_KEEP = 1024      # finished streams whose last message is kept to answer `resume`
+RECENT_KEEP_S = 120.0
 
 
 class EdgeWorker(WorkerBase):
@@ -89,6 +95,7 @@ class EdgeWorker(WorkerBase):
         self.latest_delay_ms = 0.0
         self.timing_seq = 0
         self.completed = 0
+        self.recent: OrderedDict[str, tuple[str | None, TokenChunk | ErrorMsg, float]] = OrderedDict()
         self._generate_subs: list = []
 
     # --- lifecycle -----------------------------------------------------------------
@@ -98,6 +105,7 @@ class EdgeWorker(WorkerBase):
             await self.nc.subscribe(subjects.generate(self.cfg.edge_id), cb=self._on_generate)]
         self.subs += self._generate_subs
         self.subs.append(await self.nc.subscribe(subjects.CANCEL, cb=self._on_cancel))
+        self.subs.append(await self.nc.subscribe(subjects.RESUME, cb=self._on_resume))
         if not self.policies.learn_locally:
             self.subs.append(await self.nc.subscribe(subjects.policy(self.cfg.edge_id), cb=self._on_policy))
             await self._restore_from_bucket()
@@ -237,39 +245,80 @@ class EdgeWorker(WorkerBase):
         if msg.reply:
             await self.send_now(msg.reply, encode(AckMsg(c.request_id, "cancelled" if held else "not_held")))
 
+    async def _on_resume(self, msg: Msg) -> None:
+        """A client that may have missed chunks gets the stream's state (or its last message again)."""
+        try:
+            c: ResumeMsg = decode(msg.data, self.limits, expect=(ResumeMsg,))
+        except SchemaError as exc:
+            await self._refuse(msg, exc.code, str(exc))
+            return
+        state = self._stream_state(c)
+        if state is not None:
+            await self.send_now(c.inbox, encode(state))
+            self.log.info("stream_resumed", request_id=c.request_id, seq=getattr(state, "seq", None))
+        if msg.reply:
+            await self.send_now(msg.reply, encode(AckMsg(c.request_id, "resumed" if state else "not_held")))
+
+    def _stream_state(self, c: ResumeMsg) -> TokenChunk | ErrorMsg | None:
+        live = self.live.get(c.request_id)
+        if live is not None and live.inbox == c.inbox:
+            r = live.request
+            if live.terminal is not None:
+                return _as_resync(live.terminal)
+            if r is None or r.round == 0:
+                return None  # nothing streamed yet
+            text = r.detok.emitted if isinstance(r.detok, IncrementalDetokenizer) else None
+            return TokenChunk(c.request_id, r.round - 1, Int32Array(), "", False, None, r.round, len(r.out),
+                              Int32Array(r.out), text, resync=True)
+        inbox, terminal, _ = self.recent.get(c.request_id, (None, None, 0.0))
+        if terminal is not None and inbox == c.inbox:
+            return _as_resync(terminal)
+        return None
+
+    def _remember(self, request_id: str, live: Live) -> None:
+        if live.terminal is None or live.inbox is None:
+            return
+        now = time.monotonic()
+        self.recent[request_id] = (live.inbox, live.terminal, now)
+        self.recent.move_to_end(request_id)
+        while self.recent and (len(self.recent) > RECENT_KEEP or now - next(iter(self.recent.values()))[2] > RECENT_KEEP_S):
+            self.recent.popitem(last=False)
+
     # --- one request -------------------------------------------------------------------
     async def _serve(self, req: GenerateRequest, live: Live, spec: str) -> None:
-        reply, limit = live.inbox, deadline_s(req, self.cfg.limits)
+        limit = deadline_s(req, self.cfg.limits)
         deadline = asyncio.timeout(limit)
         try:
             async with deadline:
                 async with self.slots:
                     live.started = True
                     live.request = await self._open(req, spec)
-                    await self._rounds(live.request, reply)
+                    await self._rounds(live.request, live)
             self.completed += 1
         except TimeoutError as exc:
             if not deadline.expired():
-                await self._fail(req, reply, INTERNAL, f"request failed: {type(exc).__name__}")
+                await self._fail(req, live, INTERNAL, f"request failed: {type(exc).__name__}")
             else:
-                await self._fail(req, reply, DEADLINE, f"request passed its deadline of {limit:g} s")
+                await self._fail(req, live, DEADLINE, f"request passed its deadline of {limit:g} s")
         except asyncio.CancelledError:
             code, text = live.stop_reason or (UNAVAILABLE, "edge stopped the request")
-            await self._fail(req, reply, code, text)
+            await self._fail(req, live, code, text)
         except RoundFailed as exc:
-            await self._fail(req, reply, exc.code, str(exc))
+            await self._fail(req, live, exc.code, str(exc))
         except Exception as exc:  # a bug must not take the worker down: report it, keep serving others
-            await self._fail(req, reply, INTERNAL, f"request failed: {type(exc).__name__}: {str(exc)[:200]}")
+            await self._fail(req, live, INTERNAL, f"request failed: {type(exc).__name__}: {str(exc)[:200]}")
         finally:
             self.live.pop(req.request_id, None)
+            self._remember(req.request_id, live)
             if live.request is not None:
                 for subject, final in live.request.final_messages():
                     await self.send_now(subject, encode(final))
 
-    async def _fail(self, req: GenerateRequest, reply: str | None, code: str, text: str) -> None:
+    async def _fail(self, req: GenerateRequest, live: Live, code: str, text: str) -> None:
         self.log.warning("request_failed", request_id=req.request_id, code=code, error=text[:300])
-        if reply:
-            await self.send_now(reply, encode(ErrorMsg(code, text[:1000], req.request_id)))
+        live.terminal = ErrorMsg(code, text[:1000], req.request_id)
+        if live.inbox:
+            await self.send_now(live.inbox, encode(live.terminal))
 
     async def _open(self, req: GenerateRequest, spec: str) -> EdgeRequest:
         tok = self.pair.tokenizer
@@ -295,7 +344,8 @@ class EdgeWorker(WorkerBase):
             fallback = self.policies.fallback
             return fallback, 0, r.plan(fallback, 0, ctx)
 
-    async def _rounds(self, r: EdgeRequest, reply: str | None) -> None:
+    async def _rounds(self, r: EdgeRequest, live: Live) -> None:
+        reply = live.inbox
         draft_model: DraftSession | None = None
         if r.policy_spec != TARGET_ONLY:
             draft_model, _ = await self._run(DraftSession, self.pair.draft, r.context, self.pair.vocab_size, r.params)
@@ -322,6 +372,8 @@ class EdgeWorker(WorkerBase):
             self.latest_delay_ms = one_way_delay_ms(rec.timing.network_ms)
             if self.policies.learn_locally and policy.learns:  # else the controller learns
                 policy.observe(rec.outcome)
+            if rec.done:
+                live.terminal = rec.chunk
             if reply:
                 await self.send_now(reply, encode(rec.chunk))
             self.log.info("round", **round_log_fields(rec.timing))
@@ -363,6 +415,10 @@ class EdgeWorker(WorkerBase):
                              subject=nxt.subject, context_resent=nxt.msg.context is not None,
                              wait_s=round(nxt.wait_s, 3))
             step = nxt
+
+
+def _as_resync(terminal: TokenChunk | ErrorMsg) -> TokenChunk | ErrorMsg:
+    return replace(terminal, resync=True) if isinstance(terminal, TokenChunk) else terminal
 
 
 def _stop_rule(policy: Policy, ctx: RoundContext):

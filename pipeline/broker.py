@@ -93,10 +93,22 @@ class EmbeddedBroker:
 
     def restart(self) -> None:
         """Stop and start again on the same port (tests of reconnection)."""
-        port = self.port_number
         self.stop()
-        self.port = port
+        self.start_again()
+
+    def start_again(self) -> None:
+        """Start on the port it had (after a stop, or after it was killed), with the same store."""
+        self.port = self.port_number
+        if self.proc is not None and self.proc.poll() is None:
+            return
+        self.proc = None
         self.start()
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would: no shutdown, the store as it was on disk."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
 
     def __enter__(self) -> "EmbeddedBroker":
         return self.start()
@@ -106,7 +118,10 @@ class EmbeddedBroker:
 
 
 def die_with_parent() -> None:
-    """In the child, before exec: ask Linux to SIGTERM it when its parent dies (no-op elsewhere)."""
+    """In the child, before exec: ask Linux to SIGTERM it when its parent dies (no-op elsewhere).
+    Linux counts the *thread* that started the child as its parent: start children from a thread
+    that lives as long as they should (the main thread, or one launcher thread), never from a
+    short-lived worker thread."""
     if not sys.platform.startswith("linux"):
         return
     try:

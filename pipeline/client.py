@@ -1,10 +1,19 @@
 """Client side of a generate request: publish it, then read the token stream.
 
+Chunks carry consecutive `seq`; the client appends them in order. A chunk can
+be lost while the broker restarts (the edge may reconnect and publish before
+this client has resubscribed), so after its own reconnect, on a gap in `seq`,
+or after a silence, the client asks the edges for the stream's state
+(`ResumeMsg`, authenticated by the request's inbox); the edge holding the
+request (or that just finished it) answers with a resync chunk carrying the
+whole output so far, which replaces what the client has. Tokens are never
+lost or duplicated; how many arrived late through a resync is reported.
+
 "No responders" (NATS's 503 status on our inbox: no edge subscribed) is
 reported as such, or, with `wait_for_edge_s`, retried until an edge appears
 (the request reached nobody, so sending it again is safe). A client that stops
 waiting (its timeout, or its task cancelled) tells the edges to stop the
-generation (`CancelMsg`, authenticated by the request's inbox).
+generation (`CancelMsg`).
 """
 from __future__ import annotations
 
@@ -17,9 +26,12 @@ from nats.errors import TimeoutError as NatsTimeoutError
 
 from schemas import subjects
 from schemas.codec import Limits, SchemaError, decode, encode
-from schemas.messages import CancelMsg, ErrorMsg, GenerateRequest, TokenChunk
+from schemas.messages import CancelMsg, ErrorMsg, GenerateRequest, ResumeMsg, TokenChunk
 
 NO_RESPONDERS = "503"
+RESUME_AFTER_SILENCE_S = 5.0
+RESUME_RETRY_S = 1.0
+RESUME_AFTER_RECONNECT_S = 5.0
 
 
 @dataclass
@@ -29,13 +41,16 @@ class StreamResult:
     text: str = ""
     chunk_seqs: list[int] = field(default_factory=list)
     chunk_times_s: list[float] = field(default_factory=list)  # since the request was sent
+    chunk_mono: list[float] = field(default_factory=list)     # time.monotonic() of each chunk's arrival
     finish_reason: str | None = None
     error: str | None = None
     error_code: str | None = None
     total_s: float = 0.0
-    missing_seqs: list[int] = field(default_factory=list)  # chunks lost in transit (recovered from the last)
+    missing_seqs: list[int] = field(default_factory=list)    # chunks never received (their tokens came by resync)
     duplicate_seqs: list[int] = field(default_factory=list)  # chunks received twice (ignored)
-    streamed_ids: list[int] = field(default_factory=list)    # tokens as they streamed, before any recovery
+    resyncs: int = 0                                          # resync chunks applied
+    late_tokens: int = 0                                      # tokens that arrived through a resync
+    retracted_tokens: int = 0  # streamed tokens a resync contradicted (never expected: a lossless stream has 0)
     sent_at: float = 0.0  # time.monotonic() when the request was (last) sent
 
     @property
@@ -47,24 +62,112 @@ def _no_responders(msg) -> bool:
     return bool(msg.headers) and msg.headers.get("Status") == NO_RESPONDERS and not msg.data
 
 
+class _Stream:
+    """In-order assembly of one request's chunks (pure: no I/O)."""
+
+    def __init__(self, res: StreamResult, t0: float):
+        self.res, self.t0 = res, t0
+        self.high = -1                        # the last seq whose tokens are in res.token_ids
+        self.ahead: dict[int, TokenChunk] = {}
+        self.seen: set[int] = set()
+        self.gap = False
+
+    def add(self, m: TokenChunk) -> bool:
+        """Take one chunk; True when the stream is complete."""
+        res = self.res
+        now = time.monotonic()
+        if m.resync:
+            return self._resync(m, now)
+        if m.seq in self.seen or m.seq <= self.high:
+            res.duplicate_seqs.append(m.seq)
+            return False
+        self.seen.add(m.seq)
+        res.chunk_seqs.append(m.seq)
+        res.chunk_times_s.append(time.perf_counter() - self.t0)
+        res.chunk_mono.append(now)
+        self.ahead[m.seq] = m
+        self.gap = False
+        while self.high + 1 in self.ahead:
+            c = self.ahead.pop(self.high + 1)
+            self.high += 1
+            res.token_ids.extend(c.token_ids)
+            res.text += c.text
+            if c.done:
+                return self._finish(c)
+        self.gap = bool(self.ahead)
+        return False
+
+    def _resync(self, m: TokenChunk, now: float) -> bool:
+        res = self.res
+        if m.seq < self.high or m.full_ids is None:
+            return False  # older than what we have
+        res.resyncs += 1
+        res.chunk_mono.append(now)
+        full = list(m.full_ids)
+        have = res.token_ids
+        res.retracted_tokens += sum(1 for a, b in zip(have, full) if a != b) + max(0, len(have) - len(full))
+        res.late_tokens += max(0, len(full) - len(res.token_ids))
+        res.token_ids = full
+        res.text = m.full_text if m.full_text is not None else res.text
+        self.high = m.seq
+        self.ahead = {s: c for s, c in self.ahead.items() if s > self.high}
+        if m.done:
+            return self._finish(m, have_all=True)
+        while self.high + 1 in self.ahead:
+            c = self.ahead.pop(self.high + 1)
+            self.high += 1
+            res.token_ids.extend(c.token_ids)
+            res.text += c.text
+            if c.done:
+                return self._finish(c)
+        self.gap = bool(self.ahead)
+        return False
+
+    def _finish(self, c: TokenChunk, have_all: bool = False) -> bool:
+        res = self.res
+        res.finish_reason = c.finish_reason
+        res.missing_seqs = sorted(set(range(c.seq + 1)) - self.seen)
+        if c.full_ids is not None and list(c.full_ids) != res.token_ids:  # a safety net; never expected
+            have, full = res.token_ids, list(c.full_ids)
+            res.retracted_tokens += sum(1 for a, b in zip(have, full) if a != b) + max(0, len(have) - len(full))
+            res.late_tokens += max(0, len(full) - len(have))
+            res.token_ids = list(c.full_ids)
+            res.text = c.full_text if c.full_text is not None else res.text
+        return True
+
+
 async def generate_stream(nc: Client, req: GenerateRequest, timeout_s: float = 60.0, limits: Limits = Limits(),
                           subject: str = subjects.GENERATE, wait_for_edge_s: float = 0.0) -> StreamResult:
-    """Send `req` and read its stream. `timeout_s`: the longest wait for any one chunk."""
+    """Send `req` and read its stream. `timeout_s`: the longest silence before giving up."""
     res = StreamResult(req.request_id)
     inbox = nc.new_inbox()
     sub = await nc.subscribe(inbox)
     t0 = time.perf_counter()
+    stream = _Stream(res, t0)
     give_up_edge = time.monotonic() + wait_for_edge_s
+    reconnects = nc.stats.get("reconnects", 0)
+    reconnected_at = last_resume = -1e9
     finished = False
     try:
-        res.sent_at = time.monotonic()
+        res.sent_at = last_heard = time.monotonic()
         await nc.publish(subject, encode(req), reply=inbox)
         while True:
-            try:
-                msg = await sub.next_msg(timeout=timeout_s)
-            except NatsTimeoutError:
+            now = time.monotonic()
+            if now - last_heard > timeout_s:
                 res.error, res.error_code = f"no chunk within {timeout_s:g} s", "timeout"
                 break
+            if nc.stats.get("reconnects", 0) != reconnects:
+                reconnects, reconnected_at = nc.stats.get("reconnects", 0), now
+            wants = (stream.gap or now - reconnected_at < RESUME_AFTER_RECONNECT_S
+                     or now - last_heard > RESUME_AFTER_SILENCE_S)
+            if wants and now - last_resume >= RESUME_RETRY_S:
+                last_resume = now
+                await _publish(nc, subjects.RESUME, ResumeMsg(req.request_id, inbox))
+            try:
+                msg = await sub.next_msg(timeout=min(RESUME_RETRY_S, timeout_s))
+            except NatsTimeoutError:
+                continue
+            last_heard = time.monotonic()
             if _no_responders(msg):
                 if not res.chunk_seqs and time.monotonic() < give_up_edge:
                     await asyncio.sleep(0.25)
@@ -83,25 +186,14 @@ async def generate_stream(nc: Client, req: GenerateRequest, timeout_s: float = 6
                 res.error, res.error_code = f"{m.code}: {m.message}", m.code
                 finished = True
                 break
-            if m.seq in res.chunk_seqs:
-                res.duplicate_seqs.append(m.seq)
+            if m.request_id != req.request_id:
                 continue
-            res.chunk_seqs.append(m.seq)
-            res.chunk_times_s.append(time.perf_counter() - t0)
-            res.token_ids.extend(m.token_ids)
-            res.streamed_ids.extend(m.token_ids)
-            res.text += m.text
-            if m.done:
+            if stream.add(m):
                 finished = True
-                res.finish_reason = m.finish_reason
-                res.missing_seqs = sorted(set(range(m.seq + 1)) - set(res.chunk_seqs))
-                if m.full_ids is not None and list(m.full_ids) != res.token_ids:
-                    res.token_ids = list(m.full_ids)
-                    res.text = m.full_text if m.full_text is not None else res.text
                 break
     finally:
         if not finished:  # we stop waiting: the edge should stop generating
-            await _cancel(nc, req.request_id, inbox, res.error_code or "client_gone")
+            await _publish(nc, subjects.CANCEL, CancelMsg(req.request_id, inbox, (res.error_code or "client_gone")[:64]))
         try:
             await sub.unsubscribe()
         except Exception:
@@ -110,8 +202,8 @@ async def generate_stream(nc: Client, req: GenerateRequest, timeout_s: float = 6
     return res
 
 
-async def _cancel(nc: Client, request_id: str, inbox: str, reason: str) -> None:
+async def _publish(nc: Client, subject: str, msg) -> None:
     try:
-        await nc.publish(subjects.CANCEL, encode(CancelMsg(request_id, inbox, reason[:64])))
+        await nc.publish(subject, encode(msg))
     except Exception:
         pass  # the connection is gone: the edge's deadline ends the request

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from pipeline import aio, bus
 from pipeline.analysis import analyze_run, summarize_rounds
-from pipeline.broker import EmbeddedBroker, stop_process
+from pipeline.broker import EmbeddedBroker, die_with_parent, stop_process
 from pipeline.errors import PipelineError
 from pipeline.workload import WorkloadResult, run_workload, workload_prompts
 
@@ -44,7 +44,7 @@ class RunConfig:
     draft: str | None = None
     target: str | None = None
     local_policy: bool = False  # demo: the control subscriber learns; True keeps learning in the edge
-    extra: dict = field(default_factory=dict)
+    node_flags: dict[str, list[str]] = field(default_factory=dict)  # extra flags per worker kind
 
 
 def new_run_dir(root: str | Path) -> Path:
@@ -81,48 +81,81 @@ def write_manifest(run_dir: Path, cfg: RunConfig, broker_url: str) -> None:
 
 
 class NodeProcess:
-    """One worker as a child process; its JSON log is `<run_dir>/<node_id>.jsonl`."""
+    """One worker as a child process; its JSON log is `<run_dir>/<node_id>.jsonl`. It dies with
+    the process that started it (PR_SET_PDEATHSIG), so a killed demo leaves no workers behind."""
 
     def __init__(self, kind: str, node_id: str, run_dir: Path, args: list[str]):
         self.kind, self.node_id = kind, node_id
         self.log_file = run_dir / f"{node_id}.jsonl"
-        self.stderr = open(run_dir / f"{node_id}.stderr", "w")
+        self.stderr = open(run_dir / f"{node_id}.stderr", "a")
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", kind, "--id", node_id,
                                       "--log-file", str(self.log_file), *args],
-                                     stdout=subprocess.DEVNULL, stderr=self.stderr, env=env)
+                                     stdout=subprocess.DEVNULL, stderr=self.stderr, env=env,
+                                     preexec_fn=die_with_parent)
 
-    def wait_ready(self, event: str, timeout: float = 90.0) -> None:
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def wait_ready(self, event: str, timeout: float = 90.0, after: int = 0) -> None:
+        """Wait for `event` in the log, counting only lines past byte `after` (a restarted node's log
+        already holds the first start)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 err = Path(self.stderr.name).read_text().strip().splitlines()
                 raise PipelineError(f"{self.node_id} exited at start: {err[-1] if err else self.proc.returncode}")
-            if self.log_file.exists() and f'"event": "{event}"' in self.log_file.read_text():
+            if self.log_file.exists() and f'"event": "{event}"' in self.log_file.read_text()[after:]:
                 return
             time.sleep(0.1)
         raise PipelineError(f"{self.node_id} not ready after {timeout:.0f} s")
+
+    def log_size(self) -> int:
+        return self.log_file.stat().st_size if self.log_file.exists() else 0
 
     def stop(self) -> None:
         stop_process(self.proc, timeout=10)
         self.stderr.close()
 
 
+def node_args(kind: str, url: str, cfg: RunConfig, channel: str | None = None) -> list[str]:
+    """Command-line flags of one worker of this run (`cfg.node_flags[kind]` appended)."""
+    model = [*(["--draft", cfg.draft] if cfg.draft else []), *(["--target", cfg.target] if cfg.target else [])]
+    common = ["--nats", url, "--max-length", str(cfg.max_length)]
+    if kind == "cloud":
+        args = [*common, "--threads", "1", *model]
+    elif kind == "edge":
+        args = [*common, "--threads", "1", "--channel", channel or cfg.channel, "--policy", cfg.policy,
+                "--seed", str(cfg.seed), *model, *([] if cfg.local_policy else ["--remote-policy"])]
+    else:
+        args = [*common, "--seed", str(cfg.seed)]
+    return [*args, *cfg.node_flags.get(kind, [])]
+
+
+def start_node(kind: str, node_id: str, url: str, run_dir: Path, cfg: RunConfig, channel: str | None = None,
+               wait: bool = True) -> NodeProcess:
+    node = NodeProcess(kind, node_id, run_dir, node_args(kind, url, cfg, channel))
+    if wait:
+        try:
+            node.wait_ready(f"{kind}_started")
+        except Exception:
+            node.stop()
+            raise
+    return node
+
+
 def start_cluster(url: str, run_dir: Path, cfg: RunConfig, edges: int = 1, clouds: int = 1,
                   edge_channels: list[str] | None = None) -> list[NodeProcess]:
-    model = [*(["--draft", cfg.draft] if cfg.draft else []), *(["--target", cfg.target] if cfg.target else [])]
-    nodes = [NodeProcess("cloud", f"cloud-{i + 1}", run_dir, ["--nats", url, "--threads", "1",
-                                                              "--max-length", str(cfg.max_length), *model])
-             for i in range(clouds)]
-    for i in range(edges):
-        channel = (edge_channels or [cfg.channel])[i % len(edge_channels or [cfg.channel])]
-        nodes.append(NodeProcess("edge", f"edge-{i + 1}", run_dir,
-                                 ["--nats", url, "--threads", "1", "--channel", channel, "--policy", cfg.policy,
-                                  "--max-length", str(cfg.max_length), "--seed", str(cfg.seed), *model,
-                                  *([] if cfg.local_policy else ["--remote-policy"])]))
+    channels = edge_channels or [cfg.channel]
+    nodes = [start_node("cloud", f"cloud-{i + 1}", url, run_dir, cfg, wait=False) for i in range(clouds)]
+    nodes += [start_node("edge", f"edge-{i + 1}", url, run_dir, cfg, channels[i % len(channels)], wait=False)
+              for i in range(edges)]
     if not cfg.local_policy:
-        nodes.append(NodeProcess("control", "control-1", run_dir, ["--nats", url, "--max-length", str(cfg.max_length),
-                                                                   "--seed", str(cfg.seed)]))
+        nodes.append(start_node("control", "control-1", url, run_dir, cfg, wait=False))
     try:
         for n in nodes:
             n.wait_ready(f"{n.kind}_started")

@@ -198,8 +198,9 @@ class TokenChunk:
     finish_reason: str | None = None  # "eos" | "length" | "error" on the last chunk
     rounds: int = 0
     tokens: int = 0
-    full_ids: Int32Array | None = None  # last chunk only: the whole output, so a chunk lost in
-    full_text: str | None = None        # a broker outage never loses tokens
+    full_ids: Int32Array | None = None  # the whole output so far: on the last chunk and on a resync chunk,
+    full_text: str | None = None        # so a chunk lost in a broker outage never loses tokens
+    resync: bool = False                # an answer to `resume`: full_ids/full_text are the state at `seq`
 
     def validate(self, limits: Limits) -> None:
         _check_id(self.request_id, "request_id")
@@ -290,6 +291,22 @@ class CancelMsg:
         if not self.inbox or len(self.inbox) > 256:
             raise SchemaError("cancel: inbox must be 1..256 characters")
         _check_text("cancel.reason", self.reason, 64)
+
+
+@message("resume")
+@dataclass
+class ResumeMsg:
+    """A client that may have missed chunks (it reconnected, or saw a gap) asks for the stream's
+    state; the edge holding the request (or that just finished it) answers with a resync chunk.
+    `inbox` authenticates the client, as for `cancel`."""
+
+    request_id: str
+    inbox: str
+
+    def validate(self, limits: Limits) -> None:
+        _check_id(self.request_id, "request_id")
+        if not self.inbox or len(self.inbox) > 256:
+            raise SchemaError("resume: inbox must be 1..256 characters")
 
 
 @message("ack")

@@ -6,6 +6,7 @@ VERIFY = f"{PREFIX}.verify"                   # first round / resend: queue grou
 TIMING_PREFIX = f"{PREFIX}.timing"            # .<edge_id>: TimingEvent, captured by a JetStream stream
 POLICY_PREFIX = f"{PREFIX}.policy"            # .<edge_id>: PolicyUpdate
 CANCEL = f"{PREFIX}.cancel"                   # CancelMsg, to every edge (the one holding the request acts)
+RESUME = f"{PREFIX}.resume"                   # ResumeMsg, to every edge (the one holding the request answers)
 EDGE_QUEUE = "edges"
 VERIFIER_QUEUE = "verifiers"
 TIMING_STREAM = "SPECSTOP_TIMING"

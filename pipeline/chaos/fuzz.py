@@ -17,9 +17,10 @@ from typing import Any
 
 import msgpack
 
+from control import make_policy
 from schemas import subjects
 from schemas.codec import DEFAULT_MAX_PAYLOAD, Int32Array, encode
-from schemas.messages import CancelMsg, DraftMsg, GenerateRequest, PolicyUpdate, TimingEvent
+from schemas.messages import CancelMsg, DraftMsg, GenerateRequest, PolicyUpdate, ResumeMsg, TimingEvent
 
 EXTREME_INTS = (-1, 0, 1, 2**31, 2**53, 2**63 - 1, 2**64 - 1, -(2**63))
 EXTREME_FLOATS = (float("nan"), float("inf"), -float("inf"), -0.0, 1e308, -1.0, 1e-300)
@@ -34,21 +35,23 @@ class Target:
     template: Any
 
 
-def targets(edge_id: str, verifier_id: str, tag: str = "fuzz") -> list[Target]:
+def targets(edge_id: str, verifier_id: str, tag: str = "fuzz", max_length: int = 8) -> list[Target]:
     gen = GenerateRequest(f"{tag}-gen", prompt="The with statement", max_new_tokens=2, policy="fixed:1")
     draft = DraftMsg(f"{tag}-draft", 0, 0, f"{tag}-edge", Int32Array([104, 101]), 7,
                      context=Int32Array([84, 104, 101]))
     timing = TimingEvent(edge_id, f"{tag}-t", 0, 0, 3, 2, 30.0, 5.0, 4.0, 0.1, 20.9, 10.0, "auto", 0, verifier_id,
                          "0", 1, 3)
-    policy = PolicyUpdate(edge_id, "auto", 1, {"format": 1, "spec": "auto", "max_length": 8, "state": {}})
+    policy = PolicyUpdate(edge_id, "auto", 1, make_policy("auto", max_length=max_length).snapshot())
     cancel = CancelMsg(f"{tag}-gen", "_INBOX.nobody")
+    resume = ResumeMsg(f"{tag}-gen", "_INBOX.nobody")
     return [Target("generate", subjects.GENERATE, gen),
             Target("generate.edge", subjects.generate(edge_id), gen),
             Target("verify", subjects.VERIFY, draft),
             Target("verify.verifier", subjects.verifier(verifier_id), draft),
             Target("timing", subjects.timing(edge_id), timing),
             Target("policy", subjects.policy(edge_id), policy),
-            Target("cancel", subjects.CANCEL, cancel)]
+            Target("cancel", subjects.CANCEL, cancel),
+            Target("resume", subjects.RESUME, resume)]
 
 
 def random_value(rng: random.Random, depth: int = 0) -> Any:
