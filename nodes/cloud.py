@@ -63,9 +63,10 @@ class CloudWorker(WorkerBase):
         self._queue_sub = await self.nc.subscribe(subjects.VERIFY, queue=subjects.VERIFIER_QUEUE, cb=self._on_msg)
         self.subs.append(self._queue_sub)
         self.subs.append(await self.nc.subscribe(subjects.verifier(self.cfg.verifier_id), cb=self._on_msg))
+        self.subs.append(await self.nc.subscribe(subjects.SESSION_END, cb=self._on_end))
         self.background.add(asyncio.create_task(self._expire_loop()))
         self.log.info("cloud_started", verifier_id=self.cfg.verifier_id, subjects=[subjects.VERIFY,
-                      subjects.verifier(self.cfg.verifier_id)], model_nice=self.model_nice,
+                      subjects.verifier(self.cfg.verifier_id), subjects.SESSION_END], model_nice=self.model_nice,
                       max_sessions=self.cfg.max_sessions)
 
     async def stop(self) -> None:
@@ -89,6 +90,22 @@ class CloudWorker(WorkerBase):
             await self._send(msg.reply, ErrorMsg(OVERLOADED, f"verifier {self.cfg.verifier_id} has "
                                                              f"{self.max_in_flight} messages in hand"))
             self.log.warning(OVERLOADED, reason="messages in hand", subject=msg.subject)
+
+    async def _on_end(self, msg: Msg) -> None:
+        """Broadcast final drafts (every verifier gets them): only `final` is taken here."""
+        try:
+            dm: DraftMsg = decode(msg.data, self.limits, expect=(DraftMsg,))
+            if not dm.final:
+                raise SchemaError(f"{subjects.SESSION_END} takes final drafts only")
+        except SchemaError as exc:
+            await self._send(msg.reply, ErrorMsg(exc.code, str(exc)[:1000]))
+            self.log.warning("bad_message", code=exc.code, error=str(exc)[:300], replied=bool(msg.reply),
+                             subject=msg.subject)
+            return
+        adm = self.table.admit(dm, msg.reply, time.monotonic())
+        await self._publish(adm.replies)
+        if adm.detail == "held":
+            self._log_admission(dm, adm, msg.subject)
 
     async def _send(self, to: str | None, m: Any) -> None:
         if to:

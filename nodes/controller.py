@@ -52,17 +52,20 @@ class StreamLimits:
 class Learner:
     policy: Policy
     version: int = 0
-    last_seq: int = 0
+    last_seq: int = 0   # stream sequence of the last event applied ...
+    stream: str = ""    # ... in this incarnation of the stream (a re-created stream counts from 1 again)
 
 
-async def ensure_stream(js, limits: StreamLimits = StreamLimits()) -> None:
+async def ensure_stream(js, limits: StreamLimits = StreamLimits()) -> str:
+    """Create or update the timing stream; returns its identity (creation time)."""
     cfg = StreamConfig(name=subjects.TIMING_STREAM, subjects=[f"{subjects.TIMING_PREFIX}.>"],
                        storage=StorageType.FILE, max_age=limits.max_age_s, max_msgs=limits.max_msgs,
                        max_bytes=limits.max_bytes, max_msg_size=limits.max_msg_size, discard=DiscardPolicy.OLD)
     try:
-        await js.add_stream(cfg)
+        info = await js.add_stream(cfg)
     except BadRequestError:
-        await js.update_stream(cfg)
+        info = await js.update_stream(cfg)
+    return str(info.created or "")
 
 
 async def policy_bucket(js):
@@ -89,6 +92,7 @@ class Controller:
         self.js = nc.jetstream()
         self.kv = None
         self.psub = None
+        self.stream_id = ""
 
     async def start(self) -> None:
         await self._setup()
@@ -98,7 +102,7 @@ class Controller:
 
     async def _setup(self) -> None:
         """Stream, bucket and durable consumer: created if missing, resumed if there."""
-        await ensure_stream(self.js, self.stream)
+        self.stream_id = await ensure_stream(self.js, self.stream)
         self.kv = await policy_bucket(self.js)
         if self.psub is not None:
             try:
@@ -156,7 +160,7 @@ class Controller:
         except (SchemaError, ControlError) as exc:
             self.log.warning("snapshot_refused", key=key, error=str(exc)[:300])
             return None
-        return (upd.edge_id, pol.spec), Learner(pol, upd.version, upd.last_seq)
+        return (upd.edge_id, pol.spec), Learner(pol, upd.version, upd.last_seq, upd.stream)
 
     async def learner(self, edge_id: str, spec: str) -> Learner:
         key = (edge_id, spec)
@@ -236,6 +240,8 @@ class Controller:
             if found is None:
                 continue
             ln, ev = found
+            if ln.stream != self.stream_id:  # another incarnation of the stream: its sequences start anew
+                ln.stream, ln.last_seq = self.stream_id, 0
             if seq <= ln.last_seq:
                 self.skipped_duplicates += 1
                 continue
@@ -250,7 +256,7 @@ class Controller:
             self.applied += 1
             touched[(ev.edge_id, ln.policy.spec)] = ln
         for (edge_id, spec), ln in touched.items():
-            upd = PolicyUpdate(edge_id, spec, ln.version, ln.policy.snapshot(), ln.last_seq)
+            upd = PolicyUpdate(edge_id, spec, ln.version, ln.policy.snapshot(), ln.last_seq, ln.stream)
             payload = encode(upd)
             await self.kv.put(subjects.policy_key(edge_id, spec), payload)
             await self.nc.publish(subjects.policy(edge_id), payload)

@@ -84,7 +84,9 @@ RECENT_KEEP_S = 120.0
 class EdgeWorker(WorkerBase):
     def __init__(self, nc: Client, pair: ModelPair, config: EdgeConfig, limits: Limits, log: Any,
                  channel: Channel | None = None, policies: PolicyBook | None = None, model_nice: int = 0):
-        super().__init__(nc, log, "draft", config.limits.max_active + config.limits.max_queued, model_nice=model_nice)
+        # admission bounds live requests; tasks also count ones that are sending their last messages
+        super().__init__(nc, log, "draft", 2 * (config.limits.max_active + config.limits.max_queued),
+                         model_nice=model_nice)
         self.pair, self.cfg, self.limits = pair, config, limits
         self.channel = channel or ConstChannel(0.0)
         self.link = LinkTimer()
@@ -123,6 +125,10 @@ class EdgeWorker(WorkerBase):
                 await sub.unsubscribe()
             except NatsError:
                 pass
+        try:
+            await self.nc.flush(timeout=1)  # the broker stops routing requests here before we go on
+        except Exception:
+            pass
         self.subs = [s for s in self.subs if s not in self._generate_subs]
         for live in self.live.values():  # queued, not started: nothing to finish
             if not live.started and live.task is not None:

@@ -131,9 +131,14 @@ class LinkTimer:
         t0 = time.perf_counter()
         await asyncio.sleep(max(0.0, ms - lead) / 1e3)
         spent = (time.perf_counter() - t0) * 1e3
-        error = min(1.0, max(-1.0, spent - ms))  # clipped: one stall must not swing the next sleeps
-        self.lead_ms[octave] = min(self.max_lead_ms, max(0.0, lead + self.gain * error))
+        self.correct(octave, lead, spent, ms)
         return spent
+
+    def correct(self, octave: int, lead: float, spent: float, asked: float) -> None:
+        """Integral step: move the octave's lead by `gain` x this sleep's error (clipped to 1 ms,
+        so one stall does not swing the next sleeps)."""
+        error = min(1.0, max(-1.0, spent - asked))
+        self.lead_ms[octave] = round(min(self.max_lead_ms, max(0.0, lead + self.gain * error)), 9)
 
     def _nearest_lead(self, octave: int) -> float:
         """A new octave starts from its nearest measured neighbour (lateness varies slowly with delay)."""

@@ -64,6 +64,7 @@ def summarize_rounds(rounds: list[dict]) -> dict:
     accepted = sum(r["accepted"] for r in spec)
     drafted = sum(r["draft_length"] for r in spec)
     overhead = [r["network_ms"] - 2 * r.get("delay_ms", 0.0) for r in rounds]
+    link_error = [r["link_ms"] - 2 * r["delay_ms"] for r in rounds if r.get("delay_ms", 0) > 0 and "link_ms" in r]
     return {
         "rounds": len(rounds),
         "tokens": tokens,
@@ -83,6 +84,9 @@ def summarize_rounds(rounds: list[dict]) -> dict:
         "rejections": sum(1 for r in spec if r["accepted"] < r["draft_length"]),
         "full_accepts": sum(1 for r in spec if r["accepted"] == r["draft_length"]),
         "context_resends": sum(1 for r in rounds if r.get("context_resent") and r["round"] > 0),
+        "median_link_error_ms": _median(link_error),      # emulated link time slept - 2 x delay
+        "p90_abs_link_error_ms": _p([abs(e) for e in link_error], 0.9),
+        "stall_ms": round(sum(r.get("stall_ms", 0.0) for r in rounds), 3),  # lost to retries and failover
     }
 
 

@@ -168,6 +168,7 @@ def bench_pipeline(run_root: str = "runs", requests: int = 32, max_new_tokens: i
         "target_only_cloud_ms_per_token": s["baselines"]["one_round_trip_per_token"]["cloud_verify_ms_per_token"],
         "cloud_compute_vs_target_only": s["cloud_compute_vs_target_only"],
         "tokens_per_round": s["tokens_per_round"], "lengths_chosen": s["lengths_chosen"],
+        "median_link_error_ms": s["median_link_error_ms"], "p90_abs_link_error_ms": s["p90_abs_link_error_ms"],
     }
     return result
 

@@ -111,7 +111,7 @@ class EmbeddedBroker:
             self.proc.wait()
 
     def __enter__(self) -> "EmbeddedBroker":
-        return self.start()
+        return self if self.proc is not None and self.proc.poll() is None else self.start()
 
     def __exit__(self, *exc) -> None:
         self.stop()
@@ -138,7 +138,10 @@ def _last_error(log: Path) -> str:
         lines = [ln for ln in log.read_text(errors="replace").splitlines() if "[FTL]" in ln or "[ERR]" in ln]
     except OSError:
         lines = []
-    return lines[-1].split("] ", 1)[-1].strip() if lines else f"see {log}"
+    if not lines:
+        return f"see {log}"
+    last = lines[-1]
+    return last[last.index("]", last.index("[FTL]" if "[FTL]" in last else "[ERR]")) + 1:].strip()
 
 
 def stop_process(proc: subprocess.Popen, timeout: float) -> None:

@@ -48,10 +48,18 @@ def cmd_broker(a: argparse.Namespace) -> None:
     from pipeline.broker import EmbeddedBroker
     from pipeline.orchestrate import new_run_dir
 
+    import shutil
+
     _stop_on_sigterm()
     run_dir = new_run_dir(a.run_root)
     store = Path(a.store_dir) if a.store_dir else Path(a.run_root) / "jetstream"
-    with EmbeddedBroker(run_dir, port=a.port, store_dir=store) as b:
+    broker = EmbeddedBroker(run_dir, port=a.port, store_dir=store)
+    try:
+        broker.start()
+    except Exception:
+        shutil.rmtree(run_dir, ignore_errors=True)  # nothing ran: leave no empty run directory behind
+        raise
+    with broker as b:
         print(json.dumps({"event": "broker_started", "url": b.url, "run_dir": str(run_dir),
                           "store_dir": str(store)}), flush=True)
         try:

@@ -10,8 +10,10 @@ whole output so far, which replaces what the client has. Tokens are never
 lost or duplicated; how many arrived late through a resync is reported.
 
 "No responders" (NATS's 503 status on our inbox: no edge subscribed) is
-reported as such, or, with `wait_for_edge_s`, retried until an edge appears
-(the request reached nobody, so sending it again is safe). A client that stops
+reported as such. With `wait_for_edge_s`, a request that no edge took (no
+responders, `overloaded`, or `unavailable` before its first chunk) is sent
+again after a pause until that long has passed: nothing was generated for it,
+so sending it again is safe. A client that stops
 waiting (its timeout, or its task cancelled) tells the edges to stop the
 generation (`CancelMsg`).
 """
@@ -29,6 +31,7 @@ from schemas.codec import Limits, SchemaError, decode, encode
 from schemas.messages import CancelMsg, ErrorMsg, GenerateRequest, ResumeMsg, TokenChunk
 
 NO_RESPONDERS = "503"
+NOT_TAKEN = ("overloaded", "unavailable")  # refusals before any work: the request may be sent again
 RESUME_AFTER_SILENCE_S = 5.0
 RESUME_RETRY_S = 1.0
 RESUME_AFTER_RECONNECT_S = 5.0
@@ -183,6 +186,11 @@ async def generate_stream(nc: Client, req: GenerateRequest, timeout_s: float = 6
                 res.error, res.error_code = f"bad chunk: {exc}", exc.code
                 break
             if isinstance(m, ErrorMsg):
+                if m.code in NOT_TAKEN and not res.chunk_seqs and time.monotonic() < give_up_edge:
+                    await asyncio.sleep(0.25)
+                    res.sent_at = time.monotonic()
+                    await nc.publish(subject, encode(req), reply=inbox)
+                    continue
                 res.error, res.error_code = f"{m.code}: {m.message}", m.code
                 finished = True
                 break

@@ -265,6 +265,7 @@ class PolicyUpdate:
     version: int
     snapshot: dict = field(default_factory=dict)
     last_seq: int = 0
+    stream: str = ""  # which incarnation of the timing stream last_seq counts in (its creation time)
 
     def validate(self, limits: Limits) -> None:
         _check_id(self.edge_id, "edge_id")
@@ -274,6 +275,7 @@ class PolicyUpdate:
             raise SchemaError(f"policy: version must be in [1, {MAX_POLICY_VERSION}]")
         if not 0 <= self.last_seq <= MAX_SEQ:
             raise SchemaError("policy: last_seq out of range")
+        _check_text("policy.stream", self.stream, 64)
 
 
 @message("cancel")

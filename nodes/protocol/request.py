@@ -133,6 +133,7 @@ class EdgeRequest:
     _pending: DraftMsg | None = None
     _failing_since: float | None = None
     _context_resent: bool = False
+    _holder_unknown: bool = False  # a context went to the queue group and no verdict named who took it
 
     def __post_init__(self) -> None:
         self.context = list(self.prompt_ids)
@@ -161,6 +162,7 @@ class EdgeRequest:
                                   edge_id=self.rules.edge_id, params=self.params,
                                   context=self.context if self.verifier is None else None)
         self._context_resent = self.verifier is None and not first_round
+        self._holder_unknown = self._holder_unknown or self.verifier is None
         self._pending = msg
         return Send(self._subject(), msg, 0.0, self.rules.request_timeout_s)
 
@@ -176,6 +178,7 @@ class EdgeRequest:
         if self.verifier is not None and self.verifier != v.verifier_id:
             self._leave(self.verifier)
         self.verifier = v.verifier_id
+        self._holder_unknown = False
         return Accepted(v)
 
     def on_error(self, e: ErrorMsg, now: float) -> Send | Failed:
@@ -231,10 +234,11 @@ class EdgeRequest:
     # --- the end ---------------------------------------------------------------------
     def final_messages(self) -> list[tuple[str, DraftMsg]]:
         """One `final` draft to every verifier that may hold a session of this request."""
-        targets = [*self.left_behind, *([self.verifier] if self.verifier else [])]
-        return [(subjects.verifier(v), DraftMsg(self.req.request_id, min(self.round, (1 << 31) - 1), 0,
-                                                self.rules.edge_id, Int32Array(), 0, final=True))
-                for v in dict.fromkeys(targets)]
+        targets = [subjects.verifier(v) for v in dict.fromkeys([*self.left_behind, self.verifier]) if v]
+        if self._holder_unknown:  # a verifier may hold a session it never told us about: tell them all
+            targets.append(subjects.SESSION_END)
+        return [(t, DraftMsg(self.req.request_id, min(self.round, (1 << 31) - 1), 0, self.rules.edge_id, Int32Array(),
+                             0, final=True)) for t in targets]
 
     # --- internals -------------------------------------------------------------------
     def _subject(self) -> str:
@@ -266,6 +270,7 @@ class EdgeRequest:
             self.verifier = None
             m.context = Int32Array(self.context)
             self._context_resent = True
+            self._holder_unknown = True
         wait = 0.0
         if backoff:
             wait = min(self.rules.backoff_max_s, self.rules.backoff_min_s * 2 ** min(self.retries, 16),

@@ -1,0 +1,122 @@
+"""Commands as processes: SIGTERM stops them and what they started; the broker keeps its store."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.conftest import run_cli
+
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(*args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "pipeline.cli", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def children(pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+    return [int(x) for x in out.split()]
+
+
+def gone(pid: int, timeout: float = 15.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        try:  # reap it if it is our zombie child
+            if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                return True
+        except ChildProcessError:
+            pass
+        time.sleep(0.05)
+    return False
+
+
+@pytest.fixture
+def broker_cli(tmp_path):
+    port = free_port()
+    proc = start("broker", "--port", str(port), "--run-root", str(tmp_path))
+    info = json.loads(proc.stdout.readline())
+    yield proc, info, port
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
+def test_sigterm_to_the_broker_command_stops_its_nats_server(broker_cli):
+    proc, info, port = broker_cli
+    [server] = children(proc.pid)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=15) == 0
+    assert gone(server)
+
+
+def test_a_killed_broker_command_takes_its_nats_server_with_it(broker_cli):
+    proc, info, port = broker_cli
+    [server] = children(proc.pid)
+    proc.kill()
+    proc.wait()
+    assert gone(server)
+
+
+def test_a_busy_port_is_one_clear_line_and_no_run_directory(broker_cli, tmp_path):
+    proc, info, port = broker_cli
+    before = set(tmp_path.iterdir())
+    r = run_cli("broker", "--port", str(port), "--run-root", str(tmp_path), timeout=60)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "address already in use" in r.stderr
+    assert set(tmp_path.iterdir()) == before
+
+
+def test_the_broker_keeps_its_jetstream_store_across_restarts(tmp_path):
+    from nodes.controller import ensure_stream
+    from pipeline import aio, bus
+
+    async def stream_names(url: str, create: bool) -> list[str]:
+        nc = await bus.connect(url, "probe", long_lived=False)
+        try:
+            if create:
+                await ensure_stream(nc.jetstream())
+            return [s.config.name for s in await nc.jetstream().streams_info()]
+        finally:
+            await nc.close()
+
+    port = free_port()
+    names = []
+    for create in (True, False):
+        proc = start("broker", "--port", str(port), "--run-root", str(tmp_path))
+        info = json.loads(proc.stdout.readline())
+        try:
+            names.append(aio.run(stream_names(info["url"], create)))
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=15)
+    assert names == [["SPECSTOP_TIMING"], ["SPECSTOP_TIMING"]] and info["store_dir"].endswith("jetstream")
+
+
+def test_sigterm_stops_the_controller_after_its_batch(broker_cli, tmp_path):
+    proc, info, port = broker_cli
+    log = tmp_path / "control.jsonl"
+    ctl = start("control", "--nats", info["url"], "--log-file", str(log))
+    deadline = time.monotonic() + 60
+    while '"control_started"' not in (log.read_text() if log.exists() else ""):
+        assert time.monotonic() < deadline and ctl.poll() is None, ctl.stderr.read() if ctl.poll() else "not ready"
+        time.sleep(0.1)
+    ctl.send_signal(signal.SIGTERM)
+    assert ctl.wait(timeout=20) == 0
+    assert '"control_stopped"' in log.read_text()
