@@ -41,9 +41,6 @@ from schemas.messages import (
 )
 from schemas.rounds import Draft
 
-TARGET_ONLY = "target-only"
-
-
 class RoundFailed(RuntimeError):
     def __init__(self, code: str, message: str):
         super().__init__(message)
@@ -352,17 +349,15 @@ class EdgeWorker(WorkerBase):
 
     async def _rounds(self, r: EdgeRequest, live: Live) -> None:
         reply = live.inbox
-        draft_model: DraftSession | None = None
-        if r.policy_spec != TARGET_ONLY:
-            draft_model, _ = await self._run(DraftSession, self.pair.draft, r.context, self.pair.vocab_size, r.params)
+        draft_model: DraftSession | None = None  # prefilled at the first drafted round (never for target-only)
         while not r.done:
             sample = self.channel.sample()
             ctx = RoundContext(self.latest_delay_ms, sample.state)
             policy, version, plan = self._acting(r, ctx)
-            t0 = time.perf_counter()
             if plan.length and draft_model is None:
                 draft_model, _ = await self._run(DraftSession, self.pair.draft, r.context, self.pair.vocab_size,
                                                  r.params)
+            t0 = time.perf_counter()
             if plan.length:
                 stop = _stop_rule(policy, ctx)
                 d, edge_queue_ms = await self._run(draft_model.propose, plan.length, plan.seed, stop)

@@ -84,7 +84,8 @@ def _node_options(a: argparse.Namespace):
 def cmd_cloud(a: argparse.Namespace) -> None:
     from pipeline.serve import CloudOptions, serve_cloud
 
-    aio.run(serve_cloud(_node_options(a), CloudOptions(a.max_sessions, a.session_ttl, a.evict_idle)))
+    aio.run(serve_cloud(_node_options(a), CloudOptions(a.max_sessions, a.session_ttl, a.evict_idle,
+                                                       a.max_context_tokens)))
 
 
 def cmd_edge(a: argparse.Namespace) -> None:
@@ -235,6 +236,8 @@ def register(sub) -> None:
     p.add_argument("--session-ttl", type=_positive_float, default=120.0, help="seconds an idle session is kept")
     p.add_argument("--evict-idle", type=_positive_float, default=2.0,
                    help="at the cap, a session idle this many seconds may make room for a new one")
+    p.add_argument("--max-context-tokens", type=_positive_int, default=8192,
+                   help="tokens one session may hold (prompt + generated); larger contexts are refused")
     p.set_defaults(func=cmd_cloud)
 
     p = sub.add_parser("edge", help="serve generate requests with the draft model")

@@ -49,6 +49,7 @@ class CloudOptions:
     max_sessions: int = 128
     session_ttl_s: float = 120.0
     evict_idle_s: float = 2.0
+    max_context_tokens: int = 8192  # prompt + generated tokens one session may hold
 
 
 def limits_for(vocab: int, opts: NodeOptions, max_context_tokens: int = 32768) -> Limits:
@@ -90,8 +91,8 @@ async def serve_cloud(opts: NodeOptions, cloud: CloudOptions) -> None:
     nc = await bus.connect(opts.nats_url, opts.node_id, log)
     cfg = CloudConfig(opts.node_id, cloud.max_sessions, cloud.session_ttl_s, evict_idle_s=cloud.evict_idle_s,
                       drain_timeout_s=opts.drain_timeout_s)
-    worker = CloudWorker(nc, pair.target, pair.vocab_size, cfg, limits_for(pair.vocab_size, opts), log,
-                         model_nice=opts.model_nice)
+    worker = CloudWorker(nc, pair.target, pair.vocab_size, cfg,
+                         limits_for(pair.vocab_size, opts, cloud.max_context_tokens), log, model_nice=opts.model_nice)
     await worker.start()
     await _wait_for_signal()
     await worker.stop()
