@@ -93,14 +93,8 @@ class CloudWorker(WorkerBase):
 
     async def _on_end(self, msg: Msg) -> None:
         """Broadcast final drafts (every verifier gets them): only `final` is taken here."""
-        try:
-            dm: DraftMsg = decode(msg.data, self.limits, expect=(DraftMsg,))
-            if not dm.final:
-                raise SchemaError(f"{subjects.SESSION_END} takes final drafts only")
-        except SchemaError as exc:
-            await self._send(msg.reply, ErrorMsg(exc.code, str(exc)[:1000]))
-            self.log.warning("bad_message", code=exc.code, error=str(exc)[:300], replied=bool(msg.reply),
-                             subject=msg.subject)
+        dm = await self._decode(msg, final_only=True)
+        if dm is None:
             return
         adm = self.table.admit(dm, msg.reply, time.monotonic())
         await self._publish(adm.replies)
@@ -111,13 +105,22 @@ class CloudWorker(WorkerBase):
         if to:
             await self.send_now(to, encode(m))
 
-    async def _handle(self, msg: Msg, received: float) -> None:
+    async def _decode(self, msg: Msg, final_only: bool = False) -> DraftMsg | None:
+        """The draft, or None after answering (and logging) why it cannot be used."""
         try:
             dm: DraftMsg = decode(msg.data, self.limits, expect=(DraftMsg,))
+            if final_only and not dm.final:
+                raise SchemaError(f"{subjects.SESSION_END} takes final drafts only")
         except SchemaError as exc:
             await self._send(msg.reply, ErrorMsg(exc.code, str(exc)[:1000]))
             self.log.warning("bad_message", code=exc.code, error=str(exc)[:300], replied=bool(msg.reply),
                              subject=msg.subject)
+            return None
+        return dm
+
+    async def _handle(self, msg: Msg, received: float) -> None:
+        dm = await self._decode(msg)
+        if dm is None:
             return
         adm = self.table.admit(dm, msg.reply, time.monotonic())
         await self._publish(adm.replies)

@@ -89,7 +89,11 @@ class _Stream:
         res.chunk_times_s.append(time.perf_counter() - self.t0)
         res.chunk_mono.append(now)
         self.ahead[m.seq] = m
-        self.gap = False
+        return self._drain()
+
+    def _drain(self) -> bool:
+        """Append the chunks that follow what we have, in order; True at the last one."""
+        res = self.res
         while self.high + 1 in self.ahead:
             c = self.ahead.pop(self.high + 1)
             self.high += 1
@@ -115,18 +119,10 @@ class _Stream:
         self.high = m.seq
         self.ahead = {s: c for s, c in self.ahead.items() if s > self.high}
         if m.done:
-            return self._finish(m, have_all=True)
-        while self.high + 1 in self.ahead:
-            c = self.ahead.pop(self.high + 1)
-            self.high += 1
-            res.token_ids.extend(c.token_ids)
-            res.text += c.text
-            if c.done:
-                return self._finish(c)
-        self.gap = bool(self.ahead)
-        return False
+            return self._finish(m)
+        return self._drain()
 
-    def _finish(self, c: TokenChunk, have_all: bool = False) -> bool:
+    def _finish(self, c: TokenChunk) -> bool:
         res = self.res
         res.finish_reason = c.finish_reason
         res.missing_seqs = sorted(set(range(c.seq + 1)) - self.seen)
