@@ -28,24 +28,15 @@ from typing import Any
 
 from nats.aio.client import Client
 from nats.errors import TimeoutError as NatsTimeoutError
-from nats.js.api import AckPolicy, ConsumerConfig, DiscardPolicy, StorageType, StreamConfig
-from nats.js.errors import BadRequestError, KeyNotFoundError, NoKeysError, NotFoundError
+from nats.js.api import AckPolicy, ConsumerConfig
+from nats.js.errors import KeyNotFoundError, NoKeysError
 
 from control import ControlError, Policy, make_policy
+from nodes.jetstream import StreamLimits, ensure_stream, policy_bucket
 from nodes.protocol.timing import outcome_of
 from schemas import subjects
 from schemas.codec import Limits, SchemaError, decode, encode
 from schemas.messages import PolicyUpdate, TimingEvent
-
-
-@dataclass(frozen=True)
-class StreamLimits:
-    """Bounds of the timing stream: whichever is hit first discards the oldest events."""
-
-    max_msgs: int = 1_000_000
-    max_bytes: int = 512 * 1024 * 1024
-    max_age_s: float = 24 * 3600.0
-    max_msg_size: int = 4096  # a timing event is ~400 bytes
 
 
 @dataclass
@@ -54,25 +45,6 @@ class Learner:
     version: int = 0
     last_seq: int = 0   # stream sequence of the last event applied ...
     stream: str = ""    # ... in this incarnation of the stream (a re-created stream counts from 1 again)
-
-
-async def ensure_stream(js, limits: StreamLimits = StreamLimits()) -> str:
-    """Create or update the timing stream; returns its identity (creation time)."""
-    cfg = StreamConfig(name=subjects.TIMING_STREAM, subjects=[f"{subjects.TIMING_PREFIX}.>"],
-                       storage=StorageType.FILE, max_age=limits.max_age_s, max_msgs=limits.max_msgs,
-                       max_bytes=limits.max_bytes, max_msg_size=limits.max_msg_size, discard=DiscardPolicy.OLD)
-    try:
-        info = await js.add_stream(cfg)
-    except BadRequestError:
-        info = await js.update_stream(cfg)
-    return str(info.created or "")
-
-
-async def policy_bucket(js):
-    try:
-        return await js.key_value(subjects.POLICY_BUCKET)
-    except (NotFoundError, BadRequestError):
-        return await js.create_key_value(bucket=subjects.POLICY_BUCKET, history=1, max_bytes=256 * 1024 * 1024)
 
 
 class Controller:

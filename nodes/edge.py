@@ -25,6 +25,7 @@ from nats.errors import Error as NatsError, NoRespondersError, TimeoutError as N
 
 from control import ControlError, Policy, RoundContext
 from nodes.detokenize import IncrementalDetokenizer
+from nodes.jetstream import ensure_stream
 from nodes.link import Channel, ConstChannel, LinkTimer
 from nodes.models.loading import ModelPair
 from nodes.models.sessions import DraftSession
@@ -198,13 +199,19 @@ class EdgeWorker(WorkerBase):
                 self.log.warning("policy_update_refused", error=str(exc)[:300], source="bucket", key=key)
 
     async def _resync_after_reconnect(self) -> None:
-        """After a reconnect (a broker restart) updates may have been missed: read the bucket again."""
+        """After a reconnect (a broker restart) updates may have been missed: read the bucket again,
+        and re-create the timing stream if the broker came back without it (its events would be lost
+        until the controller returns)."""
         seen = self.nc.stats.get("reconnects", 0)
         while True:
             await asyncio.sleep(1.0)
             now = self.nc.stats.get("reconnects", 0)
             if now != seen and self.nc.is_connected:
                 seen = now
+                try:
+                    await ensure_stream(self.nc.jetstream(), update=False)
+                except Exception as exc:  # no JetStream on this broker: the controller cannot run either
+                    self.log.warning("stream_check_failed", error=type(exc).__name__)
                 await self._restore_from_bucket()
 
     # --- admission ---------------------------------------------------------------------

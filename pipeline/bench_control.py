@@ -13,7 +13,8 @@ import statistics
 import time
 from dataclasses import replace
 
-from nodes.controller import Controller, ensure_stream
+from nodes.controller import Controller
+from nodes.jetstream import ensure_stream
 from nodes.policy_book import PolicyBook
 from pipeline import aio, bus, logs
 from pipeline.broker import EmbeddedBroker

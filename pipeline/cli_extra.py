@@ -102,7 +102,7 @@ def cmd_edge(a: argparse.Namespace) -> None:
 
 
 def cmd_control(a: argparse.Namespace) -> None:
-    from nodes.controller import StreamLimits
+    from nodes.jetstream import StreamLimits
     from pipeline.serve import serve_control
 
     stream = StreamLimits(a.stream_max_msgs, a.stream_max_bytes, a.stream_max_age)

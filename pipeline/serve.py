@@ -135,7 +135,8 @@ async def serve_edge(opts: NodeOptions, edge: EdgeOptions) -> None:
 
 async def serve_control(nats_url: str, node_id: str, log_file: str | None, max_length: int, seed: int,
                         stream=None, max_learners: int = 1024) -> None:
-    from nodes.controller import Controller, StreamLimits
+    from nodes.controller import Controller
+    from nodes.jetstream import StreamLimits
 
     log = logs.configure(node_id, log_file)
     nc = await bus.connect(nats_url, node_id, log)

@@ -7,7 +7,7 @@ import msgpack
 import pytest
 
 from control import RoundContext, RoundOutcome, make_policy
-from nodes.controller import ensure_stream
+from nodes.jetstream import ensure_stream
 from pipeline import bus
 from pipeline.client import generate_stream
 from schemas import subjects
@@ -188,7 +188,7 @@ async def test_an_event_naming_another_edge_than_its_subject_is_not_learned(brok
 
 
 async def test_a_bad_snapshot_in_the_bucket_is_refused_at_restore_and_the_controller_keeps_learning(broker, tmp_path):
-    from nodes.controller import policy_bucket
+    from nodes.jetstream import policy_bucket
 
     nc = await bus.connect(broker.url, "vandal", long_lived=False)
     kv = await policy_bucket(nc.jetstream())

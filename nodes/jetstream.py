@@ -1,0 +1,44 @@
+"""The JetStream objects the control plane lives on: the timing stream and the policy bucket.
+
+Shared by the controller (which creates and sizes them) and the edges (which
+re-create a missing stream after a broker restart, and read the bucket).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from nats.js.api import DiscardPolicy, StorageType, StreamConfig
+from nats.js.errors import BadRequestError, NotFoundError
+
+from schemas import subjects
+
+
+@dataclass(frozen=True)
+class StreamLimits:
+    """Bounds of the timing stream: whichever is hit first discards the oldest events."""
+
+    max_msgs: int = 1_000_000
+    max_bytes: int = 512 * 1024 * 1024
+    max_age_s: float = 24 * 3600.0
+    max_msg_size: int = 4096  # a timing event is ~400 bytes
+
+
+async def ensure_stream(js, limits: StreamLimits = StreamLimits(), update: bool = True) -> str:
+    """Create the timing stream, or (with `update`) bring an existing one to `limits`; returns its
+    identity (creation time). Edges pass update=False: they re-create a missing stream after a
+    broker restart but never change the limits the controller set."""
+    cfg = StreamConfig(name=subjects.TIMING_STREAM, subjects=[f"{subjects.TIMING_PREFIX}.>"],
+                       storage=StorageType.FILE, max_age=limits.max_age_s, max_msgs=limits.max_msgs,
+                       max_bytes=limits.max_bytes, max_msg_size=limits.max_msg_size, discard=DiscardPolicy.OLD)
+    try:
+        info = await js.add_stream(cfg)
+    except BadRequestError:
+        info = await (js.update_stream(cfg) if update else js.stream_info(subjects.TIMING_STREAM))
+    return str(info.created or "")
+
+
+async def policy_bucket(js):
+    try:
+        return await js.key_value(subjects.POLICY_BUCKET)
+    except (NotFoundError, BadRequestError):
+        return await js.create_key_value(bucket=subjects.POLICY_BUCKET, history=1, max_bytes=256 * 1024 * 1024)
