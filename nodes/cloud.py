@@ -21,6 +21,7 @@ from typing import Any
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
+from nodes.device import DeviceProfile, Pacer
 from nodes.models.sessions import verify_round
 from nodes.protocol.verifier_table import Admission, Compute, Outcome, Reply, SessionTable, TableConfig
 from nodes.worker_base import WorkerBase
@@ -45,9 +46,11 @@ class CloudConfig:
 
 class CloudWorker(WorkerBase):
     def __init__(self, nc: Client, model: Any, vocab_size: int, config: CloudConfig, limits: Limits, log: Any,
-                 model_nice: int = 0):
+                 model_nice: int = 0, device: DeviceProfile | None = None):
         super().__init__(nc, log, "verify", config.max_in_flight, model_nice=model_nice)
         self.model, self.vocab, self.cfg, self.limits = model, vocab_size, config, limits
+        self.device = device if device is not None and device.emulates_verify else None
+        self.pacer = Pacer(self.device) if self.device else None
         self.table = SessionTable(config.table(), limits)
         self._queue_sub = None
 
@@ -67,7 +70,7 @@ class CloudWorker(WorkerBase):
         self.background.add(asyncio.create_task(self._expire_loop()))
         self.log.info("cloud_started", verifier_id=self.cfg.verifier_id, subjects=[subjects.VERIFY,
                       subjects.verifier(self.cfg.verifier_id), subjects.SESSION_END], model_nice=self.model_nice,
-                      max_sessions=self.cfg.max_sessions)
+                      max_sessions=self.cfg.max_sessions, device=self.device.to_dict() if self.device else None)
 
     async def stop(self) -> None:
         self.table.begin_drain()
@@ -141,12 +144,19 @@ class CloudWorker(WorkerBase):
             await self._publish(self.table.finish(s, exc, None, time.monotonic()))
             return
         queue_ms = (started - received) * 1e3
-        replies = self.table.finish(s, Outcome(v.accepted, v.next_token, v.verify_ms + prefill_ms, queue_ms),
-                                    state, time.monotonic())
+        real_ms = emulated_ms = v.verify_ms
+        if self.pacer is not None:  # the device's forward takes this long; prefill runs at our speed
+            emulated_ms, pad = self.pacer.verify(len(dm.tokens), v.verify_ms)
+            if pad > 0:
+                await asyncio.sleep(pad / 1e3)
+        outcome = Outcome(v.accepted, v.next_token, emulated_ms + prefill_ms, queue_ms,
+                          real_ms + prefill_ms if self.pacer is not None else None)
+        replies = self.table.finish(s, outcome, state, time.monotonic())
         await self._publish(replies)
         self.log.info("verify", request_id=dm.request_id, round=dm.round, attempt=dm.attempt, edge_id=dm.edge_id,
                       verifier_id=self.cfg.verifier_id, draft_length=len(dm.tokens), accepted=v.accepted,
-                      verify_ms=round(v.verify_ms, 3), prefill_ms=round(prefill_ms, 3), queue_ms=round(queue_ms, 3),
+                      verify_ms=round(emulated_ms, 3), verify_real_ms=round(real_ms, 3), prefill_ms=round(prefill_ms, 3),
+                      queue_ms=round(queue_ms, 3),
                       context_resent=job.rebuild and dm.round > 0, context_len=len(s.tokens),
                       sessions=len(self.sessions), waiters=len(replies))
 

@@ -25,6 +25,7 @@ from nats.errors import Error as NatsError, NoRespondersError, TimeoutError as N
 
 from control import ControlError, Policy, RoundContext
 from nodes.detokenize import IncrementalDetokenizer
+from nodes.device import DeviceProfile, Pacer
 from nodes.jetstream import ensure_stream
 from nodes.link import Channel, ConstChannel, LinkTimer
 from nodes.models.loading import ModelPair
@@ -81,13 +82,16 @@ RECENT_KEEP_S = 120.0
 
 class EdgeWorker(WorkerBase):
     def __init__(self, nc: Client, pair: ModelPair, config: EdgeConfig, limits: Limits, log: Any,
-                 channel: Channel | None = None, policies: PolicyBook | None = None, model_nice: int = 0):
+                 channel: Channel | None = None, policies: PolicyBook | None = None, model_nice: int = 0,
+                 device: DeviceProfile | None = None):
         # admission bounds live requests; tasks also count ones that are sending their last messages
         super().__init__(nc, log, "draft", 2 * (config.limits.max_active + config.limits.max_queued),
                          model_nice=model_nice)
         self.pair, self.cfg, self.limits = pair, config, limits
         self.channel = channel or ConstChannel(0.0)
         self.link = LinkTimer()
+        self.device = device if device is not None and device.emulates_draft else None
+        self.pacer = Pacer(self.device, config.seed) if self.device else None
         self.policies = policies or PolicyBook(config.max_length, config.seed)
         self.slots = asyncio.Semaphore(config.limits.max_active)
         self.live: dict[str, Live] = {}
@@ -112,7 +116,8 @@ class EdgeWorker(WorkerBase):
             self.background.add(asyncio.create_task(self._resync_after_reconnect()))
         self.log.info("edge_started", edge_id=self.cfg.edge_id, channel=self.channel.spec,
                       policy=self.cfg.default_policy, model_nice=self.model_nice,
-                      max_active=self.cfg.limits.max_active, max_queued=self.cfg.limits.max_queued)
+                      max_active=self.cfg.limits.max_active, max_queued=self.cfg.limits.max_queued,
+                      device=self.device.to_dict() if self.device else None)
 
     async def stop(self) -> None:
         """Take no new requests; let running ones finish within the drain timeout; then stop the rest
@@ -325,6 +330,9 @@ class EdgeWorker(WorkerBase):
                     await self.send_now(subject, encode(final))
 
     async def _fail(self, req: GenerateRequest, live: Live, code: str, text: str) -> None:
+        if live.terminal is not None:  # the stream already ended (its last chunk went out): one end only
+            self.log.info("stopped_after_done", request_id=req.request_id, code=code)
+            return
         self.log.warning("request_failed", request_id=req.request_id, code=code, error=text[:300])
         live.terminal = ErrorMsg(code, text[:1000], req.request_id)
         if live.inbox:
@@ -370,12 +378,13 @@ class EdgeWorker(WorkerBase):
                 d, edge_queue_ms = await self._run(draft_model.propose, plan.length, plan.seed, stop)
             else:
                 d, edge_queue_ms = Draft([], plan.seed), 0.0
+            draft_real_ms = await self._pace(d)
             verdict, link_ms, stall_ms = await self._exchange(r, d, sample)
             round_ms = (time.perf_counter() - t0) * 1e3 - stall_ms
             if draft_model is not None:
                 await self._run(draft_model.apply, verdict.to_verdict())
             self.timing_seq += 1
-            rec = r.complete(verdict, RoundTimes(round_ms, d.draft_ms, edge_queue_ms, link_ms, stall_ms),
+            rec = r.complete(verdict, RoundTimes(round_ms, d.draft_ms, edge_queue_ms, link_ms, stall_ms, draft_real_ms),
                              sample.state, sample.one_way_ms, self.timing_seq)
             self.latest_delay_ms = one_way_delay_ms(rec.timing.network_ms)
             if self.policies.learn_locally and policy.learns:  # else the controller learns
@@ -388,6 +397,17 @@ class EdgeWorker(WorkerBase):
             await self.send_now(subjects.timing(self.cfg.edge_id), encode(rec.timing))
         self.log.info("request_done", request_id=r.req.request_id, rounds=r.round, tokens=len(r.out),
                       finish_reason=r.finish_reason, policy=r.policy_spec, retries=r.retries)
+
+    async def _pace(self, d: Draft) -> float | None:
+        """With device emulation: wait until the device would have finished drafting; the draft then
+        reports the device's time and this returns what this machine spent (None without emulation)."""
+        if self.pacer is None:
+            return None
+        real = d.draft_ms
+        d.draft_ms, pad = self.pacer.draft(len(d.tokens), real)
+        if pad > 0:
+            await asyncio.sleep(pad / 1e3)
+        return real
 
     async def _exchange(self, r: EdgeRequest, d: Draft, sample) -> tuple[VerdictMsg, float, float]:
         """Send the round until the protocol accepts a verdict: (verdict, link ms, stall ms)."""
@@ -416,7 +436,7 @@ class EdgeWorker(WorkerBase):
                     nxt = r.on_verdict(m, time.monotonic()) if isinstance(m, VerdictMsg) else \
                         r.on_error(m, time.monotonic())
             if isinstance(nxt, Accepted):
-                return nxt.verdict, link_ms, (began - first) * 1e3
+                return nxt.verdict, link_ms, (began - first) * 1e3 if step.msg.attempt else 0.0
             if isinstance(nxt, Failed):
                 raise RoundFailed(nxt.code, nxt.message)
             self.log.warning("round_retry", request_id=r.req.request_id, round=r.round, attempt=nxt.msg.attempt,

@@ -42,6 +42,13 @@ def _stop_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, raise_interrupt)
 
 
+def cmd_bench_analysis(a: argparse.Namespace) -> None:
+    from pipeline.bench_analysis import bench_analysis
+
+    res = bench_analysis(a.rounds)
+    print(json.dumps(res) if a.json else json.dumps(res, indent=2))
+
+
 def cmd_broker(a: argparse.Namespace) -> None:
     from pathlib import Path
 
@@ -78,12 +85,29 @@ def _node_options(a: argparse.Namespace):
     from pipeline.serve import NodeOptions
 
     return NodeOptions(default_nats_url(a.nats), a.id, a.log_file, a.threads, a.draft, a.target, a.device,
-                       a.max_length, model_nice=a.model_nice, drain_timeout_s=a.drain_timeout)
+                       a.max_length, model_nice=a.model_nice, drain_timeout_s=a.drain_timeout, emulate=a.emulate)
+
+
+def _device_half(name: str | None, half: str) -> str | None:
+    """`name` if it is a device profile with `half` (draft/verify) times; a one-line error otherwise,
+    before any model loads."""
+    from nodes.device import DeviceError, load_device
+
+    if name:
+        d = load_device(name)
+        if not (d.emulates_draft if half == "draft" else d.emulates_verify):
+            raise DeviceError(f"device profile '{name}' has no {half} times (fields {half}_ms_*)")
+    return name
+
+
+def _check_device(a: argparse.Namespace, half: str) -> None:
+    _device_half(a.emulate, half)
 
 
 def cmd_cloud(a: argparse.Namespace) -> None:
     from pipeline.serve import CloudOptions, serve_cloud
 
+    _check_device(a, "verify")
     aio.run(serve_cloud(_node_options(a), CloudOptions(a.max_sessions, a.session_ttl, a.evict_idle,
                                                        a.max_context_tokens)))
 
@@ -96,6 +120,7 @@ def cmd_edge(a: argparse.Namespace) -> None:
 
     parse_channel(a.channel)  # refuse a bad spec before loading anything
     make_policy(a.policy, max_length=a.max_length)
+    _check_device(a, "draft")
     limits = EdgeLimits(a.max_active, a.max_queued, a.max_prompt_tokens, a.max_new_tokens_limit, a.max_request_s)
     aio.run(serve_edge(_node_options(a), EdgeOptions(a.channel, a.policy, a.seed, not a.remote_policy,
                                                      a.request_timeout, a.failover_deadline, limits)))
@@ -120,7 +145,9 @@ def _run_config(a: argparse.Namespace):
     return RunConfig(requests=a.requests, concurrency=a.concurrency, max_new_tokens=a.max_new_tokens,
                      channel=a.channel, policy=a.policy, seed=a.seed, temperature=a.temperature,
                      max_length=a.max_length, run_root=a.run_root, draft=getattr(a, "draft", None),
-                     target=getattr(a, "target", None), local_policy=getattr(a, "local_policy", True))
+                     target=getattr(a, "target", None), local_policy=getattr(a, "local_policy", True),
+                     edge_device=_device_half(getattr(a, "edge_device", None), "draft"),
+                     cloud_device=_device_half(getattr(a, "cloud_device", None), "verify"))
 
 
 def _progress(enabled: bool):
@@ -155,14 +182,35 @@ def cmd_run(a: argparse.Namespace) -> None:
 
 
 def cmd_analyze(a: argparse.Namespace) -> None:
-    from pipeline.analysis import analyze_run
+    from pipeline.analysis import analyze_run, render
 
     res = analyze_run(a.run_dir)
     if a.plots:
         from pipeline.plots import plot_run
 
         res["plots"] = plot_run(a.run_dir, a.plots)
-    print(json.dumps(res) if a.json else json.dumps(res, indent=2))
+    print(json.dumps(res) if a.json else render(res) + "".join(f"\nplot: {p}" for p in res.get("plots", [])))
+
+
+def cmd_calibrate(a: argparse.Namespace) -> None:
+    from pipeline.analysis import calibrate
+
+    prof = calibrate(a.run_dir, a.out, a.max_length)
+    if a.json:
+        print(json.dumps(prof))
+        return
+    print(f"calibrated from {prof['rounds']} drafted rounds"
+          + (" (device emulation on)" if prof["emulated"] else "") + (f"; written to {a.out}" if a.out else ""))
+    for L, c in prof["round_compute_ms"].items():
+        ci = prof["round_compute_ci_ms"].get(L)
+        s = prof["survival"][int(L) - 1]
+        sci = prof["survival_ci"][int(L) - 1]
+        print(f"  L={L:>2}  C(L) {c:8.2f} ms {'' if ci is None else f'[{ci[0]:.2f}, {ci[1]:.2f}]':>20}"
+              f"  n={prof['rounds_per_length'][L]:<5}  S({L}) {s:.3f} "
+              f"{'' if sci[0] is None else f'[{sci[0]:.3f}, {sci[1]:.3f}]'}")
+    ex = prof["extrapolated"]
+    if ex["lengths"] or ex["positions"]:
+        print(f"  extrapolated: lengths {ex['lengths']}, positions {ex['positions']}")
 
 
 def register(sub) -> None:
@@ -187,6 +235,9 @@ def register(sub) -> None:
                        help="lower the model thread's priority by this much (0-19) so the event loop stays prompt")
         p.add_argument("--drain-timeout", type=_positive_float, default=10.0,
                        help="seconds to finish work in hand after SIGTERM/SIGINT")
+        p.add_argument("--emulate", metavar="DEVICE",
+                       help="pad compute to a device profile's times (shipped: jetson-orin-nano, rtx-3090-ti, "
+                            "as-is; or a JSON file)")
         p.set_defaults(threads=1)
 
     def workload_args(p):
@@ -223,6 +274,11 @@ def register(sub) -> None:
     p.add_argument("--run-root", default="runs")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench_control)
+
+    p = bsub.add_parser("analysis", help="specstop analyze on a synthetic log of a million round lines")
+    p.add_argument("--rounds", type=_positive_int, default=1_000_000)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_bench_analysis)
 
     p = sub.add_parser("broker", help="run an embedded nats-server (JetStream kept across restarts)")
     p.add_argument("--port", type=int, default=4222, help="port on 127.0.0.1 (-1 picks a free one)")
@@ -278,6 +334,8 @@ def register(sub) -> None:
 
     p = sub.add_parser("demo", help="the main job: broker + cloud + edge + controller + streaming workload + summary")
     workload_args(p)
+    p.add_argument("--edge-device", metavar="DEVICE", help="emulate this edge device (e.g. jetson-orin-nano)")
+    p.add_argument("--cloud-device", metavar="DEVICE", help="emulate this cloud device (e.g. rtx-3090-ti)")
     p.add_argument("--local-policy", action="store_true",
                    help="learn inside the edge instead of starting the control subscriber")
     _model_args(p)
@@ -289,11 +347,18 @@ def register(sub) -> None:
     p.add_argument("--no-baseline", action="store_true", help="skip the target-only baseline")
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("analyze", help="latency summary of a run directory's logs")
+    p = sub.add_parser("analyze", help="what a run did, per policy x delay: ms/token with intervals, time split, regret")
     p.add_argument("run_dir")
     p.add_argument("--plots", help="write PNG plots to this folder")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_analyze)
+
+    p = sub.add_parser("calibrate", help="fit the control profile (C(L), S(i) with intervals) from a run's logs")
+    p.add_argument("run_dir")
+    p.add_argument("-o", "--out", help="write the profile JSON here (usable by theory/simulate/oracle)")
+    p.add_argument("--max-length", type=_positive_int, help="longest length in the profile (default: longest seen)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_calibrate)
 
     register_chaos(sub)
 

@@ -45,6 +45,8 @@ class RunConfig:
     target: str | None = None
     local_policy: bool = False  # demo: the control subscriber learns; True keeps learning in the edge
     node_flags: dict[str, list[str]] = field(default_factory=dict)  # extra flags per worker kind
+    edge_device: str | None = None   # device profiles to emulate (nodes/device.py); None: this machine as is
+    cloud_device: str | None = None
 
 
 def new_run_dir(root: str | Path) -> Path:
@@ -76,8 +78,18 @@ def write_manifest(run_dir: Path, cfg: RunConfig, broker_url: str) -> None:
                 "models": {"draft": {"name": draft, "hash": model_hash(draft)},
                            "target": {"name": target, "hash": model_hash(target)}},
                 "commit": project_commit(), "python": platform.python_version(), "host_cpus": os.cpu_count(),
-                "event_loop": aio.loop_name()}
+                "event_loop": aio.loop_name(), "emulation": devices_of(cfg)}
     (run_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+
+
+def devices_of(cfg: RunConfig) -> dict | None:
+    """The emulated devices of a run (full profiles, for the manifest), or None: this machine as is."""
+    from nodes.device import load_device
+
+    if not (cfg.edge_device or cfg.cloud_device):
+        return None
+    return {role: load_device(name).to_dict() if name else None
+            for role, name in (("edge", cfg.edge_device), ("cloud", cfg.cloud_device))}
 
 
 class NodeProcess:
@@ -127,10 +139,11 @@ def node_args(kind: str, url: str, cfg: RunConfig, channel: str | None = None) -
     model = [*(["--draft", cfg.draft] if cfg.draft else []), *(["--target", cfg.target] if cfg.target else [])]
     common = ["--nats", url, "--max-length", str(cfg.max_length)]
     if kind == "cloud":
-        args = [*common, "--threads", "1", *model]
+        args = [*common, "--threads", "1", *model, *(["--emulate", cfg.cloud_device] if cfg.cloud_device else [])]
     elif kind == "edge":
         args = [*common, "--threads", "1", "--channel", channel or cfg.channel, "--policy", cfg.policy,
-                "--seed", str(cfg.seed), *model, *([] if cfg.local_policy else ["--remote-policy"])]
+                "--seed", str(cfg.seed), *model, *([] if cfg.local_policy else ["--remote-policy"]),
+                *(["--emulate", cfg.edge_device] if cfg.edge_device else [])]
     else:
         args = [*common, "--seed", str(cfg.seed)]
     return [*args, *cfg.node_flags.get(kind, [])]

@@ -39,18 +39,21 @@ def plot_simulation(result: dict, out_dir: Path) -> list[str]:
 
 
 def plot_run(run_dir: str | Path, out_dir: str | Path) -> list[str]:
-    """Per-round view of a run: round time over time by channel state, and lengths chosen vs delay."""
-    from pipeline.analysis import run_events
+    """Per-round view of a run: round time over the run by channel state, and lengths chosen vs delay
+    (speculative rounds only: target-only rounds are a baseline, not a choice)."""
+    import polars as pl
 
-    rounds = [e for evs in run_events(run_dir).values() for e in evs if e.get("event") == "round"]
+    from pipeline.analysis import load_run
+
+    rounds = load_run(run_dir).rounds.filter(pl.col("draft_length") > 0)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    states = sorted({str(r.get("channel_state")) for r in rounds})
+    states = sorted(str(s) for s in rounds["channel_state"].unique().to_list())
     for s in states:
-        rs = [r for r in rounds if str(r.get("channel_state")) == s]
-        ax1.scatter(range(len(rs)), [r["round_ms"] for r in rs], s=4, label=f"state {s}")
-        ax2.scatter([r.get("delay_ms", 0) for r in rs], [r["draft_length"] for r in rs], s=8, alpha=0.3)
+        rs = rounds.filter(pl.col("channel_state").cast(pl.Utf8).fill_null("None") == s)
+        ax1.scatter(range(len(rs)), rs["round_ms"].to_list(), s=4, label=f"state {s}")
+        ax2.scatter(rs["delay_ms"].fill_null(0).to_list(), rs["draft_length"].to_list(), s=8, alpha=0.3)
     ax1.set(xlabel="round (per state)", ylabel="round ms", title="round time")
     ax1.legend(fontsize=8)
     ax2.set(xlabel="one-way delay (ms)", ylabel="draft length", title="lengths chosen")

@@ -11,6 +11,7 @@ import asyncio
 import signal
 from dataclasses import dataclass, field
 
+from nodes.device import load_device
 from nodes.models.loading import load_pair, set_threads
 from nodes.link import parse_channel
 from nodes.protocol.admission import EdgeLimits
@@ -31,6 +32,7 @@ class NodeOptions:
     max_payload: int = DEFAULT_MAX_PAYLOAD
     model_nice: int = 5  # the model thread yields the CPU to event loops and the broker (WorkerBase)
     drain_timeout_s: float = 10.0
+    emulate: str | None = None  # device profile (name or path): nodes/device.py
 
 
 @dataclass
@@ -73,6 +75,10 @@ async def _wait_for_signal() -> None:
     await stop.wait()
 
 
+def _device(opts: NodeOptions):
+    return load_device(opts.emulate) if opts.emulate else None
+
+
 async def close_connection(nc) -> None:
     """Write what is buffered (final drafts, error replies), then close; never hang on a dead broker."""
     try:
@@ -92,7 +98,8 @@ async def serve_cloud(opts: NodeOptions, cloud: CloudOptions) -> None:
     cfg = CloudConfig(opts.node_id, cloud.max_sessions, cloud.session_ttl_s, evict_idle_s=cloud.evict_idle_s,
                       drain_timeout_s=opts.drain_timeout_s)
     worker = CloudWorker(nc, pair.target, pair.vocab_size, cfg,
-                         limits_for(pair.vocab_size, opts, cloud.max_context_tokens), log, model_nice=opts.model_nice)
+                         limits_for(pair.vocab_size, opts, cloud.max_context_tokens), log, model_nice=opts.model_nice,
+                         device=_device(opts))
     await worker.start()
     await _wait_for_signal()
     await worker.stop()
@@ -125,7 +132,7 @@ async def serve_edge(opts: NodeOptions, edge: EdgeOptions) -> None:
     book = PolicyBook(opts.max_length, edge.seed, learn_locally=edge.local_policy,
                       fallback=default_policy_for(pair, opts.max_length))
     limits = limits_for(pair.vocab_size, opts, edge.limits.max_prompt_tokens + edge.limits.max_new_tokens + 64)
-    worker = EdgeWorker(nc, pair, cfg, limits, log, channel, book, model_nice=opts.model_nice)
+    worker = EdgeWorker(nc, pair, cfg, limits, log, channel, book, model_nice=opts.model_nice, device=_device(opts))
     await worker.start()
     await _wait_for_signal()
     await worker.stop()

@@ -170,9 +170,11 @@ class VerdictMsg:
     attempt: int
     accepted: int
     next_token: int
-    verify_ms: float
+    verify_ms: float              # the verifier's time for this round (its device's, when emulated)
     queue_ms: float
     verifier_id: str
+    verify_real_ms: float = 0.0   # what this machine really spent (= verify_ms without emulation)
+    emulated: bool = False        # verify_ms is an emulated device's time
 
     def validate(self, limits: Limits) -> None:
         _check_id(self.request_id, "request_id")
@@ -181,7 +183,7 @@ class VerdictMsg:
         if self.accepted < 0 or self.accepted > limits.max_draft_length:
             raise SchemaError("verdict: accepted out of range")
         _check_tokens([self.next_token], limits, "verdict.next_token")
-        _check_ms("verdict", verify_ms=self.verify_ms, queue_ms=self.queue_ms)
+        _check_ms("verdict", verify_ms=self.verify_ms, queue_ms=self.queue_ms, verify_real_ms=self.verify_real_ms)
 
     def to_verdict(self) -> Verdict:
         return Verdict(self.accepted, self.next_token, self.verify_ms)
@@ -234,6 +236,9 @@ class TimingEvent:
     stall_ms: float = 0.0    # time lost to failed attempts and backoff (not in round_ms)
     context_resent: bool = False
     context_len: int = 0
+    draft_real_ms: float = 0.0   # what this machine really spent drafting / verifying; draft_ms and
+    verify_real_ms: float = 0.0  # verify_ms are the emulated devices' times when `emulated`
+    emulated: bool = False
 
     def validate(self, limits: Limits) -> None:
         _check_id(self.edge_id, "edge_id")
@@ -245,7 +250,8 @@ class TimingEvent:
             raise SchemaError("timing: tokens must be in [0, accepted + 1]")
         _check_ms("timing", round_ms=self.round_ms, draft_ms=self.draft_ms, verify_ms=self.verify_ms,
                   queue_ms=self.queue_ms, network_ms=self.network_ms, delay_ms=self.delay_ms,
-                  edge_queue_ms=self.edge_queue_ms, link_ms=self.link_ms, stall_ms=self.stall_ms)
+                  edge_queue_ms=self.edge_queue_ms, link_ms=self.link_ms, stall_ms=self.stall_ms,
+                  draft_real_ms=self.draft_real_ms, verify_real_ms=self.verify_real_ms)
         if not self.policy or len(self.policy) > MAX_SPEC_LEN:
             raise SchemaError(f"timing: policy must be 1..{MAX_SPEC_LEN} characters")
         _check_text("timing.channel_state", self.channel_state, MAX_STATE_LEN)

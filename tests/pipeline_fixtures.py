@@ -23,7 +23,7 @@ def read_log(path: Path) -> list[dict]:
 @asynccontextmanager
 async def cluster(url: str, pair, log_dir: Path, channel: str = "const:0", clouds: int = 1,
                   edge_id: str = "edge-1", policy: str = "auto", max_sessions: int = 128, local_policy: bool = True,
-                  **edge_options):
+                  edge_device=None, cloud_device=None, **edge_options):
     """One edge and `clouds` verifiers in this event loop, each on its own NATS connection.
     `edge_options` override EdgeConfig fields (request_timeout_s, limits, drain_timeout_s, ...)."""
     limits = Limits(max_draft_length=8, vocab_size=pair.vocab_size)
@@ -35,7 +35,8 @@ async def cluster(url: str, pair, log_dir: Path, channel: str = "const:0", cloud
             log = logs.configure(vid, log_dir / f"{vid}.jsonl")
             nc = await bus.connect(url, vid, log)
             conns.append(nc)
-            w = CloudWorker(nc, pair.target, pair.vocab_size, CloudConfig(vid, max_sessions=max_sessions), limits, log)
+            w = CloudWorker(nc, pair.target, pair.vocab_size, CloudConfig(vid, max_sessions=max_sessions), limits, log,
+                            device=cloud_device)
             await w.start()
             cloud_workers.append(w)
         log = logs.configure(edge_id, log_dir / f"{edge_id}.jsonl")
@@ -45,7 +46,7 @@ async def cluster(url: str, pair, log_dir: Path, channel: str = "const:0", cloud
                                   "request_timeout_s": 5.0} | edge_options))
         edge = EdgeWorker(nc, pair, edge_cfg, limits, log,
                           parse_channel(channel, seed=1),
-                          PolicyBook(8, 0, learn_locally=local_policy))
+                          PolicyBook(8, 0, learn_locally=local_policy), device=edge_device)
         await edge.start()
         workers = [*cloud_workers, edge]
         client = await bus.connect(url, "client", long_lived=False)

@@ -84,6 +84,7 @@ class RoundTimes:
     edge_queue_ms: float = 0.0
     link_ms: float = 0.0   # emulated link time slept in the successful attempt
     stall_ms: float = 0.0  # failed attempts and backoff
+    draft_real_ms: float | None = None  # this machine's drafting time when draft_ms is a device's
 
 
 @dataclass
@@ -226,7 +227,10 @@ class EdgeRequest:
                          verdict.accepted, _ms(times.round_ms), _ms(times.draft_ms), _ms(verdict.verify_ms),
                          _ms(verdict.queue_ms), _ms(net), _ms(delay_ms), self.policy_spec, plan.policy_version,
                          verdict.verifier_id, channel_state, timing_seq, len(kept), _ms(times.edge_queue_ms),
-                         _ms(times.link_ms), _ms(times.stall_ms), self._context_resent, len(self.context))
+                         _ms(times.link_ms), _ms(times.stall_ms), self._context_resent, len(self.context),
+                         _ms(times.draft_ms if times.draft_real_ms is None else times.draft_real_ms),
+                         _ms(verdict.verify_real_ms if verdict.emulated else verdict.verify_ms),
+                         times.draft_real_ms is not None or verdict.emulated)
         self.round += 1
         self._draft = self._pending = self._plan = None
         return RoundRecord(kept, chunk, ev, outcome_of(ev), done)

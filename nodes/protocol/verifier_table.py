@@ -103,6 +103,7 @@ class Outcome:
     next_token: int
     verify_ms: float
     queue_ms: float
+    verify_real_ms: float | None = None  # when verify_ms is an emulated device's
 
 
 class SessionTable:
@@ -176,8 +177,10 @@ class SessionTable:
             err = ErrorMsg(INTERNAL, f"verifier {self.cfg.verifier_id} failed: {type(result).__name__}", rid)
             return [Reply(w.reply_to, err) for w in inf.waiters]
         a = result.accepted
+        emulated = result.verify_real_ms is not None
+        real = result.verify_real_ms if emulated else result.verify_ms
         verdict = VerdictMsg(rid, inf.round, 0, a, result.next_token, round(result.verify_ms, 3),
-                             round(result.queue_ms, 3), self.cfg.verifier_id)
+                             round(result.queue_ms, 3), self.cfg.verifier_id, round(real, 3), emulated)
         session.tokens.extend(inf.tokens[:a] + (result.next_token,))
         session.next_round, session.last_tokens, session.last_verdict = inf.round + 1, inf.tokens, verdict
         session.state, session.last_used = state, now

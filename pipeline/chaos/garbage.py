@@ -30,11 +30,12 @@ class SubjectReport:
     none: int = 0
     more_than_one: int = 0
     reply_kinds: Counter = field(default_factory=Counter)
+    offenders: list = field(default_factory=list)  # (index, replies, payload hex) of the first few misses
 
     def as_dict(self) -> dict:
         return {"subject": self.subject, "sent": self.sent, "with_reply": self.with_reply,
                 "exactly_one_reply": self.exactly_one, "no_reply": self.none, "more_than_one_reply": self.more_than_one,
-                "reply_kinds": dict(self.reply_kinds.most_common(8))}
+                "reply_kinds": dict(self.reply_kinds.most_common(8)), "offenders": self.offenders}
 
 
 def _terminal(data: bytes, headers) -> tuple[bool, str]:
@@ -55,7 +56,7 @@ def _terminal(data: bytes, headers) -> tuple[bool, str]:
 
 
 async def fuzz_subject(nc: Client, target: Target, n: int, seed: int = 0, window: int = 256,
-                       reply_fraction: float = 0.8, settle_s: float = 30.0) -> SubjectReport:
+                       reply_fraction: float = 0.8, settle_s: float = 90.0) -> SubjectReport:
     """Send `n` mutants of `target`'s template; count terminal replies per message."""
     rep = SubjectReport(target.subject)
     prefix = nc.new_inbox()
@@ -75,11 +76,13 @@ async def fuzz_subject(nc: Client, target: Target, n: int, seed: int = 0, window
 
     sub = await nc.subscribe(f"{prefix}.*", cb=on_reply)
     rng = random.Random(f"reply:{seed}:{target.name}")
+    sent: dict[str, bytes] = {}
     for i, payload in enumerate(fuzz_messages(target, n, seed)):
         rep.sent += 1
         if rng.random() < reply_fraction:
             await outstanding.acquire()
             expected.add(str(i))
+            sent[str(i)] = payload
             await nc.publish(target.subject, payload, reply=f"{prefix}.{i}")
         else:
             await nc.publish(target.subject, payload)
@@ -97,4 +100,5 @@ async def fuzz_subject(nc: Client, target: Target, n: int, seed: int = 0, window
     rep.more_than_one = sum(1 for k in expected if counts[k] > 1) + sum(
         1 for k in counts if k not in expected)  # a reply to a message sent without one is also one too many
     rep.reply_kinds = kinds
+    rep.offenders = [(int(k), counts[k], sent[k][:160].hex()) for k in sorted(expected, key=int) if counts[k] != 1][:5]
     return rep
