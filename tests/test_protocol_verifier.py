@@ -51,7 +51,8 @@ def test_a_retry_of_the_round_last_applied_gets_the_cached_verdict_and_nothing_i
     [reply] = compute(t, draft(), accepted=2, nxt=42)
     adm = t.admit(draft(attempt=3, context=None), "late", 5.0)
     assert adm.event == "verdict_resent" and adm.compute is None
-    assert adm.replies[0].msg == VerdictMsg("r1", 0, 3, 2, 42, reply.msg.verify_ms, reply.msg.queue_ms, "cloud-1")
+    assert adm.replies[0].msg == VerdictMsg("r1", 0, 3, 2, 42, reply.msg.verify_ms, reply.msg.queue_ms, "cloud-1",
+                                            reply.msg.verify_real_ms)
     assert t.rounds == 1 and t.sessions[("edge-a", "r1")].tokens == [7, 8, 9, 1, 2, 42]
 
 
