@@ -53,6 +53,7 @@ class CloudWorker(WorkerBase):
         self.pacer = Pacer(self.device) if self.device else None
         self.table = SessionTable(config.table(), limits)
         self._queue_sub = None
+        self.computing = 0  # rounds whose model compute has not finished (a replaced session's included)
 
     @property
     def sessions(self):
@@ -66,7 +67,7 @@ class CloudWorker(WorkerBase):
         self._queue_sub = await self.nc.subscribe(subjects.VERIFY, queue=subjects.VERIFIER_QUEUE, cb=self._on_msg)
         self.subs.append(self._queue_sub)
         self.subs.append(await self.nc.subscribe(subjects.verifier(self.cfg.verifier_id), cb=self._on_msg))
-        self.subs.append(await self.nc.subscribe(subjects.SESSION_END, cb=self._on_end))
+        self.subs.append(await self.nc.subscribe(subjects.SESSION_END, cb=self._on_msg_end))
         self.background.add(asyncio.create_task(self._expire_loop()))
         self.log.info("cloud_started", verifier_id=self.cfg.verifier_id, subjects=[subjects.VERIFY,
                       subjects.verifier(self.cfg.verifier_id), subjects.SESSION_END], model_nice=self.model_nice,
@@ -79,10 +80,10 @@ class CloudWorker(WorkerBase):
                 await self._queue_sub.unsubscribe()
             except Exception:
                 pass
-            self.subs.remove(self._queue_sub)
+            self.subs = [s for s in self.subs if s is not self._queue_sub]
             self._queue_sub = None
         deadline = time.monotonic() + self.cfg.drain_timeout_s
-        while self.table.in_flight() and time.monotonic() < deadline:
+        while self.computing and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
         await super().stop()
         self.log.info("cloud_drained", rounds=self.rounds, sessions=len(self.sessions))
@@ -93,6 +94,11 @@ class CloudWorker(WorkerBase):
             await self._send(msg.reply, ErrorMsg(OVERLOADED, f"verifier {self.cfg.verifier_id} has "
                                                              f"{self.max_in_flight} messages in hand"))
             self.log.warning(OVERLOADED, reason="messages in hand", subject=msg.subject)
+
+    async def _on_msg_end(self, msg: Msg) -> None:
+        """Handled as a task like every draft, so it stays behind drafts that arrived before it."""
+        if self.try_spawn(self._on_end(msg)) is None and msg.reply:
+            await self._send(msg.reply, ErrorMsg(OVERLOADED, f"verifier {self.cfg.verifier_id} is full"))
 
     async def _on_end(self, msg: Msg) -> None:
         """Broadcast final drafts (every verifier gets them): only `final` is taken here."""
@@ -132,6 +138,13 @@ class CloudWorker(WorkerBase):
             await self._compute(adm.compute, received)
 
     async def _compute(self, job: Compute, received: float) -> None:
+        self.computing += 1
+        try:
+            await self._verify(job, received)
+        finally:
+            self.computing -= 1
+
+    async def _verify(self, job: Compute, received: float) -> None:
         s, dm = job.session, job.msg
         context = list(s.tokens) if job.rebuild else None
         params = SamplingParams(dm.temperature, dm.top_p)
@@ -146,7 +159,8 @@ class CloudWorker(WorkerBase):
         queue_ms = (started - received) * 1e3
         real_ms = emulated_ms = v.verify_ms
         if self.pacer is not None:  # the device's forward takes this long; prefill runs at our speed
-            emulated_ms, pad = self.pacer.verify(len(dm.tokens), v.verify_ms)
+            emulated_ms, pad = self.pacer.verify(len(dm.tokens), v.verify_ms + queue_ms)
+            queue_ms = 0.0  # a virtual device per session: waiting for this CPU is inside the device time
             if pad > 0:
                 await asyncio.sleep(pad / 1e3)
         outcome = Outcome(v.accepted, v.next_token, emulated_ms + prefill_ms, queue_ms,

@@ -199,9 +199,10 @@ class Controller:
             if not learns:
                 return None
             return await self.learner(ev.edge_id, spec), ev
-        except (SchemaError, ControlError) as exc:
+        except Exception as exc:  # anything an event carries ends here: acked, logged, skipped
             self.malformed += 1
-            self.log.warning("bad_event", seq=m.metadata.sequence.stream, subject=m.subject, error=str(exc)[:300])
+            self.log.warning("bad_event", seq=m.metadata.sequence.stream, subject=m.subject,
+                             error=f"{type(exc).__name__}: {str(exc)[:300]}")
             return None
 
     async def process(self, msgs) -> None:
@@ -230,7 +231,12 @@ class Controller:
         for (edge_id, spec), ln in touched.items():
             upd = PolicyUpdate(edge_id, spec, ln.version, ln.policy.snapshot(), ln.last_seq, ln.stream)
             payload = encode(upd)
-            await self.kv.put(subjects.policy_key(edge_id, spec), payload)
+            try:
+                await self.kv.put(subjects.policy_key(edge_id, spec), payload)
+            except (NatsTimeoutError, ConnectionError, OSError):
+                raise  # the broker is away: nothing acked, the batch comes back
+            except Exception as exc:  # this learner cannot be stored (bucket full, say): the others can
+                self.log.warning("persist_failed", edge_id=edge_id, policy=spec, error=f"{type(exc).__name__}: {exc}"[:300])
             await self.nc.publish(subjects.policy(edge_id), payload)
         for m in msgs:
             await m.ack()

@@ -7,11 +7,12 @@ one drafted token, ~72 ms per further token). A device profile says how long
 a device takes to draft (fixed + per drafted token) and to verify (fixed + per
 verified position: L + 1 of them), with an optional relative jitter. After
 each real draft or verify forward the worker waits until the emulated time
-has passed since the real compute began, exactly as the link emulation pads
-the network. The wait is an asyncio sleep, so each request has a virtual
-device of its own (its rounds are serial, other requests go on). When the
-real compute already took longer, nothing is added and the round says so.
-Prefill runs at this machine's speed (not emulated).
+has passed since the round asked for the compute (waiting for this machine's
+model thread included), exactly as the link emulation pads the network. The
+wait is an asyncio sleep, so each request has a virtual device of its own
+(its rounds are serial, other requests go on, and waiting for this CPU is
+inside the device's time, not added to it). When the real compute already took
+longer, nothing is added. Prefill runs at this machine's speed (not emulated).
 
 Profiles: `nodes/devices/<name>.json` (shipped, with their provenance) or any
 JSON file with the same fields; a worker uses the half it needs.
@@ -117,7 +118,8 @@ class Pacer:
         return ms * (1.0 + j * self.rng.uniform(-1.0, 1.0)) if j and ms else ms
 
     def draft(self, length: int, real_ms: float) -> tuple[float, float]:
-        """(emulated ms, pad ms to wait) for a draft of `length` tokens that really took `real_ms`."""
+        """(emulated ms, pad ms to wait) for a draft of `length` tokens that really took `real_ms`
+        (queueing for the model thread included)."""
         if not self.profile.emulates_draft:
             return real_ms, 0.0
         target = self._jittered(self.profile.draft_ms(length))

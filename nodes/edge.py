@@ -70,7 +70,8 @@ class Live:
 
     inbox: str | None
     task: asyncio.Task | None = None
-    started: bool = False
+    running: bool = False   # its task has begun (before that, cancelling it would skip its cleanup)
+    started: bool = False   # it holds an active slot (before that, it is queued)
     stop_reason: tuple[str, str] | None = None
     request: EdgeRequest | None = field(default=None, repr=False)
     terminal: TokenChunk | ErrorMsg | None = None  # the stream's last message, kept to answer `resume`
@@ -135,15 +136,13 @@ class EdgeWorker(WorkerBase):
         self.subs = [s for s in self.subs if s not in self._generate_subs]
         for live in self.live.values():  # queued, not started: nothing to finish
             if not live.started and live.task is not None:
-                live.stop_reason = (UNAVAILABLE, "edge shut down before the request started: send it again")
-                live.task.cancel()
+                self._stop_request(live, UNAVAILABLE, "edge shut down before the request started: send it again")
         tasks = [lv.task for lv in self.live.values() if lv.task is not None]
         if tasks:
             await asyncio.wait(tasks, timeout=self.cfg.drain_timeout_s)
         for live in self.live.values():
             if live.task is not None and not live.task.done():
-                live.stop_reason = (UNAVAILABLE, f"edge shut down after {self.cfg.drain_timeout_s:g} s of draining")
-                live.task.cancel()
+                self._stop_request(live, UNAVAILABLE, f"edge shut down after {self.cfg.drain_timeout_s:g} s of draining")
         tasks = [lv.task for lv in self.live.values() if lv.task is not None]
         if tasks:
             await asyncio.wait(tasks, timeout=5.0)
@@ -254,11 +253,18 @@ class EdgeWorker(WorkerBase):
         live = self.live.get(c.request_id)
         held = live is not None and live.inbox == c.inbox and live.task is not None
         if held:
-            live.stop_reason = (CANCELLED, f"cancelled by the client ({c.reason[:64]})")
-            live.task.cancel()
+            self._stop_request(live, CANCELLED, f"cancelled by the client ({c.reason[:64]})")
             self.log.info("request_cancelled", request_id=c.request_id, reason=c.reason[:64])
         if msg.reply:
             await self.send_now(msg.reply, encode(AckMsg(c.request_id, "cancelled" if held else "not_held")))
+
+    @staticmethod
+    def _stop_request(live: Live, code: str, text: str) -> None:
+        """Stop a request with a reason its client will read. A task that has not begun is not
+        cancelled (its cleanup would never run): it sees the reason as its first step."""
+        live.stop_reason = (code, text)
+        if live.running and live.task is not None:
+            live.task.cancel()
 
     async def _on_resume(self, msg: Msg) -> None:
         """A client that may have missed chunks gets the stream's state (or its last message again)."""
@@ -291,7 +297,9 @@ class EdgeWorker(WorkerBase):
         return None
 
     def _remember(self, request_id: str, live: Live) -> None:
-        if live.terminal is None or live.inbox is None:
+        """Keep a finished stream's last message for `resume` (not a refusal before any work: the client
+        sends that request again, and an old refusal must not make it do so twice)."""
+        if live.terminal is None or live.inbox is None or not live.started:
             return
         now = time.monotonic()
         self.recent[request_id] = (live.inbox, live.terminal, now)
@@ -301,9 +309,12 @@ class EdgeWorker(WorkerBase):
 
     # --- one request -------------------------------------------------------------------
     async def _serve(self, req: GenerateRequest, live: Live, spec: str) -> None:
+        live.running = True
         limit = deadline_s(req, self.cfg.limits)
         deadline = asyncio.timeout(limit)
         try:
+            if live.stop_reason is not None:  # stopped before it began
+                raise asyncio.CancelledError
             async with deadline:
                 async with self.slots:
                     live.started = True
@@ -378,7 +389,9 @@ class EdgeWorker(WorkerBase):
                 d, edge_queue_ms = await self._run(draft_model.propose, plan.length, plan.seed, stop)
             else:
                 d, edge_queue_ms = Draft([], plan.seed), 0.0
-            draft_real_ms = await self._pace(d)
+            draft_real_ms = await self._pace(d, edge_queue_ms)
+            if draft_real_ms is not None:
+                edge_queue_ms = 0.0  # with a virtual device of its own, waiting for this CPU is device time
             verdict, link_ms, stall_ms = await self._exchange(r, d, sample)
             round_ms = (time.perf_counter() - t0) * 1e3 - stall_ms
             if draft_model is not None:
@@ -398,13 +411,14 @@ class EdgeWorker(WorkerBase):
         self.log.info("request_done", request_id=r.req.request_id, rounds=r.round, tokens=len(r.out),
                       finish_reason=r.finish_reason, policy=r.policy_spec, retries=r.retries)
 
-    async def _pace(self, d: Draft) -> float | None:
-        """With device emulation: wait until the device would have finished drafting; the draft then
-        reports the device's time and this returns what this machine spent (None without emulation)."""
+    async def _pace(self, d: Draft, queued_ms: float) -> float | None:
+        """With device emulation: wait until the device would have finished drafting (counted from
+        when the round asked for the model); the draft then reports the device's time and this
+        returns what this machine spent computing (None without emulation)."""
         if self.pacer is None:
             return None
         real = d.draft_ms
-        d.draft_ms, pad = self.pacer.draft(len(d.tokens), real)
+        d.draft_ms, pad = self.pacer.draft(len(d.tokens), real + queued_ms)
         if pad > 0:
             await asyncio.sleep(pad / 1e3)
         return real

@@ -17,32 +17,39 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-from control import ControlError, Policy, make_policy
+from control import ControlError, Policy, Profile, make_policy
 
 
 class PolicyBook:
+    """`profile` serves the policies that need one (oracle, static:D, the delay-aware head rule)."""
+
     def __init__(self, max_length: int, seed: int, learn_locally: bool = True, fallback: Policy | None = None,
-                 max_policies: int = 32, max_version_step: int = 1_000_000):
-        self.max_length, self.seed, self.learn_locally = max_length, seed, learn_locally
+                 max_policies: int = 32, max_version_step: int = 1_000_000, profile: Profile | None = None,
+                 pinned: str | None = None):
+        self.max_length, self.seed, self.learn_locally, self.profile = max_length, seed, learn_locally, profile
+        self.pinned: str | None = None  # the edge's default policy: never evicted by a flood of other specs
         self.fallback = fallback or make_policy(f"fixed:{min(4, max_length)}", max_length=max_length)
         self.max_policies, self.max_version_step = max_policies, max_version_step
         self.policies: OrderedDict[str, Policy] = OrderedDict()
         self.versions: dict[str, int] = {}
         self.evicted = 0
+        if pinned is not None:
+            self.pinned = self.get(pinned).spec
 
     def canonical(self, spec: str) -> str:
         """The spec as the policy names itself; raises ControlError for a bad spec or length."""
-        return make_policy(spec, max_length=self.max_length, seed=self.seed).spec
+        return self._make(spec).spec
 
     def get(self, spec: str) -> Policy:
         if spec in self.policies:
             self.policies.move_to_end(spec)
             return self.policies[spec]
-        pol = make_policy(spec, max_length=self.max_length, seed=self.seed)
+        pol = self._make(spec)
         self.policies[pol.spec] = pol
         self.versions.setdefault(pol.spec, 0)
         while len(self.policies) > self.max_policies:
-            old, _ = self.policies.popitem(last=False)
+            old = next(k for k in self.policies if k != self.pinned)
+            del self.policies[old]
             self.versions.pop(old, None)
             self.evicted += 1
         return pol
@@ -69,8 +76,11 @@ class PolicyBook:
         if self.needs_confirmation(spec, version) and not confirmed:
             raise ControlError(f"update version {version} is not a plausible successor of {current} "
                                f"(and the controller's bucket does not hold it)")
-        fresh = make_policy(spec, max_length=self.max_length, seed=self.seed)
+        fresh = self._make(spec)
         fresh.restore(snapshot)
         self.get(spec)
         self.policies[spec] = fresh
         self.versions[spec] = version
+
+    def _make(self, spec: str) -> Policy:
+        return make_policy(spec, max_length=self.max_length, seed=self.seed, profile=self.profile)

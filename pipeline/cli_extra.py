@@ -112,18 +112,26 @@ def cmd_cloud(a: argparse.Namespace) -> None:
                                                        a.max_context_tokens)))
 
 
+def _bundled_profile():
+    from control import load_profile
+    from nodes.models.loading import BUNDLED_PROFILE
+
+    return load_profile(BUNDLED_PROFILE)
+
+
 def cmd_edge(a: argparse.Namespace) -> None:
-    from control import make_policy
+    from control import load_profile, make_policy
     from nodes.link import parse_channel
     from nodes.protocol.admission import EdgeLimits
     from pipeline.serve import EdgeOptions, serve_edge
 
     parse_channel(a.channel)  # refuse a bad spec before loading anything
-    make_policy(a.policy, max_length=a.max_length)
+    profile = load_profile(a.profile) if a.profile else None
+    make_policy(a.policy, max_length=a.max_length, profile=profile or _bundled_profile())
     _check_device(a, "draft")
     limits = EdgeLimits(a.max_active, a.max_queued, a.max_prompt_tokens, a.max_new_tokens_limit, a.max_request_s)
     aio.run(serve_edge(_node_options(a), EdgeOptions(a.channel, a.policy, a.seed, not a.remote_policy,
-                                                     a.request_timeout, a.failover_deadline, limits)))
+                                                     a.request_timeout, a.failover_deadline, limits, a.profile)))
 
 
 def cmd_control(a: argparse.Namespace) -> None:
@@ -213,6 +221,47 @@ def cmd_calibrate(a: argparse.Namespace) -> None:
         print(f"  extrapolated: lengths {ex['lengths']}, positions {ex['positions']}")
 
 
+def cmd_experiment(a: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from pipeline.experiments.lab import LabConfig
+
+    cfg = LabConfig(Path(a.out), quick=a.quick, edge_device=_device_half(a.edge_device, "draft"),
+                    cloud_device=_device_half(a.cloud_device, "verify"), concurrency=a.concurrency,
+                    max_new_tokens=a.max_new_tokens, seed=a.seed)
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    bar, progress = _progress(not a.json and sys.stderr.isatty())
+    t0 = time.perf_counter()
+    if bar:
+        bar.start()
+    try:
+        if a.which == "phase":
+            from pipeline.experiments.phase import phase
+
+            res = phase(cfg, progress)
+        else:
+            from pipeline.experiments.compare import run_experiment
+
+            res = run_experiment(a.which, cfg, progress)
+    finally:
+        if bar:
+            bar.stop()
+    if a.json:
+        print(json.dumps(res))
+    else:
+        from pipeline.experiments.report import report
+
+        path = report(cfg.out)
+        print(f"{a.which}: done in {time.perf_counter() - t0:.0f} s; results in {cfg.out / (a.which + '.json')}, "
+              f"page {path}")
+
+
+def cmd_report(a: argparse.Namespace) -> None:
+    from pipeline.experiments.report import report
+
+    print(report(a.dir))
+
+
 def register(sub) -> None:
     from pipeline.cli import _model_args, _non_negative_float, _non_negative_int, _positive_float, _positive_int
 
@@ -225,9 +274,16 @@ def register(sub) -> None:
     def nats_arg(p):
         p.add_argument("--nats", help="broker URL (default: $SPECSTOP_NATS_URL or nats://127.0.0.1:4222)")
 
+    def node_id(text: str) -> str:
+        from schemas.messages import valid_id
+
+        if not valid_id(text):
+            raise argparse.ArgumentTypeError(f"'{text}' must be 1..128 ASCII letters, digits, '-' or '_'")
+        return text
+
     def node_args(p, default_id):
         nats_arg(p)
-        p.add_argument("--id", default=default_id, help="node id (names its subjects and log)")
+        p.add_argument("--id", type=node_id, default=default_id, help="node id (names its subjects and log)")
         p.add_argument("--log-file", help="JSON-lines log file (default: stderr)")
         p.add_argument("--max-length", type=_positive_int, default=8, help="longest draft accepted/produced")
         _model_args(p)
@@ -315,11 +371,13 @@ def register(sub) -> None:
                    help="largest max_new_tokens a request may ask for")
     p.add_argument("--max-request-s", type=_positive_float, default=600.0,
                    help="no request runs longer (a request's own deadline may be shorter)")
+    p.add_argument("--profile", help="control profile for oracle / static:D / head-rule policies "
+                                     "(default: the bundled pair's; see `specstop calibrate`)")
     p.set_defaults(func=cmd_edge)
 
     p = sub.add_parser("control", help="control subscriber: learn from timing events, publish policy updates")
     nats_arg(p)
-    p.add_argument("--id", default="control-1")
+    p.add_argument("--id", type=node_id, default="control-1")
     p.add_argument("--log-file", help="JSON-lines log file (default: stderr)")
     p.add_argument("--max-length", type=_positive_int, default=8)
     p.add_argument("--seed", type=int, default=0)
@@ -361,6 +419,22 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_calibrate)
 
     register_chaos(sub)
+
+    p = sub.add_parser("experiment", help="the paper's experiments on the live pipeline with device emulation")
+    p.add_argument("which", choices=["phase", "compare", "regret", "markov", "drift"])
+    p.add_argument("--out", required=True, help="folder for results (JSON), logs and the report")
+    p.add_argument("--quick", action="store_true", help="fewer delays and requests (about 10 minutes)")
+    p.add_argument("--edge-device", default="jetson-orin-nano", help="edge device profile to emulate")
+    p.add_argument("--cloud-device", default="rtx-3090-ti", help="cloud device profile to emulate")
+    p.add_argument("--concurrency", type=_positive_int, default=24, help="requests in flight (each its own device)")
+    p.add_argument("--max-new-tokens", type=_positive_int, default=32)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_experiment)
+
+    p = sub.add_parser("report", help="a Markdown page (tables, plots) from the experiment results in DIR")
+    p.add_argument("dir")
+    p.set_defaults(func=cmd_report)
 
 
 def cmd_chaos(a: argparse.Namespace) -> None:

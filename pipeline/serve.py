@@ -44,6 +44,7 @@ class EdgeOptions:
     request_timeout_s: float = 10.0
     failover_deadline_s: float = 30.0
     limits: EdgeLimits = field(default_factory=EdgeLimits)
+    profile: str | None = None  # control profile for oracle/static/head-rule policies (default: the pair's)
 
 
 @dataclass
@@ -92,6 +93,7 @@ async def serve_cloud(opts: NodeOptions, cloud: CloudOptions) -> None:
     from nodes.cloud import CloudConfig, CloudWorker
 
     log = logs.configure(opts.node_id, opts.log_file)
+    await bus.probe(opts.nats_url)  # no broker: say so before seconds of model loading
     set_threads(opts.threads)
     pair = load_pair(opts.draft, opts.target, device=opts.device, load_draft=False)
     nc = await bus.connect(opts.nats_url, opts.node_id, log)
@@ -107,14 +109,25 @@ async def serve_cloud(opts: NodeOptions, cloud: CloudOptions) -> None:
     log.info("cloud_stopped", rounds=worker.rounds)
 
 
-def default_policy_for(pair, max_length: int):
-    """Safe default before the controller speaks: the theory's best length from the
-    bundled pair's shipped profile (at the measured delay), else a fixed length."""
-    from control import load_profile, make_policy
+def profile_for(pair, explicit: str | None):
+    """The control profile an edge acts on: the given file, else the bundled pair's shipped one."""
+    from control import load_profile
     from nodes.models.loading import BUNDLED_DRAFT, BUNDLED_PROFILE, BUNDLED_TARGET
 
+    if explicit:
+        return load_profile(explicit)
     if pair.draft_name == BUNDLED_DRAFT and pair.target_name == BUNDLED_TARGET and BUNDLED_PROFILE.exists():
-        return make_policy("oracle", max_length=max_length, profile=load_profile(BUNDLED_PROFILE))
+        return load_profile(BUNDLED_PROFILE)
+    return None
+
+
+def default_policy_for(profile, max_length: int):
+    """Safe default before the controller speaks: the theory's best length from the profile
+    (at the measured delay), else a fixed length."""
+    from control import make_policy
+
+    if profile is not None:
+        return make_policy("oracle", max_length=max_length, profile=profile)
     return make_policy(f"fixed:{min(4, max_length)}", max_length=max_length)
 
 
@@ -124,13 +137,15 @@ async def serve_edge(opts: NodeOptions, edge: EdgeOptions) -> None:
 
     log = logs.configure(opts.node_id, opts.log_file)
     channel = parse_channel(edge.channel, seed=edge.seed)
+    await bus.probe(opts.nats_url)  # no broker: say so before seconds of model loading
     set_threads(opts.threads)
     pair = load_pair(opts.draft, opts.target, device=opts.device, load_target=False)
     nc = await bus.connect(opts.nats_url, opts.node_id, log)
     cfg = EdgeConfig(opts.node_id, edge.policy, opts.max_length, edge.request_timeout_s, edge.failover_deadline_s,
                      edge.seed, edge.limits, opts.drain_timeout_s)
+    profile = profile_for(pair, edge.profile)
     book = PolicyBook(opts.max_length, edge.seed, learn_locally=edge.local_policy,
-                      fallback=default_policy_for(pair, opts.max_length))
+                      fallback=default_policy_for(profile, opts.max_length), profile=profile, pinned=edge.policy)
     limits = limits_for(pair.vocab_size, opts, edge.limits.max_prompt_tokens + edge.limits.max_new_tokens + 64)
     worker = EdgeWorker(nc, pair, cfg, limits, log, channel, book, model_nice=opts.model_nice, device=_device(opts))
     await worker.start()

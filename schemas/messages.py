@@ -33,9 +33,17 @@ ERROR_CODES = (BAD_MESSAGE, TOO_LARGE, VERSION, RESEND_CONTEXT, OVERLOADED, DRAI
                DUPLICATE, NO_VERIFIER, DEADLINE, CANCELLED, UNAVAILABLE, INTERNAL)
 
 
+ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+
+
+def valid_id(value: str) -> bool:
+    """Ids name subjects and KV keys: 1..128 ASCII letters, digits, '-' or '_'."""
+    return 0 < len(value) <= MAX_ID_LEN and all(c in ID_CHARS for c in value)
+
+
 def _check_id(value: str, name: str) -> None:
-    if not value or len(value) > MAX_ID_LEN or any(c in value for c in " .*>\t\r\n"):
-        raise SchemaError(f"{name} must be 1..{MAX_ID_LEN} characters without spaces, '.', '*' or '>'")
+    if not valid_id(value):
+        raise SchemaError(f"{name} must be 1..{MAX_ID_LEN} ASCII letters, digits, '-' or '_'")
 
 
 def _check_tokens(ids: list[int], limits: Limits, name: str) -> None:
@@ -113,10 +121,14 @@ class DraftMsg:
     q_probs: Float32Array | None = None  # L*top_k
     context: Int32Array | None = None    # full context: first round, or a resend
     final: bool = False                  # the edge will send no more rounds: end the session
+    session: str = ""                    # the edge's nonce for this request: a reused request id never
+                                         # meets the session of an earlier request with that id
 
     def validate(self, limits: Limits) -> None:
         _check_id(self.request_id, "request_id")
         _check_id(self.edge_id, "edge_id")
+        if self.session and not valid_id(self.session):
+            raise SchemaError("draft: session must be 1..128 ASCII letters, digits, '-' or '_'")
         _check_round("draft", self.round, self.attempt)
         if not 0 <= self.top_k <= MAX_TOP_K:
             raise SchemaError(f"draft: top_k must be in [0, {MAX_TOP_K}]")
@@ -152,14 +164,15 @@ class DraftMsg:
 
     @classmethod
     def from_draft(cls, d: Draft, *, request_id: str, round: int, attempt: int, edge_id: str,
-                   params: SamplingParams, context: list[int] | None = None, final: bool = False) -> "DraftMsg":
+                   params: SamplingParams, context: list[int] | None = None, final: bool = False,
+                   session: str = "") -> "DraftMsg":
         flat_ids = flat_probs = None
         if d.q_ids is not None and d.q_probs is not None:
             flat_ids = Int32Array(t for row in d.q_ids for t in row)
             flat_probs = Float32Array(p for row in d.q_probs for p in row)
         return cls(request_id, round, attempt, edge_id, Int32Array(d.tokens), d.seed, params.temperature,
                    params.top_p, params.top_k if flat_ids is not None else 0, flat_ids, flat_probs,
-                   None if context is None else Int32Array(context), final)
+                   None if context is None else Int32Array(context), final, session)
 
 
 @message("verdict")

@@ -27,7 +27,7 @@ def generate(edge_id: str | None = None) -> str:
 
 def policy_key(edge_id: str, policy_spec: str) -> str:
     """KV key of one learner (KV keys allow [-/_=.a-zA-Z0-9])."""
-    safe = "".join(c if c.isalnum() or c in "-_" else "=" for c in policy_spec)
+    safe = "".join(c if (c.isascii() and c.isalnum()) or c in "-_" else "=" for c in policy_spec)
     return f"{edge_id}.{safe}"
 
 

@@ -240,3 +240,18 @@ async def test_the_controller_stops_with_its_batch_acked(broker, tmp_path):
     info = await cnc.jetstream().consumer_info(subjects.TIMING_STREAM, subjects.CONTROL_DURABLE)
     await cnc.close()
     assert ctl.task.done() and info.num_ack_pending == 0 and info.delivered.stream_seq == ctl.applied
+
+
+async def test_an_event_with_an_id_no_bucket_key_can_hold_is_skipped_and_learning_goes_on(broker, tmp_path):
+    nc = await bus.connect(broker.url, "odd", long_lived=False)
+    await ensure_stream(nc.jetstream())
+    body = msgpack.unpackb(encode(TimingEvent("edge-z", "r", 0, 0, 4, 4, 30.0, 5.0, 4.0, 0.1, 20.9, 10.0, "auto", 0,
+                                              "cloud-1", None, 1, 5)))
+    body["edge_id"] = "e@1"
+    await nc.jetstream().publish("specstop.timing.e@1", msgpack.packb(body))
+    await nc.close()
+    await publish_events(broker.url, 5)
+    cnc, ctl = await start_controller(broker.url, tmp_path)
+    await wait_for(lambda: ctl.applied == 5 and ctl.malformed == 1)
+    await ctl.stop()
+    await cnc.close()

@@ -100,13 +100,21 @@ async def test_a_stopping_verifier_hands_its_requests_to_another_and_outputs_sta
     prompts = [d[:120] for d in corpus_documents()[:4]]
     refs = [target_only_generate(pair, pair.tokenizer.encode(p, add_special_tokens=False), 96).token_ids
             for p in prompts]
+    from schemas import subjects as subj
+
     async with cluster(broker.url, pair, tmp_path, channel="const:5", clouds=2) as (client, edge, clouds):
+        standby = clouds[1]
+        await standby._queue_sub.unsubscribe()  # every request starts on cloud-1 ...
+        await standby.nc.flush()
         tasks = [asyncio.create_task(generate_stream(client, GenerateRequest(f"move-{i}", prompt=p, max_new_tokens=96,
                                                                              policy="fixed:3"), 60))
                  for i, p in enumerate(prompts)]
-        await wait_for(lambda: clouds[0].sessions and clouds[1].sessions or clouds[0].rounds > 10)
-        await clouds[0].stop()
+        await wait_for(lambda: len(clouds[0].sessions) == len(prompts))
+        standby._queue_sub = await standby.nc.subscribe(subj.VERIFY, queue=subj.VERIFIER_QUEUE, cb=standby._on_msg)
+        await standby.nc.flush()
+        await clouds[0].stop()  # ... and moves to cloud-2 when cloud-1 stops
         results = await asyncio.gather(*tasks)
+        assert standby.rounds > 0
     assert [r.token_ids for r in results] == refs and all(r.ok for r in results)
 
 
@@ -141,3 +149,19 @@ async def test_a_forged_policy_version_is_refused_and_the_edge_keeps_its_policy(
     assert "not a plausible successor" in decode(forged.data, Limits(), expect=(ErrorMsg,)).message
     assert "at_risk" in decode(negative.data, Limits(), expect=(ErrorMsg,)).message
     assert versions["auto"] == 3
+
+
+async def test_a_cancel_right_behind_its_request_still_ends_the_stream_and_frees_the_id(broker, pair, tmp_path):
+    from schemas.messages import CancelMsg
+
+    async with cluster(broker.url, pair, tmp_path) as (client, edge, clouds):
+        inbox = client.new_inbox()
+        sub = await client.subscribe(inbox)
+        req = GenerateRequest("hasty", prompt=PROMPT, max_new_tokens=50)
+        await client.publish(subjects.GENERATE, encode(req), reply=inbox)
+        await client.publish(subjects.CANCEL, encode(CancelMsg("hasty", inbox)))  # same socket write
+        end = decode((await sub.next_msg(timeout=20)).data)
+        await wait_for(lambda: "hasty" not in edge.live)
+        again = await generate_stream(client, GenerateRequest("hasty", prompt=PROMPT, max_new_tokens=4), 20)
+    assert isinstance(end, ErrorMsg) and end.code == "cancelled"
+    assert again.ok

@@ -43,7 +43,7 @@ def test_a_retry_of_the_round_in_flight_waits_for_it_and_gets_the_same_verdict()
     replies = t.finish(first.compute.session, Outcome(1, 42, 3.0, 0.0), "state", 3.0)
     assert [(r.to, r.msg.attempt) for r in replies] == [("inbox-0", 0), ("inbox-1", 1), ("inbox-2", 2)]
     assert {(r.msg.accepted, r.msg.next_token) for r in replies} == {(1, 42)}
-    assert t.rounds == 1 and t.sessions[("edge-a", "r1")].next_round == 1
+    assert t.rounds == 1 and t.sessions[("edge-a", "r1", "")].next_round == 1
 
 
 def test_a_retry_of_the_round_last_applied_gets_the_cached_verdict_and_nothing_is_applied_again():
@@ -53,7 +53,7 @@ def test_a_retry_of_the_round_last_applied_gets_the_cached_verdict_and_nothing_i
     assert adm.event == "verdict_resent" and adm.compute is None
     assert adm.replies[0].msg == VerdictMsg("r1", 0, 3, 2, 42, reply.msg.verify_ms, reply.msg.queue_ms, "cloud-1",
                                             reply.msg.verify_real_ms)
-    assert t.rounds == 1 and t.sessions[("edge-a", "r1")].tokens == [7, 8, 9, 1, 2, 42]
+    assert t.rounds == 1 and t.sessions[("edge-a", "r1", "")].tokens == [7, 8, 9, 1, 2, 42]
 
 
 def test_the_same_round_with_another_draft_is_a_conflict():
@@ -78,10 +78,10 @@ def test_a_round_out_of_order_asks_for_the_context():
 def test_another_edge_reusing_a_request_id_never_touches_the_live_session():
     t = SessionTable(CFG)
     compute(t, draft(edge="edge-a"))
-    held = t.sessions[("edge-a", "r1")]
+    held = t.sessions[("edge-a", "r1", "")]
     adm = t.admit(draft(edge="edge-b", context=(1, 1, 1)), "inbox", 1.0)
     assert adm.event == "compute" and adm.compute.session is not held
-    assert t.sessions[("edge-a", "r1")] is held and held.tokens == [7, 8, 9, 1, 42]
+    assert t.sessions[("edge-a", "r1", "")] is held and held.tokens == [7, 8, 9, 1, 42]
 
 
 def test_the_owners_context_for_the_next_round_reuses_the_cache_when_it_matches():
@@ -95,7 +95,7 @@ def test_the_owners_differing_context_rebuilds_its_session():
     t = SessionTable(CFG)
     compute(t, draft())
     adm = t.admit(draft(rnd=5, context=(1, 2, 3)), "inbox", 1.0)
-    assert adm.compute.rebuild and t.sessions[("edge-a", "r1")].tokens == [1, 2, 3]
+    assert adm.compute.rebuild and t.sessions[("edge-a", "r1", "")].tokens == [1, 2, 3]
 
 
 def test_at_the_cap_with_every_session_busy_a_new_one_is_refused_as_overloaded():
@@ -111,8 +111,8 @@ def test_at_the_cap_the_least_recently_used_idle_session_makes_room():
     compute(t, draft("a"), now=0.0)
     compute(t, draft("b"), now=1.0)
     adm = t.admit(draft("c"), "x", 10.0)
-    assert adm.event == "compute" and adm.evicted == ("edge-a", "a") and set(t.sessions) == {
-        ("edge-a", "b"), ("edge-a", "c")}
+    assert adm.event == "compute" and adm.evicted == ("edge-a", "a", "") and set(t.sessions) == {
+        ("edge-a", "b", ""), ("edge-a", "c", "")}
 
 
 def test_a_recently_used_session_is_not_evicted():
@@ -168,7 +168,7 @@ def test_idle_sessions_expire_but_never_one_with_a_round_in_flight():
     t = SessionTable(CFG)
     compute(t, draft("idle"), now=0.0)
     t.admit(draft("busy"), "x", 0.0)
-    assert t.expire(1000.0) == [("edge-a", "idle")] and set(t.sessions) == {("edge-a", "busy")}
+    assert t.expire(1000.0) == [("edge-a", "idle", "")] and set(t.sessions) == {("edge-a", "busy", "")}
 
 
 def test_sampling_parameters_cannot_change_within_a_session():
@@ -187,3 +187,34 @@ def test_a_context_that_would_grow_past_the_limit_is_refused():
 def test_messages_without_a_reply_subject_get_no_reply():
     t = SessionTable(CFG)
     assert t.admit(draft(rnd=2, context=None), None, 0.0).replies == []
+
+
+def test_a_reused_request_id_with_a_new_nonce_never_gets_the_old_verdict():
+    t = SessionTable(CFG)
+    compute(t, draft(tokens=(), context=(1, 2, 3), session="old"), accepted=0, nxt=77)
+    adm = t.admit(draft(tokens=(), context=(9, 9, 9, 9), session="new"), "x", 1.0)
+    assert adm.event == "compute" and adm.compute.session.tokens == [9, 9, 9, 9]
+
+
+def test_a_retry_with_another_context_is_not_answered_from_the_cache():
+    t = SessionTable(CFG)
+    compute(t, draft(tokens=(), context=(1, 2, 3)), accepted=0, nxt=77)
+    adm = t.admit(draft(tokens=(), context=(9, 9, 9, 9), attempt=1), "x", 1.0)
+    assert adm.event == "compute" and adm.compute.rebuild and adm.compute.session.tokens == [9, 9, 9, 9]
+
+
+def test_attempts_waiting_on_one_round_are_bounded_and_never_doubled():
+    from nodes.protocol.verifier_table import MAX_WAITERS
+
+    t = SessionTable(CFG)
+    first = t.admit(draft(), "inbox-0", 0.0)
+    t.admit(draft(attempt=1), "inbox-0", 0.0)  # the same reply subject again: not a second waiter
+    events = [t.admit(draft(attempt=i + 2), f"inbox-{i + 1}", 0.0).event for i in range(MAX_WAITERS + 3)]
+    assert len(first.compute.session.in_flight.waiters) == MAX_WAITERS and events[-1] == "overloaded"
+
+
+def test_a_draft_overtaken_by_its_final_message_does_not_rebuild_the_session():
+    t = SessionTable(CFG)
+    t.admit(draft(rnd=0, tokens=(), context=None, final=True), None, 0.0)
+    adm = t.admit(draft(), "x", 0.5)
+    assert adm.compute is None and not t.sessions

@@ -31,8 +31,11 @@ TEMPER = 0.8  # posterior deviations are scaled by this: less dithering among ne
 class AutoPolicy(Policy):
     spec = "auto"
 
-    def __init__(self, max_length: int, seed: int = 0):
+    def __init__(self, max_length: int, seed: int = 0, use_state: bool = True):
         super().__init__(max_length)
+        self.use_state = use_state  # False: `auto-blind`, which ignores an observable channel state
+        if not use_state:
+            self.spec = "auto-blind"
         k = max_length
         self.seed = int(seed) & 0x7FFF_FFFF
         self.n_obs = 0
@@ -60,7 +63,8 @@ class AutoPolicy(Policy):
         self.arm_sum[L - 1] += c
         self.n_obs += 1
         self.n_chosen = 0
-        key = None if o.context.channel_state is None else str(o.context.channel_state)[:checks.MAX_KEY_LEN]
+        key = None if o.context.channel_state is None or not self.use_state else \
+            str(o.context.channel_state)[:checks.MAX_KEY_LEN]
         if key is not None and (key in self.states or len(self.states) < checks.MAX_TABLE):
             st = self.states.setdefault(key, {"n": 0.0, "delay_sum": 0.0, "compute_sum": 0.0, "predicted_sum": 0.0})
             st["n"] += 1
@@ -121,7 +125,8 @@ class AutoPolicy(Policy):
         self.n_chosen += 1
         c = self.compute_estimate()
         b = 1.0 + np.cumsum(self.survival_sample(rng))
-        if ctx.channel_state is not None and len(self.states) >= 2 and str(ctx.channel_state) in self.states:
+        if self.use_state and ctx.channel_state is not None and len(self.states) >= 2 \
+                and str(ctx.channel_state) in self.states:
             return self._choose_markov(str(ctx.channel_state), c, b)
         return int(np.argmin((c + 2.0 * ctx.delay_ms) / b)) + 1
 

@@ -14,8 +14,9 @@ from control.types import ControlError
 
 TARGET_ONLY = "target-only"
 MAX_SPEC_LEN = 64
-POLICY_SPECS = (TARGET_ONLY, "auto", "fixed:K", "oracle", "static:D", "ucb-specstop[:beta]", "naive-ucb[:beta]",
-                "ucb-specstop-ctx[:beta]", "hf-heuristic", "hf-confidence[:threshold]")
+POLICY_SPECS = (TARGET_ONLY, "auto", "auto-blind", "fixed:K", "oracle", "static:D", "ucb-specstop[:beta]",
+                "ucb-specstop-scaled[:beta]", "naive-ucb[:beta]", "naive-ucb-scaled[:beta]", "ucb-specstop-ctx[:beta]",
+                "hf-heuristic", "hf-confidence[:threshold]")
 DEFAULT_MAX_LENGTH = 8
 
 
@@ -54,6 +55,8 @@ def make_policy(spec: str, max_length: int = DEFAULT_MAX_LENGTH, seed: int = 0,
         return FixedPolicy(_arg(spec, int), max_length)
     if name == "auto":
         return AutoPolicy(max_length, seed=seed)
+    if name == "auto-blind":
+        return AutoPolicy(max_length, seed=seed, use_state=False)
     if name == "oracle":
         return OraclePolicy(_need_profile(spec, profile), max_length)
     if name == "static":
@@ -61,11 +64,11 @@ def make_policy(spec: str, max_length: int = DEFAULT_MAX_LENGTH, seed: int = 0,
         if d < 0:
             raise ControlError(f"policy '{spec}': delay must be >= 0")
         return StaticPolicy(_need_profile(spec, profile), d, max_length)
-    if name in ("ucb-specstop", "naive-ucb"):
+    if name in ("ucb-specstop", "naive-ucb", "ucb-specstop-scaled", "naive-ucb-scaled"):
         beta = _arg(spec, float, 1.0)
         if beta < 0:
             raise ControlError(f"policy '{spec}': beta must be >= 0")
-        return UcbSpecStop(max_length, beta=beta, naive=name == "naive-ucb")
+        return UcbSpecStop(max_length, beta=beta, naive=name.startswith("naive"), scaled=name.endswith("-scaled"))
     if name == "ucb-specstop-ctx":
         beta = _arg(spec, float, 1.0)
         if beta < 0:

@@ -1,14 +1,16 @@
 """Bandit baselines over draft lengths 1..K.
 
-UCB-SpecStop (the seed paper's Algorithm 1): per arm S_T = sum round_ms,
-S_A = sum (A + 1), n. Play each arm once, then argmin
-    S_T/S_A - beta * R * sqrt(n log t) / S_A
-with t the rounds so far and R the observed round-time range (ms). Scaling the
-bonus by R puts beta on a unitless scale: the paper's beta = 1 with raw ms made
-the bonus negligible (greedy). Default beta = 1.0 (bonus ~ one round-time range).
+UCB-SpecStop (the seed paper's Algorithm 1), as the paper runs it: per arm
+S_T = sum round_ms, S_A = sum (A + 1), n. Play each arm once, then argmin
+    S_T/S_A - beta * sqrt(n log t) / S_A
+with t the rounds so far and beta = 1 on raw milliseconds (the published rule:
+the bonus is small next to ms/token values, so it is nearly greedy).
+`ucb-specstop-scaled` multiplies the bonus by R, the observed round-time range
+(ms), which puts beta on a unitless scale; it explores far more.
 
-Naive UCB: UCB on the per-round ratio T/(A+1) — biased toward short drafts
-(Jensen: E[T/(A+1)] != E[T]/E[A+1]).
+Naive UCB: UCB on the per-round ratio T/(A+1), mean - beta * sqrt(log t / n)
+(raw ms, as published; `naive-ucb-scaled` scales by the ratio's range) —
+biased toward short drafts (Jensen: E[T/(A+1)] != E[T]/E[A+1]).
 """
 from __future__ import annotations
 
@@ -63,7 +65,8 @@ class _ArmStats:
         if not isinstance(rng, (list, tuple)) or len(rng) != 4:
             raise checks.ControlError(f"snapshot: '{where}.range' must be 4 numbers or nulls")
         s.t_min, s.t_max, s.r_min, s.r_max = (
-            math.inf if x is None else checks.number(x, f"{where}.range", 0.0) for x in rng)
+            (math.inf if i % 2 == 0 else -math.inf) if x is None else checks.number(x, f"{where}.range", 0.0)
+            for i, x in enumerate(rng))
         if s.n.any() and (math.isinf(s.t_min) or math.isinf(s.r_min)):
             raise checks.ControlError(f"snapshot: '{where}.range' is missing for arms already played")
         return s
@@ -73,30 +76,32 @@ def _f(x: float) -> float | None:
     return None if math.isinf(x) else x
 
 
-def _ucb_index(stats: _ArmStats, beta: float, naive: bool) -> int:
+def _ucb_index(stats: _ArmStats, beta: float, naive: bool, scaled: bool) -> int:
     untried = np.flatnonzero(stats.n == 0)
     if len(untried):
         return int(untried[0]) + 1
     t = stats.n.sum()
     if naive:
         mean = stats.sum_r / stats.n
-        bonus = beta * (stats.r_max - stats.r_min) * np.sqrt(np.log(t) / stats.n)
+        scale = (stats.r_max - stats.r_min) if scaled else 1.0
+        bonus = beta * scale * np.sqrt(np.log(t) / stats.n)
     else:
         mean = stats.sum_t / stats.sum_a
-        bonus = beta * (stats.t_max - stats.t_min) * np.sqrt(stats.n * np.log(t)) / stats.sum_a
+        scale = (stats.t_max - stats.t_min) if scaled else 1.0
+        bonus = beta * scale * np.sqrt(stats.n * np.log(t)) / stats.sum_a
     return int(np.argmin(mean - bonus)) + 1
 
 
 class UcbSpecStop(Policy):
-    def __init__(self, max_length: int, beta: float = 1.0, naive: bool = False):
+    def __init__(self, max_length: int, beta: float = 1.0, naive: bool = False, scaled: bool = False):
         super().__init__(max_length)
-        self.beta = beta
-        self.naive = naive
-        self.spec = ("naive-ucb" if naive else "ucb-specstop") + ("" if beta == 1.0 else f":{beta:g}")
+        self.beta, self.naive, self.scaled = beta, naive, scaled
+        name = ("naive-ucb" if naive else "ucb-specstop") + ("-scaled" if scaled else "")
+        self.spec = name + ("" if beta == 1.0 else f":{beta:g}")
         self.stats = _ArmStats(max_length)
 
     def choose(self, ctx: RoundContext) -> int:
-        return _ucb_index(self.stats, self.beta, self.naive)
+        return _ucb_index(self.stats, self.beta, self.naive, self.scaled)
 
     def observe(self, outcome: RoundOutcome) -> None:
         self.stats.add(outcome)
@@ -109,7 +114,7 @@ class UcbSpecStop(Policy):
 
 
 class ContextualUcbSpecStop(Policy):
-    """UCB-SpecStop with separate statistics per channel state."""
+    """UCB-SpecStop (the paper's raw-ms rule) with separate statistics per channel state."""
 
     def __init__(self, max_length: int, beta: float = 1.0):
         super().__init__(max_length)
@@ -126,7 +131,8 @@ class ContextualUcbSpecStop(Policy):
         return self.per_state[key]
 
     def choose(self, ctx: RoundContext) -> int:
-        return _ucb_index(self.per_state.get(str(ctx.channel_state)) or _ArmStats(self.max_length), self.beta, False)
+        return _ucb_index(self.per_state.get(str(ctx.channel_state)) or _ArmStats(self.max_length), self.beta, False,
+                          False)
 
     def observe(self, outcome: RoundOutcome) -> None:
         stats = self._stats(outcome.context)

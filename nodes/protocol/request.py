@@ -22,6 +22,7 @@ Rules (README, "Round protocol"):
 """
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -135,6 +136,8 @@ class EdgeRequest:
     _failing_since: float | None = None
     _context_resent: bool = False
     _holder_unknown: bool = False  # a context went to the queue group and no verdict named who took it
+    _retried_to_queue: bool = False  # a retry went to the queue group: verifiers we never heard from may hold it
+    session: str = field(default_factory=lambda: uuid.uuid4().hex[:16])  # nonce of this request's sessions
 
     def __post_init__(self) -> None:
         self.context = list(self.prompt_ids)
@@ -161,7 +164,7 @@ class EdgeRequest:
         first_round = self.verifier is None and self.round == 0
         msg = DraftMsg.from_draft(draft, request_id=self.req.request_id, round=self.round, attempt=0,
                                   edge_id=self.rules.edge_id, params=self.params,
-                                  context=self.context if self.verifier is None else None)
+                                  context=self.context if self.verifier is None else None, session=self.session)
         self._context_resent = self.verifier is None and not first_round
         self._holder_unknown = self._holder_unknown or self.verifier is None
         self._pending = msg
@@ -239,10 +242,10 @@ class EdgeRequest:
     def final_messages(self) -> list[tuple[str, DraftMsg]]:
         """One `final` draft to every verifier that may hold a session of this request."""
         targets = [subjects.verifier(v) for v in dict.fromkeys([*self.left_behind, self.verifier]) if v]
-        if self._holder_unknown:  # a verifier may hold a session it never told us about: tell them all
+        if self._holder_unknown or self._retried_to_queue:  # a verifier may hold a session we never heard of
             targets.append(subjects.SESSION_END)
         return [(t, DraftMsg(self.req.request_id, min(self.round, (1 << 31) - 1), 0, self.rules.edge_id, Int32Array(),
-                             0, final=True)) for t in targets]
+                             0, final=True, session=self.session)) for t in targets]
 
     # --- internals -------------------------------------------------------------------
     def _subject(self) -> str:
@@ -274,10 +277,10 @@ class EdgeRequest:
             self.verifier = None
             m.context = Int32Array(self.context)
             self._context_resent = True
-            self._holder_unknown = True
+            self._holder_unknown = self._retried_to_queue = True
         wait = 0.0
-        if backoff:
-            wait = min(self.rules.backoff_max_s, self.rules.backoff_min_s * 2 ** min(self.retries, 16),
+        if backoff:  # 50 ms, 100 ms, ... per attempt of this round, at most 1 s, never past the deadline
+            wait = min(self.rules.backoff_max_s, self.rules.backoff_min_s * 2 ** min(self.attempt - 1, 16),
                        max(0.0, deadline - waited))
         return Send(self._subject(), m, wait, self.rules.request_timeout_s)
 

@@ -6,9 +6,11 @@ calls `finish`), replies to send now, and what happened (for the log).
 `finish` turns the computed verdict into one reply per waiting attempt.
 
 Rules (README, "Round protocol"):
-  * a session belongs to (edge_id, request_id): a context from another edge, or
-    another edge reusing a request id, is a different session and never
-    touches a live one;
+  * a session belongs to (edge_id, request_id, session nonce): a context from
+    another edge, another edge reusing a request id, or the same edge reusing
+    a request id for a new request (the edge draws a new nonce per request), is
+    a different session and never touches a live one; a retry that carries a
+    context must carry the context the round was computed on;
   * a round is in flight from the moment it is admitted, before any compute:
     a retry of it (any attempt, with or without the context) waits for that
     verdict and gets the same one; a retry of the round last applied gets the
@@ -19,10 +21,14 @@ Rules (README, "Round protocol"):
     between): at the cap the least recently used idle session is evicted
     (its edge resends the context if it ever comes back), else `overloaded`;
   * draining: rounds in flight finish, cached verdicts are still answered,
-    everything else answers `draining` (the edge moves to another verifier).
+    everything else answers `draining` (the edge moves to another verifier);
+  * bounded: at most MAX_WAITERS attempts wait on one round (a duplicate reply
+    subject is not added twice); an ended session is remembered for a while, so
+    a draft overtaken by its own final message never builds it again.
 """
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -32,7 +38,10 @@ from schemas.messages import (
     VerdictMsg,
 )
 
-SessionKey = tuple[str, str]  # (edge_id, request_id)
+SessionKey = tuple[str, str, str]  # (edge_id, request_id, session nonce)
+MAX_WAITERS = 16
+ENDED_KEEP = 4096  # recently ended sessions remembered (bounded)
+ENDED_KEEP_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -64,6 +73,7 @@ class Session:
     tokens: list[int]                     # the context this session holds (prompt + applied rounds)
     next_round: int
     last_used: float
+    last_context_len: int = 0             # len(tokens) before the last applied round
     state: Any = None                     # the model's state (a TargetSession), owned by the caller
     last_tokens: tuple[int, ...] | None = None
     last_verdict: VerdictMsg | None = None
@@ -110,27 +120,35 @@ class SessionTable:
     def __init__(self, config: TableConfig, limits: Limits = Limits()):
         self.cfg, self.limits = config, limits
         self.sessions: dict[SessionKey, Session] = {}
+        self.ended: OrderedDict[SessionKey, float] = OrderedDict()
         self.draining = False
         self.rounds = 0
 
     # --- admission -----------------------------------------------------------------
     def admit(self, msg: DraftMsg, reply_to: Any, now: float) -> Admission:
-        key = (msg.edge_id, msg.request_id)
+        key = (msg.edge_id, msg.request_id, msg.session)
         s = self.sessions.get(key)
         if msg.final:
-            return self._end(key, s, msg, reply_to)
+            return self._end(key, s, msg, reply_to, now)
+        if key in self.ended:
+            return self._error(reply_to, msg, RESEND_CONTEXT, "this session has ended")
         params = (msg.temperature, msg.top_p, msg.top_k)
         tokens = tuple(msg.tokens)
+        context = None if msg.context is None else list(msg.context)
         if s is not None:
             if s.params != params:
                 return self._error(reply_to, msg, BAD_MESSAGE, "sampling parameters changed within a session")
-            if s.in_flight is not None and s.in_flight.round == msg.round:
+            if s.in_flight is not None and s.in_flight.round == msg.round and (context is None or context == s.tokens):
                 if s.in_flight.tokens != tokens:
                     return self._error(reply_to, msg, CONFLICT, f"round {msg.round} is in flight with another draft")
-                if reply_to is not None:
-                    s.in_flight.waiters.append(Waiter(reply_to, msg.attempt))
+                waiters = s.in_flight.waiters
+                if reply_to is not None and all(w.reply_to != reply_to for w in waiters):
+                    if len(waiters) >= MAX_WAITERS:
+                        return self._error(reply_to, msg, OVERLOADED, f"{MAX_WAITERS} attempts already wait on this round")
+                    waiters.append(Waiter(reply_to, msg.attempt))
                 return Admission("joined_in_flight")
-            if s.last_verdict is not None and msg.round == s.next_round - 1:
+            if s.last_verdict is not None and msg.round == s.next_round - 1 and (
+                    context is None or context == s.tokens[:s.last_context_len]):
                 if s.last_tokens != tokens:
                     return self._error(reply_to, msg, CONFLICT, f"round {msg.round} was applied with another draft")
                 s.last_used = now
@@ -139,7 +157,7 @@ class SessionTable:
         if self.draining:
             return self._error(reply_to, msg, DRAINING,
                                f"verifier {self.cfg.verifier_id} is shutting down: resend the context elsewhere")
-        if msg.context is None:
+        if context is None:
             if s is None:
                 return self._error(reply_to, msg, RESEND_CONTEXT,
                                    f"verifier {self.cfg.verifier_id} holds no session for this request")
@@ -147,7 +165,6 @@ class SessionTable:
                 return self._error(reply_to, msg, RESEND_CONTEXT,
                                    f"round {msg.round} is out of order (expected {s.next_round})")
             return self._start(s, msg, reply_to, tokens, now, rebuild=False)
-        context = list(msg.context)
         if s is not None and s.in_flight is None and msg.round == s.next_round and context == s.tokens:
             return self._start(s, msg, reply_to, tokens, now, rebuild=False)  # the cache already holds it
         evicted = None
@@ -181,12 +198,14 @@ class SessionTable:
         real = result.verify_real_ms if emulated else result.verify_ms
         verdict = VerdictMsg(rid, inf.round, 0, a, result.next_token, round(result.verify_ms, 3),
                              round(result.queue_ms, 3), self.cfg.verifier_id, round(real, 3), emulated)
+        session.last_context_len = len(session.tokens)
         session.tokens.extend(inf.tokens[:a] + (result.next_token,))
         session.next_round, session.last_tokens, session.last_verdict = inf.round + 1, inf.tokens, verdict
         session.state, session.last_used = state, now
         self.rounds += 1
         if session.ending and current:
             del self.sessions[session.key]
+            self._remember_end(session.key, now)
         return [Reply(w.reply_to, replace(verdict, attempt=w.attempt)) for w in inf.waiters]
 
     # --- housekeeping ----------------------------------------------------------------
@@ -221,14 +240,21 @@ class SessionTable:
         s.last_used = now
         return Admission("compute", compute=Compute(s, msg, rebuild))
 
-    def _end(self, key: SessionKey, s: Session | None, msg: DraftMsg, reply_to: Any) -> Admission:
+    def _end(self, key: SessionKey, s: Session | None, msg: DraftMsg, reply_to: Any, now: float) -> Admission:
         if s is not None:
             if s.in_flight is not None:
                 s.ending = True
             else:
                 del self.sessions[key]
+        self._remember_end(key, now)
         ack = [Reply(reply_to, AckMsg(msg.request_id, "session_end"))] if reply_to is not None else []
         return Admission("session_end", ack, detail="held" if s is not None else "unknown")
+
+    def _remember_end(self, key: SessionKey, now: float) -> None:
+        self.ended[key] = now
+        self.ended.move_to_end(key)
+        while self.ended and (len(self.ended) > ENDED_KEEP or now - next(iter(self.ended.values())) > ENDED_KEEP_S):
+            self.ended.popitem(last=False)
 
     def _has_room(self, now: float) -> bool:
         return len(self.sessions) < self.cfg.max_sessions or self._evictable(now) is not None

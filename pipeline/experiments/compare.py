@@ -1,0 +1,214 @@
+"""`specstop experiment compare|drift|markov|regret`: policies side by side on the live pipeline.
+
+Every policy runs the same prompts with the same seeds (paired) on the same
+edge, so differences come from the policies, not the prompts. The empirical
+oracle is the best fixed length under the profile calibrated at the start
+(every length at zero delay, prompts of its own); its gap is measured, not
+assumed. A policy's gap to the oracle carries a paired bootstrap interval
+(requests resampled together for both).
+
+  compare  every policy at several constant delays
+  drift    the delay jumps in wall-clock time (20 -> 150 ms): static tuning vs online
+  markov   a two-state channel (20 / 150 ms, state visible): blind vs contextual
+  regret   one long run at 100 ms, rounds in order: cumulative regret against the oracle
+"""
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import polars as pl
+
+from control.profile import profile_from_dict
+from control.theory import best_length
+from pipeline import aio
+from pipeline.analysis import calibrate_rounds, load_run
+from pipeline.analysis.stats import delay_buckets, ratio_ci
+from pipeline.experiments.lab import Cell, Lab, LabConfig, config_dict, elapsed, lab_prompts, save
+
+ORACLE = "oracle"
+CAL_EDGE = "edge-cal"
+
+
+def compare_policies(head: bool) -> list[str]:
+    """Every baseline the issue names; the head rules only when a trained head is shipped."""
+    base = ["auto", "ucb-specstop", "ucb-specstop-scaled", "naive-ucb", "static:10", "hf-heuristic",
+            "hf-confidence"]
+    return base + (["specdec++:0.7", "specdec++-delay"] if head else [])
+
+
+def head_available() -> bool:
+    try:
+        from nodes.models.head import head_path
+    except ImportError:
+        return False
+    return head_path().exists()
+
+
+def paired_gap(policy: pl.DataFrame, oracle: pl.DataFrame, resamples: int = 400, seed: int = 0) -> dict:
+    """Gap of policy vs oracle ms/token (%), requests paired by prompt index, with a bootstrap interval."""
+    def per_prompt(df: pl.DataFrame) -> pl.DataFrame:
+        return (df.with_columns(pl.col("request_id").str.extract(r"-(\d+)$").cast(pl.Int64).alias("k"))
+                .group_by("k").agg(pl.col("round_ms").sum().alias("t"), pl.col("tokens").sum().alias("n")))
+
+    joined = per_prompt(policy).join(per_prompt(oracle), on="k", suffix="_o")
+    if joined.is_empty():
+        return {"gap_pct": None, "ci": [None, None], "pairs": 0}
+    t, n, to, no = (joined[c].to_numpy().astype(float) for c in ("t", "n", "t_o", "n_o"))
+    gap = 100.0 * ((t.sum() / n.sum()) / (to.sum() / no.sum()) - 1.0)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(t), size=(resamples, len(t)))
+    boots = 100.0 * ((t[idx].sum(1) / n[idx].sum(1)) / (to[idx].sum(1) / no[idx].sum(1)) - 1.0)
+    lo, hi = np.percentile(boots, [2.5, 97.5])
+    return {"gap_pct": round(float(gap), 2), "ci": [round(float(lo), 2), round(float(hi), 2)], "pairs": len(t)}
+
+
+async def _calibrate_and_run(cfg: LabConfig, name: str, channels: dict[str, str], cells: list[Cell],
+                             prompts: list[str], progress, duration_s: float | None = None
+                             ) -> tuple[pl.DataFrame, dict, dict | None]:
+    lengths = range(1, cfg.max_length + 1)
+    n_cal = 6 if cfg.quick else 12
+    cal_prompts = lab_prompts(n_cal, seed=cfg.seed + 101)
+    with Lab(cfg, f"{name}-calibration", {CAL_EDGE: "const:0"}) as lab:
+        await lab.run([Cell(CAL_EDGE, f"fixed:{L}", n_cal, tag=f"cal-{L}") for L in lengths], cal_prompts, progress)
+        cal = calibrate_rounds(load_run(lab.run_dir).rounds, cfg.max_length, name=f"{name}-calibration")
+    profile_path = cfg.out / f"{name}-profile.json"
+    profile_path.write_text(json.dumps(cal, indent=1) + "\n")
+    run_cfg = LabConfig(**{**cfg.__dict__, "profile": str(profile_path)})
+    with Lab(run_cfg, name, channels) as lab:
+        await lab.run(cells, prompts, progress, duration_s)
+        emulation = lab.emulation()
+        rounds = load_run(lab.run_dir).rounds
+    return rounds, cal, emulation
+
+
+def policy_rows(rounds: pl.DataFrame, policies: list[str], by: list[str], oracle_policy: str = ORACLE) -> list[dict]:
+    keyed = rounds.with_columns(delay_buckets(rounds["delay_ms"].fill_null(0.0)))
+    rows = []
+    for key, g in keyed.group_by(by, maintain_order=True):
+        key = dict(zip(by, key))
+        oracle = g.filter(pl.col("policy") == oracle_policy)
+        for p in policies:
+            sub = g.filter(pl.col("policy") == p)
+            if sub.is_empty():
+                continue
+            j, lo, hi = ratio_ci(sub)
+            row = {**{k: str(v) for k, v in key.items()}, "policy": p, "rounds": sub.height,
+                   "ms_per_token": _r(j), "ci": [_r(lo), _r(hi)],
+                   "mean_length": _r(sub["draft_length"].mean()),
+                   "lengths": {str(L): n for L, n in sub["draft_length"].value_counts().sort("draft_length").iter_rows()}}
+            if p != oracle_policy and not oracle.is_empty():
+                row["vs_oracle"] = paired_gap(sub, oracle)
+            rows.append(row)
+    return rows
+
+
+def _r(x):
+    return None if x is None else round(float(x), 2)
+
+
+async def _compare(cfg: LabConfig, progress=None) -> dict:
+    t0 = time.perf_counter()
+    delays = (10.0, 50.0, 100.0, 150.0) if cfg.quick else (5.0, 10.0, 20.0, 50.0, 100.0, 150.0)
+    policies = compare_policies(head_available()) + [ORACLE]
+    n = 16 if cfg.quick else 40
+    prompts = lab_prompts(n, seed=cfg.seed)
+    channels = {f"edge-d{d:g}": f"const:{d:g}" for d in delays}
+    cells = [Cell(edge, p, n) for edge in channels for p in policies]
+    rounds, cal, emulation = await _calibrate_and_run(cfg, "compare", channels, cells, prompts, progress)
+    rows = policy_rows(rounds, policies, ["delay"])
+    return {"experiment": "compare", "config": config_dict(cfg), "emulation": emulation, "calibration": cal,
+            "delays": list(delays), "policies": policies, "rows": rows, "checks": compare_checks(rows),
+            "wall_s": elapsed(t0)}
+
+
+def compare_checks(rows: list[dict]) -> dict:
+    """auto within 2 % of the oracle at every delay; ahead of the bandits and the fixed-threshold head
+    wherever the difference is outside the interval."""
+    checks = {"auto_within_2pct": True, "auto_ahead_where_clear": True, "detail": []}
+    by_delay: dict[str, dict[str, dict]] = {}
+    for r in rows:
+        by_delay.setdefault(r["delay"], {})[r["policy"]] = r
+    for d, rs in by_delay.items():
+        auto = rs.get("auto", {}).get("vs_oracle", {})
+        if auto.get("gap_pct") is not None and auto["gap_pct"] > 2.0:
+            checks["auto_within_2pct"] = False
+        for rival in ("ucb-specstop", "naive-ucb", "specdec++:0.7"):
+            if rival not in rs or "vs_oracle" not in rs[rival] or not auto:
+                continue
+            diff = rs[rival]["vs_oracle"]["gap_pct"] - auto["gap_pct"]
+            clear = rs[rival]["vs_oracle"]["ci"][0] > auto["ci"][1] or auto["ci"][0] > rs[rival]["vs_oracle"]["ci"][1]
+            if clear and diff < 0:
+                checks["auto_ahead_where_clear"] = False
+            checks["detail"].append({"delay": d, "rival": rival, "rival_minus_auto_pct": round(diff, 2),
+                                     "clear": bool(clear)})
+    return checks
+
+
+async def _drift(cfg: LabConfig, progress=None) -> dict:
+    t0 = time.perf_counter()
+    phase_s = 60.0 if cfg.quick else 180.0
+    policies = ["auto", "static:20", "ucb-specstop", ORACLE]
+    n = 24 if cfg.quick else 64
+    prompts = lab_prompts(n, seed=cfg.seed)
+    channels = {"edge-drift": f"drift:20,150:{phase_s:g}"}
+    cells = [Cell("edge-drift", p, n) for p in policies]
+    rounds, cal, emulation = await _calibrate_and_run(cfg, "drift", channels, cells, prompts, progress,
+                                                      duration_s=2 * phase_s)
+    rows = policy_rows(rounds, policies, ["delay"])
+    whole = policy_rows(rounds.with_columns(pl.lit(0.0).alias("delay_ms")), policies, ["delay"])
+    static_gap = next((r["vs_oracle"]["gap_pct"] for r in rows if r["policy"] == "static:20" and r["delay"] == "150.0"), None)
+    auto_gap = next((r["vs_oracle"]["gap_pct"] for r in rows if r["policy"] == "auto" and r["delay"] == "150.0"), None)
+    return {"experiment": "drift", "config": config_dict(cfg), "emulation": emulation, "calibration": cal,
+            "channel": channels["edge-drift"], "rows": rows, "whole_run": whole,
+            "checks": {"static_gap_after_the_change_pct": static_gap, "auto_gap_after_the_change_pct": auto_gap,
+                       "gap_removed": auto_gap is not None and static_gap is not None and auto_gap < static_gap / 3},
+            "wall_s": elapsed(t0)}
+
+
+async def _markov(cfg: LabConfig, progress=None) -> dict:
+    t0 = time.perf_counter()
+    policies = ["auto", "auto-blind", "ucb-specstop", "ucb-specstop-ctx", ORACLE]
+    n = 24 if cfg.quick else 64
+    prompts = lab_prompts(n, seed=cfg.seed)
+    channels = {"edge-markov": "markov:20,150:0.9"}
+    cells = [Cell("edge-markov", p, n) for p in policies]
+    rounds, cal, emulation = await _calibrate_and_run(cfg, "markov", channels, cells, prompts, progress)
+    whole = policy_rows(rounds.with_columns(pl.lit(0.0).alias("delay_ms")), policies, ["delay"])
+    per_state = policy_rows(rounds, policies, ["delay"])
+    return {"experiment": "markov", "config": config_dict(cfg), "emulation": emulation, "calibration": cal,
+            "channel": channels["edge-markov"], "rows": whole, "per_state": per_state, "wall_s": elapsed(t0)}
+
+
+async def _regret(cfg: LabConfig, progress=None) -> dict:
+    """Rounds in order per policy (one request at a time per policy), cumulative regret vs the oracle."""
+    t0 = time.perf_counter()
+    policies = ["auto", "ucb-specstop", "ucb-specstop-scaled", "naive-ucb", ORACLE]
+    n = 16 if cfg.quick else 48
+    prompts = lab_prompts(n, seed=cfg.seed)
+    channels = {"edge-regret": "const:100"}
+    cells = [Cell("edge-regret", p, n) for p in policies]
+    sequential = LabConfig(**{**cfg.__dict__, "concurrency": len(policies)})  # one stream per policy
+    rounds, cal, emulation = await _calibrate_and_run(sequential, "regret", channels, cells, prompts, progress)
+    profile = profile_from_dict(cal, "regret calibration")
+    lam = best_length(profile, 100.0)[1]
+    curves = {}
+    for p in policies:
+        g = rounds.filter(pl.col("policy") == p).sort("ts")
+        regret = np.cumsum(g["round_ms"].to_numpy() - lam * g["tokens"].to_numpy())
+        marks = np.unique(np.geomspace(1, max(len(regret), 1), 25).astype(int)) - 1
+        curves[p] = [[int(m) + 1, round(float(regret[m]), 1)] for m in marks if len(regret)]
+    rows = policy_rows(rounds, policies, ["delay"])
+    return {"experiment": "regret", "config": config_dict(cfg), "emulation": emulation, "calibration": cal,
+            "oracle_ms_per_token_theory": round(lam, 2), "rows": rows, "cumulative_regret_ms": curves,
+            "wall_s": elapsed(t0)}
+
+
+EXPERIMENTS = {"compare": _compare, "drift": _drift, "markov": _markov, "regret": _regret}
+
+
+def run_experiment(name: str, cfg: LabConfig, progress=None) -> dict:
+    result = aio.run(EXPERIMENTS[name](cfg, progress))
+    save(cfg, name, result)
+    return result

@@ -1,0 +1,172 @@
+"""The live testbed of the experiments: one broker, one verifier, one edge per channel.
+
+Every worker is a real process on loopback with device emulation (a Jetson-class
+edge and an RTX 3090 Ti-class cloud by default), so the rounds cost what they
+would on the paper's testbed while the tokens come from the real bundled pair.
+Requests go to the edge of their channel (`specstop.generate.<edge_id>`) and
+name their policy; policies learn inside their edge (one learner per spec per
+edge, shared by that edge's requests). Each request is a virtual device of its
+own (see nodes/device.py), so many run at once on two cores.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from pipeline import bus
+from pipeline.broker import EmbeddedBroker
+from pipeline.client import StreamResult, generate_stream
+from pipeline.orchestrate import NodeProcess, RunConfig, devices_of, start_node, write_manifest
+from pipeline.workload import workload_prompts
+from schemas import subjects
+from schemas.messages import GenerateRequest
+
+
+@dataclass
+class LabConfig:
+    out: Path
+    quick: bool = False
+    edge_device: str | None = "jetson-orin-nano"
+    cloud_device: str | None = "rtx-3090-ti"
+    concurrency: int = 24
+    max_length: int = 8
+    max_new_tokens: int = 32
+    seed: int = 0
+    profile: str | None = None  # for oracle / static / head-rule policies at the edges
+
+
+@dataclass(frozen=True)
+class Cell:
+    """`requests` requests of one policy on one edge, prompts `prompt_offset`.. of the shared list."""
+
+    edge: str
+    policy: str
+    requests: int
+    prompt_offset: int = 0
+    tag: str = ""
+
+
+@dataclass
+class CellResult:
+    cell: Cell
+    streams: list[StreamResult] = field(default_factory=list)
+
+    @property
+    def failed(self) -> list[str]:
+        return [s.error or "?" for s in self.streams if not s.ok]
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+class Lab:
+    def __init__(self, cfg: LabConfig, name: str, channels: dict[str, str]):
+        self.cfg = cfg
+        self.run_dir = cfg.out / f"{name}-run"
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        for old in self.run_dir.glob("*.jsonl"):
+            old.unlink()
+        self.channels = channels
+        self.broker = EmbeddedBroker(self.run_dir)
+        self.nodes: list[NodeProcess] = []
+        self.run_cfg = RunConfig(policy="auto", local_policy=True, max_length=cfg.max_length, seed=cfg.seed,
+                                 edge_device=cfg.edge_device, cloud_device=cfg.cloud_device,
+                                 node_flags={"edge": [*(["--profile", cfg.profile] if cfg.profile else []),
+                                                      "--max-active", "256", "--request-timeout", "30"]})
+        self.launcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lab-launcher")  # children's parent
+
+    def __enter__(self) -> "Lab":
+        self.launcher.submit(self._start).result()
+        return self
+
+    def _start(self) -> None:
+        self.broker.start()
+        write_manifest(self.run_dir, self.run_cfg, self.broker.url)
+        manifest = json.loads((self.run_dir / "manifest.json").read_text())
+        manifest["channels"] = self.channels
+        (self.run_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        self.nodes.append(start_node("cloud", "cloud-1", self.broker.url, self.run_dir, self.run_cfg, wait=False))
+        for edge, channel in self.channels.items():
+            self.nodes.append(start_node("edge", edge, self.broker.url, self.run_dir, self.run_cfg, channel,
+                                         wait=False))
+        for n in self.nodes:
+            n.wait_ready(f"{n.kind}_started", timeout=180)
+
+    def __exit__(self, *exc) -> None:
+        def stop():
+            for n in self.nodes:
+                n.stop()
+            self.broker.stop()
+
+        self.launcher.submit(stop).result()
+        self.launcher.shutdown()
+
+    def emulation(self) -> dict | None:
+        return devices_of(self.run_cfg)
+
+    async def run(self, cells: list[Cell], prompts: list[str], progress=None,
+                  duration_s: float | None = None) -> list[CellResult]:
+        """All cells' requests, interleaved (cell by cell in turn) under one concurrency limit. With
+        `duration_s`, cells keep cycling through their prompts until that much time has passed (runs on
+        a channel that changes in wall-clock time)."""
+        nc = await bus.connect(self.broker.url, "lab-client", long_lived=True)
+        gate = asyncio.Semaphore(self.cfg.concurrency)
+        results = [CellResult(c) for c in cells]
+        t0 = time.monotonic()
+
+        async def one(ci: int, i: int) -> None:
+            c = cells[ci]
+            rid = f"{slug(c.tag or c.policy)}-{c.edge}-{i}"
+            req = GenerateRequest(rid, prompt=prompts[(c.prompt_offset + i) % len(prompts)],
+                                  max_new_tokens=self.cfg.max_new_tokens, policy=c.policy, seed=self.cfg.seed + i)
+            try:
+                res = await generate_stream(nc, req, timeout_s=300.0, subject=subjects.generate(c.edge),
+                                            wait_for_edge_s=60.0)
+            finally:
+                gate.release()
+            results[ci].streams.append(res)
+            if progress is not None:
+                progress(res)
+
+        tasks = []
+        try:
+            i = 0
+            while True:
+                live = [ci for ci, c in enumerate(cells) if duration_s is not None or i < c.requests]
+                if not live or (duration_s is not None and time.monotonic() - t0 >= duration_s):
+                    break
+                for ci in live:
+                    await gate.acquire()
+                    tasks.append(asyncio.create_task(one(ci, i)))
+                i += 1
+            await asyncio.gather(*tasks)
+        finally:
+            await nc.close()
+        return results
+
+
+def lab_prompts(n: int, seed: int = 0) -> list[str]:
+    """Real documentation openings (the pair's domain), 120-200 characters."""
+    return [p[:200] for p in workload_prompts(n, chars=200, seed=seed)]
+
+
+def save(cfg: LabConfig, name: str, result: dict) -> Path:
+    path = cfg.out / f"{name}.json"
+    path.write_text(json.dumps(result, indent=1, default=str) + "\n")
+    return path
+
+
+def config_dict(cfg: LabConfig) -> dict:
+    d = asdict(cfg)
+    d["out"] = str(cfg.out)
+    return d
+
+
+def elapsed(t0: float) -> float:
+    return round(time.perf_counter() - t0, 1)

@@ -1,0 +1,154 @@
+"""`specstop report DIR`: one Markdown page from the experiments' JSON results in DIR.
+
+Tables for every experiment found (phase, compare, drift, markov, regret),
+plots beside them (PNG), and a line per result saying whether device
+emulation was on and with which profiles.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from pipeline.errors import PipelineError  # noqa: E402
+
+ORDER = ("phase", "compare", "drift", "markov", "regret")
+
+
+def _emulation_line(res: dict) -> str:
+    emu = res.get("emulation")
+    if not emu:
+        return "_Device emulation: off (this machine as is)._"
+    parts = [f"{role}: `{d['name']}`" for role, d in emu.items() if d]
+    return "_Device emulation ON — compute times are the emulated devices' (" + ", ".join(parts) + ")._"
+
+
+def _phase(res: dict, out: Path) -> list[str]:
+    lengths = sorted({int(L) for r in res["rows"] for L in r["measured_ms_per_token"]})
+    lines = ["## Phase: best draft length vs delay (fixed lengths, live)", "", _emulation_line(res), "",
+             f"Critical delay: measured **{res['critical_delay_ms']['measured']} ms**, predicted from the calibrated "
+             f"profile **{res['critical_delay_ms']['predicted']} ms** (within 20 %: "
+             f"{'yes' if res['critical_delay_ms']['within_20pct'] else 'no'}). Best length as predicted wherever the "
+             f"measured difference exceeds the interval: {'yes' if res['best_length_agrees_everywhere'] else 'no'}.", "",
+             "| delay ms | measured best | within the interval | predicted best | " +
+             " | ".join(f"L={L} ms/token" for L in lengths) + " |",
+             "|---|---|---|---|" + "---|" * len(lengths)]
+    for r in res["rows"]:
+        cells = [f"{r['measured_ms_per_token'].get(str(L))}" for L in lengths]
+        lines.append(f"| {r['delay_ms']:g} | {r['measured_best']} | {r['indistinguishable']} | {r['predicted_best']} | "
+                     + " | ".join(cells) + " |")
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    delays = [r["delay_ms"] for r in res["rows"]]
+    for L in lengths:
+        ys = [r["measured_ms_per_token"].get(str(L)) for r in res["rows"]]
+        lo = [r["ci"][str(L)][0] for r in res["rows"]]
+        hi = [r["ci"][str(L)][1] for r in res["rows"]]
+        err = [[y - a if None not in (y, a) else 0 for y, a in zip(ys, lo)],
+               [b - y if None not in (y, b) else 0 for y, b in zip(ys, hi)]]
+        ax.errorbar(delays, ys, yerr=err, marker="o", ms=3, capsize=2, label=f"L={L}")
+    dc = res["critical_delay_ms"]
+    if dc["predicted"] is not None:
+        ax.axvline(dc["predicted"], ls="--", color="grey", label=f"predicted d_c {dc['predicted']} ms")
+    if dc["measured"] is not None:
+        ax.axvline(dc["measured"], ls=":", color="black", label=f"measured d_c {dc['measured']} ms")
+    ax.set(xlabel="one-way delay (ms)", ylabel="ms per token (95 % interval)", title="fixed draft lengths, live")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(out / "phase.png", dpi=90)
+    plt.close(fig)
+    return lines + ["", "![phase](phase.png)", ""]
+
+
+def _policy_table(rows: list[dict], title: str, res: dict, key: str = "delay") -> list[str]:
+    lines = [title, "", _emulation_line(res), "",
+             f"| {key} | policy | rounds | ms/token | 95 % interval | gap to oracle | gap interval | mean L |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        v = r.get("vs_oracle", {})
+        gap = "—" if not v else f"{v['gap_pct']:+.2f} %"
+        ci = "—" if not v else f"[{v['ci'][0]:+.2f}, {v['ci'][1]:+.2f}]"
+        lines.append(f"| {r.get(key, '')} | {r['policy']} | {r['rounds']} | {r['ms_per_token']} | {r['ci']} | {gap} | "
+                     f"{ci} | {r['mean_length']} |")
+    return lines + [""]
+
+
+def _bars(rows: list[dict], out: Path, name: str) -> str:
+    delays = sorted({r["delay"] for r in rows}, key=float)
+    policies = sorted({r["policy"] for r in rows if "vs_oracle" in r})
+    fig, ax = plt.subplots(figsize=(8, 4))
+    width = 0.8 / max(len(policies), 1)
+    colors = plt.get_cmap("tab10")
+    for i, p in enumerate(policies):
+        xs, ys, errs = [], [], [[], []]
+        for j, d in enumerate(delays):
+            r = next((r for r in rows if r["policy"] == p and r["delay"] == d and "vs_oracle" in r), None)
+            if r is None or r["vs_oracle"]["gap_pct"] is None:
+                continue
+            g = r["vs_oracle"]
+            xs.append(j + i * width)
+            ys.append(g["gap_pct"])
+            errs[0].append(g["gap_pct"] - g["ci"][0])
+            errs[1].append(g["ci"][1] - g["gap_pct"])
+        ax.bar(xs, ys, width, yerr=errs, capsize=2, label=p, color=colors(i % 10))
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(delays))], [f"{d} ms" for d in delays])
+    ax.set(ylabel="gap to the empirical oracle (%, 95 % interval)", title=f"{name}: policies vs the oracle")
+    ax.legend(fontsize=7, ncol=3)
+    fig.tight_layout()
+    fig.savefig(out / f"{name}.png", dpi=90)
+    plt.close(fig)
+    return f"![{name}]({name}.png)"
+
+
+def _regret(res: dict, out: Path) -> list[str]:
+    lines = _policy_table(res["rows"], "## Regret: one long run at 100 ms", res)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for p, curve in res["cumulative_regret_ms"].items():
+        if curve:
+            ax.plot([c[0] for c in curve], [c[1] for c in curve], marker=".", label=p)
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set(xscale="log", xlabel="round", ylabel="cumulative regret (ms, vs the oracle's ms/token)",
+           title="cumulative regret at 100 ms (symmetric scale: negative = ahead of the theory's oracle)")
+    ax.set_yscale("symlog", linthresh=100)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "regret.png", dpi=90)
+    plt.close(fig)
+    return lines + ["![regret](regret.png)", ""]
+
+
+def report(out_dir: str | Path) -> Path:
+    out = Path(out_dir)
+    found = {name: json.loads((out / f"{name}.json").read_text()) for name in ORDER if (out / f"{name}.json").exists()}
+    if not found:
+        raise PipelineError(f"no experiment results (phase.json, compare.json, ...) in {out_dir}")
+    lines = ["# specstop experiments", ""]
+    for name, res in found.items():
+        if name == "phase":
+            lines += _phase(res, out)
+        elif name == "compare":
+            lines += _policy_table(res["rows"], "## Compare: every policy at constant delays", res)
+            c = res["checks"]
+            lines += [f"auto within 2 % of the oracle at every delay: {'yes' if c['auto_within_2pct'] else 'no'}; "
+                      f"ahead of the rivals wherever the difference is outside the interval: "
+                      f"{'yes' if c['auto_ahead_where_clear'] else 'no'}.", "", _bars(res["rows"], out, "compare"), ""]
+        elif name == "drift":
+            lines += _policy_table(res["rows"], f"## Drift: `{res['channel']}` (per phase)", res)
+            c = res["checks"]
+            lines += [f"After the change: static tuning {c['static_gap_after_the_change_pct']} %, auto "
+                      f"{c['auto_gap_after_the_change_pct']} % from the oracle (gap removed: "
+                      f"{'yes' if c['gap_removed'] else 'no'}).", ""]
+        elif name == "markov":
+            lines += _policy_table(res["rows"], f"## Markov channel: `{res['channel']}` (whole run)", res)
+            lines += _policy_table(res["per_state"], "### Per state", res)
+        elif name == "regret":
+            lines += _regret(res, out)
+        lines.append(f"_{name}: {res.get('wall_s')} s; logs in `{res.get('run_dir', out)}`._")
+        lines.append("")
+    path = out / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
