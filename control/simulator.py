@@ -152,6 +152,8 @@ def simulate(profile: Profile, policies: list[str], scenarios: list[Scenario], s
                 "ms_per_token": float(j.mean()),
                 "gap_pct": float(gaps.mean()),
                 "gap_pct_stderr": float(gaps.std(ddof=1) / np.sqrt(seeds)) if seeds > 1 else 0.0,
+                "gap_pct_p90": float(np.percentile(gaps, 90)),
+                "gap_pct_worst": float(gaps.max()),
                 "regret_slope": loglog_slope(curves),
                 "regret_curve": [[int(m) + 1, float(curves[m])] for m in marks],
                 "length_share": [round(float(x), 4) for x in hist / hist.sum()],

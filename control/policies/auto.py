@@ -23,6 +23,10 @@ from control.policies.base import Policy
 from control.types import RoundContext, RoundOutcome
 
 PRIOR_STRENGTH = 2.0
+POOL_PRIOR = 4.0  # pseudo-rounds behind the pooled later-position acceptance
+OPTIMISM_MIN = 20.0  # the position after the choice, reached by fewer rounds, is judged optimistically ...
+OPTIMISM_Z = 2.0     # ... at the posterior mean + this many standard deviations (AutoPolicy._optimistic_next)
+COMPUTE_SPREAD_FLOOR = 0.02  # compute draws spread at least this fraction of the mean compute
 SHRINK_ROUNDS = 30.0  # per-length compute means need this many rounds to outweigh the affine fit
 DEFAULT_ACCEPT = 0.7
 TEMPER = 0.8  # posterior deviations are scaled by this: less dithering among near-equal lengths
@@ -44,6 +48,7 @@ class AutoPolicy(Policy):
         self.at_risk = np.zeros(k)       # rounds where position i was drafted and reached
         self.arm_n = np.zeros(k)
         self.arm_sum = np.zeros(k)       # sum of compute ms per length
+        self.arm_sq = np.zeros(k)        # sum of squared compute ms per length (its spread)
         self.states: dict[str, dict] = {}  # per channel state: n, delay_sum, compute_sum, predicted_sum
         self.transitions: dict[str, dict[str, float]] = {}
         self.prev_state: str | None = None
@@ -61,6 +66,7 @@ class AutoPolicy(Policy):
         predicted = float(self.compute_estimate()[L - 1]) if self.arm_n.any() else c
         self.arm_n[L - 1] += 1
         self.arm_sum[L - 1] += c
+        self.arm_sq[L - 1] += c * c
         self.n_obs += 1
         self.n_chosen = 0
         key = None if o.context.channel_state is None or not self.use_state else \
@@ -97,23 +103,58 @@ class AutoPolicy(Policy):
         fit = np.maximum(icept + slope * L, 1e-6)
         return (self.arm_n * mean + SHRINK_ROUNDS * fit) / (self.arm_n + SHRINK_ROUNDS)
 
-    def survival_sample(self, rng: np.random.Generator | None) -> np.ndarray:
-        """S(1..K) from Beta posteriors on h(i) (posterior means when rng is None).
+    def compute_sample(self, rng: np.random.Generator) -> np.ndarray:
+        """C(L) drawn around its estimate with the uncertainty of its mean: a length played rarely
+        (or once, long ago) is not judged forever by a guess from the affine fit."""
+        c = self.compute_estimate()
+        n = self.arm_n
+        many = n >= 2
+        if many.any():
+            var = (self.arm_sq[many] - self.arm_sum[many] ** 2 / n[many]).sum() / (n[many] - 1).sum()
+            spread = np.sqrt(max(var, 0.0))
+        else:
+            spread = 0.0
+        spread = max(spread, COMPUTE_SPREAD_FLOOR * float(np.mean(c)))
+        return c + TEMPER * spread / np.sqrt(n + 1.0) * rng.standard_normal(len(c))
+
+    def _posterior(self) -> tuple[np.ndarray, np.ndarray]:
+        """Beta(a, b) per position for h(i) = P(accept i | accepted i-1).
 
         Prior: position 1 alone (drafts are often "heavy-head": the first token is
         accepted far less often than later ones); positions >= 2 share a prior whose
         mean is their pooled acceptance, so an untried length borrows its neighbours'.
+        The pooled value is itself shrunk toward a neutral one: one early rejection must
+        not convince every later position that it is hopeless.
         """
         a_obs, n_obs = self.accepted, self.at_risk
-        later = n_obs[1:].sum()
-        m_later = a_obs[1:].sum() / later if later else DEFAULT_ACCEPT
+        m_later = (a_obs[1:].sum() + POOL_PRIOR * DEFAULT_ACCEPT) / (n_obs[1:].sum() + POOL_PRIOR)
         mean = np.full(self.max_length, float(np.clip(m_later, 0.05, 0.95)))
         mean[0] = DEFAULT_ACCEPT
-        a = a_obs + PRIOR_STRENGTH * mean
-        b = (n_obs - a_obs) + PRIOR_STRENGTH * (1 - mean)
+        return a_obs + PRIOR_STRENGTH * mean, (n_obs - a_obs) + PRIOR_STRENGTH * (1 - mean)
+
+    def hazard_sample(self, rng: np.random.Generator | None) -> np.ndarray:
+        """h(1..K): a tempered posterior draw (posterior means when rng is None)."""
+        a, b = self._posterior()
         mean_h = a / (a + b)
-        h = mean_h if rng is None else mean_h + TEMPER * (rng.beta(a, b) - mean_h)
-        return np.cumprod(h)
+        return mean_h if rng is None else mean_h + TEMPER * (rng.beta(a, b) - mean_h)
+
+    def survival_sample(self, rng: np.random.Generator | None) -> np.ndarray:
+        """S(1..K) = cumulative product of a hazard draw."""
+        return np.cumprod(self.hazard_sample(rng))
+
+    def _optimistic_next(self, L: int, h: np.ndarray, cost: np.ndarray) -> int:
+        """One step of optimism: a round of length L never reveals position L + 1, so an early,
+        pessimistic estimate of it would never be corrected (the heavy tail of seeds locked on too
+        short a length). While few rounds have reached position L + 1, it is judged at an upper
+        posterior quantile; if one token more then pays, draft it."""
+        if L >= self.max_length or self.at_risk[L] >= OPTIMISM_MIN:
+            return L
+        a, b = self._posterior()
+        sd = np.sqrt(a[L] * b[L] / ((a[L] + b[L]) ** 2 * (a[L] + b[L] + 1)))
+        up = h.copy()
+        up[L] = max(h[L], min(a[L] / (a[L] + b[L]) + OPTIMISM_Z * sd, 0.99))
+        tokens = 1.0 + np.cumsum(np.cumprod(up))
+        return L + 1 if cost[L] / tokens[L] < cost[L - 1] / tokens[L - 1] else L
 
     # --- acting ------------------------------------------------------------
     def choose(self, ctx: RoundContext) -> int:
@@ -123,12 +164,14 @@ class AutoPolicy(Policy):
             return self.max_length  # a second, long round pins the compute slope
         rng = np.random.default_rng([self.seed, self.n_obs, self.n_chosen])
         self.n_chosen += 1
-        c = self.compute_estimate()
-        b = 1.0 + np.cumsum(self.survival_sample(rng))
+        c = np.maximum(self.compute_sample(rng), 1e-6)
+        h = self.hazard_sample(rng)
+        b = 1.0 + np.cumsum(np.cumprod(h))
         if self.use_state and ctx.channel_state is not None and len(self.states) >= 2 \
                 and str(ctx.channel_state) in self.states:
             return self._choose_markov(str(ctx.channel_state), c, b)
-        return int(np.argmin((c + 2.0 * ctx.delay_ms) / b)) + 1
+        cost = c + 2.0 * ctx.delay_ms
+        return self._optimistic_next(int(np.argmin(cost / b)) + 1, h, cost)
 
     def _choose_markov(self, state: str, c: np.ndarray, b: np.ndarray) -> int:
         keys = sorted(self.states)
@@ -146,13 +189,16 @@ class AutoPolicy(Policy):
     def state(self) -> dict:
         return {"seed": self.seed, "n_obs": self.n_obs, "n_chosen": self.n_chosen,
                 "accepted": self.accepted.tolist(), "at_risk": self.at_risk.tolist(),
-                "arm_n": self.arm_n.tolist(), "arm_sum": self.arm_sum.tolist(),
+                "arm_n": self.arm_n.tolist(), "arm_sum": self.arm_sum.tolist(), "arm_sq": self.arm_sq.tolist(),
                 "states": self.states, "transitions": self.transitions, "prev_state": self.prev_state}
 
     def load_state(self, s: dict) -> None:
         """Every field range-checked (counts finite and >= 0, accepted <= at risk, states bounded)."""
         k, f = self.max_length, checks.field
         arrays = {name: checks.array(f(s, name), name, k) for name in ("accepted", "at_risk", "arm_n", "arm_sum")}
+        # older snapshots have no spread: their arms then count as having none yet
+        arrays["arm_sq"] = checks.array(s["arm_sq"], "arm_sq", k) if "arm_sq" in s else arrays["arm_sum"] ** 2 / \
+            np.maximum(arrays["arm_n"], 1)
         if (arrays["accepted"] > arrays["at_risk"]).any():
             raise checks.ControlError("snapshot: 'accepted' exceeds 'at_risk' at some position")
         seed = checks.integer(f(s, "seed"), "seed", 0, 0x7FFF_FFFF)
