@@ -10,6 +10,13 @@ With purely additive delay (scale = 1) and per-round transitions, the continuati
 does not depend on L, so the optimal L is the same in every state (the best fixed
 length at the stationary mean delay) and the myopic per-state rule is worse.
 State-dependence pays when the per-token cost depends on s (scale != 1).
+
+Real links change in wall-clock time: the state holds for a dwell time and a
+longer round sees more of the chain, so the transitions depend on the action,
+P_L(s'|s) = expm(Q T(L, s)) for the generator Q (`clock_transitions`). Then the
+continuation depends on L and, once dwell times are long against a round, the
+optimum is the per-state best length: "one length for every state" is an
+artefact of counting time in rounds.
 """
 from __future__ import annotations
 
@@ -58,9 +65,14 @@ def round_costs(profile: Profile, channel: MarkovChannel) -> np.ndarray:
     return channel.scale()[:, None] * profile.compute_ms[None, :] + 2.0 * np.asarray(channel.delays_ms)[:, None]
 
 
-def evaluate_policy(profile: Profile, channel: MarkovChannel, lengths: list[int]) -> float:
-    """Long-run ms/token of a stationary policy state -> L (ratio of expectations)."""
-    pi = channel.stationary()
+def evaluate_policy(profile: Profile, channel: MarkovChannel, lengths: list[int],
+                    p_clock: np.ndarray | None = None) -> float:
+    """Long-run ms/token of a stationary policy state -> L (ratio of expectations over the
+    embedded chain of round starts)."""
+    if p_clock is None:
+        pi = channel.stationary()
+    else:
+        pi = MarkovChannel(channel.delays_ms, p_clock[np.arange(channel.n_states), np.asarray(lengths) - 1]).stationary()
     t = round_costs(profile, channel)
     b = expected_tokens(profile.survival)
     idx = np.asarray(lengths) - 1
@@ -68,12 +80,84 @@ def evaluate_policy(profile: Profile, channel: MarkovChannel, lengths: list[int]
     return float(pi @ t[s, idx] / (pi @ b[idx]))
 
 
+def expm(a: np.ndarray) -> np.ndarray:
+    """Matrix exponential of one or a batch [..., n, n] of small matrices (scaling and squaring a
+    Taylor series; numpy only)."""
+    a = np.asarray(a, float)
+    norm = float(np.abs(a).sum(axis=-1).max()) if a.size else 0.0
+    k = max(0, int(np.ceil(np.log2(norm))) + 1) if norm > 0.5 else 0
+    x = a / 2.0 ** k
+    eye = np.broadcast_to(np.eye(a.shape[-1]), a.shape)
+    out, term = eye.copy(), eye.copy()
+    for i in range(1, 18):
+        term = term @ x / i
+        out = out + term
+    for _ in range(k):
+        out = out @ out
+    return out
+
+
+def clock_policy_iteration(t: np.ndarray, b: np.ndarray, q: np.ndarray, start: np.ndarray | None = None,
+                           iters: int = 20) -> tuple[float, np.ndarray]:
+    """(lambda*, best length index per state) for round costs t[s, L] and tokens b[L] when the state
+    evolves in wall-clock time with generator q (transitions expm(q t[s, L])): policy iteration,
+    exact in a few steps for the handful of states a channel has. Starts from `start` (default: myopic)."""
+    n, k = t.shape
+    p = expm(q[None, None] * t[:, :, None, None])  # [s, L, s0, s'] -> keep row s0 = s
+    p = p[np.arange(n), :, np.arange(n), :]         # [s, L, s']
+    pol = np.argmin(t - (t[:, :1] / b[0]).min() * b[None, :], axis=1) if start is None else np.asarray(start)
+    lam = 0.0
+    for _ in range(iters):
+        idx = np.arange(n)
+        pp, tt, bb = p[idx, pol], t[idx, pol], b[pol]
+        # h(s) + lam b(s) = t(s) + sum P h, with h(0) = 0: unknowns h(1..n-1), lam
+        a = np.zeros((n, n))
+        a[:, 0] = bb
+        a[:, 1:] = (np.eye(n) - pp)[:, 1:]
+        try:
+            sol = np.linalg.solve(a, tt)
+        except np.linalg.LinAlgError:
+            break
+        lam, h = float(sol[0]), np.concatenate([[0.0], sol[1:]])
+        q_val = t - lam * b[None, :] + p @ h
+        better = np.argmin(q_val, axis=1)
+        keep = q_val[idx, pol] <= q_val[idx, better] + 1e-9 * max(1.0, abs(lam))
+        new = np.where(keep, pol, better)
+        if (new == pol).all():
+            break
+        pol = new
+    return lam, pol
+
+
+def generator(delays_ms, dwell_ms: float) -> np.ndarray:
+    """Continuous-time generator: each state holds for an exponential time of mean `dwell_ms`,
+    then jumps to another state uniformly."""
+    n = len(delays_ms)
+    if dwell_ms <= 0:
+        raise ControlError(f"markov channel: dwell time must be > 0 ms, got {dwell_ms}")
+    q = np.full((n, n), 0.0 if n == 1 else 1.0 / (dwell_ms * (n - 1)))
+    np.fill_diagonal(q, 0.0)
+    np.fill_diagonal(q, -q.sum(axis=1))
+    return q
+
+
+def clock_transitions(profile: Profile, channel: MarkovChannel, q: np.ndarray) -> np.ndarray:
+    """P[s, L-1, s']: the state after a round of length L begun in s (the round's delay is that of s)."""
+    t = round_costs(profile, channel)
+    return np.array([[expm(q * t[s, li])[s] for li in range(t.shape[1])] for s in range(len(t))])
+
+
+def _continuation(p: np.ndarray, h: np.ndarray) -> np.ndarray:
+    """E[h(next state)] per (state, action): p is [S, S] (per round) or [S, L, S] (wall clock)."""
+    return (p @ h)[:, None] if p.ndim == 2 else p @ h
+
+
 def _rvi(cost: np.ndarray, p: np.ndarray, iters: int = 5000, tol: float = 1e-10) -> tuple[float, np.ndarray]:
-    """Relative value iteration for an average-cost MDP with action-independent P."""
+    """Relative value iteration for an average-cost MDP (P per round, or per action)."""
     h = np.zeros(cost.shape[0])
     g = 0.0
     for _ in range(iters):
-        q = cost + (p @ h)[:, None]
+        q = cost + _continuation(p, h)
         new = q.min(axis=1)
         g = new[0]
         new = new - g
@@ -81,7 +165,7 @@ def _rvi(cost: np.ndarray, p: np.ndarray, iters: int = 5000, tol: float = 1e-10)
             h = new
             break
         h = new
-    return float(g), (cost + (p @ h)[:, None]).argmin(axis=1)
+    return float(g), (cost + _continuation(p, h)).argmin(axis=1)
 
 
 @dataclass(frozen=True)
@@ -101,10 +185,8 @@ class SmdpSolution:
         return {**self.__dict__, "state_dependence_pays": self.state_dependence_pays}
 
 
-def solve_smdp(profile: Profile, channel: MarkovChannel, tol: float = 1e-9) -> SmdpSolution:
-    t = round_costs(profile, channel)
-    b = expected_tokens(profile.survival)
-    p = np.asarray(channel.transitions, float)
+def _bisect_rvi(t: np.ndarray, b: np.ndarray, p: np.ndarray, tol: float) -> np.ndarray:
+    """Per-round chain: lambda* by bisection on the gain of relative value iteration."""
     lo, hi = 0.0, float(t.max() / b.min())
     lengths = None
     while hi - lo > tol * max(1.0, hi):
@@ -114,15 +196,25 @@ def solve_smdp(profile: Profile, channel: MarkovChannel, tol: float = 1e-9) -> S
             lo = lam
         else:
             hi, lengths = lam, arg
-    if lengths is None:
-        lengths = _rvi(t - hi * b[None, :], p)[1]
+    return _rvi(t - hi * b[None, :], p)[1] if lengths is None else lengths
+
+
+def solve_smdp(profile: Profile, channel: MarkovChannel, tol: float = 1e-9,
+               q: np.ndarray | None = None) -> SmdpSolution:
+    """Per-round transitions (`channel.transitions`), or wall-clock ones from the generator `q`."""
+    t = round_costs(profile, channel)
+    b = expected_tokens(profile.survival)
+    p = np.asarray(channel.transitions, float) if q is None else clock_transitions(profile, channel, q)
+    p_clock = None if q is None else p
+    lengths = _bisect_rvi(t, b, p, tol) if q is None else clock_policy_iteration(t, b, q)[1]
     opt = [int(i) + 1 for i in lengths]
     myopic = [best_length(Profile(profile.name, profile.compute_ms * channel.scale()[s], profile.survival),
                           float(channel.delays_ms[s]))[0] for s in range(channel.n_states)]
-    fixed = [(evaluate_policy(profile, channel, [L] * channel.n_states), L) for L in range(1, profile.max_length + 1)]
+    fixed = [(evaluate_policy(profile, channel, [L] * channel.n_states, p_clock), L)
+             for L in range(1, profile.max_length + 1)]
     fixed_j, fixed_l = min(fixed)
-    return SmdpSolution(evaluate_policy(profile, channel, opt), opt, myopic,
-                        evaluate_policy(profile, channel, myopic), fixed_l, fixed_j)
+    return SmdpSolution(evaluate_policy(profile, channel, opt, p_clock), opt, myopic,
+                        evaluate_policy(profile, channel, myopic, p_clock), fixed_l, fixed_j)
 
 
 def brute_force_optimum(profile: Profile, channel: MarkovChannel) -> tuple[float, list[int]]:

@@ -6,6 +6,20 @@ common random numbers: round r of seed s uses the same uniforms for every policy
 ms/token is total time / total tokens over all rounds, exploration included.
 Regret after n rounds is the pseudo-regret sum_r (E[T(L_r)] - lambda* B(L_r)),
 lambda* the oracle's long-run ms/token for the delay in force (zero for the oracle).
+
+Scenarios and their oracles (each the optimum of the objective it is judged on):
+  const          one delay; the best fixed length.
+  drift          the delay steps through phases of equal WALL-CLOCK time, as a real
+                 link does; each phase's time is fixed, so the per-phase best length
+                 maximises the tokens in it: the oracle follows the phases.
+  markov         a channel whose state holds for an exponential dwell time (wall
+                 clock); the oracle solves the semi-Markov problem with the action-
+                 dependent transitions expm(Q T(L, s)) (control/markov.py).
+  drift-rounds   the paper's variant: phases of equal numbers of ROUNDS. With additive
+                 delay and a ratio of sums over rounds, the single best fixed length
+                 (the best length at the mean delay) is optimal, and that is its oracle.
+  markov-rounds  the paper's variant: per-round transitions; SMDP oracle (one length
+                 for every state under additive delay).
 """
 from __future__ import annotations
 
@@ -13,19 +27,21 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from control.markov import MarkovChannel, solve_smdp
+from control.markov import MarkovChannel, generator, solve_smdp
 from control.policies import make_policy
 from control.profile import Profile
 from control.theory import best_length, expected_tokens
 from control.types import ControlError, RoundContext, RoundOutcome
 
-SCENARIOS = ("const", "drift", "markov")
+SCENARIOS = ("const", "drift", "markov", "drift-rounds", "markov-rounds")
 
 
 @dataclass(frozen=True)
 class Scenario:
-    """One delay process. `delays[r]` and `states[r]` per round; `oracle_lengths[r]` and
-    `oracle_lambda[r]` give the optimum in force at round r."""
+    """One delay process, as segments: `delays[i]`, `states[i]`, and the optimum in force
+    (`oracle_lengths[i]`, `oracle_lambda[i]`). Per-round scenarios have one segment per round;
+    wall-clock ones (`clock` set) have segment i from `clock[i]` ms until the next, and run
+    until `horizon_ms` of simulated time."""
 
     kind: str
     label: str
@@ -34,6 +50,14 @@ class Scenario:
     oracle_lengths: np.ndarray
     oracle_lambda: np.ndarray
     info: dict = field(default_factory=dict)
+    clock: np.ndarray | None = None
+    horizon_ms: float = 0.0
+
+    def segment(self, r: int, elapsed_ms: float) -> int:
+        return r if self.clock is None else int(np.searchsorted(self.clock, elapsed_ms, side="right")) - 1
+
+    def done(self, r: int, elapsed_ms: float) -> bool:
+        return r >= len(self.delays) if self.clock is None else elapsed_ms >= self.horizon_ms
 
 
 def const_scenario(profile: Profile, delay: float, rounds: int) -> Scenario:
@@ -42,13 +66,30 @@ def const_scenario(profile: Profile, delay: float, rounds: int) -> Scenario:
                     np.full(rounds, L), np.full(rounds, lam))
 
 
+def oracle_round_ms(profile: Profile, delay: float) -> float:
+    """Expected round time of the best length at `delay` (sizes wall-clock horizons in rounds)."""
+    L, _ = best_length(profile, delay)
+    return float(profile.compute_ms[L - 1] + 2.0 * delay)
+
+
 def drift_scenario(profile: Profile, delays: list[float], rounds: int) -> Scenario:
-    """Piecewise-constant phases of equal length through `delays` (e.g. 20 -> 150)."""
+    """Phases of equal wall-clock time through `delays`, the whole about `rounds` oracle rounds."""
+    phase_ms = rounds * float(np.mean([oracle_round_ms(profile, d) for d in delays])) / len(delays)
+    best = [best_length(profile, x) for x in delays]
+    return Scenario("drift", "drift " + " -> ".join(f"{x:g}" for x in delays) + f" ({phase_ms / 1e3:.3g} s each)",
+                    np.asarray(delays, float), None, np.array([b[0] for b in best]), np.array([b[1] for b in best]),
+                    {"phase_ms": phase_ms}, clock=np.arange(len(delays)) * phase_ms,
+                    horizon_ms=phase_ms * len(delays))
+
+
+def drift_rounds_scenario(profile: Profile, delays: list[float], rounds: int) -> Scenario:
+    """Phases of equal numbers of rounds (the paper's); oracle: the best fixed length at the mean delay."""
     phase = np.minimum(np.arange(rounds) * len(delays) // rounds, len(delays) - 1)
     d = np.asarray(delays, float)[phase]
-    best = [best_length(profile, x) for x in delays]
-    return Scenario("drift", "drift " + " -> ".join(f"{x:g}" for x in delays), d, None,
-                    np.array([best[p][0] for p in phase]), np.array([best[p][1] for p in phase]))
+    L, _ = best_length(profile, float(d.mean()))
+    lam = float((profile.compute_ms[L - 1] + 2.0 * d.mean()) / expected_tokens(profile.survival)[L - 1])
+    return Scenario("drift-rounds", "drift-rounds " + " -> ".join(f"{x:g}" for x in delays), d, None,
+                    np.full(rounds, L), np.full(rounds, lam))
 
 
 def markov_transitions(n: int, stay: float) -> np.ndarray:
@@ -61,19 +102,50 @@ def markov_transitions(n: int, stay: float) -> np.ndarray:
     return p
 
 
-def markov_scenario(profile: Profile, delays: list[float], rounds: int, stay: float, seed: int) -> Scenario:
+def _walk(p: np.ndarray, start: int, steps: int, rng: np.random.Generator) -> np.ndarray:
+    s = np.empty(steps, dtype=np.int64)
+    s[0] = start
+    cum = np.cumsum(p, axis=1)
+    u = rng.random(steps)
+    for r in range(1, steps):
+        s[r] = min(int(np.searchsorted(cum[s[r - 1]], u[r])), len(p) - 1)
+    return s
+
+
+def markov_rounds_scenario(profile: Profile, delays: list[float], rounds: int, stay: float, seed: int) -> Scenario:
     chan = MarkovChannel(np.asarray(delays, float), markov_transitions(len(delays), stay))
     sol = solve_smdp(profile, chan)
     rng = np.random.default_rng([seed, 7])
-    s = np.empty(rounds, dtype=np.int64)
-    s[0] = rng.choice(len(delays), p=chan.stationary())
-    cum = np.cumsum(chan.transitions, axis=1)
-    u = rng.random(rounds)
-    for r in range(1, rounds):
-        s[r] = min(int(np.searchsorted(cum[s[r - 1]], u[r])), len(delays) - 1)
-    return Scenario("markov", f"markov {','.join(f'{x:g}' for x in delays)} stay {stay:g}",
+    s = _walk(chan.transitions, int(rng.choice(len(delays), p=chan.stationary())), rounds, rng)
+    return Scenario("markov-rounds", f"markov-rounds {','.join(f'{x:g}' for x in delays)} stay {stay:g}",
                     chan.delays_ms[s], s, np.asarray(sol.lengths)[s], np.full(rounds, sol.ms_per_token),
                     {"smdp": sol.to_dict()})
+
+
+def markov_scenario(profile: Profile, delays: list[float], rounds: int, dwell_ms: float | None, seed: int,
+                    stay: float = 0.9) -> Scenario:
+    """Exponential dwell times in wall-clock ms (default: an oracle round at the mean delay / (1 - stay),
+    the dwell the per-round chain would have), about `rounds` oracle rounds in all."""
+    d = np.asarray(delays, float)
+    if dwell_ms is None:
+        if stay >= 1.0:
+            raise ControlError("markov: stay must be < 1 for a wall-clock dwell (or give --dwell-ms)")
+        dwell_ms = oracle_round_ms(profile, float(d.mean())) / (1.0 - stay)
+    q = generator(d, dwell_ms)
+    chan = MarkovChannel(d, markov_transitions(len(d), 0.0 if len(d) > 1 else 1.0))
+    sol = solve_smdp(profile, chan, q=q)
+    horizon = rounds * float(np.mean([oracle_round_ms(profile, x) for x in d]))
+    rng = np.random.default_rng([seed, 7])
+    starts, states, t, s = [], [], 0.0, int(rng.integers(len(d)))
+    while t < horizon:
+        starts.append(t)
+        states.append(s)
+        t += rng.exponential(dwell_ms)
+        s = s if len(d) == 1 else int(rng.choice([x for x in range(len(d)) if x != s]))
+    st = np.asarray(states, dtype=np.int64)
+    return Scenario("markov", f"markov {','.join(f'{x:g}' for x in d)} dwell {dwell_ms / 1e3:.3g} s", d[st], st,
+                    np.asarray(sol.lengths)[st], np.full(len(st), sol.ms_per_token),
+                    {"smdp": sol.to_dict(), "dwell_ms": dwell_ms}, clock=np.asarray(starts), horizon_ms=horizon)
 
 
 @dataclass
@@ -81,40 +153,51 @@ class RunTrace:
     lengths: np.ndarray
     times: np.ndarray
     tokens: np.ndarray
+    segments: np.ndarray  # the scenario segment in force at each round
 
     @property
     def ms_per_token(self) -> float:
         return float(self.times.sum() / self.tokens.sum())
 
 
+def _max_rounds(profile: Profile, sc: Scenario, jitter: float) -> int:
+    if sc.clock is None:
+        return len(sc.delays)
+    shortest = float(profile.compute_ms.min()) * (1.0 - jitter) + 2.0 * float(sc.delays.min())
+    return int(sc.horizon_ms / max(shortest, 1e-3)) + 2
+
+
 def run_policy(policy, profile: Profile, sc: Scenario, seed: int, jitter: float = 0.1,
                fixed_lengths: np.ndarray | None = None) -> RunTrace:
-    """One seed. `fixed_lengths` replays a given length per round (the oracle)."""
-    rounds = len(sc.delays)
+    """One seed. `fixed_lengths` replays a given length per segment (the oracle)."""
+    cap = _max_rounds(profile, sc, jitter)
     rng = np.random.default_rng([seed, 11])
-    u_accept = rng.random(rounds)
-    u_jitter = rng.uniform(-1.0, 1.0, rounds)
+    u_accept = rng.random(cap)
+    u_jitter = rng.uniform(-1.0, 1.0, cap)
     a_full = (profile.survival[None, :] > u_accept[:, None]).sum(axis=1)
-    lengths = np.empty(rounds, dtype=np.int64)
-    times = np.empty(rounds)
-    tokens = np.empty(rounds)
-    for r in range(rounds):
-        ctx = RoundContext(float(sc.delays[r]), None if sc.states is None else int(sc.states[r]))
-        L = int(fixed_lengths[r]) if fixed_lengths is not None else policy.choose(ctx)
+    lengths, times, tokens, segs = (np.empty(cap, dtype=np.int64), np.empty(cap), np.empty(cap),
+                                    np.empty(cap, dtype=np.int64))
+    r, elapsed = 0, 0.0
+    while r < cap and not sc.done(r, elapsed):
+        i = sc.segment(r, elapsed)
+        ctx = RoundContext(float(sc.delays[i]), None if sc.states is None else int(sc.states[i]))
+        L = int(fixed_lengths[i]) if fixed_lengths is not None else policy.choose(ctx)
         L = max(1, min(L, profile.max_length))
         a = int(min(a_full[r], L))
-        t = float(profile.compute_ms[L - 1] * (1.0 + jitter * u_jitter[r]) + 2.0 * sc.delays[r])
+        t = float(profile.compute_ms[L - 1] * (1.0 + jitter * u_jitter[r]) + 2.0 * sc.delays[i])
         if policy is not None:
             policy.observe(RoundOutcome(L, a, t, ctx))
-        lengths[r], times[r], tokens[r] = L, t, a + 1
-    return RunTrace(lengths, times, tokens)
+        lengths[r], times[r], tokens[r], segs[r] = L, t, a + 1, i
+        r += 1
+        elapsed += t
+    return RunTrace(lengths[:r], times[:r], tokens[:r], segs[:r])
 
 
 def regret_curve(trace: RunTrace, sc: Scenario, profile: Profile) -> np.ndarray:
     """Cumulative pseudo-regret: sum_r E[T(L_r)] - lambda*_r B(L_r) (no acceptance noise)."""
     b = expected_tokens(profile.survival)[trace.lengths - 1]
-    t = profile.compute_ms[trace.lengths - 1] + 2.0 * sc.delays
-    return np.cumsum(t - sc.oracle_lambda * b)
+    t = profile.compute_ms[trace.lengths - 1] + 2.0 * sc.delays[trace.segments]
+    return np.cumsum(t - sc.oracle_lambda[trace.segments] * b)
 
 
 def loglog_slope(curve: np.ndarray, start: int = 50) -> float | None:
@@ -132,9 +215,8 @@ def simulate(profile: Profile, policies: list[str], scenarios: list[Scenario], s
     profile = profile.truncated(k)
     out = {"profile": profile.name, "max_length": k, "seeds": seeds, "jitter": jitter, "scenarios": []}
     for sc in scenarios:
-        rounds = len(sc.delays)
-        marks = np.unique(np.geomspace(1, rounds, checkpoints).astype(int)) - 1
         oracle = [run_policy(None, profile, sc, s, jitter, sc.oracle_lengths) for s in range(seeds)]
+        rounds = int(np.median([len(t.lengths) for t in oracle]))
         oracle_j = np.array([t.ms_per_token for t in oracle])
         entry = {"scenario": sc.kind, "label": sc.label, "rounds": rounds,
                  "oracle": {"ms_per_token": float(oracle_j.mean()),
@@ -146,7 +228,9 @@ def simulate(profile: Profile, policies: list[str], scenarios: list[Scenario], s
                       for s in range(seeds)]
             j = np.array([t.ms_per_token for t in traces])
             gaps = 100.0 * (j / oracle_j - 1.0)
-            curves = np.mean([regret_curve(t, sc, profile) for t in traces], axis=0)
+            n = min(len(t.lengths) for t in traces)  # wall-clock scenarios: policies play different numbers
+            curves = np.mean([regret_curve(t, sc, profile)[:n] for t in traces], axis=0)
+            marks = np.unique(np.geomspace(1, n, checkpoints).astype(int)) - 1
             hist = np.bincount(np.concatenate([t.lengths for t in traces]), minlength=k + 1)[1:]
             entry["policies"][spec] = {
                 "ms_per_token": float(j.mean()),
@@ -163,7 +247,7 @@ def simulate(profile: Profile, policies: list[str], scenarios: list[Scenario], s
 
 
 def build_scenarios(profile: Profile, kind: str, delays: list[float], rounds: int, stay: float = 0.9,
-                    seed: int = 0) -> list[Scenario]:
+                    seed: int = 0, dwell_ms: float | None = None) -> list[Scenario]:
     if not delays:
         raise ControlError("simulate: --delays is empty")
     if any(d < 0 for d in delays):
@@ -174,6 +258,12 @@ def build_scenarios(profile: Profile, kind: str, delays: list[float], rounds: in
         return [const_scenario(profile, d, rounds) for d in delays]
     if kind == "drift":
         return [drift_scenario(profile, delays, rounds)]
+    if kind == "drift-rounds":
+        return [drift_rounds_scenario(profile, delays, rounds)]
     if kind == "markov":
-        return [markov_scenario(profile, delays, rounds, stay, seed)]
+        if dwell_ms is not None and dwell_ms <= 0:
+            raise ControlError("simulate: --dwell-ms must be > 0")
+        return [markov_scenario(profile, delays, rounds, dwell_ms, seed, stay)]
+    if kind == "markov-rounds":
+        return [markov_rounds_scenario(profile, delays, rounds, stay, seed)]
     raise ControlError(f"unknown scenario '{kind}' (known: {', '.join(SCENARIOS)})")

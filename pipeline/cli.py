@@ -74,6 +74,17 @@ def cmd_train_pair(a: argparse.Namespace) -> None:
     print(json.dumps(train_pair(out, cfg, log=lambda s: print(s, file=sys.stderr, flush=True))))
 
 
+def cmd_train_head(a: argparse.Namespace) -> None:
+    from nodes.models.head import train_head
+    from nodes.models.train_pair import BUNDLED_DIR
+
+    out = Path(a.out) if a.out else BUNDLED_DIR / "head"
+    pair = _pair(a)
+    metrics = train_head(pair, out, windows=a.windows, epochs=a.epochs, seed=a.seed,
+                         log=lambda s: print(s, file=sys.stderr, flush=True))
+    print(json.dumps(metrics))
+
+
 def _pair(a: argparse.Namespace, load_draft: bool = True):
     from nodes.models.loading import load_pair, set_threads
 
@@ -129,7 +140,7 @@ def cmd_simulate(a: argparse.Namespace) -> None:
     policies = [p.strip() for p in a.policies.split(",") if p.strip()]
     for p in policies:  # fail fast on a bad spec, before any simulation
         make_policy(p, max_length=k, profile=prof)
-    scenarios = build_scenarios(prof.truncated(k), a.scenario, a.delays, a.rounds, a.stay, a.seed)
+    scenarios = build_scenarios(prof.truncated(k), a.scenario, a.delays, a.rounds, a.stay, a.seed, a.dwell_ms)
     res = simulate(prof, policies, scenarios, a.seeds, max_length=k, jitter=a.jitter)
     if a.plots:
         from pipeline.plots import plot_simulation
@@ -171,6 +182,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=_positive_int, default=2)
     p.set_defaults(func=cmd_train_pair)
 
+    p = sub.add_parser("train-head", help="train the SpecDec++ acceptance head on the pair's verified drafts")
+    p.add_argument("--out", help="output folder (default: the package's bundled head folder)")
+    p.add_argument("--windows", type=_positive_int, default=1500, help="corpus windows to draft after")
+    p.add_argument("--epochs", type=_positive_int, default=40)
+    p.add_argument("--seed", type=int, default=0)
+    _model_args(p)
+    p.set_defaults(func=cmd_train_head)
+
     p = sub.add_parser("generate", help="generate in-process (draft and target here)")
     p.add_argument("--prompt", required=True)
     p.add_argument("--max-new-tokens", type=_positive_int, default=128)
@@ -190,14 +209,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_theory)
 
+    from control.simulator import SCENARIOS
+
     p = sub.add_parser("simulate", help="offline simulation of policies against a profile")
     p.add_argument("--profile", required=True)
     p.add_argument("--policies", default="auto,ucb-specstop,naive-ucb,hf-heuristic")
     p.add_argument("--delays", type=_delays, default=_delays(DEFAULT_DELAYS))
     p.add_argument("--rounds", type=_positive_int, default=1000)
     p.add_argument("--seeds", type=_positive_int, default=20)
-    p.add_argument("--scenario", choices=["const", "drift", "markov"], default="const")
-    p.add_argument("--stay", type=float, default=0.9, help="markov: probability of keeping the state")
+    p.add_argument("--scenario", choices=list(SCENARIOS), default="const",
+                   help="drift/markov change in wall-clock time; drift-rounds/markov-rounds per round (the paper's)")
+    p.add_argument("--stay", type=float, default=0.9,
+                   help="markov-rounds: probability of keeping the state each round; markov: sets the default dwell")
+    p.add_argument("--dwell-ms", type=_positive_float, default=None,
+                   help="markov: mean wall-clock time a state holds (default: an oracle round / (1 - stay))")
     p.add_argument("--jitter", type=_non_negative_float, default=0.1)
     p.add_argument("--seed", type=int, default=0, help="seed of the channel's state path")
     p.add_argument("--max-length", type=_positive_int)

@@ -119,18 +119,40 @@ def test_auto_subtracts_the_delay_to_learn_compute():
     assert c[0] == pytest.approx(30.0, rel=0.3) and c[7] == pytest.approx(128.0, rel=0.3)
 
 
-def test_the_markov_ratio_optimum_is_the_best_ratio_over_every_per_state_choice():
+def test_the_wall_clock_markov_optimum_is_the_best_ratio_over_every_per_state_choice():
     import itertools
 
-    from control.policies.auto import _ratio_optimum
+    from control.markov import MarkovChannel, clock_policy_iteration, evaluate_policy, expm
+    from control.profile import Profile
 
     rng = np.random.default_rng(7)
-    for _ in range(50):
-        states, k = 3, 6
-        c = np.cumsum(rng.uniform(1, 10, k))
-        b = 1 + np.cumsum(np.cumprod(rng.uniform(0.3, 1.0, k)))
-        t = rng.uniform(0.5, 2, states)[:, None] * c[None, :] + 2 * rng.uniform(0, 150, states)[:, None]
-        pi = rng.dirichlet(np.ones(states))
-        best = min(sum(pi[s] * t[s, L] for s, L in enumerate(pick)) / sum(pi[s] * b[L] for s, L in enumerate(pick))
+    for _ in range(20):
+        states, k = 3, 5
+        c = np.cumsum(rng.uniform(1, 40, k))
+        s_curve = np.cumprod(rng.uniform(0.3, 1.0, k))
+        b = 1 + np.cumsum(s_curve)
+        d = rng.uniform(0, 150, states)
+        q = rng.uniform(0, 1, (states, states)) / rng.uniform(20, 2000)
+        np.fill_diagonal(q, 0)
+        np.fill_diagonal(q, -q.sum(axis=1))
+        t = c[None, :] + 2 * d[:, None]
+        p_clock = np.array([[expm(q * t[s, L])[s] for L in range(k)] for s in range(states)])
+        chan = MarkovChannel(d, np.full((states, states), 1 / states))
+        prof = Profile("random", c, s_curve)
+        best = min(evaluate_policy(prof, chan, [L + 1 for L in pick], p_clock)
                    for pick in itertools.product(range(k), repeat=states))
-        assert _ratio_optimum(t, b, pi) == pytest.approx(best, rel=1e-12)
+        lam, pick = clock_policy_iteration(t, b, q)
+        assert lam == pytest.approx(best, rel=1e-9)
+        assert evaluate_policy(prof, chan, list(pick + 1), p_clock) == pytest.approx(best, rel=1e-9)
+
+
+def test_a_long_dwelling_channel_gets_the_per_state_best_length_and_a_fast_one_a_shared_length():
+    from control.markov import MarkovChannel, generator, solve_smdp
+    from control.profile import load_profile
+
+    prof = load_profile("control/profiles/heavy_head.json")
+    chan = MarkovChannel(np.array([20.0, 150.0]), np.array([[0.0, 1.0], [1.0, 0.0]]))
+    slow = solve_smdp(prof, chan, q=generator([20, 150], 1e6))
+    fast = solve_smdp(prof, chan, q=generator([20, 150], 1.0))
+    assert slow.lengths == slow.myopic_lengths and slow.lengths[0] < slow.lengths[1]
+    assert fast.lengths[0] == fast.lengths[1]

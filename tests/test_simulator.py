@@ -58,12 +58,38 @@ def test_policies_share_random_numbers_across_a_seed():
     assert (a.times == b.times).all() and (a.tokens == b.tokens).all()
 
 
-def test_markov_scenario_reports_the_smdp_and_myopic_rules():
+def test_per_round_markov_has_one_length_for_every_state():
     prof = load_profile(PROFILES[0])
-    res = simulate(prof, ["auto"], build_scenarios(prof, "markov", DELAYS, 300, stay=0.9), seeds=2)
+    res = simulate(prof, ["auto"], build_scenarios(prof, "markov-rounds", DELAYS, 300, stay=0.9), seeds=2)
     smdp = res["scenarios"][0]["smdp"]
     assert smdp["myopic_ms_per_token"] >= smdp["ms_per_token"]
     assert smdp["state_dependence_pays"] is False  # additive delay, per-round transitions
+
+
+def test_wall_clock_markov_with_long_dwells_pays_for_state_dependence():
+    prof = load_profile(PROFILES[0])
+    [sc] = build_scenarios(prof, "markov", [20.0, 150.0], 300, dwell_ms=60_000.0)
+    assert sc.info["smdp"]["state_dependence_pays"] is True
+    assert sc.info["smdp"]["lengths"] == sc.info["smdp"]["myopic_lengths"]
+
+
+def test_wall_clock_drift_runs_for_its_horizon_and_follows_the_phases():
+    prof = load_profile(PROFILES[0])
+    [sc] = build_scenarios(prof, "drift", [20.0, 150.0], 400)
+    trace = run_policy(None, prof, sc, seed=0, fixed_lengths=sc.oracle_lengths)
+    assert trace.times[:-1].sum() < sc.horizon_ms <= trace.times.sum()
+    assert set(trace.segments.tolist()) == {0, 1}
+    assert sc.oracle_lengths[0] < sc.oracle_lengths[1]  # the per-phase optimum, right in wall-clock time
+
+
+def test_per_round_drift_oracle_is_one_fixed_length_that_beats_following_the_phases():
+    prof = load_profile(PROFILES[0])
+    [sc] = build_scenarios(prof, "drift-rounds", [20.0, 150.0], 4000)
+    assert len(set(sc.oracle_lengths.tolist())) == 1
+    per_phase = np.array([best_length(prof, float(d))[0] for d in sc.delays])
+    fixed = np.mean([run_policy(None, prof, sc, s, fixed_lengths=sc.oracle_lengths).ms_per_token for s in range(5)])
+    phased = np.mean([run_policy(None, prof, sc, s, fixed_lengths=per_phase).ms_per_token for s in range(5)])
+    assert fixed < phased
 
 
 def test_unknown_scenario_is_refused():

@@ -9,15 +9,17 @@ bandits ignore:
     (per-length means shrunk toward an affine fit across lengths) and reused at
     every delay, so drift costs no re-learning.
 Each round it samples h(i) from (tempered) Beta posteriors and plays argmin_L (C(L) + 2d)/B(L)
-at the current delay. With an observable channel state it estimates the chain
-(per-state delay, transitions, per-state compute scale) and plays the
-semi-Markov optimum instead: with purely additive delay that is one length for
-all states (the myopic per-state rule is worse, see control.markov).
+at the current delay. With an observable channel state it estimates the chain in wall-clock time
+(per-state delay, exit rates and jump targets, per-state compute scale) and
+plays the semi-Markov optimum instead: the per-state best length when states
+hold for many rounds, one shared length when they flip within a round or two
+(control.markov).
 """
 from __future__ import annotations
 
 import numpy as np
 
+from control.markov import clock_policy_iteration
 from control.policies import checks
 from control.policies.base import Policy
 from control.types import RoundContext, RoundOutcome
@@ -174,16 +176,24 @@ class AutoPolicy(Policy):
         return self._optimistic_next(int(np.argmin(cost / b)) + 1, h, cost)
 
     def _choose_markov(self, state: str, c: np.ndarray, b: np.ndarray) -> int:
+        """The semi-Markov optimum for the estimated chain. Channel states change in wall-clock
+        time, so the chain is estimated as a generator: each state's exit rate is its observed
+        switches per ms spent in rounds begun there (a round lasts compute + 2 delay), the jump
+        targets their observed shares. A long-dwelling chain then gets the per-state best
+        length, a fast one a length shared by all states (control.markov)."""
         keys = sorted(self.states)
         n = np.array([self.states[k]["n"] for k in keys])
         delay = np.array([self.states[k]["delay_sum"] for k in keys]) / n
+        spent = np.array([self.states[k]["compute_sum"] + 2.0 * self.states[k]["delay_sum"] for k in keys])
         scale = np.array([_shrunk_ratio(self.states[k]) for k in keys])
-        p = np.array([[self.transitions.get(i, {}).get(j, 0.0) + 0.1 for j in keys] for i in keys])
-        p /= p.sum(axis=1, keepdims=True)
-        pi = _stationary(p)
+        counts = np.array([[self.transitions.get(i, {}).get(j, 0.0) for j in keys] for i in keys])
+        np.fill_diagonal(counts, 0.0)
+        jumps = counts + 0.1 * (1.0 - np.eye(len(keys)))
+        q = jumps / jumps.sum(axis=1, keepdims=True) * (counts.sum(axis=1) / np.maximum(spent, 1e-9))[:, None]
+        np.fill_diagonal(q, -q.sum(axis=1))
         t = scale[:, None] * c[None, :] + 2.0 * delay[:, None]
-        lam = _ratio_optimum(t, b, pi)
-        return int(np.argmin(t[keys.index(state)] - lam * b)) + 1
+        _, pick = clock_policy_iteration(t, b, q)
+        return int(pick[keys.index(state)]) + 1
 
     # --- persistence -------------------------------------------------------
     def state(self) -> dict:
@@ -229,29 +239,3 @@ def _shrunk_ratio(st: dict) -> float:
     prior = SHRINK_ROUNDS * st["predicted_sum"] / st["n"]
     denominator = st["predicted_sum"] + prior
     return (st["compute_sum"] + prior) / denominator if denominator > 0 else 1.0
-
-
-def _stationary(p: np.ndarray) -> np.ndarray:
-    pi = np.full(len(p), 1.0 / len(p))
-    for _ in range(500):
-        nxt = pi @ p
-        if np.abs(nxt - pi).max() < 1e-12:
-            break
-        pi = nxt
-    return pi / pi.sum()
-
-
-def _ratio_optimum(t: np.ndarray, b: np.ndarray, pi: np.ndarray) -> float:
-    """lambda* with sum_s pi(s) min_L (t[s, L] - lambda b[L]) = 0 (action-independent chain).
-
-    Dinkelbach's iteration: lengths that are best at lambda give the next lambda as
-    their cost ratio; lambda falls monotonically and stops, exactly, within a few
-    steps (a 60-step bisection took ~0.5 ms per round on the edge's event loop)."""
-    lam = float(pi @ t[:, 0] / b[0])  # the ratio of always drafting one token
-    for _ in range(100):
-        pick = np.argmin(t - lam * b[None, :], axis=1)
-        nxt = float(pi @ t[np.arange(len(t)), pick] / (pi @ b[pick]))
-        if nxt >= lam - 1e-12 * max(1.0, abs(lam)):
-            return min(lam, nxt)
-        lam = nxt
-    return lam
