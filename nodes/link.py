@@ -14,6 +14,10 @@ timer lateness so the time spent matches the sampled delay. Spec strings
   markov:D1,D2,..[:STAY]  one state per delay; each round keeps the state with
                           probability STAY (default 0.9), else moves uniformly
                           to another; the state is observable (channel_state)
+  markov-clock:D1,D2,..:SECONDS
+                          one state per delay, each held for an exponential wall-clock
+                          time of mean SECONDS, then a uniform jump to another: how a
+                          real link changes (per-round `markov` is the paper's model)
   drift:D1,D2,..:SECONDS  piecewise constant in wall time, SECONDS per phase
   trace:FILE.csv          rows "seconds,delay_ms[,state]": piecewise constant from each row's time
 """
@@ -78,6 +82,31 @@ class MarkovChannel(Channel):
         with self.lock:
             if len(self.delays) > 1 and self.rng.random() >= self.stay:
                 self.state = self.rng.choice([s for s in range(len(self.delays)) if s != self.state])
+            s = self.state
+        return ChannelSample(self.delays[s], self.delays[s], str(s))
+
+
+class MarkovClockChannel(Channel):
+    """Markov states that change in wall-clock time (exponential dwell of mean `dwell_s`)."""
+
+    def __init__(self, delays_ms: list[float], dwell_s: float, seed: int = 0,
+                 clock: Callable[[], float] = time.monotonic):
+        self.delays, self.dwell_s, self.clock = delays_ms, dwell_s, clock
+        self.rng = random.Random(seed)
+        self.state = 0
+        self.until: float | None = None
+        self.lock = threading.Lock()
+        self.spec = f"markov-clock:{','.join(f'{d:g}' for d in delays_ms)}:{dwell_s:g}"
+
+    def sample(self) -> ChannelSample:
+        now = self.clock()
+        with self.lock:
+            if self.until is None:
+                self.until = now + self.rng.expovariate(1.0 / self.dwell_s)
+            while now >= self.until:
+                if len(self.delays) > 1:
+                    self.state = self.rng.choice([s for s in range(len(self.delays)) if s != self.state])
+                self.until += self.rng.expovariate(1.0 / self.dwell_s)
             s = self.state
         return ChannelSample(self.delays[s], self.delays[s], str(s))
 
@@ -172,6 +201,11 @@ def parse_channel(spec: str, seed: int = 0, clock: Callable[[], float] = time.mo
             if not 0 <= stay <= 1:
                 raise LinkError("channel: markov stay probability must be in [0, 1]")
             return MarkovChannel(_floats(parts[0], "delays"), stay, seed)
+        if kind == "markov-clock" and len(parts) == 2:
+            dwell = float(parts[1])
+            if not dwell > 0 or math.isinf(dwell):
+                raise LinkError("channel: markov-clock dwell must be > 0 seconds")
+            return MarkovClockChannel(_floats(parts[0], "delays"), dwell, seed, clock)
         if kind == "drift" and len(parts) == 2:
             delays, period = _floats(parts[0], "delays"), float(parts[1])
             if period <= 0:
@@ -184,7 +218,7 @@ def parse_channel(spec: str, seed: int = 0, clock: Callable[[], float] = time.mo
     except ValueError:
         raise LinkError(f"channel: bad number in '{spec}'") from None
     raise LinkError(f"channel: cannot parse '{spec}' (use const:D, jitter:D:J, markov:D1,D2[:STAY], "
-                        "drift:D1,D2:SECONDS or trace:FILE.csv)")
+                        "markov-clock:D1,D2:SECONDS, drift:D1,D2:SECONDS or trace:FILE.csv)")
 
 
 def _read_trace(path: str) -> list[tuple[float, float, str | None]]:

@@ -9,7 +9,8 @@ assumed. A policy's gap to the oracle carries a paired bootstrap interval
 
   compare  every policy at several constant delays
   drift    the delay jumps in wall-clock time (20 -> 150 ms): static tuning vs online
-  markov   a two-state channel (20 / 150 ms, state visible): blind vs contextual
+  markov   a two-state channel (20 / 150 ms, states held for seconds of wall-clock time,
+           state visible): blind vs contextual
   regret   one long run at 100 ms, rounds in order: cumulative regret against the oracle
 """
 from __future__ import annotations
@@ -172,7 +173,8 @@ async def _markov(cfg: LabConfig, progress=None) -> dict:
     policies = ["auto", "auto-blind", "ucb-specstop", "ucb-specstop-ctx", ORACLE]
     n = 24 if cfg.quick else 64
     prompts = lab_prompts(n, seed=cfg.seed)
-    channels = {"edge-markov": "markov:20,150:0.9"}
+    # states change in wall-clock time, as a real link's do: the per-state best length is then right
+    channels = {"edge-markov": f"markov-clock:20,150:{5 if cfg.quick else 10}"}
     cells = [Cell("edge-markov", p, n) for p in policies]
     rounds, cal, emulation = await _calibrate_and_run(cfg, "markov", channels, cells, prompts, progress)
     whole = policy_rows(rounds.with_columns(pl.lit(0.0).alias("delay_ms")), policies, ["delay"])
