@@ -49,6 +49,29 @@ def cmd_bench_analysis(a: argparse.Namespace) -> None:
     print(json.dumps(res) if a.json else json.dumps(res, indent=2))
 
 
+def cmd_bench_policies(a: argparse.Namespace) -> None:
+    from control.evaluation import evaluate
+    from control.families import all_families
+
+    t0 = time.perf_counter()
+    policies = [p.strip() for p in a.policies.split(",") if p.strip()]
+    members, seeds = (1, 5) if a.quick else (a.members, a.seeds)
+    res = evaluate(all_families(members=members, seed=a.family_seed), policies=policies, rounds=a.rounds,
+                   seeds=seeds, workers=a.workers, tuned=not a.no_tuned)
+    res["wall_s"] = round(time.perf_counter() - t0, 1)
+    if a.json:
+        print(json.dumps(res))
+        return
+    print(f"{res['profiles']} generated profiles, {res['rounds']} rounds, {res['seeds']} seeds; "
+          f"scenarios: {res['scenarios']}; gaps in % over each scenario's oracle ({res['wall_s']} s)")
+    print(f"{'policy':<32} {'mean':>7} {'worst mean':>11} {'worst p90':>10} {'worst seed':>11} "
+          f"{'cells >1% mean':>15} {'>3% worst seed':>15}")
+    for spec, v in res["summary"].items():
+        print(f"{spec:<32} {v['mean_gap_pct']:>7.2f} {v['worst_mean_gap_pct']:>11.2f} {v['worst_p90_pct']:>10.2f} "
+              f"{v['worst_seed_pct']:>11.2f} {v['cells_over_1pct_mean']:>9}/{v['cells']:<5} "
+              f"{v['cells_over_3pct_worst_seed']:>9}/{v['cells']:<5}")
+
+
 def cmd_broker(a: argparse.Namespace) -> None:
     from pathlib import Path
 
@@ -335,6 +358,19 @@ def register(sub) -> None:
     p.add_argument("--rounds", type=_positive_int, default=1_000_000)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench_analysis)
+
+    p = bsub.add_parser("policies", help="policies on generated profile families vs each scenario's oracle")
+    p.add_argument("--policies", default="auto,ucb-specstop,ucb-specstop-scaled,naive-ucb,naive-ucb-scaled",
+                   help="comma-separated policy specs (the UCB-SpecStop pair also runs at its best beta)")
+    p.add_argument("--members", type=_positive_int, default=3, help="profiles per family")
+    p.add_argument("--family-seed", type=int, default=0, help="seed that draws the family members")
+    p.add_argument("--rounds", type=_positive_int, default=1000)
+    p.add_argument("--seeds", type=_positive_int, default=20)
+    p.add_argument("--workers", type=_positive_int, default=2, help="processes")
+    p.add_argument("--no-tuned", action="store_true", help="skip the beta grid of the UCB baselines")
+    p.add_argument("--quick", action="store_true", help="one profile per family, 5 seeds")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_bench_policies)
 
     p = sub.add_parser("broker", help="run an embedded nats-server (JetStream kept across restarts)")
     p.add_argument("--port", type=int, default=4222, help="port on 127.0.0.1 (-1 picks a free one)")
