@@ -28,6 +28,8 @@ from nodes.detokenize import IncrementalDetokenizer
 from nodes.device import DeviceProfile, Pacer
 from nodes.jetstream import ensure_stream
 from nodes.link import Channel, ConstChannel, LinkTimer
+from nodes.models.errors import ModelError
+from nodes.models.head import AcceptanceHead, head_for, stop_rule
 from nodes.models.loading import ModelPair
 from nodes.models.sessions import DraftSession
 from nodes.policy_book import PolicyBook
@@ -102,6 +104,7 @@ class EdgeWorker(WorkerBase):
         self.completed = 0
         self.recent: OrderedDict[str, tuple[str | None, TokenChunk | ErrorMsg, float]] = OrderedDict()
         self._generate_subs: list = []
+        self._head: AcceptanceHead | ModelError | None = None  # loaded at the first request that needs it
 
     # --- lifecycle -----------------------------------------------------------------
     async def start(self) -> None:
@@ -230,6 +233,8 @@ class EdgeWorker(WorkerBase):
         try:
             req: GenerateRequest = decode(msg.data, self.limits, expect=(GenerateRequest,))
             spec = self.policies.canonical(req.policy or self.cfg.default_policy)  # before any work
+            if self.policies.get(spec).stop_signal == "acceptance":
+                self._acceptance_head()
         except (SchemaError, ControlError) as exc:
             await self._refuse(msg, getattr(exc, "code", BAD_MESSAGE), str(exc))
             return
@@ -358,6 +363,18 @@ class EdgeWorker(WorkerBase):
         return EdgeRequest(req, prompt, self.cfg.rules(), spec, self.pair.eos_ids,
                            IncrementalDetokenizer(tok, self.pair.eos_ids))
 
+    def _acceptance_head(self) -> AcceptanceHead:
+        """The shipped acceptance head, loaded once; ControlError (refusing the request) if there is none
+        for this draft."""
+        if self._head is None:
+            try:
+                self._head = head_for(self.pair)
+            except ModelError as exc:
+                self._head = exc
+        if isinstance(self._head, ModelError):
+            raise ControlError(f"this edge cannot serve a policy that needs the acceptance head: {self._head}")
+        return self._head
+
     async def _run(self, fn, *args):
         """Model compute (inline when this is the only request, else on the model thread); (result, ms queued)."""
         queued = time.perf_counter()
@@ -385,8 +402,8 @@ class EdgeWorker(WorkerBase):
                                                  r.params)
             t0 = time.perf_counter()
             if plan.length:
-                stop = _stop_rule(policy, ctx)
-                d, edge_queue_ms = await self._run(draft_model.propose, plan.length, plan.seed, stop)
+                stop, hidden = self._stop_rule(policy, ctx)
+                d, edge_queue_ms = await self._run(draft_model.propose, plan.length, plan.seed, stop, hidden)
             else:
                 d, edge_queue_ms = Draft([], plan.seed), 0.0
             draft_real_ms = await self._pace(d, edge_queue_ms)
@@ -410,6 +427,11 @@ class EdgeWorker(WorkerBase):
             await self.send_now(subjects.timing(self.cfg.edge_id), encode(rec.timing))
         self.log.info("request_done", request_id=r.req.request_id, rounds=r.round, tokens=len(r.out),
                       finish_reason=r.finish_reason, policy=r.policy_spec, retries=r.retries)
+
+    def _stop_rule(self, policy: Policy, ctx: RoundContext):
+        """(the draft's stop callback for this round or None, whether it reads hidden states)."""
+        head = self._acceptance_head() if policy.stop_signal == "acceptance" else None
+        return stop_rule(policy, ctx, head)
 
     async def _pace(self, d: Draft, queued_ms: float) -> float | None:
         """With device emulation: wait until the device would have finished drafting (counted from
@@ -461,7 +483,3 @@ class EdgeWorker(WorkerBase):
 
 def _as_resync(terminal: TokenChunk | ErrorMsg) -> TokenChunk | ErrorMsg:
     return replace(terminal, resync=True) if isinstance(terminal, TokenChunk) else terminal
-
-
-def _stop_rule(policy: Policy, ctx: RoundContext):
-    return lambda pos, prob, _hidden: policy.should_stop(ctx, pos, prob)

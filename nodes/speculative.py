@@ -12,6 +12,7 @@ import time
 from control import Policy, RoundContext, make_policy
 from nodes.detokenize import IncrementalDetokenizer
 from nodes.models.errors import ModelError
+from nodes.models.head import head_for, stop_rule
 from nodes.models.loading import ModelPair
 from nodes.models.sessions import DraftSession, verify_round
 from nodes.protocol.request import Accepted, EdgeRequest, RoundRules, RoundTimes
@@ -37,6 +38,7 @@ def speculative_generate(pair: ModelPair, prompt_ids: list[int], max_new_tokens:
                          params: SamplingParams = SamplingParams(), seed: int = 0,
                          delay_ms: float = 0.0) -> GenerationResult:
     check_request(prompt_ids, max_new_tokens, pair.vocab_size)
+    head = head_for(pair) if policy.stop_signal == "acceptance" else None  # loaded once per call
     req = GenerateRequest(IN_PROCESS, prompt_ids=None, prompt="-", max_new_tokens=max_new_tokens,
                           temperature=params.temperature, top_p=params.top_p, seed=seed, policy=policy.spec)
     edge = EdgeRequest(req, prompt_ids, RoundRules(IN_PROCESS, max_length=policy.max_length), policy.spec,
@@ -49,8 +51,8 @@ def speculative_generate(pair: ModelPair, prompt_ids: list[int], max_new_tokens:
         plan = edge.plan(policy, 0, ctx)
         if plan.length and draft_model is None:  # created at the first drafted round (never for target-only)
             draft_model = DraftSession(pair.draft, edge.context, pair.vocab_size, params)
-        stop = (lambda pos, prob, _h: policy.should_stop(ctx, pos, prob))
-        d = draft_model.propose(plan.length, plan.seed, stop) if draft_model else Draft([], plan.seed)
+        stop, hidden = stop_rule(policy, ctx, head)
+        d = draft_model.propose(plan.length, plan.seed, stop, hidden) if draft_model else Draft([], plan.seed)
         send = edge.send(d, time.monotonic())
         adm = table.admit(send.msg, "edge", time.monotonic())
         job = adm.compute

@@ -101,10 +101,15 @@ def cmd_generate(a: argparse.Namespace) -> None:
     if not a.prompt:
         raise ModelError("prompt is empty")
     params = SamplingParams(temperature=a.temperature, top_p=a.top_p)
-    policy = make_policy(a.policy, max_length=a.max_length, seed=a.seed)  # a bad spec fails before loading
+    from control import load_profile
+    from nodes.models.loading import BUNDLED_PROFILE
+
+    bundled = not a.draft and not a.target and BUNDLED_PROFILE.exists()
+    profile = load_profile(a.profile) if a.profile else load_profile(BUNDLED_PROFILE) if bundled else None
+    policy = make_policy(a.policy, max_length=a.max_length, seed=a.seed, profile=profile)  # fails before loading
     pair = _pair(a, load_draft=a.policy != TARGET_ONLY)
     ids = pair.tokenizer.encode(a.prompt, add_special_tokens=False)
-    res = speculative_generate(pair, ids, a.max_new_tokens, policy, params, a.seed)
+    res = speculative_generate(pair, ids, a.max_new_tokens, policy, params, a.seed, delay_ms=a.delay_ms)
     out = {"token_ids": res.token_ids, "text": res.text, "rounds": res.rounds,
            "accepted_per_round": res.accepted_per_round, "lengths_per_round": res.lengths_per_round,
            "draft_ms": round(res.draft_ms, 3), "verify_ms": round(res.verify_ms, 3),
@@ -184,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train-head", help="train the SpecDec++ acceptance head on the pair's verified drafts")
     p.add_argument("--out", help="output folder (default: the package's bundled head folder)")
-    p.add_argument("--windows", type=_positive_int, default=1500, help="corpus windows to draft after")
+    p.add_argument("--windows", type=_positive_int, default=5000, help="corpus windows to draft after (8 drafts each)")
     p.add_argument("--epochs", type=_positive_int, default=40)
     p.add_argument("--seed", type=int, default=0)
     _model_args(p)
@@ -195,6 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=_positive_int, default=128)
     p.add_argument("--policy", default="auto", help="policy spec, or target-only")
     p.add_argument("--max-length", type=_positive_int, default=8, help="longest draft")
+    p.add_argument("--profile", help="control profile for oracle/static/specdec++-delay (default: the bundled pair's)")
+    p.add_argument("--delay-ms", type=_non_negative_float, default=0.0,
+                   help="one-way delay the policy is told (nothing sleeps: in-process)")
     p.add_argument("--temperature", type=_non_negative_float, default=0.0)
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)

@@ -16,6 +16,10 @@ SNAPSHOT_FORMAT = 1
 class Policy:
     spec: str = ""
     learns: bool = True  # False: observe() is a no-op, so nobody needs to send it outcomes
+    # What should_stop reads after each drafted token: None = it never stops early (the draft passes no
+    # stop rule at all: no softmax, no hidden states); "confidence" = the draft's probability of the
+    # token; "acceptance" = the acceptance head's predicted probability that the target keeps it.
+    stop_signal: str | None = None
 
     def __init__(self, max_length: int):
         if max_length < 1:
@@ -29,7 +33,8 @@ class Policy:
         """Default: nothing to learn."""
 
     def should_stop(self, ctx: RoundContext, position: int, confidence: float) -> bool:
-        """Called after each drafted token (1-based position); default never stops early."""
+        """Called after each drafted token (1-based position) but the last, only when `stop_signal` is set;
+        `confidence` is that signal's value for the token. Default: never stops early."""
         return False
 
     # --- persistence -------------------------------------------------------

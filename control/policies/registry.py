@@ -8,6 +8,7 @@ from control.policies.base import Policy
 from control.policies.simple import (
     ConfidencePolicy, FixedPolicy, HFHeuristicPolicy, OraclePolicy, StaticPolicy, TargetOnlyPolicy,
 )
+from control.policies.specdec import DEFAULT_THRESHOLD, DelaySpecDecPolicy, SpecDecPolicy
 from control.policies.ucb import ContextualUcbSpecStop, UcbSpecStop
 from control.profile import Profile
 from control.types import ControlError
@@ -16,7 +17,7 @@ TARGET_ONLY = "target-only"
 MAX_SPEC_LEN = 64
 POLICY_SPECS = (TARGET_ONLY, "auto", "auto-blind", "fixed:K", "oracle", "static:D", "ucb-specstop[:beta]",
                 "ucb-specstop-scaled[:beta]", "naive-ucb[:beta]", "naive-ucb-scaled[:beta]", "ucb-specstop-ctx[:beta]",
-                "hf-heuristic", "hf-confidence[:threshold]")
+                "hf-heuristic", "hf-confidence[:threshold]", "specdec++[:H]", "specdec++-delay")
 DEFAULT_MAX_LENGTH = 8
 
 
@@ -78,4 +79,13 @@ def make_policy(spec: str, max_length: int = DEFAULT_MAX_LENGTH, seed: int = 0,
         return HFHeuristicPolicy(max_length)
     if name == "hf-confidence":
         return ConfidencePolicy(_arg(spec, float, 0.4), max_length)
+    if name == "specdec++":
+        h = _arg(spec, float, DEFAULT_THRESHOLD)
+        if not 0.0 <= h <= 1.0:
+            raise ControlError(f"policy '{spec}': threshold H must be in [0, 1]")
+        return SpecDecPolicy(h, max_length)
+    if name == "specdec++-delay":
+        if spec != name:
+            raise ControlError(f"policy '{spec}': takes no argument (its threshold follows the delay)")
+        return DelaySpecDecPolicy(_need_profile(spec, profile), max_length)
     raise ControlError(f"unknown policy '{spec}' (known: {', '.join(POLICY_SPECS)})")

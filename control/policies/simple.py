@@ -89,6 +89,7 @@ class ConfidencePolicy(Policy):
     """transformers' confidence threshold: draft up to K, stop when p(draft token) < threshold."""
 
     learns = False
+    stop_signal = "confidence"
 
     def __init__(self, threshold: float, max_length: int):
         super().__init__(max_length)

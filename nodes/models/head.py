@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from nodes.models.errors import ModelError
 from nodes.models.train_pair import BUNDLED_DIR
 
 FEATURES = ("hidden", "log_q", "entropy")
@@ -72,6 +73,45 @@ def load_head(root: Path | None = None) -> AcceptanceHead | None:
     head = AcceptanceHead(int(meta["hidden"]), int(meta["width"]))
     head.load_state_dict(load_file(str(path)))
     return head.eval()
+
+
+def head_for(pair, root: Path | None = None) -> AcceptanceHead:
+    """The shipped (or given) head, checked against the pair's draft; ModelError (one line) if unusable."""
+    from nodes.models.loading import model_hash
+
+    path = head_path(root)
+    try:
+        head = load_head(root)
+    except Exception as exc:  # a damaged file: say which
+        raise ModelError(f"acceptance head {path} cannot be loaded: {type(exc).__name__}: {str(exc)[:120]}") from None
+    if head is None:
+        raise ModelError(f"no acceptance head at {path}: train one with `specstop train-head`")
+    hidden = getattr(getattr(pair.draft, "config", None), "hidden_size", None)
+    if hidden != head.hidden:
+        raise ModelError(f"acceptance head {path} was trained for a draft with hidden size {head.hidden}, "
+                         f"not this draft's {hidden}")
+    trained_for = json.loads((path.parent / "head.json").read_text()).get("draft")
+    if trained_for is not None and trained_for != model_hash(pair.draft_name):
+        raise ModelError(f"acceptance head {path} was trained for another draft model than '{pair.draft_name}'")
+    return head
+
+
+def stop_rule(policy, ctx, head: AcceptanceHead | None = None):
+    """(the draft's stop callback for `policy` this round, or None; whether it reads hidden states).
+
+    policy.stop_signal None: no callback (no softmax, no hidden states); "confidence": should_stop gets
+    the draft's probability of the token; "acceptance": the head's predicted acceptance probability."""
+    signal = policy.stop_signal
+    if signal is None:
+        return None, False
+    if signal == "confidence":
+        return (lambda step: policy.should_stop(ctx, step.position, step.prob)), False
+    if signal == "acceptance":
+        if head is None:
+            raise ModelError(f"policy '{policy.spec}' needs the acceptance head, and none is loaded")
+        return (lambda step: policy.should_stop(ctx, step.position,
+                                                head.accept_prob(step.hidden, step.logits, step.token))), True
+    raise ModelError(f"policy '{policy.spec}' asks for an unknown stop signal {signal!r}")
 
 
 @torch.inference_mode()
@@ -160,7 +200,10 @@ def train_head(pair, out: Path, windows: int = 1500, window_len: int = 160, epoc
         "greedy_acceptance": round(float(data["greedy"].mean()), 4),
         "train_s": round(time.perf_counter() - t0, 1),
     }
-    save_head(head, out, {"metrics": metrics, "window_len": window_len, "windows": windows})
+    from nodes.models.loading import model_hash
+
+    save_head(head, out, {"metrics": metrics, "window_len": window_len, "windows": windows,
+                          "draft": model_hash(pair.draft_name)})
     return metrics
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import time
+from dataclasses import dataclass
 from typing import Protocol
 
 import torch
@@ -31,8 +32,22 @@ def _cache_kwarg(model) -> str:
     return name
 
 
+@dataclass(frozen=True)
+class DraftStep:
+    """One drafted token, as a stop rule sees it: its 1-based `position`, the `token`, the draft's
+    probability `prob` of it (of the distribution it was drawn from), the draft's raw `logits` there
+    ([vocab]) and its last hidden state (`hidden`, [hidden]); `hidden` is None unless the draft was
+    asked for it (`propose(..., hidden=True)`)."""
+
+    position: int
+    token: int
+    prob: float
+    logits: torch.Tensor
+    hidden: torch.Tensor | None = None
+
+
 class StopCallback(Protocol):
-    def __call__(self, position: int, prob: float, hidden: torch.Tensor) -> bool: ...
+    def __call__(self, step: DraftStep) -> bool: ...
 
 
 class _CachedSession:
@@ -79,7 +94,10 @@ class DraftSession(_CachedSession):
         super().__init__(model, context, vocab_size, params)
         self._last_draft: list[int] = []
 
-    def propose(self, max_len: int, seed: int = 0, stop: StopCallback | None = None) -> Draft:
+    def propose(self, max_len: int, seed: int = 0, stop: StopCallback | None = None, hidden: bool = False) -> Draft:
+        """Draft up to `max_len` tokens; `stop` (if any) may end the draft after each but the last.
+        Without a stop rule no softmax is taken for it and no hidden states are computed; with one,
+        hidden states only when `hidden` (a rule that reads DraftStep.hidden)."""
         if max_len < 0:
             raise ModelError(f"draft length must be >= 0, got {max_len}")
         if max_len == 0:  # a target-only round: nothing to draft
@@ -92,8 +110,9 @@ class DraftSession(_CachedSession):
         q_probs: list[list[float]] | None = None if self.params.greedy else []
         feed = list(self.pending)
         stopped = False
+        want_hidden = hidden and stop is not None
         for pos in range(1, max_len + 1):
-            out = self._forward(feed, hidden=stop is not None)
+            out = self._forward(feed, hidden=want_hidden)
             logits = out.logits[0, -1, : self.vocab_size]
             if self.params.greedy:
                 probs = torch.softmax(logits.float(), dim=-1) if stop is not None else None
@@ -105,7 +124,8 @@ class DraftSession(_CachedSession):
                 q_ids.append(ids.tolist())
                 q_probs.append(probs.tolist())
             tokens.append(tok)
-            if pos < max_len and stop is not None and stop(pos, prob, out.hidden_states[-1][0, -1]):
+            if pos < max_len and stop is not None and stop(
+                    DraftStep(pos, tok, prob, logits, out.hidden_states[-1][0, -1] if want_hidden else None)):
                 stopped = True
                 break
             feed = [tok]
