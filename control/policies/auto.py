@@ -26,7 +26,7 @@ from control.types import RoundContext, RoundOutcome
 
 PRIOR_STRENGTH = 2.0
 POOL_PRIOR = 4.0  # pseudo-rounds behind the pooled later-position acceptance
-OPTIMISM_MIN = 20.0  # the position after the choice, reached by fewer rounds, is judged optimistically ...
+OPTIMISM_MIN = 30.0  # the position after the choice, reached by fewer rounds, is judged optimistically ...
 OPTIMISM_Z = 2.0     # ... at the posterior mean + this many standard deviations (AutoPolicy._optimistic_next)
 COMPUTE_SPREAD_FLOOR = 0.02  # compute draws spread at least this fraction of the mean compute
 SHRINK_ROUNDS = 30.0  # per-length compute means need this many rounds to outweigh the affine fit

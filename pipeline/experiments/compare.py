@@ -35,7 +35,7 @@ CAL_EDGE = "edge-cal"
 def compare_policies(head: bool) -> list[str]:
     """Every baseline the issue names; the head rules only when a trained head is shipped."""
     base = ["auto", "ucb-specstop", "ucb-specstop-scaled", "naive-ucb", "static:10", "hf-heuristic",
-            "hf-confidence"]
+            "hf-confidence:0.4"]  # canonical specs: rows are matched on the logged policy
     return base + (["specdec++:0.7", "specdec++-delay"] if head else [])
 
 

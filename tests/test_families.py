@@ -1,0 +1,53 @@
+"""Generated profile families and the policy evaluation over them (`specstop bench policies`)."""
+import numpy as np
+
+from control.evaluation import evaluate
+from control.families import ACCEPTANCE, COMPUTE, all_families, family, near_tie
+from control.theory import ms_per_token
+
+
+def test_the_same_seed_draws_the_same_profiles():
+    a, b = all_families(members=2, seed=3), all_families(members=2, seed=3)
+    assert [p.name for p in a] == [p.name for p in b]
+    assert all(np.array_equal(x.survival, y.survival) and np.array_equal(x.compute_ms, y.compute_ms)
+               for x, y in zip(a, b))
+
+
+def test_another_seed_draws_other_profiles():
+    a, b = family("low-flat", "cheap-draft", 2, seed=0), family("low-flat", "cheap-draft", 2, seed=1)
+    assert not np.array_equal(a[0].survival, b[0].survival)
+
+
+def test_every_shape_is_covered_with_valid_profiles():
+    profiles = all_families(members=1)
+    names = {p.name.split("#")[0] for p in profiles}
+    assert {f"{a}/{c}" for a in ACCEPTANCE for c in COMPUTE} <= names
+    for p in profiles:
+        assert (np.diff(p.survival) <= 1e-12).all() and (p.survival > 0).all() and (p.survival <= 1).all()
+        assert (np.diff(p.compute_ms) > 0).all()
+
+
+def test_heavy_head_members_have_a_first_token_far_below_the_rest():
+    for p in family("heavy-head", "expensive-draft", 3):
+        h = p.survival[1:] / p.survival[:-1]
+        assert p.survival[0] <= 0.5 and (h >= 0.8 - 1e-9).all()
+
+
+def test_near_tie_members_have_two_lengths_within_one_and_a_half_percent_somewhere():
+    for p in family("high-flat", "cheap-draft", 2, tie=True):
+        assert near_tie(p)
+        found = any(np.sort(ms_per_token(p, d))[1] <= 1.015 * np.sort(ms_per_token(p, d))[0]
+                    for d in np.linspace(0, 1000, 201))
+        assert found
+
+
+def test_evaluation_reports_mean_p90_and_worst_seed_and_the_best_beta():
+    res = evaluate(family("steep", "cheap-draft", 1), policies=("auto", "ucb-specstop"), delays=(20.0,),
+                   rounds=60, seeds=3, workers=1, changing=True)
+    s = res["summary"]
+    assert set(s) == {"auto", "ucb-specstop", "ucb-specstop (best beta)", "ucb-specstop-scaled (best beta)"}
+    for v in s.values():
+        assert v["cells"] == 3  # const 20 ms, wall-clock drift, wall-clock markov
+        assert v["worst_seed_pct"] >= v["worst_p90_pct"] - 1e-9
+    per = res["per_profile"][0]
+    assert per["best_beta"]["ucb-specstop"] in (0.01, 0.1, 1.0, 10.0, 100.0)
