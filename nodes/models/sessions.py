@@ -152,23 +152,35 @@ class DraftSession(_CachedSession):
         return new
 
 
+def check_draft(draft: Draft, params: SamplingParams) -> None:
+    """ModelError unless `draft` can be verified under `params` (checked before any compute)."""
+    if not params.greedy and draft.tokens and (draft.q_ids is None or draft.q_probs is None):
+        raise ModelError("sampled verification needs the draft's q distribution")
+
+
+def accept_draft(logits: torch.Tensor, draft: Draft, params: SamplingParams) -> tuple[int, int]:
+    """The verdict on `draft` from the target's logits at its L + 1 positions ([L+1, vocab]):
+    (accepted, next token). The one acceptance rule of every verify path (per request or batched),
+    so greedy and sampled verdicts cannot differ between them."""
+    check_draft(draft, params)
+    if params.greedy:
+        return accept_greedy(torch.argmax(logits, dim=-1).tolist(), list(draft.tokens))
+    _, gen = round_generators(draft.seed)
+    p = target_probs(logits, params)
+    return accept_sampled(p, list(draft.tokens), draft.q_ids or [], draft.q_probs or [], gen)
+
+
 class TargetSession(_CachedSession):
     """Cloud side: verifies a whole draft in one forward pass, then rolls back."""
 
     def verify(self, draft: Draft) -> Verdict:
         t0 = time.perf_counter()
+        check_draft(draft, self.params)
         n_before = self.cached_len
         k = len(self.pending)
         out = self._forward(self.pending + list(draft.tokens), keep=len(draft) + 1)
         logits = out.logits[0, :, : self.vocab_size]  # [L+1, V]: one per draft position + bonus
-        if self.params.greedy:
-            accepted, nxt = accept_greedy(torch.argmax(logits, dim=-1).tolist(), list(draft.tokens))
-        else:
-            if draft.tokens and (draft.q_ids is None or draft.q_probs is None):
-                raise ModelError("sampled verification needs the draft's q distribution")
-            _, gen = round_generators(draft.seed)
-            p = target_probs(logits, self.params)
-            accepted, nxt = accept_sampled(p, list(draft.tokens), draft.q_ids or [], draft.q_probs or [], gen)
+        accepted, nxt = accept_draft(logits, draft, self.params)
         self._crop_to(n_before + k + accepted)
         self.tokens.extend(list(draft.tokens[:accepted]) + [nxt])
         self.pending = [nxt]

@@ -1,0 +1,193 @@
+"""Verify many sessions' drafts in one forward pass over a slot cache.
+
+`BatchVerifier.run(jobs)` is the batched counterpart of `sessions.verify_round`:
+each job brings its session state (or a context to build one from), its draft,
+sampling parameters and seed; one forward over all slot sessions computes every
+job's L + 1 positions, then each job gets its own verdict from the same
+acceptance rule as the per-request path (`sessions.accept_draft`).
+
+A job that cannot use a slot runs on the per-request path (`TargetSession`) in
+the same call: a model class the slot cache does not support, every slot taken,
+or the slot memory budget reached (a live slot session that cannot grow moves
+to the per-request path, rebuilt from its tokens). A job's bad input fails that
+job only, with a one-line ModelError; the others still get their verdicts.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from nodes.models.errors import ModelError
+from nodes.models.sessions import TargetSession, accept_draft, check_draft
+from nodes.models.slots import SlotCache, SlotsFull, slot_support
+from schemas.rounds import Draft, SamplingParams, Verdict
+
+
+class SlotSession:
+    """A TargetSession on a slot: the slot covers every token but `pending`, which (with the
+    next draft) is fed in the next batched forward."""
+
+    def __init__(self, cache: SlotCache, context: list[int], params: SamplingParams):
+        if not context:
+            raise ModelError("context is empty: a session needs at least one token")
+        self.cache, self.params = cache, params
+        self.tokens: list[int] = list(context)
+        self.pending: list[int] = [context[-1]]
+        cache.reserve(len(context))  # raises before a slot is taken
+        self.slot: int | None = cache.admit()
+        if len(context) > 1:
+            try:
+                cache.forward([self.slot], [context[:-1]], [0])
+            except BaseException:
+                self.release()
+                raise
+
+    @property
+    def cached_len(self) -> int:
+        return self.cache.length(self.live_slot)
+
+    @property
+    def live_slot(self) -> int:
+        if self.slot is None:
+            raise ModelError("this session's slot was released")
+        return self.slot
+
+    def release(self) -> None:
+        """Give the slot back (idempotent): the session cannot be used after this."""
+        if self.slot is not None:
+            self.cache.evict(self.slot)
+            self.slot = None
+
+    def apply(self, draft: Draft, accepted: int, next_token: int) -> None:
+        """After the forward fed pending + draft: keep pending and the accepted drafts (every
+        context token then, `tokens` includes pending), drop the rest; the target's token is next."""
+        self.cache.crop(self.live_slot, len(self.tokens) + accepted)
+        self.tokens.extend(list(draft.tokens[:accepted]) + [next_token])
+        self.pending = [next_token]
+
+
+@dataclass
+class VerifyJob:
+    state: Any                       # SlotSession | TargetSession | None
+    context: list[int] | None        # rebuild the session from this when given
+    draft: Draft
+    params: SamplingParams
+
+
+@dataclass
+class JobResult:
+    state: Any
+    verdict: Verdict | None
+    prefill_ms: float = 0.0
+    error: BaseException | None = None
+
+
+@dataclass
+class BatchStats:
+    """What one `run` cost: the batched forward (with its bookkeeping) and everything around it."""
+
+    jobs: int
+    slot_rows: int = 0          # jobs verified in the batched forward
+    per_request: int = 0        # jobs verified on the per-request path
+    failed: int = 0
+    forward_ms: float = 0.0     # the batched model call (K/V writes and reads included)
+    prep_ms: float = 0.0        # ids, positions, 4-D mask, write indices
+    kv_ms: float = 0.0          # K/V writes and reads (inside forward_ms)
+    accept_ms: float = 0.0      # every job's acceptance and rollback
+    prefill_ms: float = 0.0     # sessions built from a context
+    per_request_ms: float = 0.0
+    padded_tokens: int = 0
+    real_tokens: int = 0
+    total_ms: float = 0.0
+
+
+class BatchVerifier:
+    """One target model's verifier: slot sessions where the model class allows, else per request."""
+
+    def __init__(self, model: Any, vocab_size: int, max_slots: int = 128, max_len: int = 8192,
+                 max_bytes: int = 2 << 30, use_slots: bool = True):
+        self.model, self.vocab = model, vocab_size
+        self.why_not = slot_support(model) if use_slots else "slot cache disabled"
+        self.cache = SlotCache(model, max_slots, max_len, max_bytes=max_bytes) if self.why_not is None else None
+
+    def release(self, state: Any) -> None:
+        """A session dropped by its owner: free its slot (per-request states need nothing)."""
+        if isinstance(state, SlotSession):
+            state.release()
+
+    def new_session(self, context: list[int], params: SamplingParams) -> SlotSession | TargetSession:
+        if self.cache is not None:
+            try:
+                return SlotSession(self.cache, context, params)
+            except SlotsFull:
+                pass
+        return TargetSession(self.model, context, self.vocab, params)
+
+    def run(self, jobs: list[VerifyJob]) -> tuple[list[JobResult], BatchStats]:
+        t0 = time.perf_counter()
+        stats = BatchStats(len(jobs))
+        results = [self._prepare(j, stats) for j in jobs]
+        rows = [i for i, r in enumerate(results) if r.error is None and isinstance(r.state, SlotSession)]
+        if rows:
+            self._batched(rows, jobs, results, stats)
+        for i, r in enumerate(results):
+            if r.error is None and isinstance(r.state, TargetSession):
+                t1 = time.perf_counter()
+                try:
+                    r.verdict = r.state.verify(jobs[i].draft)
+                except Exception as exc:  # this job's failure only
+                    r.error = exc
+                stats.per_request += 1
+                stats.per_request_ms += (time.perf_counter() - t1) * 1e3
+        stats.failed = sum(r.error is not None for r in results)
+        stats.total_ms = (time.perf_counter() - t0) * 1e3
+        return results, stats
+
+    def _prepare(self, job: VerifyJob, stats: BatchStats) -> JobResult:
+        """Check the draft, build the session when asked, make room for this round's tokens."""
+        res = JobResult(job.state, None)
+        try:
+            check_draft(job.draft, job.params)
+            if job.context is not None or job.state is None:
+                t1 = time.perf_counter()
+                res.state = self.new_session(list(job.context or []), job.params)
+                res.prefill_ms = (time.perf_counter() - t1) * 1e3
+                stats.prefill_ms += res.prefill_ms
+            if isinstance(res.state, SlotSession):
+                need = res.state.cached_len + len(res.state.pending) + len(job.draft)
+                try:
+                    res.state.cache.reserve(need)
+                except SlotsFull:  # the memory budget is reached: this session continues per request
+                    old, res.state = res.state, TargetSession(self.model, list(res.state.tokens), self.vocab,
+                                                              job.params)
+                    old.release()
+        except Exception as exc:
+            res.error = exc
+        return res
+
+    def _batched(self, rows: list[int], jobs: list[VerifyJob], results: list[JobResult], stats: BatchStats) -> None:
+        states: list[SlotSession] = [results[i].state for i in rows]
+        drafts = [jobs[i].draft for i in rows]
+        try:
+            out = self.cache.forward([s.live_slot for s in states], [s.pending + list(d.tokens) for s, d in
+                                                                     zip(states, drafts)], [len(d) + 1 for d in drafts])
+        except Exception as exc:  # nothing was applied: every row's session is as before
+            for i in rows:
+                results[i].error = exc
+            return
+        stats.slot_rows = len(rows)
+        stats.forward_ms, stats.prep_ms, stats.kv_ms = out.forward_ms, out.prep_ms, out.kv_ms
+        stats.padded_tokens, stats.real_tokens = out.padded_tokens, out.real_tokens
+        for i, s, d, logits in zip(rows, states, drafts, out.logits):
+            t1 = time.perf_counter()
+            try:
+                accepted, nxt = accept_draft(logits[:, : self.vocab], d, jobs[i].params)
+                s.apply(d, accepted, nxt)
+            except Exception as exc:
+                s.release()  # half-applied: the owner drops this session (its edge resends the context)
+                results[i].error = exc
+                continue
+            own = (time.perf_counter() - t1) * 1e3
+            stats.accept_ms += own
+            results[i].verdict = Verdict(accepted, nxt, out.prep_ms + out.forward_ms + own)
