@@ -8,6 +8,14 @@ edge sends later rounds straight to it (sticky sessions). Model compute runs
 on one worker thread so the event loop keeps receiving while a round computes
 (inline while this verifier holds no other session: see WorkerBase.run_model).
 
+Batching: rounds admitted close together (within `batch_wait_ms` of the first,
+at most `max_batch`, sooner when every held session already has its round in
+hand) run as one forward over their KV-cache slots (nodes/models/batch_verify.py);
+each keeps its own draft length, sampling parameters, seed and verdict, and the
+session table's exactly-once rules are untouched (a retry joins the round in
+flight whether or not its batch is computing). The table hands a dropped
+session's slot back (`release`).
+
 Shutdown: leave the queue group (no new sessions), let the rounds in flight
 finish (bounded), answer anything else `draining` so edges move elsewhere.
 """
@@ -21,8 +29,9 @@ from typing import Any
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
+from nodes.batcher import Batched, MicroBatcher
 from nodes.device import DeviceProfile, Pacer
-from nodes.models.sessions import verify_round
+from nodes.models.batch_verify import BatchStats, BatchVerifier, JobResult, VerifyJob
 from nodes.protocol.verifier_table import Admission, Compute, Outcome, Reply, SessionTable, TableConfig
 from nodes.worker_base import WorkerBase
 from schemas import subjects
@@ -39,6 +48,10 @@ class CloudConfig:
     max_in_flight: int = 256
     evict_idle_s: float = 2.0
     drain_timeout_s: float = 10.0
+    max_batch: int = 32            # rounds in one batched forward
+    batch_wait_ms: float = 2.0     # the longest a round waits for others to join its batch
+    slot_cache: bool = True        # False: every round on the per-request path (DynamicCache)
+    slot_memory_mb: int = 2048     # slot K/V budget; sessions past it run per request
 
     def table(self) -> TableConfig:
         return TableConfig(self.verifier_id, self.max_sessions, self.session_ttl_s, self.evict_idle_s)
@@ -51,7 +64,13 @@ class CloudWorker(WorkerBase):
         self.model, self.vocab, self.cfg, self.limits = model, vocab_size, config, limits
         self.device = device if device is not None and device.emulates_verify else None
         self.pacer = Pacer(self.device) if self.device else None
-        self.table = SessionTable(config.table(), limits)
+        # twice the session cap in slots: a session replaced while its round computes keeps its slot until then
+        self.verifier = BatchVerifier(model, vocab_size, max_slots=max(1, config.max_sessions * 2),
+                                      max_len=limits.max_context_tokens, max_bytes=config.slot_memory_mb << 20,
+                                      use_slots=config.slot_cache)
+        self.table = SessionTable(config.table(), limits, release=self.verifier.release)
+        self.batcher: MicroBatcher[tuple[VerifyJob, tuple], tuple[JobResult, BatchStats, float]] = MicroBatcher(
+            self._run_batch, config.max_batch, config.batch_wait_ms / 1e3, more_coming=self._more_coming)
         self._queue_sub = None
         self.computing = 0  # rounds whose model compute has not finished (a replaced session's included)
 
@@ -71,7 +90,9 @@ class CloudWorker(WorkerBase):
         self.background.add(asyncio.create_task(self._expire_loop()))
         self.log.info("cloud_started", verifier_id=self.cfg.verifier_id, subjects=[subjects.VERIFY,
                       subjects.verifier(self.cfg.verifier_id), subjects.SESSION_END], model_nice=self.model_nice,
-                      max_sessions=self.cfg.max_sessions, device=self.device.to_dict() if self.device else None)
+                      max_sessions=self.cfg.max_sessions, device=self.device.to_dict() if self.device else None,
+                      max_batch=self.cfg.max_batch, batch_wait_ms=self.cfg.batch_wait_ms,
+                      slot_cache=self.verifier.why_not or "on")
 
     async def stop(self) -> None:
         self.table.begin_drain()
@@ -85,8 +106,10 @@ class CloudWorker(WorkerBase):
         deadline = time.monotonic() + self.cfg.drain_timeout_s
         while self.computing and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
+        self.batcher.close()
         await super().stop()
-        self.log.info("cloud_drained", rounds=self.rounds, sessions=len(self.sessions))
+        self.log.info("cloud_drained", rounds=self.rounds, sessions=len(self.sessions),
+                      batch_sizes=dict(sorted(self.batcher.sizes.items())))
 
     async def _on_msg(self, msg: Msg) -> None:
         received = time.perf_counter()
@@ -144,18 +167,41 @@ class CloudWorker(WorkerBase):
         finally:
             self.computing -= 1
 
+    def _more_coming(self) -> bool:
+        """Whether a held session has no round in hand (its next draft may arrive any moment)."""
+        return any(s.in_flight is None for s in self.sessions.values())
+
+    async def _run_batch(self, items: list[tuple[VerifyJob, tuple]]) -> list[tuple[JobResult, BatchStats, float]]:
+        alone = len(items) == 1 and not self.table.others_live(items[0][1])
+        (results, stats), started = await self.run_model(self.verifier.run, [job for job, _ in items], alone=alone)
+        if len(items) > 1:
+            self.log.info("verify_batch", size=len(items), slot_rows=stats.slot_rows, per_request=stats.per_request,
+                          failed=stats.failed, forward_ms=round(stats.forward_ms, 3), prep_ms=round(stats.prep_ms, 3),
+                          kv_ms=round(stats.kv_ms, 3), accept_ms=round(stats.accept_ms, 3),
+                          prefill_ms=round(stats.prefill_ms, 3), per_request_ms=round(stats.per_request_ms, 3),
+                          total_ms=round(stats.total_ms, 3), padded_tokens=stats.padded_tokens,
+                          real_tokens=stats.real_tokens)
+        return [(r, stats, started) for r in results]
+
     async def _verify(self, job: Compute, received: float) -> None:
         s, dm = job.session, job.msg
         context = list(s.tokens) if job.rebuild else None
-        params = SamplingParams(dm.temperature, dm.top_p)
+        vjob = VerifyJob(s.state, context, dm.to_draft(), SamplingParams(dm.temperature, dm.top_p))
         try:
-            (state, v, prefill_ms), started = await self.run_model(
-                verify_round, self.model, self.vocab, s.state, context, dm.to_draft(), params,
-                alone=not self.table.others_live(s.key))
-        except Exception as exc:  # a bug or a model error: the waiters hear of it, the worker keeps serving
-            self.log.error("internal_error", request_id=dm.request_id, error=repr(exc)[:300])
-            await self._publish(self.table.finish(s, exc, None, time.monotonic()))
+            done: Batched = await self.batcher.submit((vjob, s.key))
+            res, stats, started = done.result
+            error = res.error
+        except Exception as exc:  # a bug: the waiters hear of it, the worker keeps serving
+            res, error = None, exc
+        if error is not None:  # this round's session is dropped (its state released); the edge resends
+            code = getattr(error, "code", None)
+            if code is None:
+                self.log.error("internal_error", request_id=dm.request_id, error=repr(error)[:300])
+            else:
+                self.log.warning(code, code=code, request_id=dm.request_id, error=str(error)[:300])
+            await self._publish(self.table.finish(s, error, res.state if res else None, time.monotonic()))
             return
+        state, v, prefill_ms = res.state, res.verdict, res.prefill_ms
         queue_ms = (started - received) * 1e3
         real_ms = emulated_ms = v.verify_ms
         if self.pacer is not None:  # the device's forward takes this long; prefill runs at our speed
@@ -172,7 +218,9 @@ class CloudWorker(WorkerBase):
                       verify_ms=round(emulated_ms, 3), verify_real_ms=round(real_ms, 3), prefill_ms=round(prefill_ms, 3),
                       queue_ms=round(queue_ms, 3),
                       context_resent=job.rebuild and dm.round > 0, context_len=len(s.tokens),
-                      sessions=len(self.sessions), waiters=len(replies))
+                      sessions=len(self.sessions), waiters=len(replies), batch_size=done.size,
+                      batch_wait_ms=round(done.wait_ms, 3), forward_ms=round(stats.forward_ms, 3),
+                      bookkeeping_ms=round(stats.prep_ms + stats.kv_ms, 3))
 
     async def _publish(self, replies: list[Reply]) -> None:
         for r in replies:

@@ -25,6 +25,24 @@ def cmd_bench_pipeline(a: argparse.Namespace) -> None:
     print(json.dumps(res) if a.json else json.dumps(res, indent=2))
 
 
+def _batch_sizes(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a comma-separated list of integers") from None
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"'{text}' must list batch sizes >= 1")
+    return sizes
+
+
+def cmd_bench_verify(a: argparse.Namespace) -> None:
+    from pipeline.bench_verify import bench_verify
+
+    res = bench_verify(draft=a.draft, target=a.target, device=a.device, threads=a.threads, batches=a.batches,
+                       length=a.length, steps=a.steps)
+    print(json.dumps(res) if a.json else json.dumps(res, indent=2))
+
+
 def cmd_bench_control(a: argparse.Namespace) -> None:
     from pipeline.bench_control import bench_control
 
@@ -132,7 +150,8 @@ def cmd_cloud(a: argparse.Namespace) -> None:
 
     _check_device(a, "verify")
     aio.run(serve_cloud(_node_options(a), CloudOptions(a.max_sessions, a.session_ttl, a.evict_idle,
-                                                       a.max_context_tokens)))
+                                                       a.max_context_tokens, a.max_batch, a.batch_wait_ms,
+                                                       not a.no_slot_cache, a.slot_memory_mb)))
 
 
 def _bundled_profile():
@@ -346,6 +365,13 @@ def register(sub) -> None:
     p.add_argument("--run-root", default="runs")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench_pipeline)
+    p = bsub.add_parser("verify", help="verify step at batch 1/8/32: slot cache vs per-request, bookkeeping")
+    p.add_argument("--batches", type=_batch_sizes, default=(1, 8, 32), help="comma-separated numbers of sessions")
+    p.add_argument("--length", type=_positive_int, default=4, help="draft tokens per session")
+    p.add_argument("--steps", type=_positive_int, default=10)
+    p.add_argument("--json", action="store_true")
+    _model_args(p)
+    p.set_defaults(func=cmd_bench_verify, threads=1)
     p = bsub.add_parser("control", help="controller events/s, update lag, ms/token vs --local-policy")
     p.add_argument("--events", type=_positive_int, default=3000)
     p.add_argument("--lag-samples", type=_positive_int, default=200)
@@ -386,6 +412,13 @@ def register(sub) -> None:
                    help="at the cap, a session idle this many seconds may make room for a new one")
     p.add_argument("--max-context-tokens", type=_positive_int, default=8192,
                    help="tokens one session may hold (prompt + generated); larger contexts are refused")
+    p.add_argument("--max-batch", type=_positive_int, default=32, help="rounds verified in one batched forward")
+    p.add_argument("--batch-wait-ms", type=_non_negative_float, default=2.0,
+                   help="the longest a round waits for others to join its batch (0: no waiting)")
+    p.add_argument("--no-slot-cache", action="store_true",
+                   help="verify every round on the per-request KV cache (no slots, no batched forward)")
+    p.add_argument("--slot-memory-mb", type=_positive_int, default=2048,
+                   help="K/V memory of the slot cache; sessions that do not fit run per request")
     p.set_defaults(func=cmd_cloud)
 
     p = sub.add_parser("edge", help="serve generate requests with the draft model")

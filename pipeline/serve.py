@@ -53,6 +53,10 @@ class CloudOptions:
     session_ttl_s: float = 120.0
     evict_idle_s: float = 2.0
     max_context_tokens: int = 8192  # prompt + generated tokens one session may hold
+    max_batch: int = 32             # rounds verified in one batched forward
+    batch_wait_ms: float = 2.0      # the longest a round waits for others to join its batch
+    slot_cache: bool = True
+    slot_memory_mb: int = 2048
 
 
 def limits_for(vocab: int, opts: NodeOptions, max_context_tokens: int = 32768) -> Limits:
@@ -98,7 +102,9 @@ async def serve_cloud(opts: NodeOptions, cloud: CloudOptions) -> None:
     pair = load_pair(opts.draft, opts.target, device=opts.device, load_draft=False)
     nc = await bus.connect(opts.nats_url, opts.node_id, log)
     cfg = CloudConfig(opts.node_id, cloud.max_sessions, cloud.session_ttl_s, evict_idle_s=cloud.evict_idle_s,
-                      drain_timeout_s=opts.drain_timeout_s)
+                      drain_timeout_s=opts.drain_timeout_s, max_batch=cloud.max_batch,
+                      batch_wait_ms=cloud.batch_wait_ms, slot_cache=cloud.slot_cache,
+                      slot_memory_mb=cloud.slot_memory_mb)
     worker = CloudWorker(nc, pair.target, pair.vocab_size, cfg,
                          limits_for(pair.vocab_size, opts, cloud.max_context_tokens), log, model_nice=opts.model_nice,
                          device=_device(opts))

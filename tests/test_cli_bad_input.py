@@ -61,3 +61,13 @@ def test_generate_json_has_the_documented_fields():
 @pytest.mark.parametrize("value", ["25", "2.5", "-1"])
 def test_model_nice_out_of_range(value):
     one_line_error(run_cli("edge", "--model-nice", value), "--model-nice")
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (("cloud", "--max-batch", "0"), "--max-batch: must be >= 1"),
+    (("cloud", "--batch-wait-ms", "-1"), "--batch-wait-ms: must be >= 0"),
+    (("cloud", "--slot-memory-mb", "0"), "--slot-memory-mb: must be >= 1"),
+    (("bench", "verify", "--batches", "8,x"), "not a comma-separated list of integers"),
+])
+def test_batching_flags_out_of_range(args, fragment):
+    one_line_error(run_cli(*args), fragment)

@@ -218,3 +218,57 @@ def test_a_draft_overtaken_by_its_final_message_does_not_rebuild_the_session():
     t.admit(draft(rnd=0, tokens=(), context=None, final=True), None, 0.0)
     adm = t.admit(draft(), "x", 0.5)
     assert adm.compute is None and not t.sessions
+
+
+class Released(list):
+    """A release hook that records what it got (the worker frees a KV-cache slot there)."""
+
+    def __call__(self, state):
+        assert state not in self, f"{state} released twice"
+        self.append(state)
+
+
+def finish_with(t, adm, state, now=0.0):
+    return t.finish(adm.compute.session, Outcome(0, 1, 1.0, 0.0), state, now)
+
+
+def test_a_session_state_is_released_once_whenever_the_table_lets_go_of_it():
+    rel = Released()
+    t = SessionTable(CFG, Limits(max_context_tokens=12), release=rel)
+    finish_with(t, t.admit(draft("a"), "x", 0.0), "A", 0.0)
+    finish_with(t, t.admit(draft("b"), "x", 1.0), "B", 1.0)
+    t.admit(draft("c"), "x", 10.0)  # at the cap: idle a is evicted
+    assert rel == ["A"]
+    t.expire(1000.0)  # b idles past the TTL (c is in flight: kept)
+    assert rel == ["A", "B"]
+    assert t.admit(draft("c", rnd=0, attempt=1), "y", 1000.0).event == "joined_in_flight"
+    finish_with(t, t.admit(draft("d"), "x", 1000.0), "D")
+    t.admit(draft("d", rnd=1, tokens=(), context=None, final=True), None, 1001.0)  # ends idle d
+    assert rel == ["A", "B", "D"]
+    # c's owner resends another context while c computes: the old round's state goes at its finish
+    old = t.sessions[("edge-a", "c", "")]
+    fresh = t.admit(draft("c", rnd=0, attempt=2, context=(5, 5)), "z", 1001.0)
+    t.finish(old, Outcome(0, 1, 1.0, 0.0), "C-old", 1001.0)
+    assert rel[-1] == "C-old"
+    finish_with(t, fresh, "C", 1001.0)
+    # replaced while idle: released at once; a failed compute releases the state it had
+    t.admit(draft("c", rnd=3, context=(6, 6, 6)), "x", 1002.0)
+    assert rel[-1] == "C"
+    held = t.sessions[("edge-a", "c", "")]
+    held.state = "C2"
+    t.finish(held, RuntimeError("boom"), None, 1003.0)
+    assert rel[-1] == "C2" and not t.sessions
+    # a held session that cannot grow past the context limit is dropped with its state
+    finish_with(t, t.admit(draft("e", tokens=(1,), context=(1, 2, 3)), "x", 1004.0), "E")
+    assert t.admit(draft("e", rnd=1, context=None, tokens=(1,) * 8), "x", 1005.0).event == "too_long"
+    assert rel[-1] == "E" and rel == ["A", "B", "D", "C-old", "C", "C2", "E"]
+
+
+def test_a_computed_error_that_names_its_code_is_answered_with_it():
+    class TooLong(Exception):
+        code = "too_long"
+
+    t = SessionTable(CFG)
+    adm = t.admit(draft(), "x", 0.0)
+    (reply,) = t.finish(adm.compute.session, TooLong("context of 9000 tokens exceeds the slot capacity"), None, 1.0)
+    assert reply.msg.code == "too_long" and "exceeds the slot capacity" in reply.msg.message

@@ -24,18 +24,21 @@ Rules (README, "Round protocol"):
     everything else answers `draining` (the edge moves to another verifier);
   * bounded: at most MAX_WAITERS attempts wait on one round (a duplicate reply
     subject is not added twice); an ended session is remembered for a while, so
-    a draft overtaken by its own final message never builds it again.
+    a draft overtaken by its own final message never builds it again;
+  * a session's model state (e.g. a KV-cache slot) is handed to `release`
+    exactly when nothing can use it again: the session left the table idle, its
+    round finished after it was replaced or dropped, or its compute failed.
 """
 from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Callable
 
 from schemas.codec import Limits
 from schemas.messages import (
-    BAD_MESSAGE, CONFLICT, DRAINING, INTERNAL, OVERLOADED, RESEND_CONTEXT, TOO_LONG, AckMsg, DraftMsg, ErrorMsg,
-    VerdictMsg,
+    BAD_MESSAGE, CONFLICT, DRAINING, ERROR_CODES, INTERNAL, OVERLOADED, RESEND_CONTEXT, TOO_LONG, AckMsg, DraftMsg,
+    ErrorMsg, VerdictMsg,
 )
 
 SessionKey = tuple[str, str, str]  # (edge_id, request_id, session nonce)
@@ -117,8 +120,9 @@ class Outcome:
 
 
 class SessionTable:
-    def __init__(self, config: TableConfig, limits: Limits = Limits()):
+    def __init__(self, config: TableConfig, limits: Limits = Limits(), release: Callable[[Any], None] | None = None):
         self.cfg, self.limits = config, limits
+        self.release = release if release is not None else (lambda state: None)
         self.sessions: dict[SessionKey, Session] = {}
         self.ended: OrderedDict[SessionKey, float] = OrderedDict()
         self.draining = False
@@ -177,6 +181,8 @@ class SessionTable:
         fresh = Session(key, params, context, msg.round, now)
         adm = self._start(fresh, msg, reply_to, tokens, now, rebuild=True)
         if adm.compute is not None:
+            if s is not None and s.in_flight is None:  # replaced while idle (in flight: freed at its finish)
+                self._release(s)
             self.sessions[key] = fresh
         adm.evicted = evicted
         return adm
@@ -189,9 +195,16 @@ class SessionTable:
         current = self.sessions.get(session.key) is session
         rid = session.key[1]
         if isinstance(result, BaseException):
-            if current:  # the model state may be half-updated: the edge resends the context
+            if state is not None and state is not session.state:
+                self.release(state)
+            self._release(session)  # the model state may be half-updated: the edge resends the context
+            if current:
                 del self.sessions[session.key]
-            err = ErrorMsg(INTERNAL, f"verifier {self.cfg.verifier_id} failed: {type(result).__name__}", rid)
+            code = getattr(result, "code", None)
+            if code in ERROR_CODES:  # an error that names its code (e.g. too_long) says what went wrong
+                err = ErrorMsg(code, f"verifier {self.cfg.verifier_id}: {str(result).splitlines()[0][:300]}", rid)
+            else:
+                err = ErrorMsg(INTERNAL, f"verifier {self.cfg.verifier_id} failed: {type(result).__name__}", rid)
             return [Reply(w.reply_to, err) for w in inf.waiters]
         a = result.accepted
         emulated = result.verify_real_ms is not None
@@ -201,10 +214,15 @@ class SessionTable:
         session.last_context_len = len(session.tokens)
         session.tokens.extend(inf.tokens[:a] + (result.next_token,))
         session.next_round, session.last_tokens, session.last_verdict = inf.round + 1, inf.tokens, verdict
+        if session.state is not state:
+            self._release(session)
         session.state, session.last_used = state, now
         self.rounds += 1
-        if session.ending and current:
+        if not current:  # replaced or dropped while computing: nothing will use this state again
+            self._release(session)
+        elif session.ending:
             del self.sessions[session.key]
+            self._release(session)
             self._remember_end(session.key, now)
         return [Reply(w.reply_to, replace(verdict, attempt=w.attempt)) for w in inf.waiters]
 
@@ -214,7 +232,7 @@ class SessionTable:
         old = [k for k, s in self.sessions.items()
                if s.in_flight is None and now - s.last_used > self.cfg.session_ttl_s]
         for k in old:
-            del self.sessions[k]
+            self._release(self.sessions.pop(k))
         return old
 
     def begin_drain(self) -> None:
@@ -232,8 +250,8 @@ class SessionTable:
                rebuild: bool) -> Admission:
         if len(s.tokens) + len(tokens) + 1 > self.limits.max_context_tokens:
             err = self._error(reply_to, msg, TOO_LONG, f"context would exceed {self.limits.max_context_tokens} tokens")
-            if not rebuild:  # the held session cannot grow: nothing more can be verified on it
-                self.sessions.pop(s.key, None)
+            if not rebuild and self.sessions.get(s.key) is s:  # it cannot grow: nothing more to verify on it
+                self._release(self.sessions.pop(s.key))
             return err
         waiters = [Waiter(reply_to, msg.attempt)] if reply_to is not None else []
         s.in_flight = InFlight(msg.round, tokens, now, waiters)
@@ -245,7 +263,7 @@ class SessionTable:
             if s.in_flight is not None:
                 s.ending = True
             else:
-                del self.sessions[key]
+                self._release(self.sessions.pop(key))
         self._remember_end(key, now)
         ack = [Reply(reply_to, AckMsg(msg.request_id, "session_end"))] if reply_to is not None else []
         return Admission("session_end", ack, detail="held" if s is not None else "unknown")
@@ -267,8 +285,14 @@ class SessionTable:
     def _evict_one(self, now: float) -> SessionKey | None:
         k = self._evictable(now)
         if k is not None:
-            del self.sessions[k]
+            self._release(self.sessions.pop(k))
         return k
+
+    def _release(self, s: Session) -> None:
+        """Hand `s`'s model state to `release` (once: the session forgets it)."""
+        state, s.state = s.state, None
+        if state is not None:
+            self.release(state)
 
     def _error(self, reply_to: Any, msg: DraftMsg, code: str, text: str) -> Admission:
         replies = [Reply(reply_to, ErrorMsg(code, text, msg.request_id))] if reply_to is not None else []

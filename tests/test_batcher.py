@@ -1,0 +1,79 @@
+"""Micro-batching rules: a job waits at most the bounded wait for company, a full batch goes at
+once, nothing waits when no other job can come, and a failed call reaches every job of its batch."""
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from nodes.batcher import MicroBatcher
+
+
+def recorder(calls: list, delay: float = 0.0):
+    async def run(jobs: list[int]) -> list[int]:
+        calls.append(list(jobs))
+        if delay:
+            await asyncio.sleep(delay)
+        return [j * 10 for j in jobs]
+    return run
+
+
+async def test_jobs_arriving_within_the_wait_share_one_call_with_their_own_results():
+    calls: list = []
+    b = MicroBatcher(recorder(calls), max_batch=8, max_wait_s=0.05)
+    t0 = time.perf_counter()
+    got = await asyncio.gather(*(b.submit(i) for i in range(3)))
+    waited = time.perf_counter() - t0
+    assert calls == [[0, 1, 2]] and [g.result for g in got] == [0, 10, 20] and {g.size for g in got} == {3}
+    assert 0.04 <= waited < 1.0  # the bounded wait, then dispatch
+    b.close()
+
+
+async def test_a_full_batch_goes_at_once_and_the_rest_form_the_next():
+    calls: list = []
+    b = MicroBatcher(recorder(calls), max_batch=4, max_wait_s=0.3)
+    got = await asyncio.gather(*(b.submit(i) for i in range(6)))
+    assert calls == [[0, 1, 2, 3], [4, 5]] and [g.size for g in got] == [4, 4, 4, 4, 2, 2]
+    assert max(g.wait_ms for g in got[:4]) < 100 <= min(g.wait_ms for g in got[4:])  # full: no wait
+    b.close()
+
+
+async def test_nothing_waits_when_no_other_job_can_come():
+    calls: list = []
+    b = MicroBatcher(recorder(calls), max_batch=32, max_wait_s=5.0, more_coming=lambda: False)
+    t0 = time.perf_counter()
+    assert (await b.submit(7)).result == 70
+    assert time.perf_counter() - t0 < 1.0 and b.sizes == {1: 1}
+    b.close()
+
+
+async def test_jobs_arriving_while_a_batch_computes_form_the_next_without_waiting_again():
+    calls: list = []
+    b = MicroBatcher(recorder(calls, delay=0.1), max_batch=32, max_wait_s=0.02)
+    first = asyncio.create_task(b.submit(1))
+    await asyncio.sleep(0.05)  # the first batch is computing
+    t0 = time.perf_counter()
+    rest = await asyncio.gather(*(b.submit(i) for i in (2, 3)))
+    await first
+    assert calls == [[1], [2, 3]] and {r.size for r in rest} == {2}
+    assert time.perf_counter() - t0 < 0.5 and min(r.wait_ms for r in rest) >= 40  # waited on the compute
+    b.close()
+
+
+async def test_a_failed_call_reaches_every_job_of_its_batch_and_the_next_batch_runs():
+    async def run(jobs):
+        if 0 in jobs:
+            raise RuntimeError("boom")
+        return jobs
+
+    b = MicroBatcher(run, max_batch=8, max_wait_s=0.01)
+    results = await asyncio.gather(b.submit(0), b.submit(1), return_exceptions=True)
+    assert all(isinstance(r, RuntimeError) for r in results)
+    assert (await b.submit(5)).result == 5
+    b.close()
+
+
+def test_bounds_are_checked():
+    with pytest.raises(ValueError):
+        MicroBatcher(recorder([]), max_batch=0)
