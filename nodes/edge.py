@@ -1,9 +1,11 @@
 """Edge worker: drafts locally, verifies remotely, streams tokens to the client.
 
 A thin wiring of the round protocol (`nodes.protocol`): decode, admit, hand
-the request's rounds to `EdgeRequest`, run the draft model (on the model
-thread, or inline when it is the only request: see WorkerBase.run_model),
-sleep the emulated link, publish what the protocol says. Every bound is
+the request's rounds to `EdgeRequest`, draft through the draft batcher
+(`nodes.draft_batcher`: rounds of concurrent requests draft as one batch on
+the draft model's slot cache, on the model thread, or inline when it is the
+only request: see WorkerBase.run_model), sleep the emulated link, publish
+what the protocol says. Every bound is
 checked where a request is admitted (`protocol.admission`); a full edge
 answers `overloaded` at once. Requests end by finishing, by failing with an
 error that names what went wrong, by the client's cancel or deadline, or by
@@ -26,6 +28,7 @@ from nats.errors import Error as NatsError, NoRespondersError, TimeoutError as N
 from control import ControlError, Policy, RoundContext
 from nodes.detokenize import IncrementalDetokenizer
 from nodes.device import DeviceProfile, Pacer
+from nodes.draft_batcher import DraftBatchConfig, DraftBatcher, Drafted
 from nodes.jetstream import ensure_stream
 from nodes.link import Channel, ConstChannel, LinkTimer
 from nodes.models.errors import ModelError
@@ -61,6 +64,7 @@ class EdgeConfig:
     seed: int = 0
     limits: EdgeLimits = EdgeLimits()
     drain_timeout_s: float = 10.0
+    drafting: DraftBatchConfig = DraftBatchConfig()
 
     def rules(self) -> RoundRules:
         return RoundRules(self.edge_id, self.max_length, self.request_timeout_s, self.failover_deadline_s)
@@ -76,6 +80,7 @@ class Live:
     started: bool = False   # it holds an active slot (before that, it is queued)
     stop_reason: tuple[str, str] | None = None
     request: EdgeRequest | None = field(default=None, repr=False)
+    draft_session: DraftSession | None = field(default=None, repr=False)  # its slot goes back at the end
     terminal: TokenChunk | ErrorMsg | None = None  # the stream's last message, kept to answer `resume`
 
 
@@ -105,6 +110,8 @@ class EdgeWorker(WorkerBase):
         self.recent: OrderedDict[str, tuple[str | None, TokenChunk | ErrorMsg, float]] = OrderedDict()
         self._generate_subs: list = []
         self._head: AcceptanceHead | ModelError | None = None  # loaded at the first request that needs it
+        self.drafter = DraftBatcher(self, pair.draft, pair.vocab_size, config.drafting, self._drafting_requests,
+                                    lambda: len(self.tasks) <= 1, log)
 
     # --- lifecycle -----------------------------------------------------------------
     async def start(self) -> None:
@@ -121,6 +128,8 @@ class EdgeWorker(WorkerBase):
         self.log.info("edge_started", edge_id=self.cfg.edge_id, channel=self.channel.spec,
                       policy=self.cfg.default_policy, model_nice=self.model_nice,
                       max_active=self.cfg.limits.max_active, max_queued=self.cfg.limits.max_queued,
+                      draft_slot_cache=self.drafter.why_not or "on", draft_max_batch=self.cfg.drafting.max_batch,
+                      draft_batch_wait_ms=self.cfg.drafting.wait_ms,
                       device=self.device.to_dict() if self.device else None)
 
     async def stop(self) -> None:
@@ -149,8 +158,9 @@ class EdgeWorker(WorkerBase):
         tasks = [lv.task for lv in self.live.values() if lv.task is not None]
         if tasks:
             await asyncio.wait(tasks, timeout=5.0)
+        self.drafter.close()
         await super().stop()
-        self.log.info("edge_drained", completed=self.completed)
+        self.log.info("edge_drained", completed=self.completed, draft_batch_sizes=dict(sorted(self.drafter.sizes.items())))
 
     # --- policy updates --------------------------------------------------------------
     async def _on_policy(self, msg: Msg) -> None:
@@ -375,12 +385,6 @@ class EdgeWorker(WorkerBase):
             raise ControlError(f"this edge cannot serve a policy that needs the acceptance head: {self._head}")
         return self._head
 
-    async def _run(self, fn, *args):
-        """Model compute (inline when this is the only request, else on the model thread); (result, ms queued)."""
-        queued = time.perf_counter()
-        result, started = await self.run_model(fn, *args, alone=len(self.tasks) <= 1)
-        return result, (started - queued) * 1e3
-
     def _acting(self, r: EdgeRequest, ctx: RoundContext):
         policy, version = self.policies.acting(r.policy_spec)
         try:
@@ -390,7 +394,17 @@ class EdgeWorker(WorkerBase):
             fallback = self.policies.fallback
             return fallback, 0, r.plan(fallback, 0, ctx)
 
+    def _drafting_requests(self) -> int:
+        """Requests that hold an active slot and may ask to draft (the draft batcher waits for no more)."""
+        return sum(1 for lv in self.live.values() if lv.started and lv.request is not None and not lv.request.done)
+
     async def _rounds(self, r: EdgeRequest, live: Live) -> None:
+        try:
+            await self._round_loop(r, live)
+        finally:
+            await self.drafter.release(live.draft_session)
+
+    async def _round_loop(self, r: EdgeRequest, live: Live) -> None:
         reply = live.inbox
         draft_model: DraftSession | None = None  # prefilled at the first drafted round (never for target-only)
         while not r.done:
@@ -398,12 +412,13 @@ class EdgeWorker(WorkerBase):
             ctx = RoundContext(self.latest_delay_ms, sample.state)
             policy, version, plan = self._acting(r, ctx)
             if plan.length and draft_model is None:
-                draft_model, _ = await self._run(DraftSession, self.pair.draft, r.context, self.pair.vocab_size,
-                                                 r.params)
+                draft_model = live.draft_session = await self.drafter.open(r.context, r.params)
             t0 = time.perf_counter()
+            drafted = None
             if plan.length:
                 stop, hidden = self._stop_rule(policy, ctx)
-                d, edge_queue_ms = await self._run(draft_model.propose, plan.length, plan.seed, stop, hidden)
+                drafted = await self.drafter.draft(draft_model, plan.length, plan.seed, stop, hidden)
+                d, edge_queue_ms = drafted.draft, drafted.queued_ms
             else:
                 d, edge_queue_ms = Draft([], plan.seed), 0.0
             draft_real_ms = await self._pace(d, edge_queue_ms)
@@ -412,7 +427,7 @@ class EdgeWorker(WorkerBase):
             verdict, link_ms, stall_ms = await self._exchange(r, d, sample)
             round_ms = (time.perf_counter() - t0) * 1e3 - stall_ms
             if draft_model is not None:
-                await self._run(draft_model.apply, verdict.to_verdict())
+                await self.drafter.apply(draft_model, verdict.to_verdict())
             self.timing_seq += 1
             rec = r.complete(verdict, RoundTimes(round_ms, d.draft_ms, edge_queue_ms, link_ms, stall_ms, draft_real_ms),
                              sample.state, sample.one_way_ms, self.timing_seq)
@@ -423,7 +438,7 @@ class EdgeWorker(WorkerBase):
                 live.terminal = rec.chunk
             if reply:
                 await self.send_now(reply, encode(rec.chunk))
-            self.log.info("round", **round_log_fields(rec.timing))
+            self.log.info("round", **round_log_fields(rec.timing), **_draft_batch_fields(drafted))
             await self.send_now(subjects.timing(self.cfg.edge_id), encode(rec.timing))
         self.log.info("request_done", request_id=r.req.request_id, rounds=r.round, tokens=len(r.out),
                       finish_reason=r.finish_reason, policy=r.policy_spec, retries=r.retries)
@@ -479,6 +494,15 @@ class EdgeWorker(WorkerBase):
                              subject=nxt.subject, context_resent=nxt.msg.context is not None,
                              wait_s=round(nxt.wait_s, 3))
             step = nxt
+
+
+def _draft_batch_fields(d: Drafted | None) -> dict[str, float]:
+    """The round's draft batch in its log line (0 for a target-only round): size, wait, the batch's costs."""
+    if d is None:
+        return {"draft_batch_size": 0}
+    return {"draft_batch_size": d.batch_size, "draft_batch_wait_ms": round(d.batch_wait_ms, 3),
+            "draft_forward_ms": round(d.forward_ms, 3), "draft_bookkeeping_ms": round(d.bookkeeping_ms, 3),
+            "draft_sample_ms": round(d.sample_ms, 3)}
 
 
 def _as_resync(terminal: TokenChunk | ErrorMsg) -> TokenChunk | ErrorMsg:

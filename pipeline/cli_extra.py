@@ -173,7 +173,9 @@ def cmd_edge(a: argparse.Namespace) -> None:
     _check_device(a, "draft")
     limits = EdgeLimits(a.max_active, a.max_queued, a.max_prompt_tokens, a.max_new_tokens_limit, a.max_request_s)
     aio.run(serve_edge(_node_options(a), EdgeOptions(a.channel, a.policy, a.seed, not a.remote_policy,
-                                                     a.request_timeout, a.failover_deadline, limits, a.profile)))
+                                                     a.request_timeout, a.failover_deadline, limits, a.profile,
+                                                     a.draft_max_batch, a.draft_batch_wait_ms,
+                                                     not a.no_draft_slot_cache, a.draft_slot_memory_mb)))
 
 
 def cmd_control(a: argparse.Namespace) -> None:
@@ -359,7 +361,8 @@ def register(sub) -> None:
     p.add_argument("--json", action="store_true")
     _model_args(p)
     p.set_defaults(func=cmd_bench_engine)
-    p = bsub.add_parser("pipeline", help="per-round overhead, throughput at 1/8/32 streams, 50 ms comparison")
+    p = bsub.add_parser("pipeline", help="round overhead, tokens/s at 1-64 streams (0 and 20 ms), batch sizes, "
+                                         "50 ms comparison")
     p.add_argument("--requests", type=_positive_int, default=32)
     p.add_argument("--max-new-tokens", type=_positive_int, default=64)
     p.add_argument("--run-root", default="runs")
@@ -442,6 +445,13 @@ def register(sub) -> None:
                    help="no request runs longer (a request's own deadline may be shorter)")
     p.add_argument("--profile", help="control profile for oracle / static:D / head-rule policies "
                                      "(default: the bundled pair's; see `specstop calibrate`)")
+    p.add_argument("--draft-max-batch", type=_positive_int, default=64, help="rounds drafted in one batch")
+    p.add_argument("--draft-batch-wait-ms", type=_non_negative_float, default=2.0,
+                   help="the longest a round waits for others to join its draft batch (0: no waiting)")
+    p.add_argument("--no-draft-slot-cache", action="store_true",
+                   help="draft every request on its own KV cache (no slots, no batched drafting)")
+    p.add_argument("--draft-slot-memory-mb", type=_positive_int, default=1024,
+                   help="K/V memory of the draft slot cache; requests that do not fit draft per request")
     p.set_defaults(func=cmd_edge)
 
     p = sub.add_parser("control", help="control subscriber: learn from timing events, publish policy updates")

@@ -45,6 +45,10 @@ class EdgeOptions:
     failover_deadline_s: float = 30.0
     limits: EdgeLimits = field(default_factory=EdgeLimits)
     profile: str | None = None  # control profile for oracle/static/head-rule policies (default: the pair's)
+    draft_max_batch: int = 64       # rounds drafted in one batch
+    draft_batch_wait_ms: float = 2.0
+    draft_slot_cache: bool = True
+    draft_slot_memory_mb: int = 1024
 
 
 @dataclass
@@ -138,6 +142,7 @@ def default_policy_for(profile, max_length: int):
 
 
 async def serve_edge(opts: NodeOptions, edge: EdgeOptions) -> None:
+    from nodes.draft_batcher import DraftBatchConfig
     from nodes.edge import EdgeConfig, EdgeWorker
     from nodes.policy_book import PolicyBook
 
@@ -147,8 +152,12 @@ async def serve_edge(opts: NodeOptions, edge: EdgeOptions) -> None:
     set_threads(opts.threads)
     pair = load_pair(opts.draft, opts.target, device=opts.device, load_target=False)
     nc = await bus.connect(opts.nats_url, opts.node_id, log)
+    # one slot per active request; twice that, as a request's slot goes back once its last batch is done
+    drafting = DraftBatchConfig(edge.draft_max_batch, edge.draft_batch_wait_ms, edge.draft_slot_cache,
+                                edge.limits.max_prompt_tokens + edge.limits.max_new_tokens + opts.max_length + 1,
+                                2 * edge.limits.max_active, edge.draft_slot_memory_mb)
     cfg = EdgeConfig(opts.node_id, edge.policy, opts.max_length, edge.request_timeout_s, edge.failover_deadline_s,
-                     edge.seed, edge.limits, opts.drain_timeout_s)
+                     edge.seed, edge.limits, opts.drain_timeout_s, drafting)
     profile = profile_for(pair, edge.profile)
     book = PolicyBook(opts.max_length, edge.seed, learn_locally=edge.local_policy,
                       fallback=default_policy_for(profile, opts.max_length), profile=profile, pinned=edge.policy)

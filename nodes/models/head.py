@@ -11,6 +11,7 @@ acting policy asks for this signal (Policy.stop_signal == "acceptance").
 """
 from __future__ import annotations
 
+import copy
 import json
 import math
 import time
@@ -100,10 +101,15 @@ def stop_rule(policy, ctx, head: AcceptanceHead | None = None):
     """(the draft's stop callback for `policy` this round, or None; whether it reads hidden states).
 
     policy.stop_signal None: no callback (no softmax, no hidden states); "confidence": should_stop gets
-    the draft's probability of the token; "acceptance": the head's predicted acceptance probability."""
+    the draft's probability of the token; "acceptance": the head's predicted acceptance probability.
+
+    The callback acts on a shallow copy of the policy made for this round: a rule that keeps state
+    within a round (specdec++'s running product) then keeps it per request, also when the edge
+    drafts several requests' rounds step by step in one batch (their calls interleave)."""
     signal = policy.stop_signal
     if signal is None:
         return None, False
+    policy = copy.copy(policy)
     if signal == "confidence":
         return (lambda step: policy.should_stop(ctx, step.position, step.prob)), False
     if signal == "acceptance":

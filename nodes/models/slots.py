@@ -85,6 +85,7 @@ class SlotForward:
     rows: int
     padded_tokens: int     # rows x longest feed
     real_tokens: int
+    hidden: list[torch.Tensor] | None = None  # per row, last-layer hidden states of the kept positions
 
 
 class _BatchKV(Cache):
@@ -254,9 +255,10 @@ class SlotCache:
         return b // 2 if self.gather_gaps else 0
 
     @torch.inference_mode()
-    def forward(self, slots: list[int], feeds: list[list[int]], keep: list[int]) -> SlotForward:
-        """Feed `feeds[b]` to slot `slots[b]` (appending to it) in one forward pass; logits for
-        the last `keep[b]` positions of each feed. Raises ModelError (nothing changed) on bad input."""
+    def forward(self, slots: list[int], feeds: list[list[int]], keep: list[int], hidden: bool = False) -> SlotForward:
+        """Feed `feeds[b]` to slot `slots[b]` (appending to it) in one forward pass; logits (and with
+        `hidden`, last hidden states) for the last `keep[b]` positions of each feed. Raises ModelError
+        (nothing changed) on bad input."""
         t0 = time.perf_counter()
         if not (len(slots) == len(feeds) == len(keep)) or not slots:
             raise ModelError("forward needs one feed and one keep per slot, and at least one slot")
@@ -297,12 +299,17 @@ class SlotCache:
         to_keep = q - first
         prep = time.perf_counter()
         out = self.model(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=positions.to(dev),
-                         use_cache=True, logits_to_keep=to_keep, **{_cache_kwarg(self.model): view})
+                         use_cache=True, logits_to_keep=to_keep, output_hidden_states=hidden,
+                         **{_cache_kwarg(self.model): view})
         done = time.perf_counter()
         for s, e in zip(slots, ends):
             self.lengths[s] = e
         off = q - to_keep
         logits = [out.logits[where[s], len(f) - k - off: len(f) - off] if k else out.logits[where[s], :0]
                   for s, f, k in zip(slots, feeds, keep)]
+        states = None
+        if hidden:
+            last = out.hidden_states[-1]  # [B, Q, hidden]: every fed position
+            states = [last[where[s], len(f) - k: len(f)] for s, f, k in zip(slots, feeds, keep)]
         return SlotForward(logits, (done - prep) * 1e3, (prep - t0) * 1e3, view.kv_s * 1e3, len(slots), b * q,
-                           int(n.sum()))
+                           int(n.sum()), states)
