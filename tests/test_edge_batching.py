@@ -83,3 +83,23 @@ async def test_a_draft_model_without_slot_support_drafts_per_request(pair, tmp_p
                                                  log).why_not
     finally:
         worker.pool.shutdown()
+
+
+async def test_each_batched_request_keeps_its_own_emulated_device_time(broker, pair, tmp_path):
+    from nodes.device import load_device
+
+    prompts = ["The pass statement", "Class definitions", "The import system", "Built-in functions"]
+    refs = [target_only_generate(pair, pair.tokenizer.encode(p, add_special_tokens=False), 10).token_ids
+            for p in prompts]
+    async with cluster(broker.url, pair, tmp_path, edge_device=load_device("jetson-orin-nano")) as (client, *_):
+        results = await asyncio.gather(*(
+            generate_stream(client, GenerateRequest(f"emu-{i}", prompt=p, max_new_tokens=10,
+                                                    policy=f"fixed:{1 + i % 2 * 2}"), 60)
+            for i, p in enumerate(prompts)))
+    assert [r.token_ids for r in results] == refs
+    rounds = [e for e in read_log(tmp_path / "edge-1.jsonl") if e["event"] == "round"]
+    assert max(r["draft_batch_size"] for r in rounds) >= 2, "no batched drafting seen"
+    for r in rounds:  # the device's time for this request's own length, whoever shared its batch
+        device_ms = 4 + 69 * r["draft_length"]
+        assert r["emulated"] and 0.95 * device_ms <= r["draft_ms"] <= 1.05 * device_ms, r
+        assert r["edge_queue_ms"] == 0.0 and r["draft_real_ms"] < device_ms

@@ -275,13 +275,13 @@ class SlotCache:
         rows, span = self._rows(slots)
         where = {s: r for r, s in enumerate(rows)}
         b, q, kv_len = len(rows), max(len(f) for f in feeds), max(ends)
-        ids = torch.full((b, q), self.pad_id, dtype=torch.long)
-        n = torch.zeros(b, dtype=torch.long)       # idle rows (range gaps) feed nothing
-        start = torch.zeros(b, dtype=torch.long)
-        for s, f in zip(slots, feeds):
-            r = where[s]
-            ids[r, : len(f)] = torch.tensor(f, dtype=torch.long)
-            n[r], start[r] = len(f), self.lengths[s]
+        rows_ids = [[self.pad_id] * q for _ in range(b)]
+        n_l, start_l = [0] * b, [0] * b             # idle rows (range gaps) feed nothing
+        for s, f in zip(slots, feeds):              # Python lists, then one tensor each: per-row
+            r = where[s]                            # tensor writes cost more than the rest of prep
+            rows_ids[r][: len(f)] = f
+            n_l[r], start_l[r] = len(f), self.lengths[s]
+        ids, n, start = (torch.tensor(x, dtype=torch.long) for x in (rows_ids, n_l, start_l))
         positions = start[:, None] + torch.arange(q)[None, :]                       # [B, Q]
         key = torch.arange(kv_len)[None, None, :]                                   # [1, 1, K]
         mask = (key <= positions[:, :, None]) & (key < (start + n)[:, None, None])  # [B, Q, K]
