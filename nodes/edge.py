@@ -160,7 +160,8 @@ class EdgeWorker(WorkerBase):
             await asyncio.wait(tasks, timeout=5.0)
         self.drafter.close()
         await super().stop()
-        self.log.info("edge_drained", completed=self.completed, draft_batch_sizes=dict(sorted(self.drafter.sizes.items())))
+        self.log.info("edge_drained", completed=self.completed,
+                      draft_batch_sizes=dict(sorted(self.drafter.sizes.items())))
 
     # --- policy updates --------------------------------------------------------------
     async def _on_policy(self, msg: Msg) -> None:
