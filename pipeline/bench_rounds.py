@@ -2,8 +2,8 @@
 
 `LogSlice` marks the logs' ends before a workload and reads only the lines written
 after, so one cluster can run several concurrency levels. `summarize` turns a slice
-into: the batch-size histogram per worker (edge drafts, cloud verifies: batches per
-size) and the mean per-round breakdown: batching wait, waiting for the model thread,
+into: the batch-size histogram per worker (forward passes per rows in them: edge draft
+steps, cloud verifies) and the mean per-round breakdown: batching wait, waiting for the model thread,
 forward, cache bookkeeping and sampling on each side, and transport (the round's
 network time: everything the edge timed minus compute and queues, less the injected
 link delay, which is reported apart). Forward includes
@@ -45,10 +45,10 @@ def _mean(xs: list[float]) -> float:
 
 
 def batch_histograms(edge: list[dict], cloud: list[dict]) -> dict:
-    """Batches per size on each worker, and the mean batch size a round ran in."""
+    """Forward passes per batch size on each worker (an edge draft step, a cloud verify), and the
+    mean batch size a round ran in (the edge's: rows in its first draft step)."""
     rounds = [e for e in edge if e.get("event") == "round" and e.get("draft_batch_size", 0) > 0]
-    e_hist = Counter(b["size"] for b in edge if b.get("event") == "draft_batch")
-    e_hist[1] += sum(1 for r in rounds if r["draft_batch_size"] == 1)
+    e_hist = Counter(n for b in edge if b.get("event") == "draft_batch" for n in b["rows_per_step"])
     verifies = [v for v in cloud if v.get("event") == "verify"]
     c_hist = Counter(b["size"] for b in cloud if b.get("event") == "verify_batch")
     c_hist[1] += sum(1 for v in verifies if v.get("batch_size") == 1)

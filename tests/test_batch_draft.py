@@ -218,3 +218,28 @@ def test_a_row_past_the_slot_capacity_fails_alone(pair):
     assert str(results[0].error) == "context of 65 tokens exceeds the draft slot capacity of 64"
     assert results[0].error.code == "too_long" and results[0].steps == 5
     assert results[1].draft.tokens == DraftSession(pair.draft, context(pair, 10, 2), pair.vocab_size).propose(8).tokens
+
+
+def test_rows_that_join_between_steps_draft_what_they_draft_alone(pair):
+    from nodes.models.batch_draft import DraftRows
+
+    cache = SlotCache(pair.draft, max_len=512)
+    params = [SamplingParams(), SamplingParams(0.8, 0.9), SamplingParams(), SamplingParams(1.2)]
+    ctxs = [context(pair, n, i) for i, n in enumerate((25, 80, 7, 140))]
+    slots = [SlotDraftSession(cache, c, pair.vocab_size, p) for c, p in zip(ctxs, params)]
+    want = [DraftSession(pair.draft, c, pair.vocab_size, p).propose(6, seed=40 + i).tokens
+            for i, (c, p) in enumerate(zip(ctxs, params))]
+    rows, got = DraftRows(cache), {}
+    for i in (0, 1):
+        assert rows.add(DraftJob(slots[i], 6, 40 + i), i) is None
+    for _ in range(3):
+        got.update(rows.step())
+    for i in (2, 3):  # join a batch three steps in
+        assert rows.add(DraftJob(slots[i], 6, 40 + i), i) is None
+    twice = rows.add(DraftJob(slots[2], 6), 9)  # a session drafting already cannot join twice
+    assert str(twice.error) == "draft session is already drafting"
+    while rows:
+        got.update(rows.step())
+    assert rows.stats.rows_per_step == [2, 2, 2, 4, 4, 4, 2, 2, 2]
+    assert [got[i].draft.tokens for i in range(4)] == want
+    assert got[2].first_rows == 4 and got[0].first_rows == 2 and all(got[i].steps == 6 for i in range(4))

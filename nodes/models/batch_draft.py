@@ -1,9 +1,11 @@
 """Draft many requests' rounds together: one forward per draft step over their slots.
 
-`draft_batch(cache, jobs)` is the batched counterpart of `DraftSession.propose`. Step 1
-feeds each row its pending tokens, every later step the token it just drafted; rows
-leave the batch at the step their stop rule fires or their length is reached, and the
-next step runs over the rows left. Each row samples exactly as `propose` does, from
+`DraftRows` is the batched counterpart of `DraftSession.propose`: rows join between
+steps (`add`), each `step` is one forward over the rows drafting; a row's first step
+feeds its pending tokens, every later one the token it just drafted; a row leaves at the
+step its stop rule fires or its length is reached, and the next step runs over the rows
+left and those that joined. `draft_batch(cache, jobs)` drafts a fixed set of jobs to the
+end. Each row samples exactly as `propose` does, from
 its own round generator (`round_generators(seed)`): what a row draws depends only on
 its own logits and seed, never on which rows share its batch. Hidden states are asked
 of the model only at steps where a remaining row's stop rule reads them, and the
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -91,13 +94,17 @@ class DraftResult:
     draft: Draft | None
     steps: int = 0                 # batched steps this job took part in
     error: BaseException | None = None
+    first_rows: int = 0            # rows in its first step (the batch it drafted in)
+    forward_ms: float = 0.0        # the steps it took part in: model calls (K/V writes and reads included)
+    bookkeeping_ms: float = 0.0    # ... ids/positions/masks and K/V writes and reads
+    sample_ms: float = 0.0         # ... every row's sampling and stop rule
 
 
 @dataclass
 class DraftStats:
-    """What one `draft_batch` cost, step by step (rows per step shrink as rows leave)."""
+    """What the steps cost (rows per step change as rows join and leave)."""
 
-    jobs: int
+    jobs: int = 0
     steps: int = 0
     rows_per_step: list[int] = field(default_factory=list)
     forward_ms: float = 0.0   # model calls (K/V writes and reads included)
@@ -111,92 +118,133 @@ class DraftStats:
 
 @dataclass
 class _Row:
+    key: Any
     job: DraftJob
     gen: torch.Generator
     feed: list[int]
+    joined: float
+    result: DraftResult
     tokens: list[int] = field(default_factory=list)
     q_ids: list[list[int]] | None = None
     q_probs: list[list[float]] | None = None
     stopped: bool = False
 
 
-def draft_batch(cache: SlotCache, jobs: list[DraftJob]) -> tuple[list[DraftResult], DraftStats]:
-    """Draft every job; results in job order. Sessions must be live slots of `cache`, each at most once."""
-    t0 = time.perf_counter()
-    stats = DraftStats(len(jobs))
-    results = [DraftResult(None) for _ in jobs]
-    rows: list[tuple[int, _Row]] = []
-    for i, job in enumerate(jobs):
+class DraftRows:
+    """The rows drafting on one slot cache; rows join between steps and leave at the step they end."""
+
+    def __init__(self, cache: SlotCache):
+        self.cache = cache
+        self.rows: list[_Row] = []
+        self.stats = DraftStats()
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def add(self, job: DraftJob, key: Any = None) -> DraftResult | None:
+        """Join the next step; a result at once when the job has nothing to draft or cannot draft here."""
+        self.stats.jobs += 1
         s = job.session
         try:
             if job.length < 0:
                 raise ModelError(f"draft length must be >= 0, got {job.length}")
-            if s.slots is not cache:
+            if s.slots is not self.cache:
                 raise ModelError("draft session is not on this slot cache")
             s.live_slot  # noqa: B018 (raises when released)
+            if any(r.job.session is s for r in self.rows):
+                raise ModelError("draft session is already drafting")
         except ModelError as exc:
-            results[i].error = exc
-            continue
+            return DraftResult(None, error=exc)
         if job.length == 0:  # a target-only round: nothing to draft
             s._last_draft = []
-            results[i].draft = Draft([], job.seed)
-            continue
+            return DraftResult(Draft([], job.seed))
         greedy = s.params.greedy
-        rows.append((i, _Row(job, round_generators(job.seed)[0], list(s.pending),
-                             q_ids=None if greedy else [], q_probs=None if greedy else [])))
-    pos = 0
-    while rows:
-        pos += 1
-        rows = [(i, r) for i, r in rows if _fits(cache, r, results[i])]  # one too long fails alone
+        self.rows.append(_Row(key, job, round_generators(job.seed)[0], list(s.pending), time.perf_counter(),
+                              DraftResult(None), q_ids=None if greedy else [], q_probs=None if greedy else []))
+        return None
+
+    def step(self) -> list[tuple[Any, DraftResult]]:
+        """One forward over every row; (key, result) of the rows that left (finished or failed)."""
+        t0 = time.perf_counter()
+        left: list[tuple[Any, DraftResult]] = []
+        rows = []
+        for r in self.rows:  # one that would outgrow its slot fails alone
+            (rows if _fits(self.cache, r) else left).append(r)
+        left = [(r.key, r.result) for r in left]
+        self.rows = rows
         if not rows:
-            break
-        want_hidden = any(r.job.hidden and r.job.stop is not None for _, r in rows)
+            return left
+        want_hidden = any(r.job.hidden and r.job.stop is not None for r in rows)
         try:
-            out = cache.forward([r.job.session.live_slot for _, r in rows], [r.feed for _, r in rows],
-                                [1] * len(rows), hidden=want_hidden)
-        except Exception as exc:  # nothing written: every row left fails (its session is dropped)
-            for i, _ in rows:
-                results[i].error = exc
-            break
+            out = self.cache.forward([r.job.session.live_slot for r in rows], [r.feed for r in rows],
+                                     [1] * len(rows), hidden=want_hidden)
+        except Exception as exc:  # nothing written: every row fails (its session is dropped)
+            for r in rows:
+                r.result.error = exc
+            self.rows = []
+            return left + [(r.key, r.result) for r in rows]
         t1 = time.perf_counter()
-        stats.steps += 1
-        stats.rows_per_step.append(len(rows))
-        stats.forward_ms += out.forward_ms
-        stats.prep_ms += out.prep_ms
-        stats.kv_ms += out.kv_ms
-        stats.padded_tokens += out.padded_tokens
-        stats.real_tokens += out.real_tokens
-        staying: list[tuple[int, _Row]] = []
-        for b, (i, r) in enumerate(rows):
-            results[i].steps += 1
+        st = self.stats
+        st.steps += 1
+        st.rows_per_step.append(len(rows))
+        st.forward_ms += out.forward_ms
+        st.prep_ms += out.prep_ms
+        st.kv_ms += out.kv_ms
+        st.padded_tokens += out.padded_tokens
+        st.real_tokens += out.real_tokens
+        staying: list[_Row] = []
+        leaving: list[_Row] = []
+        for b, r in enumerate(rows):
             h = out.hidden[b][-1] if want_hidden and r.job.hidden else None
             try:
-                done = _step(r, pos, out.logits[b][-1], h)
+                done = _step(r, out.logits[b][-1], h)
             except Exception as exc:  # this row's stop rule (or sampling) failed: this job only
-                results[i].error = exc
-                continue
-            if done:
-                results[i].draft = _finish(r, (time.perf_counter() - t0) * 1e3)
-            else:
-                staying.append((i, r))
-        rows = staying
-        stats.sample_ms += (time.perf_counter() - t1) * 1e3
-    stats.total_ms = (time.perf_counter() - t0) * 1e3
-    return results, stats
+                r.result.error = exc
+                done = True
+            (leaving if done else staying).append(r)
+        self.rows = staying
+        end = time.perf_counter()
+        sample_ms = (end - t1) * 1e3
+        st.sample_ms += sample_ms
+        st.total_ms += (end - t0) * 1e3
+        for r in rows:
+            res = r.result
+            res.first_rows = res.first_rows or len(rows)
+            res.steps += 1
+            res.forward_ms += out.forward_ms
+            res.bookkeeping_ms += out.prep_ms + out.kv_ms
+            res.sample_ms += sample_ms
+        for r in leaving:
+            if r.result.error is None:
+                r.result.draft = _finish(r, (end - r.joined) * 1e3)
+            left.append((r.key, r.result))
+        return left
 
 
-def _fits(cache: SlotCache, r: _Row, res: DraftResult) -> bool:
+def draft_batch(cache: SlotCache, jobs: list[DraftJob]) -> tuple[list[DraftResult], DraftStats]:
+    """Draft every job to its end; results in job order. Sessions must be live slots of `cache`, each once."""
+    rows = DraftRows(cache)
+    results: list[DraftResult | None] = [rows.add(job, i) for i, job in enumerate(jobs)]
+    while rows:
+        for i, res in rows.step():
+            results[i] = res
+    return results, rows.stats
+
+
+def _fits(cache: SlotCache, r: _Row) -> bool:
     need = cache.length(r.job.session.live_slot) + len(r.feed)
     if need > cache.max_len:
-        res.error = SlotCapacityError(f"context of {need} tokens exceeds the draft slot capacity of {cache.max_len}")
+        r.result.error = SlotCapacityError(f"context of {need} tokens exceeds the draft slot capacity of "
+                                           f"{cache.max_len}")
         return False
     return True
 
 
-def _step(r: _Row, pos: int, row_logits: torch.Tensor, hidden: torch.Tensor | None) -> bool:
-    """One drafted token for row `r` at 1-based `pos`, exactly as DraftSession.propose draws it;
-    True when the row leaves the batch (its stop rule fired or its length is reached)."""
+def _step(r: _Row, row_logits: torch.Tensor, hidden: torch.Tensor | None) -> bool:
+    """One drafted token for row `r`, exactly as DraftSession.propose draws it; True when the row
+    leaves (its stop rule fired or its length is reached)."""
     s, job = r.job.session, r.job
+    pos = len(r.tokens) + 1
     logits = row_logits[: s.vocab_size]
     if s.params.greedy:
         probs = torch.softmax(logits.float(), dim=-1) if job.stop is not None else None
@@ -220,6 +268,6 @@ def _step(r: _Row, pos: int, row_logits: torch.Tensor, hidden: torch.Tensor | No
 def _finish(r: _Row, elapsed_ms: float) -> Draft:
     """The row's draft; its slot covers pending + tokens[:-1] (the last token is never fed)."""
     s = r.job.session
-    s.tokens_fed += len(r.job.session.pending) + len(r.tokens) - 1
+    s.tokens_fed += len(s.pending) + len(r.tokens) - 1
     s._last_draft = r.tokens
     return Draft(r.tokens, r.job.seed, r.q_ids, r.q_probs, elapsed_ms, r.stopped)
