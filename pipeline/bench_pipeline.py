@@ -10,7 +10,10 @@ One run, real processes (broker, cloud, edge) on loopback:
     that busy time is subtracted). The second is the transport floor a round
     pays on this machine: a process that has been idle for milliseconds wakes
     up slower than one that has not;
-  * aggregate tokens/s at 1, 8 and 32 concurrent streams;
+  * aggregate tokens/s at 1, 8, 32 and 64 concurrent streams at zero delay, and at
+    1 and 32 at a 20 ms one-way delay: the 32-vs-1 ratios, per-stream ms/token, the
+    batch-size histogram of each worker and the per-round time breakdown from the
+    logs of each level (pipeline/bench_rounds.py);
   * at 50 ms one-way delay: ms/token of speculation vs one round trip per token
     (measured) vs the cloud streaming its own generation (modelled), and the
     cloud's verify compute per generated token vs target-only.
@@ -28,6 +31,7 @@ from nats.errors import NoRespondersError
 
 from pipeline import aio, bus
 from pipeline.broker import stop_process
+from pipeline.bench_rounds import LogSlice, summarize
 from pipeline.orchestrate import RunConfig, _events_as_rounds, drive, local_cluster, new_run_dir
 from pipeline.workload import run_workload, workload_prompts
 
@@ -120,19 +124,40 @@ async def _overhead_c1(url: str, max_new: int) -> dict:
             "median_verify_ms_c1": round(statistics.median(r["verify_ms"] for r in rounds), 3)}
 
 
-async def _tokens_per_s(url: str, policy: str, requests: int, max_new: int) -> dict:
+async def _tokens_per_s(url: str, policy: str, requests: int, max_new: int, levels: tuple[int, ...],
+                        run_dir) -> dict:
+    """Per concurrency level: aggregate tokens/s, per-stream ms/token, and (from the workers' logs of
+    that level only) the batch sizes and the per-round breakdown."""
     nc = await bus.connect(url, "bench", long_lived=False)
     tps = {}
     try:
-        for c in (1, 8, 32):
-            n = max(c, min(requests, 4 * c)) if c > 1 else 8
+        for c in levels:
+            n = max(2 * c, min(requests, 4 * c)) if c > 1 else 8  # twice the streams at least: a short tail
+            logs = LogSlice(run_dir / "edge-1.jsonl", run_dir / "cloud-1.jsonl")
             w = await run_workload(nc, workload_prompts(n, seed=c), max_new, c, policy)
-            toks = sum(len(s.token_ids) for s in w.streams if s.ok)
-            tps[str(c)] = {"tokens_per_s": round(toks / w.wall_s, 2), "requests": n,
-                           "completed": sum(s.ok for s in w.streams)}
+            ok = [s for s in w.streams if s.ok]
+            toks = sum(len(s.token_ids) for s in ok)
+            per_tok = [s.total_s * 1e3 / len(s.token_ids) for s in ok if s.token_ids]
+            await asyncio.sleep(0.5)  # the workers log a round after its chunk went out
+            tps[str(c)] = {"tokens_per_s": round(toks / w.wall_s, 2), "requests": n, "completed": len(ok),
+                           "errors": [s.error for s in w.streams if not s.ok][:3],
+                           "per_stream_ms_per_token": round(statistics.median(per_tok), 3) if per_tok else None,
+                           **summarize(logs.read())}
     finally:
         await nc.close()
     return tps
+
+
+def _ratios(tps: dict) -> dict:
+    """32 streams vs 1: aggregate tokens/s (goal >= 3x, 5x) and per-stream ms/token (goal <= 2x)."""
+    one, many = tps.get("1", {}), tps.get("32", {})
+    if not one.get("tokens_per_s") or not many.get("tokens_per_s"):
+        return {}
+    out = {"aggregate_32_vs_1": round(many["tokens_per_s"] / one["tokens_per_s"], 2)}
+    if one.get("per_stream_ms_per_token") and many.get("per_stream_ms_per_token"):
+        out["per_stream_ms_per_token_32_vs_1"] = round(many["per_stream_ms_per_token"] /
+                                                       one["per_stream_ms_per_token"], 2)
+    return out
 
 
 def bench_pipeline(run_root: str = "runs", requests: int = 32, max_new_tokens: int = 64) -> dict:
@@ -146,12 +171,18 @@ def bench_pipeline(run_root: str = "runs", requests: int = 32, max_new_tokens: i
         floor = bare_round_trip_with_compute_ms(url, z["median_draft_ms_c1"], z["median_verify_ms_c1"])
         z["bare_nats_round_trip_with_round_compute_ms"] = round(floor, 3)
         z["overhead_above_bare_with_round_compute_ms"] = round(z["median_round_overhead_ms"] - floor, 3)
-        z["aggregate_tokens_per_s"] = aio.run(_tokens_per_s(url, cfg.policy, requests, max_new_tokens))
+        z["aggregate_tokens_per_s"] = aio.run(_tokens_per_s(url, cfg.policy, requests, max_new_tokens,
+                                                            (1, 8, 32, 64), run_dir))
+        z |= _ratios(z["aggregate_tokens_per_s"])
     run_ctl = new_run_dir(run_root)
     with local_cluster(run_ctl, replace(cfg, local_policy=False)) as url:  # + controller learning every event
         z["median_round_overhead_with_controller_ms"] = aio.run(_overhead_c1(url, max_new_tokens))[
             "median_round_overhead_ms"]
     result["zero_delay"] = z
+    run20 = new_run_dir(run_root)
+    with local_cluster(run20, replace(cfg, channel="const:20")) as url:
+        t20 = aio.run(_tokens_per_s(url, cfg.policy, requests, max_new_tokens, (1, 32), run20))
+    result["delay_20ms"] = {"run_dir": str(run20), "aggregate_tokens_per_s": t20, **_ratios(t20)}
     run50 = new_run_dir(run_root)
     cfg50 = replace(cfg, local_policy=False, channel="const:50", requests=16, concurrency=8, max_new_tokens=128, baseline_requests=8,
                     baseline_tokens=48)

@@ -5,11 +5,11 @@ steps (`add`), each `step` is one forward over the rows drafting; a row's first 
 feeds its pending tokens, every later one the token it just drafted; a row leaves at the
 step its stop rule fires or its length is reached, and the next step runs over the rows
 left and those that joined. `draft_batch(cache, jobs)` drafts a fixed set of jobs to the
-end. Each row samples exactly as `propose` does, from
-its own round generator (`round_generators(seed)`): what a row draws depends only on
-its own logits and seed, never on which rows share its batch. Hidden states are asked
-of the model only at steps where a remaining row's stop rule reads them, and the
-softmax a stop rule needs only for rows that have one.
+end. Each row samples exactly as `propose` does, from its own round generator
+(`round_generators(seed)`): what a row draws depends only on its own logits and seed,
+never on which rows share its steps. Hidden states are asked of the model only at steps
+where a row's stop rule reads them (and handed to those rows only), the softmax a stop
+rule needs only for rows that have one.
 
 A job's failure (a bad length, its stop rule raising) is that job's only; a failed
 forward fails the jobs still in the batch at that step (their sessions are then unusable:
