@@ -93,6 +93,10 @@ class Controller:
                 await asyncio.wait_for(asyncio.shield(self.task), timeout=timeout)
             except asyncio.TimeoutError:
                 self.task.cancel()
+        try:  # acks are fire-and-forget publishes: make sure the last batch's reach the server
+            await self.nc.flush(timeout=timeout)
+        except Exception:
+            pass  # the broker is away: the batch is redelivered, and dedup skips what was applied
         if self.psub is not None:
             try:
                 await self.psub.unsubscribe()
