@@ -51,7 +51,8 @@ async def test_a_client_that_goes_away_stops_its_generation_and_frees_the_verifi
         task = asyncio.create_task(generate_stream(client, long_request("gone"), 30))
         await wait_for(lambda: clouds[0].sessions and "gone" in edge.live)
         task.cancel()
-        await wait_for(lambda: not edge.live and not clouds[0].sessions)
+        await wait_for(lambda: not edge.live)  # two waits, so a failure says which side kept the request
+        await wait_for(lambda: not clouds[0].sessions)
     events = read_log(tmp_path / "edge-1.jsonl")
     assert any(e["event"] == "request_cancelled" and e["request_id"] == "gone" for e in events)
 
