@@ -193,6 +193,9 @@ class CloudWorker(WorkerBase):
             error = res.error
         except Exception as exc:  # a bug: the waiters hear of it, the worker keeps serving
             res, error = None, exc
+        except asyncio.CancelledError:  # never leave the session in flight: expiry skips those forever
+            self.table.finish(s, RuntimeError("verification cancelled"), None, time.monotonic())
+            raise
         if error is not None:  # this round's session is dropped (its state released); the edge resends
             code = getattr(error, "code", None)
             if code is None:
