@@ -26,55 +26,29 @@ import torch
 from nodes.models.errors import ModelError
 from nodes.models.sampling import draft_distribution, round_generators, sample_sparse
 from nodes.models.sessions import DraftSession, DraftStep, StopCallback
-from nodes.models.slots import SlotCache, SlotCapacityError
+from nodes.models.slots import SlotCache, SlotCapacityError, SlotHolder
 from schemas.rounds import Draft, SamplingParams
 
 
-class SlotDraftSession(DraftSession):
+class SlotDraftSession(SlotHolder, DraftSession):
     """A DraftSession whose K/V live in one slot of a shared SlotCache (same invariant: the slot
     covers every context token but `pending`; same `apply`). `propose` drafts it as a batch of one."""
 
     def __init__(self, cache: SlotCache, context: list[int], vocab_size: int,
                  params: SamplingParams = SamplingParams()):
         # not DraftSession.__init__: that builds a DynamicCache; the slot replaces it
-        if not context:
-            raise ModelError("context is empty: a session needs at least one token")
         self.model, self.vocab_size, self.params = cache.model, vocab_size, params
-        self.slots = cache
         self.tokens: list[int] = list(context)
-        self.pending: list[int] = [context[-1]]
+        self.pending: list[int] = list(context[-1:])
         self._last_draft: list[int] = []
-        self.tokens_fed = len(context) - 1
-        cache.reserve(len(context))  # raises before a slot is taken
-        self.slot: int | None = cache.admit()
-        if len(context) > 1:
-            try:
-                cache.forward([self.slot], [context[:-1]], [0])
-            except BaseException:
-                self.release()
-                raise
-
-    @property
-    def live_slot(self) -> int:
-        if self.slot is None:
-            raise ModelError("this draft session's slot was released")
-        return self.slot
-
-    @property
-    def cached_len(self) -> int:
-        return self.slots.length(self.live_slot)
+        self.tokens_fed = max(len(context) - 1, 0)
+        self._open_slot(cache, context)
 
     def _crop_to(self, length: int) -> None:
-        self.slots.crop(self.live_slot, length)
-
-    def release(self) -> None:
-        """Give the slot back (idempotent); the session cannot draft after this."""
-        if self.slot is not None:
-            self.slots.evict(self.slot)
-            self.slot = None
+        self.slot_cache.crop(self.live_slot, length)
 
     def propose(self, max_len: int, seed: int = 0, stop: StopCallback | None = None, hidden: bool = False) -> Draft:
-        (res,), _ = draft_batch(self.slots, [DraftJob(self, max_len, seed, stop, hidden)])
+        (res,), _ = draft_batch(self.slot_cache, [DraftJob(self, max_len, seed, stop, hidden)])
         if res.error is not None:
             raise res.error
         return res.draft
@@ -148,7 +122,7 @@ class DraftRows:
         try:
             if job.length < 0:
                 raise ModelError(f"draft length must be >= 0, got {job.length}")
-            if s.slots is not self.cache:
+            if s.slot_cache is not self.cache:
                 raise ModelError("draft session is not on this slot cache")
             s.live_slot  # noqa: B018 (raises when released)
             if any(r.job.session is s for r in self.rows):

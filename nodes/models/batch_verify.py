@@ -20,49 +20,24 @@ from typing import Any
 
 from nodes.models.errors import ModelError
 from nodes.models.sessions import TargetSession, accept_draft, check_draft
-from nodes.models.slots import SlotCache, SlotsFull, slot_support
+from nodes.models.slots import SlotCache, SlotHolder, SlotsFull, slot_support
 from schemas.rounds import Draft, SamplingParams, Verdict
 
 
-class SlotSession:
+class SlotSession(SlotHolder):
     """A TargetSession on a slot: the slot covers every token but `pending`, which (with the
     next draft) is fed in the next batched forward."""
 
     def __init__(self, cache: SlotCache, context: list[int], params: SamplingParams):
-        if not context:
-            raise ModelError("context is empty: a session needs at least one token")
-        self.cache, self.params = cache, params
+        self.params = params
         self.tokens: list[int] = list(context)
-        self.pending: list[int] = [context[-1]]
-        cache.reserve(len(context))  # raises before a slot is taken
-        self.slot: int | None = cache.admit()
-        if len(context) > 1:
-            try:
-                cache.forward([self.slot], [context[:-1]], [0])
-            except BaseException:
-                self.release()
-                raise
-
-    @property
-    def cached_len(self) -> int:
-        return self.cache.length(self.live_slot)
-
-    @property
-    def live_slot(self) -> int:
-        if self.slot is None:
-            raise ModelError("this session's slot was released")
-        return self.slot
-
-    def release(self) -> None:
-        """Give the slot back (idempotent): the session cannot be used after this."""
-        if self.slot is not None:
-            self.cache.evict(self.slot)
-            self.slot = None
+        self.pending: list[int] = list(context[-1:])
+        self._open_slot(cache, context)
 
     def apply(self, draft: Draft, accepted: int, next_token: int) -> None:
         """After the forward fed pending + draft: keep pending and the accepted drafts (every
         context token then, `tokens` includes pending), drop the rest; the target's token is next."""
-        self.cache.crop(self.live_slot, len(self.tokens) + accepted)
+        self.slot_cache.crop(self.live_slot, len(self.tokens) + accepted)
         self.tokens.extend(list(draft.tokens[:accepted]) + [next_token])
         self.pending = [next_token]
 
@@ -157,7 +132,7 @@ class BatchVerifier:
             if isinstance(res.state, SlotSession):
                 need = res.state.cached_len + len(res.state.pending) + len(job.draft)
                 try:
-                    res.state.cache.reserve(need)
+                    res.state.slot_cache.reserve(need)
                 except SlotsFull:  # the memory budget is reached: this session continues per request
                     old, res.state = res.state, TargetSession(self.model, list(res.state.tokens), self.vocab,
                                                               job.params)

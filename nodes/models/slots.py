@@ -313,3 +313,41 @@ class SlotCache:
             states = [last[where[s], len(f) - k: len(f)] for s, f, k in zip(slots, feeds, keep)]
         return SlotForward(logits, (done - prep) * 1e3, (prep - t0) * 1e3, view.kv_s * 1e3, len(slots), b * q,
                            int(n.sum()), states)
+
+
+class SlotHolder:
+    """One sequence held in a slot of a SlotCache: the slot covers every context token but the
+    last (`pending`, fed with the next forward). Shared by the draft and the verify sessions."""
+
+    slot_cache: SlotCache
+    slot: int | None
+
+    def _open_slot(self, cache: SlotCache, context: list[int]) -> None:
+        """Take a slot and prefill all of `context` but its last token; the slot goes back if that fails."""
+        if not context:
+            raise ModelError("context is empty: a session needs at least one token")
+        self.slot_cache = cache
+        cache.reserve(len(context))  # raises before a slot is taken
+        self.slot = cache.admit()
+        if len(context) > 1:
+            try:
+                cache.forward([self.slot], [context[:-1]], [0])
+            except BaseException:
+                self.release()
+                raise
+
+    @property
+    def live_slot(self) -> int:
+        if self.slot is None:
+            raise ModelError("this session's slot was released")
+        return self.slot
+
+    @property
+    def cached_len(self) -> int:
+        return self.slot_cache.length(self.live_slot)
+
+    def release(self) -> None:
+        """Give the slot back (idempotent): the session cannot be used after this."""
+        if self.slot is not None:
+            self.slot_cache.evict(self.slot)
+            self.slot = None
