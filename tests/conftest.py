@@ -14,7 +14,7 @@ torch.set_num_threads(int(os.environ.get("SPECSTOP_TEST_THREADS", "1")))
 
 def pytest_asyncio_loop_factories(config, item):
     """Async tests run on the loop the workers run on (uvloop; SPECSTOP_LOOP=asyncio for the standard one)."""
-    from pipeline import aio
+    from pipeline.transport import aio
 
     if aio.loop_name() == "uvloop":
         import uvloop
@@ -60,7 +60,7 @@ def run_cli(*args: str, timeout: float = 300, env: dict | None = None) -> subpro
 @pytest.fixture(scope="session")
 def broker(tmp_path_factory):
     """A real nats-server with JetStream on a free loopback port, for the whole test session."""
-    from pipeline.broker import EmbeddedBroker
+    from pipeline.transport.broker import EmbeddedBroker
 
     b = EmbeddedBroker(tmp_path_factory.mktemp("broker")).start()
     yield b

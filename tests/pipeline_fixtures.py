@@ -9,7 +9,8 @@ from pathlib import Path
 from nodes.cloud import CloudConfig, CloudWorker
 from nodes.edge import EdgeConfig, EdgeWorker
 from nodes.policy_book import PolicyBook
-from pipeline import bus, logs
+from pipeline.transport import bus
+from pipeline import logs
 from nodes.link import parse_channel
 from schemas.codec import Limits
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import time
 
-from pipeline.client import StreamResult, _Stream
+from pipeline.transport.client import StreamResult, _Stream
 from schemas.codec import Int32Array
 from schemas.messages import TokenChunk
 

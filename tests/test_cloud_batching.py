@@ -10,7 +10,8 @@ from dataclasses import replace
 from nodes.cloud import CloudConfig, CloudWorker
 from nodes.models.sessions import TargetSession
 from nodes.models.train_pair import corpus_documents
-from pipeline import bus, logs
+from pipeline.transport import bus
+from pipeline import logs
 from schemas import subjects
 from schemas.codec import Int32Array, Limits, decode, encode
 from schemas.messages import DraftMsg, VerdictMsg

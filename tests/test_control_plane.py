@@ -8,8 +8,8 @@ import pytest
 
 from control import RoundContext, RoundOutcome, make_policy
 from nodes.jetstream import ensure_stream
-from pipeline import bus
-from pipeline.client import generate_stream
+from pipeline.transport import bus
+from pipeline.transport.client import generate_stream
 from schemas import subjects
 from schemas.codec import encode
 from schemas.messages import GenerateRequest, PolicyUpdate, TimingEvent
@@ -101,7 +101,7 @@ async def test_two_edges_with_different_channels_learn_different_lengths(broker,
     """Separate processes (as deployed): one controller, one verifier, an edge at 0 ms and one
     at 250 ms one-way. Up to 16 draft tokens: the bundled pair's best length is ~7 near zero
     delay and keeps growing with the delay."""
-    from pipeline.orchestrate import RunConfig, start_cluster
+    from pipeline.orchestration.local import RunConfig, start_cluster
 
     cfg = RunConfig(max_length=16, local_policy=False, policy="auto")
     nodes = await asyncio.to_thread(start_cluster, broker.url, tmp_path, cfg, 2, 1, ["const:0", "const:250"])

@@ -7,7 +7,7 @@ import pytest
 
 from nodes.device import DeviceError, Pacer, load_device, shipped_devices
 from nodes.speculative import target_only_generate
-from pipeline.client import generate_stream
+from pipeline.transport.client import generate_stream
 from schemas.messages import GenerateRequest
 from tests.pipeline_fixtures import cluster, read_log
 

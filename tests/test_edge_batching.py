@@ -8,8 +8,8 @@ import asyncio
 from control import make_policy
 from nodes.models.train_pair import corpus_documents
 from nodes.speculative import speculative_generate, target_only_generate
-from pipeline.bench_rounds import summarize
-from pipeline.client import generate_stream
+from pipeline.bench.rounds import summarize
+from pipeline.transport.client import generate_stream
 from schemas.messages import GenerateRequest
 from schemas.rounds import SamplingParams
 from tests.pipeline_fixtures import cluster, read_log

@@ -12,7 +12,7 @@ import pytest
 from nodes.speculative import target_only_generate
 from pipeline.chaos.faults import ChaosCluster, ChaosConfig
 from pipeline.chaos.run import _one_fault
-from pipeline.workload import workload_prompts
+from pipeline.orchestration.workload import workload_prompts
 
 pytestmark = pytest.mark.slow
 

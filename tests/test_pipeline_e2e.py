@@ -9,7 +9,7 @@ import pytest
 from control import make_policy
 from nodes.models.train_pair import corpus_documents
 from nodes.speculative import speculative_generate, target_only_generate
-from pipeline.client import generate_stream
+from pipeline.transport.client import generate_stream
 from schemas.messages import GenerateRequest
 from schemas.rounds import SamplingParams
 from tests.pipeline_fixtures import cluster, read_log
@@ -122,7 +122,7 @@ async def test_markov_channel_states_vary_and_are_logged(broker, pair, tmp_path)
 
 async def test_a_stream_survives_a_broker_restart(tmp_path, pair):
     """A broker of its own (restarting the shared one would disturb other tests)."""
-    from pipeline.broker import EmbeddedBroker
+    from pipeline.transport.broker import EmbeddedBroker
 
     prompt = "The try statement specifies exception handlers"
     ref = target_only_generate(pair, pair.tokenizer.encode(prompt, add_special_tokens=False), 128)

@@ -8,7 +8,7 @@ import pytest
 from nodes.protocol.admission import EdgeLimits
 from nodes.speculative import target_only_generate
 from nodes.models.train_pair import corpus_documents
-from pipeline.client import generate_stream
+from pipeline.transport.client import generate_stream
 from schemas import subjects
 from schemas.codec import Limits, decode, encode
 from schemas.messages import AckMsg, ErrorMsg, GenerateRequest, PolicyUpdate, ResumeMsg, TokenChunk

@@ -15,7 +15,7 @@ from nodes.models.loading import BUNDLED_PROFILE
 from nodes.models.sessions import DraftSession
 from nodes.models.train_pair import corpus_documents
 from nodes.speculative import speculative_generate, target_only_generate
-from pipeline.client import generate_stream
+from pipeline.transport.client import generate_stream
 from schemas.codec import Int32Array
 from schemas.messages import GenerateRequest
 from tests.pipeline_fixtures import cluster

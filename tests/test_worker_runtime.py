@@ -10,7 +10,7 @@ import threading
 import pytest
 
 from nodes.worker_base import WorkerBase
-from pipeline import aio
+from pipeline.transport import aio
 from nodes.link import LinkTimer
 
 
@@ -117,7 +117,7 @@ def test_uvloop_runs_the_workers_unless_asyncio_is_asked_for(monkeypatch):
 
 
 def test_the_bench_transport_floor_counts_only_the_transport(broker):
-    from pipeline.bench_pipeline import bare_round_trip_with_compute_ms
+    from pipeline.bench.pipeline import bare_round_trip_with_compute_ms
 
     # responder busy 5 ms per request in its own process: that time is not transport
     floor = bare_round_trip_with_compute_ms(broker.url, draft_ms=2.0, verify_ms=50.0, n=20)

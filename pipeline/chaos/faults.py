@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Awaitable, Callable
 
-from pipeline.broker import EmbeddedBroker
-from pipeline.orchestrate import NodeProcess, RunConfig, start_node
+from pipeline.transport.broker import EmbeddedBroker
+from pipeline.orchestration.local import NodeProcess, RunConfig, start_node
 
 
 @dataclass

@@ -16,18 +16,17 @@ import asyncio
 import json
 import time
 from dataclasses import asdict
-from pathlib import Path
 
 from nodes.models.loading import load_pair
 from nodes.speculative import target_only_generate
-from pipeline import aio, bus
+from pipeline.transport import aio, bus
 from pipeline.chaos.faults import DESCRIPTIONS, FAULTS, ChaosCluster, ChaosConfig, FaultInfo
 from pipeline.chaos.fuzz import targets
 from pipeline.chaos.garbage import fuzz_subject
-from pipeline.client import StreamResult, generate_stream
+from pipeline.transport.client import StreamResult, generate_stream
 from pipeline.errors import PipelineError
-from pipeline.orchestrate import new_run_dir
-from pipeline.workload import workload_prompts
+from pipeline.orchestration.run_dirs import new_run_dir
+from pipeline.orchestration.workload import workload_prompts
 from schemas import subjects
 from schemas.messages import ERROR_CODES, GenerateRequest
 

@@ -23,7 +23,7 @@ import polars as pl
 
 from control.profile import profile_from_dict
 from control.theory import best_length
-from pipeline import aio
+from pipeline.transport import aio
 from pipeline.analysis import calibrate_rounds, load_run
 from pipeline.analysis.stats import delay_buckets, ratio_ci
 from pipeline.experiments.lab import Cell, Lab, LabConfig, config_dict, elapsed, lab_prompts, save

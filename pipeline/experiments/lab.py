@@ -18,11 +18,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from pipeline import bus
-from pipeline.broker import EmbeddedBroker
-from pipeline.client import StreamResult, generate_stream
-from pipeline.orchestrate import NodeProcess, RunConfig, devices_of, start_node, write_manifest
-from pipeline.workload import workload_prompts
+from pipeline.transport import bus
+from pipeline.transport.broker import EmbeddedBroker
+from pipeline.transport.client import StreamResult, generate_stream
+from pipeline.orchestration.local import NodeProcess, RunConfig, devices_of, start_node, write_manifest
+from pipeline.orchestration.workload import workload_prompts
 from schemas import subjects
 from schemas.messages import GenerateRequest
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from nats.aio.client import Client
 
 from nodes.models.train_pair import corpus_documents
-from pipeline.client import StreamResult, generate_stream
+from pipeline.transport.client import StreamResult, generate_stream
 from schemas import subjects
 from schemas.codec import Limits, SchemaError, decode
 from schemas.messages import GenerateRequest, TimingEvent

@@ -15,7 +15,8 @@ from nodes.device import load_device
 from nodes.models.loading import load_pair, set_threads
 from nodes.link import parse_channel
 from nodes.protocol.admission import EdgeLimits
-from pipeline import bus, logs
+from pipeline.transport import bus
+from pipeline import logs
 from schemas.codec import DEFAULT_MAX_PAYLOAD, Limits
 
 

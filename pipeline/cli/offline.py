@@ -1,71 +1,20 @@
-"""`specstop` command line: one argparse parser, one small handler per command.
-
-Every user error (bad flag value, bad file, bad model path) ends as one line
-`specstop: error: ...` on stderr and exit status 2.
-"""
+"""Commands that need no broker: train the pair and the head, generate in-process, theory, simulate."""
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
-from typing import Callable
 
-DEFAULT_DELAYS = "20,55,111,150"
+from control import TARGET_ONLY, load_profile, make_policy
+from control.simulator import SCENARIOS, build_scenarios, simulate
+from control.theory import theory_table
+from nodes.models.errors import ModelError
+from nodes.models.loading import BUNDLED_PROFILE, load_pair, set_threads
+from schemas.rounds import SamplingParams
+from pipeline.cli.args import (DEFAULT_DELAYS, delays, emit, model_args, non_negative_float, positive_float,
+                               positive_int)
 
-
-def _number(kind: type, minimum: float, strict: bool):
-    """An argparse type: `kind` (int or float), finite, >= minimum (> minimum when `strict`)."""
-    word = "an integer" if kind is int else "a number"
-    bound = f"> {minimum:g}" if strict else f">= {minimum:g}"
-
-    def parse(text: str):
-        try:
-            v = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"'{text}' is not {word}") from None
-        if not (v > minimum if strict else v >= minimum) or v == float("inf"):
-            raise argparse.ArgumentTypeError(f"must be {bound}, got {text}")
-        return v
-
-    return parse
-
-
-_positive_int = _number(int, 1, strict=False)
-_non_negative_int = _number(int, 0, strict=False)
-_positive_float = _number(float, 0, strict=True)
-_non_negative_float = _number(float, 0, strict=False)
-
-
-def _delays(text: str) -> list[float]:
-    try:
-        vals = [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a comma-separated list of numbers") from None
-    if not vals or any(v < 0 for v in vals):
-        raise argparse.ArgumentTypeError(f"'{text}' must list delays >= 0")
-    return vals
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line (`specstop: error: ...`), exit status 2, and no
-    abbreviated flags (`--request 4` is an error, not a silent `--requests 4`)."""
-
-    def __init__(self, *args, **kwargs):
-        kwargs.setdefault("allow_abbrev", False)
-        super().__init__(*args, **kwargs)
-
-    def error(self, message: str):
-        where = self.prog.removeprefix("specstop").strip()
-        self.exit(2, f"specstop: error: {where + ': ' if where else ''}{message}\n")
-
-
-def _emit(obj: dict, as_json: bool, render: Callable[[dict], str]) -> None:
-    print(json.dumps(obj) if as_json else render(obj))
-
-
-# --- commands --------------------------------------------------------------
 def cmd_train_pair(a: argparse.Namespace) -> None:
     from nodes.models.train_pair import BUNDLED_DIR, TrainConfig, train_pair
 
@@ -86,24 +35,16 @@ def cmd_train_head(a: argparse.Namespace) -> None:
 
 
 def _pair(a: argparse.Namespace, load_draft: bool = True):
-    from nodes.models.loading import load_pair, set_threads
-
     set_threads(a.threads)
     return load_pair(a.draft, a.target, device=a.device, load_draft=load_draft)
 
 
 def cmd_generate(a: argparse.Namespace) -> None:
-    from control import TARGET_ONLY, make_policy
-    from nodes.models.errors import ModelError
     from nodes.speculative import speculative_generate
-    from schemas.rounds import SamplingParams
 
     if not a.prompt:
         raise ModelError("prompt is empty")
     params = SamplingParams(temperature=a.temperature, top_p=a.top_p)
-    from control import load_profile
-    from nodes.models.loading import BUNDLED_PROFILE
-
     bundled = not a.draft and not a.target and BUNDLED_PROFILE.exists()
     profile = load_profile(a.profile) if a.profile else load_profile(BUNDLED_PROFILE) if bundled else None
     policy = make_policy(a.policy, max_length=a.max_length, seed=a.seed, profile=profile)  # fails before loading
@@ -114,13 +55,10 @@ def cmd_generate(a: argparse.Namespace) -> None:
            "accepted_per_round": res.accepted_per_round, "lengths_per_round": res.lengths_per_round,
            "draft_ms": round(res.draft_ms, 3), "verify_ms": round(res.verify_ms, 3),
            "finish_reason": res.finish_reason}
-    _emit(out, a.json, lambda o: o["text"])
+    emit(out, a.json, lambda o: o["text"])
 
 
 def cmd_theory(a: argparse.Namespace) -> None:
-    from control.profile import load_profile
-    from control.theory import theory_table
-
     prof = load_profile(a.profile)
     if a.max_length:
         prof = prof.truncated(a.max_length)
@@ -132,14 +70,10 @@ def cmd_theory(a: argparse.Namespace) -> None:
         lines += [f"{r['delay_ms']:>9g} {r['best_length']:>7d} {r['ms_per_token']:>9.2f}" for r in t["rows"]]
         return "\n".join(lines)
 
-    _emit(table, a.json, render)
+    emit(table, a.json, render)
 
 
 def cmd_simulate(a: argparse.Namespace) -> None:
-    from control.policies import make_policy
-    from control.profile import load_profile
-    from control.simulator import build_scenarios, simulate
-
     prof = load_profile(a.profile)
     k = min(a.max_length or prof.max_length, prof.max_length)
     policies = [p.strip() for p in a.policies.split(",") if p.strip()]
@@ -148,7 +82,7 @@ def cmd_simulate(a: argparse.Namespace) -> None:
     scenarios = build_scenarios(prof.truncated(k), a.scenario, a.delays, a.rounds, a.stay, a.seed, a.dwell_ms)
     res = simulate(prof, policies, scenarios, a.seeds, max_length=k, jitter=a.jitter)
     if a.plots:
-        from pipeline.plots import plot_simulation
+        from pipeline.analysis.plots import plot_simulation
 
         res["plots"] = plot_simulation(res, Path(a.plots))
 
@@ -163,103 +97,63 @@ def cmd_simulate(a: argparse.Namespace) -> None:
                              f"(p90 {v['gap_pct_p90']:+6.2f}%, worst {v['gap_pct_worst']:+6.2f}%)  regret slope {slope}")
         return "\n".join(lines)
 
-    _emit(res, a.json, render)
+    emit(res, a.json, render)
 
 
-# --- parser ----------------------------------------------------------------
-def _model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--draft", help="draft model: hub id or local path (default: bundled)")
-    p.add_argument("--target", help="target model: hub id or local path (default: bundled)")
-    p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:0)")
-    p.add_argument("--threads", type=_positive_int, default=int(os.environ.get("SPECSTOP_THREADS", "2")),
-                   help="torch threads in this process")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineParser(prog="specstop", description="Delay-adaptive speculative decoding, edge to cloud.")
-    sub = parser.add_subparsers(dest="command", required=True)
-
+def register(sub) -> None:
     p = sub.add_parser("train-pair", help="train the bundled byte-level model pair")
     p.add_argument("--out", help="output folder (default: the package's bundled folder)")
-    p.add_argument("--steps", type=_positive_int, default=700)
-    p.add_argument("--draft-steps", type=_positive_int, default=1200)
+    p.add_argument("--steps", type=positive_int, default=700)
+    p.add_argument("--draft-steps", type=positive_int, default=1200)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=_positive_int, default=2)
+    p.add_argument("--threads", type=positive_int, default=2)
     p.set_defaults(func=cmd_train_pair)
 
     p = sub.add_parser("train-head", help="train the SpecDec++ acceptance head on the pair's verified drafts")
     p.add_argument("--out", help="output folder (default: the package's bundled head folder)")
-    p.add_argument("--windows", type=_positive_int, default=5000, help="corpus windows to draft after (8 drafts each)")
-    p.add_argument("--epochs", type=_positive_int, default=40)
+    p.add_argument("--windows", type=positive_int, default=5000, help="corpus windows to draft after (8 drafts each)")
+    p.add_argument("--epochs", type=positive_int, default=40)
     p.add_argument("--seed", type=int, default=0)
-    _model_args(p)
+    model_args(p)
     p.set_defaults(func=cmd_train_head)
 
     p = sub.add_parser("generate", help="generate in-process (draft and target here)")
     p.add_argument("--prompt", required=True)
-    p.add_argument("--max-new-tokens", type=_positive_int, default=128)
+    p.add_argument("--max-new-tokens", type=positive_int, default=128)
     p.add_argument("--policy", default="auto", help="policy spec, or target-only")
-    p.add_argument("--max-length", type=_positive_int, default=8, help="longest draft")
+    p.add_argument("--max-length", type=positive_int, default=8, help="longest draft")
     p.add_argument("--profile", help="control profile for oracle/static/specdec++-delay (default: the bundled pair's)")
-    p.add_argument("--delay-ms", type=_non_negative_float, default=0.0,
+    p.add_argument("--delay-ms", type=non_negative_float, default=0.0,
                    help="one-way delay the policy is told (nothing sleeps: in-process)")
-    p.add_argument("--temperature", type=_non_negative_float, default=0.0)
+    p.add_argument("--temperature", type=non_negative_float, default=0.0)
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true")
-    _model_args(p)
+    model_args(p)
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("theory", help="best draft length per delay and the critical delay")
     p.add_argument("--profile", required=True)
-    p.add_argument("--delays", type=_delays, default=_delays("0,5,10,20,55,83,111,150,250"))
-    p.add_argument("--max-length", type=_positive_int)
+    p.add_argument("--delays", type=delays, default=delays("0,5,10,20,55,83,111,150,250"))
+    p.add_argument("--max-length", type=positive_int)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_theory)
-
-    from control.simulator import SCENARIOS
 
     p = sub.add_parser("simulate", help="offline simulation of policies against a profile")
     p.add_argument("--profile", required=True)
     p.add_argument("--policies", default="auto,ucb-specstop,naive-ucb,hf-heuristic")
-    p.add_argument("--delays", type=_delays, default=_delays(DEFAULT_DELAYS))
-    p.add_argument("--rounds", type=_positive_int, default=1000)
-    p.add_argument("--seeds", type=_positive_int, default=20)
+    p.add_argument("--delays", type=delays, default=delays(DEFAULT_DELAYS))
+    p.add_argument("--rounds", type=positive_int, default=1000)
+    p.add_argument("--seeds", type=positive_int, default=20)
     p.add_argument("--scenario", choices=list(SCENARIOS), default="const",
                    help="drift/markov change in wall-clock time; drift-rounds/markov-rounds per round (the paper's)")
     p.add_argument("--stay", type=float, default=0.9,
                    help="markov-rounds: probability of keeping the state each round; markov: sets the default dwell")
-    p.add_argument("--dwell-ms", type=_positive_float, default=None,
+    p.add_argument("--dwell-ms", type=positive_float, default=None,
                    help="markov: mean wall-clock time a state holds (default: an oracle round / (1 - stay))")
-    p.add_argument("--jitter", type=_non_negative_float, default=0.1)
+    p.add_argument("--jitter", type=non_negative_float, default=0.1)
     p.add_argument("--seed", type=int, default=0, help="seed of the channel's state path")
-    p.add_argument("--max-length", type=_positive_int)
+    p.add_argument("--max-length", type=positive_int)
     p.add_argument("--plots", help="write PNG plots to this folder")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_simulate)
-
-    from pipeline import cli_extra
-
-    cli_extra.register(sub)
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    from pipeline.errors import USER_ERRORS
-
-    try:
-        args.func(args)
-    except USER_ERRORS as exc:
-        print(f"specstop: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
-    except BrokenPipeError:  # output piped into `head`
-        return 0
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

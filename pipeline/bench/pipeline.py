@@ -29,11 +29,11 @@ from dataclasses import replace
 
 from nats.errors import NoRespondersError
 
-from pipeline import aio, bus
-from pipeline.broker import stop_process
-from pipeline.bench_rounds import LogSlice, summarize
-from pipeline.orchestrate import RunConfig, _events_as_rounds, drive, local_cluster, new_run_dir
-from pipeline.workload import run_workload, workload_prompts
+from pipeline.transport import aio, bus
+from pipeline.transport.broker import stop_process
+from pipeline.bench.rounds import LogSlice, summarize
+from pipeline.orchestration.local import RunConfig, _events_as_rounds, drive, local_cluster, new_run_dir
+from pipeline.orchestration.workload import run_workload, workload_prompts
 
 
 ECHO_SUBJECT = "specstop.bench.echo"
@@ -98,7 +98,7 @@ async def bare_round_trip_ms(url: str, n: int = 200) -> float:
 def bare_round_trip_with_compute_ms(url: str, draft_ms: float, verify_ms: float, n: int = 200) -> float:
     """Responder in its own process busy `verify_ms` per request, requester busy `draft_ms`
     before each: a round's pattern without the models or our code."""
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline.bench_pipeline", "echo", url, str(verify_ms)],
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.bench.pipeline", "echo", url, str(verify_ms)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         return aio.run(_timed_requests(url, n, draft_ms, verify_ms))
@@ -208,4 +208,4 @@ if __name__ == "__main__":  # the responder process of bare_round_trip_with_comp
     if len(sys.argv) == 4 and sys.argv[1] == "echo":
         aio.run(_echo(sys.argv[2], float(sys.argv[3])))
     else:
-        sys.exit("usage: python -m pipeline.bench_pipeline echo NATS_URL BUSY_MS")
+        sys.exit("usage: python -m pipeline.bench.pipeline echo NATS_URL BUSY_MS")

@@ -16,9 +16,10 @@ from dataclasses import replace
 from nodes.controller import Controller
 from nodes.jetstream import ensure_stream
 from nodes.policy_book import PolicyBook
-from pipeline import aio, bus, logs
-from pipeline.broker import EmbeddedBroker
-from pipeline.orchestrate import RunConfig, drive, local_cluster, new_run_dir
+from pipeline.transport import aio, bus
+from pipeline import logs
+from pipeline.transport.broker import EmbeddedBroker
+from pipeline.orchestration.local import RunConfig, drive, local_cluster, new_run_dir
 from schemas import subjects
 from schemas.codec import decode, encode
 from schemas.messages import PolicyUpdate, TimingEvent

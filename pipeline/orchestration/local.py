@@ -19,11 +19,12 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from pipeline import aio, bus
+from pipeline.transport import aio, bus
 from pipeline.analysis import analyze_run, summarize_rounds
-from pipeline.broker import EmbeddedBroker, die_with_parent, stop_process
+from pipeline.transport.broker import EmbeddedBroker, die_with_parent, stop_process
 from pipeline.errors import PipelineError
-from pipeline.workload import WorkloadResult, run_workload, workload_prompts
+from pipeline.orchestration.run_dirs import new_run_dir
+from pipeline.orchestration.workload import WorkloadResult, run_workload, workload_prompts
 
 DEFAULT_CHANNEL = "markov:10,40,80:0.95"
 
@@ -47,17 +48,6 @@ class RunConfig:
     node_flags: dict[str, list[str]] = field(default_factory=dict)  # extra flags per worker kind
     edge_device: str | None = None   # device profiles to emulate (nodes/device.py); None: this machine as is
     cloud_device: str | None = None
-
-
-def new_run_dir(root: str | Path) -> Path:
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    d = Path(root) / stamp
-    n = 1
-    while d.exists():
-        n += 1
-        d = Path(root) / f"{stamp}-{n}"
-    d.mkdir(parents=True)
-    return d
 
 
 def project_commit() -> str:

@@ -1,0 +1,1 @@
+"""Benchmarks behind `specstop bench`: each prints numbers (JSON), none is a timed test."""

@@ -1,0 +1,160 @@
+"""Argument types and shared flag groups of the `specstop` parser.
+
+Every user error (bad flag value, bad file, bad model path) ends as one line
+`specstop: error: ...` on stderr and exit status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+from typing import Callable
+
+from nodes.device import DeviceError, load_device
+from schemas.messages import valid_id
+
+DEFAULT_DELAYS = "20,55,111,150"
+
+
+def _number(kind: type, minimum: float, strict: bool):
+    """An argparse type: `kind` (int or float), finite, >= minimum (> minimum when `strict`)."""
+    word = "an integer" if kind is int else "a number"
+    bound = f"> {minimum:g}" if strict else f">= {minimum:g}"
+
+    def parse(text: str):
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{text}' is not {word}") from None
+        if not (v > minimum if strict else v >= minimum) or v == float("inf"):
+            raise argparse.ArgumentTypeError(f"must be {bound}, got {text}")
+        return v
+
+    return parse
+
+
+positive_int = _number(int, 1, strict=False)
+non_negative_int = _number(int, 0, strict=False)
+positive_float = _number(float, 0, strict=True)
+non_negative_float = _number(float, 0, strict=False)
+
+
+def delays(text: str) -> list[float]:
+    try:
+        vals = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a comma-separated list of numbers") from None
+    if not vals or any(v < 0 for v in vals):
+        raise argparse.ArgumentTypeError(f"'{text}' must list delays >= 0")
+    return vals
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (`specstop: error: ...`), exit status 2, and no
+    abbreviated flags (`--request 4` is an error, not a silent `--requests 4`)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str):
+        where = self.prog.removeprefix("specstop").strip()
+        self.exit(2, f"specstop: error: {where + ': ' if where else ''}{message}\n")
+
+
+def emit(obj: dict, as_json: bool, render: Callable[[dict], str]) -> None:
+    print(json.dumps(obj) if as_json else render(obj))
+
+
+def batch_sizes(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a comma-separated list of integers") from None
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"'{text}' must list batch sizes >= 1")
+    return sizes
+
+
+def stop_on_sigterm() -> None:
+    """SIGTERM unwinds like Ctrl-C, so `with` blocks stop the child processes they started."""
+    def raise_interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, raise_interrupt)
+
+
+def device_profile(name: str | None, half: str) -> str | None:
+    """`name` if it is a device profile with `half` (draft/verify) times; a one-line error otherwise,
+    before any model loads."""
+    if name:
+        d = load_device(name)
+        if not (d.emulates_draft if half == "draft" else d.emulates_verify):
+            raise DeviceError(f"device profile '{name}' has no {half} times (fields {half}_ms_*)")
+    return name
+
+
+def progress(enabled: bool):
+    if not enabled:
+        return None, None
+    from rich.progress import Progress  # rich costs ~60 ms to import: only when a bar shows
+
+    bar = Progress(transient=True, console=None)
+    task = bar.add_task("requests", total=None)
+    return bar, (lambda res: bar.advance(task))
+
+
+def model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--draft", help="draft model: hub id or local path (default: bundled)")
+    p.add_argument("--target", help="target model: hub id or local path (default: bundled)")
+    p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:0)")
+    p.add_argument("--threads", type=positive_int, default=int(os.environ.get("SPECSTOP_THREADS", "2")),
+                   help="torch threads in this process")
+
+
+def nice(text: str) -> int:
+    value = non_negative_float(text)
+    if value != int(value) or value > 19:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number from 0 to 19")
+    return int(value)
+
+
+def nats_arg(p):
+    p.add_argument("--nats", help="broker URL (default: $SPECSTOP_NATS_URL or nats://127.0.0.1:4222)")
+
+
+def node_id(text: str) -> str:
+    if not valid_id(text):
+        raise argparse.ArgumentTypeError(f"'{text}' must be 1..128 ASCII letters, digits, '-' or '_'")
+    return text
+
+
+def node_args(p, default_id):
+    nats_arg(p)
+    p.add_argument("--id", type=node_id, default=default_id, help="node id (names its subjects and log)")
+    p.add_argument("--log-file", help="JSON-lines log file (default: stderr)")
+    p.add_argument("--max-length", type=positive_int, default=8, help="longest draft accepted/produced")
+    model_args(p)
+    p.add_argument("--model-nice", type=nice, default=5,
+                   help="lower the model thread's priority by this much (0-19) so the event loop stays prompt")
+    p.add_argument("--drain-timeout", type=positive_float, default=10.0,
+                   help="seconds to finish work in hand after SIGTERM/SIGINT")
+    p.add_argument("--emulate", metavar="DEVICE",
+                   help="pad compute to a device profile's times (shipped: jetson-orin-nano, rtx-3090-ti, "
+                        "as-is; or a JSON file)")
+    p.set_defaults(threads=1)
+
+
+def workload_args(p):
+    p.add_argument("--requests", type=positive_int, default=32)
+    p.add_argument("--concurrency", type=positive_int, default=8)
+    p.add_argument("--max-new-tokens", type=positive_int, default=128)
+    p.add_argument("--channel", default="markov:10,40,80:0.95", help="link emulation spec (see README)")
+    p.add_argument("--policy", default="auto", help="policy spec, or target-only")
+    p.add_argument("--max-length", type=positive_int, default=8)
+    p.add_argument("--temperature", type=non_negative_float, default=0.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--run-root", default="runs", help="parent folder of run directories")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+

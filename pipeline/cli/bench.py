@@ -1,0 +1,117 @@
+"""`specstop bench ...`: every benchmark prints numbers (JSON with --json); none is a timed test."""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+from control.evaluation import evaluate
+from control.families import all_families
+from pipeline.cli.args import batch_sizes, model_args, positive_int
+
+def cmd_bench_engine(a: argparse.Namespace) -> None:
+    from pipeline.bench.engine import bench_engine
+
+    res = bench_engine(draft=a.draft, target=a.target, threads=a.threads, repeats=a.repeats,
+                       max_new_tokens=a.max_new_tokens, profile_out=a.profile_out)
+    print(json.dumps(res) if a.json else json.dumps(res, indent=2))
+
+
+def cmd_bench_pipeline(a: argparse.Namespace) -> None:
+    from pipeline.bench.pipeline import bench_pipeline
+
+    res = bench_pipeline(run_root=a.run_root, requests=a.requests, max_new_tokens=a.max_new_tokens)
+    print(json.dumps(res) if a.json else json.dumps(res, indent=2))
+
+
+def cmd_bench_verify(a: argparse.Namespace) -> None:
+    from pipeline.bench.verify import bench_verify
+
+    res = bench_verify(draft=a.draft, target=a.target, device=a.device, threads=a.threads, batches=a.batches,
+                       length=a.length, steps=a.steps)
+    print(json.dumps(res) if a.json else json.dumps(res, indent=2))
+
+
+def cmd_bench_control(a: argparse.Namespace) -> None:
+    from pipeline.bench.control import bench_control
+
+    res = bench_control(run_root=a.run_root, events=a.events, lag_samples=a.lag_samples, requests=a.requests)
+    print(json.dumps(res) if a.json else json.dumps(res, indent=2))
+
+
+def cmd_bench_analysis(a: argparse.Namespace) -> None:
+    from pipeline.bench.analysis import bench_analysis
+
+    res = bench_analysis(a.rounds)
+    print(json.dumps(res) if a.json else json.dumps(res, indent=2))
+
+
+def cmd_bench_policies(a: argparse.Namespace) -> None:
+    t0 = time.perf_counter()
+    policies = [p.strip() for p in a.policies.split(",") if p.strip()]
+    members, seeds = (1, 5) if a.quick else (a.members, a.seeds)
+    res = evaluate(all_families(members=members, seed=a.family_seed), policies=policies, rounds=a.rounds,
+                   seeds=seeds, workers=a.workers, tuned=not a.no_tuned)
+    res["wall_s"] = round(time.perf_counter() - t0, 1)
+    if a.json:
+        print(json.dumps(res))
+        return
+    print(f"{res['profiles']} generated profiles, {res['rounds']} rounds, {res['seeds']} seeds; "
+          f"scenarios: {res['scenarios']}; gaps in % over each scenario's oracle ({res['wall_s']} s)")
+    print(f"{'policy':<32} {'mean':>7} {'worst mean':>11} {'worst p90':>10} {'worst seed':>11} "
+          f"{'cells >1% mean':>15} {'>3% worst seed':>15}")
+    for spec, v in res["summary"].items():
+        print(f"{spec:<32} {v['mean_gap_pct']:>7.2f} {v['worst_mean_gap_pct']:>11.2f} {v['worst_p90_pct']:>10.2f} "
+              f"{v['worst_seed_pct']:>11.2f} {v['cells_over_1pct_mean']:>9}/{v['cells']:<5} "
+              f"{v['cells_over_3pct_worst_seed']:>9}/{v['cells']:<5}")
+
+
+def register(sub) -> None:
+    bench = sub.add_parser("bench", help="benchmarks (print JSON)")
+    bsub = bench.add_subparsers(dest="bench", required=True)
+    p = bsub.add_parser("engine", help="round compute vs context, tokens/s vs target-only and HF assisted")
+    p.add_argument("--repeats", type=positive_int, default=3)
+    p.add_argument("--max-new-tokens", type=positive_int, default=128)
+    p.add_argument("--profile-out", help="also write the measured cost/acceptance profile here")
+    p.add_argument("--json", action="store_true")
+    model_args(p)
+    p.set_defaults(func=cmd_bench_engine)
+    p = bsub.add_parser("pipeline", help="round overhead, tokens/s at 1-64 streams (0 and 20 ms), batch sizes, "
+                                         "50 ms comparison")
+    p.add_argument("--requests", type=positive_int, default=32)
+    p.add_argument("--max-new-tokens", type=positive_int, default=64)
+    p.add_argument("--run-root", default="runs")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_bench_pipeline)
+    p = bsub.add_parser("verify", help="verify step at batch 1/8/32: slot cache vs per-request, bookkeeping")
+    p.add_argument("--batches", type=batch_sizes, default=(1, 8, 32), help="comma-separated numbers of sessions")
+    p.add_argument("--length", type=positive_int, default=4, help="draft tokens per session")
+    p.add_argument("--steps", type=positive_int, default=10)
+    p.add_argument("--json", action="store_true")
+    model_args(p)
+    p.set_defaults(func=cmd_bench_verify, threads=1)
+    p = bsub.add_parser("control", help="controller events/s, update lag, ms/token vs --local-policy")
+    p.add_argument("--events", type=positive_int, default=3000)
+    p.add_argument("--lag-samples", type=positive_int, default=200)
+    p.add_argument("--requests", type=positive_int, default=16)
+    p.add_argument("--run-root", default="runs")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_bench_control)
+
+    p = bsub.add_parser("analysis", help="specstop analyze on a synthetic log of a million round lines")
+    p.add_argument("--rounds", type=positive_int, default=1_000_000)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_bench_analysis)
+
+    p = bsub.add_parser("policies", help="policies on generated profile families vs each scenario's oracle")
+    p.add_argument("--policies", default="auto,ucb-specstop,ucb-specstop-scaled,naive-ucb,naive-ucb-scaled",
+                   help="comma-separated policy specs (the UCB-SpecStop pair also runs at its best beta)")
+    p.add_argument("--members", type=positive_int, default=3, help="profiles per family")
+    p.add_argument("--family-seed", type=int, default=0, help="seed that draws the family members")
+    p.add_argument("--rounds", type=positive_int, default=1000)
+    p.add_argument("--seeds", type=positive_int, default=20)
+    p.add_argument("--workers", type=positive_int, default=2, help="processes")
+    p.add_argument("--no-tuned", action="store_true", help="skip the beta grid of the UCB baselines")
+    p.add_argument("--quick", action="store_true", help="one profile per family, 5 seeds")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_bench_policies)

@@ -1,0 +1,164 @@
+"""Running and reading runs: the demo, a workload against running workers, analysis, calibration, experiments."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from control import make_policy
+from nodes.link import parse_channel
+from pipeline.cli.args import (device_profile, model_args, nats_arg, positive_int, progress, workload_args)
+from pipeline.transport import aio
+from pipeline.transport.broker import default_nats_url
+
+def _run_config(a: argparse.Namespace):
+    from pipeline.orchestration.local import RunConfig
+
+    make_policy(a.policy, max_length=a.max_length)
+    parse_channel(a.channel)
+    return RunConfig(requests=a.requests, concurrency=a.concurrency, max_new_tokens=a.max_new_tokens,
+                     channel=a.channel, policy=a.policy, seed=a.seed, temperature=a.temperature,
+                     max_length=a.max_length, run_root=a.run_root, draft=getattr(a, "draft", None),
+                     target=getattr(a, "target", None), local_policy=getattr(a, "local_policy", True),
+                     edge_device=device_profile(getattr(a, "edge_device", None), "draft"),
+                     cloud_device=device_profile(getattr(a, "cloud_device", None), "verify"))
+
+
+def cmd_demo(a: argparse.Namespace) -> None:
+    from pipeline.orchestration.local import demo, render_summary
+
+    cfg = _run_config(a)
+    bar, advance = progress(not a.json and sys.stderr.isatty())
+    if bar:
+        with bar:
+            summary = demo(cfg, advance)
+    else:
+        summary = demo(cfg)
+    print(json.dumps(summary) if a.json else render_summary(summary))
+
+
+def cmd_run(a: argparse.Namespace) -> None:
+    from pipeline.orchestration.local import drive, render_summary
+
+    cfg = _run_config(a)
+    summary = aio.run(drive(default_nats_url(a.nats), cfg, baseline=not a.no_baseline))
+    print(json.dumps(summary) if a.json else render_summary(summary))
+
+
+def cmd_analyze(a: argparse.Namespace) -> None:
+    from pipeline.analysis import analyze_run, render
+
+    res = analyze_run(a.run_dir)
+    if a.plots:
+        from pipeline.analysis.plots import plot_run
+
+        res["plots"] = plot_run(a.run_dir, a.plots)
+    print(json.dumps(res) if a.json else render(res) + "".join(f"\nplot: {p}" for p in res.get("plots", [])))
+
+
+def cmd_calibrate(a: argparse.Namespace) -> None:
+    from pipeline.analysis import calibrate
+
+    prof = calibrate(a.run_dir, a.out, a.max_length)
+    if a.json:
+        print(json.dumps(prof))
+        return
+    print(f"calibrated from {prof['rounds']} drafted rounds"
+          + (" (device emulation on)" if prof["emulated"] else "") + (f"; written to {a.out}" if a.out else ""))
+    for L, c in prof["round_compute_ms"].items():
+        ci = prof["round_compute_ci_ms"].get(L)
+        s = prof["survival"][int(L) - 1]
+        sci = prof["survival_ci"][int(L) - 1]
+        print(f"  L={L:>2}  C(L) {c:8.2f} ms {'' if ci is None else f'[{ci[0]:.2f}, {ci[1]:.2f}]':>20}"
+              f"  n={prof['rounds_per_length'][L]:<5}  S({L}) {s:.3f} "
+              f"{'' if sci[0] is None else f'[{sci[0]:.3f}, {sci[1]:.3f}]'}")
+    ex = prof["extrapolated"]
+    if ex["lengths"] or ex["positions"]:
+        print(f"  extrapolated: lengths {ex['lengths']}, positions {ex['positions']}")
+
+
+def cmd_experiment(a: argparse.Namespace) -> None:
+    from pipeline.experiments.lab import LabConfig
+
+    cfg = LabConfig(Path(a.out), quick=a.quick, edge_device=device_profile(a.edge_device, "draft"),
+                    cloud_device=device_profile(a.cloud_device, "verify"), concurrency=a.concurrency,
+                    max_new_tokens=a.max_new_tokens, seed=a.seed)
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    bar, advance = progress(not a.json and sys.stderr.isatty())
+    t0 = time.perf_counter()
+    if bar:
+        bar.start()
+    try:
+        if a.which == "phase":
+            from pipeline.experiments.phase import phase
+
+            res = phase(cfg, advance)
+        else:
+            from pipeline.experiments.compare import run_experiment
+
+            res = run_experiment(a.which, cfg, advance)
+    finally:
+        if bar:
+            bar.stop()
+    if a.json:
+        print(json.dumps(res))
+    else:
+        from pipeline.experiments.report import report
+
+        path = report(cfg.out)
+        print(f"{a.which}: done in {time.perf_counter() - t0:.0f} s; results in {cfg.out / (a.which + '.json')}, "
+              f"page {path}")
+
+
+def cmd_report(a: argparse.Namespace) -> None:
+    from pipeline.experiments.report import report
+
+    print(report(a.dir))
+
+
+def register(sub) -> None:
+    p = sub.add_parser("demo", help="the main job: broker + cloud + edge + controller + streaming workload + summary")
+    workload_args(p)
+    p.add_argument("--edge-device", metavar="DEVICE", help="emulate this edge device (e.g. jetson-orin-nano)")
+    p.add_argument("--cloud-device", metavar="DEVICE", help="emulate this cloud device (e.g. rtx-3090-ti)")
+    p.add_argument("--local-policy", action="store_true",
+                   help="learn inside the edge instead of starting the control subscriber")
+    model_args(p)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("run", help="drive a workload against running workers")
+    workload_args(p)
+    nats_arg(p)
+    p.add_argument("--no-baseline", action="store_true", help="skip the target-only baseline")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("analyze", help="what a run did, per policy x delay: ms/token with intervals, time split, regret")
+    p.add_argument("run_dir")
+    p.add_argument("--plots", help="write PNG plots to this folder")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_analyze)
+
+    p = sub.add_parser("calibrate", help="fit the control profile (C(L), S(i) with intervals) from a run's logs")
+    p.add_argument("run_dir")
+    p.add_argument("-o", "--out", help="write the profile JSON here (usable by theory/simulate/oracle)")
+    p.add_argument("--max-length", type=positive_int, help="longest length in the profile (default: longest seen)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_calibrate)
+
+    p = sub.add_parser("experiment", help="the paper's experiments on the live pipeline with device emulation")
+    p.add_argument("which", choices=["phase", "compare", "regret", "markov", "drift"])
+    p.add_argument("--out", required=True, help="folder for results (JSON), logs and the report")
+    p.add_argument("--quick", action="store_true", help="fewer delays and requests (about 10 minutes)")
+    p.add_argument("--edge-device", default="jetson-orin-nano", help="edge device profile to emulate")
+    p.add_argument("--cloud-device", default="rtx-3090-ti", help="cloud device profile to emulate")
+    p.add_argument("--concurrency", type=positive_int, default=24, help="requests in flight (each its own device)")
+    p.add_argument("--max-new-tokens", type=positive_int, default=32)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_experiment)
+
+    p = sub.add_parser("report", help="a Markdown page (tables, plots) from the experiment results in DIR")
+    p.add_argument("dir")
+    p.set_defaults(func=cmd_report)

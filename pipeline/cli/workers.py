@@ -1,0 +1,151 @@
+"""Long-lived processes: the broker and the cloud, edge and control workers."""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from pathlib import Path
+
+from control import load_profile, make_policy
+from nodes.jetstream import StreamLimits
+from nodes.link import parse_channel
+from nodes.models.loading import BUNDLED_PROFILE
+from nodes.protocol.admission import EdgeLimits
+from pipeline.cli.args import (device_profile, nats_arg, node_args, node_id, non_negative_float, non_negative_int,
+                               positive_float, positive_int, stop_on_sigterm)
+from pipeline.errors import PipelineError
+from pipeline.orchestration.run_dirs import new_run_dir
+from pipeline.orchestration.serve import CloudOptions, EdgeOptions, NodeOptions, serve_cloud, serve_control, serve_edge
+from pipeline.transport import aio
+from pipeline.transport.broker import EmbeddedBroker, default_nats_url
+
+def cmd_broker(a: argparse.Namespace) -> None:
+    stop_on_sigterm()
+    run_dir = new_run_dir(a.run_root)
+    store = Path(a.store_dir) if a.store_dir else Path(a.run_root) / "jetstream"
+    broker = EmbeddedBroker(run_dir, port=a.port, store_dir=store)
+    try:
+        broker.start()
+    except Exception:
+        shutil.rmtree(run_dir, ignore_errors=True)  # nothing ran: leave no empty run directory behind
+        raise
+    with broker as b:
+        print(json.dumps({"event": "broker_started", "url": b.url, "run_dir": str(run_dir),
+                          "store_dir": str(store)}), flush=True)
+        try:
+            while b.proc and b.proc.poll() is None:
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            pass
+        code = b.proc.poll() if b.proc else None
+    if code not in (None, 0) and code > 0:
+        raise PipelineError(f"nats-server exited with code {code}; see {run_dir / 'broker'}")
+
+
+def _node_options(a: argparse.Namespace):
+    return NodeOptions(default_nats_url(a.nats), a.id, a.log_file, a.threads, a.draft, a.target, a.device,
+                       a.max_length, model_nice=a.model_nice, drain_timeout_s=a.drain_timeout, emulate=a.emulate)
+
+
+def _check_device(a: argparse.Namespace, half: str) -> None:
+    device_profile(a.emulate, half)
+
+
+def cmd_cloud(a: argparse.Namespace) -> None:
+    _check_device(a, "verify")
+    aio.run(serve_cloud(_node_options(a), CloudOptions(a.max_sessions, a.session_ttl, a.evict_idle,
+                                                       a.max_context_tokens, a.max_batch, a.batch_wait_ms,
+                                                       not a.no_slot_cache, a.slot_memory_mb)))
+
+
+def _bundled_profile():
+    return load_profile(BUNDLED_PROFILE)
+
+
+def cmd_edge(a: argparse.Namespace) -> None:
+    parse_channel(a.channel)  # refuse a bad spec before loading anything
+    profile = load_profile(a.profile) if a.profile else None
+    make_policy(a.policy, max_length=a.max_length, profile=profile or _bundled_profile())
+    _check_device(a, "draft")
+    limits = EdgeLimits(a.max_active, a.max_queued, a.max_prompt_tokens, a.max_new_tokens_limit, a.max_request_s)
+    aio.run(serve_edge(_node_options(a), EdgeOptions(a.channel, a.policy, a.seed, not a.remote_policy,
+                                                     a.request_timeout, a.failover_deadline, limits, a.profile,
+                                                     a.draft_max_batch, a.draft_batch_wait_ms,
+                                                     not a.no_draft_slot_cache, a.draft_slot_memory_mb)))
+
+
+def cmd_control(a: argparse.Namespace) -> None:
+    stream = StreamLimits(a.stream_max_msgs, a.stream_max_bytes, a.stream_max_age)
+    aio.run(serve_control(default_nats_url(a.nats), a.id, a.log_file, a.max_length, a.seed, stream,
+                          a.max_learners))
+
+
+def register(sub) -> None:
+    p = sub.add_parser("broker", help="run an embedded nats-server (JetStream kept across restarts)")
+    p.add_argument("--port", type=int, default=4222, help="port on 127.0.0.1 (-1 picks a free one)")
+    p.add_argument("--run-root", default="runs", help="parent of the run directory (server log, ports file)")
+    p.add_argument("--store-dir", help="JetStream store, kept across restarts (default: RUN_ROOT/jetstream)")
+    p.set_defaults(func=cmd_broker)
+
+    p = sub.add_parser("cloud", help="serve the target model: verify drafts")
+    node_args(p, "cloud-1")
+    p.add_argument("--max-sessions", type=positive_int, default=128, help="sessions held at once (the cap)")
+    p.add_argument("--session-ttl", type=positive_float, default=120.0, help="seconds an idle session is kept")
+    p.add_argument("--evict-idle", type=positive_float, default=2.0,
+                   help="at the cap, a session idle this many seconds may make room for a new one")
+    p.add_argument("--max-context-tokens", type=positive_int, default=8192,
+                   help="tokens one session may hold (prompt + generated); larger contexts are refused")
+    p.add_argument("--max-batch", type=positive_int, default=32, help="rounds verified in one batched forward")
+    p.add_argument("--batch-wait-ms", type=non_negative_float, default=2.0,
+                   help="the longest a round waits for others to join its batch (0: no waiting)")
+    p.add_argument("--no-slot-cache", action="store_true",
+                   help="verify every round on the per-request KV cache (no slots, no batched forward)")
+    p.add_argument("--slot-memory-mb", type=positive_int, default=2048,
+                   help="K/V memory of the slot cache; sessions that do not fit run per request")
+    p.set_defaults(func=cmd_cloud)
+
+    p = sub.add_parser("edge", help="serve generate requests with the draft model")
+    node_args(p, "edge-1")
+    p.add_argument("--channel", default="const:0", help="link emulation spec (see README)")
+    p.add_argument("--policy", default="auto", help="default policy spec for requests that name none")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--remote-policy", action="store_true",
+                   help="act on snapshots from `specstop control` instead of learning in-process")
+    p.add_argument("--request-timeout", type=positive_float, default=10.0,
+                   help="seconds one attempt of a round waits for its verdict")
+    p.add_argument("--failover-deadline", type=positive_float, default=30.0,
+                   help="seconds a round may wait for any verifier before the request fails")
+    p.add_argument("--max-active", type=positive_int, default=64, help="requests generating at once")
+    p.add_argument("--max-queued", type=non_negative_int, default=256,
+                   help="requests waiting for a slot; beyond, requests are answered 'overloaded'")
+    p.add_argument("--max-prompt-tokens", type=positive_int, default=4096)
+    p.add_argument("--max-new-tokens-limit", type=positive_int, default=2048,
+                   help="largest max_new_tokens a request may ask for")
+    p.add_argument("--max-request-s", type=positive_float, default=600.0,
+                   help="no request runs longer (a request's own deadline may be shorter)")
+    p.add_argument("--profile", help="control profile for oracle / static:D / head-rule policies "
+                                     "(default: the bundled pair's; see `specstop calibrate`)")
+    p.add_argument("--draft-max-batch", type=positive_int, default=64, help="rounds drafted in one batch")
+    p.add_argument("--draft-batch-wait-ms", type=non_negative_float, default=2.0,
+                   help="the longest a round waits for others to join its draft batch (0: no waiting)")
+    p.add_argument("--no-draft-slot-cache", action="store_true",
+                   help="draft every request on its own KV cache (no slots, no batched drafting)")
+    p.add_argument("--draft-slot-memory-mb", type=positive_int, default=1024,
+                   help="K/V memory of the draft slot cache; requests that do not fit draft per request")
+    p.set_defaults(func=cmd_edge)
+
+    p = sub.add_parser("control", help="control subscriber: learn from timing events, publish policy updates")
+    nats_arg(p)
+    p.add_argument("--id", type=node_id, default="control-1")
+    p.add_argument("--log-file", help="JSON-lines log file (default: stderr)")
+    p.add_argument("--max-length", type=positive_int, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-learners", type=positive_int, default=1024,
+                   help="learners kept in memory (least recently used ones wait in the bucket)")
+    p.add_argument("--stream-max-msgs", type=positive_int, default=1_000_000, help="timing stream: events kept")
+    p.add_argument("--stream-max-bytes", type=positive_int, default=512 * 1024 * 1024,
+                   help="timing stream: bytes kept")
+    p.add_argument("--stream-max-age", type=positive_float, default=24 * 3600.0,
+                   help="timing stream: seconds an event is kept")
+    p.set_defaults(func=cmd_control)

@@ -1,0 +1,1 @@
+"""Running workers and workloads: worker entry points, a local cluster of processes, prompt workloads."""
