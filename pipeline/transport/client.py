@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 from nats.aio.client import Client
 from nats.errors import TimeoutError as NatsTimeoutError
@@ -136,8 +137,10 @@ class _Stream:
 
 
 async def generate_stream(nc: Client, req: GenerateRequest, timeout_s: float = 60.0, limits: Limits = Limits(),
-                          subject: str = subjects.GENERATE, wait_for_edge_s: float = 0.0) -> StreamResult:
-    """Send `req` and read its stream. `timeout_s`: the longest silence before giving up."""
+                          subject: str = subjects.GENERATE, wait_for_edge_s: float = 0.0,
+                          on_chunk: Callable[[StreamResult], None] | None = None) -> StreamResult:
+    """Send `req` and read its stream. `timeout_s`: the longest silence before giving up.
+    `on_chunk(res)` runs after every chunk taken into `res` (the HTTP gateway streams from it)."""
     res = StreamResult(req.request_id)
     inbox = nc.new_inbox()
     sub = await nc.subscribe(inbox)
@@ -192,7 +195,10 @@ async def generate_stream(nc: Client, req: GenerateRequest, timeout_s: float = 6
                 break
             if m.request_id != req.request_id:
                 continue
-            if stream.add(m):
+            complete = stream.add(m)
+            if on_chunk is not None:
+                on_chunk(res)
+            if complete:
                 finished = True
                 break
     finally:
