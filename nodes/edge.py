@@ -30,6 +30,7 @@ from nodes.detokenize import IncrementalDetokenizer
 from nodes.device import DeviceProfile, Pacer
 from nodes.draft_batcher import DraftBatchConfig, DraftBatcher, Drafted
 from nodes.jetstream import ensure_stream
+from pipeline.transport import bus
 from nodes.link import Channel, ConstChannel, LinkTimer
 from nodes.models.errors import ModelError
 from nodes.models.head import AcceptanceHead, head_for, stop_rule
@@ -187,7 +188,7 @@ class EdgeWorker(WorkerBase):
     async def _bucket_holds(self, spec: str, upd: PolicyUpdate) -> bool:
         """Whether the controller's bucket holds exactly this version (the controller wrote it)."""
         try:
-            kv = await self.nc.jetstream().key_value(subjects.POLICY_BUCKET)
+            kv = await bus.jetstream(self.nc).key_value(subjects.POLICY_BUCKET)
             stored = decode((await kv.get(subjects.policy_key(self.cfg.edge_id, spec))).value, self.limits,
                             expect=(PolicyUpdate,))
         except Exception:  # no bucket, no key, broker away, or a bad entry: not confirmed
@@ -197,7 +198,7 @@ class EdgeWorker(WorkerBase):
     async def _restore_from_bucket(self) -> None:
         """Resume from the controller's latest snapshots (if any): the bucket is authoritative."""
         try:
-            kv = await self.nc.jetstream().key_value(subjects.POLICY_BUCKET)
+            kv = await bus.jetstream(self.nc).key_value(subjects.POLICY_BUCKET)
             keys = await kv.keys()
         except Exception:  # no JetStream, no bucket yet, or no keys: act on the defaults
             return
@@ -227,7 +228,7 @@ class EdgeWorker(WorkerBase):
             if now != seen and self.nc.is_connected:
                 seen = now
                 try:
-                    await ensure_stream(self.nc.jetstream(), update=False)
+                    await ensure_stream(bus.jetstream(self.nc), update=False)
                 except Exception as exc:  # no JetStream on this broker: the controller cannot run either
                     self.log.warning("stream_check_failed", error=type(exc).__name__)
                 await self._restore_from_bucket()

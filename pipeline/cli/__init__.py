@@ -23,6 +23,9 @@ def build_parser() -> OneLineParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        from pipeline.transport import auth
+
+        auth.configure(auth.ConnectAuth.from_sources(vars(args)))  # flags, else SPECSTOP_NATS_* variables
         args.func(args)
     except USER_ERRORS as exc:
         print(f"specstop: error: {exc}", file=sys.stderr)

@@ -122,6 +122,23 @@ def nice(text: str) -> int:
 
 def nats_arg(p):
     p.add_argument("--nats", help="broker URL (default: $SPECSTOP_NATS_URL or nats://127.0.0.1:4222)")
+    auth_args(p)
+
+
+def auth_args(p):
+    """Broker identity and TLS: files only (a secret is never a flag's value); each flag has an environment
+    twin (pipeline/transport/auth.py), the flag wins."""
+    g = p.add_argument_group("broker credentials and TLS (files; or SPECSTOP_NATS_* environment variables)")
+    g.add_argument("--creds", dest="nats_creds", metavar="FILE", help="NATS user credentials file (JWT + seed)")
+    g.add_argument("--nkey", dest="nats_nkey", metavar="FILE", help="file holding a user nkey seed (SU...)")
+    g.add_argument("--user", dest="nats_user", metavar="NAME", help="user name (password from --password-file "
+                                                                 "or $SPECSTOP_NATS_PASSWORD)")
+    g.add_argument("--password-file", dest="nats_password_file", metavar="FILE")
+    g.add_argument("--tls-ca", dest="nats_tls_ca", metavar="FILE", help="CA the broker's certificate must chain to")
+    g.add_argument("--tls-cert", dest="nats_tls_cert", metavar="FILE", help="client certificate (mutual TLS)")
+    g.add_argument("--tls-key", dest="nats_tls_key", metavar="FILE", help="client certificate's key")
+    g.add_argument("--js-domain", dest="nats_js_domain", metavar="NAME",
+                   help="JetStream domain of the hub (an edge on a leaf node)")
 
 
 def node_id(text: str) -> str:

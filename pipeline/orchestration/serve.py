@@ -16,6 +16,7 @@ from nodes.models.loading import load_pair, set_threads
 from nodes.link import parse_channel
 from nodes.protocol.admission import EdgeLimits
 from pipeline.transport import bus
+from pipeline.transport.auth import role_inbox
 from pipeline import logs
 from schemas.codec import DEFAULT_MAX_PAYLOAD, Limits
 
@@ -152,7 +153,7 @@ async def serve_edge(opts: NodeOptions, edge: EdgeOptions) -> None:
     await bus.probe(opts.nats_url)  # no broker: say so before seconds of model loading
     set_threads(opts.threads)
     pair = load_pair(opts.draft, opts.target, device=opts.device, load_target=False)
-    nc = await bus.connect(opts.nats_url, opts.node_id, log)
+    nc = await bus.connect(opts.nats_url, opts.node_id, log, inbox_prefix=role_inbox(opts.node_id))
     # one slot per active request; twice that, as a request's slot goes back once its last batch is done
     drafting = DraftBatchConfig(edge.draft_max_batch, edge.draft_batch_wait_ms, edge.draft_slot_cache,
                                 edge.limits.max_prompt_tokens + edge.limits.max_new_tokens + opts.max_length + 1,
@@ -177,7 +178,7 @@ async def serve_control(nats_url: str, node_id: str, log_file: str | None, max_l
     from nodes.jetstream import StreamLimits
 
     log = logs.configure(node_id, log_file)
-    nc = await bus.connect(nats_url, node_id, log)
+    nc = await bus.connect(nats_url, node_id, log, inbox_prefix=role_inbox(node_id))
     ctl = Controller(nc, log, max_length=max_length, seed=seed, limits=Limits(max_draft_length=max_length),
                      max_learners=max_learners, stream=stream or StreamLimits())
     await ctl.start()

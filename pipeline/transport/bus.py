@@ -3,6 +3,12 @@
 A short probe turns "no broker there" into one clear error; long-lived workers
 then connect with endless reconnects (nats-py: max_reconnect_attempts <= 0
 never gives up) and report nats-py's own errors as JSON log events.
+
+Every connection carries this process's identity and TLS settings
+(`pipeline.transport.auth`: flags or environment, set once by the CLI), unless
+a caller passes another `ConnectAuth` (tests and `specstop topology` hold
+several identities in one process). A refused identity is one clear error,
+never a reconnect loop.
 """
 from __future__ import annotations
 
@@ -13,15 +19,38 @@ import nats
 from nats.aio.client import Client
 
 from pipeline.errors import PipelineError
+from pipeline.transport.auth import ConnectAuth, default_auth
 
 
-async def probe(url: str, timeout: float = 1.0) -> None:
+def _refused(exc: BaseException) -> str | None:
+    """The broker's own refusal (authorization, TLS), if that is why a connect failed."""
+    text = f"{type(exc).__name__}: {exc}"
+    low = text.lower()
+    if "authorization violation" in low or "authentication" in low or "user authentication" in low:
+        return "the broker refused these credentials (Authorization Violation)"
+    if "certificate" in low or "ssl" in low or "tls" in low:
+        return f"TLS failed ({str(exc)[:160] or type(exc).__name__})"
+    return None
+
+
+async def probe(url: str, timeout: float = 1.0, auth: ConnectAuth | None = None) -> None:
+    auth = auth or default_auth()
+    errors: list[BaseException] = []
+
+    async def keep(exc: Exception) -> None:
+        errors.append(exc)
+
     try:
         nc = await asyncio.wait_for(
             nats.connect(url, max_reconnect_attempts=1, reconnect_time_wait=0, connect_timeout=timeout,
-                         allow_reconnect=False, error_cb=_silent),
+                         allow_reconnect=False, error_cb=keep, **auth.connect_kwargs()),
             timeout=timeout + 1.0)
+    except PipelineError:
+        raise
     except Exception as exc:  # nats raises OSError, TimeoutError, NoServersError...
+        why = next((w for w in map(_refused, [*errors, exc]) if w), None)
+        if why:
+            raise PipelineError(f"cannot connect to the NATS broker at {url}: {why}") from None
         raise PipelineError(f"cannot reach a NATS broker at {url} ({type(exc).__name__}); "
                             "start one with `specstop broker` or pass --nats / SPECSTOP_NATS_URL") from None
     await nc.close()
@@ -31,9 +60,12 @@ async def _silent(exc: Exception) -> None:
     return None
 
 
-async def connect(url: str, name: str, log: Any = None, long_lived: bool = True) -> Client:
-    """Probe, then connect; disconnects, reconnects and errors become log events."""
-    await probe(url)
+async def connect(url: str, name: str, log: Any = None, long_lived: bool = True, auth: ConnectAuth | None = None,
+                  inbox_prefix: str | None = None) -> Client:
+    """Probe, then connect; disconnects, reconnects and errors become log events (never a credential:
+    nats-py's errors name subjects and codes, not secrets)."""
+    auth = auth or default_auth()
+    await probe(url, auth=auth)
 
     async def error_cb(exc: Exception) -> None:
         if log is not None:
@@ -47,8 +79,18 @@ async def connect(url: str, name: str, log: Any = None, long_lived: bool = True)
         if log is not None:
             log.info("nats_reconnected", url=url)
 
-    return await nats.connect(
+    extra: dict[str, Any] = {"inbox_prefix": inbox_prefix} if inbox_prefix else {}
+    nc = await nats.connect(
         url, name=name, error_cb=error_cb, disconnected_cb=disconnected_cb, reconnected_cb=reconnected_cb,
         max_reconnect_attempts=-1 if long_lived else 5, reconnect_time_wait=0.25, connect_timeout=2,
-        ping_interval=5, max_outstanding_pings=3, pending_size=8 * 1024 * 1024,
+        ping_interval=5, max_outstanding_pings=3, pending_size=8 * 1024 * 1024, **auth.connect_kwargs(), **extra,
     )
+    nc.specstop_js_domain = auth.js_domain  # the connection's JetStream domain: see jetstream()
+    return nc
+
+
+def jetstream(nc: Client):
+    """JetStream context in the hub's domain when the connection was made with one (an edge on a leaf
+    node reaches the hub's streams and buckets as `$JS.<domain>.API`), else the local one."""
+    domain = getattr(nc, "specstop_js_domain", None)
+    return nc.jetstream(domain=domain) if domain else nc.jetstream()
