@@ -6,10 +6,14 @@ logits to the shared vocabulary.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
+import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 from nodes.models.errors import ModelError
 from nodes.models.train_pair import BUNDLED_DIR
@@ -41,15 +45,39 @@ def _resolve(name: str) -> str:
     return name
 
 
+@functools.cache
+def hub_offline_reason() -> str | None:
+    """Why the Hugging Face hub cannot be reached (None: it can), found in at most ~2 s.
+
+    Without this check transformers retries an unreachable hub for ~50 s per file before it fails."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return "HF_HUB_OFFLINE is set"
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=2.0).close()
+    except OSError as exc:
+        return f"{host}: {exc.strerror or type(exc).__name__}"
+    return None
+
+
+def _from_pretrained(loader, name: str, what: str, **kwargs):
+    """`loader.from_pretrained` by local path or hub id; an unreachable hub is one fast line, not minutes of
+    retries (a hub id already in the local cache still loads)."""
+    source = _resolve(name)
+    local_only = source == name and not Path(source).exists() and hub_offline_reason() is not None
+    try:
+        return loader.from_pretrained(source, local_files_only=local_only, **kwargs)
+    except Exception as exc:  # transformers raises OSError/ValueError/HTTP errors
+        if local_only:
+            raise ModelError(f"cannot load {what} '{name}': not a local path, not in the Hugging Face cache, and "
+                             f"the hub is unreachable ({hub_offline_reason()}); pass a local model folder") from None
+        raise ModelError(f"cannot load {what} '{name}': {_first_line(exc)}") from None
+
+
 def load_tokenizer(name: str):
     from transformers import AutoTokenizer
 
-    try:
-        return AutoTokenizer.from_pretrained(_resolve(name))
-    except ModelError:
-        raise
-    except Exception as exc:  # transformers raises OSError/ValueError/HTTP errors
-        raise ModelError(f"cannot load tokenizer '{name}': {_first_line(exc)}") from None
+    return _from_pretrained(AutoTokenizer, name, "tokenizer")
 
 
 def _quiet_transformers() -> None:
@@ -65,12 +93,7 @@ def load_model(name: str, device: str = "cpu", dtype: str = "float32"):
     from transformers import AutoModelForCausalLM
 
     _quiet_transformers()
-    try:
-        model = AutoModelForCausalLM.from_pretrained(_resolve(name), dtype=getattr(torch, dtype))
-    except ModelError:
-        raise
-    except Exception as exc:
-        raise ModelError(f"cannot load model '{name}': {_first_line(exc)}") from None
+    model = _from_pretrained(AutoModelForCausalLM, name, "model", dtype=getattr(torch, dtype))
     return model.to(device).eval()
 
 

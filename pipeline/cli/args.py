@@ -163,15 +163,18 @@ def node_args(p, default_id):
     p.set_defaults(threads=1)
 
 
-def workload_args(p):
+def workload_args(p, local: bool):
+    """The workload's flags; `local` (demo): this command starts the edge, so the link and the run folder
+    are its to set (`run` drives edges that already run their own links and log folders)."""
     p.add_argument("--requests", type=positive_int, default=32)
     p.add_argument("--concurrency", type=positive_int, default=8)
     p.add_argument("--max-new-tokens", type=positive_int, default=128)
-    p.add_argument("--channel", default="markov:10,40,80:0.95", help="link emulation spec (see README)")
+    if local:
+        p.add_argument("--channel", default="markov:10,40,80:0.95", help="the edge's link emulation (see README)")
+        p.add_argument("--run-root", default="runs", help="parent folder of run directories")
     p.add_argument("--policy", default="auto", help="policy spec, or target-only")
     p.add_argument("--max-length", type=positive_int, default=8)
     p.add_argument("--temperature", type=non_negative_float, default=0.0)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--run-root", default="runs", help="parent folder of run directories")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from control import make_policy
 from nodes.link import parse_channel
 from pipeline.cli.args import (device_profile, model_args, nats_arg, positive_int, progress, workload_args)
+from pipeline.errors import PipelineError
 from pipeline.transport import aio
 from pipeline.transport.broker import default_nats_url
 
@@ -17,34 +18,53 @@ def _run_config(a: argparse.Namespace):
     from pipeline.orchestration.local import RunConfig
 
     make_policy(a.policy, max_length=a.max_length)
-    parse_channel(a.channel)
+    channel = getattr(a, "channel", None)  # demo only: `run` drives edges that run their own links
+    if channel:
+        parse_channel(channel)
     return RunConfig(requests=a.requests, concurrency=a.concurrency, max_new_tokens=a.max_new_tokens,
-                     channel=a.channel, policy=a.policy, seed=a.seed, temperature=a.temperature,
-                     max_length=a.max_length, run_root=a.run_root, draft=getattr(a, "draft", None),
+                     channel=channel or "", policy=a.policy, seed=a.seed, temperature=a.temperature,
+                     max_length=a.max_length, run_root=getattr(a, "run_root", "runs"), draft=getattr(a, "draft", None),
                      target=getattr(a, "target", None), local_policy=getattr(a, "local_policy", True),
                      edge_device=device_profile(getattr(a, "edge_device", None), "draft"),
                      cloud_device=device_profile(getattr(a, "cloud_device", None), "verify"))
 
 
 def cmd_demo(a: argparse.Namespace) -> None:
-    from pipeline.orchestration.local import demo, render_summary
+    from pipeline.orchestration.local import demo
 
     cfg = _run_config(a)
+    say = None if a.json else (lambda text: print(f"demo: {text}", file=sys.stderr, flush=True))
     bar, advance = progress(not a.json and sys.stderr.isatty())
     if bar:
         with bar:
-            summary = demo(cfg, advance)
+            summary = demo(cfg, advance, say)
     else:
-        summary = demo(cfg)
-    print(json.dumps(summary) if a.json else render_summary(summary))
+        summary = demo(cfg, None, say)
+    _report_workload(summary, a.json)
 
 
 def cmd_run(a: argparse.Namespace) -> None:
-    from pipeline.orchestration.local import drive, render_summary
+    from pipeline.orchestration.local import drive
 
     cfg = _run_config(a)
     summary = aio.run(drive(default_nats_url(a.nats), cfg, baseline=not a.no_baseline))
-    print(json.dumps(summary) if a.json else render_summary(summary))
+    _report_workload(summary, a.json)
+
+
+def _report_workload(summary: dict, as_json: bool) -> None:
+    """The summary on stdout; when requests failed, one line naming why and a non-zero exit status
+    (2 when nothing completed, 1 when some requests did)."""
+    from pipeline.orchestration.local import render_summary, workload_failure
+
+    failure = workload_failure(summary)
+    if failure and not summary["completed"]:
+        if as_json:
+            print(json.dumps(summary))
+        raise PipelineError(failure)
+    print(json.dumps(summary) if as_json else render_summary(summary))
+    if failure:
+        print(f"specstop: error: {failure}", file=sys.stderr)
+        sys.exit(1)
 
 
 def cmd_analyze(a: argparse.Namespace) -> None:
@@ -54,7 +74,7 @@ def cmd_analyze(a: argparse.Namespace) -> None:
     if a.plots:
         from pipeline.analysis.plots import plot_run
 
-        res["plots"] = plot_run(a.run_dir, a.plots)
+        res["plots"] = plot_run(a.run_dir, a.plots, res)
     print(json.dumps(res) if a.json else render(res) + "".join(f"\nplot: {p}" for p in res.get("plots", [])))
 
 
@@ -120,7 +140,7 @@ def cmd_report(a: argparse.Namespace) -> None:
 
 def register(sub) -> None:
     p = sub.add_parser("demo", help="the main job: broker + cloud + edge + controller + streaming workload + summary")
-    workload_args(p)
+    workload_args(p, local=True)
     p.add_argument("--edge-device", metavar="DEVICE", help="emulate this edge device (e.g. jetson-orin-nano)")
     p.add_argument("--cloud-device", metavar="DEVICE", help="emulate this cloud device (e.g. rtx-3090-ti)")
     p.add_argument("--local-policy", action="store_true",
@@ -129,7 +149,7 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("run", help="drive a workload against running workers")
-    workload_args(p)
+    workload_args(p, local=False)
     nats_arg(p)
     p.add_argument("--no-baseline", action="store_true", help="skip the target-only baseline")
     p.set_defaults(func=cmd_run)

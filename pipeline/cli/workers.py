@@ -24,11 +24,16 @@ def cmd_broker(a: argparse.Namespace) -> None:
     stop_on_sigterm()
     run_dir = new_run_dir(a.run_root)
     store = Path(a.store_dir) if a.store_dir else Path(a.run_root) / "jetstream"
+    new_store = not store.exists()
     broker = EmbeddedBroker(run_dir, port=a.port, store_dir=store)
     try:
         broker.start()
     except Exception:
-        shutil.rmtree(run_dir, ignore_errors=True)  # nothing ran: leave no empty run directory behind
+        shutil.rmtree(run_dir, ignore_errors=True)  # nothing ran: leave no empty folders behind
+        if new_store:
+            shutil.rmtree(store, ignore_errors=True)
+        if not any(Path(a.run_root).iterdir()):
+            Path(a.run_root).rmdir()
         raise
     with broker as b:
         print(json.dumps({"event": "broker_started", "url": b.url, "run_dir": str(run_dir),

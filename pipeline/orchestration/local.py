@@ -13,7 +13,7 @@ import platform
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -169,18 +169,35 @@ def start_cluster(url: str, run_dir: Path, cfg: RunConfig, edges: int = 1, cloud
     return nodes
 
 
+def stop_nodes(nodes: list[NodeProcess]) -> None:
+    """SIGTERM to every node at once, then wait for each: the drains overlap instead of adding up."""
+    for n in nodes:
+        if n.alive():
+            n.proc.terminate()
+    for n in nodes:
+        n.stop()
+
+
 @contextmanager
-def local_cluster(run_dir: Path, cfg: RunConfig, manifest: bool = False) -> Iterator[str]:
+def local_cluster(run_dir: Path, cfg: RunConfig, manifest: bool = False,
+                  say: Callable[[str], None] | None = None) -> Iterator[str]:
     """Embedded broker plus cloud, edge (and controller) processes; yields the broker URL."""
+    say = say or (lambda text: None)
     with EmbeddedBroker(run_dir) as broker:
         if manifest:
             write_manifest(run_dir, cfg, broker.url)
+        kinds = "cloud, edge" + ("" if cfg.local_policy else ", control")
+        say(f"broker on {broker.url}; starting {kinds} workers (loading models) ...")
+        t0 = time.perf_counter()
         nodes = start_cluster(broker.url, run_dir, cfg)
+        say(f"workers ready in {time.perf_counter() - t0:.1f} s")
         try:
             yield broker.url
         finally:
-            for n in nodes:
-                n.stop()
+            t0 = time.perf_counter()
+            say("stopping workers ...")
+            stop_nodes(nodes)
+            say(f"workers stopped in {time.perf_counter() - t0:.1f} s")
 
 
 def _stream_stats(w: WorkloadResult) -> dict:
@@ -189,28 +206,50 @@ def _stream_stats(w: WorkloadResult) -> dict:
     ok = [s for s in w.streams if s.ok]
     tokens = sum(len(s.token_ids) for s in ok)
     first = [s.chunk_times_s[0] * 1e3 for s in ok if s.chunk_times_s]
-    per_tok = [s.total_s * 1e3 / len(s.token_ids) for s in ok if s.token_ids]
-    return {"requests": len(w.streams), "completed": len(ok),
-            "errors": [s.error for s in w.streams if not s.ok][:5],
+    codes: dict[str, int] = {}
+    for s in w.streams:
+        if not s.ok:
+            codes[s.error_code or "error"] = codes.get(s.error_code or "error", 0) + 1
+    return {"requests": len(w.streams), "completed": len(ok), "failed": len(w.streams) - len(ok),
+            "errors": [s.error for s in w.streams if not s.ok][:5], "error_codes": codes,
             "wall_s": round(w.wall_s, 3), "aggregate_tokens_per_s": round(tokens / w.wall_s, 2) if w.wall_s else None,
             "median_first_chunk_ms": round(statistics.median(first), 2) if first else None,
-            "median_request_ms_per_token": round(statistics.median(per_tok), 3) if per_tok else None}
+            "median_request_s": round(statistics.median(s.total_s for s in ok), 3) if ok else None}
+
+
+HINTS = {"no_responders": "no edge is running: start one with `specstop edge` (and a verifier with `specstop cloud`)",
+         "no_verifier": "the edge reached no verifier: start one with `specstop cloud` on the same broker",
+         "timeout": "the edge stopped answering: see its log",
+         "overloaded": "the edge refused work at its limits (--max-active / --max-queued)"}
+
+
+def workload_failure(summary: dict) -> str | None:
+    """One line naming why requests failed (None: all completed), with a hint for the usual causes."""
+    if not summary.get("failed"):
+        return None
+    codes = summary.get("error_codes", {})
+    top = max(codes, key=codes.get) if codes else "error"
+    first = (summary.get("errors") or ["?"])[0]
+    hint = HINTS.get(top)
+    return (f"{summary['failed']} of {summary['requests']} requests failed ({top}: {first})"
+            + (f"; {hint}" if hint else ""))
 
 
 def _events_as_rounds(w: WorkloadResult) -> list[dict]:
     return [asdict(e) | {"draft_length": e.length} for e in w.timing_events]
 
 
-async def drive(url: str, cfg: RunConfig, baseline: bool = True, progress=None) -> dict:
-    """Run the workload (and the target-only baseline) against running workers; summary dict."""
+async def drive(url: str, cfg: RunConfig, baseline: bool = True, progress=None, command: str = "run") -> dict:
+    """Run the workload (and the target-only baseline) against running workers; summary dict.
+    No baseline runs when the workload itself failed (it would fail the same way)."""
     nc = await bus.connect(url, "specstop-client", long_lived=False)
     try:
         prompts = workload_prompts(cfg.requests, seed=cfg.seed)
         main = await run_workload(nc, prompts, cfg.max_new_tokens, cfg.concurrency, cfg.policy, cfg.temperature,
                                   cfg.seed, progress=progress)
-        summary = {"policy": cfg.policy, "channel": cfg.channel, **_stream_stats(main),
-                   **summarize_rounds(_events_as_rounds(main))}
-        if baseline and cfg.policy != "target-only":
+        summary = {"command": command, "policy": cfg.policy, **({"channel": cfg.channel} if command == "demo" else {}),
+                   **_stream_stats(main), **summarize_rounds(_events_as_rounds(main))}
+        if baseline and cfg.policy != "target-only" and summary["completed"]:
             base = await run_workload(nc, workload_prompts(cfg.baseline_requests, seed=cfg.seed + 1),
                                       cfg.baseline_tokens, min(cfg.concurrency, cfg.baseline_requests),
                                       "target-only", 0.0, cfg.seed, progress=progress)
@@ -236,11 +275,14 @@ async def drive(url: str, cfg: RunConfig, baseline: bool = True, progress=None) 
         await nc.close()
 
 
-def demo(cfg: RunConfig, progress=None) -> dict:
+def demo(cfg: RunConfig, progress=None, say: Callable[[str], None] | None = None) -> dict:
+    """The main job: a local cluster, the workload and its baseline, the log analysis; `say` narrates."""
     run_dir = new_run_dir(cfg.run_root)
     t0 = time.perf_counter()
-    with local_cluster(run_dir, cfg, manifest=True) as url:
-        summary = aio.run(drive(url, cfg, progress=progress))
+    with local_cluster(run_dir, cfg, manifest=True, say=say) as url:
+        if say:
+            say(f"running {cfg.requests} requests ({cfg.concurrency} at a time), then the target-only baseline")
+        summary = aio.run(drive(url, cfg, progress=progress, command="demo"))
     summary["log_dir"] = str(run_dir)
     summary["demo_wall_s"] = round(time.perf_counter() - t0, 2)
     summary["log_analysis"] = analyze_run(run_dir)
@@ -249,18 +291,21 @@ def demo(cfg: RunConfig, progress=None) -> dict:
 
 
 def render_summary(s: dict) -> str:
-    lines = [f"specstop run: policy {s['policy']}, channel {s['channel']}",
+    """The summary for a person. ms/token everywhere is the ratio of sums over the run's rounds:
+    (sum of round times) / (sum of tokens those rounds produced), as `specstop analyze` computes it."""
+    channel = (f"channel {s['channel']}" if s.get("channel") else "channel as the edges run it (see below)")
+    lines = [f"specstop {s.get('command', 'run')}: policy {s['policy']}, {channel}",
              f"  requests      {s['completed']}/{s['requests']} completed, {s['tokens']} tokens in {s['rounds']} rounds"
              f" ({s['wall_s']} s, {s['aggregate_tokens_per_s']} tokens/s aggregate)",
-             f"  latency       {s['ms_per_token']} ms/token (round time / tokens), first chunk median "
-             f"{s['median_first_chunk_ms']} ms",
+             f"  latency       {s['ms_per_token']} ms/token (sum of round times / sum of tokens), "
+             f"first chunk median {s['median_first_chunk_ms']} ms, request median {s['median_request_s']} s",
              f"  per round     {s['tokens_per_round']} tokens, acceptance {s['acceptance_rate']}, "
              f"lengths chosen {s['lengths_chosen']}",
-             f"  channel       mean one-way {s['mean_one_way_delay_ms']} ms, states {s['channel_states']}",
+             f"  channel       mean one-way {s['mean_one_way_delay_ms']} ms (measured), states {s['channel_states']}",
              f"  cloud compute {s['cloud_verify_ms_per_token']} ms verify per generated token"]
     if "baselines" in s:
         b = s["baselines"]
-        lines += ["  baselines at the same channel:",
+        lines += ["  baselines at the same channel (same ms/token definition):",
                   f"    one round trip per token (measured): {b['one_round_trip_per_token']['ms_per_token']} ms/token"
                   f" -> speculation is {s['speculative_vs_one_round_trip_per_token']}x of it",
                   f"    cloud streams its own generation (modelled): {b['cloud_streaming']['ms_per_token']} ms/token"

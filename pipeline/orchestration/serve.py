@@ -19,6 +19,7 @@ from pipeline.transport import bus
 from pipeline.transport.auth import role_inbox
 from pipeline import logs
 from schemas.codec import DEFAULT_MAX_PAYLOAD, Limits
+from schemas import subjects
 
 
 @dataclass
@@ -99,11 +100,17 @@ async def close_connection(nc) -> None:
     await nc.close()
 
 
+def say(kind: str, node_id: str, text: str) -> None:
+    """One line for the person who started the worker (stdout); the JSON log has the same as events."""
+    print(f"specstop {kind} {node_id}: {text}", flush=True)
+
+
 async def serve_cloud(opts: NodeOptions, cloud: CloudOptions) -> None:
     from nodes.cloud import CloudConfig, CloudWorker
 
     log = logs.configure(opts.node_id, opts.log_file)
     await bus.probe(opts.nats_url)  # no broker: say so before seconds of model loading
+    say("cloud", opts.node_id, f"loading the target model ({opts.target or 'bundled'}) ...")
     set_threads(opts.threads)
     pair = load_pair(opts.draft, opts.target, device=opts.device, load_draft=False)
     nc = await bus.connect(opts.nats_url, opts.node_id, log)
@@ -115,6 +122,7 @@ async def serve_cloud(opts: NodeOptions, cloud: CloudOptions) -> None:
                          limits_for(pair.vocab_size, opts, cloud.max_context_tokens), log, model_nice=opts.model_nice,
                          device=_device(opts))
     await worker.start()
+    say("cloud", opts.node_id, f"ready on {opts.nats_url}, verifying drafts (SIGTERM or Ctrl-C stops)")
     await _wait_for_signal()
     await worker.stop()
     await close_connection(nc)
@@ -151,6 +159,7 @@ async def serve_edge(opts: NodeOptions, edge: EdgeOptions) -> None:
     log = logs.configure(opts.node_id, opts.log_file)
     channel = parse_channel(edge.channel, seed=edge.seed)
     await bus.probe(opts.nats_url)  # no broker: say so before seconds of model loading
+    say("edge", opts.node_id, f"loading the draft model ({opts.draft or 'bundled'}) ...")
     set_threads(opts.threads)
     pair = load_pair(opts.draft, opts.target, device=opts.device, load_target=False)
     nc = await bus.connect(opts.nats_url, opts.node_id, log, inbox_prefix=role_inbox(opts.node_id))
@@ -166,6 +175,8 @@ async def serve_edge(opts: NodeOptions, edge: EdgeOptions) -> None:
     limits = limits_for(pair.vocab_size, opts, edge.limits.max_prompt_tokens + edge.limits.max_new_tokens + 64)
     worker = EdgeWorker(nc, pair, cfg, limits, log, channel, book, model_nice=opts.model_nice, device=_device(opts))
     await worker.start()
+    say("edge", opts.node_id, f"ready on {opts.nats_url}, serving {subjects.generate()} and "
+                              f"{subjects.generate(opts.node_id)} (SIGTERM or Ctrl-C drains, then stops)")
     await _wait_for_signal()
     await worker.stop()
     await close_connection(nc)
@@ -182,6 +193,7 @@ async def serve_control(nats_url: str, node_id: str, log_file: str | None, max_l
     ctl = Controller(nc, log, max_length=max_length, seed=seed, limits=Limits(max_draft_length=max_length),
                      max_learners=max_learners, stream=stream or StreamLimits())
     await ctl.start()
+    say("control", node_id, f"ready on {nats_url}, learning from {subjects.TIMING_PREFIX}.> (SIGTERM or Ctrl-C stops)")
     await _wait_for_signal()
     await ctl.stop()
     await close_connection(nc)
