@@ -1,0 +1,191 @@
+"""A deployment's files from the shipped templates in `deploy/`: a throwaway CA and server
+certificates (openssl CLI), one nkey per identity, the users files rendered from
+`deploy/auth/*.tmpl`, and the environment each nats-server reads its config values from.
+
+Layout written under `root`:
+  pki/ca.pem, pki/ca.key, pki/server.pem, pki/server.key   (server cert for 127.0.0.1/localhost)
+  seeds/<role>-<id>.seed                                   (0600; the only secrets)
+  hub/hub.conf (or cluster.conf) + hub/auth/hub-users.conf
+  leaf-<edge>/leaf.conf + leaf-<edge>/auth/leaf-users.conf
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import string
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipeline.errors import PipelineError
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+JS_DOMAIN = "hub"
+
+
+def deploy_dir() -> Path:
+    if not (DEPLOY / "hub.conf").exists():
+        raise PipelineError(f"shipped configs not found in {DEPLOY} (run from a source checkout)")
+    return DEPLOY
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# --- nkeys --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Identity:
+    role: str     # verifier, edge, leaf, controller, client, operator
+    id: str
+    seed_file: Path
+    public: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.role}-{self.id}"
+
+
+def new_identity(role: str, ident: str, seeds: Path) -> Identity:
+    import nkeys
+
+    seed = nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER)
+    public = nkeys.from_seed(bytearray(seed)).public_key.decode()
+    seeds.mkdir(parents=True, exist_ok=True)
+    os.chmod(seeds, 0o700)
+    path = seeds / f"{role}-{ident}.seed"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(seed.decode() + "\n")
+    return Identity(role, ident, path, public)
+
+
+def render_user(ident: Identity, js_domain: str = JS_DOMAIN) -> str:
+    tmpl = (deploy_dir() / "auth" / f"{ident.role}.tmpl").read_text()
+    return string.Template(tmpl).substitute(id=ident.id, nkey=ident.public, js=js_domain)
+
+
+def render_users(idents: list[Identity], js_domain: str = JS_DOMAIN) -> str:
+    body = "\n".join(render_user(i, js_domain) for i in idents)
+    return f"# rendered from deploy/auth/*.tmpl: one entry per identity (public keys only)\nusers = [\n{body}]\n"
+
+
+# --- PKI (openssl CLI) ---------------------------------------------------------------------------
+def _openssl(*args: str, cwd: Path) -> None:
+    exe = shutil.which("openssl")
+    if exe is None:
+        raise PipelineError("openssl not found: it makes the throwaway CA (apt-get install openssl)")
+    r = subprocess.run([exe, *args], cwd=cwd, capture_output=True, text=True)
+    if r.returncode:
+        raise PipelineError(f"openssl {args[0]} failed: {r.stderr.strip().splitlines()[-1] if r.stderr else r.returncode}")
+
+
+def make_pki(pki: Path) -> dict[str, Path]:
+    """A throwaway CA and one server certificate for 127.0.0.1/localhost (serverAuth + clientAuth, so
+    cluster routes can present it too). EC P-256 keys: fast to make."""
+    pki.mkdir(parents=True, exist_ok=True)
+    _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+             "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=specstop throwaway CA", cwd=pki)
+    (pki / "server.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n"
+                                    "extendedKeyUsage=serverAuth,clientAuth\nbasicConstraints=CA:FALSE\n")
+    _openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", "server.key",
+             "-out", "server.csr", "-subj", "/CN=localhost", cwd=pki)
+    _openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+             "-out", "server.pem", "-days", "2", "-extfile", "server.ext", cwd=pki)
+    for k in ("ca.key", "server.key"):
+        os.chmod(pki / k, 0o600)
+    return {"ca": pki / "ca.pem", "cert": pki / "server.pem", "key": pki / "server.key"}
+
+
+# --- a deployment ------------------------------------------------------------------------------------
+@dataclass
+class ServerSpec:
+    """One nats-server: its config file, the environment the config reads, its ports."""
+    name: str
+    conf: Path
+    env: dict[str, str]
+    client_port: int
+    leaf_port: int | None = None
+    cluster_port: int | None = None
+
+    @property
+    def url(self) -> str:
+        return f"tls://127.0.0.1:{self.client_port}"
+
+
+@dataclass
+class Deployment:
+    root: Path
+    pki: dict[str, Path]
+    hubs: list[ServerSpec]
+    leaves: dict[str, ServerSpec]                         # edge id -> its leaf server
+    identities: dict[str, Identity] = field(default_factory=dict)  # "<role>-<id>" -> identity
+
+    def ident(self, role: str, ident: str) -> Identity:
+        return self.identities[f"{role}-{ident}"]
+
+
+def write_deployment(root: Path, edges: list[str], verifiers: list[str], cluster: int = 1,
+                     controller: str = "control-1", direct_edges: bool = True) -> Deployment:
+    """All files for a hub (or a `cluster`-node cluster) and one leaf per edge, on loopback ports.
+    `direct_edges`: the hub also knows each edge and a client, so an edge can connect to it directly
+    (the leaf hop's extra latency is measured against that)."""
+    if cluster not in (1, 3):
+        raise PipelineError(f"--cluster must be 1 or 3, got {cluster}")
+    deploy = deploy_dir()
+    root.mkdir(parents=True, exist_ok=True)
+    pki = make_pki(root / "pki")
+    seeds = root / "seeds"
+    ids: dict[str, Identity] = {}
+
+    def add(role: str, ident: str) -> Identity:
+        i = new_identity(role, ident, seeds)
+        ids[i.name] = i
+        return i
+
+    hub_users = [add("verifier", v) for v in verifiers] + [add("controller", controller), add("operator", "ops")]
+    hub_users += [add("leaf", e) for e in edges]
+    leaf_users: dict[str, list[Identity]] = {}
+    for e in edges:
+        edge_i, client_i = add("edge", e), add("client", e)
+        leaf_users[e] = [edge_i, client_i]
+        if direct_edges:
+            hub_users += [edge_i, client_i]
+    tls = {"SPECSTOP_TLS_CERT": str(pki["cert"]), "SPECSTOP_TLS_KEY": str(pki["key"]), "SPECSTOP_TLS_CA": str(pki["ca"])}
+
+    hubs: list[ServerSpec] = []
+    cports = [free_port() for _ in range(cluster)]
+    for n in range(cluster):
+        d = root / (f"hub-{n + 1}" if cluster > 1 else "hub")
+        (d / "auth").mkdir(parents=True, exist_ok=True)
+        shutil.copy(deploy / "hub.conf", d / "hub.conf")
+        conf = d / "hub.conf"
+        if cluster > 1:
+            shutil.copy(deploy / "cluster.conf", d / "cluster.conf")
+            conf = d / "cluster.conf"
+        (d / "auth" / "hub-users.conf").write_text(render_users(hub_users))
+        spec = ServerSpec(d.name, conf, {}, free_port(), free_port(), cports[n] if cluster > 1 else None)
+        spec.env = {"SPECSTOP_SERVER_NAME": d.name, "SPECSTOP_HOST": "127.0.0.1",
+                    "SPECSTOP_CLIENT_PORT": str(spec.client_port), "SPECSTOP_LEAF_PORT": str(spec.leaf_port),
+                    "SPECSTOP_STORE_DIR": str(d / "jetstream"), "SPECSTOP_JS_DOMAIN": JS_DOMAIN, **tls}
+        if cluster > 1:
+            spec.env["SPECSTOP_CLUSTER_PORT"] = str(spec.cluster_port)
+            spec.env["SPECSTOP_ROUTES"] = "[" + ", ".join(f"nats-route://127.0.0.1:{p}" for p in cports) + "]"
+        hubs.append(spec)
+
+    leaves: dict[str, ServerSpec] = {}
+    for e in edges:
+        d = root / f"leaf-{e}"
+        (d / "auth").mkdir(parents=True, exist_ok=True)
+        shutil.copy(deploy / "leaf.conf", d / "leaf.conf")
+        (d / "auth" / "leaf-users.conf").write_text(render_users(leaf_users[e]))
+        spec = ServerSpec(d.name, d / "leaf.conf", {}, free_port())
+        spec.env = {"SPECSTOP_SERVER_NAME": d.name, "SPECSTOP_HOST": "127.0.0.1",
+                    "SPECSTOP_CLIENT_PORT": str(spec.client_port),
+                    "SPECSTOP_HUB_LEAF_URL": "[" + ", ".join(f"tls://127.0.0.1:{h.leaf_port}" for h in hubs) + "]",
+                    "SPECSTOP_LEAF_SEED": ids[f"leaf-{e}"].seed_file.read_text().strip(), **tls}
+        leaves[e] = spec
+    return Deployment(root, pki, hubs, leaves, ids)
