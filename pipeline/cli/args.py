@@ -160,7 +160,21 @@ def node_args(p, default_id):
     p.add_argument("--emulate", metavar="DEVICE",
                    help="pad compute to a device profile's times (shipped: jetson-orin-nano, rtx-3090-ti, "
                         "as-is; or a JSON file)")
+    metrics_arg(p)
     p.set_defaults(threads=1)
+
+
+def hostport(text: str) -> str:
+    """HOST:PORT (or :PORT, host 127.0.0.1; port 0 picks a free one)."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"'{text}' is not HOST:PORT (port 0-65535)")
+    return text if host else f"127.0.0.1:{port}"
+
+
+def metrics_arg(p) -> None:
+    p.add_argument("--metrics", type=hostport, metavar="HOST:PORT",
+                   help="serve Prometheus metrics at http://HOST:PORT/metrics (off by default)")
 
 
 def workload_args(p, local: bool):

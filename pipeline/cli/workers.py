@@ -12,8 +12,8 @@ from nodes.jetstream import StreamLimits
 from nodes.link import parse_channel
 from nodes.models.loading import BUNDLED_PROFILE
 from nodes.protocol.admission import EdgeLimits
-from pipeline.cli.args import (device_profile, nats_arg, node_args, node_id, non_negative_float, non_negative_int,
-                               positive_float, positive_int, stop_on_sigterm)
+from pipeline.cli.args import (device_profile, metrics_arg, nats_arg, node_args, node_id, non_negative_float,
+                               non_negative_int, positive_float, positive_int, stop_on_sigterm)
 from pipeline.errors import PipelineError
 from pipeline.orchestration.run_dirs import new_run_dir
 from pipeline.orchestration.serve import CloudOptions, EdgeOptions, NodeOptions, serve_cloud, serve_control, serve_edge
@@ -50,7 +50,8 @@ def cmd_broker(a: argparse.Namespace) -> None:
 
 def _node_options(a: argparse.Namespace):
     return NodeOptions(default_nats_url(a.nats), a.id, a.log_file, a.threads, a.draft, a.target, a.device,
-                       a.max_length, model_nice=a.model_nice, drain_timeout_s=a.drain_timeout, emulate=a.emulate)
+                       a.max_length, model_nice=a.model_nice, drain_timeout_s=a.drain_timeout, emulate=a.emulate,
+                       metrics=a.metrics)
 
 
 def _check_device(a: argparse.Namespace, half: str) -> None:
@@ -83,7 +84,7 @@ def cmd_edge(a: argparse.Namespace) -> None:
 def cmd_control(a: argparse.Namespace) -> None:
     stream = StreamLimits(a.stream_max_msgs, a.stream_max_bytes, a.stream_max_age)
     aio.run(serve_control(default_nats_url(a.nats), a.id, a.log_file, a.max_length, a.seed, stream,
-                          a.max_learners))
+                          a.max_learners, metrics_addr=a.metrics))
 
 
 def register(sub) -> None:
@@ -143,6 +144,7 @@ def register(sub) -> None:
     p = sub.add_parser("control", help="control subscriber: learn from timing events, publish policy updates")
     nats_arg(p)
     p.add_argument("--id", type=node_id, default="control-1")
+    metrics_arg(p)
     p.add_argument("--log-file", help="JSON-lines log file (default: stderr)")
     p.add_argument("--max-length", type=positive_int, default=8)
     p.add_argument("--seed", type=int, default=0)

@@ -36,6 +36,7 @@ class NodeOptions:
     model_nice: int = 5  # the model thread yields the CPU to event loops and the broker (WorkerBase)
     drain_timeout_s: float = 10.0
     emulate: str | None = None  # device profile (name or path): nodes/device.py
+    metrics: str | None = None  # HOST:PORT of this worker's Prometheus /metrics (pipeline/metrics)
 
 
 @dataclass
@@ -100,6 +101,35 @@ async def close_connection(nc) -> None:
     await nc.close()
 
 
+def with_metrics(kind: str, node_id: str, log, addr: str | None):
+    """(log, metrics): with `--metrics`, the worker's log events also feed its Prometheus metrics."""
+    if not addr:
+        return log, None
+    from pipeline.metrics import parse_hostport, tap
+    from pipeline.metrics.workers import KINDS
+
+    parse_hostport(addr)  # a bad address fails before any model loads
+    metrics = KINDS[kind](node_id)
+    return tap(log, metrics), metrics
+
+
+def start_metrics(metrics, worker, addr: str | None):
+    """Serve the worker's /metrics (its state gauges read `worker` at scrape time)."""
+    if metrics is None or not addr:
+        return None
+    from pipeline.metrics import serve
+
+    metrics.bind(worker)
+    server = serve(metrics.registry, addr)
+    worker.log.info("metrics_serving", url=server.url)
+    return server
+
+
+def stop_metrics(server) -> None:
+    if server is not None:
+        server.close()
+
+
 def say(kind: str, node_id: str, text: str) -> None:
     """One line for the person who started the worker (stdout); the JSON log has the same as events."""
     print(f"specstop {kind} {node_id}: {text}", flush=True)
@@ -108,7 +138,7 @@ def say(kind: str, node_id: str, text: str) -> None:
 async def serve_cloud(opts: NodeOptions, cloud: CloudOptions) -> None:
     from nodes.cloud import CloudConfig, CloudWorker
 
-    log = logs.configure(opts.node_id, opts.log_file)
+    log, metrics = with_metrics("cloud", opts.node_id, logs.configure(opts.node_id, opts.log_file), opts.metrics)
     await bus.probe(opts.nats_url)  # no broker: say so before seconds of model loading
     say("cloud", opts.node_id, f"loading the target model ({opts.target or 'bundled'}) ...")
     set_threads(opts.threads)
@@ -122,10 +152,12 @@ async def serve_cloud(opts: NodeOptions, cloud: CloudOptions) -> None:
                          limits_for(pair.vocab_size, opts, cloud.max_context_tokens), log, model_nice=opts.model_nice,
                          device=_device(opts))
     await worker.start()
+    metrics_server = start_metrics(metrics, worker, opts.metrics)
     say("cloud", opts.node_id, f"ready on {opts.nats_url}, verifying drafts (SIGTERM or Ctrl-C stops)")
     await _wait_for_signal()
     await worker.stop()
     await close_connection(nc)
+    stop_metrics(metrics_server)
     log.info("cloud_stopped", rounds=worker.rounds)
 
 
@@ -156,7 +188,7 @@ async def serve_edge(opts: NodeOptions, edge: EdgeOptions) -> None:
     from nodes.edge import EdgeConfig, EdgeWorker
     from nodes.policy_book import PolicyBook
 
-    log = logs.configure(opts.node_id, opts.log_file)
+    log, metrics = with_metrics("edge", opts.node_id, logs.configure(opts.node_id, opts.log_file), opts.metrics)
     channel = parse_channel(edge.channel, seed=edge.seed)
     await bus.probe(opts.nats_url)  # no broker: say so before seconds of model loading
     say("edge", opts.node_id, f"loading the draft model ({opts.draft or 'bundled'}) ...")
@@ -175,25 +207,29 @@ async def serve_edge(opts: NodeOptions, edge: EdgeOptions) -> None:
     limits = limits_for(pair.vocab_size, opts, edge.limits.max_prompt_tokens + edge.limits.max_new_tokens + 64)
     worker = EdgeWorker(nc, pair, cfg, limits, log, channel, book, model_nice=opts.model_nice, device=_device(opts))
     await worker.start()
+    metrics_server = start_metrics(metrics, worker, opts.metrics)
     say("edge", opts.node_id, f"ready on {opts.nats_url}, serving {subjects.generate()} and "
                               f"{subjects.generate(opts.node_id)} (SIGTERM or Ctrl-C drains, then stops)")
     await _wait_for_signal()
     await worker.stop()
     await close_connection(nc)
+    stop_metrics(metrics_server)
     log.info("edge_stopped")
 
 
 async def serve_control(nats_url: str, node_id: str, log_file: str | None, max_length: int, seed: int,
-                        stream=None, max_learners: int = 1024) -> None:
+                        stream=None, max_learners: int = 1024, metrics_addr: str | None = None) -> None:
     from nodes.controller import Controller
     from nodes.jetstream import StreamLimits
 
-    log = logs.configure(node_id, log_file)
+    log, metrics = with_metrics("control", node_id, logs.configure(node_id, log_file), metrics_addr)
     nc = await bus.connect(nats_url, node_id, log, inbox_prefix=role_inbox(node_id))
     ctl = Controller(nc, log, max_length=max_length, seed=seed, limits=Limits(max_draft_length=max_length),
                      max_learners=max_learners, stream=stream or StreamLimits())
     await ctl.start()
+    metrics_server = start_metrics(metrics, ctl, metrics_addr)
     say("control", node_id, f"ready on {nats_url}, learning from {subjects.TIMING_PREFIX}.> (SIGTERM or Ctrl-C stops)")
     await _wait_for_signal()
     await ctl.stop()
     await close_connection(nc)
+    stop_metrics(metrics_server)
