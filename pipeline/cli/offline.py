@@ -84,7 +84,7 @@ def cmd_simulate(a: argparse.Namespace) -> None:
     if a.plots:
         from pipeline.analysis.plots import plot_simulation
 
-        res["plots"] = plot_simulation(res, Path(a.plots))
+        res["plots"] = plot_simulation(res, Path(a.plots), scenarios, prof.truncated(k))
 
     def render(r: dict) -> str:
         lines = [f"profile {r['profile']} ({r['seeds']} seeds, max length {r['max_length']})"]

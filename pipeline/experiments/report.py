@@ -14,6 +14,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from pipeline.analysis.plots import policy_color, symlog_regret  # noqa: E402
 from pipeline.errors import PipelineError  # noqa: E402
 
 ORDER = ("phase", "compare", "drift", "markov", "regret")
@@ -49,7 +50,7 @@ def _phase(res: dict, out: Path) -> list[str]:
         hi = [r["ci"][str(L)][1] for r in res["rows"]]
         err = [[y - a if None not in (y, a) else 0 for y, a in zip(ys, lo)],
                [b - y if None not in (y, b) else 0 for y, b in zip(ys, hi)]]
-        ax.errorbar(delays, ys, yerr=err, marker="o", ms=3, capsize=2, label=f"L={L}")
+        ax.errorbar(delays, ys, yerr=err, marker="o", ms=3, capsize=2, label=f"L={L}", color=policy_color(f"fixed:{L}"))
     dc = res["critical_delay_ms"]
     if dc["predicted"] is not None:
         ax.axvline(dc["predicted"], ls="--", color="grey", label=f"predicted d_c {dc['predicted']} ms")
@@ -76,12 +77,13 @@ def _policy_table(rows: list[dict], title: str, res: dict, key: str = "delay") -
     return lines + [""]
 
 
-def _bars(rows: list[dict], out: Path, name: str) -> str:
-    delays = sorted({r["delay"] for r in rows}, key=float)
+def _bars(rows: list[dict], out: Path, name: str, group: str = "delay", phases: bool = False) -> str:
+    """Gap to the oracle per policy (its colour everywhere) and delay, 95 % interval; `phases`: the delays
+    are the phases of one run, in the order they came, with the changes between them marked."""
+    delays = list(dict.fromkeys(r["delay"] for r in rows)) if phases else sorted({r["delay"] for r in rows}, key=float)
     policies = sorted({r["policy"] for r in rows if "vs_oracle" in r})
     fig, ax = plt.subplots(figsize=(8, 4))
     width = 0.8 / max(len(policies), 1)
-    colors = plt.get_cmap("tab10")
     for i, p in enumerate(policies):
         xs, ys, errs = [], [], [[], []]
         for j, d in enumerate(delays):
@@ -93,10 +95,16 @@ def _bars(rows: list[dict], out: Path, name: str) -> str:
             ys.append(g["gap_pct"])
             errs[0].append(g["gap_pct"] - g["ci"][0])
             errs[1].append(g["ci"][1] - g["gap_pct"])
-        ax.bar(xs, ys, width, yerr=errs, capsize=2, label=p, color=colors(i % 10))
+        ax.bar(xs, ys, width, yerr=errs, capsize=2, label=p, color=policy_color(p))
     ax.axhline(0, color="black", lw=0.8)
-    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(delays))], [f"{d} ms" for d in delays])
-    ax.set(ylabel="gap to the empirical oracle (%, 95 % interval)", title=f"{name}: policies vs the oracle")
+    ticks = [f"{group} {j + 1}: {float(d):g} ms" if phases else f"{float(d):g} ms" for j, d in enumerate(delays)]
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(delays))], ticks)
+    for j in range(1, len(delays)) if phases else ():
+        ax.axvline(j - width / 2 - 0.1, color="dimgrey", ls="--", lw=1,
+                   label=f"delay changes ({float(delays[j - 1]):g} → {float(delays[j]):g} ms)")
+    ax.set(ylabel="gap to the empirical oracle (%, 95 % interval)", title=f"{name}: policies vs the oracle",
+           xlabel={"delay": "one-way delay", "phase": "phase of the run, in order (one-way delay)",
+                   "state": "channel state (one-way delay)"}.get(group, group))
     ax.legend(fontsize=7, ncol=3)
     fig.tight_layout()
     fig.savefig(out / f"{name}.png", dpi=90)
@@ -107,13 +115,13 @@ def _bars(rows: list[dict], out: Path, name: str) -> str:
 def _regret(res: dict, out: Path) -> list[str]:
     lines = _policy_table(res["rows"], "## Regret: one long run at 100 ms", res)
     fig, ax = plt.subplots(figsize=(7, 4))
-    for p, curve in res["cumulative_regret_ms"].items():
-        if curve:
-            ax.plot([c[0] for c in curve], [c[1] for c in curve], marker=".", label=p)
-    ax.axhline(0, color="black", lw=0.8)
-    ax.set(xscale="log", xlabel="round", ylabel="cumulative regret (ms, vs the oracle's ms/token)",
-           title="cumulative regret at 100 ms (symmetric scale: negative = ahead of the theory's oracle)")
-    ax.set_yscale("symlog", linthresh=100)
+    curves = {p: c for p, c in res["cumulative_regret_ms"].items() if c}
+    for p, curve in curves.items():
+        ax.plot([c[0] for c in curve], [c[1] for c in curve], marker=".", label=p, color=policy_color(p))
+    symlog_regret(ax, [c[1] for curve in curves.values() for c in curve],
+                  "cumulative regret (ms, vs the oracle's ms/token)")
+    ax.set(xscale="log", xlabel="round (log scale)",
+           title="cumulative regret at 100 ms (one run: no interval)")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "regret.png", dpi=90)
@@ -141,10 +149,12 @@ def report(out_dir: str | Path) -> Path:
             c = res["checks"]
             lines += [f"After the change: static tuning {c['static_gap_after_the_change_pct']} %, auto "
                       f"{c['auto_gap_after_the_change_pct']} % from the oracle (gap removed: "
-                      f"{'yes' if c['gap_removed'] else 'no'}).", ""]
+                      f"{'yes' if c['gap_removed'] else 'no'}).", "",
+                      _bars(res["rows"], out, "drift", group="phase", phases=True), ""]
         elif name == "markov":
             lines += _policy_table(res["rows"], f"## Markov channel: `{res['channel']}` (whole run)", res)
             lines += _policy_table(res["per_state"], "### Per state", res)
+            lines += [_bars(res["per_state"], out, "markov", group="state"), ""]
         elif name == "regret":
             lines += _regret(res, out)
         lines.append(f"_{name}: {res.get('wall_s')} s; logs in `{res.get('run_dir', out)}`._")
