@@ -5,7 +5,10 @@ earlier when it is full (`max_batch`) or when `more_coming()` says no other job
 can arrive soon (a verifier whose every session already has a round in hand:
 waiting would only add latency, e.g. to a single stream). Batches run one at a
 time, so jobs that arrive while one computes form the next (their wait is
-already spent). No transport and no model here: the caller's `run` does the work.
+already spent). A job whose result `again(result)` says is unfinished (a long
+prompt prefilled a chunk per batch) goes back to the front of the queue and runs
+in the next batch, so its work is spread over batches that others' rounds share.
+No transport and no model here: the caller's `run` does the work.
 """
 from __future__ import annotations
 
@@ -29,10 +32,11 @@ class Batched(Generic[R]):
 
 class MicroBatcher(Generic[J, R]):
     def __init__(self, run: Callable[[list[J]], Awaitable[list[R]]], max_batch: int = 32, max_wait_s: float = 0.002,
-                 more_coming: Callable[[], bool] = lambda: True):
+                 more_coming: Callable[[], bool] = lambda: True, again: Callable[[R], bool] = lambda r: False):
         if max_batch < 1 or max_wait_s < 0:
             raise ValueError("max_batch must be >= 1 and max_wait_s >= 0")
         self.run, self.max_batch, self.max_wait_s, self.more_coming = run, max_batch, max_wait_s, more_coming
+        self.again = again
         self._pending: list[tuple[J, asyncio.Future, float]] = []
         self._arrived = asyncio.Event()
         self._task: asyncio.Task | None = None
@@ -99,6 +103,9 @@ class MicroBatcher(Generic[J, R]):
                 continue
             finally:
                 self.running = 0
+            unfinished = [(job, fut, arrived) for (job, fut, arrived), res in zip(batch, results)
+                          if self.again(res) and not fut.done()]
+            self._pending[:0] = unfinished  # first in the next batch, with their first arrival time
             for (_, fut, arrived), res in zip(batch, results):
-                if not fut.done():
+                if not fut.done() and not self.again(res):
                     fut.set_result(Batched(res, len(batch), (now - arrived) * 1e3))

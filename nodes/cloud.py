@@ -52,6 +52,7 @@ class CloudConfig:
     batch_wait_ms: float = 2.0     # the longest a round waits for others to join its batch
     slot_cache: bool = True        # False: every round on the per-request path (DynamicCache)
     slot_memory_mb: int = 2048     # slot K/V budget; sessions past it run per request
+    prefill_chunk: int | None = 256  # context tokens prefilled per batch (None: a whole prompt at once)
 
     def table(self) -> TableConfig:
         return TableConfig(self.verifier_id, self.max_sessions, self.session_ttl_s, self.evict_idle_s)
@@ -67,10 +68,11 @@ class CloudWorker(WorkerBase):
         # twice the session cap in slots: a session replaced while its round computes keeps its slot until then
         self.verifier = BatchVerifier(model, vocab_size, max_slots=max(1, config.max_sessions * 2),
                                       max_len=limits.max_context_tokens, max_bytes=config.slot_memory_mb << 20,
-                                      use_slots=config.slot_cache)
+                                      use_slots=config.slot_cache, prefill_chunk=config.prefill_chunk)
         self.table = SessionTable(config.table(), limits, release=self.verifier.release)
         self.batcher: MicroBatcher[tuple[VerifyJob, tuple], tuple[JobResult, BatchStats, float]] = MicroBatcher(
-            self._run_batch, config.max_batch, config.batch_wait_ms / 1e3, more_coming=self._more_coming)
+            self._run_batch, config.max_batch, config.batch_wait_ms / 1e3, more_coming=self._more_coming,
+            again=lambda r: r[0].again)
         self._queue_sub = None
         self.computing = 0  # rounds whose model compute has not finished (a replaced session's included)
 
@@ -178,7 +180,8 @@ class CloudWorker(WorkerBase):
             self.log.info("verify_batch", size=len(items), slot_rows=stats.slot_rows, per_request=stats.per_request,
                           failed=stats.failed, forward_ms=round(stats.forward_ms, 3), prep_ms=round(stats.prep_ms, 3),
                           kv_ms=round(stats.kv_ms, 3), accept_ms=round(stats.accept_ms, 3),
-                          prefill_ms=round(stats.prefill_ms, 3), per_request_ms=round(stats.per_request_ms, 3),
+                          prefill_ms=round(stats.prefill_ms, 3), prefill_tokens=stats.prefill_tokens,
+                          per_request_ms=round(stats.per_request_ms, 3),
                           total_ms=round(stats.total_ms, 3), padded_tokens=stats.padded_tokens,
                           real_tokens=stats.real_tokens)
         return [(r, stats, started) for r in results]

@@ -213,3 +213,46 @@ def test_near_ties_are_detected_and_an_unexplained_difference_fails(tiny_pair):
             wrong = Verdict(ref.accepted, (ref.next_token + 1) % 4)
             with pytest.raises(AssertionError, match="without a near-tie"):
                 compare(pair, s, 0, ctx, d, wrong, ref, report)
+
+
+def run_until_done(verifier: BatchVerifier, jobs: list[VerifyJob]) -> tuple[list, list]:
+    """Run the jobs as the micro-batcher would: unfinished ones (chunked prefill) go again."""
+    results, all_stats = [None] * len(jobs), []
+    todo = list(range(len(jobs)))
+    while todo:
+        out, stats = verifier.run([jobs[i] for i in todo])
+        all_stats.append(stats)
+        for i, r in zip(list(todo), out):
+            if not r.again:
+                results[i] = r
+                todo.remove(i)
+    return results, all_stats
+
+
+def test_a_long_context_prefilled_in_chunks_gets_the_verdict_of_a_whole_prefill(pair):
+    ctx, draft = context(pair, 300, 3), Draft([104, 101, 32, 116])
+    whole = BatchVerifier(pair.target, pair.vocab_size, max_len=512).run([VerifyJob(None, ctx, draft, SamplingParams())])[0][0]
+    chunked = BatchVerifier(pair.target, pair.vocab_size, max_len=512, prefill_chunk=64)
+    results, stats = run_until_done(chunked, [VerifyJob(None, ctx, draft, SamplingParams())])
+    assert [s.prefill_tokens for s in stats] == [64, 64, 64, 64, 43]  # all 299 tokens before the last, a chunk a run
+    assert (results[0].verdict.accepted, results[0].verdict.next_token) == \
+        (whole.verdict.accepted, whole.verdict.next_token)
+
+
+def test_other_sessions_get_a_verdict_in_every_batch_while_a_long_prompt_prefills(pair):
+    verifier = BatchVerifier(pair.target, pair.vocab_size, max_len=1024, prefill_chunk=32)
+    short = [VerifyJob(None, context(pair, 20, i), Draft([32]), SamplingParams()) for i in range(3)]
+    first, _ = verifier.run(short)
+    for j, r in zip(short, first):
+        j.state, j.context = r.state, None
+    long_job = VerifyJob(None, context(pair, 200, 5), Draft([32, 116]), SamplingParams())
+    batches = 0
+    while True:
+        jobs = [long_job] + [VerifyJob(j.state, None, Draft([32]), SamplingParams()) for j in short]
+        out, stats = verifier.run(jobs)
+        batches += 1
+        assert all(r.verdict is not None for r in out[1:])  # nobody waits for the whole prompt
+        assert stats.prefill_tokens <= 32
+        if not out[0].again:
+            break
+    assert out[0].verdict is not None and batches >= 200 // 32 and out[0].prefill_ms > 0

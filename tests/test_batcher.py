@@ -77,3 +77,26 @@ async def test_a_failed_call_reaches_every_job_of_its_batch_and_the_next_batch_r
 def test_bounds_are_checked():
     with pytest.raises(ValueError):
         MicroBatcher(recorder([]), max_batch=0)
+
+
+async def test_an_unfinished_job_runs_again_in_the_next_batch_and_resolves_only_when_done():
+    calls: list = []
+    left = {7: 3}  # job 7 needs three calls (a long prompt prefilled a chunk per call)
+
+    async def run(jobs: list[int]) -> list[tuple[int, bool]]:
+        calls.append(list(jobs))
+        await asyncio.sleep(0.02)
+        out = []
+        for j in jobs:
+            left[j] = left.get(j, 1) - 1
+            out.append((j, left[j] > 0))
+        return out
+
+    b = MicroBatcher(run, max_batch=8, max_wait_s=0.0, more_coming=lambda: False, again=lambda r: r[1])
+    long_job = asyncio.ensure_future(b.submit(7))
+    short = await asyncio.gather(b.submit(1), b.submit(2))  # answered from the first batch, 7 still unfinished
+    assert [s.result for s in short] == [(1, False), (2, False)] and not long_job.done()
+    done = await long_job
+    assert done.result == (7, False) and sum(7 in c for c in calls) == 3
+    assert all(c[0] == 7 for c in calls if 7 in c)  # the unfinished job goes first in its next batch
+    b.close()

@@ -18,7 +18,6 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from nodes.models.errors import ModelError
 from nodes.models.sessions import TargetSession, accept_draft, check_draft
 from nodes.models.slots import SlotCache, SlotHolder, SlotsFull, slot_support
 from schemas.rounds import Draft, SamplingParams, Verdict
@@ -28,11 +27,12 @@ class SlotSession(SlotHolder):
     """A TargetSession on a slot: the slot covers every token but `pending`, which (with the
     next draft) is fed in the next batched forward."""
 
-    def __init__(self, cache: SlotCache, context: list[int], params: SamplingParams):
+    def __init__(self, cache: SlotCache, context: list[int], params: SamplingParams,
+                 prefill_chunk: int | None = None):
         self.params = params
         self.tokens: list[int] = list(context)
         self.pending: list[int] = list(context[-1:])
-        self._open_slot(cache, context)
+        self._open_slot(cache, context, prefill_chunk)
 
     def apply(self, draft: Draft, accepted: int, next_token: int) -> None:
         """After the forward fed pending + draft: keep pending and the accepted drafts (every
@@ -48,6 +48,7 @@ class VerifyJob:
     context: list[int] | None        # rebuild the session from this when given
     draft: Draft
     params: SamplingParams
+    prefill_ms: float = 0.0          # spent on this job's context so far (over several runs when chunked)
 
 
 @dataclass
@@ -56,6 +57,7 @@ class JobResult:
     verdict: Verdict | None
     prefill_ms: float = 0.0
     error: BaseException | None = None
+    again: bool = False  # its context is still being prefilled: submit the (updated) job to the next run
 
 
 @dataclass
@@ -70,7 +72,8 @@ class BatchStats:
     prep_ms: float = 0.0        # ids, positions, 4-D mask, write indices
     kv_ms: float = 0.0          # K/V writes and reads (inside forward_ms)
     accept_ms: float = 0.0      # every job's acceptance and rollback
-    prefill_ms: float = 0.0     # sessions built from a context
+    prefill_ms: float = 0.0     # sessions built from a context (whole, or this run's chunk)
+    prefill_tokens: int = 0     # context tokens fed by prefill in this run
     per_request_ms: float = 0.0
     padded_tokens: int = 0
     real_tokens: int = 0
@@ -81,8 +84,11 @@ class BatchVerifier:
     """One target model's verifier: slot sessions where the model class allows, else per request."""
 
     def __init__(self, model: Any, vocab_size: int, max_slots: int = 128, max_len: int = 8192,
-                 max_bytes: int = 2 << 30, use_slots: bool = True):
-        self.model, self.vocab = model, vocab_size
+                 max_bytes: int = 2 << 30, use_slots: bool = True, prefill_chunk: int | None = None):
+        """`prefill_chunk`: context tokens prefilled per `run` (None: a whole context at once). With it, a
+        long prompt costs the other sessions' rounds one chunk's forward per run instead of the whole
+        prompt's; its own job comes back `again` until its context is in."""
+        self.model, self.vocab, self.prefill_chunk = model, vocab_size, prefill_chunk
         self.why_not = slot_support(model) if use_slots else "slot cache disabled"
         self.cache = SlotCache(model, max_slots, max_len, max_bytes=max_bytes) if self.why_not is None else None
 
@@ -94,7 +100,7 @@ class BatchVerifier:
     def new_session(self, context: list[int], params: SamplingParams) -> SlotSession | TargetSession:
         if self.cache is not None:
             try:
-                return SlotSession(self.cache, context, params)
+                return SlotSession(self.cache, context, params, self.prefill_chunk)
             except SlotsFull:
                 pass
         return TargetSession(self.model, context, self.vocab, params)
@@ -103,7 +109,8 @@ class BatchVerifier:
         t0 = time.perf_counter()
         stats = BatchStats(len(jobs))
         results = [self._prepare(j, stats) for j in jobs]
-        rows = [i for i, r in enumerate(results) if r.error is None and isinstance(r.state, SlotSession)]
+        self._prefill_chunks(jobs, results, stats)
+        rows = [i for i, r in enumerate(results) if r.error is None and not r.again and isinstance(r.state, SlotSession)]
         if rows:
             self._batched(rows, jobs, results, stats)
         for i, r in enumerate(results):
@@ -127,9 +134,13 @@ class BatchVerifier:
             if job.context is not None or job.state is None:
                 t1 = time.perf_counter()
                 res.state = self.new_session(list(job.context or []), job.params)
-                res.prefill_ms = (time.perf_counter() - t1) * 1e3
-                stats.prefill_ms += res.prefill_ms
-            if isinstance(res.state, SlotSession):
+                job.prefill_ms += (time.perf_counter() - t1) * 1e3
+                stats.prefill_ms += (time.perf_counter() - t1) * 1e3
+                job.state, job.context = res.state, None  # a job that comes back continues this session
+            res.prefill_ms = job.prefill_ms
+            if isinstance(res.state, SlotSession) and not res.state.prefilled:
+                res.again = True
+            elif isinstance(res.state, SlotSession):
                 need = res.state.cached_len + len(res.state.pending) + len(job.draft)
                 try:
                     res.state.slot_cache.reserve(need)
@@ -140,6 +151,32 @@ class BatchVerifier:
         except Exception as exc:
             res.error = exc
         return res
+
+    def _prefill_chunks(self, jobs: list[VerifyJob], results: list[JobResult], stats: BatchStats) -> None:
+        """Feed at most `prefill_chunk` context tokens in this run, oldest job first; a job whose context
+        is then complete joins this run's batched forward."""
+        budget = self.prefill_chunk or 0
+        for job, res in zip(jobs, results):
+            if not res.again or res.error is not None or budget <= 0:
+                continue
+            t1 = time.perf_counter()
+            try:
+                fed = res.state.prefill_step(budget)
+            except Exception as exc:  # the session released its slot; the edge resends the context
+                res.error, res.again = exc, False
+                continue
+            budget -= fed
+            ms = (time.perf_counter() - t1) * 1e3
+            job.prefill_ms += ms
+            res.prefill_ms = job.prefill_ms
+            stats.prefill_ms += ms
+            stats.prefill_tokens += fed
+            if res.state.prefilled:
+                res.again = False
+                try:
+                    res.state.slot_cache.reserve(res.state.cached_len + len(res.state.pending) + len(job.draft))
+                except SlotsFull as exc:
+                    res.error = exc
 
     def _batched(self, rows: list[int], jobs: list[VerifyJob], results: list[JobResult], stats: BatchStats) -> None:
         states: list[SlotSession] = [results[i].state for i in rows]

@@ -317,24 +317,43 @@ class SlotCache:
 
 class SlotHolder:
     """One sequence held in a slot of a SlotCache: the slot covers every context token but the
-    last (`pending`, fed with the next forward). Shared by the draft and the verify sessions."""
+    last (`pending`, fed with the next forward). Shared by the draft and the verify sessions.
+
+    A long context may be prefilled in chunks (`prefill_chunk`): the slot is taken at once and
+    `prefill_step` feeds the next chunk, so a caller can interleave one chunk with other
+    sequences' rounds instead of stalling them for the whole prompt."""
 
     slot_cache: SlotCache
     slot: int | None
+    _unfilled: list[int]
 
-    def _open_slot(self, cache: SlotCache, context: list[int]) -> None:
-        """Take a slot and prefill all of `context` but its last token; the slot goes back if that fails."""
+    def _open_slot(self, cache: SlotCache, context: list[int], prefill_chunk: int | None = None) -> None:
+        """Take a slot and prefill all of `context` but its last token (or only take the slot, when the
+        prefix is longer than `prefill_chunk`); the slot goes back if that fails."""
         if not context:
             raise ModelError("context is empty: a session needs at least one token")
         self.slot_cache = cache
         cache.reserve(len(context))  # raises before a slot is taken
         self.slot = cache.admit()
-        if len(context) > 1:
+        self._unfilled = list(context[:-1])
+        if prefill_chunk is None or len(self._unfilled) <= prefill_chunk:
+            self.prefill_step(None)
+
+    @property
+    def prefilled(self) -> bool:
+        return not self._unfilled
+
+    def prefill_step(self, max_tokens: int | None) -> int:
+        """Feed up to `max_tokens` (None: all) of the context not yet in the slot; the tokens fed."""
+        part = self._unfilled if max_tokens is None else self._unfilled[:max_tokens]
+        if part:
             try:
-                cache.forward([self.slot], [context[:-1]], [0])
+                self.slot_cache.forward([self.live_slot], [part], [0])
             except BaseException:
                 self.release()
                 raise
+            self._unfilled = self._unfilled[len(part):]
+        return len(part)
 
     @property
     def live_slot(self) -> int:

@@ -99,6 +99,38 @@ def _bookkeeping_us(pair: ModelPair, n: int = 2000) -> dict:
     return {"admit_evict_us": round(admit_evict, 2), "crop_us": round(crop, 2), "grows": cache.grows}
 
 
+def _prefill_stall(pair: ModelPair, chunk: int | None, others: int, prompt: int, length: int,
+                   rng: random.Random) -> dict:
+    """`others` sessions verify a round every batch while one `prompt`-token context arrives: how long
+    their batches take while it is prefilled (whole in one batch, or `chunk` tokens a batch)."""
+    verifier = BatchVerifier(pair.target, pair.vocab_size, max_slots=others + 4, max_len=prompt + 64,
+                             prefill_chunk=chunk)
+    params = SamplingParams()
+    states = [r.state for r in verifier.run([VerifyJob(None, c, Draft([]), params)
+                                             for c in _contexts(pair, others, 100, 200, rng)])[0]]
+    draft = lambda: Draft([rng.randrange(256) for _ in range(length)])  # noqa: E731
+
+    def batch(extra: list[VerifyJob]) -> tuple[float, list]:
+        jobs = extra + [VerifyJob(s, None, draft(), params) for s in states]
+        t0 = time.perf_counter()
+        results, _ = verifier.run(jobs)
+        return (time.perf_counter() - t0) * 1e3, results
+
+    quiet = statistics.median(batch([])[0] for _ in range(5))
+    ids = pair.tokenizer.encode(" ".join(corpus_documents()[:40]), add_special_tokens=False)
+    long_job = VerifyJob(None, (ids * (prompt // max(1, len(ids)) + 1))[:prompt], draft(), params)
+    times = []
+    while True:
+        ms, results = batch([long_job])
+        times.append(ms)
+        if not results[0].again:
+            break
+    return {"prefill_chunk": chunk, "batches_while_prefilling": len(times),
+            "longest_batch_ms": round(max(times), 2), "median_batch_ms": round(statistics.median(times), 2),
+            "quiet_batch_ms": round(quiet, 2), "stall_ms": round(max(times) - quiet, 2),
+            "prompt_ready_after_ms": round(sum(times), 2)}
+
+
 def bench_verify(draft=None, target=None, device: str = "cpu", threads: int = 1, batches: tuple[int, ...] = (1, 8, 32),
                  length: int = 4, context: tuple[int, int] = (100, 400), steps: int = 10, seed: int = 0) -> dict:
     set_threads(threads)
@@ -118,4 +150,8 @@ def bench_verify(draft=None, target=None, device: str = "cpu", threads: int = 1,
             row["slots_scattered"] = _slot_step(pair, contexts, length, steps, True, rng)
         out["batches"][str(b)] = row
     out["bookkeeping"] = _bookkeeping_us(pair)
+    whole = _prefill_stall(pair, None, 8, 3000, length, rng)
+    chunked = _prefill_stall(pair, 256, 8, 3000, length, rng)
+    out["prefill_stall"] = {"others": 8, "prompt_tokens": 3000, "whole": whole, "chunked": chunked,
+                            "stall_ratio_whole_vs_chunked": round(whole["stall_ms"] / max(chunked["stall_ms"], 1e-3), 2)}
     return out

@@ -62,7 +62,8 @@ def cmd_cloud(a: argparse.Namespace) -> None:
     _check_device(a, "verify")
     aio.run(serve_cloud(_node_options(a), CloudOptions(a.max_sessions, a.session_ttl, a.evict_idle,
                                                        a.max_context_tokens, a.max_batch, a.batch_wait_ms,
-                                                       not a.no_slot_cache, a.slot_memory_mb)))
+                                                       not a.no_slot_cache, a.slot_memory_mb,
+                                                       a.prefill_chunk or None)))
 
 
 def _bundled_profile():
@@ -109,6 +110,9 @@ def register(sub) -> None:
                    help="verify every round on the per-request KV cache (no slots, no batched forward)")
     p.add_argument("--slot-memory-mb", type=positive_int, default=2048,
                    help="K/V memory of the slot cache; sessions that do not fit run per request")
+    p.add_argument("--prefill-chunk", type=non_negative_int, default=256,
+                   help="context tokens prefilled per batch, so a long prompt does not stall other streams' "
+                        "rounds (0: a whole prompt at once)")
     p.set_defaults(func=cmd_cloud)
 
     p = sub.add_parser("edge", help="serve generate requests with the draft model")

@@ -65,6 +65,7 @@ class CloudOptions:
     batch_wait_ms: float = 2.0      # the longest a round waits for others to join its batch
     slot_cache: bool = True
     slot_memory_mb: int = 2048
+    prefill_chunk: int | None = 256
 
 
 def limits_for(vocab: int, opts: NodeOptions, max_context_tokens: int = 32768) -> Limits:
@@ -147,7 +148,7 @@ async def serve_cloud(opts: NodeOptions, cloud: CloudOptions) -> None:
     cfg = CloudConfig(opts.node_id, cloud.max_sessions, cloud.session_ttl_s, evict_idle_s=cloud.evict_idle_s,
                       drain_timeout_s=opts.drain_timeout_s, max_batch=cloud.max_batch,
                       batch_wait_ms=cloud.batch_wait_ms, slot_cache=cloud.slot_cache,
-                      slot_memory_mb=cloud.slot_memory_mb)
+                      slot_memory_mb=cloud.slot_memory_mb, prefill_chunk=cloud.prefill_chunk)
     worker = CloudWorker(nc, pair.target, pair.vocab_size, cfg,
                          limits_for(pair.vocab_size, opts, cloud.max_context_tokens), log, model_nice=opts.model_nice,
                          device=_device(opts))
