@@ -1,0 +1,47 @@
+"""`specstop gateway`: an OpenAI-compatible HTTP API (completions, chat, SSE streaming) in front of the edges."""
+from __future__ import annotations
+
+import argparse
+
+from pipeline.cli.args import hostport, metrics_arg, nats_arg, node_id, positive_float, positive_int
+
+
+def cmd_gateway(a: argparse.Namespace) -> None:
+    from pipeline.http.gateway import GatewayConfig
+    from pipeline.http.serve import GatewayOptions, serve_gateway
+    from pipeline.transport import aio
+    from pipeline.transport.broker import default_nats_url
+
+    cfg = GatewayConfig(model_name=a.model_name, max_in_flight=a.max_in_flight, max_tokens_limit=a.max_tokens_limit,
+                        max_prompt_tokens=a.max_prompt_tokens, default_chat_tokens=a.default_chat_tokens,
+                        request_timeout_s=a.request_timeout, silence_timeout_s=a.silence_timeout,
+                        max_length=a.max_length)
+    aio.run(serve_gateway(GatewayOptions(a.http, default_nats_url(a.nats), a.id, a.log_file, a.metrics, a.tokenizer,
+                                         cfg)))
+
+
+def register(sub) -> None:
+    p = sub.add_parser("gateway", help="OpenAI-compatible HTTP API (/v1/completions, /v1/chat/completions) "
+                                       "in front of the edges")
+    p.add_argument("--http", type=hostport, default="127.0.0.1:8000", metavar="HOST:PORT",
+                   help="where to listen (default 127.0.0.1:8000); /metrics is served there too")
+    nats_arg(p)
+    p.add_argument("--id", type=node_id, default="gateway-1", help="node id (names its log)")
+    p.add_argument("--log-file", help="JSON-lines log file (default: stderr)")
+    metrics_arg(p)
+    p.add_argument("--model-name", default="specstop", help="the model id clients ask for (GET /v1/models)")
+    p.add_argument("--tokenizer", help="tokenizer counting prompt tokens and rendering chat templates "
+                                       "(default: the bundled pair's)")
+    p.add_argument("--max-in-flight", type=positive_int, default=256,
+                   help="generations at once; beyond, 429 overloaded")
+    p.add_argument("--max-tokens-limit", type=positive_int, default=2048, help="largest max_tokens accepted")
+    p.add_argument("--max-prompt-tokens", type=positive_int, default=4096, help="longest prompt accepted (tokens)")
+    p.add_argument("--default-chat-tokens", type=positive_int, default=256,
+                   help="max_tokens of a chat request that names none (completions: 16, as OpenAI)")
+    p.add_argument("--request-timeout", type=positive_float, default=600.0,
+                   help="a request's deadline in seconds (a request's specstop.deadline_s may be shorter); 504 after")
+    p.add_argument("--silence-timeout", type=positive_float, default=60.0,
+                   help="seconds without a round before a request fails with 504")
+    p.add_argument("--max-length", type=positive_int, default=8,
+                   help="longest draft of the edges (specstop.policy specs are checked against it)")
+    p.set_defaults(func=cmd_gateway)

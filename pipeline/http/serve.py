@@ -1,0 +1,117 @@
+"""`specstop gateway`: the OpenAI-compatible HTTP API in front of the edges, served by uvicorn on our loop."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import socket
+from dataclasses import dataclass, field
+
+import uvicorn
+
+from pipeline import logs
+from pipeline.errors import PipelineError
+from pipeline.http.app import create_app
+from pipeline.http.gateway import Gateway, GatewayConfig
+from pipeline.metrics import GatewayMetrics, parse_hostport, serve as serve_metrics, tap
+from pipeline.transport import bus
+
+
+@dataclass
+class GatewayOptions:
+    http: str
+    nats_url: str
+    node_id: str = "gateway-1"
+    log_file: str | None = None
+    metrics: str | None = None       # a second /metrics listener (the HTTP port always serves /metrics)
+    tokenizer: str | None = None     # counts prompt tokens and renders chat templates (default: the bundled pair's)
+    config: GatewayConfig = field(default_factory=GatewayConfig)
+
+
+def listen(addr: str) -> socket.socket:
+    """A listening socket on HOST:PORT (port 0: a free one), or one clear error."""
+    host, port = parse_hostport(addr, "--http")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise PipelineError(f"--http {addr}: cannot listen ({exc.strerror or exc})") from None
+    sock.listen(2048)
+    sock.setblocking(False)
+    return sock
+
+
+class HTTPServer:
+    """uvicorn on the running event loop, on a socket we bound; signals are left to the caller."""
+
+    def __init__(self, app, sock: socket.socket):
+        config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
+                                timeout_graceful_shutdown=5, ws="none")
+        self.server = uvicorn.Server(config)
+        self.server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]
+        self.sock = sock
+        self.port = sock.getsockname()[1]
+        self.task: asyncio.Task | None = None
+
+    async def start(self) -> "HTTPServer":
+        self.task = asyncio.create_task(self.server.serve(sockets=[self.sock]))
+        while not self.server.started:
+            if self.task.done():
+                self.task.result()
+                raise PipelineError("HTTP server stopped at start")
+            await asyncio.sleep(0.01)
+        return self
+
+    async def stop(self) -> None:
+        self.server.should_exit = True
+        if self.task is not None:
+            await asyncio.wait({self.task}, timeout=10)
+        self.sock.close()
+
+
+async def start_gateway(nc, cfg: GatewayConfig, tokenizer, log, http: str = "127.0.0.1:0",
+                        node_id: str = "gateway-1"):
+    """Gateway + metrics + HTTP server on this loop: (gateway, metrics, server). Tests and benches use it too."""
+    metrics = GatewayMetrics(node_id)
+    log = tap(log, metrics)
+    gw = Gateway(nc, cfg, tokenizer, log)
+    await gw.start()
+    metrics.bind(gw)
+    server = await HTTPServer(create_app(gw, metrics.registry), listen(http)).start()
+    return gw, metrics, server
+
+
+async def serve_gateway(opts: GatewayOptions) -> None:
+    from nodes.models.loading import BUNDLED_DRAFT, load_tokenizer
+
+    log = logs.configure(opts.node_id, opts.log_file)
+    listen(opts.http).close()  # a busy port fails before the tokenizer loads
+    await bus.probe(opts.nats_url)
+    tokenizer = load_tokenizer(opts.tokenizer or BUNDLED_DRAFT)
+    nc = await bus.connect(opts.nats_url, opts.node_id, log)
+    gw, metrics, server = await start_gateway(nc, opts.config, tokenizer, log, opts.http, opts.node_id)
+    extra = serve_metrics(metrics.registry, opts.metrics) if opts.metrics else None
+    gw.log.info("gateway_started", url=f"http://{opts.http.rpartition(':')[0] or '127.0.0.1'}:{server.port}/v1",
+                model=opts.config.model_name, metrics=extra.url if extra else None)
+    print(f"specstop gateway ready: http://{opts.http.rpartition(':')[0] or '127.0.0.1'}:{server.port}/v1 "
+          f"(model '{opts.config.model_name}')", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    waiter = asyncio.create_task(stop.wait())
+    await asyncio.wait({waiter, server.task}, return_when=asyncio.FIRST_COMPLETED)
+    waiter.cancel()
+    await server.stop()
+    await gw.stop()
+    if extra is not None:
+        extra.close()
+    try:
+        await nc.flush(timeout=1)
+    except Exception:
+        pass
+    await nc.close()
+    gw.log.info("gateway_stopped")
