@@ -180,7 +180,7 @@ class CloudWorker(WorkerBase):
             self.log.info("verify_batch", size=len(items), slot_rows=stats.slot_rows, per_request=stats.per_request,
                           failed=stats.failed, forward_ms=round(stats.forward_ms, 3), prep_ms=round(stats.prep_ms, 3),
                           kv_ms=round(stats.kv_ms, 3), accept_ms=round(stats.accept_ms, 3),
-                          prefill_ms=round(stats.prefill_ms, 3), prefill_tokens=stats.prefill_tokens,
+                          prefill_ms=round(stats.prefill_ms, 3), prefill_tokens=stats.prefill_tokens, prefilling=stats.prefilling,
                           per_request_ms=round(stats.per_request_ms, 3),
                           total_ms=round(stats.total_ms, 3), padded_tokens=stats.padded_tokens,
                           real_tokens=stats.real_tokens)

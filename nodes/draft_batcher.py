@@ -39,6 +39,7 @@ class DraftBatchConfig:
     max_slots: int = 256
     memory_mb: int = 1024        # slot K/V budget; requests past it draft per request
     join_steps: int = 16         # a drive takes new rounds during its first steps only
+    prefill_chunk: int | None = 256  # a new context's tokens per model-thread job (None: all at once)
 
     def __post_init__(self) -> None:
         if self.max_batch < 1 or self.wait_ms < 0 or self.join_steps < 1:
@@ -89,10 +90,18 @@ class DraftBatcher:
         if self.cache is not None:
             try:
                 session, _ = await self.worker.run_model(SlotDraftSession, self.cache, context, self.vocab, params,
-                                                         alone=self.alone())
-                return session
+                                                         self.cfg.prefill_chunk, alone=self.alone())
             except SlotsFull:
                 pass
+            else:
+                try:  # a long prompt a chunk per model-thread job: other requests' draft steps run in between
+                    while not session.prefilled:
+                        await self.worker.run_model(session.prefill_step, self.cfg.prefill_chunk,
+                                                    alone=self.alone())
+                except BaseException:
+                    session.release()
+                    raise
+                return session
         session, _ = await self.worker.run_model(DraftSession, self.model, context, self.vocab, params,
                                                  alone=self.alone())
         return session

@@ -243,3 +243,17 @@ def test_rows_that_join_between_steps_draft_what_they_draft_alone(pair):
     assert rows.stats.rows_per_step == [2, 2, 2, 4, 4, 4, 2, 2, 2]
     assert [got[i].draft.tokens for i in range(4)] == want
     assert got[2].first_rows == 4 and got[0].first_rows == 2 and all(got[i].steps == 6 for i in range(4))
+
+
+def test_a_draft_session_prefilled_in_chunks_drafts_as_one_prefilled_at_once(pair):
+    from nodes.models.slots import SlotCache
+
+    ids = pair.tokenizer.encode(" ".join(corpus_documents()[:6]), add_special_tokens=False)[:300]
+    whole = SlotDraftSession(SlotCache(pair.draft, 4, 512), ids, pair.vocab_size)
+    chunked = SlotDraftSession(SlotCache(pair.draft, 4, 512), ids, pair.vocab_size, prefill_chunk=64)
+    assert not chunked.prefilled
+    fed = []
+    while not chunked.prefilled:
+        fed.append(chunked.prefill_step(64))
+    assert fed == [64, 64, 64, 64, 43] and chunked.cached_len == whole.cached_len == 299
+    assert list(chunked.propose(6).tokens) == list(whole.propose(6).tokens)

@@ -35,14 +35,14 @@ class SlotDraftSession(SlotHolder, DraftSession):
     covers every context token but `pending`; same `apply`). `propose` drafts it as a batch of one."""
 
     def __init__(self, cache: SlotCache, context: list[int], vocab_size: int,
-                 params: SamplingParams = SamplingParams()):
+                 params: SamplingParams = SamplingParams(), prefill_chunk: int | None = None):
         # not DraftSession.__init__: that builds a DynamicCache; the slot replaces it
         self.model, self.vocab_size, self.params = cache.model, vocab_size, params
         self.tokens: list[int] = list(context)
         self.pending: list[int] = list(context[-1:])
         self._last_draft: list[int] = []
         self.tokens_fed = max(len(context) - 1, 0)
-        self._open_slot(cache, context)
+        self._open_slot(cache, context, prefill_chunk)  # longer: the owner calls prefill_step until prefilled
 
     def _crop_to(self, length: int) -> None:
         self.slot_cache.crop(self.live_slot, length)

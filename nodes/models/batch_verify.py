@@ -74,6 +74,7 @@ class BatchStats:
     accept_ms: float = 0.0      # every job's acceptance and rollback
     prefill_ms: float = 0.0     # sessions built from a context (whole, or this run's chunk)
     prefill_tokens: int = 0     # context tokens fed by prefill in this run
+    prefilling: int = 0         # jobs whose context is still being prefilled (they come back `again`)
     per_request_ms: float = 0.0
     padded_tokens: int = 0
     real_tokens: int = 0
@@ -123,6 +124,7 @@ class BatchVerifier:
                 stats.per_request += 1
                 stats.per_request_ms += (time.perf_counter() - t1) * 1e3
         stats.failed = sum(r.error is not None for r in results)
+        stats.prefilling = sum(r.again for r in results)
         stats.total_ms = (time.perf_counter() - t0) * 1e3
         return results, stats
 
