@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sys
 
-from pipeline.cli import bench, chaos, gateway, offline, runs, workers
+from pipeline.cli import bench, chaos, gateway, offline, runs, topology, workers
 from pipeline.cli.args import OneLineParser
 from pipeline.errors import USER_ERRORS
 
@@ -15,7 +15,7 @@ from pipeline.errors import USER_ERRORS
 def build_parser() -> OneLineParser:
     parser = OneLineParser(prog="specstop", description="Delay-adaptive speculative decoding, edge to cloud.")
     sub = parser.add_subparsers(dest="command", required=True)
-    for group in (offline, workers, gateway, runs, bench, chaos):
+    for group in (offline, workers, gateway, runs, bench, chaos, topology):
         group.register(sub)
     return parser
 

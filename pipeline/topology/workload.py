@@ -48,8 +48,9 @@ def start_edge(topo: Topology, run_dir: Path, edge: str, direct: bool = False, p
     args = ["--nats", url, *topo.cli_flags("edge", edge, via_leaf=not direct), "--threads", "1",
             "--channel", "const:0", "--policy", policy, "--max-length", "8", "--request-timeout", "5",
             *(extra or [])]
-    n = NodeProcess("edge", edge, run_dir / tag if tag else run_dir, args)
-    return n
+    where = run_dir / tag if tag else run_dir
+    where.mkdir(parents=True, exist_ok=True)
+    return NodeProcess("edge", edge, where, args)
 
 
 def start_workers(topo: Topology, run_dir: Path, policy: str = "fixed:4", control: bool = True,
