@@ -39,6 +39,14 @@ def cmd_bench_control(a: argparse.Namespace) -> None:
     print(json.dumps(res) if a.json else json.dumps(res, indent=2))
 
 
+def cmd_bench_http(a: argparse.Namespace) -> None:
+    from pipeline.bench.http import bench_http
+
+    res = bench_http(run_root=a.run_root, requests=a.requests, max_new_tokens=a.max_new_tokens, policy=a.policy,
+                     channel=a.channel)
+    print(json.dumps(res) if a.json else json.dumps(res, indent=2))
+
+
 def cmd_bench_analysis(a: argparse.Namespace) -> None:
     from pipeline.bench.analysis import bench_analysis
 
@@ -97,6 +105,15 @@ def register(sub) -> None:
     p.add_argument("--run-root", default="runs")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench_control)
+
+    p = bsub.add_parser("http", help="time to first token and ms/token through the HTTP gateway vs the NATS client")
+    p.add_argument("--requests", type=positive_int, default=30, help="requests per path (after 3 warm-up ones)")
+    p.add_argument("--max-new-tokens", type=positive_int, default=64)
+    p.add_argument("--policy", default="fixed:4")
+    p.add_argument("--channel", default="const:0", help="the edge's link emulation")
+    p.add_argument("--run-root", default="runs")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_bench_http)
 
     p = bsub.add_parser("analysis", help="specstop analyze on a synthetic log of a million round lines")
     p.add_argument("--rounds", type=positive_int, default=1_000_000)
