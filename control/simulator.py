@@ -23,6 +23,7 @@ Scenarios and their oracles (each the optimum of the objective it is judged on):
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -210,7 +211,10 @@ def loglog_slope(curve: np.ndarray, start: int = 50) -> float | None:
 
 
 def simulate(profile: Profile, policies: list[str], scenarios: list[Scenario], seeds: int,
-             max_length: int | None = None, jitter: float = 0.1, checkpoints: int = 20) -> dict:
+             max_length: int | None = None, jitter: float = 0.1, checkpoints: int = 20,
+             progress: Callable[[str], None] | None = None) -> dict:
+    """Every policy (and the scenario's oracle) over `seeds` seeds per scenario; `progress(label)` is
+    called after each scenario x policy cell (the CLI draws its bar from it)."""
     k = min(max_length or profile.max_length, profile.max_length)
     profile = profile.truncated(k)
     out = {"profile": profile.name, "max_length": k, "seeds": seeds, "jitter": jitter, "scenarios": []}
@@ -226,6 +230,8 @@ def simulate(profile: Profile, policies: list[str], scenarios: list[Scenario], s
         for spec in policies:
             traces = [run_policy(make_policy(spec, max_length=k, seed=s, profile=profile), profile, sc, s, jitter)
                       for s in range(seeds)]
+            if progress is not None:
+                progress(f"{sc.label}: {spec}")
             j = np.array([t.ms_per_token for t in traces])
             gaps = 100.0 * (j / oracle_j - 1.0)
             n = min(len(t.lengths) for t in traces)  # wall-clock scenarios: policies play different numbers

@@ -95,14 +95,16 @@ def device_profile(name: str | None, half: str) -> str | None:
     return name
 
 
-def progress(enabled: bool):
+def progress(enabled: bool, what: str = "requests", total: int | None = None):
+    """A transient rich bar on stderr and the callback that advances it (None, None when disabled:
+    --json output or no terminal)."""
     if not enabled:
         return None, None
     from rich.progress import Progress  # rich costs ~60 ms to import: only when a bar shows
 
     bar = Progress(transient=True, console=None)
-    task = bar.add_task("requests", total=None)
-    return bar, (lambda res: bar.advance(task))
+    task = bar.add_task(what, total=total)
+    return bar, (lambda *_: bar.advance(task))
 
 
 def model_args(p: argparse.ArgumentParser) -> None:

@@ -13,7 +13,7 @@ from nodes.models.errors import ModelError
 from nodes.models.loading import BUNDLED_PROFILE, load_pair, set_threads
 from schemas.rounds import SamplingParams
 from pipeline.cli.args import (DEFAULT_DELAYS, delays, emit, model_args, non_negative_float, positive_float,
-                               positive_int)
+                               positive_int, progress)
 
 def cmd_train_pair(a: argparse.Namespace) -> None:
     from nodes.models.train_pair import BUNDLED_DIR, TrainConfig, train_pair
@@ -80,7 +80,12 @@ def cmd_simulate(a: argparse.Namespace) -> None:
     for p in policies:  # fail fast on a bad spec, before any simulation
         make_policy(p, max_length=k, profile=prof)
     scenarios = build_scenarios(prof.truncated(k), a.scenario, a.delays, a.rounds, a.stay, a.seed, a.dwell_ms)
-    res = simulate(prof, policies, scenarios, a.seeds, max_length=k, jitter=a.jitter)
+    bar, advance = progress(not a.json and sys.stderr.isatty(), "simulating", len(scenarios) * len(policies))
+    if bar:
+        with bar:
+            res = simulate(prof, policies, scenarios, a.seeds, max_length=k, jitter=a.jitter, progress=advance)
+    else:
+        res = simulate(prof, policies, scenarios, a.seeds, max_length=k, jitter=a.jitter)
     if a.plots:
         from pipeline.analysis.plots import plot_simulation
 
