@@ -48,6 +48,7 @@ def test_fixed_length_outside_one_to_the_maximum(spec):
     one_line_error(run_cli("generate", "--prompt", "x", "--policy", spec), "length must be in 1..8")
 
 
+@pytest.mark.slow
 def test_generate_json_has_the_documented_fields():
     r = run_cli("generate", "--prompt", "The with statement", "--max-new-tokens", "24", "--policy", "fixed:4", "--json")
     out = json.loads(r.stdout)

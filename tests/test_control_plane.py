@@ -97,6 +97,7 @@ async def test_restarted_controller_resumes_from_the_bucket(broker, tmp_path):
     assert restored.version == 200 and restored.policy.snapshot() == reference_state(evs)
 
 
+@pytest.mark.slow
 async def test_two_edges_with_different_channels_learn_different_lengths(broker, tmp_path):
     """Separate processes (as deployed): one controller, one verifier, an edge at 0 ms and one
     at 250 ms one-way. Up to 16 draft tokens: the bundled pair's best length is ~7 near zero

@@ -2,9 +2,12 @@
 import json
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import run_cli
 
 
+@pytest.mark.slow
 def test_demo_json_summary_and_run_directory(tmp_path):
     r = run_cli("demo", "--requests", "4", "--concurrency", "2", "--max-new-tokens", "24",
                 "--run-root", str(tmp_path), "--json", timeout=240)

@@ -28,6 +28,7 @@ def const_results(profile):
     return simulate(profile, ["auto", "ucb-specstop"], build_scenarios(profile, "const", DELAYS, 1000), seeds=10)
 
 
+@pytest.mark.slow
 def test_auto_is_within_one_percent_of_the_oracle_at_every_delay(const_results):
     gaps = {sc["label"]: sc["policies"]["auto"]["gap_pct"] for sc in const_results["scenarios"]}
     assert all(g < 1.0 for g in gaps.values()), gaps
@@ -38,6 +39,7 @@ def test_auto_is_never_worse_than_ucb_specstop(const_results):
         assert sc["policies"]["auto"]["ms_per_token"] <= sc["policies"]["ucb-specstop"]["ms_per_token"], sc["label"]
 
 
+@pytest.mark.slow
 def test_auto_is_within_three_percent_under_drift(profile):
     res = simulate(profile, ["auto"], build_scenarios(profile, "drift", [20, 55, 111, 150], 1000), seeds=10)
     assert res["scenarios"][0]["policies"]["auto"]["gap_pct"] < 3.0

@@ -66,11 +66,13 @@ def test_pair_is_a_meaningful_check(tiny_pair, exact):
     assert float((draft_joint - exact).abs().sum()) > 0.3  # the draft alone would be far off
 
 
+@pytest.mark.slow
 def test_speculative_samples_follow_the_target_distribution(tiny_pair, exact):
     stat, df = chi2(empirical_joint(tiny_pair), exact)
     assert stat < chi2_critical(df), f"chi2={stat:.1f} df={df}"
 
 
+@pytest.mark.slow
 def test_biased_acceptance_rule_fails_the_same_test(tiny_pair, exact, monkeypatch):
     def accept_everything(p, draft_tokens, q_ids, q_probs, gen):
         return len(draft_tokens), int(torch.multinomial(p[len(draft_tokens)], 1, generator=gen))
