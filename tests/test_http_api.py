@@ -3,6 +3,8 @@ real edge and verifier on a real nats-server."""
 from __future__ import annotations
 
 import asyncio
+import json
+from collections import Counter
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -227,3 +229,54 @@ async def test_overload_is_429_and_a_passed_deadline_is_504(broker, pair, tmp_pa
         await wait_for(lambda: not clouds[0].sessions)
     assert late.value.status_code == 504 and late.value.response.json()["error"]["code"] == "deadline"
     assert busy.value.status_code == 429 and busy.value.response.json()["error"]["code"] == "overloaded"
+
+
+def _mutations(seed: int, n: int) -> list:
+    """Valid bodies with one field dropped, retyped, made extreme or added; non-object JSON; broken bytes."""
+    import random
+
+    rng = random.Random(seed)
+    base = {"model": "specstop", "prompt": PROMPT, "max_tokens": 4, "temperature": 0, "top_p": 1, "seed": 1,
+            "stop": ["\n"], "n": 1, "stream": False, "specstop": {"policy": "fixed:2", "deadline_s": 5}}
+    weird = [None, True, -1, 0, 2 ** 80, -2 ** 80, 1e308, float("inf"), "", "x" * 70000, [], {}, [None], {"a": 1},
+             "\x00", "fixed:0", "ｆｉｘｅｄ:2", [["nested"]]]
+    out: list = []
+    for _ in range(n):
+        body = json.loads(json.dumps(base))
+        kind = rng.randrange(5)
+        key = rng.choice(list(body))
+        if kind == 0:
+            body.pop(key)
+        elif kind == 1:
+            body[key] = rng.choice(weird)
+        elif kind == 2:
+            body["specstop"] = rng.choice([*weird, {"policy": rng.choice(weird)}, {"deadline_s": rng.choice(weird)}])
+        elif kind == 3:
+            body[rng.choice(["tools", "functions", "", "max_tokens ", "\u00e9"])] = rng.choice(weird)
+        else:
+            raw = json.dumps(body, allow_nan=True).encode()
+            out.append(rng.choice([raw[: rng.randrange(len(raw))], raw.replace(b'"', b"'"), b"\xff\xfe" + raw,
+                                   json.dumps(rng.choice(weird), allow_nan=True).encode()]))
+            continue
+        out.append(json.dumps(body, allow_nan=True).encode())
+    return out
+
+
+async def test_garbage_bodies_get_openai_errors_and_the_gateway_keeps_serving(broker, pair, tmp_path):
+    """No edge runs: a body that is valid gets 503 (no edge); every other one an OpenAI-shaped 4xx."""
+    async with gateway(broker.url, pair, tmp_path) as (client, raw, gw):
+        statuses = Counter()
+        for body in _mutations(7, 300):
+            r = await raw.post("/v1/completions", content=body, headers={"content-type": "application/json"})
+            statuses[r.status_code] += 1
+            assert r.status_code in (400, 404, 503), (body[:200], r.status_code, r.text[:300])
+            err = r.json()["error"]
+            assert set(err) == {"message", "type", "param", "code"} and err["message"]
+        reader, writer = await asyncio.open_connection("127.0.0.1", raw.base_url.port)
+        writer.write(b"\x16\x03\x01 not http at all\r\n\r\n")  # a TLS hello / garbage on the HTTP port
+        await writer.drain()
+        await reader.read(1000)
+        writer.close()
+        assert (await raw.get("/v1/models")).status_code == 200
+        assert not gw.running
+    assert statuses[400] > 200

@@ -46,12 +46,16 @@ async def read_json(request: Request, limit: int) -> Any:
     except ClientDisconnect:
         raise APIError(499, "client closed the request", "invalid_request_error", None, "client_gone") from None
     try:
-        body = json.loads(b"".join(chunks))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        body = json.loads(b"".join(chunks), parse_constant=_no_constant)
+    except (UnicodeDecodeError, json.JSONDecodeError, ValueError) as exc:
         raise bad_request(f"request body is not valid JSON: {exc}", None, "invalid_json") from None
     if not isinstance(body, dict):
         raise bad_request("request body must be a JSON object", None, "invalid_json")
     return body
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a JSON number")
 
 
 def validate(model: type, body: dict):
