@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -19,6 +20,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from nodes.device import load_device
+from nodes.models.loading import BUNDLED_DRAFT, BUNDLED_TARGET, model_hash
 from pipeline.transport import aio, bus
 from pipeline.analysis import analyze_run, summarize_rounds
 from pipeline.transport.broker import EmbeddedBroker, die_with_parent, stop_process
@@ -60,8 +63,6 @@ def project_commit() -> str:
 
 
 def write_manifest(run_dir: Path, cfg: RunConfig, broker_url: str) -> None:
-    from nodes.models.loading import BUNDLED_DRAFT, BUNDLED_TARGET, model_hash
-
     draft, target = cfg.draft or BUNDLED_DRAFT, cfg.target or BUNDLED_TARGET
     manifest = {"created": datetime.now(timezone.utc).isoformat(), "config": asdict(cfg), "broker": broker_url,
                 "seeds": {"workload": cfg.seed, "channel": cfg.seed, "policy": cfg.seed},
@@ -74,8 +75,6 @@ def write_manifest(run_dir: Path, cfg: RunConfig, broker_url: str) -> None:
 
 def devices_of(cfg: RunConfig) -> dict | None:
     """The emulated devices of a run (full profiles, for the manifest), or None: this machine as is."""
-    from nodes.device import load_device
-
     if not (cfg.edge_device or cfg.cloud_device):
         return None
     return {role: load_device(name).to_dict() if name else None
@@ -201,8 +200,6 @@ def local_cluster(run_dir: Path, cfg: RunConfig, manifest: bool = False,
 
 
 def _stream_stats(w: WorkloadResult) -> dict:
-    import statistics
-
     ok = [s for s in w.streams if s.ok]
     tokens = sum(len(s.token_ids) for s in ok)
     first = [s.chunk_times_s[0] * 1e3 for s in ok if s.chunk_times_s]

@@ -4,6 +4,10 @@ Each loads only its half of the pair, sets its own torch thread count, connects
 (probe, then endless reconnects) and serves until SIGINT/SIGTERM; then it
 drains within a bounded time (the worker's own `stop`), writes what is still
 buffered to the broker and closes. A second signal stops at once.
+
+The workers (nodes.cloud, nodes.edge: torch and transformers, 2-6 s) and the metrics server
+(prometheus_client, ~0.3 s) are imported inside the function that runs them, so the CLI that
+imports this module answers --help and refuses bad flags at once.
 """
 from __future__ import annotations
 
@@ -11,8 +15,11 @@ import asyncio
 import signal
 from dataclasses import dataclass, field
 
+from control import load_profile, make_policy
 from nodes.device import load_device
-from nodes.models.loading import load_pair, set_threads
+from nodes.jetstream import StreamLimits
+from nodes.models.loading import BUNDLED_DRAFT, BUNDLED_PROFILE, BUNDLED_TARGET, load_pair, set_threads
+from nodes.policy_book import PolicyBook
 from nodes.link import parse_channel
 from nodes.protocol.admission import EdgeLimits
 from pipeline.transport import bus
@@ -164,9 +171,6 @@ async def serve_cloud(opts: NodeOptions, cloud: CloudOptions) -> None:
 
 def profile_for(pair, explicit: str | None):
     """The control profile an edge acts on: the given file, else the bundled pair's shipped one."""
-    from control import load_profile
-    from nodes.models.loading import BUNDLED_DRAFT, BUNDLED_PROFILE, BUNDLED_TARGET
-
     if explicit:
         return load_profile(explicit)
     if pair.draft_name == BUNDLED_DRAFT and pair.target_name == BUNDLED_TARGET and BUNDLED_PROFILE.exists():
@@ -177,8 +181,6 @@ def profile_for(pair, explicit: str | None):
 def default_policy_for(profile, max_length: int):
     """Safe default before the controller speaks: the theory's best length from the profile
     (at the measured delay), else a fixed length."""
-    from control import make_policy
-
     if profile is not None:
         return make_policy("oracle", max_length=max_length, profile=profile)
     return make_policy(f"fixed:{min(4, max_length)}", max_length=max_length)
@@ -187,7 +189,6 @@ def default_policy_for(profile, max_length: int):
 async def serve_edge(opts: NodeOptions, edge: EdgeOptions) -> None:
     from nodes.draft_batcher import DraftBatchConfig
     from nodes.edge import EdgeConfig, EdgeWorker
-    from nodes.policy_book import PolicyBook
 
     log, metrics = with_metrics("edge", opts.node_id, logs.configure(opts.node_id, opts.log_file), opts.metrics)
     channel = parse_channel(edge.channel, seed=edge.seed)
@@ -221,7 +222,6 @@ async def serve_edge(opts: NodeOptions, edge: EdgeOptions) -> None:
 async def serve_control(nats_url: str, node_id: str, log_file: str | None, max_length: int, seed: int,
                         stream=None, max_learners: int = 1024, metrics_addr: str | None = None) -> None:
     from nodes.controller import Controller
-    from nodes.jetstream import StreamLimits
 
     log, metrics = with_metrics("control", node_id, logs.configure(node_id, log_file), metrics_addr)
     nc = await bus.connect(nats_url, node_id, log, inbox_prefix=role_inbox(node_id))
