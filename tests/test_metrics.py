@@ -204,3 +204,16 @@ def test_a_worker_started_with_the_metrics_flag_serves_them(broker, tmp_path):
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=15)
     assert proc.returncode == 0
+
+
+def test_a_busy_metrics_port_fails_in_one_line_before_the_model_loads(broker):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        t0 = time.monotonic()
+        res = subprocess.run([sys.executable, "-m", "pipeline.cli", "edge", "--nats", broker.url, "--metrics",
+                              f"127.0.0.1:{port}"], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2 and time.monotonic() - t0 < 15
+    assert res.stderr.strip().splitlines()[-1].startswith(f"specstop: error: --metrics 127.0.0.1:{port}: cannot listen")
+    assert "loading" not in res.stdout

@@ -73,9 +73,9 @@ class HTTPServer:
 
 
 async def start_gateway(nc, cfg: GatewayConfig, tokenizer, log, http: str = "127.0.0.1:0",
-                        node_id: str = "gateway-1"):
+                        node_id: str = "gateway-1", metrics: GatewayMetrics | None = None):
     """Gateway + metrics + HTTP server on this loop: (gateway, metrics, server). Tests and benches use it too."""
-    metrics = GatewayMetrics(node_id)
+    metrics = metrics or GatewayMetrics(node_id)
     log = tap(log, metrics)
     gw = Gateway(nc, cfg, tokenizer, log)
     await gw.start()
@@ -89,11 +89,12 @@ async def serve_gateway(opts: GatewayOptions) -> None:
 
     log = logs.configure(opts.node_id, opts.log_file)
     listen(opts.http).close()  # a busy port fails before the tokenizer loads
+    metrics = GatewayMetrics(opts.node_id)
+    extra = serve_metrics(metrics.registry, opts.metrics) if opts.metrics else None
     await bus.probe(opts.nats_url)
     tokenizer = load_tokenizer(opts.tokenizer or BUNDLED_DRAFT)
     nc = await bus.connect(opts.nats_url, opts.node_id, log)
-    gw, metrics, server = await start_gateway(nc, opts.config, tokenizer, log, opts.http, opts.node_id)
-    extra = serve_metrics(metrics.registry, opts.metrics) if opts.metrics else None
+    gw, metrics, server = await start_gateway(nc, opts.config, tokenizer, log, opts.http, opts.node_id, metrics)
     gw.log.info("gateway_started", url=f"http://{opts.http.rpartition(':')[0] or '127.0.0.1'}:{server.port}/v1",
                 model=opts.config.model_name, metrics=extra.url if extra else None)
     print(f"specstop gateway ready: http://{opts.http.rpartition(':')[0] or '127.0.0.1'}:{server.port}/v1 "

@@ -25,6 +25,7 @@ class WorkerMetrics:
     def __init__(self, node_id: str):
         self.node_id = node_id
         self.registry = CollectorRegistry()
+        self.server = None  # the MetricsServer serving this registry, once started
         k = self.kind
         self.events = Counter(f"specstop_{k}_log_events", "log events emitted, by event name",
                               ["event"], registry=self.registry)

@@ -113,24 +113,22 @@ def with_metrics(kind: str, node_id: str, log, addr: str | None):
     """(log, metrics): with `--metrics`, the worker's log events also feed its Prometheus metrics."""
     if not addr:
         return log, None
-    from pipeline.metrics import parse_hostport, tap
+    from pipeline.metrics import parse_hostport, serve, tap
     from pipeline.metrics.workers import KINDS
 
-    parse_hostport(addr)  # a bad address fails before any model loads
+    parse_hostport(addr)
     metrics = KINDS[kind](node_id)
+    metrics.server = serve(metrics.registry, addr)  # a busy port fails before any model loads
     return tap(log, metrics), metrics
 
 
 def start_metrics(metrics, worker, addr: str | None):
-    """Serve the worker's /metrics (its state gauges read `worker` at scrape time)."""
+    """Bind the state gauges to the started worker (read at scrape time); the server already listens."""
     if metrics is None or not addr:
         return None
-    from pipeline.metrics import serve
-
     metrics.bind(worker)
-    server = serve(metrics.registry, addr)
-    worker.log.info("metrics_serving", url=server.url)
-    return server
+    worker.log.info("metrics_serving", url=metrics.server.url)
+    return metrics.server
 
 
 def stop_metrics(server) -> None:
