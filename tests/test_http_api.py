@@ -280,3 +280,23 @@ async def test_garbage_bodies_get_openai_errors_and_the_gateway_keeps_serving(br
         assert (await raw.get("/v1/models")).status_code == 200
         assert not gw.running
     assert statuses[400] > 200
+
+
+async def test_seeded_sampling_repeats_and_a_non_streamed_client_that_leaves_frees_the_verifier(broker, pair, tmp_path):
+    async with cluster(broker.url, pair, tmp_path, channel="const:10") as (_, edge, clouds), \
+            gateway(broker.url, pair, tmp_path) as (client, raw, gw):
+        kw = dict(model="specstop", prompt=PROMPT, max_tokens=40, temperature=0.9, top_p=0.95, seed=5,
+                  extra_body={"specstop": {"policy": "fixed:3"}})  # a learning policy's lengths vary: other draws
+        a = await client.completions.create(**kw)
+        b = "".join([c.choices[0].text async for c in await client.completions.create(**kw, stream=True)])
+        assert a.choices[0].text == b and a.usage.completion_tokens == 40
+        with pytest.raises(httpx.ReadTimeout):
+            await raw.post("/v1/completions", timeout=0.7,
+                           json={"model": "specstop", "prompt": PROMPT, "max_tokens": 1500, "temperature": 0,
+                                 "specstop": {"policy": "fixed:2"}})
+        await wait_for(lambda: not edge.live)
+        await wait_for(lambda: not clouds[0].sessions)
+        await wait_for(lambda: not gw.running)
+    http = [e for e in read_log(tmp_path / "gateway-1.jsonl") if e["event"] == "http_request"]
+    assert http[-1]["code"] == "client_gone" and 0 < http[-1]["completion_tokens"] < 1500
+    assert any(e["event"] == "request_cancelled" for e in read_log(tmp_path / "edge-1.jsonl"))
