@@ -36,6 +36,7 @@ class WorkerMetrics:
         self.tap_failures = Counter(f"specstop_{k}_metrics_failures", "log events the metrics could not read",
                                     registry=self.registry)
         self._handlers: dict[str, Callable[[dict], None]] = {}
+        self._event_children: dict[str, Any] = {}
 
     def _counter(self, name: str, doc: str, labels: tuple[str, ...] = ()) -> Counter:
         return Counter(f"specstop_{self.kind}_{name}", doc, list(labels), registry=self.registry)
@@ -47,7 +48,10 @@ class WorkerMetrics:
         return Histogram(f"specstop_{self.kind}_{name}", doc, list(labels), buckets=buckets, registry=self.registry)
 
     def observe(self, level: str, event: str, fields: dict[str, Any]) -> None:
-        self.events.labels(event).inc()
+        child = self._event_children.get(event)
+        if child is None:
+            child = self._event_children[event] = self.events.labels(event)
+        child.inc()
         handler = self._handlers.get(event)
         if handler is not None:
             handler(fields)
@@ -102,35 +106,61 @@ class EdgeMetrics(WorkerMetrics):
         self.retries = self._counter("round_retries", "round attempts sent again", e)
         self.updates = self._counter("policy_updates", "policy updates applied", e)
         self._states: set[str] = set()
+        self._state: str | None = None
+        self._by_policy: dict[str, tuple] = {}
+        self._positions: list[tuple] = []
+        self._edge = tuple(m.labels(node_id) for m in (self.emitted, self.round_s, self.draft_s, self.verify_s,
+                                                       self.network_s, self.draft_length, self.measured_delay,
+                                                       self.link_delay))
         self._handlers = {"round": self._round, "request_done": self._done, "request_failed": self._failed,
                           "round_retry": lambda f: self.retries.labels(self.node_id).inc(),
                           "policy_update": lambda f: self.updates.labels(self.node_id).inc()}
 
+    def _children(self, policy: str) -> tuple:
+        """Label children resolved once (a `labels()` lookup costs ~1 us; a round touches ~20 metrics)."""
+        got = self._by_policy.get(policy)
+        if got is None:
+            edge = self.node_id
+            got = self._by_policy[policy] = (self.rounds.labels(edge, policy), self.drafted.labels(edge, policy),
+                                             self.accepted.labels(edge, policy),
+                                             self.policy_version.labels(edge, policy))
+        return got
+
+    def _position(self, i: int) -> tuple:
+        while len(self._positions) < i:
+            p = str(len(self._positions) + 1)
+            self._positions.append((self.pos_drafted.labels(self.node_id, p), self.pos_accepted.labels(self.node_id, p)))
+        return self._positions[i - 1]
+
     def _round(self, f: dict) -> None:
-        edge, policy = self.node_id, str(f.get("policy", ""))
+        policy = str(f.get("policy", ""))
         length, accepted = int(f.get("draft_length", 0)), int(f.get("accepted", 0))
-        self.rounds.labels(edge, policy).inc()
-        self.drafted.labels(edge, policy).inc(length)
-        self.accepted.labels(edge, policy).inc(accepted)
-        self.emitted.labels(edge).inc(int(f.get("tokens", 0)))
+        rounds, drafted, acc, version = self._children(policy)
+        rounds.inc()
+        drafted.inc(length)
+        acc.inc(accepted)
+        version.set(float(f.get("policy_version", 0)))
+        emitted, round_s, draft_s, verify_s, network_s, draft_length, measured, link = self._edge
+        emitted.inc(int(f.get("tokens", 0)))
         for i in range(1, min(length, MAX_POSITIONS) + 1):
-            self.pos_drafted.labels(edge, str(i)).inc()
+            d, a = self._position(i)
+            d.inc()
             if i <= accepted:
-                self.pos_accepted.labels(edge, str(i)).inc()
-        self.round_s.labels(edge).observe(_s(f, "round_ms"))
-        self.draft_s.labels(edge).observe(_s(f, "draft_ms"))
-        self.verify_s.labels(edge).observe(_s(f, "verify_ms"))
-        self.network_s.labels(edge).observe(_s(f, "network_ms"))
-        self.draft_length.labels(edge).set(length)
-        self.measured_delay.labels(edge).set(_s(f, "network_ms") / 2)
-        self.link_delay.labels(edge).set(_s(f, "delay_ms"))
+                a.inc()
+        network = _s(f, "network_ms")
+        round_s.observe(_s(f, "round_ms"))
+        draft_s.observe(_s(f, "draft_ms"))
+        verify_s.observe(_s(f, "verify_ms"))
+        network_s.observe(network)
+        draft_length.set(length)
+        measured.set(network / 2)
+        link.set(_s(f, "delay_ms"))
         state = f.get("channel_state")
-        if state is not None:
-            state = str(state)
-            self._states.add(state)
+        if state is not None and str(state) != self._state:
+            self._state = str(state)
+            self._states.add(self._state)
             for s in self._states:
-                self.channel_state.labels(edge, s).set(1.0 if s == state else 0.0)
-        self.policy_version.labels(edge, policy).set(float(f.get("policy_version", 0)))
+                self.channel_state.labels(self.node_id, s).set(1.0 if s == self._state else 0.0)
 
     def _done(self, f: dict) -> None:
         self.requests.labels(self.node_id, str(f.get("finish_reason"))).inc()
@@ -163,23 +193,25 @@ class CloudMetrics(WorkerMetrics):
                                             ("verifier", "reason"))
         self.evicted = self._counter("sessions_evicted", "idle sessions evicted to make room", v)
         self.joined = self._counter("retries_answered", "retries answered without computing (joined or resent)", v)
+        self._mine = tuple(m.labels(node_id) for m in (self.verifies, self.drafted, self.accepted, self.resent,
+                                                       self.verify_s, self.queue_s, self.prefill_s, self.batch))
         self._handlers = {"verify": self._verify, "session_end": self._end,
                           "session_evicted": lambda f: self.evicted.labels(self.node_id).inc(),
                           "joined_in_flight": lambda f: self.joined.labels(self.node_id).inc(),
                           "verdict_resent": lambda f: self.joined.labels(self.node_id).inc()}
 
     def _verify(self, f: dict) -> None:
-        v = self.node_id
-        self.verifies.labels(v).inc()
-        self.drafted.labels(v).inc(int(f.get("draft_length", 0)))
-        self.accepted.labels(v).inc(int(f.get("accepted", 0)))
+        verifies, drafted, accepted, resent, verify_s, queue_s, prefill_s, batch = self._mine
+        verifies.inc()
+        drafted.inc(int(f.get("draft_length", 0)))
+        accepted.inc(int(f.get("accepted", 0)))
         if f.get("context_resent"):
-            self.resent.labels(v).inc()
-        self.verify_s.labels(v).observe(_s(f, "verify_ms"))
-        self.queue_s.labels(v).observe(_s(f, "queue_ms"))
+            resent.inc()
+        verify_s.observe(_s(f, "verify_ms"))
+        queue_s.observe(_s(f, "queue_ms"))
         if f.get("prefill_ms"):
-            self.prefill_s.labels(v).observe(_s(f, "prefill_ms"))
-        self.batch.labels(v).observe(int(f.get("batch_size", 1) or 1))
+            prefill_s.observe(_s(f, "prefill_ms"))
+        batch.observe(int(f.get("batch_size", 1) or 1))
 
     def _end(self, f: dict) -> None:
         self.sessions_ended.labels(self.node_id, str(f.get("reason"))).inc()
