@@ -188,14 +188,16 @@ def test_a_worker_started_with_the_metrics_flag_serves_them(broker, tmp_path):
                             text=True, env={**os.environ})
     try:
         text = None
-        for _ in range(100):
+        for _ in range(150):  # the port listens at once; the state gauges appear once the worker started
             try:
                 text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=1).text
-                break
-            except httpx.HTTPError:
-                if proc.poll() is not None:
+                if "specstop_control_learners" in text:
                     break
-                time.sleep(0.1)
+            except httpx.HTTPError:
+                pass
+            if proc.poll() is not None:
+                break
+            time.sleep(0.1)
         assert text is not None, proc.communicate(timeout=5)
         names = {f.name for f in text_string_to_metric_families(text)}
         assert {"specstop_control_events_applied", "specstop_control_learners",
