@@ -300,3 +300,24 @@ async def test_seeded_sampling_repeats_and_a_non_streamed_client_that_leaves_fre
     http = [e for e in read_log(tmp_path / "gateway-1.jsonl") if e["event"] == "http_request"]
     assert http[-1]["code"] == "client_gone" and 0 < http[-1]["completion_tokens"] < 1500
     assert any(e["event"] == "request_cancelled" for e in read_log(tmp_path / "edge-1.jsonl"))
+
+
+async def test_16_concurrent_streams_through_the_gateway_each_equal_their_reference(broker, pair, tmp_path):
+    docs = corpus_documents()
+    prompts = [docs[i][: 60 + 7 * i] for i in range(16)]
+    refs = [reference(pair, p, 24) for p in prompts]
+
+    async def one(client, i, p):
+        chunks = [c async for c in await client.completions.create(
+            model="specstop", prompt=p, max_tokens=24, temperature=0, stream=True,
+            extra_body={"specstop": {"policy": f"fixed:{1 + i % 8}"}})]
+        final = chunks[-1]
+        return "".join(c.choices[0].text for c in chunks), final.model_extra["specstop"]
+
+    async with cluster(broker.url, pair, tmp_path) as (_, edge, clouds), \
+            gateway(broker.url, pair, tmp_path) as (client, raw, gw):
+        results = await asyncio.gather(*(one(client, i, p) for i, p in enumerate(prompts)))
+    assert [text for text, _ in results] == refs
+    for i, (_, stats) in enumerate(results):
+        assert stats["policy"] == f"fixed:{1 + i % 8}" and stats["rounds_reported"] == stats["rounds"]
+        assert 0 < stats["drafted_tokens"] <= stats["rounds"] * (1 + i % 8)  # the last round may draft fewer
