@@ -40,11 +40,12 @@ from nodes.policy_book import PolicyBook
 from nodes.protocol.admission import EdgeLimits, admit_generate, check_prompt_tokens, deadline_s
 from nodes.protocol.request import Accepted, EdgeRequest, Failed, RoundRules, RoundTimes
 from nodes.protocol.timing import one_way_delay_ms, round_log_fields
+from nodes.timing_outbox import TimingOutbox
 from nodes.worker_base import WorkerBase
 from schemas import subjects
 from schemas.codec import Int32Array, Limits, SchemaError, decode, encode
 from schemas.messages import (
-    BAD_MESSAGE, CANCELLED, DEADLINE, INTERNAL, UNAVAILABLE, AckMsg, CancelMsg, ErrorMsg, GenerateRequest,
+    BAD_MESSAGE, CANCELLED, DEADLINE, INTERNAL, NO_VERIFIER, UNAVAILABLE, AckMsg, CancelMsg, ErrorMsg, GenerateRequest,
     PolicyUpdate, ResumeMsg, TokenChunk, VerdictMsg,
 )
 from schemas.rounds import Draft
@@ -113,6 +114,7 @@ class EdgeWorker(WorkerBase):
         self._head: AcceptanceHead | ModelError | None = None  # loaded at the first request that needs it
         self.drafter = DraftBatcher(self, pair.draft, pair.vocab_size, config.drafting, self._drafting_requests,
                                     lambda: len(self.tasks) <= 1, log)
+        self.outbox = TimingOutbox(nc, bus.jetstream(nc), log, config.edge_id)
 
     # --- lifecycle -----------------------------------------------------------------
     async def start(self) -> None:
@@ -122,6 +124,7 @@ class EdgeWorker(WorkerBase):
         self.subs += self._generate_subs
         self.subs.append(await self.nc.subscribe(subjects.CANCEL, cb=self._on_cancel))
         self.subs.append(await self.nc.subscribe(subjects.RESUME, cb=self._on_resume))
+        self.outbox.start()
         if not self.policies.learn_locally:
             self.subs.append(await self.nc.subscribe(subjects.policy(self.cfg.edge_id), cb=self._on_policy))
             await self._restore_from_bucket()
@@ -160,9 +163,12 @@ class EdgeWorker(WorkerBase):
         if tasks:
             await asyncio.wait(tasks, timeout=5.0)
         self.drafter.close()
+        await self.outbox.drain(timeout_s=5.0)
         await super().stop()
         self.log.info("edge_drained", completed=self.completed,
-                      draft_batch_sizes=dict(sorted(self.drafter.sizes.items())))
+                      draft_batch_sizes=dict(sorted(self.drafter.sizes.items())),
+                      timing_stored=self.outbox.stored, timing_plain=self.outbox.plain,
+                      timing_dropped=self.outbox.dropped, timing_unsent=self.outbox.waiting)
 
     # --- policy updates --------------------------------------------------------------
     async def _on_policy(self, msg: Msg) -> None:
@@ -232,6 +238,14 @@ class EdgeWorker(WorkerBase):
                 except Exception as exc:  # no JetStream on this broker: the controller cannot run either
                     self.log.warning("stream_check_failed", error=type(exc).__name__)
                 await self._restore_from_bucket()
+
+    def _link_hint(self, code: str) -> str:
+        """An edge on a leaf node reaches every verifier through the leaf's link to the hub: when none
+        answered, say that the link may be what is down (a client cannot see the link)."""
+        if code != NO_VERIFIER or not getattr(self.nc, "specstop_js_domain", None):
+            return ""
+        return (f"; edge {self.cfg.edge_id} reaches verifiers through its leaf node's link to the hub: "
+                "check that link (leaf server log: 'Leafnode connection')")
 
     # --- admission ---------------------------------------------------------------------
     async def _refuse(self, msg: Msg, code: str, text: str, request_id: str | None = None) -> None:
@@ -441,7 +455,7 @@ class EdgeWorker(WorkerBase):
             if reply:
                 await self.send_now(reply, encode(rec.chunk))
             self.log.info("round", **round_log_fields(rec.timing), **_draft_batch_fields(drafted))
-            await self.send_now(subjects.timing(self.cfg.edge_id), encode(rec.timing))
+            self.outbox.put(subjects.timing(self.cfg.edge_id), encode(rec.timing))
         self.log.info("request_done", request_id=r.req.request_id, rounds=r.round, tokens=len(r.out),
                       finish_reason=r.finish_reason, policy=r.policy_spec, retries=r.retries)
 
@@ -491,7 +505,7 @@ class EdgeWorker(WorkerBase):
             if isinstance(nxt, Accepted):
                 return nxt.verdict, link_ms, (began - first) * 1e3 if step.msg.attempt else 0.0
             if isinstance(nxt, Failed):
-                raise RoundFailed(nxt.code, nxt.message)
+                raise RoundFailed(nxt.code, nxt.message + self._link_hint(nxt.code))
             self.log.warning("round_retry", request_id=r.req.request_id, round=r.round, attempt=nxt.msg.attempt,
                              subject=nxt.subject, context_resent=nxt.msg.context is not None,
                              wait_s=round(nxt.wait_s, 3))

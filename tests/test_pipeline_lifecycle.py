@@ -12,7 +12,7 @@ from pipeline.transport.client import generate_stream
 from schemas import subjects
 from schemas.codec import Limits, decode, encode
 from schemas.messages import AckMsg, ErrorMsg, GenerateRequest, PolicyUpdate, ResumeMsg, TokenChunk
-from tests.pipeline_fixtures import cluster, read_log
+from tests.pipeline_fixtures import cluster, read_log, reset_jetstream
 
 PROMPT = "The try statement specifies exception handlers"
 
@@ -138,6 +138,7 @@ async def test_a_forged_policy_version_is_refused_and_the_edge_keeps_its_policy(
     from control import make_policy
 
     snap = make_policy("auto", max_length=8).snapshot()
+    await reset_jetstream(broker.url)  # no versions left in the bucket by earlier tests' controllers
     async with cluster(broker.url, pair, tmp_path, local_policy=False) as (client, edge, clouds):
         ok = await client.request(subjects.policy("edge-1"), encode(PolicyUpdate("edge-1", "auto", 3, snap)), timeout=5)
         forged = await client.request(subjects.policy("edge-1"),

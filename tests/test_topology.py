@@ -32,3 +32,55 @@ async def test_two_edges_on_leaves_two_verifiers_greedy_equals_target_only(pair,
             assert "violation" not in (edge_logs + ctl).lower(), "a worker needed a subject its role lacks"
         finally:
             workers.stop()
+
+
+async def _timing_in_stream(topo, edge: str) -> int:
+    from pipeline.transport import bus
+
+    nc = await bus.connect(topo.hub_url(), "ops", long_lived=False, auth=topo.auth("operator", "ops"))
+    try:
+        info = await nc.jetstream().stream_info("SPECSTOP_TIMING", subjects_filter=f"specstop.timing.{edge}")
+        return sum((info.state.subjects or {}).values())
+    finally:
+        await nc.close()
+
+
+async def _drive_with_cut(topo, seconds: float, per_edge: int = 16):
+    """A workload whose requests are mid-generation when the link goes (they take seconds in all)."""
+    import asyncio
+
+    task = asyncio.create_task(drive(topo, per_edge=per_edge, max_new_tokens=48, concurrency=2, timeout_s=90.0))
+    await asyncio.sleep(0.5)
+    topo.cut_link("edge-1")
+    await asyncio.sleep(seconds)
+    topo.restore_link("edge-1")
+    return await task
+
+
+@pytest.mark.slow
+async def test_a_cut_leaf_link_delays_requests_or_fails_them_naming_the_link_and_loses_no_timing(pair, tmp_path):
+    import asyncio
+
+    with Topology(tmp_path / "topo", ["edge-1"], ["cloud-1"], proxied_links=True) as topo:
+        workers = start_workers(topo, tmp_path / "run", policy="fixed:4",
+                                edge_extra=["--failover-deadline", "8"])
+        try:
+            # a cut shorter than the failover deadline: every request waits, then completes, exactly
+            results, _, prompts = await _drive_with_cut(topo, 4.0)
+            retried = sum('"round_retry"' in line for line in (tmp_path / "run" / "edge-1.jsonl").open())
+            assert retried, "the cut caught no round in flight"
+            for r, p in zip(results["edge-1"], prompts["edge-1"]):
+                assert r.ok, f"{r.error_code} {r.error}"
+                ref = target_only_generate(pair, pair.tokenizer.encode(p, add_special_tokens=False), 48)
+                assert r.token_ids == ref.token_ids
+            # a cut longer than it: the requests caught by it fail with an error that names the link
+            results, _, _ = await _drive_with_cut(topo, 14.0)
+            failed = [r for r in results["edge-1"] if not r.ok]
+            assert failed, "a 14 s cut with an 8 s failover deadline failed no request"
+            assert all(r.error_code == "no_verifier" and "leaf node's link to the hub" in r.error for r in failed), \
+                [r.error for r in failed]
+            await asyncio.sleep(3.0)  # the outbox empties once the link is back
+            rounds = read_rounds(tmp_path / "run" / "edge-1.jsonl")
+            assert await _timing_in_stream(topo, "edge-1") == len(rounds)  # no timing event lost or doubled
+        finally:
+            workers.stop()
