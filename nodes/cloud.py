@@ -173,9 +173,16 @@ class CloudWorker(WorkerBase):
         """Whether a held session has no round in hand (its next draft may arrive any moment)."""
         return any(s.in_flight is None for s in self.sessions.values())
 
-    async def _run_batch(self, items: list[tuple[VerifyJob, tuple]]) -> list[tuple[JobResult, BatchStats, float]]:
+    async def _run_batch(self, items: list[tuple[VerifyJob, tuple]]) -> list[tuple[JobResult, BatchStats, float,
+                                                                                  float | None]]:
         alone = len(items) == 1 and not self.table.others_live(items[0][1])
         (results, stats), started = await self.run_model(self.verifier.run, [job for job, _ in items], alone=alone)
+        device_ms = None
+        if self.pacer is not None and self.pacer.profile.shared:  # one device: the next batch waits for it
+            longest = max(len(job.draft) for job, _ in items)
+            device_ms, pad = self.pacer.verify(longest, (time.perf_counter() - started) * 1e3)
+            if pad > 0:
+                await asyncio.sleep(pad / 1e3)
         if len(items) > 1:
             self.log.info("verify_batch", size=len(items), slot_rows=stats.slot_rows, per_request=stats.per_request,
                           failed=stats.failed, forward_ms=round(stats.forward_ms, 3), prep_ms=round(stats.prep_ms, 3),
@@ -184,7 +191,7 @@ class CloudWorker(WorkerBase):
                           per_request_ms=round(stats.per_request_ms, 3),
                           total_ms=round(stats.total_ms, 3), padded_tokens=stats.padded_tokens,
                           real_tokens=stats.real_tokens)
-        return [(r, stats, started) for r in results]
+        return [(r, stats, started, device_ms) for r in results]
 
     async def _verify(self, job: Compute, received: float) -> None:
         s, dm = job.session, job.msg
@@ -192,7 +199,7 @@ class CloudWorker(WorkerBase):
         vjob = VerifyJob(s.state, context, dm.to_draft(), SamplingParams(dm.temperature, dm.top_p))
         try:
             done: Batched = await self.batcher.submit((vjob, s.key))
-            res, stats, started = done.result
+            res, stats, started, device_ms = done.result
             error = res.error
         except Exception as exc:  # a bug: the waiters hear of it, the worker keeps serving
             res, error = None, exc
@@ -210,7 +217,9 @@ class CloudWorker(WorkerBase):
         state, v, prefill_ms = res.state, res.verdict, res.prefill_ms
         queue_ms = (started - received) * 1e3
         real_ms = emulated_ms = v.verify_ms
-        if self.pacer is not None:  # the device's forward takes this long; prefill runs at our speed
+        if device_ms is not None:  # one shared device: its batch took this long; waiting for it is queueing
+            emulated_ms = device_ms
+        elif self.pacer is not None:  # the device's forward takes this long; prefill runs at our speed
             emulated_ms, pad = self.pacer.verify(len(dm.tokens), v.verify_ms + queue_ms)
             queue_ms = 0.0  # a virtual device per session: waiting for this CPU is inside the device time
             if pad > 0:

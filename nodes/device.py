@@ -12,7 +12,11 @@ model thread included), exactly as the link emulation pads the network. The
 wait is an asyncio sleep, so each request has a virtual device of its own
 (its rounds are serial, other requests go on, and waiting for this CPU is
 inside the device's time, not added to it). When the real compute already took
-longer, nothing is added. Prefill runs at this machine's speed (not emulated).
+longer, nothing is added. A verify profile with `"shared": true` is instead one
+device for all sessions, as a real cloud GPU is: its batches run one after
+another, each holding the device for the emulated time of its longest row, so a
+verifier has a capacity and queueing for it is real (how verifier scaling is
+measured on a machine whose CPU is not the bottleneck a GPU would be). Prefill runs at this machine's speed (not emulated).
 
 Profiles: `nodes/devices/<name>.json` (shipped, with their provenance) or any
 JSON file with the same fields; a worker uses the half it needs.
@@ -42,6 +46,7 @@ class DeviceProfile:
     verify_ms_fixed: float | None = None
     verify_ms_per_token: float | None = None
     jitter: float = 0.0  # each emulated duration is scaled by 1 + jitter * U[-1, 1]
+    shared: bool = False  # verify: one device for every session (batches serial), not one per session
 
     @property
     def emulates_draft(self) -> bool:
@@ -65,7 +70,8 @@ class DeviceProfile:
 
     def to_dict(self) -> dict:
         return {"name": self.name, "provenance": self.provenance,
-                **{f: getattr(self, f) for f in FIELDS if getattr(self, f) is not None}}
+                **{f: getattr(self, f) for f in FIELDS if getattr(self, f) is not None},
+                **({"shared": True} if self.shared else {})}
 
 
 def shipped_devices() -> list[str]:
@@ -102,8 +108,13 @@ def load_device(name_or_path: str) -> DeviceProfile:
         raise DeviceError(f"device profile {path}: 'verify_ms_per_token' needs 'verify_ms_fixed'")
     if not any(k in values for k in ("draft_ms_per_token", "verify_ms_fixed")):
         raise DeviceError(f"device profile {path}: needs 'draft_ms_per_token' (edge) or 'verify_ms_fixed' (cloud)")
+    shared = data.get("shared", False)
+    if not isinstance(shared, bool):
+        raise DeviceError(f"device profile {path}: field 'shared' must be true or false, got {shared!r}")
+    if shared and "verify_ms_fixed" not in values:
+        raise DeviceError(f"device profile {path}: 'shared' needs verify times (it describes a cloud device)")
     name = data.get("name", path.stem)
-    return DeviceProfile(str(name), str(data.get("provenance", "")), **values)
+    return DeviceProfile(str(name), str(data.get("provenance", "")), **values, shared=shared)
 
 
 class Pacer:

@@ -31,6 +31,8 @@ def test_the_paper_testbed_pair_costs_139_ms_at_one_token_and_72_more_per_token(
     ({"verify_ms_per_token": 3}, "needs 'verify_ms_fixed'"),
     ({"jitter": 0.1}, "needs 'draft_ms_per_token' (edge) or 'verify_ms_fixed' (cloud)"),
     ({"draft_ms_per_token": 1, "jitter": 1.5}, "'jitter' must be below 1"),
+    ({"verify_ms_fixed": 60, "shared": "yes"}, "'shared' must be true or false"),
+    ({"draft_ms_per_token": 60, "shared": True}, "'shared' needs verify times"),
 ])
 def test_a_bad_profile_is_one_clear_error(tmp_path, body, fragment):
     path = tmp_path / "dev.json"
@@ -72,3 +74,22 @@ async def test_an_emulated_pipeline_keeps_the_tokens_and_takes_the_devices_time(
         assert r["emulated"] and r["draft_ms"] >= 0.95 * (4 + 69 * L) > r["draft_real_ms"]
         assert r["verify_ms"] >= 0.95 * (60 + 3 * (L + 1)) and r["verify_real_ms"] < r["verify_ms"]
         assert r["round_ms"] >= r["draft_ms"] + r["verify_ms"] + 2 * 5.0 - 4.5  # the link timer may ask 2 ms less a way
+
+
+async def test_a_shared_cloud_device_verifies_one_batch_at_a_time(broker, pair, tmp_path):
+    """`shared`: one device for every session, so two streams' rounds queue for it (one round per batch
+    here) instead of each having a device of its own; the tokens stay the target's."""
+    import asyncio
+
+    prompts = ["The pass statement", "The return statement"]
+    refs = [target_only_generate(pair, pair.tokenizer.encode(p, add_special_tokens=False), 8).token_ids
+            for p in prompts]
+    async with cluster(broker.url, pair, tmp_path, cloud_device=load_device("rtx-3090-ti-shared"),
+                       cloud_max_batch=1) as (client, edge, clouds):
+        res = await asyncio.gather(*(generate_stream(client, GenerateRequest(f"sh{i}", prompt=p, max_new_tokens=8,
+                                                                           policy="fixed:2"), 60)
+                                     for i, p in enumerate(prompts)))
+    assert [r.token_ids for r in res] == refs
+    verifies = [e for e in read_log(tmp_path / "cloud-1.jsonl") if e["event"] == "verify"]
+    assert all(v["verify_ms"] >= 0.95 * (60 + 3 * (v["draft_length"] + 1)) for v in verifies)
+    assert max(v["queue_ms"] for v in verifies) >= 0.9 * 60  # a round waited for the other's batch

@@ -75,7 +75,7 @@ def bench_verifiers(a, root: Path) -> dict:
         d = root / f"bench-{v}"
         with Topology(d / "topology", 2, v) as topo:
             w = start_workers(topo, d / "run", policy="fixed:4", control=False,
-                              cloud_extra=["--emulate", "rtx-3090-ti", "--max-batch", "1"])
+                              cloud_extra=["--emulate", "rtx-3090-ti-shared", "--max-batch", "1"])
             try:
                 results, wall, _ = _run(drive(topo, a.bench_requests_per_edge, a.max_new_tokens, a.bench_concurrency))
                 rounds = [x for e in topo.edges for x in read_rounds(d / "run" / f"{e}.jsonl")]
@@ -87,7 +87,7 @@ def bench_verifiers(a, root: Path) -> dict:
                 w.stop()
     t = {k: x["aggregate_tokens_per_s"] or 0.0 for k, x in levels.items()}
     return {"load": f"2 edges x {a.bench_concurrency} concurrent, fixed:4, {a.max_new_tokens} tokens",
-            "verify_emulation": "rtx-3090-ti, --max-batch 1", "levels": levels,
+            "verify_emulation": "rtx-3090-ti-shared (one device per verifier), --max-batch 1", "levels": levels,
             "ratio_2_vs_1": round(t[2] / t[1], 3) if t[1] else None,
             "ratio_4_vs_1": round(t[4] / t[1], 3) if t[1] else None}
 
