@@ -97,7 +97,11 @@ async def test_metrics_of_every_worker_match_the_round_logs(broker, pair, tmp_pa
         assert refused.error_code == "bad_message"
         rounds = [e for e in read_log(tmp_path / "edge-1.jsonl") if e["event"] == "round"]
         auto_rounds = sum(1 for r in rounds if r["policy"] == "auto")
-        await wait_for(lambda: ctl.applied >= auto_rounds and not cloud.sessions)
+        def control_done() -> bool:  # its log line comes after the batch is stored, published and acked
+            done = [e for e in read_log(tmp_path / "control-1.jsonl") if e["event"] == "updates_published"]
+            return bool(done) and done[-1]["applied_total"] >= auto_rounds
+
+        await wait_for(lambda: control_done() and not cloud.sessions)
         async with httpx.AsyncClient(timeout=10) as h:
             scraped = [samples((await h.get(s.url)).text) for s in servers]
             gw_text = (await h.get(f"http://127.0.0.1:{http.port}/metrics")).text

@@ -17,7 +17,7 @@ def cmd_gateway(a: argparse.Namespace) -> None:
                         request_timeout_s=a.request_timeout, silence_timeout_s=a.silence_timeout,
                         max_length=a.max_length)
     aio.run(serve_gateway(GatewayOptions(a.http, default_nats_url(a.nats), a.id, a.log_file, a.metrics, a.tokenizer,
-                                         cfg)))
+                                         cfg, a.drain_timeout)))
 
 
 def register(sub) -> None:
@@ -44,4 +44,6 @@ def register(sub) -> None:
                    help="seconds without a round before a request fails with 504")
     p.add_argument("--max-length", type=positive_int, default=8,
                    help="longest draft of the edges (specstop.policy specs are checked against it)")
+    p.add_argument("--drain-timeout", type=positive_float, default=10.0,
+                   help="after SIGTERM/SIGINT: seconds running generations may finish (new connections refused)")
     p.set_defaults(func=cmd_gateway)

@@ -26,6 +26,7 @@ class GatewayOptions:
     metrics: str | None = None       # a second /metrics listener (the HTTP port always serves /metrics)
     tokenizer: str | None = None     # counts prompt tokens and renders chat templates (default: the bundled pair's)
     config: GatewayConfig = field(default_factory=GatewayConfig)
+    drain_timeout_s: float = 10.0    # after SIGTERM: running generations may finish this long
 
 
 def listen(addr: str) -> socket.socket:
@@ -106,8 +107,13 @@ async def serve_gateway(opts: GatewayOptions) -> None:
     waiter = asyncio.create_task(stop.wait())
     await asyncio.wait({waiter, server.task}, return_when=asyncio.FIRST_COMPLETED)
     waiter.cancel()
-    await server.stop()
+    # stop accepting, let running generations finish for the drain timeout, then cancel the rest
+    server.server.should_exit = True
+    deadline = loop.time() + opts.drain_timeout_s
+    while gw.running and loop.time() < deadline:
+        await asyncio.sleep(0.05)
     await gw.stop()
+    await server.stop()
     if extra is not None:
         extra.close()
     try:
