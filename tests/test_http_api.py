@@ -321,3 +321,33 @@ async def test_16_concurrent_streams_through_the_gateway_each_equal_their_refere
     for i, (_, stats) in enumerate(results):
         assert stats["policy"] == f"fixed:{1 + i % 8}" and stats["rounds_reported"] == stats["rounds"]
         assert 0 < stats["drafted_tokens"] <= stats["rounds"] * (1 + i % 8)  # the last round may draft fewer
+
+
+def test_the_gateway_process_serves_then_stops_on_sigterm_and_a_busy_port_is_one_line(broker, tmp_path):
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "pipeline.cli", "gateway", "--nats", broker.url, "--log-file",
+           str(tmp_path / "gw.jsonl")]
+    proc = subprocess.Popen([*cmd, "--http", f"127.0.0.1:{port}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        assert "ready: http://127.0.0.1" in proc.stdout.readline()
+        assert httpx.get(f"http://127.0.0.1:{port}/health").json()["status"] == "ok"
+        assert httpx.get(f"http://127.0.0.1:{port}/v1/models").json()["data"][0]["id"] == "specstop"
+        busy = subprocess.run([*cmd, "--http", f"127.0.0.1:{port}"], capture_output=True, text=True, timeout=60)
+        assert busy.returncode == 2
+        assert busy.stderr.strip().splitlines()[-1].startswith(f"specstop: error: --http 127.0.0.1:{port}: cannot")
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0 and time.monotonic() - t0 < 5
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert [e["event"] for e in read_log(tmp_path / "gw.jsonl")][-1] == "gateway_stopped"
