@@ -351,3 +351,29 @@ def test_the_gateway_process_serves_then_stops_on_sigterm_and_a_busy_port_is_one
         if proc.poll() is None:
             proc.kill()
     assert [e["event"] for e in read_log(tmp_path / "gw.jsonl")][-1] == "gateway_stopped"
+
+
+async def test_edge_refusals_map_to_http_statuses_and_a_mid_stream_error_is_an_sse_error_event(broker, pair, tmp_path):
+    from nodes.protocol.admission import EdgeLimits
+
+    limits = EdgeLimits(max_active=1, max_queued=0, max_prompt_tokens=64)
+    async with cluster(broker.url, pair, tmp_path, channel="const:10", limits=limits) as (_, edge, clouds), \
+            gateway(broker.url, pair, tmp_path) as (client, raw, gw):
+        with pytest.raises(openai.BadRequestError) as too_long:  # the gateway allows it, the edge does not
+            await client.completions.create(model="specstop", prompt="x" * 100, max_tokens=4)
+        stream = await client.completions.create(model="specstop", prompt=PROMPT, max_tokens=1500, temperature=0,
+                                                 stream=True, extra_body={"specstop": {"deadline_s": 0.6,
+                                                                                       "policy": "fixed:2"}})
+        with pytest.raises(openai.RateLimitError) as full:  # the edge's one active slot is taken
+            await client.completions.create(model="specstop", prompt=PROMPT, max_tokens=4)
+        texts = []
+        with pytest.raises(openai.APIError) as mid:
+            async for chunk in stream:
+                texts.append(chunk.choices[0].text)
+        await wait_for(lambda: not clouds[0].sessions and not gw.running)
+    assert too_long.value.response.json()["error"]["code"] == "context_length_exceeded"
+    assert full.value.status_code == 429 and full.value.response.json()["error"]["code"] == "overloaded"
+    assert texts and "deadline" in str(mid.value)
+    http = [e for e in read_log(tmp_path / "gateway-1.jsonl") if e["event"] == "http_request"]
+    assert [(e["status"], e["code"]) for e in http] == [(400, "context_length_exceeded"), (429, "overloaded"),
+                                                         (504, "deadline")]
