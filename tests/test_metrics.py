@@ -142,6 +142,9 @@ async def test_metrics_of_every_worker_match_the_round_logs(broker, pair, tmp_pa
     assert total(es, "specstop_edge_draft_length") == rounds[-1]["draft_length"]
     assert total(es, "specstop_edge_channel_state", state=str(rounds[-1]["channel_state"])) == 1.0
     assert total(es, "specstop_edge_channel_state") == 1.0  # one state is current
+    for state in {str(r["channel_state"]) for r in rounds}:
+        last = [r for r in rounds if str(r["channel_state"]) == state][-1]
+        assert total(es, "specstop_edge_draft_length_by_state", state=state) == last["draft_length"]
     edge_log = read_log(tmp_path / "edge-1.jsonl")
     done = Counter(e["finish_reason"] for e in edge_log if e["event"] == "request_done")
     for reason, n in done.items():

@@ -99,6 +99,8 @@ class EdgeMetrics(WorkerMetrics):
         self.link_delay = self._gauge("link_delay_seconds", "emulated one-way link delay of the last round", e)
         self.channel_state = self._gauge("channel_state", "1 for the channel state of the last round, 0 for others",
                                          ("edge", "state"))
+        self.length_by_state = self._gauge("draft_length_by_state", "draft length of the last round in each "
+                                                                    "channel state", ("edge", "state"))
         self.policy_version = self._gauge("policy_version", "policy version the last round acted on",
                                           ("edge", "policy"))
         self.requests = self._counter("requests", "requests ended, by outcome (eos, length, or the error code)",
@@ -108,6 +110,7 @@ class EdgeMetrics(WorkerMetrics):
         self._states: set[str] = set()
         self._state: str | None = None
         self._by_policy: dict[str, tuple] = {}
+        self._by_state: dict[str, Any] = {}
         self._positions: list[tuple] = []
         self._edge = tuple(m.labels(node_id) for m in (self.emitted, self.round_s, self.draft_s, self.verify_s,
                                                        self.network_s, self.draft_length, self.measured_delay,
@@ -156,11 +159,17 @@ class EdgeMetrics(WorkerMetrics):
         measured.set(network / 2)
         link.set(_s(f, "delay_ms"))
         state = f.get("channel_state")
-        if state is not None and str(state) != self._state:
-            self._state = str(state)
-            self._states.add(self._state)
-            for s in self._states:
-                self.channel_state.labels(self.node_id, s).set(1.0 if s == self._state else 0.0)
+        if state is not None:
+            state = str(state)
+            by_state = self._by_state.get(state)
+            if by_state is None:
+                by_state = self._by_state[state] = self.length_by_state.labels(self.node_id, state)
+            by_state.set(length)
+            if state != self._state:
+                self._state = state
+                self._states.add(state)
+                for s in self._states:
+                    self.channel_state.labels(self.node_id, s).set(1.0 if s == state else 0.0)
 
     def _done(self, f: dict) -> None:
         self.requests.labels(self.node_id, str(f.get("finish_reason"))).inc()
