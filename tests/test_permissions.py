@@ -202,3 +202,19 @@ async def test_a_client_cannot_publish_a_draft(topo, subject):
         await c.nc.publish(subject, b"draft")
         assert await c.violations(), f"a client published {subject} at {url}"
         await c.close()
+
+
+async def test_a_device_gateway_reads_its_own_edges_timing_only_and_sends_no_draft(topo):
+    g = await conn(topo.leaf_url("edge-1"), topo.auth("gateway", "edge-1"))
+    own = await g.nc.subscribe("specstop.timing.edge-1")
+    await g.nc.publish("specstop.generate.edge-1", b"x")  # its edge's generate subject: allowed
+    assert not await g.violations()
+    await g.nc.subscribe("specstop.timing.edge-2")
+    assert await g.violations(), "a gateway read another edge's timing events"
+    await own.unsubscribe()
+    await g.close()
+    for subject in ("specstop.verify", "specstop.generate.edge-2", "specstop.policy.edge-1"):
+        g = await conn(topo.leaf_url("edge-1"), topo.auth("gateway", "edge-1"))
+        await g.nc.publish(subject, b"x")
+        assert await g.violations(), f"a gateway published {subject}"
+        await g.close()

@@ -15,7 +15,7 @@ def cmd_gateway(a: argparse.Namespace) -> None:
     cfg = GatewayConfig(model_name=a.model_name, max_in_flight=a.max_in_flight, max_tokens_limit=a.max_tokens_limit,
                         max_prompt_tokens=a.max_prompt_tokens, default_chat_tokens=a.default_chat_tokens,
                         request_timeout_s=a.request_timeout, silence_timeout_s=a.silence_timeout,
-                        max_length=a.max_length)
+                        max_length=a.max_length, edge_id=a.edge)
     aio.run(serve_gateway(GatewayOptions(a.http, default_nats_url(a.nats), a.id, a.log_file, a.metrics, a.tokenizer,
                                          cfg, a.drain_timeout)))
 
@@ -29,6 +29,9 @@ def register(sub) -> None:
     p.add_argument("--id", type=node_id, default="gateway-1", help="node id (names its log)")
     p.add_argument("--log-file", help="JSON-lines log file (default: stderr)")
     metrics_arg(p)
+    p.add_argument("--edge", type=node_id, metavar="EDGE_ID",
+                   help="front this edge only (specstop.generate.EDGE_ID, its timing events): a device's gateway, "
+                        "whose identity may read no other edge's subjects (default: every edge, as a queue group)")
     p.add_argument("--model-name", default="specstop", help="the model id clients ask for (GET /v1/models)")
     p.add_argument("--tokenizer", help="tokenizer counting prompt tokens and rendering chat templates "
                                        "(default: the bundled pair's)")

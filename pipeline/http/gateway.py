@@ -44,6 +44,7 @@ class GatewayConfig:
     max_length: int = 8                 # longest draft (for checking policy specs before sending them)
     max_body_bytes: int = 4 << 20
     timing_wait_s: float = 0.5          # how long a finished request waits for its last rounds' timing events
+    edge_id: str | None = None          # front this edge only (its subjects; what a device's gateway may use)
 
 
 @dataclass
@@ -126,7 +127,8 @@ class Generation:
         req = GenerateRequest(job.request_id, prompt=job.prompt, max_new_tokens=job.max_tokens,
                               temperature=job.temperature, top_p=job.top_p, seed=job.seed, policy=job.policy,
                               deadline_s=job.deadline_s)
-        self.task = asyncio.create_task(generate_stream(gw.nc, req, gw.cfg.silence_timeout_s, on_chunk=self._on_chunk))
+        self.task = asyncio.create_task(generate_stream(gw.nc, req, gw.cfg.silence_timeout_s, on_chunk=self._on_chunk,
+                                                        subject=subjects.generate(gw.cfg.edge_id)))
         self.task.add_done_callback(lambda t: self.queue.put_nowait(_END))
         self.deadline = time.monotonic() + job.deadline_s + 2.0  # the edge answers `deadline` first
 
@@ -222,7 +224,8 @@ class Gateway:
         self._limits = Limits()
 
     async def start(self) -> None:
-        self._sub = await self.nc.subscribe(f"{subjects.TIMING_PREFIX}.>", cb=self._on_timing)
+        timing = subjects.timing(self.cfg.edge_id) if self.cfg.edge_id else f"{subjects.TIMING_PREFIX}.>"
+        self._sub = await self.nc.subscribe(timing, cb=self._on_timing)
         await self.nc.flush()
 
     async def stop(self) -> None:

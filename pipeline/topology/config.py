@@ -39,7 +39,7 @@ def free_port() -> int:
 # --- nkeys --------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Identity:
-    role: str     # verifier, edge, leaf, controller, client, operator
+    role: str     # verifier, edge, leaf, controller, client, gateway, operator
     id: str
     seed_file: Path
     public: str
@@ -151,7 +151,7 @@ def write_deployment(root: Path, edges: list[str], verifiers: list[str], cluster
     leaf_users: dict[str, list[Identity]] = {}
     for e in edges:
         edge_i, client_i = add("edge", e), add("client", e)
-        leaf_users[e] = [edge_i, client_i]
+        leaf_users[e] = [edge_i, client_i, add("gateway", e)]
         if direct_edges:
             hub_users += [edge_i, client_i]
     tls = {"SPECSTOP_TLS_CERT": str(pki["cert"]), "SPECSTOP_TLS_KEY": str(pki["key"]), "SPECSTOP_TLS_CA": str(pki["ca"])}
