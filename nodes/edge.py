@@ -39,6 +39,7 @@ from nodes.models.sessions import DraftSession
 from nodes.policy_book import PolicyBook
 from nodes.protocol.admission import EdgeLimits, admit_generate, check_prompt_tokens, deadline_s
 from nodes.protocol.request import Accepted, EdgeRequest, Failed, RoundRules, RoundTimes
+from nodes.protocol.placement import Placement
 from nodes.protocol.timing import one_way_delay_ms, round_log_fields
 from nodes.timing_outbox import TimingOutbox
 from nodes.worker_base import WorkerBase
@@ -67,6 +68,7 @@ class EdgeConfig:
     limits: EdgeLimits = EdgeLimits()
     drain_timeout_s: float = 10.0
     drafting: DraftBatchConfig = DraftBatchConfig()
+    place_sessions: bool = True  # new sessions start on the least loaded verifier known (nodes/protocol/placement)
 
     def rules(self) -> RoundRules:
         return RoundRules(self.edge_id, self.max_length, self.request_timeout_s, self.failover_deadline_s)
@@ -115,6 +117,7 @@ class EdgeWorker(WorkerBase):
         self.drafter = DraftBatcher(self, pair.draft, pair.vocab_size, config.drafting, self._drafting_requests,
                                     lambda: len(self.tasks) <= 1, log)
         self.outbox = TimingOutbox(nc, bus.jetstream(nc), log, config.edge_id)
+        self.placement = Placement(config.seed)
 
     # --- lifecycle -----------------------------------------------------------------
     async def start(self) -> None:
@@ -386,8 +389,12 @@ class EdgeWorker(WorkerBase):
         refusal = check_prompt_tokens(len(prompt), self.cfg.limits)
         if refusal is not None:
             raise RoundFailed(refusal.code, refusal.message)
-        return EdgeRequest(req, prompt, self.cfg.rules(), spec, self.pair.eos_ids,
-                           IncrementalDetokenizer(tok, self.pair.eos_ids))
+        r = EdgeRequest(req, prompt, self.cfg.rules(), spec, self.pair.eos_ids,
+                        IncrementalDetokenizer(tok, self.pair.eos_ids))
+        target = self.placement.choose(time.monotonic()) if self.cfg.place_sessions else None
+        if target is not None:
+            r.place(target)
+        return r
 
     def _acceptance_head(self) -> AcceptanceHead:
         """The shipped acceptance head, loaded once; ControlError (refusing the request) if there is none
@@ -442,6 +449,7 @@ class EdgeWorker(WorkerBase):
                 edge_queue_ms = 0.0  # with a virtual device of its own, waiting for this CPU is device time
             verdict, link_ms, stall_ms = await self._exchange(r, d, sample)
             round_ms = (time.perf_counter() - t0) * 1e3 - stall_ms
+            self.placement.observe(verdict.verifier_id, verdict.queue_ms, time.monotonic())
             if draft_model is not None:
                 await self.drafter.apply(draft_model, verdict.to_verdict())
             self.timing_seq += 1
@@ -488,6 +496,8 @@ class EdgeWorker(WorkerBase):
             try:
                 answer = await self.nc.request(step.subject, encode(step.msg), timeout=step.timeout_s)
             except NoRespondersError:
+                if r.verifier is not None:
+                    self.placement.forget(r.verifier)
                 nxt = r.on_no_responders(time.monotonic())
             except (NatsTimeoutError, asyncio.TimeoutError):
                 nxt = r.on_timeout(time.monotonic())

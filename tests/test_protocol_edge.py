@@ -48,6 +48,36 @@ def test_later_rounds_go_to_the_sticky_verifier_without_the_context():
     assert send.subject == subjects.verifier("cloud-7") and send.msg.context is None and send.msg.round == 1
 
 
+def test_a_placed_session_opens_on_the_chosen_verifier_with_its_context():
+    r = request()
+    r.place("cloud-2")
+    r.plan(make_policy("fixed:3"), 0, RoundContext())
+    send = r.send(Draft([1, 2, 3], 0), 0.0)
+    assert send.subject == subjects.verifier("cloud-2") and list(send.msg.context) == [5, 6, 7]
+    step = r.on_verdict(verdict(r, 2, verifier="cloud-2"), 0.0)
+    r.complete(step.verdict, RoundTimes(40.0, 10.0, 1.0, 20.0), "s1", 10.0, 1)
+    r.plan(make_policy("fixed:3"), 0, RoundContext())
+    later = r.send(Draft([4], 0), 0.0)
+    assert later.subject == subjects.verifier("cloud-2") and later.msg.context is None
+
+
+def test_a_placed_session_whose_verifier_is_gone_opens_through_the_queue_group():
+    r = request()
+    r.place("gone")
+    r.plan(make_policy("fixed:3"), 0, RoundContext())
+    r.send(Draft([1, 2, 3], 0), 0.0)
+    step = r.on_no_responders(0.0)
+    assert isinstance(step, Send) and step.subject == subjects.VERIFY and list(step.msg.context) == [5, 6, 7]
+
+
+def test_placement_only_applies_before_the_first_round():
+    r = request()
+    run_round(r, verifier="cloud-7")
+    r.place("cloud-2")
+    r.plan(make_policy("fixed:3"), 0, RoundContext())
+    assert r.send(Draft([4], 0), 0.0).subject == subjects.verifier("cloud-7")
+
+
 def test_a_verdict_for_another_attempt_is_not_accepted():
     r = request()
     r.plan(make_policy("fixed:3"), 0, RoundContext())

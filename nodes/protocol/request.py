@@ -127,6 +127,7 @@ class EdgeRequest:
     round: int = 0
     attempt: int = 0
     verifier: str | None = None               # sticky verifier of the session, None: queue group next
+    placed: bool = False                      # the first round goes to `verifier` (chosen by the edge), context included
     left_behind: list[str] = field(default_factory=list)  # verifiers that may still hold a session
     finish_reason: str | None = None
     retries: int = 0
@@ -157,15 +158,24 @@ class EdgeRequest:
         self._plan = RoundPlan(length, round_seed(self.req.seed, self.round), ctx, version)
         return self._plan
 
+    def place(self, verifier_id: str) -> None:
+        """Start the session on this verifier instead of wherever the queue group sends it (the edge's
+        placement: the least loaded verifier it knows). Only before the first round."""
+        if self.round == 0 and self._pending is None and self.verifier is None:
+            self.verifier, self.placed = verifier_id, True
+
     def send(self, draft: Draft, now: float) -> Send:
-        """The round's first attempt: to the sticky verifier, or with the context to the queue group."""
+        """The round's first attempt: to the sticky verifier, or with the context to the queue group
+        (or, for a placed session's first round, to the verifier the edge chose)."""
         self._draft, self.attempt, self._failing_since = draft, 0, None
         self._context_resent = False
-        first_round = self.verifier is None and self.round == 0
+        opening = self.round == 0 and self.placed and self.verifier is not None
+        first_round = self.round == 0 and (self.verifier is None or opening)
+        with_context = self.verifier is None or opening
         msg = DraftMsg.from_draft(draft, request_id=self.req.request_id, round=self.round, attempt=0,
                                   edge_id=self.rules.edge_id, params=self.params,
-                                  context=self.context if self.verifier is None else None, session=self.session)
-        self._context_resent = self.verifier is None and not first_round
+                                  context=self.context if with_context else None, session=self.session)
+        self._context_resent = with_context and not first_round
         self._holder_unknown = self._holder_unknown or self.verifier is None
         self._pending = msg
         return Send(self._subject(), msg, 0.0, self.rules.request_timeout_s)

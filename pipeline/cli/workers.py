@@ -79,7 +79,8 @@ def cmd_edge(a: argparse.Namespace) -> None:
     aio.run(serve_edge(_node_options(a), EdgeOptions(a.channel, a.policy, a.seed, not a.remote_policy,
                                                      a.request_timeout, a.failover_deadline, limits, a.profile,
                                                      a.draft_max_batch, a.draft_batch_wait_ms,
-                                                     not a.no_draft_slot_cache, a.draft_slot_memory_mb)))
+                                                     not a.no_draft_slot_cache, a.draft_slot_memory_mb,
+                                                     not a.random_placement)))
 
 
 def cmd_control(a: argparse.Namespace) -> None:
@@ -143,6 +144,9 @@ def register(sub) -> None:
                    help="draft every request on its own KV cache (no slots, no batched drafting)")
     p.add_argument("--draft-slot-memory-mb", type=positive_int, default=1024,
                    help="K/V memory of the draft slot cache; requests that do not fit draft per request")
+    p.add_argument("--random-placement", action="store_true",
+                   help="start each session wherever the verifier queue group sends it, instead of on the least "
+                        "loaded verifier this edge knows (by the queue times in its verdicts)")
     p.set_defaults(func=cmd_edge)
 
     p = sub.add_parser("control", help="control subscriber: learn from timing events, publish policy updates")

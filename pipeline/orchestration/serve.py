@@ -60,6 +60,7 @@ class EdgeOptions:
     draft_batch_wait_ms: float = 2.0
     draft_slot_cache: bool = True
     draft_slot_memory_mb: int = 1024
+    place_sessions: bool = True     # new sessions on the least loaded verifier known (else: the queue group's pick)
 
 
 @dataclass
@@ -200,7 +201,7 @@ async def serve_edge(opts: NodeOptions, edge: EdgeOptions) -> None:
                                 edge.limits.max_prompt_tokens + edge.limits.max_new_tokens + opts.max_length + 1,
                                 2 * edge.limits.max_active, edge.draft_slot_memory_mb)
     cfg = EdgeConfig(opts.node_id, edge.policy, opts.max_length, edge.request_timeout_s, edge.failover_deadline_s,
-                     edge.seed, edge.limits, opts.drain_timeout_s, drafting)
+                     edge.seed, edge.limits, opts.drain_timeout_s, drafting, edge.place_sessions)
     profile = profile_for(pair, edge.profile)
     book = PolicyBook(opts.max_length, edge.seed, learn_locally=edge.local_policy,
                       fallback=default_policy_for(profile, opts.max_length), profile=profile, pinned=edge.policy)
