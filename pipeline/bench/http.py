@@ -10,7 +10,6 @@ median is the gateway's overhead.
 """
 from __future__ import annotations
 
-import asyncio
 import json
 import statistics
 import time

@@ -167,7 +167,7 @@ def render(o: dict) -> str:
                  f"leaf vs {h['median_transport_ms_direct']} direct)")
     if "bench_verifiers" in o:
         b = o["bench_verifiers"]
-        lines.append(f"  verifiers 1/2/4: " + " / ".join(f"{x['aggregate_tokens_per_s']}" for x in b["levels"].values())
+        lines.append("  verifiers 1/2/4: " + " / ".join(f"{x['aggregate_tokens_per_s']}" for x in b["levels"].values())
                      + f" tokens/s; 2 vs 1 = {b['ratio_2_vs_1']}x, 4 vs 1 = {b['ratio_4_vs_1']}x ({b['verify_emulation']})")
     if "link_drop" in o:
         d = o["link_drop"]

@@ -21,7 +21,6 @@ from pipeline.orchestration.local import NodeProcess
 from pipeline.orchestration.workload import workload_prompts
 from pipeline.topology.run import Topology
 from pipeline.transport import bus
-from pipeline.transport.auth import ConnectAuth
 from pipeline.transport.client import StreamResult, generate_stream
 from schemas import subjects
 from schemas.messages import GenerateRequest
