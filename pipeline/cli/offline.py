@@ -48,6 +48,9 @@ def cmd_generate(a: argparse.Namespace) -> None:
     bundled = not a.draft and not a.target and BUNDLED_PROFILE.exists()
     profile = load_profile(a.profile) if a.profile else load_profile(BUNDLED_PROFILE) if bundled else None
     policy = make_policy(a.policy, max_length=a.max_length, seed=a.seed, profile=profile)  # fails before loading
+    if sys.stderr.isatty():  # a person waits: say what the seconds go to (never in piped or --json use)
+        print(f"generate: loading {'the target' if a.policy == TARGET_ONLY else 'the draft and target'} "
+              f"model{'' if a.policy == TARGET_ONLY else 's'} ...", file=sys.stderr, flush=True)
     pair = _pair(a, load_draft=a.policy != TARGET_ONLY)
     ids = pair.tokenizer.encode(a.prompt, add_special_tokens=False)
     res = speculative_generate(pair, ids, a.max_new_tokens, policy, params, a.seed, delay_ms=a.delay_ms)
