@@ -113,3 +113,12 @@ async def start_cloud(url: str, pair, log_dir: Path, verifier_id: str = "cloud-1
     await w.start()
     await nc.flush()
     return nc, w
+
+
+async def wait_for(pred, timeout: float = 20.0) -> None:
+    """Poll `pred` until it holds; fail the test (naming nothing but the wait) after `timeout` s."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not pred():
+        assert loop.time() < deadline, "condition not reached"
+        await asyncio.sleep(0.02)

@@ -13,7 +13,7 @@ from pipeline.transport.client import generate_stream
 from schemas import subjects
 from schemas.codec import encode
 from schemas.messages import GenerateRequest, PolicyUpdate, TimingEvent
-from tests.pipeline_fixtures import cluster, read_log, reset_jetstream, start_controller
+from tests.pipeline_fixtures import cluster, read_log, reset_jetstream, start_controller, wait_for
 
 
 @pytest.fixture(autouse=True)
@@ -30,12 +30,6 @@ def long_draft_snapshot() -> dict:
     return p.snapshot()
 
 
-async def wait_for(pred, timeout=10.0):
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not pred():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not reached")
-        await asyncio.sleep(0.02)
 
 
 async def test_published_update_changes_the_lengths_an_edge_chooses(broker, pair, tmp_path):

@@ -19,7 +19,7 @@ from pipeline.http.gateway import GatewayConfig
 from pipeline.http.requests import Message, render_chat
 from pipeline.http.serve import start_gateway
 from pipeline.transport import bus
-from tests.pipeline_fixtures import cluster, read_log
+from tests.pipeline_fixtures import cluster, read_log, wait_for
 
 PROMPT = "The try statement specifies exception handlers"
 
@@ -42,12 +42,6 @@ async def gateway(url: str, pair, log_dir: Path, **cfg):
         await nc.close()
 
 
-async def wait_for(pred, timeout: float = 20.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not pred():
-        assert loop.time() < deadline, "condition not reached"
-        await asyncio.sleep(0.02)
 
 
 def reference(pair, prompt: str, n: int) -> str:

@@ -29,7 +29,7 @@ from pipeline.transport import bus
 from pipeline.transport.client import generate_stream
 from schemas.codec import Limits
 from schemas.messages import GenerateRequest
-from tests.pipeline_fixtures import read_log, reset_jetstream
+from tests.pipeline_fixtures import read_log, reset_jetstream, wait_for
 
 PROMPT = "The try statement specifies exception handlers"
 
@@ -48,12 +48,6 @@ def total(ss: dict, name: str, **labels) -> float:
     return sum(v for (n, ls), v in ss.items() if n == name and want <= set(ls))
 
 
-async def wait_for(pred, timeout: float = 30.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not pred():
-        assert loop.time() < deadline, "condition not reached"
-        await asyncio.sleep(0.05)
 
 
 async def test_metrics_of_every_worker_match_the_round_logs(broker, pair, tmp_path):
@@ -101,7 +95,7 @@ async def test_metrics_of_every_worker_match_the_round_logs(broker, pair, tmp_pa
             done = [e for e in read_log(tmp_path / "control-1.jsonl") if e["event"] == "updates_published"]
             return bool(done) and done[-1]["applied_total"] >= auto_rounds
 
-        await wait_for(lambda: control_done() and not cloud.sessions)
+        await wait_for(lambda: control_done() and not cloud.sessions, timeout=30.0)
         async with httpx.AsyncClient(timeout=10) as h:
             scraped = [samples((await h.get(s.url)).text) for s in servers]
             gw_text = (await h.get(f"http://127.0.0.1:{http.port}/metrics")).text

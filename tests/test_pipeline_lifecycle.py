@@ -12,17 +12,11 @@ from pipeline.transport.client import generate_stream
 from schemas import subjects
 from schemas.codec import Limits, decode, encode
 from schemas.messages import AckMsg, ErrorMsg, GenerateRequest, PolicyUpdate, ResumeMsg, TokenChunk
-from tests.pipeline_fixtures import cluster, read_log, reset_jetstream
+from tests.pipeline_fixtures import cluster, read_log, reset_jetstream, wait_for
 
 PROMPT = "The try statement specifies exception handlers"
 
 
-async def wait_for(pred, timeout: float = 20.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not pred():
-        assert loop.time() < deadline, "condition not reached"
-        await asyncio.sleep(0.02)
 
 
 def long_request(rid: str, **kw) -> GenerateRequest:
