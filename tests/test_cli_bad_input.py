@@ -5,6 +5,8 @@ import pytest
 
 from tests.conftest import run_cli
 
+pytestmark = pytest.mark.slow  # each test starts a Python process that imports torch (~2.5 s each)
+
 
 def one_line_error(r, fragment):
     assert r.returncode != 0

@@ -39,6 +39,7 @@ def test_a_bad_policy_fails_before_any_model_loads(tmp_path):
                    "unknown policy 'fixd:3'")
 
 
+@pytest.mark.slow
 def test_a_hub_id_with_the_hub_unreachable_fails_at_once_naming_the_hub():
     env = {"HF_ENDPOINT": "https://127.0.0.1:9", "HF_HUB_OFFLINE": "", "HF_HOME": "/nonexistent-hf-home"}
     one_line_error(run_cli("generate", "--prompt", "x", "--draft", "some-org/some-model", env=env),
@@ -51,6 +52,7 @@ def test_run_with_no_edge_fails_saying_no_edge_runs(broker):
     one_line_error(r, "no edge is running")
 
 
+@pytest.mark.slow
 def test_run_with_an_edge_but_no_verifier_fails_saying_no_verifier_runs(tmp_path):
     with EmbeddedBroker(tmp_path / "broker") as b:
         edge = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "edge", "--nats", b.url, "--id", "lonely",

@@ -60,6 +60,7 @@ def test_greedy_generation_that_stops_at_a_stop_token_matches(pair):
         assert res.token_ids == ref.token_ids and res.finish_reason == "eos"
 
 
+@pytest.mark.slow
 def test_the_pair_emits_its_real_eos_at_a_topic_end(pair):
     """The bundled pair learned <eos>: sampling at the end of a pydoc topic stops there."""
     doc = corpus_documents()[1]

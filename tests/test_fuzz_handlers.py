@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 
 import msgpack
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -21,6 +22,8 @@ from nodes.protocol.verifier_table import Outcome, SessionTable, TableConfig
 from pipeline.chaos.fuzz import mutant, targets
 from schemas.codec import Limits, SchemaError, decode
 from schemas.messages import CancelMsg, DraftMsg, GenerateRequest, PolicyUpdate, ResumeMsg, TimingEvent
+
+pytestmark = pytest.mark.slow  # hypothesis runs hundreds of examples per handler (~12 s)
 
 LIMITS = Limits(max_draft_length=8, vocab_size=258)
 TARGETS = {t.name: t for t in targets("edge-1", "cloud-1")}

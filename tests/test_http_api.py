@@ -317,6 +317,7 @@ async def test_16_concurrent_streams_through_the_gateway_each_equal_their_refere
         assert 0 < stats["drafted_tokens"] <= stats["rounds"] * (1 + i % 8)  # the last round may draft fewer
 
 
+@pytest.mark.slow
 def test_the_gateway_process_serves_then_stops_on_sigterm_and_a_busy_port_is_one_line(broker, tmp_path):
     import signal
     import socket

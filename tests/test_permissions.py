@@ -16,6 +16,8 @@ from pipeline.topology.run import Topology
 from pipeline.transport import bus
 from pipeline.transport.auth import ConnectAuth, role_inbox
 
+pytestmark = pytest.mark.slow  # a hub, two leaves and ~20 connections over TLS (~30 s)
+
 
 @pytest.fixture(scope="module")
 def topo(tmp_path_factory):

@@ -34,6 +34,7 @@ def test_auto_is_within_one_percent_of_the_oracle_at_every_delay(const_results):
     assert all(g < 1.0 for g in gaps.values()), gaps
 
 
+@pytest.mark.slow
 def test_auto_is_never_worse_than_ucb_specstop(const_results):
     for sc in const_results["scenarios"]:
         assert sc["policies"]["auto"]["ms_per_token"] <= sc["policies"]["ucb-specstop"]["ms_per_token"], sc["label"]
