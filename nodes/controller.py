@@ -93,7 +93,7 @@ class Controller:
                 await asyncio.wait_for(asyncio.shield(self.task), timeout=timeout)
             except asyncio.TimeoutError:
                 self.task.cancel()
-        try:  # acks are fire-and-forget publishes: make sure the last batch's reach the server
+        try:  # the last batch's acks were confirmed by the server; flush anything else still buffered
             await self.nc.flush(timeout=timeout)
         except Exception:
             pass  # the broker is away: the batch is redelivered, and dedup skips what was applied
@@ -242,8 +242,13 @@ class Controller:
             except Exception as exc:  # this learner cannot be stored (bucket full, say): the others can
                 self.log.warning("persist_failed", edge_id=edge_id, policy=spec, error=f"{type(exc).__name__}: {exc}"[:300])
             await self.nc.publish(subjects.policy(edge_id), payload)
-        for m in msgs:
+        for m in msgs[:-1]:
             await m.ack()
+        if msgs:  # the last one waits for the server: once it answers, the batch's acks are all processed
+            try:
+                await msgs[-1].ack_sync(timeout=5.0)
+            except (NatsTimeoutError, asyncio.TimeoutError):
+                pass  # unconfirmed: at worst redelivered, and skipped as already applied
         if touched:
             self.log.info("updates_published", events=len(msgs), applied_total=self.applied,
                           versions={f"{e}/{p}": l.version for (e, p), l in touched.items()}, ts_mono=time.monotonic())
