@@ -431,6 +431,8 @@ class EdgeWorker(WorkerBase):
         reply = live.inbox
         draft_model: DraftSession | None = None  # prefilled at the first drafted round (never for target-only)
         while not r.done:
+            if live.stop_reason is not None:  # a cancel can be lost: Python 3.11's wait_for (inside nats-py's
+                raise asyncio.CancelledError  # request) swallows one that races its reply; the reason is not lost
             sample = self.channel.sample()
             ctx = RoundContext(self.latest_delay_ms, sample.state)
             policy, version, plan = self._acting(r, ctx)
