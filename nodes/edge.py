@@ -29,8 +29,7 @@ from control import ControlError, Policy, RoundContext
 from nodes.detokenize import IncrementalDetokenizer
 from nodes.device import DeviceProfile, Pacer
 from nodes.draft_batcher import DraftBatchConfig, DraftBatcher, Drafted
-from nodes.jetstream import ensure_stream
-from pipeline.transport import bus
+from nodes.jetstream import ensure_stream, jetstream_of
 from nodes.link import Channel, ConstChannel, LinkTimer
 from nodes.models.errors import ModelError
 from nodes.models.head import AcceptanceHead, head_for, stop_rule
@@ -116,7 +115,7 @@ class EdgeWorker(WorkerBase):
         self._head: AcceptanceHead | ModelError | None = None  # loaded at the first request that needs it
         self.drafter = DraftBatcher(self, pair.draft, pair.vocab_size, config.drafting, self._drafting_requests,
                                     lambda: len(self.tasks) <= 1, log)
-        self.outbox = TimingOutbox(nc, bus.jetstream(nc), log, config.edge_id)
+        self.outbox = TimingOutbox(nc, jetstream_of(nc), log, config.edge_id)
         self.placement = Placement(config.seed)
 
     # --- lifecycle -----------------------------------------------------------------
@@ -197,7 +196,7 @@ class EdgeWorker(WorkerBase):
     async def _bucket_holds(self, spec: str, upd: PolicyUpdate) -> bool:
         """Whether the controller's bucket holds exactly this version (the controller wrote it)."""
         try:
-            kv = await bus.jetstream(self.nc).key_value(subjects.POLICY_BUCKET)
+            kv = await jetstream_of(self.nc).key_value(subjects.POLICY_BUCKET)
             stored = decode((await kv.get(subjects.policy_key(self.cfg.edge_id, spec))).value, self.limits,
                             expect=(PolicyUpdate,))
         except Exception:  # no bucket, no key, broker away, or a bad entry: not confirmed
@@ -207,7 +206,7 @@ class EdgeWorker(WorkerBase):
     async def _restore_from_bucket(self) -> None:
         """Resume from the controller's latest snapshots (if any): the bucket is authoritative."""
         try:
-            kv = await bus.jetstream(self.nc).key_value(subjects.POLICY_BUCKET)
+            kv = await jetstream_of(self.nc).key_value(subjects.POLICY_BUCKET)
             keys = await kv.keys()
         except Exception:  # no JetStream, no bucket yet, or no keys: act on the defaults
             return
@@ -237,7 +236,7 @@ class EdgeWorker(WorkerBase):
             if now != seen and self.nc.is_connected:
                 seen = now
                 try:
-                    await ensure_stream(bus.jetstream(self.nc), update=False)
+                    await ensure_stream(jetstream_of(self.nc), update=False)
                 except Exception as exc:  # no JetStream on this broker: the controller cannot run either
                     self.log.warning("stream_check_failed", error=type(exc).__name__)
                 await self._restore_from_bucket()

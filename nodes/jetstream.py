@@ -23,6 +23,14 @@ class StreamLimits:
     max_msg_size: int = 4096  # a timing event is ~400 bytes
 
 
+def jetstream_of(nc):
+    """JetStream context in the hub's domain when the connection was made with one (an edge on a leaf
+    node reaches the hub's streams and buckets as `$JS.<domain>.API`; `pipeline.transport.bus.connect`
+    records the domain on the connection), else the local one."""
+    domain = getattr(nc, "specstop_js_domain", None)
+    return nc.jetstream(domain=domain) if domain else nc.jetstream()
+
+
 async def ensure_stream(js, limits: StreamLimits = StreamLimits(), update: bool = True) -> str:
     """Create the timing stream, or (with `update`) bring an existing one to `limits`; returns its
     identity (creation time). Edges pass update=False: they re-create a missing stream after a
