@@ -206,6 +206,15 @@ def test_a_policy_asking_for_more_than_the_maximum_is_clamped():
     assert request().plan(Greedy(), 0, RoundContext()).length == RULES.max_length
 
 
+def test_a_round_drafts_no_more_than_the_tokens_still_wanted_need():
+    r = request(max_new=6)
+    assert r.plan(make_policy("fixed:8"), 0, RoundContext()).length == 5  # 5 drafted + the bonus token
+    run_round(r, tokens=(1, 2, 3), accepted=3)  # 4 of 6 emitted
+    assert r.plan(make_policy("fixed:8"), 0, RoundContext()).length == 1
+    run_round(r, tokens=(1,), accepted=0)  # 5 of 6
+    assert r.plan(make_policy("fixed:8"), 0, RoundContext()).length == 0  # one token to go: the target's
+
+
 def test_final_messages_reach_the_current_and_every_left_behind_verifier():
     r = request()
     run_round(r, verifier="cloud-1")

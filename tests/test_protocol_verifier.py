@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from nodes.protocol.verifier_table import Outcome, SessionTable, TableConfig
-from schemas.codec import Int32Array, Limits
+from schemas.codec import Float32Array, Int32Array, Limits
 from schemas.messages import AckMsg, DraftMsg, ErrorMsg, VerdictMsg
 
 CFG = TableConfig("cloud-1", max_sessions=2, session_ttl_s=60.0, evict_idle_s=5.0)
@@ -177,6 +177,14 @@ def test_sampling_parameters_cannot_change_within_a_session():
     adm = t.admit(draft(rnd=1, context=None, temperature=0.5, top_k=1, q_ids=Int32Array([1, 2]),
                         q_probs=None), "x", 1.0)
     assert adm.event == "bad_message"
+
+
+def test_a_target_only_round_after_sampled_drafts_is_the_same_session():
+    # a sampled draft sends its q rows cut to top_k; an empty draft (the last token of a request) has none
+    t = SessionTable(CFG)
+    compute(t, draft(temperature=1.0, top_k=2, q_ids=Int32Array([1, 3, 2, 3]), q_probs=Float32Array([.6, .4, .7, .3])))
+    adm = t.admit(draft(rnd=1, context=None, tokens=(), temperature=1.0), "x", 1.0)
+    assert adm.event == "compute"
 
 
 def test_a_context_that_would_grow_past_the_limit_is_refused():

@@ -153,8 +153,12 @@ class EdgeRequest:
 
     # --- one round -----------------------------------------------------------------
     def plan(self, policy: Policy, version: int, ctx: RoundContext) -> RoundPlan:
-        """The policy's length for this round, kept within [0, max_length] whatever the policy says."""
-        length = max(0, min(self.rules.max_length, int(policy.choose(ctx))))
+        """The policy's length for this round, kept within [0, max_length] whatever the policy says, and
+        never more than the tokens still wanted need: with r to go, r - 1 drafted tokens and the bonus
+        token finish the request, and a longer draft only spends draft and verify time on tokens that
+        would be cut (a whole round's worth at the end of every short request)."""
+        wanted = self.req.max_new_tokens - len(self.out)
+        length = max(0, min(self.rules.max_length, wanted - 1, int(policy.choose(ctx))))
         self._plan = RoundPlan(length, round_seed(self.req.seed, self.round), ctx, version)
         return self._plan
 

@@ -72,7 +72,7 @@ class InFlight:
 @dataclass
 class Session:
     key: SessionKey
-    params: tuple[float, float, int]
+    params: tuple[float, float]  # temperature, top_p (top_k only says how a message's q rows are cut)
     tokens: list[int]                     # the context this session holds (prompt + applied rounds)
     next_round: int
     last_used: float
@@ -136,7 +136,7 @@ class SessionTable:
             return self._end(key, s, msg, reply_to, now)
         if key in self.ended:
             return self._error(reply_to, msg, RESEND_CONTEXT, "this session has ended")
-        params = (msg.temperature, msg.top_p, msg.top_k)
+        params = (msg.temperature, msg.top_p)
         tokens = tuple(msg.tokens)
         context = None if msg.context is None else list(msg.context)
         if s is not None:
