@@ -156,3 +156,19 @@ def test_a_long_dwelling_channel_gets_the_per_state_best_length_and_a_fast_one_a
     fast = solve_smdp(prof, chan, q=generator([20, 150], 1.0))
     assert slow.lengths == slow.myopic_lengths and slow.lengths[0] < slow.lengths[1]
     assert fast.lengths[0] == fast.lengths[1]
+
+
+def test_auto_is_not_locked_on_length_one_by_early_rejections_at_position_two():
+    # the live testbed's calibrated profile at 50 ms (best length 3); three position-2 rejections in a
+    # row once made position 2 look hopeless for good: its own counts entered its prior as well
+    from control.simulator import const_scenario, run_policy
+    from control.theory import best_length
+    prof = Profile("live", 149.4 + 71.1 * np.arange(8),
+                   np.array([0.849, 0.771, 0.694, 0.551, 0.422, 0.388, 0.362, 0.284]))
+    p = make_policy("auto", max_length=8, seed=1)
+    for L in (1, 5, 2, 2):
+        p.choose(RoundContext(50.0))
+        p.observe(RoundOutcome(L, 1, float(prof.compute_ms[L - 1]) + 100.0, RoundContext(50.0)))
+    trace = run_policy(p, prof, const_scenario(prof, 50.0, 300), seed=1)
+    assert best_length(prof, 50.0)[0] == 3
+    assert np.mean(trace.lengths[-100:] >= 2) > 0.9

@@ -99,11 +99,17 @@ def cmd_calibrate(a: argparse.Namespace) -> None:
         print(f"  extrapolated: lengths {ex['lengths']}, positions {ex['positions']}")
 
 
+# compare runs ~40 cells (policy x delay) side by side: 40 in flight keep about one request per learner,
+# as 24 did for fewer prompts, and still leave the 2 cores ~25 % idle so the emulated times hold
+EXPERIMENT_CONCURRENCY = {"compare": 40}
+
+
 def cmd_experiment(a: argparse.Namespace) -> None:
     from pipeline.experiments.lab import LabConfig
 
     cfg = LabConfig(Path(a.out), quick=a.quick, edge_device=device_profile(a.edge_device, "draft"),
-                    cloud_device=device_profile(a.cloud_device, "verify"), concurrency=a.concurrency,
+                    cloud_device=device_profile(a.cloud_device, "verify"),
+                    concurrency=a.concurrency or EXPERIMENT_CONCURRENCY.get(a.which, 24),
                     max_new_tokens=a.max_new_tokens, seed=a.seed)
     cfg.out.mkdir(parents=True, exist_ok=True)
     bar, advance = progress(not a.json and sys.stderr.isatty())
@@ -173,7 +179,8 @@ def register(sub) -> None:
     p.add_argument("--quick", action="store_true", help="fewer delays and requests (about 10 minutes)")
     p.add_argument("--edge-device", default="jetson-orin-nano", help="edge device profile to emulate")
     p.add_argument("--cloud-device", default="rtx-3090-ti", help="cloud device profile to emulate")
-    p.add_argument("--concurrency", type=positive_int, default=24, help="requests in flight (each its own device)")
+    p.add_argument("--concurrency", type=positive_int,
+                   help="requests in flight, each its own device (default: 40 for compare, 24 for the others)")
     p.add_argument("--max-new-tokens", type=positive_int, default=32)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true")
