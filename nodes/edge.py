@@ -39,7 +39,7 @@ from nodes.policy_book import PolicyBook
 from nodes.protocol.admission import EdgeLimits, admit_generate, check_prompt_tokens, deadline_s
 from nodes.protocol.request import Accepted, EdgeRequest, Failed, RoundRules, RoundTimes
 from nodes.protocol.placement import Placement
-from nodes.protocol.timing import one_way_delay_ms, round_log_fields
+from nodes.protocol.timing import DelayEstimate, one_way_delay_ms, round_log_fields
 from nodes.timing_outbox import TimingOutbox
 from nodes.worker_base import WorkerBase
 from schemas import subjects
@@ -107,7 +107,7 @@ class EdgeWorker(WorkerBase):
         self.slots = asyncio.Semaphore(config.limits.max_active)
         self.live: dict[str, Live] = {}
         self.draining = False
-        self.latest_delay_ms = 0.0
+        self.delay = DelayEstimate()
         self.timing_seq = 0
         self.completed = 0
         self.recent: OrderedDict[str, tuple[str | None, TokenChunk | ErrorMsg, float]] = OrderedDict()
@@ -433,7 +433,7 @@ class EdgeWorker(WorkerBase):
             if live.stop_reason is not None:  # a cancel can be lost: Python 3.11's wait_for (inside nats-py's
                 raise asyncio.CancelledError  # request) swallows one that races its reply; the reason is not lost
             sample = self.channel.sample()
-            ctx = RoundContext(self.latest_delay_ms, sample.state)
+            ctx = RoundContext(self.delay.ms, sample.state)
             policy, version, plan = self._acting(r, ctx)
             if plan.length and draft_model is None:
                 draft_model = live.draft_session = await self.drafter.open(r.context, r.params)
@@ -456,7 +456,7 @@ class EdgeWorker(WorkerBase):
             self.timing_seq += 1
             rec = r.complete(verdict, RoundTimes(round_ms, d.draft_ms, edge_queue_ms, link_ms, stall_ms, draft_real_ms),
                              sample.state, sample.one_way_ms, self.timing_seq)
-            self.latest_delay_ms = one_way_delay_ms(rec.timing.network_ms)
+            self.delay.add(one_way_delay_ms(rec.timing.network_ms))
             if self.policies.learn_locally and policy.learns:  # else the controller learns
                 policy.observe(rec.outcome)
             if rec.done:

@@ -5,7 +5,7 @@ import pytest
 
 from control import RoundContext, make_policy
 from nodes.protocol.request import Accepted, EdgeRequest, Failed, RoundRules, RoundTimes, Send
-from nodes.protocol.timing import one_way_delay_ms, outcome_of, round_log_fields
+from nodes.protocol.timing import DelayEstimate, one_way_delay_ms, outcome_of, round_log_fields
 from schemas import subjects
 from schemas.messages import ErrorMsg, GenerateRequest, VerdictMsg
 from schemas.rounds import Draft
@@ -247,3 +247,14 @@ def test_once_a_verdict_names_the_verifier_only_it_is_told():
     r = request()
     run_round(r, verifier="cloud-3")
     assert [s for s, _ in r.final_messages()] == [subjects.verifier("cloud-3")]
+
+
+def test_the_delay_a_policy_is_told_ignores_one_slow_round_and_follows_a_lasting_change():
+    est = DelayEstimate()
+    for ms in (10.0, 10.4, 9.8, 10.1):
+        est.add(ms)
+    est.add(335.0)  # one round that also waited on a busy event loop
+    assert est.ms == pytest.approx(10.1)
+    for _ in range(3):
+        est.add(150.0)  # the link itself changed
+    assert est.ms == 150.0

@@ -1,11 +1,14 @@
 """What a round's timing means, computed in one place for the edge and the controller.
 
-The edge acts on the delay it last measured and the controller learns from the
-same number: both call `one_way_delay_ms` / `outcome_of` on the round's
-TimingEvent, so what is learned and what is acted on cannot drift apart.
+The edge acts on the delay it measured in its last rounds (`DelayEstimate`) and
+the controller learns from the same per-round numbers: both call
+`one_way_delay_ms` / `outcome_of` on the round's TimingEvent, so what is learned
+and what is acted on cannot drift apart.
 """
 from __future__ import annotations
 
+import statistics
+from collections import deque
 from dataclasses import fields as dataclass_fields
 from typing import Any
 
@@ -21,6 +24,25 @@ def network_ms(round_ms: float, edge_queue_ms: float, draft_ms: float, verify_ms
 def one_way_delay_ms(network: float) -> float:
     """Half the round's network time (a round pays the delay once each way)."""
     return max(0.0, network) / 2.0
+
+
+class DelayEstimate:
+    """The one-way delay a policy is told before a round: the median of the edge's last few
+    measurements (from all its requests). One round's network time also holds whatever event loops
+    and the broker spent: live, with 40 requests in flight on 2 cores and a 10 ms link, single
+    rounds measured p90 21 ms and p99 38 ms, and a policy told such an outlier drafts a longer
+    round for a delay that is not there. A median of five ignores two outliers in a row and
+    follows a lasting change within three rounds."""
+
+    def __init__(self, window: int = 5):
+        self._last: deque[float] = deque(maxlen=window)
+
+    def add(self, one_way_ms: float) -> None:
+        self._last.append(one_way_ms)
+
+    @property
+    def ms(self) -> float:
+        return statistics.median(self._last) if self._last else 0.0
 
 
 def outcome_of(ev: TimingEvent) -> RoundOutcome:

@@ -95,7 +95,7 @@ class EdgeMetrics(WorkerMetrics):
         self.network_s = self._hist("network_seconds", "round - edge queue - draft - verify - verifier queue",
                                     labels=e)
         self.draft_length = self._gauge("draft_length", "draft length of the last round", e)
-        self.measured_delay = self._gauge("measured_delay_seconds", "one-way delay the edge acts on (network / 2)", e)
+        self.measured_delay = self._gauge("measured_delay_seconds", "one-way delay measured in the last round (network / 2; the edge acts on the median of its last five)", e)
         self.link_delay = self._gauge("link_delay_seconds", "emulated one-way link delay of the last round", e)
         self.channel_state = self._gauge("channel_state", "1 for the channel state of the last round, 0 for others",
                                          ("edge", "state"))
