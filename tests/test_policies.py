@@ -172,3 +172,20 @@ def test_auto_is_not_locked_on_length_one_by_early_rejections_at_position_two():
     trace = run_policy(p, prof, const_scenario(prof, 50.0, 300), seed=1)
     assert best_length(prof, 50.0)[0] == 3
     assert np.mean(trace.lengths[-100:] >= 2) > 0.9
+
+
+def test_auto_is_not_locked_on_length_one_by_one_slow_round():
+    # live, the second round of a run (length 5, 478 ms of compute) took 1,046 ms at start-up while
+    # 40 requests began at once; taken at face value for the compute slope, it kept auto on length 1
+    # for the whole run at 50 ms, where length 4 is best
+    from control.simulator import const_scenario, run_policy
+    from control.theory import best_length
+    prof = Profile("live", np.array([176.1, 251.9, 332.9, 398.3, 478.4, 552.5, 641.3, 708.3]),
+                   np.array([0.847, 0.772, 0.695, 0.541, 0.409, 0.368, 0.368, 0.294]))
+    assert best_length(prof, 50.0)[0] == 4
+    for seed in range(5):
+        p = make_policy("auto", max_length=8, seed=seed)
+        p.observe(RoundOutcome(1, 1, 312.1, RoundContext(59.1)))
+        p.observe(RoundOutcome(5, 1, 1235.8, RoundContext(94.7)))  # compute 1,046 ms
+        trace = run_policy(p, prof, const_scenario(prof, 50.0, 300), seed=seed)
+        assert np.mean(trace.lengths[-100:] >= 3) > 0.9, seed

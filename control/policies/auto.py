@@ -30,8 +30,10 @@ POOL_PRIOR = 4.0  # pseudo-rounds behind the pooled later-position acceptance
 OPTIMISM_MIN = 30.0  # the position after the choice, reached by fewer rounds, is judged optimistically ...
 OPTIMISM_Z = 2.0     # ... at the posterior mean + this many standard deviations (AutoPolicy._optimistic_next)
 COMPUTE_SPREAD_FLOOR = 0.02  # compute draws spread at least this fraction of the mean compute
+SLOPE_PRIOR_ROUNDS = 3.0  # rounds away from the most played length before the fitted slope outweighs the guess
 SHRINK_ROUNDS = 30.0  # per-length compute means need this many rounds to outweigh the affine fit
 DEFAULT_ACCEPT = 0.7
+NEIGHBOUR_MIN = 3  # rounds each neighbour of the leader is played before draws alone decide (AutoPolicy._leader)
 TEMPER = 0.6  # posterior deviations are scaled by this: less dithering among near-equal lengths
 
 
@@ -87,22 +89,25 @@ class AutoPolicy(Policy):
 
     # --- estimates ---------------------------------------------------------
     def compute_estimate(self) -> np.ndarray:
-        """C(L): per-length means shrunk toward a count-weighted affine fit."""
+        """C(L): per-length means shrunk toward a count-weighted affine fit. The fit's slope starts
+        from a guess (drafting is a third of the most played length's round) and the rounds at other
+        lengths earn it away from there: one round slowed 2x at start-up (1,046 ms of compute for a
+        478 ms length), taken at face value, made every length above 1 look hopeless for a whole
+        live run."""
         L = np.arange(1, self.max_length + 1, dtype=float)
         seen = self.arm_n > 0
         if not seen.any():
             return L.copy()
         mean = np.where(seen, self.arm_sum / np.maximum(self.arm_n, 1), 0.0)
+        most = int(np.argmax(self.arm_n))
+        guess = mean[most] / (3.0 * (most + 1))
+        slope = guess
         if seen.sum() >= 2:
             w = np.sqrt(self.arm_n[seen])
-            slope, icept = np.polyfit(L[seen], mean[seen], 1, w=w)
-            slope = max(slope, 0.0)
-            if slope == 0.0:
-                icept = float(np.average(mean[seen], weights=self.arm_n[seen]))
-        else:  # one length seen: assume drafting is a third of its round's compute
-            only = int(np.flatnonzero(seen)[0])
-            slope = mean[only] / (3.0 * (only + 1))
-            icept = mean[only] - slope * (only + 1)
+            fitted = max(float(np.polyfit(L[seen], mean[seen], 1, w=w)[0]), 0.0)
+            others = float(self.arm_n.sum() - self.arm_n[most])
+            slope = (others * fitted + SLOPE_PRIOR_ROUNDS * guess) / (others + SLOPE_PRIOR_ROUNDS)
+        icept = float(np.average(mean[seen] - slope * L[seen], weights=np.sqrt(self.arm_n[seen])))
         fit = np.maximum(icept + slope * L, 1e-6)
         return (self.arm_n * mean + SHRINK_ROUNDS * fit) / (self.arm_n + SHRINK_ROUNDS)
 
@@ -182,18 +187,23 @@ class AutoPolicy(Policy):
             L = self._choose_markov(str(ctx.channel_state), c, b)
             return self._optimistic_next(L, h, c + 2.0 * state["delay_sum"] / state["n"])
         cost = c + 2.0 * ctx.delay_ms
-        lo, hi = self._near_leader(ctx.delay_ms)
+        lead = self._leader(ctx.delay_ms)
+        lo, hi = max(lead - 1, 0), min(lead + 2, self.max_length)
+        for near in (lead + 1, lead - 1):  # the longer neighbour first: it also shows one more position
+            if lo <= near < hi and self.arm_n[near] < NEIGHBOUR_MIN:
+                return near + 1
         return self._optimistic_next(lo + int(np.argmin((cost / b)[lo:hi])) + 1, h, cost)
 
-    def _near_leader(self, delay_ms: float) -> tuple[int, int]:
-        """The lengths a draw may pick: the best under the posterior means and its two neighbours.
-        ms/token is unimodal in L for the profiles drafts have, so exploring next to the leader is
-        enough to move it (a unimodal bandit, as OSUB), while a draw of optimistic hazards for
-        positions nobody has reached yet no longer sends whole rounds to lengths 6-8: live, those
-        were most of auto's gap over its first hundred rounds."""
+    def _leader(self, delay_ms: float) -> int:
+        """The best length (0-based) under the posterior means. A draw may pick only it and its two
+        neighbours: ms/token is unimodal in L for the profiles drafts have, so exploring next to the
+        leader is enough to move it (a unimodal bandit, as OSUB), while a draw of optimistic hazards
+        for positions nobody has reached yet no longer sends whole rounds to lengths 6-8 (live, those
+        were most of auto's gap over its first hundred rounds). Each neighbour is played a few times
+        before the leader is trusted: one round slowed 2x at start-up (1,046 ms of compute for a
+        478 ms length) once made every length above 1 look hopeless for a whole run."""
         mean_b = 1.0 + np.cumsum(np.cumprod(self.hazard_sample(None)))
-        lead = int(np.argmin((np.maximum(self.compute_estimate(), 1e-6) + 2.0 * delay_ms) / mean_b))
-        return max(lead - 1, 0), min(lead + 2, self.max_length)
+        return int(np.argmin((np.maximum(self.compute_estimate(), 1e-6) + 2.0 * delay_ms) / mean_b))
 
     def _choose_markov(self, state: str, c: np.ndarray, b: np.ndarray) -> int:
         """The semi-Markov optimum for the estimated chain. Channel states change in wall-clock
