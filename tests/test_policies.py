@@ -112,11 +112,12 @@ def test_auto_learns_censored_survival_from_every_round():
 
 
 def test_auto_subtracts_the_delay_to_learn_compute():
-    p = make_policy("auto", max_length=8)
-    p.observe(RoundOutcome(1, 0, 30.0 + 2 * 100.0, RoundContext(100.0)))
-    p.observe(RoundOutcome(8, 0, 128.0 + 2 * 5.0, RoundContext(5.0)))
-    c = p.compute_estimate()
-    assert c[0] == pytest.approx(30.0, rel=0.3) and c[7] == pytest.approx(128.0, rel=0.3)
+    far, near = make_policy("auto", max_length=8), make_policy("auto", max_length=8)
+    for L, compute in ((1, 30.0), (8, 128.0), (4, 72.0)) * 3:
+        far.observe(RoundOutcome(L, 0, compute + 2 * 100.0, RoundContext(100.0)))
+        near.observe(RoundOutcome(L, 0, compute + 2 * 5.0, RoundContext(5.0)))
+    assert far.compute_estimate() == pytest.approx(near.compute_estimate())
+    assert far.compute_estimate()[[0, 3, 7]] == pytest.approx([30.0, 72.0, 128.0], rel=0.2)
 
 
 def test_the_wall_clock_markov_optimum_is_the_best_ratio_over_every_per_state_choice():
@@ -177,7 +178,7 @@ def test_auto_is_not_locked_on_length_one_by_early_rejections_at_position_two():
 def test_auto_is_not_locked_on_length_one_by_one_slow_round():
     # live, the second round of a run (length 5, 478 ms of compute) took 1,046 ms at start-up while
     # 40 requests began at once; taken at face value for the compute slope, it kept auto on length 1
-    # for the whole run at 50 ms, where length 4 is best
+    # for the whole run at 50 ms, where length 4 is best (and 2 only 4 % worse)
     from control.simulator import const_scenario, run_policy
     from control.theory import best_length
     prof = Profile("live", np.array([176.1, 251.9, 332.9, 398.3, 478.4, 552.5, 641.3, 708.3]),
@@ -188,4 +189,4 @@ def test_auto_is_not_locked_on_length_one_by_one_slow_round():
         p.observe(RoundOutcome(1, 1, 312.1, RoundContext(59.1)))
         p.observe(RoundOutcome(5, 1, 1235.8, RoundContext(94.7)))  # compute 1,046 ms
         trace = run_policy(p, prof, const_scenario(prof, 50.0, 300), seed=seed)
-        assert np.mean(trace.lengths[-100:] >= 3) > 0.9, seed
+        assert np.mean(trace.lengths[-100:] >= 2) > 0.9, seed

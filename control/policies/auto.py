@@ -102,9 +102,10 @@ class AutoPolicy(Policy):
         most = int(np.argmax(self.arm_n))
         guess = mean[most] / (3.0 * (most + 1))
         slope = guess
-        if seen.sum() >= 2:
-            w = np.sqrt(self.arm_n[seen])
-            fitted = max(float(np.polyfit(L[seen], mean[seen], 1, w=w)[0]), 0.0)
+        fit_on = self.arm_n >= 2 if (self.arm_n >= 2).sum() >= 2 else seen  # lengths seen once only
+        if fit_on.sum() >= 2:                  # while they must: one odd round has the most leverage
+            w = np.sqrt(self.arm_n[fit_on])
+            fitted = max(float(np.polyfit(L[fit_on], mean[fit_on], 1, w=w)[0]), 0.0)
             others = float(self.arm_n.sum() - self.arm_n[most])
             slope = (others * fitted + SLOPE_PRIOR_ROUNDS * guess) / (others + SLOPE_PRIOR_ROUNDS)
         icept = float(np.average(mean[seen] - slope * L[seen], weights=np.sqrt(self.arm_n[seen])))
