@@ -23,10 +23,11 @@ async def clean_jetstream(broker):
 
 
 def long_draft_snapshot() -> dict:
-    """An auto policy that has seen long drafts fully accepted at a large delay."""
+    """An auto policy that has seen long drafts fully accepted at a large delay (and the leader's
+    neighbour a few times, as auto plays it before trusting the leader)."""
     p = make_policy("auto", max_length=8)
-    for _ in range(200):
-        p.observe(RoundOutcome(8, 8, 30.0 + 2 * 100.0, RoundContext(100.0)))
+    for L in [8] * 200 + [7] * 5:
+        p.observe(RoundOutcome(L, L, 30.0 + 2 * 100.0, RoundContext(100.0)))
     return p.snapshot()
 
 

@@ -71,7 +71,10 @@ async def test_an_emulated_pipeline_keeps_the_tokens_and_takes_the_devices_time(
     rounds = [e for e in read_log(tmp_path / "edge-1.jsonl") if e["event"] == "round"]
     for r in rounds:
         L = r["draft_length"]
-        assert r["emulated"] and r["draft_ms"] >= 0.95 * (4 + 69 * L) > r["draft_real_ms"]
+        if L == 0:  # the request's last token: a target-only round, nothing drafted
+            assert r["draft_ms"] == 0
+        else:
+            assert r["emulated"] and r["draft_ms"] >= 0.95 * (4 + 69 * L) > r["draft_real_ms"]
         assert r["verify_ms"] >= 0.95 * (60 + 3 * (L + 1)) and r["verify_real_ms"] < r["verify_ms"]
         assert r["round_ms"] >= r["draft_ms"] + r["verify_ms"] + 2 * 5.0 - 4.5  # the link timer may ask 2 ms less a way
 
@@ -92,4 +95,6 @@ async def test_a_shared_cloud_device_verifies_one_batch_at_a_time(broker, pair, 
     assert [r.token_ids for r in res] == refs
     verifies = [e for e in read_log(tmp_path / "cloud-1.jsonl") if e["event"] == "verify"]
     assert all(v["verify_ms"] >= 0.95 * (60 + 3 * (v["draft_length"] + 1)) for v in verifies)
-    assert max(v["queue_ms"] for v in verifies) >= 0.9 * 60  # a round waited for the other's batch
+    # a round waited for the other's batch (for the part of it left when it arrived; with a device per
+    # session no round waits at all)
+    assert max(v["queue_ms"] for v in verifies) >= 0.5 * 60
