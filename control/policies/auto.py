@@ -112,10 +112,10 @@ class AutoPolicy(Policy):
         fit = np.maximum(icept + slope * L, 1e-6)
         return (self.arm_n * mean + SHRINK_ROUNDS * fit) / (self.arm_n + SHRINK_ROUNDS)
 
-    def compute_sample(self, rng: np.random.Generator) -> np.ndarray:
+    def compute_sample(self, rng: np.random.Generator, estimate: np.ndarray | None = None) -> np.ndarray:
         """C(L) drawn around its estimate with the uncertainty of its mean: a length played rarely
         (or once, long ago) is not judged forever by a guess from the affine fit."""
-        c = self.compute_estimate()
+        c = self.compute_estimate() if estimate is None else estimate
         n = self.arm_n
         many = n >= 2
         if many.any():
@@ -179,7 +179,8 @@ class AutoPolicy(Policy):
             # less than the longest and still shows positions past the first few)
         rng = np.random.default_rng([self.seed, self.n_obs, self.n_chosen])
         self.n_chosen += 1
-        c = np.maximum(self.compute_sample(rng), 1e-6)
+        estimate = self.compute_estimate()  # once per choice: the draw and the leader both use it
+        c = np.maximum(self.compute_sample(rng, estimate), 1e-6)
         h = self.hazard_sample(rng)
         b = 1.0 + np.cumsum(np.cumprod(h))
         if self.use_state and ctx.channel_state is not None and len(self.states) >= 2 \
@@ -188,14 +189,14 @@ class AutoPolicy(Policy):
             L = self._choose_markov(str(ctx.channel_state), c, b)
             return self._optimistic_next(L, h, c + 2.0 * state["delay_sum"] / state["n"])
         cost = c + 2.0 * ctx.delay_ms
-        lead = self._leader(ctx.delay_ms)
+        lead = self._leader(ctx.delay_ms, estimate)
         lo, hi = max(lead - 1, 0), min(lead + 2, self.max_length)
         for near in (lead + 1, lead - 1):  # the longer neighbour first: it also shows one more position
             if lo <= near < hi and self.arm_n[near] < NEIGHBOUR_MIN:
                 return near + 1
         return self._optimistic_next(lo + int(np.argmin((cost / b)[lo:hi])) + 1, h, cost)
 
-    def _leader(self, delay_ms: float) -> int:
+    def _leader(self, delay_ms: float, estimate: np.ndarray) -> int:
         """The best length (0-based) under the posterior means. A draw may pick only it and its two
         neighbours: ms/token is unimodal in L for the profiles drafts have, so exploring next to the
         leader is enough to move it (a unimodal bandit, as OSUB), while a draw of optimistic hazards
@@ -204,7 +205,7 @@ class AutoPolicy(Policy):
         before the leader is trusted: one round slowed 2x at start-up (1,046 ms of compute for a
         478 ms length) once made every length above 1 look hopeless for a whole run."""
         mean_b = 1.0 + np.cumsum(np.cumprod(self.hazard_sample(None)))
-        return int(np.argmin((np.maximum(self.compute_estimate(), 1e-6) + 2.0 * delay_ms) / mean_b))
+        return int(np.argmin((np.maximum(estimate, 1e-6) + 2.0 * delay_ms) / mean_b))
 
     def _choose_markov(self, state: str, c: np.ndarray, b: np.ndarray) -> int:
         """The semi-Markov optimum for the estimated chain. Channel states change in wall-clock
