@@ -8,10 +8,14 @@ from typing import Hashable
 @dataclass(frozen=True)
 class RoundContext:
     """`delay_ms`: one-way delay known before the round (the edge's latest measurement,
-    the true value in simulation). `channel_state`: an observable channel state, if any."""
+    the true value in simulation). `channel_state`: an observable channel state, if any.
+    `stops`: this round's draft passes the policy's per-token stop rule (the drafter has the
+    signal the policy's `stop_signal` names); a policy whose rule is optional (`auto`) then
+    chooses a cap for the rule to cut, and a fixed length otherwise."""
 
     delay_ms: float = 0.0
     channel_state: Hashable | None = None
+    stops: bool = False
 
 
 @dataclass(frozen=True)

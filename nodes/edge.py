@@ -32,7 +32,7 @@ from nodes.draft_batcher import DraftBatchConfig, DraftBatcher, Drafted
 from nodes.jetstream import ensure_stream, jetstream_of
 from nodes.link import Channel, ConstChannel, LinkTimer
 from nodes.models.errors import ModelError
-from nodes.models.head import AcceptanceHead, head_for, stop_rule
+from nodes.models.head import AcceptanceHead, can_stop, head_for, stop_rule
 from nodes.models.loading import ModelPair
 from nodes.models.sessions import DraftSession
 from nodes.policy_book import PolicyBook
@@ -261,7 +261,8 @@ class EdgeWorker(WorkerBase):
         try:
             req: GenerateRequest = decode(msg.data, self.limits, expect=(GenerateRequest,))
             spec = self.policies.canonical(req.policy or self.cfg.default_policy)  # before any work
-            if self.policies.get(spec).stop_signal == "acceptance":
+            wanted = self.policies.get(spec)
+            if wanted.stop_signal == "acceptance" and not wanted.stop_optional:
                 self._acceptance_head()
         except (SchemaError, ControlError) as exc:
             await self._refuse(msg, getattr(exc, "code", BAD_MESSAGE), str(exc))
@@ -408,13 +409,23 @@ class EdgeWorker(WorkerBase):
         return self._head
 
     def _acting(self, r: EdgeRequest, ctx: RoundContext):
+        """(policy, version, plan); the plan's context says whether the policy's stop rule runs."""
         policy, version = self.policies.acting(r.policy_spec)
         try:
-            return policy, version, r.plan(policy, version, ctx)
+            return policy, version, r.plan(policy, version, replace(ctx, stops=self._can_stop(policy)))
         except Exception as exc:  # a policy that cannot choose must not fail the request
             self.log.warning("policy_error", policy=r.policy_spec, error=f"{type(exc).__name__}: {str(exc)[:200]}")
             fallback = self.policies.fallback
-            return fallback, 0, r.plan(fallback, 0, ctx)
+            return fallback, 0, r.plan(fallback, 0, replace(ctx, stops=self._can_stop(fallback)))
+
+    def _can_stop(self, policy: Policy) -> bool:
+        """Whether this edge runs the policy's stop rule (an optional one, `auto`'s, needs the head)."""
+        if policy.stop_signal != "acceptance":
+            return can_stop(policy, None)
+        try:
+            return can_stop(policy, self._acceptance_head())
+        except ControlError:
+            return False
 
     def _drafting_requests(self) -> int:
         """Requests that hold an active slot and may ask to draft (the draft batcher waits for no more)."""
@@ -440,7 +451,7 @@ class EdgeWorker(WorkerBase):
             t0 = time.perf_counter()
             drafted = None
             if plan.length:
-                stop, hidden = self._stop_rule(policy, ctx)
+                stop, hidden = self._stop_rule(policy, plan.context)
                 drafted = await self.drafter.draft(draft_model, plan.length, plan.seed, stop, hidden)
                 d, edge_queue_ms = drafted.draft, drafted.queued_ms
             else:
@@ -470,7 +481,7 @@ class EdgeWorker(WorkerBase):
 
     def _stop_rule(self, policy: Policy, ctx: RoundContext):
         """(the draft's stop callback for this round or None, whether it reads hidden states)."""
-        head = self._acceptance_head() if policy.stop_signal == "acceptance" else None
+        head = self._acceptance_head() if ctx.stops and policy.stop_signal == "acceptance" else None
         return stop_rule(policy, ctx, head)
 
     async def _pace(self, d: Draft, queued_ms: float) -> float | None:

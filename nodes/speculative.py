@@ -12,7 +12,7 @@ import time
 from control import Policy, RoundContext, make_policy
 from nodes.detokenize import IncrementalDetokenizer
 from nodes.models.errors import ModelError
-from nodes.models.head import head_for, stop_rule
+from nodes.models.head import can_stop, head_for, stop_rule
 from nodes.models.loading import ModelPair
 from nodes.models.sessions import DraftSession, verify_round
 from nodes.protocol.request import Accepted, EdgeRequest, RoundRules, RoundTimes
@@ -34,11 +34,24 @@ def check_request(prompt_ids: list[int], max_new_tokens: int, vocab_size: int) -
         raise ModelError(f"prompt has token ids outside the vocabulary [0, {vocab_size}): {bad[:5]}")
 
 
+def _head(pair: ModelPair, policy: Policy):
+    """The acceptance head if the policy reads one; None without one for a policy that can do without
+    (`auto` then drafts fixed lengths), a one-line ModelError for one that cannot."""
+    if policy.stop_signal != "acceptance":
+        return None
+    try:
+        return head_for(pair)
+    except ModelError:
+        if policy.stop_optional:
+            return None
+        raise
+
+
 def speculative_generate(pair: ModelPair, prompt_ids: list[int], max_new_tokens: int, policy: Policy,
                          params: SamplingParams = SamplingParams(), seed: int = 0,
                          delay_ms: float = 0.0) -> GenerationResult:
     check_request(prompt_ids, max_new_tokens, pair.vocab_size)
-    head = head_for(pair) if policy.stop_signal == "acceptance" else None  # loaded once per call
+    head = _head(pair, policy)  # loaded once per call
     req = GenerateRequest(IN_PROCESS, prompt_ids=None, prompt="-", max_new_tokens=max_new_tokens,
                           temperature=params.temperature, top_p=params.top_p, seed=seed, policy=policy.spec)
     edge = EdgeRequest(req, prompt_ids, RoundRules(IN_PROCESS, max_length=policy.max_length), policy.spec,
@@ -46,7 +59,7 @@ def speculative_generate(pair: ModelPair, prompt_ids: list[int], max_new_tokens:
     table = SessionTable(TableConfig(IN_PROCESS), Limits(max_context_tokens=1 << 30))
     draft_model: DraftSession | None = None
     res = GenerationResult([], "", 0)
-    ctx = RoundContext(delay_ms=delay_ms)
+    ctx = RoundContext(delay_ms=delay_ms, stops=can_stop(policy, head))
     while not edge.done:
         plan = edge.plan(policy, 0, ctx)
         if plan.length and draft_model is None:  # created at the first drafted round (never for target-only)

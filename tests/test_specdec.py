@@ -95,8 +95,11 @@ def test_stop_signals():
         make_policy("specdec++-delay", max_length=8)
     assert make_policy("specdec++", max_length=8).spec == "specdec++:0.7"
     assert make_policy("hf-confidence:0.4", max_length=8).stop_signal == "confidence"
-    for spec in ("fixed:3", "auto", "oracle", "ucb-specstop", "target-only"):
+    for spec in ("fixed:3", "oracle", "ucb-specstop", "target-only"):
         assert make_policy(spec, max_length=8, profile=HAND).stop_signal is None, spec
+    auto = make_policy("auto", max_length=8)  # reads the head where there is one, drafts fixed lengths where not
+    assert auto.stop_signal == "acceptance" and auto.stop_optional
+    assert not make_policy("specdec++:0.7", max_length=8).stop_optional
 
 
 # --- (b) the shipped head --------------------------------------------------------------
@@ -145,6 +148,37 @@ def test_greedy_specdec_is_lossless_and_stops_early(pair, spec, delay_ms):
         assert np.mean(res.lengths_per_round) > 7, res.lengths_per_round
 
 
+def drafts_asking_hidden_states(model):
+    """A list that records, per draft forward, whether it computed hidden states (and the hook)."""
+    asked = []
+    hook = model.register_forward_pre_hook(
+        lambda m, args, kwargs: asked.append(bool(kwargs.get("output_hidden_states"))), with_kwargs=True)
+    return asked, hook
+
+
+def test_greedy_auto_reads_the_head_and_is_lossless(pair):
+    prompt = pair.tokenizer.encode(corpus_documents()[3][:200], add_special_tokens=False)
+    ref = target_only_generate(pair, prompt, 64)
+    asked, hook = drafts_asking_hidden_states(pair.draft)
+    try:
+        res = speculative_generate(pair, prompt, 64, make_policy("auto", max_length=8), delay_ms=20.0)
+    finally:
+        hook.remove()
+    assert res.token_ids == ref.token_ids
+    assert any(asked)  # from the third round the head is read after every drafted token
+
+
+def test_auto_on_a_pair_without_a_head_drafts_fixed_lengths(tiny_pair):
+    prompt = [1, 2, 3, 0, 1, 2, 3, 1]
+    ref = target_only_generate(tiny_pair, prompt, 24)
+    asked, hook = drafts_asking_hidden_states(tiny_pair.draft)
+    try:
+        res = speculative_generate(tiny_pair, prompt, 24, make_policy("auto", max_length=8))
+    finally:
+        hook.remove()
+    assert res.token_ids == ref.token_ids and asked and not any(asked)
+
+
 # --- (d) hidden states only when a rule reads them -----------------------------------
 def test_hidden_states_are_computed_only_when_asked(pair):
     asked = []
@@ -188,6 +222,22 @@ async def test_edge_serves_specdec_losslessly(broker, pair, tmp_path):
                                                             policy="specdec++:0.7"), 60)
         assert ref.ok and res.ok and res.token_ids == ref.token_ids
         assert isinstance(edge._head, torch.nn.Module)
+
+
+async def test_edge_without_a_usable_head_serves_auto_with_fixed_lengths(broker, pair, tmp_path):
+    prompt = corpus_documents()[2][:150]
+    async with cluster(broker.url, pair, tmp_path) as (client, edge, _):
+        edge._head = ModelError("no acceptance head at /nowhere")  # what a failed load leaves
+        ref = await generate_stream(client, GenerateRequest("ref", prompt=prompt, max_new_tokens=32,
+                                                            policy="target-only"), 60)
+        asked, hook = drafts_asking_hidden_states(pair.draft)
+        try:
+            res = await generate_stream(client, GenerateRequest("auto", prompt=prompt, max_new_tokens=32,
+                                                                policy="auto"), 60)
+        finally:
+            hook.remove()
+        assert res.ok and res.token_ids == ref.token_ids
+        assert asked and not any(asked)
 
 
 async def test_edge_without_a_usable_head_refuses_specdec_with_one_line(broker, tiny_pair, tmp_path):

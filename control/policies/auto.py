@@ -15,6 +15,15 @@ an observable channel state it estimates the chain in wall-clock time (per-state
 rates and jump targets, per-state compute scale) and plays the semi-Markov optimum instead:
 the per-state best length when states hold for many rounds, one shared length when they flip
 within a round or two (control.markov), with the same one step of optimism.
+
+Where the drafter has an acceptance head (RoundContext.stops), `auto` also stops per token: one
+length per round cannot draft far on an easy stretch and stop at once on a hard one, and at
+long delays that is worth 6-10 % (the head rules beat the best fixed length live). It drafts up
+to the maximum and stops after token n once lambda * P(1..n accepted) * p_n < a (DESIGN.md
+section 2's Dinkelbach rule, the next token's acceptance predicted by this one's: acceptance runs
+in streaks), with a its learned compute per drafted token and lambda the ms/token its own recent
+rounds would take at this round's delay -- each round a Dinkelbach step, so it settles at the
+rule's optimum without a profile. SpecDec++ with the delay-aware threshold needs the profile.
 """
 from __future__ import annotations
 
@@ -35,10 +44,13 @@ SHRINK_ROUNDS = 30.0  # per-length compute means need this many rounds to outwei
 DEFAULT_ACCEPT = 0.7
 NEIGHBOUR_MIN = 3  # rounds each neighbour of the leader is played before draws alone decide (AutoPolicy._leader)
 TEMPER = 0.6  # posterior deviations are scaled by this: less dithering among near-equal lengths
+RECENT_ROUNDS = 100.0  # the stop rule's lambda: ms/token of about this many recent rounds (a moving average)
 
 
 class AutoPolicy(Policy):
     spec = "auto"
+    stop_signal = "acceptance"
+    stop_optional = True  # without a head: fixed lengths
 
     def __init__(self, max_length: int, seed: int = 0, use_state: bool = True):
         super().__init__(max_length)
@@ -57,6 +69,8 @@ class AutoPolicy(Policy):
         self.states: dict[str, dict] = {}  # per channel state: n, delay_sum, compute_sum, predicted_sum
         self.transitions: dict[str, dict[str, float]] = {}
         self.prev_state: str | None = None
+        self.recent = np.zeros(3)  # moving sums of [rounds, compute ms, tokens] (the stop rule's lambda)
+        self._all_accepted, self._bar = 1.0, 0.0  # within a round of the stop rule (a per-round copy)
 
     # --- learning ----------------------------------------------------------
     def observe(self, o: RoundOutcome) -> None:
@@ -72,6 +86,7 @@ class AutoPolicy(Policy):
         self.arm_n[L - 1] += 1
         self.arm_sum[L - 1] += c
         self.arm_sq[L - 1] += c * c
+        self.recent = self.recent * (1.0 - 1.0 / RECENT_ROUNDS) + np.array([1.0, c, o.tokens])
         self.n_obs += 1
         self.n_chosen = 0
         key = None if o.context.channel_state is None or not self.use_state else \
@@ -89,28 +104,37 @@ class AutoPolicy(Policy):
 
     # --- estimates ---------------------------------------------------------
     def compute_estimate(self) -> np.ndarray:
-        """C(L): per-length means shrunk toward a count-weighted affine fit. The fit's slope starts
-        from a guess (drafting is a third of the most played length's round) and the rounds at other
-        lengths earn it away from there: one round slowed 2x at start-up (1,046 ms of compute for a
-        478 ms length), taken at face value, made every length above 1 look hopeless for a whole
-        live run."""
+        """C(L): per-length means shrunk toward a count-weighted affine fit (compute_slope)."""
         L = np.arange(1, self.max_length + 1, dtype=float)
         seen = self.arm_n > 0
         if not seen.any():
             return L.copy()
         mean = np.where(seen, self.arm_sum / np.maximum(self.arm_n, 1), 0.0)
-        most = int(np.argmax(self.arm_n))
-        guess = mean[most] / (3.0 * (most + 1))
-        slope = guess
-        fit_on = self.arm_n >= 2 if (self.arm_n >= 2).sum() >= 2 else seen  # lengths seen once only
-        if fit_on.sum() >= 2:                  # while they must: one odd round has the most leverage
-            w = np.sqrt(self.arm_n[fit_on])
-            fitted = max(float(np.polyfit(L[fit_on], mean[fit_on], 1, w=w)[0]), 0.0)
-            others = float(self.arm_n.sum() - self.arm_n[most])
-            slope = (others * fitted + SLOPE_PRIOR_ROUNDS * guess) / (others + SLOPE_PRIOR_ROUNDS)
+        slope = self.compute_slope()
         icept = float(np.average(mean[seen] - slope * L[seen], weights=np.sqrt(self.arm_n[seen])))
         fit = np.maximum(icept + slope * L, 1e-6)
         return (self.arm_n * mean + SHRINK_ROUNDS * fit) / (self.arm_n + SHRINK_ROUNDS)
+
+    def compute_slope(self) -> float:
+        """Compute per drafted token. It starts from a guess (drafting is a third of the most played
+        length's round) and the rounds at other lengths earn it away from there: one round slowed 2x
+        at start-up (1,046 ms of compute for a 478 ms length), taken at face value, made every length
+        above 1 look hopeless for a whole live run. Fitted on lengths seen at least twice once two
+        exist: while lengths seen once must be used, one odd round has the most leverage."""
+        L = np.arange(1, self.max_length + 1, dtype=float)
+        seen = self.arm_n > 0
+        if not seen.any():
+            return 1.0
+        mean = np.where(seen, self.arm_sum / np.maximum(self.arm_n, 1), 0.0)
+        most = int(np.argmax(self.arm_n))
+        guess = mean[most] / (3.0 * (most + 1))
+        fit_on = self.arm_n >= 2 if (self.arm_n >= 2).sum() >= 2 else seen
+        if fit_on.sum() < 2:
+            return guess
+        w = np.sqrt(self.arm_n[fit_on])
+        fitted = max(float(np.polyfit(L[fit_on], mean[fit_on], 1, w=w)[0]), 0.0)
+        others = float(self.arm_n.sum() - self.arm_n[most])
+        return (others * fitted + SLOPE_PRIOR_ROUNDS * guess) / (others + SLOPE_PRIOR_ROUNDS)
 
     def compute_sample(self, rng: np.random.Generator, estimate: np.ndarray | None = None) -> np.ndarray:
         """C(L) drawn around its estimate with the uncertainty of its mean: a length played rarely
@@ -170,7 +194,29 @@ class AutoPolicy(Policy):
         return L + 1 if cost[L] / tokens[L] < cost[L - 1] / tokens[L - 1] else L
 
     # --- acting ------------------------------------------------------------
+    def _stopping(self) -> bool:
+        """The per-token rule acts once two rounds have shown a compute slope and a ms/token."""
+        return self.n_obs >= 2 and self.recent[2] > 0
+
+    def stop_bar(self, delay_ms: float) -> float:
+        """a / lambda: stop once P(1..n accepted) * p_n falls below it. lambda = (compute + 2 d) / tokens
+        of the recent rounds, at this round's delay (compute does not depend on it)."""
+        w, compute, tokens = self.recent
+        lam = (compute + 2.0 * delay_ms * w) / tokens
+        return min(1.0, max(0.0, self.compute_slope() / lam)) if lam > 0 else 0.0
+
+    def should_stop(self, ctx: RoundContext, position: int, confidence: float) -> bool:
+        if not self._stopping():
+            return False
+        if position <= 1:  # a new round (this is the round's own copy)
+            self._all_accepted, self._bar = 1.0, self.stop_bar(ctx.delay_ms)
+        p = min(1.0, max(0.0, float(confidence)))
+        self._all_accepted *= p
+        return self._all_accepted * p < self._bar
+
     def choose(self, ctx: RoundContext) -> int:
+        if ctx.stops and self._stopping():
+            return self.max_length  # the stop rule cuts it
         if self.n_obs == 0:
             return 1
         middle = self.max_length // 2 + 1
@@ -232,7 +278,8 @@ class AutoPolicy(Policy):
         return {"seed": self.seed, "n_obs": self.n_obs, "n_chosen": self.n_chosen,
                 "accepted": self.accepted.tolist(), "at_risk": self.at_risk.tolist(),
                 "arm_n": self.arm_n.tolist(), "arm_sum": self.arm_sum.tolist(), "arm_sq": self.arm_sq.tolist(),
-                "states": self.states, "transitions": self.transitions, "prev_state": self.prev_state}
+                "states": self.states, "transitions": self.transitions, "prev_state": self.prev_state,
+                "recent": self.recent.tolist()}
 
     def load_state(self, s: dict) -> None:
         """Every field range-checked (counts finite and >= 0, accepted <= at risk, states bounded)."""
@@ -241,6 +288,10 @@ class AutoPolicy(Policy):
         # older snapshots have no spread: their arms then count as having none yet
         arrays["arm_sq"] = checks.array(s["arm_sq"], "arm_sq", k) if "arm_sq" in s else arrays["arm_sum"] ** 2 / \
             np.maximum(arrays["arm_n"], 1)
+        # older snapshots have no moving sums: the stop rule then waits for rounds of its own
+        arrays["recent"] = checks.array(s["recent"], "recent", 3) if "recent" in s else np.zeros(3)
+        if arrays["recent"][2] < arrays["recent"][0] * (1 - 1e-9):
+            raise checks.ControlError("snapshot: 'recent' counts fewer tokens than rounds")
         if (arrays["accepted"] > arrays["at_risk"]).any():
             raise checks.ControlError("snapshot: 'accepted' exceeds 'at_risk' at some position")
         seed = checks.integer(f(s, "seed"), "seed", 0, 0x7FFF_FFFF)

@@ -20,6 +20,9 @@ class Policy:
     # stop rule at all: no softmax, no hidden states); "confidence" = the draft's probability of the
     # token; "acceptance" = the acceptance head's predicted probability that the target keeps it.
     stop_signal: str | None = None
+    # True: the policy also acts without its stop signal (a drafter without an acceptance head serves it
+    # with fixed lengths; RoundContext.stops tells it which); False: a drafter without it refuses the policy.
+    stop_optional: bool = False
 
     def __init__(self, max_length: int):
         if max_length < 1:
@@ -33,8 +36,9 @@ class Policy:
         """Default: nothing to learn."""
 
     def should_stop(self, ctx: RoundContext, position: int, confidence: float) -> bool:
-        """Called after each drafted token (1-based position) but the last, only when `stop_signal` is set;
-        `confidence` is that signal's value for the token. Default: never stops early."""
+        """Called after each drafted token (1-based position) but the last, only when `ctx.stops` (the
+        drafter has the signal `stop_signal` names); `confidence` is that signal's value for the token.
+        Default: never stops early."""
         return False
 
     # --- persistence -------------------------------------------------------

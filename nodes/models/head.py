@@ -97,24 +97,31 @@ def head_for(pair, root: Path | None = None) -> AcceptanceHead:
     return head
 
 
+def can_stop(policy, head: AcceptanceHead | None) -> bool:
+    """Whether `policy`'s stop rule runs on a drafter with this head (None: it has no usable one): the
+    round's RoundContext.stops, which a policy with an optional rule (`auto`) chooses by."""
+    return policy.stop_signal == "confidence" or (policy.stop_signal == "acceptance" and head is not None)
+
+
 def stop_rule(policy, ctx, head: AcceptanceHead | None = None):
     """(the draft's stop callback for `policy` this round, or None; whether it reads hidden states).
 
-    policy.stop_signal None: no callback (no softmax, no hidden states); "confidence": should_stop gets
-    the draft's probability of the token; "acceptance": the head's predicted acceptance probability.
+    policy.stop_signal None, or a round whose ctx.stops is False (an optional rule with no head): no
+    callback (no softmax, no hidden states); "confidence": should_stop gets the draft's probability of
+    the token; "acceptance": the head's predicted acceptance probability.
 
     The callback acts on a shallow copy of the policy made for this round: a rule that keeps state
     within a round (specdec++'s running product) then keeps it per request, also when the edge
     drafts several requests' rounds step by step in one batch (their calls interleave)."""
     signal = policy.stop_signal
-    if signal is None:
+    if signal == "acceptance" and head is None and (ctx.stops or not policy.stop_optional):
+        raise ModelError(f"policy '{policy.spec}' needs the acceptance head, and none is loaded")
+    if signal is None or not ctx.stops:
         return None, False
     policy = copy.copy(policy)
     if signal == "confidence":
         return (lambda step: policy.should_stop(ctx, step.position, step.prob)), False
     if signal == "acceptance":
-        if head is None:
-            raise ModelError(f"policy '{policy.spec}' needs the acceptance head, and none is loaded")
         return (lambda step: policy.should_stop(ctx, step.position,
                                                 head.accept_prob(step.hidden, step.logits, step.token))), True
     raise ModelError(f"policy '{policy.spec}' asks for an unknown stop signal {signal!r}")
