@@ -105,11 +105,9 @@ class AutoPolicy(Policy):
     # --- estimates ---------------------------------------------------------
     def compute_estimate(self) -> np.ndarray:
         """C(L): per-length means shrunk toward a count-weighted affine fit (compute_slope)."""
-        L = np.arange(1, self.max_length + 1, dtype=float)
-        seen = self.arm_n > 0
+        L, seen, mean = self._arm_means()
         if not seen.any():
             return L.copy()
-        mean = np.where(seen, self.arm_sum / np.maximum(self.arm_n, 1), 0.0)
         slope = self.compute_slope()
         icept = float(np.average(mean[seen] - slope * L[seen], weights=np.sqrt(self.arm_n[seen])))
         fit = np.maximum(icept + slope * L, 1e-6)
@@ -121,11 +119,9 @@ class AutoPolicy(Policy):
         at start-up (1,046 ms of compute for a 478 ms length), taken at face value, made every length
         above 1 look hopeless for a whole live run. Fitted on lengths seen at least twice once two
         exist: while lengths seen once must be used, one odd round has the most leverage."""
-        L = np.arange(1, self.max_length + 1, dtype=float)
-        seen = self.arm_n > 0
+        L, seen, mean = self._arm_means()
         if not seen.any():
             return 1.0
-        mean = np.where(seen, self.arm_sum / np.maximum(self.arm_n, 1), 0.0)
         most = int(np.argmax(self.arm_n))
         guess = mean[most] / (3.0 * (most + 1))
         fit_on = self.arm_n >= 2 if (self.arm_n >= 2).sum() >= 2 else seen
@@ -135,6 +131,12 @@ class AutoPolicy(Policy):
         fitted = max(float(np.polyfit(L[fit_on], mean[fit_on], 1, w=w)[0]), 0.0)
         others = float(self.arm_n.sum() - self.arm_n[most])
         return (others * fitted + SLOPE_PRIOR_ROUNDS * guess) / (others + SLOPE_PRIOR_ROUNDS)
+
+    def _arm_means(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(lengths 1..K, which were played, their mean compute; 0 where not played)."""
+        seen = self.arm_n > 0
+        mean = np.where(seen, self.arm_sum / np.maximum(self.arm_n, 1), 0.0)
+        return np.arange(1, self.max_length + 1, dtype=float), seen, mean
 
     def compute_sample(self, rng: np.random.Generator, estimate: np.ndarray | None = None) -> np.ndarray:
         """C(L) drawn around its estimate with the uncertainty of its mean: a length played rarely
