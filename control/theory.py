@@ -2,6 +2,12 @@
 
 A round of length L costs T(L) = C(L) + 2d and yields B(L) = 1 + sum_{i<=L} S(i)
 tokens on average, so the long-run ms/token of fixed L is J(L, d) = T(L)/B(L).
+
+B(L) from the survival assumes rounds independent of each other. On real text
+acceptance runs in stretches (a round that starts right after a rejection
+starts in a hard stretch, and long lengths end in rejections more often), so
+where every length was measured on its own, `tokens` = B(L) as measured can be
+passed instead; the fixed-length results then need no independence.
 """
 from __future__ import annotations
 
@@ -10,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from control.profile import Profile
+from control.types import ControlError
 
 
 def expected_tokens(survival: np.ndarray) -> np.ndarray:
@@ -17,24 +24,33 @@ def expected_tokens(survival: np.ndarray) -> np.ndarray:
     return 1.0 + np.cumsum(np.asarray(survival, dtype=float))
 
 
-def ms_per_token(profile: Profile, delay_ms: float) -> np.ndarray:
-    """J(L, d) for L = 1..K."""
-    return (profile.compute_ms + 2.0 * delay_ms) / expected_tokens(profile.survival)
+def _tokens(profile: Profile, tokens: np.ndarray | None) -> np.ndarray:
+    if tokens is None:
+        return expected_tokens(profile.survival)
+    b = np.asarray(tokens, dtype=float)
+    if b.shape != profile.compute_ms.shape:
+        raise ControlError(f"tokens per round: {b.shape[0] if b.ndim else 0} lengths for a profile of {profile.max_length}")
+    return b
 
 
-def best_length(profile: Profile, delay_ms: float) -> tuple[int, float]:
+def ms_per_token(profile: Profile, delay_ms: float, tokens: np.ndarray | None = None) -> np.ndarray:
+    """J(L, d) for L = 1..K (B(L) = `tokens` where given, else from the survival)."""
+    return (profile.compute_ms + 2.0 * delay_ms) / _tokens(profile, tokens)
+
+
+def best_length(profile: Profile, delay_ms: float, tokens: np.ndarray | None = None) -> tuple[int, float]:
     """argmin_L J(L, d) (smallest L on ties) and the minimum."""
-    j = ms_per_token(profile, delay_ms)
+    j = ms_per_token(profile, delay_ms, tokens)
     i = int(np.argmin(j))
     return i + 1, float(j[i])
 
 
-def critical_delay(profile: Profile) -> float:
+def critical_delay(profile: Profile, tokens: np.ndarray | None = None) -> float:
     """Smallest one-way delay at which some L >= 2 beats L = 1 (inf if none ever does).
 
     d_c = min_{L>=2} max(0, (C(L) B(1) - C(1) B(L)) / (2 (B(L) - B(1)))).
     """
-    b = expected_tokens(profile.survival)
+    b = _tokens(profile, tokens)
     c = profile.compute_ms
     best = np.inf
     for i in range(1, len(c)):

@@ -99,6 +99,33 @@ def test_calibrate_then_theory_predicts_the_best_lengths_of_the_system_that_ran(
         assert not clear or best_length(cal, d)[0] == best, d
 
 
+def test_tokens_per_round_measured_per_length_predict_what_the_survival_cannot(tmp_path):
+    # acceptance runs in stretches: length-1 rounds accept more often than the longer ones, so the
+    # survival pooled over every length understates what L = 1 yields; B(L) measured per length does not
+    truth = parametric_profile("t", 0.7, 72.0, 0.0, 67.0, 0.0, 4)
+    rng = np.random.default_rng(5)
+    rows, first = [], {1: 0.92, 2: 0.80, 3: 0.80, 4: 0.80}
+    for L in range(1, 5):
+        for i in range(2000):
+            a = 0 if rng.random() > first[L] else 1 + int((0.9 ** np.arange(1, L) > rng.random()).sum())
+            rows.append(rnd(f"r-{L}-{i // 10}", i % 10, L, a, float(truth.compute_ms[L - 1]), delay=0.0,
+                            policy=f"fixed:{L}"))
+    write_log(tmp_path / "edge-1.jsonl", rows)
+    prof = calibrate(tmp_path)
+    tokens = np.array([prof["tokens_per_round"][str(L)] for L in range(1, 5)])
+    b_true = np.array([1 + first[L] * (1 + sum(0.9 ** np.arange(1, L))) for L in range(1, 5)])
+    assert np.allclose(tokens, b_true, rtol=0.02)
+    cal = load_profile(_write(tmp_path / "cal.json", prof))
+    true_dc = critical_delay(truth, b_true)
+    assert critical_delay(cal, tokens) == pytest.approx(true_dc, rel=0.15)  # 37 vs 41 ms
+    assert critical_delay(cal) < 0.6 * true_dc  # 19 ms: the pooled survival's B(1) is 1.82, not 1.92
+
+
+def _write(path, data: dict):
+    path.write_text(json.dumps(data))
+    return path
+
+
 def test_lengths_nobody_played_are_extrapolated_and_listed(tmp_path):
     truth = parametric_profile("t", 0.8, 10.0, 0.0, 20.0, 0.0, 6)
     synthetic_run(tmp_path, truth, [10.0], [2, 5], rounds_per_cell=100, jitter=0.0)

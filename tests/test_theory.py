@@ -4,6 +4,7 @@ import pytest
 
 from control.markov import MarkovChannel, brute_force_optimum, evaluate_policy, solve_smdp
 from control.profile import Profile, parametric_profile
+from control.types import ControlError
 from control.theory import (
     best_length, critical_delay, dinkelbach_stop, geometric_expected_tokens, ms_per_token,
     rejection_threshold, theory_table, threshold_length,
@@ -66,6 +67,22 @@ def test_critical_delay_is_where_some_longer_draft_first_beats_one_token(profile
     grid = np.linspace(0, dc + 50, 2000)
     first = next(d for d in grid if direct(d))
     assert first == pytest.approx(dc, abs=(dc + 50) / 1999 + 1e-9)
+
+
+def test_measured_tokens_per_round_replace_the_survivals_in_the_fixed_length_theory():
+    b = 1.0 + np.cumsum(HEAVY.survival)
+    assert critical_delay(HEAVY, b) == critical_delay(HEAVY)
+    # a length-1 round that yields more than the survival says pushes the critical delay out
+    more = b.copy()
+    more[0] += 0.05
+    assert critical_delay(HEAVY, more) > critical_delay(HEAVY)
+    assert np.allclose(ms_per_token(HEAVY, 40.0, more)[1:], ms_per_token(HEAVY, 40.0)[1:])
+    assert best_length(HEAVY, 0.0, more) == (1, pytest.approx(HEAVY.compute_ms[0] / more[0]))
+
+
+def test_tokens_per_round_for_the_wrong_number_of_lengths_is_one_clear_error():
+    with pytest.raises(ControlError, match="tokens per round: 3 lengths for a profile of 12"):
+        critical_delay(HEAVY, np.ones(3))
 
 
 def test_heavy_head_profile_has_a_positive_critical_delay():

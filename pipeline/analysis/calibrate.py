@@ -9,6 +9,9 @@ acceptance survival S(i) is the Kaplan-Meier estimate over all drafted rounds
 played get C from a count-weighted affine fit of the ones played; positions
 nobody reached continue the pooled hazard of positions >= 2; both are listed
 under `extrapolated`. Target-only rounds (length 0) are left out.
+`tokens_per_round` is B(L) as measured in each played length's own rounds: the
+survival's B(L) assumes rounds independent of each other, which real text is
+not (see control/theory.py), and the fixed-length theory can take it instead.
 """
 from __future__ import annotations
 
@@ -31,11 +34,13 @@ def calibrate_rounds(rounds: pl.DataFrame, max_length: int | None = None, name: 
     k = int(max_length or drafted["draft_length"].max())
     lengths = drafted["draft_length"].to_numpy()
     compute = drafted["compute_ms"].to_numpy()
-    means, cis, counts = np.full(k, np.nan), {}, {}
+    tokens = drafted["tokens"].to_numpy()
+    means, cis, counts, per_round = np.full(k, np.nan), {}, {}, {}
     for L in range(1, k + 1):
         sel = compute[lengths == L]
         counts[str(L)] = int(len(sel))
         if len(sel):
+            per_round[str(L)] = round(float(tokens[lengths == L].mean()), 4)
             m, half = mean_ci(sel)
             means[L - 1] = m
             cis[str(L)] = [round(m - half, 3), round(m + half, 3)] if np.isfinite(half) else None
@@ -52,6 +57,7 @@ def calibrate_rounds(rounds: pl.DataFrame, max_length: int | None = None, name: 
         "round_compute_ci_ms": cis,
         "survival_ci": [[lo, hi] for lo, hi in zip(km["ci_low"], km["ci_high"])],
         "rounds_per_length": counts,
+        "tokens_per_round": per_round,
         "at_risk_per_position": km["at_risk"],
         "extrapolated": {"lengths": missing, "positions": unreached},
         "rounds": int(len(drafted)),

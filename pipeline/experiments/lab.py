@@ -18,6 +18,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import polars as pl
+
 from pipeline.transport import bus
 from pipeline.transport.broker import EmbeddedBroker
 from pipeline.transport.client import StreamResult, generate_stream
@@ -111,10 +113,14 @@ class Lab:
         return devices_of(self.run_cfg)
 
     async def run(self, cells: list[Cell], prompts: list[str], progress=None,
-                  duration_s: float | None = None) -> list[CellResult]:
+                  duration_s: float | None = None, warm_up: int = 0) -> list[CellResult]:
         """All cells' requests, interleaved (cell by cell in turn) under one concurrency limit. With
         `duration_s`, cells keep cycling through their prompts until that much time has passed (runs on
-        a channel that changes in wall-clock time)."""
+        a channel that changes in wall-clock time). `warm_up` requests (fixed lengths 1 and K in turn,
+        round-robin over the edges, ids starting `warmup-`) go first through the same limit: the first
+        seconds of a run cost 4-5x the transport overhead of the rest (every process's first forwards,
+        every prompt's prefill at once), and rounds of short requests at low delay would take most of
+        that; `measured()` drops them."""
         nc = await bus.connect(self.broker.url, "lab-client", long_lived=True)
         gate = asyncio.Semaphore(self.cfg.concurrency)
         results = [CellResult(c) for c in cells]
@@ -134,8 +140,21 @@ class Lab:
             if progress is not None:
                 progress(res)
 
+        async def warm(k: int) -> None:
+            edge = list(self.channels)[k % len(self.channels)]
+            req = GenerateRequest(f"{WARMUP_PREFIX}{edge}-{k}", prompt=prompts[k % len(prompts)],
+                                  max_new_tokens=self.cfg.max_new_tokens,
+                                  policy="fixed:1" if k // len(self.channels) % 2 == 0 else f"fixed:{self.cfg.max_length}")
+            try:
+                await generate_stream(nc, req, timeout_s=300.0, subject=subjects.generate(edge), wait_for_edge_s=60.0)
+            finally:
+                gate.release()
+
         tasks = []
         try:
+            for k in range(warm_up):
+                await gate.acquire()
+                tasks.append(asyncio.create_task(warm(k)))
             i = 0
             while True:
                 live = [ci for ci, c in enumerate(cells) if duration_s is not None or i < c.requests]
@@ -149,6 +168,14 @@ class Lab:
         finally:
             await nc.close()
         return results
+
+
+WARMUP_PREFIX = "warmup-"
+
+
+def measured(rounds: pl.DataFrame) -> pl.DataFrame:
+    """The rounds of a lab run without its warm-up requests."""
+    return rounds.filter(~pl.col("request_id").str.starts_with(WARMUP_PREFIX))
 
 
 def lab_prompts(n: int, seed: int = 0) -> list[str]:

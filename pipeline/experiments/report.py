@@ -28,12 +28,25 @@ def _emulation_line(res: dict) -> str:
     return "_Device emulation ON — compute times are the emulated devices' (" + ", ".join(parts) + ")._"
 
 
+def _phase_detail(dc: dict) -> str:
+    """Intervals and the independent-rounds prediction, where the run recorded them."""
+    parts = []
+    if dc.get("measured_ci"):
+        parts.append(f"95 % intervals over prompts: measured {dc['measured_ci']}, predicted {dc['predicted_ci']}, "
+                     f"their ratio {dc['ratio_ci']}")
+    if "predicted_independent_rounds" in dc:
+        parts.append("C and B of each fixed:L policy as calibrated; from the survival, which assumes independent "
+                     f"rounds: {dc['predicted_independent_rounds']} ms")
+    return "".join("; " + p for p in parts)
+
+
 def _phase(res: dict, out: Path) -> list[str]:
     lengths = sorted({int(L) for r in res["rows"] for L in r["measured_ms_per_token"]})
     lines = ["## Phase: best draft length vs delay (fixed lengths, live)", "", _emulation_line(res), "",
              f"Critical delay: measured **{res['critical_delay_ms']['measured']} ms**, predicted from the calibrated "
              f"profile **{res['critical_delay_ms']['predicted']} ms** (within 20 %: "
-             f"{'yes' if res['critical_delay_ms']['within_20pct'] else 'no'}). Best length as predicted wherever the "
+             f"{'yes' if res['critical_delay_ms']['within_20pct'] else 'no'}" + _phase_detail(res['critical_delay_ms'])
+             + f"). Best length as predicted wherever the "
              f"measured difference exceeds the interval: {'yes' if res['best_length_agrees_everywhere'] else 'no'}.", "",
              "| delay ms | measured best | within the interval | predicted best | " +
              " | ".join(f"L={L} ms/token" for L in lengths) + " |",

@@ -1,0 +1,42 @@
+"""The phase experiment's arithmetic on hand-made rounds with a known critical delay (no broker, no models)."""
+from __future__ import annotations
+
+import pytest
+
+from pipeline.analysis.frames import rounds_frame
+from pipeline.experiments.lab import measured
+from pipeline.experiments.phase import edge_of, phase_result
+from tests.test_analysis import rnd
+
+COMPUTE = {1: 140.0, 2: 212.0, 3: 284.0}
+# accepted counts of a request's 10 rounds: B(1) = 1.9, B(2) = 2.6, B(3) = 3.2 tokens per round
+ACCEPTED = {1: [1] * 9 + [0], 2: [2] * 7 + [1, 1, 0], 3: [3] * 5 + [2, 2, 2, 1, 0]}
+DELAYS = [0.0, 20.0, 40.0, 60.0]
+
+
+def cell_rows(edge: str, L: int, delay: float, requests: int = 3, compute: float | None = None) -> list[dict]:
+    c = COMPUTE[L] if compute is None else compute
+    return [rnd(f"fixed-{L}-{edge}-{i}", r, L, a, c + 2 * delay, delay=delay, policy=f"fixed:{L}", edge_id=edge)
+            for i in range(requests) for r, a in enumerate(ACCEPTED[L])]
+
+
+def phase_rows() -> list[dict]:
+    rows = [row for L in COMPUTE for row in cell_rows("edge-cal", L, 0.0, requests=6)]
+    return rows + [row for d in DELAYS for L in COMPUTE for row in cell_rows(edge_of(d), L, d)]
+
+
+def test_measured_and_predicted_critical_delay_meet_where_the_lines_of_one_and_two_tokens_cross():
+    res = phase_result(rounds_frame(phase_rows()), DELAYS, [1, 2, 3], 3)
+    exact = (212.0 * 1.9 - 140.0 * 2.6) / (2 * (2.6 - 1.9))  # 27.71 ms: L = 2 overtakes L = 1 first
+    dc = res["critical_delay_ms"]
+    assert dc["measured"] == pytest.approx(exact, abs=0.01) and dc["predicted"] == pytest.approx(exact, abs=0.01)
+    assert dc["within_20pct"] and res["best_length_agrees_everywhere"]
+    assert [r["predicted_best"] for r in res["rows"]] == [1, 1, 2, 3]
+
+
+def test_the_warm_up_wave_is_left_out_of_every_number():
+    slow_start = [dict(row, request_id="warmup-" + row["request_id"])
+                  for row in cell_rows(edge_of(0.0), 1, 0.0, compute=400.0) + cell_rows("edge-cal", 2, 0.0, compute=9.0)]
+    clean = phase_result(rounds_frame(phase_rows()), DELAYS, [1, 2, 3], 3)
+    warmed = phase_result(measured(rounds_frame(phase_rows() + slow_start)), DELAYS, [1, 2, 3], 3)
+    assert warmed["critical_delay_ms"] == clean["critical_delay_ms"] and warmed["rows"] == clean["rows"]
