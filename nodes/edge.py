@@ -89,6 +89,7 @@ class Live:
 
 RECENT_KEEP = 1024      # finished streams whose last message is kept to answer `resume`
 RECENT_KEEP_S = 120.0
+UNSUBSCRIBE_CONFIRM_S = 10.0  # Edge.stop waits this long for the broker to confirm it routes no request here
 
 
 class EdgeWorker(WorkerBase):
@@ -147,10 +148,7 @@ class EdgeWorker(WorkerBase):
                 await sub.unsubscribe()
             except NatsError:
                 pass
-        try:
-            await self.nc.flush(timeout=1)  # the broker stops routing requests here before we go on
-        except Exception:
-            pass
+        await self._confirm_unsubscribed()
         self.subs = [s for s in self.subs if s not in self._generate_subs]
         for live in self.live.values():  # queued, not started: nothing to finish
             if not live.started and live.task is not None:
@@ -171,6 +169,22 @@ class EdgeWorker(WorkerBase):
                       draft_batch_sizes=dict(sorted(self.drafter.sizes.items())),
                       timing_stored=self.outbox.stored, timing_plain=self.outbox.plain,
                       timing_dropped=self.outbox.dropped, timing_unsent=self.outbox.waiting)
+
+    async def _confirm_unsubscribed(self) -> None:
+        """Wait for the broker's PONG after our UNSUB: from then on it routes no request here, and a
+        client sending one gets `no_responders` at once instead of a silent timeout. On a loaded
+        machine one flush can take seconds, so it is retried for up to UNSUBSCRIBE_CONFIRM_S; a
+        disconnected client needs none (a reconnect does not restore the subscription)."""
+        deadline = time.monotonic() + UNSUBSCRIBE_CONFIRM_S
+        while self.nc.is_connected:
+            try:
+                await self.nc.flush(timeout=max(0.1, min(2.0, deadline - time.monotonic())))
+                return
+            except Exception as exc:
+                if time.monotonic() >= deadline:
+                    self.log.warning("unsubscribe_unconfirmed", error=type(exc).__name__,
+                                     waited_s=UNSUBSCRIBE_CONFIRM_S)
+                    return
 
     # --- policy updates --------------------------------------------------------------
     async def _on_policy(self, msg: Msg) -> None:
