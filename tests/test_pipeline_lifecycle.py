@@ -51,6 +51,22 @@ async def test_a_client_that_goes_away_stops_its_generation_and_frees_the_verifi
     assert any(e["event"] == "request_cancelled" and e["request_id"] == "gone" for e in events)
 
 
+async def test_a_caller_that_sets_stop_ends_the_stream_and_the_edge_cancels_without_a_task_cancel(broker, pair, tmp_path):
+    # the gateway both sets `stop` and cancels the task; the task's cancel can be lost (Python 3.11's
+    # wait_for inside nats-py's next_msg), so `stop` alone must be enough
+    async with cluster(broker.url, pair, tmp_path, channel="const:10") as (client, edge, clouds):
+        stop = asyncio.Event()
+        task = asyncio.create_task(generate_stream(client, long_request("stopped"), 30, stop=stop))
+        await wait_for(lambda: clouds[0].sessions and "stopped" in edge.live)
+        stop.set()
+        res = await asyncio.wait_for(task, 20)
+        await wait_for(lambda: not edge.live)
+        await wait_for(lambda: not clouds[0].sessions)
+    assert res.error_code == "client_gone" and 0 < len(res.token_ids) < 1500
+    events = read_log(tmp_path / "edge-1.jsonl")
+    assert any(e["event"] == "request_cancelled" and e["request_id"] == "stopped" for e in events)
+
+
 async def test_a_request_past_its_own_deadline_ends_with_a_deadline_error(broker, pair, tmp_path):
     async with cluster(broker.url, pair, tmp_path, channel="const:10") as (client, edge, clouds):
         res = await generate_stream(client, long_request("late", deadline_s=0.5), 30)

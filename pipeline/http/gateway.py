@@ -127,8 +127,9 @@ class Generation:
         req = GenerateRequest(job.request_id, prompt=job.prompt, max_new_tokens=job.max_tokens,
                               temperature=job.temperature, top_p=job.top_p, seed=job.seed, policy=job.policy,
                               deadline_s=job.deadline_s)
+        self.stop = asyncio.Event()  # cancel() sets it too: a task's cancel can be lost (generate_stream)
         self.task = asyncio.create_task(generate_stream(gw.nc, req, gw.cfg.silence_timeout_s, on_chunk=self._on_chunk,
-                                                        subject=subjects.generate(gw.cfg.edge_id)))
+                                                        subject=subjects.generate(gw.cfg.edge_id), stop=self.stop))
         self.task.add_done_callback(lambda t: self.queue.put_nowait(_END))
         self.deadline = time.monotonic() + job.deadline_s + 2.0  # the edge answers `deadline` first
 
@@ -201,6 +202,7 @@ class Generation:
         publishes `cancel` to the edges as it unwinds."""
         if why == "client_gone" and self.finish_reason is None:
             self.code = "client_gone"
+        self.stop.set()
         if not self.task.done():
             self.task.cancel()
 

@@ -138,9 +138,13 @@ class _Stream:
 
 async def generate_stream(nc: Client, req: GenerateRequest, timeout_s: float = 60.0, limits: Limits = Limits(),
                           subject: str = subjects.GENERATE, wait_for_edge_s: float = 0.0,
-                          on_chunk: Callable[[StreamResult], None] | None = None) -> StreamResult:
+                          on_chunk: Callable[[StreamResult], None] | None = None,
+                          stop: asyncio.Event | None = None) -> StreamResult:
     """Send `req` and read its stream. `timeout_s`: the longest silence before giving up.
-    `on_chunk(res)` runs after every chunk taken into `res` (the HTTP gateway streams from it)."""
+    `on_chunk(res)` runs after every chunk taken into `res` (the HTTP gateway streams from it).
+    `stop`, once set, ends the stream with a `cancel` to the edge: a caller that also cancels this
+    task may have that cancel lost (Python 3.11's wait_for, inside nats-py's next_msg, swallows one
+    that races an arriving chunk), and the generation would then run to its end unseen."""
     res = StreamResult(req.request_id)
     inbox = nc.new_inbox()
     sub = await nc.subscribe(inbox)
@@ -155,6 +159,9 @@ async def generate_stream(nc: Client, req: GenerateRequest, timeout_s: float = 6
         await nc.publish(subject, encode(req), reply=inbox)
         while True:
             now = time.monotonic()
+            if stop is not None and stop.is_set():
+                res.error, res.error_code = "stopped by the caller", "client_gone"
+                break
             if now - last_heard > timeout_s:
                 res.error, res.error_code = f"no chunk within {timeout_s:g} s", "timeout"
                 break
