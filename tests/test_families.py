@@ -49,5 +49,6 @@ def test_evaluation_reports_mean_p90_and_worst_seed_and_the_best_beta():
     for v in s.values():
         assert v["cells"] == 3  # const 20 ms, wall-clock drift, wall-clock markov
         assert v["worst_seed_pct"] >= v["worst_p90_pct"] - 1e-9
+        assert v["expected"]["worst_seed_pct"] >= v["expected"]["mean_gap_pct"] - 1e-9
     per = res["per_profile"][0]
     assert per["best_beta"]["ucb-specstop"] in (0.01, 0.1, 1.0, 10.0, 100.0)

@@ -11,7 +11,7 @@ import pytest
 
 from control.profile import load_profile
 from control.simulator import build_scenarios, const_scenario, run_policy, simulate
-from control.theory import best_length
+from control.theory import best_length, ms_per_token
 from control.types import ControlError
 
 PROFILES = sorted(Path("control/profiles").glob("*.json")) + [Path("nodes/models/bundled/profile.json")]
@@ -51,6 +51,18 @@ def test_oracle_replay_matches_the_theory_in_the_long_run():
     sc = const_scenario(prof, 55.0, 20000)
     trace = run_policy(None, prof, sc, seed=0, fixed_lengths=sc.oracle_lengths)
     assert trace.ms_per_token == pytest.approx(best_length(prof, 55.0)[1], rel=0.01)
+
+
+def test_the_expected_gap_of_a_fixed_length_is_its_theoretical_excess_on_every_seed():
+    prof = load_profile(PROFILES[0])
+    best, _ = best_length(prof, 55.0)
+    other = best + 1 if best < prof.max_length else best - 1
+    res = simulate(prof, [f"fixed:{other}"], [const_scenario(prof, 55.0, 300)], seeds=6)
+    v = res["scenarios"][0]["policies"][f"fixed:{other}"]
+    j = ms_per_token(prof, 55.0)
+    excess = 100 * (j[other - 1] / j[best - 1] - 1)
+    assert v["expected_gap_pct"] == pytest.approx(excess) and v["expected_gap_pct_worst"] == pytest.approx(excess)
+    assert v["gap_pct_worst"] != pytest.approx(excess)  # the realized gap also carries each seed's luck
 
 
 def test_policies_share_random_numbers_across_a_seed():

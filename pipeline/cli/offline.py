@@ -102,7 +102,8 @@ def cmd_simulate(a: argparse.Namespace) -> None:
             for spec, v in sc["policies"].items():
                 slope = "n/a" if v["regret_slope"] is None else f"{v['regret_slope']:.2f}"
                 lines.append(f"  {spec:<20} {v['ms_per_token']:8.2f} ms/token  gap {v['gap_pct']:+6.2f}% "
-                             f"(p90 {v['gap_pct_p90']:+6.2f}%, worst {v['gap_pct_worst']:+6.2f}%)  regret slope {slope}")
+                             f"(p90 {v['gap_pct_p90']:+6.2f}%, worst {v['gap_pct_worst']:+6.2f}%; expected {v['expected_gap_pct']:+6.2f}%, "
+                             f"worst {v['expected_gap_pct_worst']:+6.2f}%)  regret slope {slope}")
         return "\n".join(lines)
 
     emit(res, a.json, render)
