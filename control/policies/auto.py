@@ -36,7 +36,7 @@ from control.types import RoundContext, RoundOutcome
 
 PRIOR_STRENGTH = 2.0
 POOL_PRIOR = 4.0  # pseudo-rounds behind the pooled later-position acceptance
-OPTIMISM_MIN = 30.0  # the position after the choice, reached by fewer rounds, is judged optimistically ...
+OPTIMISM_MIN = 60.0  # the position after the choice, reached by fewer rounds, is judged optimistically ...
 OPTIMISM_Z = 2.0     # ... at the posterior mean + this many standard deviations (AutoPolicy._optimistic_next)
 COMPUTE_SPREAD_FLOOR = 0.02  # compute draws spread at least this fraction of the mean compute
 SLOPE_PRIOR_ROUNDS = 3.0  # rounds away from the most played length before the fitted slope outweighs the guess
@@ -114,16 +114,19 @@ class AutoPolicy(Policy):
         return (self.arm_n * mean + SHRINK_ROUNDS * fit) / (self.arm_n + SHRINK_ROUNDS)
 
     def compute_slope(self) -> float:
-        """Compute per drafted token. It starts from a guess (drafting is a third of the most played
-        length's round) and the rounds at other lengths earn it away from there: one round slowed 2x
+        """Compute per drafted token. It starts from a guess (drafting one token is a third of the
+        shortest played length's round, a round mostly of verification; a third of the most played
+        length's round, when that was 7 tokens long and mostly drafting, made drafting look half as
+        costly as it was and an expensive drafter played 7-8 tokens for its first 35 rounds) and the
+        rounds at other lengths earn it away from there: one round slowed 2x
         at start-up (1,046 ms of compute for a 478 ms length), taken at face value, made every length
         above 1 look hopeless for a whole live run. Fitted on lengths seen at least twice once two
         exist: while lengths seen once must be used, one odd round has the most leverage."""
         L, seen, mean = self._arm_means()
         if not seen.any():
             return 1.0
-        most = int(np.argmax(self.arm_n))
-        guess = mean[most] / (3.0 * (most + 1))
+        most, shortest = int(np.argmax(self.arm_n)), int(np.argmax(seen))
+        guess = mean[shortest] / (3.0 * (shortest + 1))
         fit_on = self.arm_n >= 2 if (self.arm_n >= 2).sum() >= 2 else seen
         if fit_on.sum() < 2:
             return guess
@@ -185,7 +188,9 @@ class AutoPolicy(Policy):
         """One step of optimism: a round of length L never reveals position L + 1, so an early,
         pessimistic estimate of it would never be corrected (the heavy tail of seeds locked on too
         short a length). While few rounds have reached position L + 1, it is judged at an upper
-        posterior quantile; if one token more then pays, draft it."""
+        posterior quantile; if one token more then pays, draft it. Few is 60: with 30, an estimate
+        1.7 posterior deviations low (one seed in 20) still locked a seed on L for a whole run where
+        L + 1 was 2-3.6 % faster."""
         if L >= self.max_length or self.at_risk[L] >= OPTIMISM_MIN:
             return L
         a, b = self._posterior()
