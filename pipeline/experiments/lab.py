@@ -126,29 +126,29 @@ class Lab:
         results = [CellResult(c) for c in cells]
         t0 = time.monotonic()
 
+        async def send(req: GenerateRequest, edge: str):
+            """One request through the gate (taken by the caller, released here)."""
+            try:
+                return await generate_stream(nc, req, timeout_s=300.0, subject=subjects.generate(edge),
+                                             wait_for_edge_s=60.0)
+            finally:
+                gate.release()
+
         async def one(ci: int, i: int) -> None:
             c = cells[ci]
             rid = f"{slug(c.tag or c.policy)}-{c.edge}-{i}"
-            req = GenerateRequest(rid, prompt=prompts[(c.prompt_offset + i) % len(prompts)],
-                                  max_new_tokens=self.cfg.max_new_tokens, policy=c.policy, seed=self.cfg.seed + i)
-            try:
-                res = await generate_stream(nc, req, timeout_s=300.0, subject=subjects.generate(c.edge),
-                                            wait_for_edge_s=60.0)
-            finally:
-                gate.release()
+            res = await send(GenerateRequest(rid, prompt=prompts[(c.prompt_offset + i) % len(prompts)],
+                                             max_new_tokens=self.cfg.max_new_tokens, policy=c.policy,
+                                             seed=self.cfg.seed + i), c.edge)
             results[ci].streams.append(res)
             if progress is not None:
                 progress(res)
 
         async def warm(k: int) -> None:
             edge = list(self.channels)[k % len(self.channels)]
-            req = GenerateRequest(f"{WARMUP_PREFIX}{edge}-{k}", prompt=prompts[k % len(prompts)],
-                                  max_new_tokens=self.cfg.max_new_tokens,
-                                  policy="fixed:1" if k // len(self.channels) % 2 == 0 else f"fixed:{self.cfg.max_length}")
-            try:
-                await generate_stream(nc, req, timeout_s=300.0, subject=subjects.generate(edge), wait_for_edge_s=60.0)
-            finally:
-                gate.release()
+            policy = "fixed:1" if k // len(self.channels) % 2 == 0 else f"fixed:{self.cfg.max_length}"
+            await send(GenerateRequest(f"{WARMUP_PREFIX}{edge}-{k}", prompt=prompts[k % len(prompts)],
+                                       max_new_tokens=self.cfg.max_new_tokens, policy=policy), edge)
 
         tasks = []
         try:
