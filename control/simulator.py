@@ -199,7 +199,7 @@ def expected_ms_per_token(trace: RunTrace, sc: Scenario, profile: Profile) -> fl
     """sum_r E[T(L_r)] / sum_r B(L_r): the ms/token of the lengths a run chose, each round at its
     expected time and tokens. Two runs on the same seed then differ by their choices alone: the
     realized ms/token also carries which rounds happened to accept more, which no policy controls
-    (fixed lengths 0.5-2 % off the optimum show realized gaps from -0.2 to +3.7 % over 20 seeds)."""
+    (fixed lengths 0.6-2.3 % off the optimum show realized gaps from -0.2 to +3.7 % over 20 seeds)."""
     b = expected_tokens(profile.survival)[trace.lengths - 1]
     t = profile.compute_ms[trace.lengths - 1] + 2.0 * sc.delays[trace.segments]
     return float(t.sum() / b.sum())
