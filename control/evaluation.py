@@ -56,16 +56,20 @@ def _one(args) -> dict:
     return out
 
 
-def _expected_summary(cells: list) -> dict:
-    """The same summary on the expected gaps (control.simulator.expected_ms_per_token)."""
-    worst = max(cells, key=lambda x: x[2]["expected_mean"])
-    return {"mean_gap_pct": round(float(np.mean([c["expected_mean"] for _, _, c in cells])), 3),
-            "worst_mean_gap_pct": round(float(worst[2]["expected_mean"]), 3),
-            "worst_mean_cell": f"{worst[0]} / {worst[1]}",
-            "worst_seed_pct": round(float(max(c["expected_worst"] for _, _, c in cells)), 3),
-            "worst_seed_cell": "{} / {}".format(*max(cells, key=lambda x: x[2]["expected_worst"])[:2]),
-            "cells_over_1pct_mean": sum(c["expected_mean"] > 1.0 for _, _, c in cells),
-            "cells_over_3pct_worst_seed": sum(c["expected_worst"] > 3.0 for _, _, c in cells)}
+def _summary(cells: list, gap: str = "") -> dict:
+    """Mean, worst cell, worst p90, worst seed and cells over each target of one gap over
+    (profile, label, row) cells; gap "" is the realized gap, "expected_" the expected one."""
+    mean, p90, worst = f"{gap}mean", f"{gap}p90", f"{gap}worst"
+    top = max(cells, key=lambda x: x[2][mean])
+    seed = max(cells, key=lambda x: x[2][worst])
+    return {"mean_gap_pct": round(float(np.mean([c[mean] for _, _, c in cells])), 3),
+            "worst_mean_gap_pct": round(float(top[2][mean]), 3),
+            "worst_mean_cell": f"{top[0]} / {top[1]}",
+            "worst_p90_pct": round(float(max(c[p90] for _, _, c in cells)), 3),
+            "worst_seed_pct": round(float(seed[2][worst]), 3),
+            "worst_seed_cell": f"{seed[0]} / {seed[1]}",
+            "cells_over_1pct_mean": sum(c[mean] > 1.0 for _, _, c in cells),
+            "cells_over_3pct_worst_seed": sum(c[worst] > 3.0 for _, _, c in cells)}
 
 
 def evaluate(profiles: list[Profile] | None = None, policies=("auto", "ucb-specstop", "naive-ucb"),
@@ -81,16 +85,7 @@ def evaluate(profiles: list[Profile] | None = None, policies=("auto", "ucb-specs
     summary = {}
     for spec in per[0]["policies"]:
         cells = [(r["profile"], label, c) for r in per for label, c in r["policies"][spec].items()]
-        worst = max(cells, key=lambda x: x[2]["mean"])
-        summary[spec] = {"mean_gap_pct": round(float(np.mean([c["mean"] for _, _, c in cells])), 3),
-                         "worst_mean_gap_pct": round(float(worst[2]["mean"]), 3),
-                         "worst_mean_cell": f"{worst[0]} / {worst[1]}",
-                         "worst_p90_pct": round(float(max(c["p90"] for _, _, c in cells)), 3),
-                         "worst_seed_pct": round(float(max(c["worst"] for _, _, c in cells)), 3),
-                         "cells_over_1pct_mean": sum(c["mean"] > 1.0 for _, _, c in cells),
-                         "cells_over_3pct_worst_seed": sum(c["worst"] > 3.0 for _, _, c in cells),
-                         "expected": _expected_summary(cells),
-                         "cells": len(cells)}
+        summary[spec] = {**_summary(cells), "expected": _summary(cells, "expected_"), "cells": len(cells)}
     return {"profiles": len(profiles), "delays": list(delays), "rounds": rounds, "seeds": seeds,
             "scenarios": "const per delay" + (f", drift {DRIFT}, markov {MARKOV}" if changing else ""),
             "summary": summary, "per_profile": per}

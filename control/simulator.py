@@ -200,15 +200,20 @@ def expected_ms_per_token(trace: RunTrace, sc: Scenario, profile: Profile) -> fl
     expected time and tokens. Two runs on the same seed then differ by their choices alone: the
     realized ms/token also carries which rounds happened to accept more, which no policy controls
     (fixed lengths 0.6-2.3 % off the optimum show realized gaps from -0.2 to +3.7 % over 20 seeds)."""
+    t, b = _expected_rounds(trace, sc, profile)
+    return float(t.sum() / b.sum())
+
+
+def _expected_rounds(trace: RunTrace, sc: Scenario, profile: Profile) -> tuple[np.ndarray, np.ndarray]:
+    """Each round's expected time E[T(L_r)] and tokens B(L_r) at the length it played."""
     b = expected_tokens(profile.survival)[trace.lengths - 1]
     t = profile.compute_ms[trace.lengths - 1] + 2.0 * sc.delays[trace.segments]
-    return float(t.sum() / b.sum())
+    return t, b
 
 
 def regret_curve(trace: RunTrace, sc: Scenario, profile: Profile) -> np.ndarray:
     """Cumulative pseudo-regret: sum_r E[T(L_r)] - lambda*_r B(L_r) (no acceptance noise)."""
-    b = expected_tokens(profile.survival)[trace.lengths - 1]
-    t = profile.compute_ms[trace.lengths - 1] + 2.0 * sc.delays[trace.segments]
+    t, b = _expected_rounds(trace, sc, profile)
     return np.cumsum(t - sc.oracle_lambda[trace.segments] * b)
 
 
