@@ -34,9 +34,12 @@ async def test_an_edge_stopping_finishes_what_it_can_and_tells_the_rest_why(brok
 
 
 async def test_a_stopping_edge_takes_no_new_request(broker, pair, tmp_path):
-    async with cluster(broker.url, pair, tmp_path) as (client, edge, clouds):
+    # its own subject and id: the shared queue subject can still hold another test's edge whose event loop
+    # is gone but whose connection the broker has not yet dropped (a request routed there times out)
+    async with cluster(broker.url, pair, tmp_path, edge_id="edge-stopping") as (client, edge, clouds):
         await edge.stop()
-        res = await generate_stream(client, GenerateRequest("late", prompt=PROMPT, max_new_tokens=4), 10)
+        res = await generate_stream(client, GenerateRequest("late", prompt=PROMPT, max_new_tokens=4), 10,
+                                    subject=subjects.generate("edge-stopping"))
     assert res.error_code == "no_responders" and "no edge is listening" in res.error
 
 
