@@ -32,6 +32,7 @@ from nats.js.api import AckPolicy, ConsumerConfig
 from nats.js.errors import KeyNotFoundError, NoKeysError
 
 from control import ControlError, Policy, make_policy
+from nodes.nats_confirm import confirm_sent
 from nodes.jetstream import StreamLimits, ensure_stream, policy_bucket
 from nodes.protocol.timing import outcome_of
 from schemas import subjects
@@ -94,7 +95,7 @@ class Controller:
             except asyncio.TimeoutError:
                 self.task.cancel()
         try:  # the last batch's acks were confirmed by the server; flush anything else still buffered
-            await self.nc.flush(timeout=timeout)
+            await confirm_sent(self.nc, timeout)
         except Exception:
             pass  # the broker is away: the batch is redelivered, and dedup skips what was applied
         if self.psub is not None:

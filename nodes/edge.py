@@ -35,6 +35,7 @@ from nodes.models.errors import ModelError
 from nodes.models.head import AcceptanceHead, can_stop, head_for, stop_rule
 from nodes.models.loading import ModelPair
 from nodes.models.sessions import DraftSession
+from nodes.nats_confirm import confirm_sent
 from nodes.policy_book import PolicyBook
 from nodes.protocol.admission import EdgeLimits, admit_generate, check_prompt_tokens, deadline_s
 from nodes.protocol.request import Accepted, EdgeRequest, Failed, RoundRules, RoundTimes
@@ -171,14 +172,15 @@ class EdgeWorker(WorkerBase):
                       timing_dropped=self.outbox.dropped, timing_unsent=self.outbox.waiting)
 
     async def _confirm_unsubscribed(self) -> None:
-        """Wait for the broker's PONG after our UNSUB: from then on it routes no request here, and a
-        client sending one gets `no_responders` at once instead of a silent timeout. On a loaded
-        machine one flush can take seconds, so it is retried for up to UNSUBSCRIBE_CONFIRM_S; a
-        disconnected client needs none (a reconnect does not restore the subscription)."""
+        """Wait until the broker has processed our UNSUB (`confirm_sent`: a plain flush's PONG can come
+        before it): from then on it routes no request here, and a client sending one gets
+        `no_responders` at once instead of a silent timeout. On a loaded machine a round trip can take
+        seconds, so it is retried for up to UNSUBSCRIBE_CONFIRM_S; a disconnected client needs none (a
+        reconnect does not restore the subscription)."""
         deadline = time.monotonic() + UNSUBSCRIBE_CONFIRM_S
         while self.nc.is_connected:
             try:
-                await self.nc.flush(timeout=max(0.1, min(2.0, deadline - time.monotonic())))
+                await confirm_sent(self.nc, timeout=max(0.1, min(2.0, deadline - time.monotonic())))
                 return
             except Exception as exc:
                 if time.monotonic() >= deadline:

@@ -6,6 +6,7 @@ import json
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+from nodes.nats_confirm import confirm_sent
 from nodes.cloud import CloudConfig, CloudWorker
 from nodes.edge import EdgeConfig, EdgeWorker
 from nodes.policy_book import PolicyBook
@@ -54,7 +55,7 @@ async def cluster(url: str, pair, log_dir: Path, channel: str = "const:0", cloud
         client = await bus.connect(url, "client", long_lived=False)
         conns.append(client)
         for c in conns:
-            await c.flush()
+            await confirm_sent(c, 10.0)
         yield client, edge, cloud_workers
     finally:
         for w in workers:
@@ -74,7 +75,7 @@ async def start_edge(url: str, pair, log_dir: Path, edge_id: str, channel: str, 
                       Limits(max_draft_length=max_length, vocab_size=pair.vocab_size),
                       logs.configure(edge_id, log_dir / f"{edge_id}.jsonl"), parse_channel(channel, seed=1), book)
     await edge.start()
-    await nc.flush()
+    await confirm_sent(nc, 10.0)
     return nc, edge
 
 
@@ -111,7 +112,7 @@ async def start_cloud(url: str, pair, log_dir: Path, verifier_id: str = "cloud-1
                     Limits(max_draft_length=max_length, vocab_size=pair.vocab_size),
                     logs.configure(verifier_id, log_dir / f"{verifier_id}.jsonl"))
     await w.start()
-    await nc.flush()
+    await confirm_sent(nc, 10.0)
     return nc, w
 
 

@@ -7,6 +7,7 @@ import asyncio
 from contextlib import asynccontextmanager
 from dataclasses import replace
 
+from nodes.nats_confirm import confirm_sent
 from nodes.cloud import CloudConfig, CloudWorker
 from nodes.models.sessions import TargetSession
 from nodes.models.train_pair import corpus_documents
@@ -29,7 +30,7 @@ async def verifier(url: str, pair, log_dir, **config):
                     logs.configure("cloud-1", log_dir / "cloud-1.jsonl"))
     await w.start()
     client = await bus.connect(url, "client", long_lived=False)
-    await nc.flush()
+    await confirm_sent(nc, 10.0)
     try:
         yield client, w
     finally:

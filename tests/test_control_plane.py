@@ -7,6 +7,7 @@ import msgpack
 import pytest
 
 from control import RoundContext, RoundOutcome, make_policy
+from nodes.nats_confirm import confirm_sent
 from nodes.jetstream import ensure_stream
 from pipeline.transport import bus
 from pipeline.transport.client import generate_stream
@@ -163,7 +164,7 @@ async def test_snapshot_of_unknown_or_newer_version_is_refused(broker, pair, tmp
         await wait_for(lambda: edge.policies.versions.get("auto") == 3)
         bad = PolicyUpdate("edge-1", "auto", 4, long_draft_snapshot() | snapshot_patch)
         await client.publish(subjects.policy("edge-1"), encode(bad))
-        await client.flush()
+        await confirm_sent(client, 10.0)
         await asyncio.sleep(0.3)
         assert edge.policies.versions["auto"] == 3
         assert edge.policies.get("auto").snapshot() == good.snapshot

@@ -16,6 +16,7 @@ import openai
 from prometheus_client.parser import text_string_to_metric_families
 
 from control import make_policy
+from nodes.nats_confirm import confirm_sent
 from nodes.cloud import CloudConfig, CloudWorker
 from nodes.controller import Controller
 from nodes.edge import EdgeConfig, EdgeWorker
@@ -78,7 +79,7 @@ async def test_metrics_of_every_worker_match_the_round_logs(broker, pair, tmp_pa
         m.bind(w)
         servers.append(serve(m.registry, "127.0.0.1:0"))
     for nc in conns:
-        await nc.flush()
+        await confirm_sent(nc, 10.0)
     client = openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{http.port}/v1", api_key="-", max_retries=0)
     try:
         calls = [client.completions.create(model="specstop", prompt=PROMPT, max_tokens=40 + 8 * i, temperature=0,

@@ -11,6 +11,7 @@ import asyncio
 import nats
 import pytest
 
+from nodes.nats_confirm import confirm_sent
 from pipeline.errors import PipelineError
 from pipeline.topology.run import Topology
 from pipeline.transport import bus
@@ -43,7 +44,7 @@ class Conn:
 
     async def violations(self, wait: float = 0.4) -> list[str]:
         try:
-            await self.nc.flush(timeout=2)
+            await confirm_sent(self.nc, 2.0)
         except Exception:
             pass
         await asyncio.sleep(wait)
@@ -103,7 +104,7 @@ async def test_an_edge_cannot_send_a_verdict_to_another_edges_inbox(topo):
     victim = await conn(topo.leaf_url("edge-1"), topo.auth("edge", "edge-1"), role_inbox("edge-1"))
     inbox = victim.nc.new_inbox()
     sub = await victim.nc.subscribe(inbox)
-    await victim.nc.flush()
+    await confirm_sent(victim.nc, 10.0)
     await asyncio.sleep(0.3)
     # the other edge, on its own device
     edge2 = await conn(topo.leaf_url("edge-2"), topo.auth("edge", "edge-2"), role_inbox("edge-2"))
@@ -130,7 +131,7 @@ async def test_only_a_verifier_that_received_the_draft_answers_it_across_the_lea
         await msg.respond(b"a second reply is refused")
 
     await verifier.nc.subscribe("specstop.verify", queue="verifiers", cb=answer)
-    await verifier.nc.flush()
+    await confirm_sent(verifier.nc, 10.0)
     edge = await conn(topo.leaf_url("edge-1"), topo.auth("edge", "edge-1"), role_inbox("edge-1"))
     await asyncio.sleep(0.5)  # the verifier's interest crosses to the leaf
     reply = await edge.nc.request("specstop.verify", b"draft", timeout=5)
@@ -157,11 +158,11 @@ async def test_an_edge_reports_timing_only_under_its_own_id_and_publishes_no_pol
     ops = await conn(topo.hub_url(), topo.auth("operator", "ops"))
     timing = await ops.nc.subscribe("specstop.timing.>")
     policy = await ops.nc.subscribe("specstop.policy.>")
-    await ops.nc.flush()
+    await confirm_sent(ops.nc, 10.0)
     edge2 = await conn(topo.leaf_url("edge-2"), topo.auth("edge", "edge-2"), role_inbox("edge-2"))
     await asyncio.sleep(0.3)
     await edge2.nc.publish("specstop.timing.edge-2", b"own")        # allowed
-    await edge2.nc.flush()
+    await confirm_sent(edge2.nc, 10.0)
     assert [m.subject for m in await received(timing)] == ["specstop.timing.edge-2"]
     for subject in ("specstop.timing.edge-1", "specstop.policy.edge-1", "specstop.policy.edge-2",
                     "$KV.specstop_policies.edge-2.auto"):
@@ -181,7 +182,7 @@ async def test_an_edge_reports_timing_only_under_its_own_id_and_publishes_no_pol
 async def test_only_the_controller_publishes_policy_updates(topo):
     edge1 = await conn(topo.leaf_url("edge-1"), topo.auth("edge", "edge-1"), role_inbox("edge-1"))
     sub = await edge1.nc.subscribe("specstop.policy.edge-1")
-    await edge1.nc.flush()
+    await confirm_sent(edge1.nc, 10.0)
     await asyncio.sleep(0.5)
     for role, ident in (("verifier", "cloud-1"), ("client", "edge-1")):
         c = await conn(topo.hub_url(), topo.auth(role, ident))

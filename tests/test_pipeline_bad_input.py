@@ -6,6 +6,7 @@ import asyncio
 import msgpack
 import pytest
 
+from nodes.nats_confirm import confirm_sent
 from pipeline.transport.client import generate_stream
 from schemas import subjects
 from schemas.codec import DEFAULT_MAX_PAYLOAD, Int32Array, Limits, decode, encode
@@ -38,7 +39,7 @@ async def test_garbage_without_a_reply_inbox_is_logged_and_dropped(broker, pair,
     async with cluster(broker.url, pair, tmp_path) as (client, edge, clouds):
         await client.publish(subjects.VERIFY, b"garbage")
         await client.publish(subjects.GENERATE, msgpack.packb([1, 2, 3]))
-        await client.flush()
+        await confirm_sent(client, 10.0)
         await asyncio.sleep(0.2)
         await still_serves(client)
     for node in ("cloud-1", "edge-1"):

@@ -5,6 +5,7 @@ import asyncio
 
 import pytest
 
+from nodes.nats_confirm import confirm_sent
 from nodes.protocol.admission import EdgeLimits
 from nodes.speculative import target_only_generate
 from nodes.models.train_pair import corpus_documents
@@ -34,8 +35,9 @@ async def test_an_edge_stopping_finishes_what_it_can_and_tells_the_rest_why(brok
 
 
 async def test_a_stopping_edge_takes_no_new_request(broker, pair, tmp_path):
-    # its own subject and id: the shared queue subject can still hold another test's edge whose event loop
-    # is gone but whose connection the broker has not yet dropped (a request routed there times out)
+    # its own subject and id, so no other test's edge on the session's broker can answer; the flake this
+    # test had (a timeout instead of no_responders) was Edge.stop trusting a flush whose PING went out
+    # ahead of its UNSUB (nodes/nats_confirm.py)
     async with cluster(broker.url, pair, tmp_path, edge_id="edge-stopping") as (client, edge, clouds):
         await edge.stop()
         res = await generate_stream(client, GenerateRequest("late", prompt=PROMPT, max_new_tokens=4), 10,
@@ -119,13 +121,13 @@ async def test_a_stopping_verifier_hands_its_requests_to_another_and_outputs_sta
     async with cluster(broker.url, pair, tmp_path, channel="const:5", clouds=2) as (client, edge, clouds):
         standby = clouds[1]
         await standby._queue_sub.unsubscribe()  # every request starts on cloud-1 ...
-        await standby.nc.flush()
+        await confirm_sent(standby.nc, 10.0)
         tasks = [asyncio.create_task(generate_stream(client, GenerateRequest(f"move-{i}", prompt=p, max_new_tokens=96,
                                                                              policy="fixed:3"), 60))
                  for i, p in enumerate(prompts)]
         await wait_for(lambda: len(clouds[0].sessions) == len(prompts))
         standby._queue_sub = await standby.nc.subscribe(subj.VERIFY, queue=subj.VERIFIER_QUEUE, cb=standby._on_msg)
-        await standby.nc.flush()
+        await confirm_sent(standby.nc, 10.0)
         await clouds[0].stop()  # ... and moves to cloud-2 when cloud-1 stops
         results = await asyncio.gather(*tasks)
         assert standby.rounds > 0

@@ -13,6 +13,7 @@ import statistics
 import time
 from dataclasses import replace
 
+from nodes.nats_confirm import confirm_sent
 from nodes.controller import Controller
 from nodes.jetstream import ensure_stream
 from nodes.policy_book import PolicyBook
@@ -56,7 +57,7 @@ async def _throughput_and_lag(url: str, run_dir, n_events: int, n_lag: int) -> d
         applied_at[upd.version] = time.perf_counter()
 
     sub = await nc.subscribe(subjects.policy("bench-e"), cb=on_update)
-    await nc.flush()
+    await confirm_sent(nc, 10.0)
     lags = []
     for i in range(n_lag):
         sent = time.perf_counter()

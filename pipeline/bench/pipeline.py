@@ -29,6 +29,7 @@ from dataclasses import replace
 
 from nats.errors import NoRespondersError
 
+from nodes.nats_confirm import confirm_sent
 from pipeline.transport import aio, bus
 from pipeline.transport.broker import stop_process
 from pipeline.bench.rounds import LogSlice, summarize
@@ -54,7 +55,7 @@ async def _echo(url: str, busy_ms: float, ready: asyncio.Event | None = None, st
         await nc.publish(msg.reply, msg.data)
 
     sub = await nc.subscribe(ECHO_SUBJECT, cb=reply)
-    await nc.flush()
+    await confirm_sent(nc, 10.0)
     if ready is not None:
         ready.set()
     await (stop.wait() if stop is not None else asyncio.Event().wait())

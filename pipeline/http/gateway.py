@@ -22,6 +22,7 @@ from typing import Any
 from nats.aio.client import Client
 
 from control import ControlError, make_policy
+from nodes.nats_confirm import confirm_sent
 from pipeline.http.errors import APIError, bad_request, from_edge
 from pipeline.transport.client import StreamResult, generate_stream
 from schemas import subjects
@@ -228,7 +229,7 @@ class Gateway:
     async def start(self) -> None:
         timing = subjects.timing(self.cfg.edge_id) if self.cfg.edge_id else f"{subjects.TIMING_PREFIX}.>"
         self._sub = await self.nc.subscribe(timing, cb=self._on_timing)
-        await self.nc.flush()
+        await confirm_sent(self.nc, 10.0)
 
     async def stop(self) -> None:
         for g in list(self.running):

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 import uvicorn
 
+from nodes.nats_confirm import confirm_sent
 from pipeline import logs
 from pipeline.errors import PipelineError
 from pipeline.http.app import create_app
@@ -117,7 +118,7 @@ async def serve_gateway(opts: GatewayOptions) -> None:
     if extra is not None:
         extra.close()
     try:
-        await nc.flush(timeout=1)
+        await confirm_sent(nc, 1.0)
     except Exception:
         pass
     await nc.close()

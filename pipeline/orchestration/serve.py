@@ -16,6 +16,7 @@ import signal
 from dataclasses import dataclass, field
 
 from control import load_profile, make_policy
+from nodes.nats_confirm import confirm_sent
 from nodes.device import load_device
 from nodes.jetstream import StreamLimits
 from nodes.models.loading import BUNDLED_DRAFT, BUNDLED_PROFILE, BUNDLED_TARGET, load_pair, set_threads
@@ -104,7 +105,7 @@ def _device(opts: NodeOptions):
 async def close_connection(nc) -> None:
     """Write what is buffered (final drafts, error replies), then close; never hang on a dead broker."""
     try:
-        await nc.flush(timeout=1)
+        await confirm_sent(nc, 1.0)
     except Exception:
         pass
     await nc.close()

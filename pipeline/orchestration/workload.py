@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from nats.aio.client import Client
 
+from nodes.nats_confirm import confirm_sent
 from nodes.models.train_pair import corpus_documents
 from pipeline.transport.client import StreamResult, generate_stream
 from schemas import subjects
@@ -60,7 +61,7 @@ async def run_workload(nc: Client, prompts: list[str], max_new_tokens: int, conc
     t0 = time.perf_counter()
     streams = await asyncio.gather(*(one(i, p) for i, p in enumerate(prompts)))
     wall = time.perf_counter() - t0
-    await nc.flush()
+    await confirm_sent(nc, 10.0)
     await asyncio.sleep(0.05)
     await sub.unsubscribe()
     return WorkloadResult(list(streams), events, wall)
