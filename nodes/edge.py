@@ -37,7 +37,7 @@ from nodes.models.loading import ModelPair
 from nodes.models.sessions import DraftSession
 from nodes.nats_confirm import confirm_sent
 from nodes.policy_book import PolicyBook
-from nodes.protocol.admission import EdgeLimits, admit_generate, check_prompt_tokens, deadline_s
+from nodes.protocol.admission import EarlyCancels, EdgeLimits, admit_generate, check_prompt_tokens, deadline_s
 from nodes.protocol.request import Accepted, EdgeRequest, Failed, RoundRules, RoundTimes
 from nodes.protocol.placement import Placement
 from nodes.protocol.timing import DelayEstimate, one_way_delay_ms, round_log_fields
@@ -114,6 +114,7 @@ class EdgeWorker(WorkerBase):
         self.completed = 0
         self.recent: OrderedDict[str, tuple[str | None, TokenChunk | ErrorMsg, float]] = OrderedDict()
         self._generate_subs: list = []
+        self.early_cancels = EarlyCancels()
         self._head: AcceptanceHead | ModelError | None = None  # loaded at the first request that needs it
         self.drafter = DraftBatcher(self, pair.draft, pair.vocab_size, config.drafting, self._drafting_requests,
                                     lambda: len(self.tasks) <= 1, log)
@@ -283,6 +284,10 @@ class EdgeWorker(WorkerBase):
         except (SchemaError, ControlError) as exc:
             await self._refuse(msg, getattr(exc, "code", BAD_MESSAGE), str(exc))
             return
+        if self.early_cancels.take(req.request_id, msg.reply, time.monotonic()):
+            self.log.info("request_cancelled", request_id=req.request_id, reason="cancelled before it arrived")
+            await self._refuse(msg, CANCELLED, "cancelled by the client before the request arrived", req.request_id)
+            return
         refusal = admit_generate(req, self.cfg.limits, len(self.live), self.draining, req.request_id in self.live)
         if refusal is not None:
             await self._refuse(msg, refusal.code, refusal.message, req.request_id)
@@ -305,6 +310,8 @@ class EdgeWorker(WorkerBase):
         if held:
             self._stop_request(live, CANCELLED, f"cancelled by the client ({c.reason[:64]})")
             self.log.info("request_cancelled", request_id=c.request_id, reason=c.reason[:64])
+        elif c.request_id not in self.recent:  # not finished here either: its generate may still be on its way
+            self.early_cancels.add(c.request_id, c.inbox, time.monotonic())
         if msg.reply:
             await self.send_now(msg.reply, encode(AckMsg(c.request_id, "cancelled" if held else "not_held")))
 

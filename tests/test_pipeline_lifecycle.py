@@ -195,3 +195,22 @@ async def test_a_stop_whose_task_cancel_was_swallowed_still_ends_the_request_at_
         res = await task
         await wait_for(lambda: not edge.live and not clouds[0].sessions)
     assert res.error_code == "cancelled" and len(res.token_ids) < 1500
+
+
+async def test_a_cancel_that_arrives_before_its_request_ends_it_before_any_work(broker, pair, tmp_path):
+    """`cancel` and `generate` are separate subscriptions on the edge, each with its own task, so a
+    cancel sent right behind its request can be handled first; here it is made to arrive first."""
+    from schemas.messages import CancelMsg
+
+    async with cluster(broker.url, pair, tmp_path) as (client, edge, clouds):
+        inbox = client.new_inbox()
+        sub = await client.subscribe(inbox)
+        ack = decode((await client.request(subjects.CANCEL, encode(CancelMsg("early", inbox)), timeout=5)).data)
+        await client.publish(subjects.GENERATE, encode(GenerateRequest("early", prompt=PROMPT, max_new_tokens=50)),
+                             reply=inbox)
+        end = decode((await sub.next_msg(timeout=20)).data)
+        rounds_for_it = clouds[0].rounds
+        again = await generate_stream(client, GenerateRequest("early", prompt=PROMPT, max_new_tokens=4), 20)
+    assert ack == AckMsg("early", "not_held")
+    assert isinstance(end, ErrorMsg) and end.code == "cancelled" and "before the request arrived" in end.message
+    assert rounds_for_it == 0 and again.ok  # no work for it; the same id from another inbox is served

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from nodes.protocol.admission import EdgeLimits, admit_generate, check_prompt_tokens, deadline_s
+from nodes.protocol.admission import EarlyCancels, EdgeLimits, admit_generate, check_prompt_tokens, deadline_s
 from schemas.codec import Int32Array
 from schemas.messages import GenerateRequest
 
@@ -54,3 +54,25 @@ def test_the_tokenized_prompt_is_checked_against_the_limit(n, code):
 def test_a_requests_own_deadline_is_capped_by_the_edges():
     assert deadline_s(req(deadline_s=5.0), LIMITS) == 5.0
     assert deadline_s(req(deadline_s=500.0), LIMITS) == 60.0 and deadline_s(req(), LIMITS) == 60.0
+
+
+def test_a_cancel_that_came_first_refuses_its_request_once():
+    early = EarlyCancels(keep_s=30.0)
+    early.add("r1", "_INBOX.a", now=0.0)
+    assert early.take("r1", "_INBOX.a", now=1.0) and not early.take("r1", "_INBOX.a", now=1.5)
+
+
+def test_an_early_cancel_stops_only_the_request_sent_with_its_inbox():
+    early = EarlyCancels()
+    early.add("r1", "_INBOX.a", now=0.0)
+    assert not early.take("r1", "_INBOX.other", now=1.0) and not early.take("r1", None, now=1.0)
+    assert early.take("r1", "_INBOX.a", now=1.0)
+
+
+def test_early_cancels_expire_and_stay_bounded():
+    early = EarlyCancels(keep_s=10.0, max_kept=3)
+    early.add("old", "i", now=0.0)
+    assert not early.take("old", "i", now=10.5)
+    for k in range(10):
+        early.add(f"r{k}", "i", now=20.0)
+    assert len(early) == 3 and early.take("r9", "i", now=20.0) and not early.take("r0", "i", now=20.0)

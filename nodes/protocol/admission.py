@@ -71,3 +71,34 @@ def check_prompt_tokens(n: int, limits: EdgeLimits) -> Refusal | None:
 def deadline_s(req: GenerateRequest, limits: EdgeLimits) -> float:
     """How long this request may run on the edge: its own deadline, capped by the edge's."""
     return min(req.deadline_s, limits.max_request_s) if req.deadline_s > 0 else limits.max_request_s
+
+
+class EarlyCancels:
+    """Cancels that arrived before their request: an edge reads `cancel` and `generate` on separate
+    subscriptions (each with its own task), so a client's cancel sent right behind its request can be
+    handled first and find nothing to stop; the request would then run to its end for nobody. The
+    (request id, reply inbox) pair is kept for `keep_s` so the generate that follows is refused as
+    cancelled; bounded by `max_kept` (oldest first out), since any client can send cancels."""
+
+    def __init__(self, keep_s: float = 30.0, max_kept: int = 4096):
+        self.keep_s, self.max_kept = keep_s, max_kept
+        self._kept: dict[tuple[str, str], float] = {}  # insertion order = arrival order
+
+    def add(self, request_id: str, inbox: str, now: float) -> None:
+        self._expire(now)
+        self._kept.pop((request_id, inbox), None)
+        self._kept[(request_id, inbox)] = now
+        while len(self._kept) > self.max_kept:
+            del self._kept[next(iter(self._kept))]
+
+    def take(self, request_id: str, inbox: str | None, now: float) -> bool:
+        """True (once) when this request was cancelled before it arrived."""
+        self._expire(now)
+        return inbox is not None and self._kept.pop((request_id, inbox), None) is not None
+
+    def __len__(self) -> int:
+        return len(self._kept)
+
+    def _expire(self, now: float) -> None:
+        while self._kept and now - next(iter(self._kept.values())) > self.keep_s:
+            del self._kept[next(iter(self._kept))]
