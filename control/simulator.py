@@ -2,7 +2,8 @@
 
 Round model: A = min(A_full, L) with A_full drawn from the profile's survival;
 round time = C(L) * (1 + jitter * U[-1, 1]) + 2 d. Policies are compared on
-common random numbers: round r of seed s uses the same uniforms for every policy.
+common random numbers: round r of seed s uses the same uniforms for every policy
+(in wall-clock scenarios, the k-th round of each segment: _RoundNumbers).
 ms/token is total time / total tokens over all rounds, exploration included; the expected gap
 compares the same runs at each chosen length's expected time and tokens (expected_ms_per_token).
 Regret after n rounds is the pseudo-regret sum_r (E[T(L_r)] - lambda* B(L_r)),
@@ -169,14 +170,48 @@ def _max_rounds(profile: Profile, sc: Scenario, jitter: float) -> int:
     return int(sc.horizon_ms / max(shortest, 1e-3)) + 2
 
 
+class _RoundNumbers:
+    """The uniforms of a seed's rounds, shared by every policy (common random numbers). Per-round
+    scenarios key them by round index. Wall-clock ones key them by (segment, k-th round in it):
+    runs that play different lengths fall out of step by round index, and pairing round r of one
+    with round r of another would pair rounds in different channel states; the k-th round of a
+    segment faces the same channel in every run (const scenarios have one segment: the same keys)."""
+
+    def __init__(self, profile: Profile, sc: Scenario, seed: int, jitter: float, cap: int):
+        self.survival, self.seed, self.sc = profile.survival, seed, sc
+        self.by_segment = sc.clock is not None and len(sc.clock) > 1
+        shortest = float(profile.compute_ms.min()) * (1.0 - jitter) + 2.0 * float(sc.delays.min())
+        self.per_segment_cap = cap
+        if self.by_segment:
+            ends = np.append(sc.clock[1:], sc.horizon_ms)
+            self.per_segment_cap = int((ends - sc.clock).max() / max(shortest, 1e-3)) + 2
+        self.blocks: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self.played: dict[int, int] = {}
+
+    def _block(self, key: int) -> tuple[np.ndarray, np.ndarray]:
+        if key not in self.blocks:
+            rng = np.random.default_rng([self.seed, 11] if key < 0 else [self.seed, 11, key])
+            n = self.per_segment_cap
+            u_accept, u_jitter = rng.random(n), rng.uniform(-1.0, 1.0, n)
+            self.blocks[key] = ((self.survival[None, :] > u_accept[:, None]).sum(axis=1), u_jitter)
+        return self.blocks[key]
+
+    def draw(self, r: int, segment: int) -> tuple[int, float]:
+        """(full acceptance length, jitter uniform) of round r, played in `segment`."""
+        if not self.by_segment:
+            a_full, u_jitter = self._block(-1)
+            return int(a_full[r]), float(u_jitter[r])
+        k = self.played.get(segment, 0)
+        self.played[segment] = k + 1
+        a_full, u_jitter = self._block(segment)
+        return int(a_full[k]), float(u_jitter[k])
+
+
 def run_policy(policy, profile: Profile, sc: Scenario, seed: int, jitter: float = 0.1,
                fixed_lengths: np.ndarray | None = None) -> RunTrace:
     """One seed. `fixed_lengths` replays a given length per segment (the oracle)."""
     cap = _max_rounds(profile, sc, jitter)
-    rng = np.random.default_rng([seed, 11])
-    u_accept = rng.random(cap)
-    u_jitter = rng.uniform(-1.0, 1.0, cap)
-    a_full = (profile.survival[None, :] > u_accept[:, None]).sum(axis=1)
+    numbers = _RoundNumbers(profile, sc, seed, jitter, cap)
     lengths, times, tokens, segs = (np.empty(cap, dtype=np.int64), np.empty(cap), np.empty(cap),
                                     np.empty(cap, dtype=np.int64))
     r, elapsed = 0, 0.0
@@ -185,8 +220,9 @@ def run_policy(policy, profile: Profile, sc: Scenario, seed: int, jitter: float 
         ctx = RoundContext(float(sc.delays[i]), None if sc.states is None else int(sc.states[i]))
         L = int(fixed_lengths[i]) if fixed_lengths is not None else policy.choose(ctx)
         L = max(1, min(L, profile.max_length))
-        a = int(min(a_full[r], L))
-        t = float(profile.compute_ms[L - 1] * (1.0 + jitter * u_jitter[r]) + 2.0 * sc.delays[i])
+        a_full, u_jitter = numbers.draw(r, i)
+        a = int(min(a_full, L))
+        t = float(profile.compute_ms[L - 1] * (1.0 + jitter * u_jitter) + 2.0 * sc.delays[i])
         if policy is not None:
             policy.observe(RoundOutcome(L, a, t, ctx))
         lengths[r], times[r], tokens[r], segs[r] = L, t, a + 1, i

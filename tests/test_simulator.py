@@ -73,6 +73,21 @@ def test_policies_share_random_numbers_across_a_seed():
     assert (a.times == b.times).all() and (a.tokens == b.tokens).all()
 
 
+def test_in_wall_clock_scenarios_the_kth_round_of_a_segment_draws_the_same_acceptance_in_every_run():
+    # a short length plays more rounds per phase than a long one, so by round index the two runs
+    # fall out of step after the first phase; keyed by (phase, k-th round) they stay paired
+    prof = load_profile(PROFILES[0])
+    [sc] = build_scenarios(prof, "drift", [20.0, 150.0, 500.0], 300)
+    k = prof.max_length
+    long = run_policy(None, prof, sc, 4, fixed_lengths=np.full(3, k))
+    short = run_policy(None, prof, sc, 4, fixed_lengths=np.full(3, 2))
+    for seg in range(3):
+        full = long.tokens[long.segments == seg] - 1  # every position drafted: the full acceptance length
+        cut = short.tokens[short.segments == seg] - 1
+        n = min(len(full), len(cut))
+        assert n > 10 and (np.minimum(full[:n], 2) == cut[:n]).all(), seg
+
+
 def test_per_round_markov_has_one_length_for_every_state():
     prof = load_profile(PROFILES[0])
     res = simulate(prof, ["auto"], build_scenarios(prof, "markov-rounds", DELAYS, 300, stay=0.9), seeds=2)
