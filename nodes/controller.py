@@ -29,11 +29,11 @@ from typing import Any
 from nats.aio.client import Client
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import AckPolicy, ConsumerConfig
-from nats.js.errors import KeyNotFoundError, NoKeysError
+from nats.js.errors import KeyDeletedError, KeyNotFoundError
 
 from control import ControlError, Policy, make_policy
 from nodes.nats_confirm import confirm_sent
-from nodes.jetstream import StreamLimits, ensure_stream, policy_bucket
+from nodes.jetstream import StreamLimits, bucket_keys, ensure_stream, policy_bucket
 from nodes.protocol.timing import outcome_of
 from schemas import subjects
 from schemas.codec import Limits, SchemaError, decode, encode
@@ -110,9 +110,7 @@ class Controller:
     async def _restore(self) -> None:
         keys: list[str] = []
         try:
-            keys = await self.kv.keys()
-        except NoKeysError:
-            pass
+            keys = await bucket_keys(self.js)
         except Exception as exc:  # keep serving: learners then start fresh
             self.log.warning("restore_failed", error=repr(exc)[:200])
         for key in keys[: self.max_learners]:
@@ -132,7 +130,7 @@ class Controller:
                 raise ControlError(f"entry names {upd.edge_id}/{upd.policy}, not its key")
             pol = make_policy(upd.policy, max_length=self.max_length, seed=self.seed)
             pol.restore(upd.snapshot)
-        except KeyNotFoundError:
+        except (KeyNotFoundError, KeyDeletedError):
             return None
         except (SchemaError, ControlError) as exc:
             self.log.warning("snapshot_refused", key=key, error=str(exc)[:300])

@@ -24,12 +24,13 @@ from typing import Any
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError, NoRespondersError, TimeoutError as NatsTimeoutError
+from nats.js.errors import KeyDeletedError, KeyNotFoundError
 
 from control import ControlError, Policy, RoundContext
 from nodes.detokenize import IncrementalDetokenizer
 from nodes.device import DeviceProfile, Pacer
 from nodes.draft_batcher import DraftBatchConfig, DraftBatcher, Drafted
-from nodes.jetstream import ensure_stream, jetstream_of
+from nodes.jetstream import bucket_keys, ensure_stream, jetstream_of
 from nodes.link import Channel, ConstChannel, LinkTimer
 from nodes.models.errors import ModelError
 from nodes.models.head import AcceptanceHead, can_stop, head_for, stop_rule
@@ -223,13 +224,12 @@ class EdgeWorker(WorkerBase):
     async def _restore_from_bucket(self) -> None:
         """Resume from the controller's latest snapshots (if any): the bucket is authoritative."""
         try:
-            kv = await jetstream_of(self.nc).key_value(subjects.POLICY_BUCKET)
-            keys = await kv.keys()
+            js = jetstream_of(self.nc)
+            kv = await js.key_value(subjects.POLICY_BUCKET)
+            keys = await bucket_keys(js, self.cfg.edge_id)
         except Exception:  # no JetStream, no bucket yet, or no keys: act on the defaults
             return
         for key in keys:
-            if not key.startswith(self.cfg.edge_id + "."):
-                continue
             try:
                 upd = decode((await kv.get(key)).value, self.limits, expect=(PolicyUpdate,))
                 if upd.edge_id != self.cfg.edge_id:
@@ -239,6 +239,8 @@ class EdgeWorker(WorkerBase):
                     continue
                 self.policies.apply_update(spec, upd.version, upd.snapshot, confirmed=True)
                 self.log.info("policy_update", policy=upd.policy, policy_version=upd.version, source="bucket")
+            except (KeyNotFoundError, KeyDeletedError):
+                continue  # deleted (a listed key may hold only its delete marker)
             except Exception as exc:
                 self.log.warning("policy_update_refused", error=str(exc)[:300], source="bucket", key=key)
 

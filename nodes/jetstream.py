@@ -50,3 +50,16 @@ async def policy_bucket(js):
         return await js.key_value(subjects.POLICY_BUCKET)
     except (NotFoundError, BadRequestError):
         return await js.create_key_value(bucket=subjects.POLICY_BUCKET, history=1, max_bytes=256 * 1024 * 1024)
+
+
+async def bucket_keys(js, edge_id: str | None = None) -> list[str]:
+    """The policy bucket's keys (one edge's only, with `edge_id`), from the stream's subject state in
+    one request. nats-py's kv.keys() runs a key watcher and says "no keys" when its consumer reports
+    nothing pending and nothing has arrived yet, so a first entry still in flight (across a leaf node,
+    under load) reads as an empty bucket and the edge or controller starts from defaults (seen in a
+    loaded suite run); the subject state has no such window. A key whose last entry is a delete
+    marker is listed too: reading it says so. Raises NotFoundError when there is no bucket."""
+    prefix = f"$KV.{subjects.POLICY_BUCKET}."
+    info = await js.stream_info(f"KV_{subjects.POLICY_BUCKET}",
+                                subjects_filter=f"{prefix}{edge_id}.>" if edge_id else f"{prefix}>")
+    return sorted(s[len(prefix):] for s in (info.state.subjects or {}))

@@ -224,19 +224,22 @@ async def test_a_device_gateway_reads_its_own_edges_timing_only_and_sends_no_dra
 
 
 async def test_an_edge_reads_its_policy_back_from_the_bucket_through_its_leaf_without_a_violation(topo):
-    """What the edge does at start and after a reconnect (EdgeWorker._restore_from_bucket): list the
-    bucket's keys and get its own, through the leaf in the hub's domain. Every JetStream call it makes
-    (the key watcher's consumer create, info and delete included) must be in its permissions."""
-    from nodes.jetstream import policy_bucket
+    """What the edge does at start and after a reconnect (EdgeWorker._restore_from_bucket): list its own
+    keys from the bucket's stream state and get them, through the leaf in the hub's domain. Every
+    JetStream call it makes must be in its permissions, and it needs no consumer (kv.keys()'s watcher
+    could report no keys while the first one was in flight)."""
+    from nodes.jetstream import bucket_keys, policy_bucket
 
     ctl = await conn(topo.hub_url(), topo.auth("controller", "control-1", via_leaf=False), role_inbox("control-1"))
     kv = await policy_bucket(ctl.nc.jetstream())
     await kv.put("edge-1.auto", b"snapshot")
     auth = topo.auth("edge", "edge-1")
     e = await conn(topo.leaf_url("edge-1"), auth, role_inbox("edge-1"))
-    ekv = await e.nc.jetstream(domain=auth.js_domain).key_value("specstop_policies")
-    keys = await ekv.keys()
-    assert "edge-1.auto" in keys and (await ekv.get("edge-1.auto")).value == b"snapshot"
+    await kv.put("edge-2.auto", b"not mine")
+    ejs = e.nc.jetstream(domain=auth.js_domain)
+    ekv = await ejs.key_value("specstop_policies")
+    keys = await bucket_keys(ejs, "edge-1")
+    assert keys == ["edge-1.auto"] and (await ekv.get("edge-1.auto")).value == b"snapshot"
     assert not await e.violations(), e.errors
     await e.close()
     await ctl.close()
