@@ -178,7 +178,7 @@ class _RoundNumbers:
     segment faces the same channel in every run (const scenarios have one segment: the same keys)."""
 
     def __init__(self, profile: Profile, sc: Scenario, seed: int, jitter: float, cap: int):
-        self.survival, self.seed, self.sc = profile.survival, seed, sc
+        self.survival, self.seed = profile.survival, seed
         self.by_segment = sc.clock is not None and len(sc.clock) > 1
         shortest = float(profile.compute_ms.min()) * (1.0 - jitter) + 2.0 * float(sc.delays.min())
         self.per_segment_cap = cap
