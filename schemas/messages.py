@@ -353,3 +353,30 @@ class ErrorMsg:
     def validate(self, limits: Limits) -> None:
         _check_text("error.code", self.code, 32)
         _check_text("error.message", self.message, 2000)
+
+
+ALIVE_ROLES = ("edge", "verifier")
+
+
+@message("alive")
+@dataclass
+class AliveMsg:
+    """A worker's heartbeat, published every second on `subjects.edge_alive(id)` /
+    `subjects.verifier_alive(id)`: peers learn in seconds that it is gone (it stops) or stalled
+    (SIGSTOP: it stops too), without waiting for the timeouts that bound an honest slow request.
+    `load`: an edge's live requests, a verifier's held sessions. `verifiers`: for an edge, the
+    verifiers it heard from recently (a gateway is ready only when this is > 0)."""
+
+    role: str
+    node_id: str
+    seq: int
+    load: int = 0
+    draining: bool = False
+    verifiers: int = 0
+
+    def validate(self, limits: Limits) -> None:
+        if self.role not in ALIVE_ROLES:
+            raise SchemaError(f"alive: role must be one of {ALIVE_ROLES}")
+        _check_id(self.node_id, "node_id")
+        if not (0 <= self.seq <= MAX_SEQ and 0 <= self.load < MAX_ROUND and 0 <= self.verifiers < MAX_ROUND):
+            raise SchemaError("alive: seq, load or verifiers out of range")

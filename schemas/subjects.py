@@ -7,6 +7,12 @@ SESSION_END = f"{PREFIX}.end"                 # final drafts for every verifier:
                                               # which one holds the session (its first round went unanswered)
 TIMING_PREFIX = f"{PREFIX}.timing"            # .<edge_id>: TimingEvent, captured by a JetStream stream
 POLICY_PREFIX = f"{PREFIX}.policy"            # .<edge_id>: PolicyUpdate
+DRAFT_PREFIX = f"{PREFIX}.draft"              # .<edge_id>: first round / resend (queue group "verifiers");
+                                              # .<edge_id>.<verifier_id>: later rounds, straight to one verifier.
+                                              # The edge id in the subject is what the broker let the sender
+                                              # publish on (permissions), so a verifier trusts it, not the body
+END_PREFIX = f"{PREFIX}.end"                  # .<edge_id>: final drafts, to every verifier
+ALIVE_PREFIX = f"{PREFIX}.alive"              # .edge.<edge_id> / .verifier.<verifier_id>: AliveMsg every second
 CANCEL = f"{PREFIX}.cancel"                   # CancelMsg, to every edge (the one holding the request acts)
 RESUME = f"{PREFIX}.resume"                   # ResumeMsg, to every edge (the one holding the request answers)
 EDGE_QUEUE = "edges"
@@ -37,3 +43,28 @@ def timing(edge_id: str) -> str:
 
 def policy(edge_id: str) -> str:
     return f"{POLICY_PREFIX}.{edge_id}"
+
+
+def draft(edge_id: str, verifier_id: str | None = None) -> str:
+    """Where an edge sends a draft: the verifiers' queue group, or one verifier (sticky sessions)."""
+    return f"{DRAFT_PREFIX}.{edge_id}" if verifier_id is None else f"{DRAFT_PREFIX}.{edge_id}.{verifier_id}"
+
+
+def session_end(edge_id: str) -> str:
+    return f"{END_PREFIX}.{edge_id}"
+
+
+def edge_alive(edge_id: str) -> str:
+    return f"{ALIVE_PREFIX}.edge.{edge_id}"
+
+
+def verifier_alive(verifier_id: str) -> str:
+    return f"{ALIVE_PREFIX}.verifier.{verifier_id}"
+
+
+def sender_of(subject: str, prefix: str) -> str | None:
+    """The edge id a draft / end / heartbeat subject carries (the token after `prefix`), or None."""
+    if not subject.startswith(prefix + "."):
+        return None
+    rest = subject[len(prefix) + 1:].split(".")
+    return rest[0] or None
