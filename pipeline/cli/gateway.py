@@ -15,7 +15,8 @@ def cmd_gateway(a: argparse.Namespace) -> None:
     cfg = GatewayConfig(model_name=a.model_name, max_in_flight=a.max_in_flight, max_tokens_limit=a.max_tokens_limit,
                         max_prompt_tokens=a.max_prompt_tokens, default_chat_tokens=a.default_chat_tokens,
                         request_timeout_s=a.request_timeout, silence_timeout_s=a.silence_timeout,
-                        max_length=a.max_length, edge_id=a.edge)
+                        max_length=a.max_length, edge_id=a.edge, header_timeout_s=a.header_timeout,
+                        body_timeout_s=a.body_timeout, max_connections=a.max_connections)
     aio.run(serve_gateway(GatewayOptions(a.http, default_nats_url(a.nats), a.id, a.log_file, a.metrics, a.tokenizer,
                                          cfg, a.drain_timeout)))
 
@@ -47,6 +48,13 @@ def register(sub) -> None:
                    help="seconds without a round before a request fails with 504")
     p.add_argument("--max-length", type=positive_int, default=8,
                    help="longest draft of the edges (specstop.policy specs are checked against it)")
+    p.add_argument("--header-timeout", type=positive_float, default=10.0,
+                   help="seconds a connection has to send a request line and headers (from opening, or from the "
+                        "previous response); after: 408 and closed")
+    p.add_argument("--body-timeout", type=positive_float, default=30.0,
+                   help="seconds a request has to send its body once its headers are in; after: 408")
+    p.add_argument("--max-connections", type=positive_int, default=1024,
+                   help="HTTP connections open at once; the next one gets 503 and is closed")
     p.add_argument("--drain-timeout", type=positive_float, default=10.0,
                    help="after SIGTERM/SIGINT: seconds running generations may finish (new connections refused)")
     p.set_defaults(func=cmd_gateway)

@@ -14,60 +14,24 @@ import time
 from typing import Any, AsyncIterator
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException
-from starlette.requests import ClientDisconnect, Request
+from starlette.middleware import Middleware
+from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from pipeline.http.errors import APIError, bad_request
+from pipeline.http.accounting import LOGGED, Accounting
+from pipeline.http.body import read_body
+from pipeline.http.errors import APIError
 from pipeline.http.gateway import Gateway, Generation, Job
-from pipeline.http.requests import ChatRequest, CompletionRequest, param_of, render_chat
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
 def error_response(err: APIError) -> JSONResponse:
     return JSONResponse(err.body(), status_code=err.status)
-
-
-async def read_json(request: Request, limit: int) -> Any:
-    size = 0
-    chunks = []
-    try:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise APIError(413, f"request body is over {limit} bytes", "invalid_request_error", None,
-                               "request_too_large")
-            chunks.append(chunk)
-    except ClientDisconnect:
-        raise APIError(499, "client closed the request", "invalid_request_error", None, "client_gone") from None
-    try:
-        body = json.loads(b"".join(chunks), parse_constant=_no_constant)
-    except (UnicodeDecodeError, json.JSONDecodeError, ValueError) as exc:
-        raise bad_request(f"request body is not valid JSON: {exc}", None, "invalid_json") from None
-    if not isinstance(body, dict):
-        raise bad_request("request body must be a JSON object", None, "invalid_json")
-    return body
-
-
-def _no_constant(name: str):
-    raise ValueError(f"{name} is not a JSON number")
-
-
-def validate(model: type, body: dict):
-    try:
-        return model.model_validate(body)
-    except ValidationError as exc:
-        errs = exc.errors(include_url=False)
-        # a union field reports one error per branch: the branch whose type matched (a constraint failed) says more
-        errs = [e for e in errs if not e["type"].endswith("_type")] or errs
-        param = param_of(errs[0]["loc"]) or None
-        msgs = [e["msg"] for e in errs if (param_of(e["loc"]) or None) == param][:3]
-        raise bad_request(f"{param or 'body'}: {'; '.join(msgs)}", param) from None
 
 
 def usage(job: Job, gen: Generation) -> dict:
@@ -80,8 +44,9 @@ class API:
         self.gw, self.registry = gw, metrics_registry
 
     # --- plumbing --------------------------------------------------------------------
-    def _log(self, endpoint: str, job: Job | None, gen: Generation | None, status: int, t0: float,
-             ttft: float | None, code: str | None = None) -> None:
+    def _log(self, request: Request, endpoint: str, job: Job | None, gen: Generation | None, status: int,
+             t0: float, ttft: float | None, code: str | None = None) -> None:
+        request.scope[LOGGED] = True  # the accounting middleware logs every other response
         fields = dict(endpoint=endpoint, status=status, total_ms=round((time.perf_counter() - t0) * 1e3, 3),
                       ttft_ms=None if ttft is None else round((ttft - t0) * 1e3, 3))
         if job is not None:
@@ -96,15 +61,13 @@ class API:
             self.gw.log.warning("http_request", code=code or "error", **fields)
 
     async def _parse(self, request: Request, kind: str) -> Job:
-        body = await read_json(request, self.gw.cfg.max_body_bytes)
-        if kind == "chat":
-            req = validate(ChatRequest, body)
-            prompt = render_chat(req.messages, self.gw.tokenizer)
-            limit = req.completion_limit
-        else:
-            req = validate(CompletionRequest, body)
-            prompt, limit = req.prompt_text, req.max_tokens
-        return self.gw.prepare(kind, req, prompt, limit)
+        """Bounded before any work that grows with the content: generations running (429), then the
+        body's bytes and time (413, 408, 429), then parsing and tokenizing in a thread."""
+        gw = self.gw
+        if len(gw.running) >= gw.cfg.max_in_flight:
+            raise gw.overloaded()
+        raw, held = await read_body(request, gw.cfg.max_body_bytes, gw.cfg.body_timeout_s, gw.budget)
+        return await gw.parse(kind, raw, held)
 
     # --- endpoints -------------------------------------------------------------------
     async def completions(self, request: Request) -> Response:
@@ -123,16 +86,16 @@ class API:
             if job.stream:
                 first = await gen.next()  # the first round (or the error before any token)
                 handed_off = True  # the SSE body closes it (and the background task, if the body never starts)
-                return StreamingResponse(self._sse(endpoint, job, gen, first, t0), media_type="text/event-stream",
+                return StreamingResponse(self._sse(request, endpoint, job, gen, first, t0), media_type="text/event-stream",
                                          headers=SSE_HEADERS, background=BackgroundTask(gen.aclose))
             text = await self._collect(request, gen)
             if text is None:  # the client went away: nobody to answer
-                self._log(endpoint, job, gen, 499, t0, None, "client_gone")
+                self._log(request, endpoint, job, gen, 499, t0, None, "client_gone")
                 return Response(status_code=499)
-            self._log(endpoint, job, gen, 200, t0, None)
+            self._log(request, endpoint, job, gen, 200, t0, None)
             return JSONResponse(self._whole(job, gen, text))
         except APIError as err:
-            self._log(endpoint, job, gen, err.status, t0, None, err.code)
+            self._log(request, endpoint, job, gen, err.status, t0, None, err.code)
             return error_response(err)
         finally:
             if gen is not None and not handed_off:
@@ -181,7 +144,7 @@ class API:
             out["usage"] = None
         return out
 
-    async def _sse(self, endpoint: str, job: Job, gen: Generation, first: str | None,
+    async def _sse(self, request: Request, endpoint: str, job: Job, gen: Generation, first: str | None,
                    t0: float) -> AsyncIterator[bytes]:
         ttft = None
         status, code = 200, None
@@ -212,7 +175,7 @@ class API:
                 gen.cancel("client_gone")
                 status, code = 499, "client_gone"
             gen.close()
-            self._log(endpoint, job, gen, status, t0, ttft, code)
+            self._log(request, endpoint, job, gen, status, t0, ttft, code)
 
     async def models(self, request: Request) -> Response:
         return JSONResponse({"object": "list", "data": [self._model()]})
@@ -233,9 +196,14 @@ class API:
         return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
 
     async def health(self, request: Request) -> Response:
-        ok = self.gw.nc.is_connected
-        return JSONResponse({"status": "ok" if ok else "no_broker", "running": len(self.gw.running)},
-                            status_code=200 if ok else 503)
+        """Ready (200) when an edge this gateway fronts sends heartbeats, is not draining and hears a
+        verifier; else 503 naming what is missing (`pipeline.http.health`)."""
+        ready, body = self.gw.health()
+        return JSONResponse(body, status_code=200 if ready else 503)
+
+    async def live(self, request: Request) -> Response:
+        """The process serves HTTP (a liveness probe: unlike /health, true without an edge)."""
+        return JSONResponse({"status": "alive", "running": len(self.gw.running)})
 
 
 async def _disconnected(request: Request) -> None:
@@ -255,10 +223,6 @@ async def _http_error(request: Request, exc: HTTPException) -> Response:
                                    "invalid_request_error", None, code))
 
 
-async def _crash(request: Request, exc: Exception) -> Response:
-    return error_response(APIError(500, f"internal error: {type(exc).__name__}", "server_error", None, "internal"))
-
-
 def create_app(gw: Gateway, metrics_registry=None) -> Starlette:
     api = API(gw, metrics_registry)
     routes = [Route("/v1/completions", api.completions, methods=["POST"]),
@@ -266,5 +230,7 @@ def create_app(gw: Gateway, metrics_registry=None) -> Starlette:
               Route("/v1/models", api.models, methods=["GET"]),
               Route("/v1/models/{model:path}", api.model, methods=["GET"]),
               Route("/metrics", api.metrics, methods=["GET"]),
-              Route("/health", api.health, methods=["GET"])]
-    return Starlette(routes=routes, exception_handlers={HTTPException: _http_error, Exception: _crash})
+              Route("/health", api.health, methods=["GET"]),
+              Route("/health/live", api.live, methods=["GET"])]
+    return Starlette(routes=routes, exception_handlers={HTTPException: _http_error},
+                     middleware=[Middleware(Accounting, log=gw.log)])

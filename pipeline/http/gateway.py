@@ -14,8 +14,10 @@ reports exactly what the edge logged, with no change to the wire protocol.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,11 +25,14 @@ from nats.aio.client import Client
 
 from control import ControlError, make_policy
 from nodes.nats_confirm import confirm_sent
+from pipeline.http.body import BodyBudget, decode_json
 from pipeline.http.errors import APIError, bad_request, from_edge
+from pipeline.http.health import WINDOW_S, Readiness
+from pipeline.http.requests import ChatRequest, CompletionRequest, render_chat, validate
 from pipeline.transport.client import StreamResult, generate_stream
 from schemas import subjects
 from schemas.codec import Limits, SchemaError, decode
-from schemas.messages import GenerateRequest, TimingEvent
+from schemas.messages import AliveMsg, GenerateRequest, TimingEvent
 
 _END = object()
 
@@ -43,7 +48,14 @@ class GatewayConfig:
     request_timeout_s: float = 600.0    # a request's deadline unless `specstop.deadline_s` is shorter
     silence_timeout_s: float = 60.0     # no chunk for this long: 504
     max_length: int = 8                 # longest draft (for checking policy specs before sending them)
-    max_body_bytes: int = 4 << 20
+    max_body_bytes: int = 4 << 20       # one request body; over it: 413 (by Content-Length before reading)
+    body_budget_bytes: int = 64 << 20   # bodies being read or parsed at once; over it: 429
+    body_timeout_s: float = 30.0        # to send the body once the headers are in; after: 408
+    header_timeout_s: float = 10.0      # to send the request line and headers; after: 408, closed
+    max_header_bytes: int = 64 << 10    # request line + headers; over it: 431, closed
+    max_connections: int = 1024         # open HTTP connections; the next one: 503, closed
+    parse_threads: int = 2              # threads parsing bodies and tokenizing prompts (never the event loop)
+    heartbeat_window_s: float = WINDOW_S  # an edge not heard from this long does not make /health ready
     timing_wait_s: float = 0.5          # how long a finished request waits for its last rounds' timing events
     edge_id: str | None = None          # front this edge only (its subjects; what a device's gateway may use)
 
@@ -217,28 +229,70 @@ class Generation:
         self.close()
 
 
+def max_token_chars(tokenizer: Any) -> int:
+    """The most characters one token can stand for (its longest vocabulary entry; 1 without a
+    tokenizer, where a token is a UTF-8 byte): a prompt longer than this times the token bound
+    cannot fit, whatever it says, so it is refused before tokenizing."""
+    try:
+        vocab = tokenizer.get_vocab()
+        return max(1, max(len(k) for k in vocab))
+    except Exception:
+        return 1 if tokenizer is None else 64
+
+
+ALIVE_EDGES = f"{subjects.ALIVE_PREFIX}.edge"
+
+
 class Gateway:
     def __init__(self, nc: Client, cfg: GatewayConfig, tokenizer: Any, log: Any):
         self.nc, self.cfg, self.tokenizer, self.log = nc, cfg, tokenizer, log
         self.running: set[Generation] = set()
         self.tracked: dict[str, RoundStats] = {}
         self.started = int(time.time())
-        self._sub = None
+        self._subs: list = []
         self._limits = Limits()
+        self._alive_limits = Limits(max_payload=1024)
+        self.budget = BodyBudget(cfg.body_budget_bytes)
+        self.max_prompt_chars = min(cfg.max_prompt_tokens * max_token_chars(tokenizer), self._limits.max_prompt_chars)
+        self.readiness = Readiness(cfg.edge_id, time.monotonic(), cfg.heartbeat_window_s)
+        self.alive_subject = subjects.edge_alive(cfg.edge_id) if cfg.edge_id else f"{ALIVE_EDGES}.*"
+        self.was_ready: bool | None = None
+        self._pool = ThreadPoolExecutor(max_workers=cfg.parse_threads, thread_name_prefix="gateway-parse")
+        self._tokenizer_lock = threading.Lock()  # a fast tokenizer's settings are not safe to share between threads
 
     async def start(self) -> None:
         timing = subjects.timing(self.cfg.edge_id) if self.cfg.edge_id else f"{subjects.TIMING_PREFIX}.>"
-        self._sub = await self.nc.subscribe(timing, cb=self._on_timing)
+        self._subs.append(await self.nc.subscribe(timing, cb=self._on_timing))
+        self._subs.append(await self.nc.subscribe(self.alive_subject, cb=self._on_alive))
         await confirm_sent(self.nc, 10.0)
 
     async def stop(self) -> None:
         for g in list(self.running):
             g.close()
-        if self._sub is not None:
+        for sub in self._subs:
             try:
-                await self._sub.unsubscribe()
+                await sub.unsubscribe()
             except Exception:
                 pass
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    async def _on_alive(self, msg) -> None:
+        try:
+            alive: AliveMsg = decode(msg.data, self._alive_limits, expect=(AliveMsg,))
+            refused = self.readiness.heard(alive, subjects.sender_of(msg.subject, ALIVE_EDGES), time.monotonic())
+        except SchemaError as exc:
+            refused = str(exc)
+        if refused is not None:
+            self.log.warning("bad_heartbeat", code="bad_message", subject=msg.subject[:256], error=refused[:300])
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        """(ready, the /health body); a change of readiness is logged once (`readiness_changed`)."""
+        ready, body = self.readiness.verdict(time.monotonic(), self.nc.is_connected)
+        if ready != self.was_ready:
+            self.was_ready = ready
+            self.log.info("readiness_changed", ready=ready, missing=body.get("missing", []))
+        body["running"] = len(self.running)
+        return ready, body
 
     async def _on_timing(self, msg) -> None:
         try:
@@ -258,6 +312,34 @@ class Gateway:
         self.tracked.pop(request_id, None)
 
     # --- requests ------------------------------------------------------------------
+    async def parse(self, kind: str, raw: bytes, held: int) -> Job:
+        """The body -> a Job in a parsing thread (JSON, validation, chat rendering and tokenizing are
+        proportional to the content: none of it runs on the event loop); `held` budget bytes are given
+        back when the thread is done with them."""
+        loop = asyncio.get_running_loop()
+        try:
+            fut = self._pool.submit(self.parse_now, kind, raw)
+        except RuntimeError:  # the pool is shut down: the gateway is stopping
+            self.budget.give(held)
+            raise APIError(503, "the gateway is stopping", "service_unavailable", None, "unavailable") from None
+        fut.add_done_callback(lambda _: loop.call_soon_threadsafe(self.budget.give, held))
+        return await asyncio.wrap_future(fut)
+
+    def parse_now(self, kind: str, raw: bytes) -> Job:
+        """`parse` without the thread (CPU-bound)."""
+        body = decode_json(raw)
+        if kind == "chat":
+            req = validate(ChatRequest, body)
+            return self.prepare(kind, req, render_chat(req.messages, self.tokenizer), req.completion_limit)
+        req = validate(CompletionRequest, body)
+        return self.prepare(kind, req, req.prompt_text, req.max_tokens)
+
+    def count_tokens(self, prompt: str) -> int:
+        if self.tokenizer is None:
+            return len(prompt.encode())
+        with self._tokenizer_lock:
+            return len(self.tokenizer.encode(prompt, add_special_tokens=False))
+
     def prepare(self, kind: str, req: Any, prompt: str, max_tokens: int | None) -> Job:
         """Checks that need the tokenizer or this gateway's bounds; a 400/404 names the bad field."""
         cfg = self.cfg
@@ -283,9 +365,12 @@ class Gateway:
                 raise bad_request(f"specstop.policy '{policy}': {exc}", "specstop.policy") from None
         deadline = min(ext.deadline_s, cfg.request_timeout_s) if ext is not None and ext.deadline_s else \
             cfg.request_timeout_s
-        n_prompt = len(self.tokenizer.encode(prompt, add_special_tokens=False)) if self.tokenizer is not None \
-            else len(prompt.encode())
         where = "messages" if kind == "chat" else "prompt"
+        if len(prompt) > self.max_prompt_chars:  # checked before tokenizing: the tokenizer's time grows with it
+            raise APIError(400, f"{where} is {len(prompt)} characters; this server accepts at most "
+                                f"{self.max_prompt_chars} ({cfg.max_prompt_tokens} tokens)",
+                           "invalid_request_error", where, "context_length_exceeded")
+        n_prompt = self.count_tokens(prompt)
         if n_prompt == 0:
             raise bad_request(f"{where} encodes to no tokens", where)
         if n_prompt > cfg.max_prompt_tokens:
@@ -298,10 +383,13 @@ class Gateway:
                    1.0 if req.top_p is None else float(req.top_p), int(seed), policy, float(deadline), req.stops,
                    bool(req.stream), bool(req.stream_options and req.stream_options.include_usage))
 
+    def overloaded(self) -> APIError:
+        return APIError(429, f"the gateway has {len(self.running)} generations running (its limit): "
+                             "try again later", "rate_limit_exceeded", None, "overloaded")
+
     def open(self, job: Job) -> Generation:
         if len(self.running) >= self.cfg.max_in_flight:
-            raise APIError(429, f"the gateway has {len(self.running)} generations running (its limit): "
-                                "try again later", "rate_limit_exceeded", None, "overloaded")
+            raise self.overloaded()
         if not self.nc.is_connected:
             raise APIError(503, "the gateway is not connected to the broker", "service_unavailable", None,
                            "unavailable")

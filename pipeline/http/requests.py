@@ -14,13 +14,17 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, field_validator
+from pydantic import (BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, ValidationError,
+                      field_validator)
+
+from pipeline.http.errors import bad_request
 
 INT64 = (1 << 63) - 1
 MAX_STOP = 4            # OpenAI's limit
 MAX_STOP_CHARS = 256
 MAX_MESSAGES = 256
-MAX_TEXT = 1 << 20      # characters in one prompt / message (the token bound is checked after tokenizing)
+MAX_TEXT = 1 << 20      # characters in one prompt / message (the gateway's own bound is checked before tokenizing)
+MAX_PARAM = 256         # characters of a field name quoted back in an error
 
 Num = StrictFloat | StrictInt
 
@@ -158,3 +162,17 @@ def param_of(loc: tuple) -> str:
         else:
             out += f".{part}" if out else str(part)
     return out
+
+
+def validate(model: type, body: dict):
+    """`body` as `model`, or a 400 naming the first bad field (with up to three of its errors)."""
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        errs = exc.errors(include_url=False)
+        # a union field reports one error per branch: the branch whose type matched (a constraint failed) says more
+        errs = [e for e in errs if not e["type"].endswith("_type")] or errs
+        first = param_of(errs[0]["loc"]) or None
+        msgs = [e["msg"][:200] for e in errs if (param_of(e["loc"]) or None) == first][:3]
+        param = first if first is None or len(first) <= MAX_PARAM else first[:MAX_PARAM] + "..."  # a client's key
+        raise bad_request(f"{param or 'body'}: {'; '.join(msgs)}", param) from None

@@ -13,6 +13,7 @@ from nodes.nats_confirm import confirm_sent
 from pipeline import logs
 from pipeline.errors import PipelineError
 from pipeline.http.app import create_app
+from pipeline.http.connections import ConnectionLimits, guarded
 from pipeline.http.gateway import Gateway, GatewayConfig
 from pipeline.metrics import GatewayMetrics, parse_hostport, serve as serve_metrics, tap
 from pipeline.transport import bus
@@ -47,11 +48,16 @@ def listen(addr: str) -> socket.socket:
 
 
 class HTTPServer:
-    """uvicorn on the running event loop, on a socket we bound; signals are left to the caller."""
+    """uvicorn on the running event loop, on a socket we bound; signals are left to the caller.
+    Connections are bounded (`pipeline.http.connections`): head time and bytes, connections open."""
 
-    def __init__(self, app, sock: socket.socket):
+    def __init__(self, app, sock: socket.socket, limits: ConnectionLimits = ConnectionLimits(), log=None):
+        def refused(reason: str, peer: str) -> None:
+            if log is not None:
+                log.warning("http_refused", code=reason, peer=peer)
+
         config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
-                                timeout_graceful_shutdown=5, ws="none")
+                                timeout_graceful_shutdown=5, ws="none", http=guarded(limits, refused))
         self.server = uvicorn.Server(config)
         self.server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]
         self.sock = sock
@@ -82,8 +88,17 @@ async def start_gateway(nc, cfg: GatewayConfig, tokenizer, log, http: str = "127
     gw = Gateway(nc, cfg, tokenizer, log)
     await gw.start()
     metrics.bind(gw)
-    server = await HTTPServer(create_app(gw, metrics.registry), listen(http)).start()
+    limits = ConnectionLimits(cfg.header_timeout_s, cfg.max_header_bytes, cfg.max_connections)
+    server = await HTTPServer(create_app(gw, metrics.registry), listen(http), limits, log).start()
+    metrics.bind_http(server.server.server_state)
     return gw, metrics, server
+
+
+def quiet_transformers() -> None:
+    """A long prompt makes transformers print an advisory line to stderr; stderr is for errors."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
 
 
 async def serve_gateway(opts: GatewayOptions) -> None:
@@ -95,6 +110,7 @@ async def serve_gateway(opts: GatewayOptions) -> None:
     extra = serve_metrics(metrics.registry, opts.metrics) if opts.metrics else None
     await bus.probe(opts.nats_url)
     tokenizer = load_tokenizer(opts.tokenizer or BUNDLED_DRAFT)
+    quiet_transformers()
     nc = await bus.connect(opts.nats_url, opts.node_id, log)
     gw, metrics, server = await start_gateway(nc, opts.config, tokenizer, log, opts.http, opts.node_id, metrics)
     gw.log.info("gateway_started", url=f"http://{opts.http.rpartition(':')[0] or '127.0.0.1'}:{server.port}/v1",

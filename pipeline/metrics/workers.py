@@ -7,6 +7,7 @@ warning/error event counts in `..._warnings_total{event}`.
 """
 from __future__ import annotations
 
+import time
 from typing import Any, Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -262,8 +263,8 @@ class GatewayMetrics(WorkerMetrics):
 
     def __init__(self, node_id: str):
         super().__init__(node_id)
-        self.requests = self._counter("requests", "HTTP generation requests, by endpoint and status",
-                                      ("endpoint", "status"))
+        self.requests = self._counter("requests", "HTTP responses (every one but /health and /metrics probes), "
+                                      "by endpoint and status", ("endpoint", "status"))
         self.ttft = self._hist("time_to_first_token_seconds", "request received -> first token sent",
                                labels=("endpoint",))
         self.duration = self._hist("request_seconds", "request received -> last byte", labels=("endpoint",))
@@ -271,7 +272,10 @@ class GatewayMetrics(WorkerMetrics):
         self.completion_tokens = self._counter("completion_tokens", "tokens generated for completed requests")
         self.rounds = self._counter("rounds", "speculation rounds of completed requests (from edge timing events)")
         self.disconnects = self._counter("client_disconnects", "generations cancelled because the client left")
-        self._handlers = {"http_request": self._request}
+        self.refused = self._counter("connections_refused", "connections closed before a request: slow or "
+                                     "oversized head, too many connections, not HTTP, unread body", ("reason",))
+        self._handlers = {"http_request": self._request,
+                          "http_refused": lambda f: self.refused.labels(str(f.get("code"))).inc()}
 
     def _request(self, f: dict) -> None:
         ep = str(f.get("endpoint"))
@@ -287,6 +291,15 @@ class GatewayMetrics(WorkerMetrics):
 
     def bind(self, worker: Any) -> None:
         self._gauge("requests_in_flight", "HTTP generations running").set_function(lambda: len(worker.running))
+        self._gauge("body_bytes_held", "bytes of request bodies being read or parsed").set_function(
+            lambda: worker.budget.held)
+        self._gauge("ready", "1 when /health answers 200 (an edge heard, not draining, hearing a verifier)"
+                    ).set_function(lambda: float(worker.readiness.verdict(time.monotonic(),
+                                                                          worker.nc.is_connected)[0]))
+
+    def bind_http(self, server_state: Any) -> None:
+        """uvicorn's server state: its open connections."""
+        self._gauge("connections", "HTTP connections open").set_function(lambda: len(server_state.connections))
 
 
 KINDS = {m.kind: m for m in (EdgeMetrics, CloudMetrics, ControlMetrics, GatewayMetrics)}
