@@ -7,7 +7,10 @@ or one that trickles its request line and headers (slowloris), and httptools (ll
 header of any size. `guarded(...)` makes a subclass of uvicorn's httptools protocol that
 
 - gives every request head `header_timeout_s` from the moment one may start (the connection
-  opened, or the previous response completed) to its last header, else answers 408 and closes;
+  opened, or the previous response completed) to its last header, else answers 408 and closes
+  (closes without a word when no byte of it came: an idle keep-alive connection, or one that
+  never sent anything); the rest of the body of a request answered before it was read (413)
+  gets as long, then the connection is closed;
 - closes with 431 a connection whose head passes `max_header_bytes` before it completes;
 - answers 503 and closes a connection that would be the `max_connections + 1`-th open one.
 
@@ -77,12 +80,18 @@ def guarded(limits: ConnectionLimits, on_refused: Callable[[str, str], None]) ->
 
         def _expire(self) -> None:
             self._timer = None
-            if self._in_head:
+            if self.transport.is_closing():
+                return
+            if self._in_head and self._head_bytes:
                 self._refuse("header_timeout")
-            elif not self.transport.is_closing():
-                # the body of a request already answered (413, 408, ...) is still arriving: stop reading it
-                self.transport.close()
+                return
+            # nothing to answer: idle after a response (keep-alive expired), silent since it opened,
+            # or the body of a request already answered (413, 408, ...) still arriving
+            self.transport.close()
+            if not self._in_head:
                 self._report("unread_body")
+            elif not self._answered:
+                self._report("header_timeout")
 
         def _refuse(self, reason: str) -> None:
             self._disarm()

@@ -59,6 +59,16 @@ class GatewayConfig:
     timing_wait_s: float = 0.5          # how long a finished request waits for its last rounds' timing events
     edge_id: str | None = None          # front this edge only (its subjects; what a device's gateway may use)
 
+    def __post_init__(self) -> None:
+        if self.body_budget_bytes < self.max_body_bytes:
+            raise ValueError("body_budget_bytes must be >= max_body_bytes (else no large body is ever admitted)")
+        for name in ("max_body_bytes", "max_header_bytes", "max_connections", "parse_threads", "max_in_flight"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+        for name in ("body_timeout_s", "header_timeout_s", "heartbeat_window_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0")
+
 
 @dataclass
 class Job:
