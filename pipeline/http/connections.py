@@ -26,6 +26,8 @@ from typing import Callable
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+LINGER_S = 1.0  # after a refusal: how long what the client still sends is read and dropped before closing
+
 REASONS = {  # reason -> (status, phrase, message)
     "header_timeout": (408, "Request Timeout", "request line and headers not received within {t:g} s"),
     "headers_too_large": (431, "Request Header Fields Too Large", "request line and headers over {b} bytes"),
@@ -63,6 +65,7 @@ def guarded(limits: ConnectionLimits, on_refused: Callable[[str, str], None]) ->
             self._heads = self._answered = 0   # request heads completed / responses completed
             self._head_bytes = 0
             self._in_head = True
+            self._lingering = False
             self._timer: asyncio.TimerHandle | None = None
             if len(self.connections) > limits.max_connections:
                 self._refuse("too_many_connections")
@@ -80,7 +83,7 @@ def guarded(limits: ConnectionLimits, on_refused: Callable[[str, str], None]) ->
 
         def _expire(self) -> None:
             self._timer = None
-            if self.transport.is_closing():
+            if self.transport.is_closing() or self._lingering:
                 return
             if self._in_head and self._head_bytes:
                 self._refuse("header_timeout")
@@ -94,11 +97,19 @@ def guarded(limits: ConnectionLimits, on_refused: Callable[[str, str], None]) ->
                 self._report("header_timeout")
 
         def _refuse(self, reason: str) -> None:
+            """Answer and close, lingering: the write side is shut first and what the client still sends
+            is read and dropped for up to LINGER_S, so the answer is not lost to a reset (closing a socket
+            with unread bytes resets the connection, and the client may never see the answer)."""
             self._disarm()
-            if self.transport.is_closing():
+            if self.transport.is_closing() or self._lingering:
                 return
             self.transport.write(refusal(reason, limits))
-            self.transport.close()
+            if self.transport.can_write_eof():
+                self._lingering = True
+                self.transport.write_eof()
+                self._timer = self.loop.call_later(LINGER_S, self.transport.close)
+            else:
+                self.transport.close()
             self._report(reason)
 
         def _report(self, reason: str) -> None:
@@ -112,7 +123,7 @@ def guarded(limits: ConnectionLimits, on_refused: Callable[[str, str], None]) ->
             super().connection_lost(exc)
 
         def data_received(self, data: bytes) -> None:
-            if self.transport.is_closing():
+            if self.transport.is_closing() or self._lingering:
                 return
             if self._in_head:
                 self._head_bytes += len(data)
@@ -137,7 +148,7 @@ def guarded(limits: ConnectionLimits, on_refused: Callable[[str, str], None]) ->
         def on_response_complete(self) -> None:
             self._answered += 1
             super().on_response_complete()
-            if self._answered >= self._heads and not self.transport.is_closing():
+            if self._answered >= self._heads and not self.transport.is_closing() and not self._lingering:
                 self._arm()  # the next head (or the rest of an unread body) has header_timeout_s
 
     return GuardedProtocol
