@@ -383,21 +383,32 @@ def live_gateway(broker, pair, tmp_path_factory):
     thread.join(30)
 
 
+any_text = st.text(st.characters(exclude_categories=()), max_size=20)  # lone surrogates too (JSON escapes them)
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4),
+    st.none() | st.booleans() | st.integers() | st.floats() | any_text,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(any_text, inner, max_size=4),
     max_leaves=16)
+
+
+def nested(depth: int, array: bool, in_prompt: bool) -> bytes:
+    inner = b"[" * depth + b"]" * depth if array else b'{"a":' * depth + b"1" + b"}" * depth
+    return b'{"model": "specstop", "prompt": %s}' % inner if in_prompt else inner
+
+
+deep = st.builds(nested, st.integers(1, 5000), st.booleans(), st.booleans())
+
 FIELDS = ["model", "prompt", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "seed",
           "stop", "n", "stream", "stream_options", "user", "specstop", "logit_bias", "echo", "logprobs"]
-likely = {"model": st.just("specstop") | json_values, "prompt": st.text(min_size=1, max_size=40) | json_values,
+likely = {"model": st.just("specstop") | json_values, "prompt": any_text.filter(bool) | json_values,
           "messages": st.lists(st.fixed_dictionaries({"role": st.sampled_from(["user", "system", "tool"]) | json_values,
-                                                      "content": st.text(max_size=20) | json_values}), max_size=3)
+                                                      "content": any_text | json_values}), max_size=3)
           | json_values,
           "specstop": st.fixed_dictionaries({}, optional={"policy": st.sampled_from(["auto", "fixed:2", "fixed:99"])
                                                           | json_values, "deadline_s": json_values})}
 request_like = st.fixed_dictionaries({}, optional={f: likely.get(f, json_values) for f in FIELDS}) | \
     st.dictionaries(st.sampled_from(FIELDS) | st.text(max_size=8), json_values, max_size=6)
 bodies = (st.binary(max_size=300)
+          | deep
           | json_values.map(lambda v: json.dumps(v).encode())
           | request_like.map(lambda v: json.dumps(v).encode())
           | request_like.map(lambda v: json.dumps(v, ensure_ascii=False).encode("utf-8", "surrogatepass")))

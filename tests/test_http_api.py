@@ -334,7 +334,9 @@ def test_the_gateway_process_serves_then_stops_on_sigterm_and_a_busy_port_is_one
                             text=True)
     try:
         assert "ready: http://127.0.0.1" in proc.stdout.readline()
-        assert httpx.get(f"http://127.0.0.1:{port}/health").json()["status"] == "ok"
+        health = httpx.get(f"http://127.0.0.1:{port}/health")  # no edge runs: not ready, and it says why
+        assert health.status_code == 503 and health.json()["missing"][0].startswith("no heartbeat from any edge")
+        assert httpx.get(f"http://127.0.0.1:{port}/health/live").status_code == 200
         assert httpx.get(f"http://127.0.0.1:{port}/v1/models").json()["data"][0]["id"] == "specstop"
         busy = subprocess.run([*cmd, "--http", f"127.0.0.1:{port}"], capture_output=True, text=True, timeout=60)
         assert busy.returncode == 2
