@@ -193,14 +193,16 @@ async def test_tokenizing_runs_off_the_event_loop_and_a_prompt_too_long_to_fit_i
             err = r.json()["error"]
             assert r.status_code == 400 and err["code"] == "context_length_exceeded" and err["param"] == "prompt"
             assert "1048576 characters" in err["message"]
-        task = asyncio.create_task(raw.post("/v1/completions", json={"model": "specstop", "prompt": "x" * 3000}))
+        prompt = "x" * 17000  # within the bound (20480 characters), a body over inline_body_bytes (16 KiB)
+        task = asyncio.create_task(raw.post("/v1/completions", json={"model": "specstop", "prompt": prompt}))
         await wait_for(tok.entered.is_set)
         for path in ("/health", "/health/live", "/v1/models"):  # served while the prompt is being tokenized
             assert (await raw.get(path)).status_code in (200, 503)
         assert not tok.gate.is_set() and not task.done()
         tok.gate.set()
         r = await task
-        assert r.status_code == 503 and r.json()["error"]["code"] == "no_edge"  # parsed, tokenized, sent: no edge
+        assert r.status_code == 400 and "17000 tokens" in r.json()["error"]["message"]  # counted by the tokenizer
+        assert tok.calls == 1
 
 
 async def _raw_exchange(port: int, data: bytes, timeout: float = 20.0,

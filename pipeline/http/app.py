@@ -1,10 +1,13 @@
 """The OpenAI-compatible HTTP API (Starlette; served by uvicorn in `pipeline.http.serve`).
 
 `POST /v1/completions`, `POST /v1/chat/completions` (stream or not), `GET /v1/models`,
-`GET /metrics`, `GET /health`. A streamed request waits for its first round before answering, so
-errors that happen before any token (no edge, no verifier, overloaded, too long) still get their
-HTTP status; an error after the first token is sent as an SSE event `{"error": {...}}` (the openai
-client raises it). Every failure is an OpenAI-shaped error; nothing a client sends can stop the server.
+`GET /metrics`, `GET /health` (readiness), `GET /health/live`. A streamed request waits for its first
+round before answering, so errors that happen before any token (no edge, no verifier, overloaded, too
+long) still get their HTTP status; an error after the first token is sent as an SSE event
+`{"error": {...}}` (the openai client raises it). Every failure is an OpenAI-shaped error; nothing a
+client sends can stop the server. A body is bounded before it is read (`pipeline.http.body`) and
+parsed off the event loop (`Gateway.parse`); every response is logged and counted
+(`pipeline.http.accounting`).
 """
 from __future__ import annotations
 

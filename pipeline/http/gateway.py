@@ -10,6 +10,11 @@ begin one; a stop, a client that goes away or a deadline cancels the generation 
 publishes `cancel`: the edge stops and frees the verifier's session). Speculation statistics come
 from the edges' own `timing` events (`specstop.timing.<edge>`, one per round), so the gateway
 reports exactly what the edge logged, with no change to the wire protocol.
+
+The gateway also listens to its edges' heartbeats (`specstop.alive.edge.<edge>`) for `/health`
+(`pipeline.http.health`), and turns a body into a `Job` in a small thread pool: JSON parsing,
+validation, chat rendering and tokenizing grow with the content and must not stall the event loop
+that serves every other client (a prompt that cannot fit is refused by its length first).
 """
 from __future__ import annotations
 
@@ -54,7 +59,8 @@ class GatewayConfig:
     header_timeout_s: float = 10.0      # to send the request line and headers; after: 408, closed
     max_header_bytes: int = 64 << 10    # request line + headers; over it: 431, closed
     max_connections: int = 1024         # open HTTP connections; the next one: 503, closed
-    parse_threads: int = 2              # threads parsing bodies and tokenizing prompts (never the event loop)
+    parse_threads: int = 2              # threads parsing bodies and tokenizing prompts (not the event loop)
+    inline_body_bytes: int = 16 << 10   # a body this small is parsed on the loop (its work is bounded: ~0.1 ms)
     heartbeat_window_s: float = WINDOW_S  # an edge not heard from this long does not make /health ready
     timing_wait_s: float = 0.5          # how long a finished request waits for its last rounds' timing events
     edge_id: str | None = None          # front this edge only (its subjects; what a device's gateway may use)
@@ -323,9 +329,14 @@ class Gateway:
 
     # --- requests ------------------------------------------------------------------
     async def parse(self, kind: str, raw: bytes, held: int) -> Job:
-        """The body -> a Job in a parsing thread (JSON, validation, chat rendering and tokenizing are
-        proportional to the content: none of it runs on the event loop); `held` budget bytes are given
-        back when the thread is done with them."""
+        """The body -> a Job in a parsing thread (JSON, validation, chat rendering and tokenizing grow
+        with the content: beyond `inline_body_bytes`, none of it runs on the event loop); `held` budget
+        bytes are given back when the thread is done with them."""
+        if len(raw) <= self.cfg.inline_body_bytes:  # bounded work (~0.1 ms): cheaper than a thread hop
+            try:
+                return self.parse_now(kind, raw)
+            finally:
+                self.budget.give(held)
         loop = asyncio.get_running_loop()
         try:
             fut = self._pool.submit(self.parse_now, kind, raw)
