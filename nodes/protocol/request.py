@@ -29,7 +29,7 @@ from typing import Protocol
 from control import Policy, RoundContext, RoundOutcome
 from nodes.protocol.timing import network_ms, outcome_of
 from schemas import subjects
-from schemas.codec import Int32Array
+from schemas.codec import Float32Array, Int32Array
 from schemas.messages import (
     BAD_MESSAGE, CONFLICT, DRAINING, NO_VERIFIER, OVERLOADED, RESEND_CONTEXT, DraftMsg, ErrorMsg, GenerateRequest,
     TimingEvent, TokenChunk, VerdictMsg,
@@ -247,7 +247,8 @@ class EdgeRequest:
                          _ms(times.link_ms), _ms(times.stall_ms), self._context_resent, len(self.context),
                          _ms(times.draft_ms if times.draft_real_ms is None else times.draft_real_ms),
                          _ms(verdict.verify_real_ms if verdict.emulated else verdict.verify_ms),
-                         times.draft_real_ms is not None or verdict.emulated)
+                         times.draft_real_ms is not None or verdict.emulated,
+                         Float32Array(d.stop_scores) if d.stop_scores else None)
         self.round += 1
         self._draft = self._pending = self._plan = None
         return RoundRecord(kept, chunk, ev, outcome_of(ev), done)
