@@ -58,3 +58,16 @@ def test_a_cell_with_too_few_rounds_is_refused():
                        DELAYS, [1, 2, 3], 3)
     [refusal] = res["refused"]
     assert refusal.check == "too_few_rounds" and "fixed:3 at 60 ms with 9" in refusal.why
+
+
+def test_a_crossing_the_first_wave_cannot_pin_gets_more_rounds_at_the_delays_around_it():
+    from pipeline.experiments.phase import refine_delays
+    from pipeline.experiments.refusals import Refusal
+
+    pinned = {"refused": [], "critical_delay_ms": {"measured_ci": [8.0, 12.0], "predicted_ci": [9.0, 13.0]}}
+    assert refine_delays(pinned, [0.0, 10.0, 20.0, 40.0, 70.0]) == []
+    loose = {"refused": [Refusal("lines_too_close", "...")],
+             "critical_delay_ms": {"measured_ci": [0.0, 30.0], "predicted_ci": [9.0, 13.0]}}
+    assert refine_delays(loose, [0.0, 10.0, 20.0, 40.0, 70.0]) == [0.0, 10.0, 20.0, 40.0]
+    machine = {"refused": [Refusal("machine_load", "...")], "critical_delay_ms": {}}
+    assert refine_delays(machine, [0.0, 10.0, 20.0, 40.0]) == []  # more rounds on a loaded machine would not help
