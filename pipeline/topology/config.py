@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.errors import PipelineError
+from schemas.messages import valid_id
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 JS_DOMAIN = "hub"
@@ -128,13 +129,36 @@ class Deployment:
         return self.identities[f"{role}-{ident}"]
 
 
+def check_ids(edges: list[str], verifiers: list[str], controller: str,
+              clients: dict[str, list[str]]) -> None:
+    """Every id names subjects and inbox prefixes: valid, and unique within its role; one line per problem."""
+    named = {"edge": edges, "verifier": verifiers, "controller": [controller],
+             "client": [c for cs in clients.values() for c in cs]}
+    for role, ids in named.items():
+        for i in ids:
+            if not valid_id(i):
+                raise PipelineError(f"{role} id '{i[:80]}' must be 1..128 ASCII letters, digits, '-' or '_'")
+        dup = sorted({i for i in ids if ids.count(i) > 1})
+        if dup:
+            raise PipelineError(f"{role} id '{dup[0]}' is given twice")
+    if not edges or not verifiers:
+        raise PipelineError("a deployment needs at least one edge and one verifier")
+    stray = sorted(set(clients) - set(edges))
+    if stray:
+        raise PipelineError(f"clients are given for '{stray[0]}', which is not an edge")
+
+
 def write_deployment(root: Path, edges: list[str], verifiers: list[str], cluster: int = 1,
-                     controller: str = "control-1", direct_edges: bool = True) -> Deployment:
+                     controller: str = "control-1", direct_edges: bool = True,
+                     clients: dict[str, list[str]] | None = None) -> Deployment:
     """All files for a hub (or a `cluster`-node cluster) and one leaf per edge, on loopback ports.
-    `direct_edges`: the hub also knows each edge and a client, so an edge can connect to it directly
-    (the leaf hop's extra latency is measured against that)."""
+    `clients`: the client identities of each edge device (default: one per device, with the edge's id);
+    each reads only its own inbox prefix. `direct_edges`: the hub also knows each edge and its clients,
+    so an edge can connect to it directly (the leaf hop's extra latency is measured against that)."""
     if cluster not in (1, 3):
         raise PipelineError(f"--cluster must be 1 or 3, got {cluster}")
+    clients = {e: [e] for e in edges} if clients is None else clients
+    check_ids(edges, verifiers, controller, clients)
     deploy = deploy_dir()
     root.mkdir(parents=True, exist_ok=True)
     pki = make_pki(root / "pki")
@@ -150,10 +174,10 @@ def write_deployment(root: Path, edges: list[str], verifiers: list[str], cluster
     hub_users += [add("leaf", e) for e in edges]
     leaf_users: dict[str, list[Identity]] = {}
     for e in edges:
-        edge_i, client_i = add("edge", e), add("client", e)
-        leaf_users[e] = [edge_i, client_i, add("gateway", e)]
+        edge_i, client_is = add("edge", e), [add("client", c) for c in clients.get(e, [])]
+        leaf_users[e] = [edge_i, *client_is, add("gateway", e)]
         if direct_edges:
-            hub_users += [edge_i, client_i]
+            hub_users += [edge_i, *client_is]
     tls = {"SPECSTOP_TLS_CERT": str(pki["cert"]), "SPECSTOP_TLS_KEY": str(pki["key"]), "SPECSTOP_TLS_CA": str(pki["ca"])}
 
     hubs: list[ServerSpec] = []
