@@ -22,13 +22,15 @@ from pathlib import Path
 from pipeline.errors import PipelineError
 from pipeline.topology.config import JS_DOMAIN, Deployment, Placement, ServerSpec, write_deployment
 
-HOST = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$|^[0-9a-fA-F:]+$")
+HOST = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$")  # a DNS name or an IPv4 address
+LISTEN = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$|^[0-9a-fA-F:]+$")  # or IPv6
 CERT_DAYS = 825  # about two years: rotate before (deploy/README.md, "Rotate a credential")
 
 
-def check_host(host: str, what: str) -> str:
-    if not HOST.match(host):
-        raise PipelineError(f"{what} '{host[:80]}' is not a host name or IP address")
+def check_host(host: str, what: str, pattern: re.Pattern = HOST) -> str:
+    if not pattern.match(host):
+        raise PipelineError(f"{what} '{host[:80]}' is not a host name or "
+                            f"{'IP' if pattern is LISTEN else 'IPv4'} address")
     return host
 
 
@@ -73,7 +75,7 @@ def write_config(out: Path, edges: list[str], verifiers: list[str], clients: dic
     clients = {e: [e] for e in edges} if clients is None else clients
     for h in placement.hub_hosts:
         check_host(h, "hub host")
-    check_host(placement.listen, "listen address")
+    check_host(placement.listen, "listen address", LISTEN)
     dep = write_deployment(out, edges, verifiers, cluster, controller, clients=clients, placement=placement,
                            cert_days=CERT_DAYS)
     servers: list[tuple[ServerSpec, Path, bool]] = [(h, h.conf.parent / "hub.env", False) for h in dep.hubs]
