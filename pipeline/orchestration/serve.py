@@ -196,7 +196,7 @@ async def serve_edge(opts: NodeOptions, edge: EdgeOptions) -> None:
     say("edge", opts.node_id, f"loading the draft model ({opts.draft or 'bundled'}) ...")
     set_threads(opts.threads)
     pair = load_pair(opts.draft, opts.target, device=opts.device, load_target=False)
-    nc = await bus.connect(opts.nats_url, opts.node_id, log, inbox_prefix=role_inbox(opts.node_id))
+    nc = await bus.connect(opts.nats_url, opts.node_id, log, inbox_prefix=role_inbox("edge", opts.node_id))
     # one slot per active request; twice that, as a request's slot goes back once its last batch is done
     drafting = DraftBatchConfig(edge.draft_max_batch, edge.draft_batch_wait_ms, edge.draft_slot_cache,
                                 edge.limits.max_prompt_tokens + edge.limits.max_new_tokens + opts.max_length + 1,
@@ -224,7 +224,7 @@ async def serve_control(nats_url: str, node_id: str, log_file: str | None, max_l
     from nodes.controller import Controller
 
     log, metrics = with_metrics("control", node_id, logs.configure(node_id, log_file), metrics_addr)
-    nc = await bus.connect(nats_url, node_id, log, inbox_prefix=role_inbox(node_id))
+    nc = await bus.connect(nats_url, node_id, log, inbox_prefix=role_inbox("controller", node_id))
     ctl = Controller(nc, log, max_length=max_length, seed=seed, limits=Limits(max_draft_length=max_length),
                      max_learners=max_learners, stream=stream or StreamLimits())
     await ctl.start()
