@@ -5,7 +5,7 @@ from nodes.protocol.verifier_table import Outcome, SessionTable, TableConfig
 from schemas.codec import Float32Array, Int32Array, Limits
 from schemas.messages import AckMsg, DraftMsg, ErrorMsg, VerdictMsg
 
-CFG = TableConfig("cloud-1", max_sessions=2, session_ttl_s=60.0, evict_idle_s=5.0)
+CFG = TableConfig("cloud-1", max_sessions=2, session_ttl_s=60.0, evict_idle_s=5.0, max_sessions_per_edge=2)
 
 
 def draft(rid="r1", rnd=0, attempt=0, tokens=(1, 2), context=(7, 8, 9), edge="edge-a", **kw) -> DraftMsg:
