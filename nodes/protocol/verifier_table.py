@@ -347,8 +347,8 @@ class SessionTable:
         victim = self._evictable(now, lambda e: e == edge or counts[e] > mine + 1, counts)
         if victim is None:
             return (f"verifier {self.cfg.verifier_id} holds {len(self.sessions)} sessions (max_sessions="
-                    f"{self.cfg.max_sessions}), none idle {self.cfg.evict_idle_s:g} s of an edge holding more "
-                    f"than edge {edge}'s {mine}"), None
+                    f"{self.cfg.max_sessions}), none idle {self.cfg.evict_idle_s:g} s and held by an edge with "
+                    f"more than edge {edge}'s {mine}"), None
         return None, victim
 
     def _evictable(self, now: float, may_evict: Callable[[str], bool], counts: Counter) -> SessionKey | None:
