@@ -83,3 +83,22 @@ async def test_session_cap_answers_overloaded(broker, pair, tmp_path):
         second = DraftMsg("hold-2", 0, 0, "edge-x", Int32Array([104]), 0, context=Int32Array([84, 104]))
         err = await ask(client, subjects.draft("edge-x"), encode(second))
         assert err.code == "overloaded"
+
+
+async def test_drafts_and_final_drafts_naming_another_edge_than_their_subject_are_refused(broker, pair, tmp_path):
+    async with cluster(broker.url, pair, tmp_path) as (client, edge, clouds):
+        held = DraftMsg("held", 0, 0, "edge-x", Int32Array([104]), 0, context=Int32Array([84, 104]), session="n")
+        ok = await client.request(subjects.draft("edge-x"), encode(held), timeout=5)
+        assert decode(ok.data, LIMITS).verifier_id == "cloud-1"
+        forged = DraftMsg("other", 0, 0, "edge-x", Int32Array([104]), 0, context=Int32Array([84]), session="n")
+        err = await ask(client, subjects.draft("edge-y"), encode(forged))
+        assert err.code == "bad_message" and "'edge-x'" in err.message and "'edge-y'" in err.message
+        end = DraftMsg("held", 1, 0, "edge-x", Int32Array(), 0, final=True, session="n")
+        err = await ask(client, subjects.session_end("edge-y"), encode(end))
+        assert err.code == "bad_message" and "'edge-y'" in err.message
+        assert set(clouds[0].sessions) == {("edge-x", "held", "n")}  # nothing created, nothing ended
+        ack = await client.request(subjects.session_end("edge-x"), encode(end), timeout=5)
+        assert decode(ack.data, LIMITS).what == "session_end" and not clouds[0].sessions
+        await still_serves(client)
+    bad = [e for e in read_log(tmp_path / "cloud-1.jsonl") if e["event"] == "bad_message"]
+    assert {e["subject"] for e in bad} == {subjects.draft("edge-y"), subjects.session_end("edge-y")}
