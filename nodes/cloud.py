@@ -143,7 +143,8 @@ class CloudWorker(WorkerBase):
         dm = await self._decode(msg, final_only=True)
         if dm is None:
             return
-        adm = self.table.admit(dm, msg.reply, time.monotonic(), sender=self._sender(msg.subject, subjects.END_PREFIX))
+        adm = self.table.admit(dm, msg.reply, time.monotonic(),
+                               sender=self._sender(msg.subject, subjects.END_PREFIX))
         await self._publish(adm.replies)
         if adm.event != "session_end" or adm.detail == "held":  # refusals, and the verifier that held it
             self._log_admission(dm, adm, msg.subject)
