@@ -81,7 +81,7 @@ class CloudWorker(WorkerBase):
         self.table = SessionTable(config.table(), limits, release=self.verifier.release)
         self.batcher: MicroBatcher[tuple[VerifyJob, tuple], tuple[JobResult, BatchStats, float]] = MicroBatcher(
             self._run_batch, config.max_batch, config.batch_wait_ms / 1e3, more_coming=self._more_coming,
-            again=lambda r: r[0].again)
+            again=lambda r: r[0].again, share_key=lambda item: item[1][0])  # rounds shared fairly between edges
         self._queue_sub = None
         self.computing = 0  # rounds whose model compute has not finished (a replaced session's included)
 
