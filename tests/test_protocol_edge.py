@@ -258,3 +258,50 @@ def test_the_delay_a_policy_is_told_ignores_one_slow_round_and_follows_a_lasting
     for _ in range(3):
         est.add(150.0)  # the link itself changed
     assert est.ms == 150.0
+
+
+def test_a_timed_out_round_goes_with_its_context_to_another_live_verifier_not_the_same_one():
+    r = request()
+    run_round(r, verifier="stalled")
+    r.plan(make_policy("fixed:3"), 0, RoundContext())
+    r.send(Draft([4], 0), 0.0)
+    step = r.on_timeout(2.0, elsewhere="healthy")
+    assert isinstance(step, Send) and step.subject == subjects.verifier("healthy")
+    assert list(step.msg.context) == r.context and step.msg.attempt == 1
+    v = verdict(r, 1, verifier="healthy")
+    assert isinstance(r.on_verdict(v, 2.1), Accepted) and r.verifier == "healthy"
+    targets = [t for t, _ in r.final_messages()]
+    assert subjects.verifier("stalled") in targets and subjects.verifier("healthy") in targets
+    assert subjects.SESSION_END not in targets  # every holder is known
+
+
+def test_without_another_live_verifier_a_timeout_is_retried_on_the_same_then_the_queue_group():
+    r = request()
+    run_round(r, verifier="only")
+    r.plan(make_policy("fixed:3"), 0, RoundContext())
+    r.send(Draft([4], 0), 0.0)
+    same = r.on_timeout(2.0, elsewhere=None)
+    assert same.subject == subjects.verifier("only") and same.msg.context is None
+    assert r.on_timeout(4.0, elsewhere="only").subject == subjects.VERIFY  # "elsewhere" may not be itself
+
+
+def test_a_round_whose_verifier_stopped_sending_heartbeats_moves_before_its_timeout():
+    r = request()
+    run_round(r, verifier="stalled")
+    r.plan(make_policy("fixed:3"), 0, RoundContext())
+    r.send(Draft([4], 0), 0.0)
+    step = r.on_holder_gone(0.5, "healthy")
+    assert isinstance(step, Send) and step.subject == subjects.verifier("healthy") and step.wait_s == 0.0
+    assert list(step.msg.context) == r.context and "stalled" in r.left_behind
+    late = verdict(r, 1, verifier="stalled", attempt=0)  # the stalled one wakes up: its old attempt is refused
+    assert not isinstance(r.on_verdict(late, 1.0), Accepted)
+
+
+def test_a_first_round_lost_in_the_queue_group_and_moved_elsewhere_still_ends_everywhere():
+    r = request()
+    r.plan(make_policy("fixed:3"), 0, RoundContext())
+    r.send(Draft([1, 2, 3], 0), 0.0)
+    step = r.on_timeout(2.0, elsewhere="healthy")
+    assert step.subject == subjects.verifier("healthy")
+    r.on_verdict(verdict(r, 1, verifier="healthy"), 2.1)
+    assert subjects.SESSION_END in [t for t, _ in r.final_messages()]  # whoever took the first attempt
