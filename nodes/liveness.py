@@ -4,8 +4,9 @@ The rules (who is gone, since when) live in `nodes.protocol.liveness.PeerTable`;
 decodes, checks that a heartbeat's body names the node its subject names (a worker may publish only
 on its own subject, so the subject is what the broker vouches for), feeds the table, and once per
 interval hands the worker a tick (`on_tick(now, since, beat)`: act on who is gone, forward the
-encoded heartbeat as a keepalive). `since` is this connection's last (re)connect: silence is not
-counted while we ourselves were cut off.
+encoded heartbeat as a keepalive). `since` is when we last could not hear: our last (re)connect,
+or a tick that came more than `LATE_S` late (this process was stopped or starved, and heartbeats
+that did arrive may still sit unread in the socket). Silence is not counted across either.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from schemas.messages import AliveMsg
 
 Status = Callable[[], tuple[int, bool, int]]   # (load, draining, verifiers heard)
 Tick = Callable[[float, float, bytes], Awaitable[None]]
+LATE_S = 1.0  # a tick this much later than planned: we were not running, so we heard nobody
 
 
 class Heartbeat:
@@ -35,6 +37,7 @@ class Heartbeat:
         self.seq = 0
         self.since = time.monotonic()  # our last (re)connect
         self._reconnects = nc.stats.get("reconnects", 0)
+        self._planned = self.since
         self._prefix = f"{subjects.ALIVE_PREFIX}.{listen_role}"
 
     @property
@@ -67,8 +70,9 @@ class Heartbeat:
         while True:
             now = time.monotonic()
             reconnects = self.nc.stats.get("reconnects", 0)
-            if not self.nc.is_connected or reconnects != self._reconnects:
+            if not self.nc.is_connected or reconnects != self._reconnects or now - self._planned > LATE_S:
                 self._reconnects, self.since = reconnects, now
+            self._planned = now + self.interval_s
             data = self.beat()
             if self.nc.is_connected:
                 await self.send(self.subject, data)
