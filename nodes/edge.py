@@ -143,7 +143,8 @@ class EdgeWorker(WorkerBase):
         self.placement = Placement(config.seed, peers=self.verifiers)
         self.heartbeat = Heartbeat(nc, log, limits, "edge", config.edge_id, "verifier", self.verifiers,
                                    self._alive_status, self._on_tick, self.send_now, config.heartbeat_s)
-        self._holder_watch: dict[str, set[asyncio.Future]] = {}  # verifier id -> rounds waiting on it
+        # verifier id -> rounds waiting on it; None -> rounds waiting on the queue group (any verifier may hold them)
+        self._holder_watch: dict[str | None, set[asyncio.Future]] = {}
 
     # --- lifecycle -----------------------------------------------------------------
     async def start(self) -> None:
@@ -228,25 +229,22 @@ class EdgeWorker(WorkerBase):
                 live.last_sent = now
                 await self.send_now(live.inbox, beat)
         for vid, silent_s in self.verifiers.newly_gone(now, since):
-            waiting = self._holder_watch.get(vid, set())
+            waiting = self._holder_watch.get(vid, set()) | self._holder_watch.get(None, set())
             self.log.warning("peer_gone", role="verifier", node_id=vid, silent_s=round(silent_s, 3),
                              rounds_waiting=len(waiting))
-            for fut in list(waiting):
+            for fut in waiting:
                 if not fut.done():
                     fut.set_result(vid)
         self.verifiers.prune(now, FORGET_S)
 
-    def _watch_holder(self, verifier_id: str | None) -> asyncio.Future | None:
-        """A future resolved when `verifier_id`'s heartbeat stops (None for the queue group)."""
-        if verifier_id is None:
-            return None
+    def _watch_holder(self, verifier_id: str | None) -> asyncio.Future:
+        """A future resolved when `verifier_id`'s heartbeat stops (None: a round sent to the queue
+        group, which any verifier may have taken: resolved when any stops)."""
         fut = asyncio.get_running_loop().create_future()
         self._holder_watch.setdefault(verifier_id, set()).add(fut)
         return fut
 
-    def _unwatch(self, verifier_id: str | None, fut: asyncio.Future | None) -> None:
-        if fut is None or verifier_id is None:
-            return
+    def _unwatch(self, verifier_id: str | None, fut: asyncio.Future) -> None:
         waiting = self._holder_watch.get(verifier_id)
         if waiting is not None:
             waiting.discard(fut)
@@ -256,10 +254,12 @@ class EdgeWorker(WorkerBase):
             fut.cancel()
 
     async def _ask(self, r: EdgeRequest, step: Any) -> Msg:
-        """One attempt's request. Raises `HolderGone` when its verifier's heartbeat stops first and
-        another live verifier can take the round (with none known, a plain request: no overhead)."""
+        """One attempt's request. Raises `HolderGone` when its verifier's heartbeat stops first (for a
+        queue-group attempt: any verifier's, it may be the one that took it) and another live verifier
+        can take the round: with the context it builds the session, or joins the round if it is the
+        one computing it. With no other verifier known, a plain request (no overhead)."""
         holder = r.verifier
-        if holder is None or self.placement.elsewhere(holder, time.monotonic()) is None:
+        if self.placement.elsewhere(holder, time.monotonic()) is None:
             return await self.nc.request(step.subject, encode(step.msg), timeout=step.timeout_s)
         gone = self._watch_holder(holder)
         ask = asyncio.ensure_future(self.nc.request(step.subject, encode(step.msg), timeout=step.timeout_s))

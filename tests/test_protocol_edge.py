@@ -305,3 +305,13 @@ def test_a_first_round_lost_in_the_queue_group_and_moved_elsewhere_still_ends_ev
     assert step.subject == subjects.verifier("healthy")
     r.on_verdict(verdict(r, 1, verifier="healthy"), 2.1)
     assert subjects.SESSION_END in [t for t, _ in r.final_messages()]  # whoever took the first attempt
+
+
+def test_a_queue_group_attempt_moves_when_a_verifier_goes_silent_and_every_possible_holder_is_ended():
+    r = request()
+    r.plan(make_policy("fixed:3"), 0, RoundContext())
+    r.send(Draft([1, 2, 3], 0), 0.0)  # to the queue group: the silent one may have taken it
+    step = r.on_holder_gone(3.5, "healthy")
+    assert step.subject == subjects.verifier("healthy") and list(step.msg.context) == [5, 6, 7]
+    r.on_verdict(verdict(r, 1, verifier="healthy"), 3.6)
+    assert subjects.SESSION_END in [t for t, _ in r.final_messages()]
