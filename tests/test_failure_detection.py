@@ -100,3 +100,20 @@ def _longest_wait(res) -> float:
     """The longest time a stream waited for its next chunk (from its request being sent)."""
     times = [res.sent_at, *sorted(res.chunk_mono)]
     return max(b - a for a, b in zip(times, times[1:]))
+
+
+async def test_a_forged_or_garbled_heartbeat_is_refused_and_logged_and_the_workers_keep_serving(broker, pair, tmp_path):
+    from schemas import subjects
+    from schemas.codec import encode
+    from schemas.messages import AliveMsg
+
+    async with cluster(broker.url, pair, tmp_path) as (client, edge, clouds):
+        await client.publish(subjects.edge_alive("edge-x"), encode(AliveMsg("edge", "edge-y", 1)))  # body != subject
+        await client.publish(subjects.edge_alive("edge-z"), encode(AliveMsg("verifier", "edge-z", 1)))  # wrong role
+        await client.publish(subjects.verifier_alive("cloud-9"), b"\x93garbage")
+        await wait_for(lambda: sum(e["event"] == "bad_message" for e in read_log(tmp_path / "cloud-1.jsonl")) >= 2
+                       and any(e["event"] == "bad_message" for e in read_log(tmp_path / "edge-1.jsonl")))
+        assert not {"edge-x", "edge-y", "edge-z"} & set(clouds[0].edges.peers)
+        assert "cloud-9" not in edge.verifiers.peers
+        res = await generate_stream(client, GenerateRequest("after-forgery", prompt="The with", max_new_tokens=8))
+        assert res.ok, res.error
