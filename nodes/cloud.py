@@ -113,6 +113,7 @@ class CloudWorker(WorkerBase):
 
     async def stop(self) -> None:
         self.table.begin_drain()
+        await self.send_now(self.heartbeat.subject, self.heartbeat.beat())  # draining: edges look elsewhere now
         if self._queue_sub is not None:
             try:
                 await self._queue_sub.unsubscribe()

@@ -172,6 +172,7 @@ class EdgeWorker(WorkerBase):
         """Take no new requests; let running ones finish within the drain timeout; then stop the rest
         (the client gets an `unavailable` error, the verifier a final draft)."""
         self.draining = True
+        await self.send_now(self.heartbeat.subject, self.heartbeat.beat())  # draining, said at once
         for sub in self._generate_subs:
             try:
                 await sub.unsubscribe()

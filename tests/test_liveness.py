@@ -99,3 +99,10 @@ def _outcome():
     from nodes.protocol.verifier_table import Outcome
 
     return Outcome(1, 9, 1.0, 0.0)
+
+
+def test_the_gateway_answers_edge_gone_with_503_naming_it():
+    from pipeline.http.errors import from_edge
+
+    err = from_edge("edge_gone", "the edge holding this request stopped answering")
+    assert (err.status, err.code) == (503, "edge_gone") and "stopped answering" in err.message
