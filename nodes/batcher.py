@@ -8,14 +8,16 @@ time, so jobs that arrive while one computes form the next (their wait is
 already spent). A job whose result `again(result)` says is unfinished (a long
 prompt prefilled a chunk per batch) goes back to the front of the queue and runs
 in the next batch, so its work is spread over batches that others' rounds share.
+With `share_key` (a verifier: the round's edge) a full queue is served one job per key in
+turn, so a sender with many rounds waiting takes its share of each batch, not all of it.
 No transport and no model here: the caller's `run` does the work.
 """
 from __future__ import annotations
 
 import asyncio
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass
-from typing import Awaitable, Callable, Generic, TypeVar
+from typing import Awaitable, Callable, Generic, Hashable, TypeVar
 
 J = TypeVar("J")
 R = TypeVar("R")
@@ -32,11 +34,12 @@ class Batched(Generic[R]):
 
 class MicroBatcher(Generic[J, R]):
     def __init__(self, run: Callable[[list[J]], Awaitable[list[R]]], max_batch: int = 32, max_wait_s: float = 0.002,
-                 more_coming: Callable[[], bool] = lambda: True, again: Callable[[R], bool] = lambda r: False):
+                 more_coming: Callable[[], bool] = lambda: True, again: Callable[[R], bool] = lambda r: False,
+                 share_key: Callable[[J], Hashable] | None = None):
         if max_batch < 1 or max_wait_s < 0:
             raise ValueError("max_batch must be >= 1 and max_wait_s >= 0")
         self.run, self.max_batch, self.max_wait_s, self.more_coming = run, max_batch, max_wait_s, more_coming
-        self.again = again
+        self.again, self.share_key = again, share_key
         self._pending: list[tuple[J, asyncio.Future, float]] = []
         self._arrived = asyncio.Event()
         self._task: asyncio.Task | None = None
@@ -74,6 +77,25 @@ class MicroBatcher(Generic[J, R]):
             except asyncio.TimeoutError:
                 return
 
+    def _take(self) -> list[tuple[J, asyncio.Future, float]]:
+        """The next batch, out of `_pending`: the oldest jobs, or with `share_key` one job of each key in
+        turn (each key's own in arrival order), so one sender's backlog cannot fill every batch while
+        another's round waits behind it."""
+        if self.share_key is None or len(self._pending) <= self.max_batch:
+            batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch:]
+            return batch
+        queues: dict[Hashable, deque[int]] = {}
+        for i, (job, _, _) in enumerate(self._pending):
+            queues.setdefault(self.share_key(job), deque()).append(i)
+        picked: set[int] = set()
+        while len(picked) < self.max_batch:
+            for q in queues.values():
+                if q and len(picked) < self.max_batch:
+                    picked.add(q.popleft())
+        batch = [b for i, b in enumerate(self._pending) if i in picked]
+        self._pending = [b for i, b in enumerate(self._pending) if i not in picked]
+        return batch
+
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
@@ -81,8 +103,7 @@ class MicroBatcher(Generic[J, R]):
                 self._arrived.clear()
                 await self._arrived.wait()
             await self._collect()
-            batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch:]
-            batch = [b for b in batch if not b[1].done()]  # a cancelled submitter's job is dropped
+            batch = [b for b in self._take() if not b[1].done()]  # a cancelled submitter's job is dropped
             if not batch:
                 continue
             now = loop.time()

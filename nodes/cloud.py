@@ -2,9 +2,12 @@
 
 A thin wiring of the verifier's session table (`nodes.protocol.verifier_table`):
 decode, `admit`, run the target when the table says so, `finish`, publish
-every reply it returns. First rounds and context resends arrive on the shared
-subject with queue group "verifiers"; the verdict names the verifier and the
-edge sends later rounds straight to it (sticky sessions). Model compute runs
+every reply it returns. First rounds and context resends arrive on
+`specstop.draft.<edge>` in queue group "verifiers"; the verdict names the
+verifier and the edge sends later rounds to `specstop.draft.<edge>.<verifier>`
+(sticky sessions); final drafts for every verifier on `specstop.end.<edge>`.
+The edge id in the subject is the sender (the broker's permissions confine an
+edge to its own): the table refuses a draft whose body names another edge. Model compute runs
 on one worker thread so the event loop keeps receiving while a round computes
 (inline while this verifier holds no other session: see WorkerBase.run_model).
 
@@ -47,24 +50,30 @@ from schemas.messages import OVERLOADED, DraftMsg, ErrorMsg
 from schemas.rounds import SamplingParams
 
 
+_T = TableConfig()
+
+
 @dataclass(frozen=True)
 class CloudConfig:
-    verifier_id: str = "cloud-1"
-    max_sessions: int = 128
-    session_ttl_s: float = 120.0
+    verifier_id: str = _T.verifier_id
+    max_sessions: int = _T.max_sessions
+    session_ttl_s: float = _T.session_ttl_s
     max_in_flight: int = 256
-    evict_idle_s: float = 2.0
+    evict_idle_s: float = _T.evict_idle_s
     drain_timeout_s: float = 10.0
     max_batch: int = 32            # rounds in one batched forward
     batch_wait_ms: float = 2.0     # the longest a round waits for others to join its batch
     slot_cache: bool = True        # False: every round on the per-request path (DynamicCache)
     slot_memory_mb: int = 2048     # slot K/V budget; sessions past it run per request
     prefill_chunk: int | None = 256  # context tokens prefilled per batch (None: a whole prompt at once)
+    max_sessions_per_edge: int | None = _T.max_sessions_per_edge  # None: TableConfig's derived share
+    max_rounds_per_edge: int | None = _T.max_rounds_per_edge
     heartbeat_s: float = HEARTBEAT_S       # AliveMsg period
     liveness_window_s: float = WINDOW_S    # an edge heard once and then silent this long is gone
 
     def table(self) -> TableConfig:
-        return TableConfig(self.verifier_id, self.max_sessions, self.session_ttl_s, self.evict_idle_s)
+        return TableConfig(self.verifier_id, self.max_sessions, self.session_ttl_s, self.evict_idle_s,
+                           self.max_sessions_per_edge, self.max_rounds_per_edge)
 
 
 class CloudWorker(WorkerBase):
@@ -81,7 +90,7 @@ class CloudWorker(WorkerBase):
         self.table = SessionTable(config.table(), limits, release=self.verifier.release)
         self.batcher: MicroBatcher[tuple[VerifyJob, tuple], tuple[JobResult, BatchStats, float]] = MicroBatcher(
             self._run_batch, config.max_batch, config.batch_wait_ms / 1e3, more_coming=self._more_coming,
-            again=lambda r: r[0].again)
+            again=lambda r: r[0].again, share_key=lambda item: item[1][0])  # rounds shared fairly between edges
         self._queue_sub = None
         self.edges = PeerTable(config.liveness_window_s)
         self.heartbeat = Heartbeat(nc, log, limits, "verifier", config.verifier_id, "edge", self.edges,
@@ -98,16 +107,20 @@ class CloudWorker(WorkerBase):
         return self.table.rounds
 
     async def start(self) -> None:
-        self._queue_sub = await self.nc.subscribe(subjects.VERIFY, queue=subjects.VERIFIER_QUEUE, cb=self._on_msg)
+        shared, sticky, end = (subjects.draft("*"), subjects.draft("*", self.cfg.verifier_id),
+                               subjects.session_end("*"))
+        self._queue_sub = await self.nc.subscribe(shared, queue=subjects.VERIFIER_QUEUE, cb=self._on_msg)
         self.subs.append(self._queue_sub)
-        self.subs.append(await self.nc.subscribe(subjects.verifier(self.cfg.verifier_id), cb=self._on_msg))
-        self.subs.append(await self.nc.subscribe(subjects.SESSION_END, cb=self._on_msg_end))
+        self.subs.append(await self.nc.subscribe(sticky, cb=self._on_msg))
+        self.subs.append(await self.nc.subscribe(end, cb=self._on_msg_end))
         self.background.add(asyncio.create_task(self._expire_loop()))
         self.subs.append(await self.heartbeat.subscribe())
         self.background.add(asyncio.create_task(self.heartbeat.run()))
-        self.log.info("cloud_started", verifier_id=self.cfg.verifier_id, subjects=[subjects.VERIFY,
-                      subjects.verifier(self.cfg.verifier_id), subjects.SESSION_END], model_nice=self.model_nice,
-                      max_sessions=self.cfg.max_sessions, device=self.device.to_dict() if self.device else None,
+        quota = self.table.cfg
+        self.log.info("cloud_started", verifier_id=self.cfg.verifier_id, subjects=[shared, sticky, end],
+                      model_nice=self.model_nice, max_sessions=self.cfg.max_sessions,
+                      max_sessions_per_edge=quota.sessions_per_edge, max_rounds_per_edge=quota.rounds_per_edge,
+                      device=self.device.to_dict() if self.device else None,
                       max_batch=self.cfg.max_batch, batch_wait_ms=self.cfg.batch_wait_ms,
                       slot_cache=self.verifier.why_not or "on")
 
@@ -146,9 +159,10 @@ class CloudWorker(WorkerBase):
         dm = await self._decode(msg, final_only=True)
         if dm is None:
             return
-        adm = self.table.admit(dm, msg.reply, time.monotonic())
+        adm = self.table.admit(dm, msg.reply, time.monotonic(),
+                               sender=self._sender(msg.subject, subjects.END_PREFIX))
         await self._publish(adm.replies)
-        if adm.detail == "held":
+        if adm.event != "session_end" or adm.detail == "held":  # refusals, and the verifier that held it
             self._log_admission(dm, adm, msg.subject)
 
     async def _send(self, to: str | None, m: Any) -> None:
@@ -160,7 +174,7 @@ class CloudWorker(WorkerBase):
         try:
             dm: DraftMsg = decode(msg.data, self.limits, expect=(DraftMsg,))
             if final_only and not dm.final:
-                raise SchemaError(f"{subjects.SESSION_END} takes final drafts only")
+                raise SchemaError(f"{subjects.END_PREFIX}.<edge_id> takes final drafts only")
         except SchemaError as exc:
             await self._send(msg.reply, ErrorMsg(exc.code, str(exc)[:1000]))
             self.log.warning("bad_message", code=exc.code, error=str(exc)[:300], replied=bool(msg.reply),
@@ -172,11 +186,17 @@ class CloudWorker(WorkerBase):
         dm = await self._decode(msg)
         if dm is None:
             return
-        adm = self.table.admit(dm, msg.reply, time.monotonic())
+        adm = self.table.admit(dm, msg.reply, time.monotonic(),
+                               sender=self._sender(msg.subject, subjects.DRAFT_PREFIX))
         await self._publish(adm.replies)
         self._log_admission(dm, adm, msg.subject)
         if adm.compute is not None:
             await self._compute(adm.compute, received)
+
+    @staticmethod
+    def _sender(subject: str, prefix: str) -> str:
+        """The edge id the subject carries; "" (matches no edge_id: refused) if it carries none."""
+        return subjects.sender_of(subject, prefix) or ""
 
     async def _compute(self, job: Compute, received: float) -> None:
         self.computing += 1
@@ -286,6 +306,6 @@ class CloudWorker(WorkerBase):
     async def _expire_loop(self) -> None:
         while True:
             await asyncio.sleep(min(5.0, self.cfg.session_ttl_s / 2))
-            for edge_id, rid in self.table.expire(time.monotonic()):
+            for edge_id, rid, _ in self.table.expire(time.monotonic()):
                 self.log.info("session_end", request_id=rid, edge_id=edge_id, reason="ttl",
                               sessions=len(self.sessions))

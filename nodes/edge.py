@@ -570,6 +570,7 @@ class EdgeWorker(WorkerBase):
                 stop, hidden = self._stop_rule(policy, plan.context)
                 drafted = await self.drafter.draft(draft_model, plan.length, plan.seed, stop, hidden)
                 d, edge_queue_ms = drafted.draft, drafted.queued_ms
+                d.stop_scores = getattr(stop, "scores", None) or None
             else:
                 d, edge_queue_ms = Draft([], plan.seed), 0.0
             draft_real_ms = await self._pace(d, edge_queue_ms)

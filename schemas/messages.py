@@ -252,6 +252,7 @@ class TimingEvent:
     draft_real_ms: float = 0.0   # what this machine really spent drafting / verifying; draft_ms and
     verify_real_ms: float = 0.0  # verify_ms are the emulated devices' times when `emulated`
     emulated: bool = False
+    stop_scores: Float32Array | None = None  # what a per-token stop rule read after each drafted token it was asked about
 
     def validate(self, limits: Limits) -> None:
         _check_id(self.edge_id, "edge_id")
@@ -271,6 +272,9 @@ class TimingEvent:
         if not (0 <= self.policy_version <= MAX_POLICY_VERSION and 0 <= self.seq <= MAX_SEQ
                 and 0 <= self.context_len <= limits.max_context_tokens):
             raise SchemaError("timing: policy_version, seq or context_len out of range")
+        if self.stop_scores is not None and (len(self.stop_scores) > self.length
+                                             or not all(0.0 <= p <= 1.0 for p in self.stop_scores)):
+            raise SchemaError("timing: stop_scores must be at most `length` values in [0, 1]")
 
 
 @message("policy")

@@ -33,6 +33,8 @@ class Draft:
     q_probs: list[list[float]] | None = None
     draft_ms: float = 0.0
     stopped_early: bool = False
+    stop_scores: list[float] | None = None  # the stop rule's signal after each drafted token it was asked about
+                                            # (all but the last of a full-length draft)
 
     def __len__(self) -> int:
         return len(self.tokens)

@@ -2,16 +2,14 @@
 PREFIX = "specstop"
 GENERATE = f"{PREFIX}.generate"               # queue group "edges"; reply inbox gets TokenChunk*
                                               # .<edge_id>: the same, to one edge
-VERIFY = f"{PREFIX}.verify"                   # first round / resend: queue group "verifiers"
-SESSION_END = f"{PREFIX}.end"                 # final drafts for every verifier: the edge does not know
-                                              # which one holds the session (its first round went unanswered)
 TIMING_PREFIX = f"{PREFIX}.timing"            # .<edge_id>: TimingEvent, captured by a JetStream stream
 POLICY_PREFIX = f"{PREFIX}.policy"            # .<edge_id>: PolicyUpdate
 DRAFT_PREFIX = f"{PREFIX}.draft"              # .<edge_id>: first round / resend (queue group "verifiers");
                                               # .<edge_id>.<verifier_id>: later rounds, straight to one verifier.
                                               # The edge id in the subject is what the broker let the sender
                                               # publish on (permissions), so a verifier trusts it, not the body
-END_PREFIX = f"{PREFIX}.end"                  # .<edge_id>: final drafts, to every verifier
+END_PREFIX = f"{PREFIX}.end"                  # .<edge_id>: final drafts, to every verifier (the edge does not
+                                              # know which one holds a session whose first round went unanswered)
 ALIVE_PREFIX = f"{PREFIX}.alive"              # .edge.<edge_id> / .verifier.<verifier_id>: AliveMsg every second
 CANCEL = f"{PREFIX}.cancel"                   # CancelMsg, to every edge (the one holding the request acts)
 RESUME = f"{PREFIX}.resume"                   # ResumeMsg, to every edge (the one holding the request answers)
@@ -20,11 +18,6 @@ VERIFIER_QUEUE = "verifiers"
 TIMING_STREAM = "SPECSTOP_TIMING"
 CONTROL_DURABLE = "specstop-control"
 POLICY_BUCKET = "specstop_policies"
-
-
-def verifier(verifier_id: str) -> str:
-    """Sticky subject of one verifier: later rounds of its sessions go straight to it."""
-    return f"{VERIFY}.{verifier_id}"
 
 
 def generate(edge_id: str | None = None) -> str:

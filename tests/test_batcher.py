@@ -100,3 +100,13 @@ async def test_an_unfinished_job_runs_again_in_the_next_batch_and_resolves_only_
     assert done.result == (7, False) and sum(7 in c for c in calls) == 3
     assert all(c[0] == 7 for c in calls if 7 in c)  # the unfinished job goes first in its next batch
     b.close()
+
+
+async def test_with_a_share_key_one_senders_backlog_takes_its_turn_and_another_gets_into_the_first_batch():
+    calls: list = []
+    b = MicroBatcher(recorder(calls), max_batch=4, max_wait_s=0.3, share_key=lambda j: j // 100)
+    # sender 0 queued 8 jobs before sender 1's two arrived: FIFO would run 0..3, then 4..7, then sender 1
+    got = await asyncio.gather(*(b.submit(j) for j in [0, 1, 2, 3, 4, 5, 6, 7, 100, 101]))
+    assert calls[0] == [0, 1, 100, 101] and sorted(sum(calls, [])) == sorted([0, 1, 2, 3, 4, 5, 6, 7, 100, 101])
+    assert [g.result for g in got] == [0, 10, 20, 30, 40, 50, 60, 70, 1000, 1010]
+    b.close()

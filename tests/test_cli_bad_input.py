@@ -70,6 +70,9 @@ def test_model_nice_out_of_range(value):
     (("cloud", "--max-batch", "0"), "--max-batch: must be >= 1"),
     (("cloud", "--batch-wait-ms", "-1"), "--batch-wait-ms: must be >= 0"),
     (("cloud", "--slot-memory-mb", "0"), "--slot-memory-mb: must be >= 1"),
+    (("cloud", "--max-rounds-per-edge", "0"), "--max-rounds-per-edge: must be >= 1"),
+    (("cloud", "--max-sessions", "4", "--max-sessions-per-edge", "5"),
+     "--max-sessions-per-edge (5) exceeds --max-sessions (4)"),
     (("bench", "verify", "--batches", "8,x"), "not a comma-separated list of integers"),
 ])
 def test_batching_flags_out_of_range(args, fragment):

@@ -47,7 +47,7 @@ def context(pair, n: int, doc: int) -> list[int]:
 
 
 async def verdict(client, dm: DraftMsg, inbox_timeout: float = 10) -> VerdictMsg:
-    reply = await client.request(subjects.verifier("cloud-1"), encode(dm), timeout=inbox_timeout)
+    reply = await client.request(subjects.draft("edge-x", "cloud-1"), encode(dm), timeout=inbox_timeout)
     return decode(reply.data, LIMITS, expect=(VerdictMsg,))
 
 

@@ -66,7 +66,7 @@ def test_a_type_field_that_is_not_a_string_is_a_schema_error_not_a_type_error():
 
 
 @SETTINGS
-@given(st.lists(payloads("verify"), min_size=1, max_size=12))
+@given(st.lists(payloads("draft"), min_size=1, max_size=12))
 def test_verify_handler_answers_each_draft_at_most_once_now_and_keeps_its_cap(batch):
     table = SessionTable(TableConfig("cloud-1", max_sessions=3, evict_idle_s=1.0))
     for i, payload in enumerate(batch):

@@ -1,6 +1,9 @@
 """Every forbidden action is refused by the broker, on the real hub/leaf topology from deploy/ (TLS on,
-nkeys): an edge cannot answer for a verifier, read or steer another edge, or report timing in another's
-name; a client cannot draft; nobody connects without credentials. Each refusal is checked twice where
+nkeys): an edge cannot answer for a verifier, read or steer another edge, take requests outside its queue
+group, or draft, end sessions, report timing or send heartbeats in another's name; a verifier takes
+first-round drafts only in its queue group and publishes nothing but its heartbeat; a client cannot draft,
+and no client or gateway reads another identity's replies (each has its own inbox prefix); nobody connects
+without credentials. Each refusal is checked twice where
 it can be: the offender hears the broker's permissions violation, and the victim receives nothing.
 The device's own server is not trusted: the same actions with the device's *link* identity (what a
 tampered leaf server would send) are refused at the hub."""
@@ -22,7 +25,8 @@ pytestmark = pytest.mark.slow  # a hub, two leaves and ~20 connections over TLS 
 
 @pytest.fixture(scope="module")
 def topo(tmp_path_factory):
-    t = Topology(tmp_path_factory.mktemp("perm"), 2, 1).start()
+    t = Topology(tmp_path_factory.mktemp("perm"), 2, 1,
+                 clients={"edge-1": ["alice", "bob"], "edge-2": ["edge-2"]}).start()
     yield t
     t.stop()
 
@@ -38,7 +42,7 @@ class Conn:
         async def err(e):
             self.errors.append(str(e))
 
-        self.nc = await nats.connect(url, error_cb=err, allow_reconnect=False, inbox_prefix=inbox or "_INBOX",
+        self.nc = await nats.connect(url, error_cb=err, allow_reconnect=False, inbox_prefix=inbox or auth.inbox_prefix or "_INBOX",
                                      **auth.connect_kwargs())
         return self
 
@@ -101,13 +105,13 @@ async def test_bad_credential_files_are_one_line_errors(topo, tmp_path):
 
 
 async def test_an_edge_cannot_send_a_verdict_to_another_edges_inbox(topo):
-    victim = await conn(topo.leaf_url("edge-1"), topo.auth("edge", "edge-1"), role_inbox("edge-1"))
+    victim = await conn(topo.leaf_url("edge-1"), topo.auth("edge", "edge-1"), role_inbox("edge", "edge-1"))
     inbox = victim.nc.new_inbox()
     sub = await victim.nc.subscribe(inbox)
     await confirm_sent(victim.nc, 10.0)
     await asyncio.sleep(0.3)
     # the other edge, on its own device
-    edge2 = await conn(topo.leaf_url("edge-2"), topo.auth("edge", "edge-2"), role_inbox("edge-2"))
+    edge2 = await conn(topo.leaf_url("edge-2"), topo.auth("edge", "edge-2"), role_inbox("edge", "edge-2"))
     await edge2.nc.publish(inbox, b"forged verdict")
     assert await edge2.violations(), "edge-2's server accepted a publish to edge-1's inbox"
     # the other device's link identity, straight at the hub (a tampered leaf server)
@@ -130,21 +134,22 @@ async def test_only_a_verifier_that_received_the_draft_answers_it_across_the_lea
         await msg.respond(b"verdict")
         await msg.respond(b"a second reply is refused")
 
-    await verifier.nc.subscribe("specstop.verify", queue="verifiers", cb=answer)
+    await verifier.nc.subscribe("specstop.draft.*", queue="verifiers", cb=answer)
     await confirm_sent(verifier.nc, 10.0)
-    edge = await conn(topo.leaf_url("edge-1"), topo.auth("edge", "edge-1"), role_inbox("edge-1"))
+    edge = await conn(topo.leaf_url("edge-1"), topo.auth("edge", "edge-1"), role_inbox("edge", "edge-1"))
     await asyncio.sleep(0.5)  # the verifier's interest crosses to the leaf
-    reply = await edge.nc.request("specstop.verify", b"draft", timeout=5)
+    reply = await edge.nc.request("specstop.draft.edge-1", b"draft", timeout=5)
     assert reply.data == b"verdict"
     assert await verifier.violations(), "allow_responses let the verifier reply twice"
     await edge.close()
     await verifier.close()
 
 
-@pytest.mark.parametrize("subject", ["specstop.policy.edge-1", "specstop.generate.edge-1", "_INBOX_edge-1.>",
-                                     "specstop.verify", "specstop.timing.>"])
+@pytest.mark.parametrize("subject", ["specstop.policy.edge-1", "specstop.generate.edge-1", "_INBOX_edge_edge-1.>",
+                                     "specstop.draft.*", "specstop.draft.edge-1", "specstop.end.*",
+                                     "specstop.timing.>", "specstop.alive.edge.*", "_INBOX.>"])
 async def test_an_edge_cannot_subscribe_to_another_edges_subjects(topo, subject):
-    edge2 = await conn(topo.leaf_url("edge-2"), topo.auth("edge", "edge-2"), role_inbox("edge-2"))
+    edge2 = await conn(topo.leaf_url("edge-2"), topo.auth("edge", "edge-2"), role_inbox("edge", "edge-2"))
     await edge2.nc.subscribe(subject)
     assert await edge2.violations(), f"edge-2 subscribed to {subject}"
     link2 = await conn(topo.hub_url(), topo.auth("leaf", "edge-2"))
@@ -159,7 +164,7 @@ async def test_an_edge_reports_timing_only_under_its_own_id_and_publishes_no_pol
     timing = await ops.nc.subscribe("specstop.timing.>")
     policy = await ops.nc.subscribe("specstop.policy.>")
     await confirm_sent(ops.nc, 10.0)
-    edge2 = await conn(topo.leaf_url("edge-2"), topo.auth("edge", "edge-2"), role_inbox("edge-2"))
+    edge2 = await conn(topo.leaf_url("edge-2"), topo.auth("edge", "edge-2"), role_inbox("edge", "edge-2"))
     await asyncio.sleep(0.3)
     await edge2.nc.publish("specstop.timing.edge-2", b"own")        # allowed
     await confirm_sent(edge2.nc, 10.0)
@@ -180,16 +185,16 @@ async def test_an_edge_reports_timing_only_under_its_own_id_and_publishes_no_pol
 
 
 async def test_only_the_controller_publishes_policy_updates(topo):
-    edge1 = await conn(topo.leaf_url("edge-1"), topo.auth("edge", "edge-1"), role_inbox("edge-1"))
+    edge1 = await conn(topo.leaf_url("edge-1"), topo.auth("edge", "edge-1"), role_inbox("edge", "edge-1"))
     sub = await edge1.nc.subscribe("specstop.policy.edge-1")
     await confirm_sent(edge1.nc, 10.0)
     await asyncio.sleep(0.5)
-    for role, ident in (("verifier", "cloud-1"), ("client", "edge-1")):
+    for role, ident in (("verifier", "cloud-1"), ("client", "alice")):
         c = await conn(topo.hub_url(), topo.auth(role, ident))
         await c.nc.publish("specstop.policy.edge-1", b"forged")
         assert await c.violations(), f"{role} published a policy update"
         await c.close()
-    ctl = await conn(topo.hub_url(), topo.auth("controller", "control-1"), role_inbox("control-1"))
+    ctl = await conn(topo.hub_url(), topo.auth("controller", "control-1"), role_inbox("controller", "control-1"))
     await ctl.nc.publish("specstop.policy.edge-1", b"update")
     assert await ctl.violations() == []
     assert [m.data for m in await received(sub, 2.0)] == [b"update"]
@@ -197,11 +202,11 @@ async def test_only_the_controller_publishes_policy_updates(topo):
     await edge1.close()
 
 
-@pytest.mark.parametrize("subject", ["specstop.verify", "specstop.verify.cloud-1", "specstop.end",
-                                     "specstop.timing.edge-1"])
+@pytest.mark.parametrize("subject", ["specstop.draft.edge-1", "specstop.draft.edge-1.cloud-1", "specstop.end.edge-1",
+                                     "specstop.timing.edge-1", "specstop.alive.edge.edge-1"])
 async def test_a_client_cannot_publish_a_draft(topo, subject):
     for url in (topo.leaf_url("edge-1"), topo.hub_url()):
-        c = await conn(url, topo.auth("client", "edge-1"))
+        c = await conn(url, topo.auth("client", "alice"))
         await c.nc.publish(subject, b"draft")
         assert await c.violations(), f"a client published {subject} at {url}"
         await c.close()
@@ -216,7 +221,7 @@ async def test_a_device_gateway_reads_its_own_edges_timing_only_and_sends_no_dra
     assert await g.violations(), "a gateway read another edge's timing events"
     await own.unsubscribe()
     await g.close()
-    for subject in ("specstop.verify", "specstop.generate.edge-2", "specstop.policy.edge-1"):
+    for subject in ("specstop.draft.edge-1", "specstop.generate.edge-2", "specstop.policy.edge-1"):
         g = await conn(topo.leaf_url("edge-1"), topo.auth("gateway", "edge-1"))
         await g.nc.publish(subject, b"x")
         assert await g.violations(), f"a gateway published {subject}"
@@ -230,11 +235,11 @@ async def test_an_edge_reads_its_policy_back_from_the_bucket_through_its_leaf_wi
     could report no keys while the first one was in flight)."""
     from nodes.jetstream import bucket_keys, policy_bucket
 
-    ctl = await conn(topo.hub_url(), topo.auth("controller", "control-1", via_leaf=False), role_inbox("control-1"))
+    ctl = await conn(topo.hub_url(), topo.auth("controller", "control-1", via_leaf=False), role_inbox("controller", "control-1"))
     kv = await policy_bucket(ctl.nc.jetstream())
     await kv.put("edge-1.auto", b"snapshot")
     auth = topo.auth("edge", "edge-1")
-    e = await conn(topo.leaf_url("edge-1"), auth, role_inbox("edge-1"))
+    e = await conn(topo.leaf_url("edge-1"), auth, role_inbox("edge", "edge-1"))
     await kv.put("edge-2.auto", b"not mine")
     ejs = e.nc.jetstream(domain=auth.js_domain)
     ekv = await ejs.key_value("specstop_policies")
@@ -243,3 +248,176 @@ async def test_an_edge_reads_its_policy_back_from_the_bucket_through_its_leaf_wi
     assert not await e.violations(), e.errors
     await e.close()
     await ctl.close()
+
+
+# --- private inboxes: no identity reads another's replies ------------------------------------------------
+@pytest.mark.parametrize("subject", ["_INBOX_client_alice.>", "_INBOX.>", "_INBOX_gateway_edge-1.>",
+                                     "_INBOX_edge_edge-1.>", ">"])
+async def test_a_client_cannot_subscribe_to_another_identitys_inbox(topo, subject):
+    for url in (topo.leaf_url("edge-1"), topo.hub_url()):
+        bob = await conn(url, topo.auth("client", "bob"))
+        await bob.nc.subscribe(subject)
+        assert await bob.violations(), f"client bob subscribed to {subject} at {url}"
+        await bob.close()
+
+
+async def test_a_client_on_the_shared_inbox_prefix_cannot_read_its_replies(topo):
+    """Without its client id, nats-py's default `_INBOX.` prefix is refused: there is no shared inbox."""
+    auth = topo.auth("client", "bob")
+    c = await conn(topo.leaf_url("edge-1"), auth, inbox="_INBOX")
+    await c.nc.subscribe(c.nc.new_inbox())
+    assert await c.violations(), "a client read replies under the shared _INBOX. prefix"
+    await c.close()
+
+
+class _Log:
+    """What bus.connect reports (nats_error events carry the broker's permissions violations)."""
+
+    def __init__(self):
+        self.events: list[tuple[str, dict]] = []
+
+    def warning(self, event, **kw):
+        self.events.append((event, kw))
+
+    info = warning
+
+
+async def test_a_generate_streams_to_its_client_and_no_other_client_sees_it(topo):
+    """Alice's request goes through an edge-1 identity in the queue group `edges` (answering as the edge
+    does: chunks to the request's reply inbox); her stream arrives under her own prefix, through the same
+    `bus.connect` every client command uses; bob, on the same device, reads nothing of it."""
+    from pipeline.transport.client import generate_stream
+    from schemas.codec import Int32Array, decode, encode
+    from schemas.messages import GenerateRequest, TokenChunk
+
+    replies: list[str] = []
+
+    async def answer(msg):
+        req = decode(msg.data, expect=(GenerateRequest,))
+        replies.append(msg.reply)
+        await msg.respond(encode(TokenChunk(req.request_id, 0, Int32Array([104, 105]), "hi")))
+        await msg.respond(encode(TokenChunk(req.request_id, 1, Int32Array([33]), "!", done=True,
+                                            finish_reason="length", full_ids=Int32Array([104, 105, 33]),
+                                            full_text="hi!")))
+
+    edge = await conn(topo.leaf_url("edge-1"), topo.auth("edge", "edge-1"), role_inbox("edge", "edge-1"))
+    await edge.nc.subscribe("specstop.generate", queue="edges", cb=answer)
+    await confirm_sent(edge.nc, 10.0)
+    bob = await conn(topo.leaf_url("edge-1"), topo.auth("client", "bob"))
+    spies = [await bob.nc.subscribe(s) for s in ("_INBOX_client_bob.>", "_INBOX_client_alice.>", "_INBOX.>")]
+    await confirm_sent(bob.nc, 10.0)
+    log = _Log()
+    alice = await bus.connect(topo.leaf_url("edge-1"), "client-alice", log, long_lived=False,
+                              auth=topo.auth("client", "alice"))
+    try:
+        res = await generate_stream(alice, GenerateRequest("perm-stream-1", prompt="hello", max_new_tokens=3),
+                                    timeout_s=10.0, wait_for_edge_s=5.0)
+        assert res.ok and res.token_ids == [104, 105, 33] and res.text == "hi!", (res.error_code, res.error)
+        assert replies and all(r.startswith("_INBOX_client_alice.") for r in replies), replies
+        assert not [e for e in log.events if e[0] == "nats_error"], log.events
+        for spy in spies:
+            assert await received(spy) == []
+        assert len(await bob.violations()) == 2  # alice's prefix and the shared one were refused
+    finally:
+        await alice.close()
+        await bob.close()
+        await edge.close()
+
+
+async def test_a_gateway_reads_only_its_own_inbox_and_its_edges_heartbeat(topo):
+    g = await conn(topo.leaf_url("edge-1"), topo.auth("gateway", "edge-1"), role_inbox("gateway", "edge-1"))
+    await g.nc.subscribe(g.nc.new_inbox())
+    await g.nc.subscribe("specstop.alive.edge.edge-1")
+    assert not await g.violations(), g.errors
+    for subject in ("_INBOX.>", "_INBOX_client_alice.>", "specstop.alive.edge.edge-2"):
+        g.errors.clear()
+        await g.nc.subscribe(subject)
+        assert await g.violations(), f"a gateway subscribed to {subject}"
+    await g.close()
+
+
+# --- queue groups: an edge cannot take every request, a verifier every draft ---------------------------
+async def test_an_edge_cannot_take_generate_requests_outside_its_queue_group(topo):
+    for url, auth in ((topo.leaf_url("edge-2"), topo.auth("edge", "edge-2")),
+                      (topo.hub_url(), topo.auth("edge", "edge-2", via_leaf=False))):
+        for queue in (None, "thieves"):
+            e = await conn(url, auth, role_inbox("edge", "edge-2"))
+            await (e.nc.subscribe("specstop.generate", queue=queue) if queue else e.nc.subscribe("specstop.generate"))
+            assert await e.violations(), f"edge-2 subscribed to specstop.generate (queue {queue}) at {url}"
+            await e.close()
+
+
+async def test_an_edge_takes_generate_requests_in_its_queue_group(topo):
+    e = await conn(topo.leaf_url("edge-1"), topo.auth("edge", "edge-1"), role_inbox("edge", "edge-1"))
+    sub = await e.nc.subscribe("specstop.generate", queue="edges")
+    await confirm_sent(e.nc, 10.0)
+    alice = await conn(topo.leaf_url("edge-1"), topo.auth("client", "alice"))
+    await alice.nc.publish("specstop.generate", b"request", reply=alice.nc.new_inbox())
+    assert [m.data for m in await received(sub, 2.0)] == [b"request"]
+    assert not await e.violations() and not await alice.violations()
+    await alice.close()
+    await e.close()
+
+
+@pytest.mark.parametrize("subject", ["specstop.draft.*", "specstop.draft.edge-1", "specstop.draft.edge-1.cloud-2",
+                                     "specstop.draft.>"])
+async def test_a_verifier_takes_first_round_drafts_only_in_its_queue_group(topo, subject):
+    v = await conn(topo.hub_url(), topo.auth("verifier", "cloud-1"))
+    await v.nc.subscribe(subject)
+    assert await v.violations(), f"a verifier subscribed to {subject} outside its queue group"
+    await v.close()
+
+
+# --- nobody speaks in another's name --------------------------------------------------------------------
+@pytest.mark.parametrize("subject", ["specstop.draft.edge-1", "specstop.draft.edge-1.cloud-1", "specstop.end.edge-1",
+                                     "specstop.alive.edge.edge-1"])
+async def test_an_edge_cannot_draft_end_or_send_a_heartbeat_in_another_edges_name(topo, subject):
+    ops = await conn(topo.hub_url(), topo.auth("operator", "ops"))
+    seen = await ops.nc.subscribe(subject)
+    await confirm_sent(ops.nc, 10.0)
+    edge2 = await conn(topo.leaf_url("edge-2"), topo.auth("edge", "edge-2"), role_inbox("edge", "edge-2"))
+    await edge2.nc.publish(subject, b"forged")
+    assert await edge2.violations(), f"edge-2 published {subject}"
+    link2 = await conn(topo.hub_url(), topo.auth("leaf", "edge-2"))
+    await link2.nc.publish(subject, b"forged")
+    assert await link2.violations(), f"the hub took {subject} from leaf-2's link identity"
+    assert await received(seen) == []
+    for c in (ops, edge2, link2):
+        await c.close()
+
+
+@pytest.mark.parametrize("subject", ["specstop.alive.verifier.cloud-2", "specstop.alive.edge.edge-1",
+                                     "specstop.draft.edge-1", "specstop.generate", "specstop.cancel",
+                                     "specstop.policy.edge-1", "specstop.timing.edge-1"])
+async def test_a_verifier_publishes_nothing_but_its_own_heartbeat(topo, subject):
+    v = await conn(topo.hub_url(), topo.auth("verifier", "cloud-1"))
+    await v.nc.publish("specstop.alive.verifier.cloud-1", b"alive")
+    assert not await v.violations(), v.errors
+    await v.nc.publish(subject, b"forged")
+    assert await v.violations(), f"a verifier published {subject}"
+    await v.close()
+
+
+async def test_heartbeats_cross_the_leaf_both_ways(topo):
+    """What liveness needs: an edge on its leaf hears the verifiers' heartbeats, the verifiers hear the
+    edge's, a device's gateway hears its edge's."""
+    v = await conn(topo.hub_url(), topo.auth("verifier", "cloud-1"))
+    edges_alive = await v.nc.subscribe("specstop.alive.edge.*")
+    e = await conn(topo.leaf_url("edge-1"), topo.auth("edge", "edge-1"), role_inbox("edge", "edge-1"))
+    verifiers_alive = await e.nc.subscribe("specstop.alive.verifier.*")
+    g = await conn(topo.leaf_url("edge-1"), topo.auth("gateway", "edge-1"), role_inbox("gateway", "edge-1"))
+    own_edge = await g.nc.subscribe("specstop.alive.edge.edge-1")
+    for c in (v, e, g):
+        await confirm_sent(c.nc, 10.0)
+    deadline = asyncio.get_running_loop().time() + 10.0
+    got_v, got_e, got_g = [], [], []
+    while not (got_v and got_e and got_g) and asyncio.get_running_loop().time() < deadline:
+        await e.nc.publish("specstop.alive.edge.edge-1", b"edge alive")  # interest crosses the link in time
+        await v.nc.publish("specstop.alive.verifier.cloud-1", b"verifier alive")
+        got_v += [m.data for m in await received(edges_alive, 0.2)]
+        got_e += [m.data for m in await received(verifiers_alive, 0.2)]
+        got_g += [m.data for m in await received(own_edge, 0.2)]
+    assert set(got_v) == {b"edge alive"} and set(got_e) == {b"verifier alive"} and set(got_g) == {b"edge alive"}
+    for c in (v, e, g):
+        assert not await c.violations(), c.errors
+        await c.close()

@@ -141,3 +141,23 @@ async def test_a_stream_survives_a_broker_restart(tmp_path, pair):
     assert res.chunk_seqs == sorted(res.chunk_seqs) and len(res.chunk_seqs) + len(res.missing_seqs) == res.chunk_seqs[-1] + 1
     edge_events = {e["event"] for e in read_log(tmp_path / "edge-1.jsonl")}
     assert {"nats_disconnected", "nats_reconnected"} <= edge_events
+
+
+async def test_a_probe_round_logs_the_heads_score_after_every_drafted_token_but_the_last(broker, pair, tmp_path):
+    """What the best per-token threshold in hindsight is computed from (pipeline/analysis/hindsight.py)."""
+    from pipeline.analysis.frames import rounds_frame
+    from pipeline.analysis.hindsight import PROBE, best_threshold
+
+    prompt = corpus_documents()[12][:150]
+    async with cluster(broker.url, pair, tmp_path) as (client, edge, clouds):
+        for i, policy in enumerate([PROBE, *(f"fixed:{L}" for L in range(1, 9))]):
+            res = await generate_stream(client, GenerateRequest(f"p{i}-0", prompt=prompt, max_new_tokens=48,
+                                                                policy=policy), 60)
+            assert res.ok, res.error
+    rounds = [e for e in read_log(tmp_path / "edge-1.jsonl") if e["event"] == "round"]
+    probe = [r for r in rounds if r["policy"] == PROBE]
+    assert probe and all(len(r["stop_scores"]) == r["draft_length"] - 1 for r in probe)
+    assert all(0.0 <= p <= 1.0 for r in probe for p in r["stop_scores"])
+    assert all(r.get("stop_scores") is None for r in rounds if r["policy"].startswith("fixed:"))
+    best = best_threshold(rounds_frame(rounds), range(1, 9))
+    assert best is not None and best["rounds"] == len(probe)

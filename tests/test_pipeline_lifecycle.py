@@ -126,7 +126,8 @@ async def test_a_stopping_verifier_hands_its_requests_to_another_and_outputs_sta
                                                                              policy="fixed:3"), 60))
                  for i, p in enumerate(prompts)]
         await wait_for(lambda: len(clouds[0].sessions) == len(prompts))
-        standby._queue_sub = await standby.nc.subscribe(subj.VERIFY, queue=subj.VERIFIER_QUEUE, cb=standby._on_msg)
+        standby._queue_sub = await standby.nc.subscribe(subj.draft("*"), queue=subj.VERIFIER_QUEUE,
+                                                        cb=standby._on_msg)
         await confirm_sent(standby.nc, 10.0)
         await clouds[0].stop()  # ... and moves to cloud-2 when cloud-1 stops
         results = await asyncio.gather(*tasks)

@@ -37,7 +37,8 @@ def test_the_first_round_carries_the_context_to_the_verifier_queue_group():
     r = request()
     r.plan(make_policy("fixed:3"), 0, RoundContext())
     send = r.send(Draft([1, 2, 3], 0), 0.0)
-    assert send.subject == subjects.VERIFY and list(send.msg.context) == [5, 6, 7] and send.msg.attempt == 0
+    assert send.subject == subjects.draft("edge-a") and list(send.msg.context) == [5, 6, 7] and send.msg.attempt == 0
+    assert send.subject == "specstop.draft.edge-a" and send.msg.edge_id == "edge-a"  # the sender, in the subject
 
 
 def test_later_rounds_go_to_the_sticky_verifier_without_the_context():
@@ -45,7 +46,8 @@ def test_later_rounds_go_to_the_sticky_verifier_without_the_context():
     run_round(r, verifier="cloud-7")
     r.plan(make_policy("fixed:3"), 0, RoundContext())
     send = r.send(Draft([4], 0), 0.0)
-    assert send.subject == subjects.verifier("cloud-7") and send.msg.context is None and send.msg.round == 1
+    assert send.subject == subjects.draft("edge-a", "cloud-7") and send.msg.context is None and send.msg.round == 1
+    assert send.subject == "specstop.draft.edge-a.cloud-7"
 
 
 def test_a_placed_session_opens_on_the_chosen_verifier_with_its_context():
@@ -53,12 +55,12 @@ def test_a_placed_session_opens_on_the_chosen_verifier_with_its_context():
     r.place("cloud-2")
     r.plan(make_policy("fixed:3"), 0, RoundContext())
     send = r.send(Draft([1, 2, 3], 0), 0.0)
-    assert send.subject == subjects.verifier("cloud-2") and list(send.msg.context) == [5, 6, 7]
+    assert send.subject == subjects.draft("edge-a", "cloud-2") and list(send.msg.context) == [5, 6, 7]
     step = r.on_verdict(verdict(r, 2, verifier="cloud-2"), 0.0)
     r.complete(step.verdict, RoundTimes(40.0, 10.0, 1.0, 20.0), "s1", 10.0, 1)
     r.plan(make_policy("fixed:3"), 0, RoundContext())
     later = r.send(Draft([4], 0), 0.0)
-    assert later.subject == subjects.verifier("cloud-2") and later.msg.context is None
+    assert later.subject == subjects.draft("edge-a", "cloud-2") and later.msg.context is None
 
 
 def test_a_placed_session_whose_verifier_is_gone_opens_through_the_queue_group():
@@ -67,7 +69,7 @@ def test_a_placed_session_whose_verifier_is_gone_opens_through_the_queue_group()
     r.plan(make_policy("fixed:3"), 0, RoundContext())
     r.send(Draft([1, 2, 3], 0), 0.0)
     step = r.on_no_responders(0.0)
-    assert isinstance(step, Send) and step.subject == subjects.VERIFY and list(step.msg.context) == [5, 6, 7]
+    assert isinstance(step, Send) and step.subject == subjects.draft("edge-a") and list(step.msg.context) == [5, 6, 7]
 
 
 def test_placement_only_applies_before_the_first_round():
@@ -75,7 +77,7 @@ def test_placement_only_applies_before_the_first_round():
     run_round(r, verifier="cloud-7")
     r.place("cloud-2")
     r.plan(make_policy("fixed:3"), 0, RoundContext())
-    assert r.send(Draft([4], 0), 0.0).subject == subjects.verifier("cloud-7")
+    assert r.send(Draft([4], 0), 0.0).subject == subjects.draft("edge-a", "cloud-7")
 
 
 def test_a_verdict_for_another_attempt_is_not_accepted():
@@ -107,9 +109,9 @@ def test_a_timeout_retries_the_same_verifier_once_then_the_queue_group_with_the_
     r.plan(make_policy("fixed:3"), 0, RoundContext())
     r.send(Draft([4], 0), 0.0)
     first = r.on_timeout(2.0)
-    assert first.subject == subjects.verifier("cloud-1") and first.msg.context is None and first.msg.attempt == 1
+    assert first.subject == subjects.draft("edge-a", "cloud-1") and first.msg.context is None and first.msg.attempt == 1
     second = r.on_timeout(4.0)
-    assert second.subject == subjects.VERIFY and list(second.msg.context) == r.context and second.wait_s == 0
+    assert second.subject == subjects.draft("edge-a") and list(second.msg.context) == r.context and second.wait_s == 0
 
 
 def test_no_responders_on_the_sticky_verifier_goes_to_the_queue_group_at_once():
@@ -118,7 +120,7 @@ def test_no_responders_on_the_sticky_verifier_goes_to_the_queue_group_at_once():
     r.plan(make_policy("fixed:3"), 0, RoundContext())
     r.send(Draft([4], 0), 0.0)
     step = r.on_no_responders(0.0)
-    assert step.subject == subjects.VERIFY and step.msg.context is not None and step.wait_s == 0
+    assert step.subject == subjects.draft("edge-a") and step.msg.context is not None and step.wait_s == 0
 
 
 def test_no_verifier_at_all_backs_off_with_growing_capped_waits():
@@ -135,7 +137,7 @@ def test_resend_context_goes_to_the_queue_group_without_waiting():
     r.plan(make_policy("fixed:3"), 0, RoundContext())
     r.send(Draft([4], 0), 0.0)
     step = r.on_error(ErrorMsg("resend_context", "no session", "r1"), 0.0)
-    assert step.subject == subjects.VERIFY and step.msg.context is not None and step.wait_s == 0
+    assert step.subject == subjects.draft("edge-a") and step.msg.context is not None and step.wait_s == 0
 
 
 def test_overloaded_goes_to_the_queue_group_after_a_pause():
@@ -143,7 +145,7 @@ def test_overloaded_goes_to_the_queue_group_after_a_pause():
     r.plan(make_policy("fixed:3"), 0, RoundContext())
     r.send(Draft([4], 0), 0.0)
     step = r.on_error(ErrorMsg("overloaded", "full", "r1"), 0.0)
-    assert step.subject == subjects.VERIFY and step.wait_s > 0
+    assert step.subject == subjects.draft("edge-a") and step.wait_s > 0
 
 
 def test_past_the_failover_deadline_the_request_fails_naming_what_was_unreachable():
@@ -225,7 +227,8 @@ def test_final_messages_reach_the_current_and_every_left_behind_verifier():
     assert isinstance(step, Accepted)
     targets = {s for s, m in r.final_messages() if m.final}
     # the retry went to the queue group: a verifier we never heard from may hold the session too
-    assert targets == {subjects.verifier("cloud-1"), subjects.verifier("cloud-2"), subjects.SESSION_END}
+    assert targets == {subjects.draft("edge-a", "cloud-1"), subjects.draft("edge-a", "cloud-2"),
+                       subjects.session_end("edge-a")}
 
 
 def test_the_round_log_line_is_the_timing_event():
@@ -240,13 +243,13 @@ def test_a_request_ending_before_any_verdict_tells_every_verifier_to_drop_its_se
     r.plan(make_policy("fixed:3"), 0, RoundContext())
     r.send(Draft([1, 2, 3], 0), 0.0)  # to the queue group: nobody has said who took it
     [(subject, final)] = r.final_messages()
-    assert subject == subjects.SESSION_END and final.final and final.request_id == "r1"
+    assert subject == subjects.session_end("edge-a") and final.final and final.request_id == "r1"
 
 
 def test_once_a_verdict_names_the_verifier_only_it_is_told():
     r = request()
     run_round(r, verifier="cloud-3")
-    assert [s for s, _ in r.final_messages()] == [subjects.verifier("cloud-3")]
+    assert [s for s, _ in r.final_messages()] == [subjects.draft("edge-a", "cloud-3")]
 
 
 def test_the_delay_a_policy_is_told_ignores_one_slow_round_and_follows_a_lasting_change():
@@ -266,13 +269,13 @@ def test_a_timed_out_round_goes_with_its_context_to_another_live_verifier_not_th
     r.plan(make_policy("fixed:3"), 0, RoundContext())
     r.send(Draft([4], 0), 0.0)
     step = r.on_timeout(2.0, elsewhere="healthy")
-    assert isinstance(step, Send) and step.subject == subjects.verifier("healthy")
+    assert isinstance(step, Send) and step.subject == subjects.draft("edge-a", "healthy")
     assert list(step.msg.context) == r.context and step.msg.attempt == 1
     v = verdict(r, 1, verifier="healthy")
     assert isinstance(r.on_verdict(v, 2.1), Accepted) and r.verifier == "healthy"
     targets = [t for t, _ in r.final_messages()]
-    assert subjects.verifier("stalled") in targets and subjects.verifier("healthy") in targets
-    assert subjects.SESSION_END not in targets  # every holder is known
+    assert subjects.draft("edge-a", "stalled") in targets and subjects.draft("edge-a", "healthy") in targets
+    assert subjects.session_end("edge-a") not in targets  # every holder is known
 
 
 def test_without_another_live_verifier_a_timeout_is_retried_on_the_same_then_the_queue_group():
@@ -281,8 +284,8 @@ def test_without_another_live_verifier_a_timeout_is_retried_on_the_same_then_the
     r.plan(make_policy("fixed:3"), 0, RoundContext())
     r.send(Draft([4], 0), 0.0)
     same = r.on_timeout(2.0, elsewhere=None)
-    assert same.subject == subjects.verifier("only") and same.msg.context is None
-    assert r.on_timeout(4.0, elsewhere="only").subject == subjects.VERIFY  # "elsewhere" may not be itself
+    assert same.subject == subjects.draft("edge-a", "only") and same.msg.context is None
+    assert r.on_timeout(4.0, elsewhere="only").subject == subjects.draft("edge-a")  # "elsewhere" may not be itself
 
 
 def test_a_round_whose_verifier_stopped_sending_heartbeats_moves_before_its_timeout():
@@ -291,7 +294,7 @@ def test_a_round_whose_verifier_stopped_sending_heartbeats_moves_before_its_time
     r.plan(make_policy("fixed:3"), 0, RoundContext())
     r.send(Draft([4], 0), 0.0)
     step = r.on_holder_gone(0.5, "healthy")
-    assert isinstance(step, Send) and step.subject == subjects.verifier("healthy") and step.wait_s == 0.0
+    assert isinstance(step, Send) and step.subject == subjects.draft("edge-a", "healthy") and step.wait_s == 0.0
     assert list(step.msg.context) == r.context and "stalled" in r.left_behind
     late = verdict(r, 1, verifier="stalled", attempt=0)  # the stalled one wakes up: its old attempt is refused
     assert not isinstance(r.on_verdict(late, 1.0), Accepted)
@@ -302,9 +305,9 @@ def test_a_first_round_lost_in_the_queue_group_and_moved_elsewhere_still_ends_ev
     r.plan(make_policy("fixed:3"), 0, RoundContext())
     r.send(Draft([1, 2, 3], 0), 0.0)
     step = r.on_timeout(2.0, elsewhere="healthy")
-    assert step.subject == subjects.verifier("healthy")
+    assert step.subject == subjects.draft("edge-a", "healthy")
     r.on_verdict(verdict(r, 1, verifier="healthy"), 2.1)
-    assert subjects.SESSION_END in [t for t, _ in r.final_messages()]  # whoever took the first attempt
+    assert subjects.session_end("edge-a") in [t for t, _ in r.final_messages()]  # whoever took the first attempt
 
 
 def test_a_queue_group_attempt_moves_when_a_verifier_goes_silent_and_every_possible_holder_is_ended():
@@ -312,6 +315,6 @@ def test_a_queue_group_attempt_moves_when_a_verifier_goes_silent_and_every_possi
     r.plan(make_policy("fixed:3"), 0, RoundContext())
     r.send(Draft([1, 2, 3], 0), 0.0)  # to the queue group: the silent one may have taken it
     step = r.on_holder_gone(3.5, "healthy")
-    assert step.subject == subjects.verifier("healthy") and list(step.msg.context) == [5, 6, 7]
+    assert step.subject == subjects.draft("edge-a", "healthy") and list(step.msg.context) == [5, 6, 7]
     r.on_verdict(verdict(r, 1, verifier="healthy"), 3.6)
-    assert subjects.SESSION_END in [t for t, _ in r.final_messages()]
+    assert subjects.session_end("edge-a") in [t for t, _ in r.final_messages()]

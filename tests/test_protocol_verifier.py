@@ -1,11 +1,15 @@
 """The verifier's session table, without a broker or a model: one rule per test."""
 from __future__ import annotations
 
-from nodes.protocol.verifier_table import Outcome, SessionTable, TableConfig
+from dataclasses import replace
+
+import pytest
+
+from nodes.protocol.verifier_table import Outcome, SessionTable, TableConfig, sender_mismatch
 from schemas.codec import Float32Array, Int32Array, Limits
 from schemas.messages import AckMsg, DraftMsg, ErrorMsg, VerdictMsg
 
-CFG = TableConfig("cloud-1", max_sessions=2, session_ttl_s=60.0, evict_idle_s=5.0)
+CFG = TableConfig("cloud-1", max_sessions=2, session_ttl_s=60.0, evict_idle_s=5.0, max_sessions_per_edge=2)
 
 
 def draft(rid="r1", rnd=0, attempt=0, tokens=(1, 2), context=(7, 8, 9), edge="edge-a", **kw) -> DraftMsg:
@@ -280,3 +284,92 @@ def test_a_computed_error_that_names_its_code_is_answered_with_it():
     adm = t.admit(draft(), "x", 0.0)
     (reply,) = t.finish(adm.compute.session, TooLong("context of 9000 tokens exceeds the slot capacity"), None, 1.0)
     assert reply.msg.code == "too_long" and "exceeds the slot capacity" in reply.msg.message
+
+
+# --- drafts bound to their sender ---------------------------------------------------------------
+def test_a_draft_naming_another_edge_than_its_subject_is_refused_and_touches_nothing():
+    t = SessionTable(CFG)
+    compute(t, draft(edge="edge-a"), now=0.0)
+    held = dict(t.sessions)
+    forged_new = t.admit(draft("r2", edge="edge-a"), "x", 1.0, sender="edge-b")
+    forged_round = t.admit(draft(rnd=1, context=None, edge="edge-a"), "x", 1.0, sender="edge-b")
+    forged_end = t.admit(draft(rnd=1, tokens=(), context=None, edge="edge-a", final=True), "x", 1.0, sender="edge-b")
+    for adm in (forged_new, forged_round, forged_end):
+        assert adm.event == "bad_message" and adm.compute is None and adm.replies[0].msg.code == "bad_message"
+        assert "'edge-a'" in adm.detail and "'edge-b'" in adm.detail
+    assert "final draft" in forged_end.detail
+    assert t.sessions == held and not t.ended and t.rounds == 1
+    assert t.admit(draft(rnd=1, context=None, edge="edge-a"), "x", 2.0, sender="edge-a").event == "compute"
+
+
+def test_the_sender_rule_trusts_the_subject_and_nothing_in_process():
+    assert sender_mismatch("edge-a", draft(edge="edge-a")) is None
+    assert sender_mismatch(None, draft(edge="edge-a")) is None  # in-process: no subject, no other sender
+    assert "arrived on edge ''" in sender_mismatch("", draft(edge="edge-a"))
+
+
+# --- a fair share per edge ------------------------------------------------------------------------
+SHARE = TableConfig("cloud-1", max_sessions=4, session_ttl_s=60.0, evict_idle_s=5.0, max_sessions_per_edge=2)
+
+
+def test_the_share_defaults_to_half_the_cap_and_rounds_to_the_session_share():
+    assert TableConfig(max_sessions=128).sessions_per_edge == 64 and TableConfig(max_sessions=1).sessions_per_edge == 1
+    assert TableConfig(max_sessions=8, max_sessions_per_edge=3).rounds_per_edge == 3
+    assert TableConfig(max_sessions=8, max_rounds_per_edge=1).rounds_per_edge == 1
+    for bad in (dict(max_sessions=4, max_sessions_per_edge=5), dict(max_rounds_per_edge=0)):
+        with pytest.raises(ValueError, match="max_"):
+            TableConfig(**bad)
+
+
+def test_an_edge_at_its_session_share_is_overloaded_while_another_edge_is_served():
+    t = SessionTable(replace(SHARE, max_rounds_per_edge=4))  # the session share is what refuses here
+    assert [t.admit(draft(f"a{i}", edge="edge-a"), "x", 0.0).event for i in range(2)] == ["compute"] * 2
+    over = t.admit(draft("a2", edge="edge-a"), "x", 100.0)  # both still in flight
+    assert over.event == "overloaded" and "max_sessions_per_edge=2" in over.detail and "edge-a" in over.detail
+    assert t.admit(draft("b0", edge="edge-b"), "x", 100.0).event == "compute"
+    assert sorted(k[1] for k in t.sessions) == ["a0", "a1", "b0"]
+
+
+def test_at_its_share_only_an_edges_own_idle_session_makes_room():
+    t = SessionTable(SHARE)
+    compute(t, draft("b0", edge="edge-b"), now=0.0)  # the least recently used of all
+    compute(t, draft("a0", edge="edge-a"), now=1.0)
+    compute(t, draft("a1", edge="edge-a"), now=2.0)
+    adm = t.admit(draft("a2", edge="edge-a"), "x", 10.0)
+    assert adm.event == "compute" and adm.evicted == ("edge-a", "a0", "")
+    assert ("edge-b", "b0", "") in t.sessions
+
+
+def test_at_the_cap_the_biggest_edges_idle_session_is_evicted_not_the_oldest():
+    t = SessionTable(replace(SHARE, max_sessions_per_edge=3))
+    compute(t, draft("b0", edge="edge-b"), now=0.0)  # the oldest, but edge-b holds one session only
+    for i in range(3):
+        compute(t, draft(f"a{i}", edge="edge-a"), now=1.0 + i)
+    adm = t.admit(draft("c0", edge="edge-c"), "x", 10.0)
+    assert adm.event == "compute" and adm.evicted == ("edge-a", "a0", "")
+    assert ("edge-b", "b0", "") in t.sessions
+
+
+def test_at_the_cap_no_edge_loses_a_session_to_an_edge_as_big_as_itself():
+    t = SessionTable(replace(SHARE, max_sessions_per_edge=3))
+    compute(t, draft("a0", edge="edge-a"), now=0.0)
+    compute(t, draft("a1", edge="edge-a"), now=0.0)
+    t.admit(draft("b0", edge="edge-b"), "x", 1.0)  # edge-b's two rounds stay in flight
+    t.admit(draft("b1", edge="edge-b"), "x", 1.0)
+    adm = t.admit(draft("b2", edge="edge-b"), "x", 10.0)  # edge-a's idle sessions are not edge-b's to take
+    assert adm.event == "overloaded" and "max_sessions=4" in adm.detail
+    assert {k[1] for k in t.sessions} == {"a0", "a1", "b0", "b1"}
+    adm = t.admit(draft("c0", edge="edge-c"), "x", 10.0)  # a smaller edge may take one of the biggest's
+    assert adm.event == "compute" and adm.evicted[0] == "edge-a"
+
+
+def test_an_edges_rounds_in_flight_are_bounded_even_on_replaced_sessions():
+    t = SessionTable(replace(SHARE, max_rounds_per_edge=2))
+    first = t.admit(draft(context=(1,), edge="edge-a"), "x", 0.0)
+    second = t.admit(draft(context=(2,), edge="edge-a"), "x", 0.0)  # replaces the session, both rounds compute
+    third = t.admit(draft(context=(3,), edge="edge-a"), "x", 0.0)
+    assert (first.event, second.event, third.event) == ("compute", "compute", "overloaded")
+    assert "max_rounds_per_edge=2" in third.detail and len(t.sessions) == 1
+    assert t.admit(draft("b0", edge="edge-b"), "x", 0.0).event == "compute"  # another edge's rounds go on
+    t.finish(first.compute.session, Outcome(1, 42, 3.0, 0.0), "s1", 1.0)
+    assert t.admit(draft(context=(3,), edge="edge-a"), "x", 1.0).event == "compute"

@@ -37,9 +37,9 @@ async def test_events_published_while_the_leaf_link_is_down_reach_the_hub_stream
     with Topology(tmp_path, ["edge-1"], ["cloud-1"], proxied_links=True) as topo:
         hub = await bus.connect(topo.hub_url(), "control-1", long_lived=False,
                                 auth=topo.auth("controller", "control-1", via_leaf=False),
-                                inbox_prefix=role_inbox("control-1"))
+                                inbox_prefix=role_inbox("controller", "control-1"))
         edge = await bus.connect(topo.leaf_url("edge-1"), "edge-1", auth=topo.auth("edge", "edge-1"),
-                                 inbox_prefix=role_inbox("edge-1"))
+                                 inbox_prefix=role_inbox("edge", "edge-1"))
         try:
             js = hub.jetstream()
             await ensure_stream(js)

@@ -120,11 +120,24 @@ def stop_rule(policy, ctx, head: AcceptanceHead | None = None):
         return None, False
     policy = copy.copy(policy)
     if signal == "confidence":
-        return (lambda step: policy.should_stop(ctx, step.position, step.prob)), False
+        return StopRule(policy, ctx, lambda step: step.prob), False
     if signal == "acceptance":
-        return (lambda step: policy.should_stop(ctx, step.position,
-                                                head.accept_prob(step.hidden, step.logits, step.token))), True
+        return StopRule(policy, ctx, lambda step: head.accept_prob(step.hidden, step.logits, step.token)), True
     raise ModelError(f"policy '{policy.spec}' asks for an unknown stop signal {signal!r}")
+
+
+class StopRule:
+    """A round's stop callback; `scores` keeps the signal it read at each drafted position (the round's
+    timing event carries them, so a run's own drafts give the best threshold in hindsight)."""
+
+    def __init__(self, policy, ctx, signal):
+        self.policy, self.ctx, self.signal = policy, ctx, signal
+        self.scores: list[float] = []
+
+    def __call__(self, step) -> bool:
+        p = float(self.signal(step))
+        self.scores.append(p)
+        return self.policy.should_stop(self.ctx, step.position, p)
 
 
 @torch.inference_mode()

@@ -36,7 +36,7 @@ from typing import Protocol
 from control import Policy, RoundContext, RoundOutcome
 from nodes.protocol.timing import network_ms, outcome_of
 from schemas import subjects
-from schemas.codec import Int32Array
+from schemas.codec import Float32Array, Int32Array
 from schemas.messages import (
     BAD_MESSAGE, CONFLICT, DRAINING, NO_VERIFIER, OVERLOADED, RESEND_CONTEXT, DraftMsg, ErrorMsg, GenerateRequest,
     TimingEvent, TokenChunk, VerdictMsg,
@@ -236,7 +236,7 @@ class EdgeRequest:
     def on_no_responders(self, now: float) -> Send | Failed:
         if self.verifier is not None:  # that verifier is gone: any other one
             return self._retry(now, f"no responders on {self._subject()}", to_queue=True, backoff=False)
-        return self._retry(now, f"no verifier listens on {subjects.VERIFY} (no responders)", to_queue=True,
+        return self._retry(now, f"no verifier listens on {self._subject()} (no responders)", to_queue=True,
                            backoff=True)
 
     def complete(self, verdict: VerdictMsg, times: RoundTimes, channel_state: str | None, delay_ms: float,
@@ -265,7 +265,8 @@ class EdgeRequest:
                          _ms(times.link_ms), _ms(times.stall_ms), self._context_resent, len(self.context),
                          _ms(times.draft_ms if times.draft_real_ms is None else times.draft_real_ms),
                          _ms(verdict.verify_real_ms if verdict.emulated else verdict.verify_ms),
-                         times.draft_real_ms is not None or verdict.emulated)
+                         times.draft_real_ms is not None or verdict.emulated,
+                         Float32Array(d.stop_scores) if d.stop_scores else None)
         self.round += 1
         self._draft = self._pending = self._plan = None
         return RoundRecord(kept, chunk, ev, outcome_of(ev), done)
@@ -273,15 +274,16 @@ class EdgeRequest:
     # --- the end ---------------------------------------------------------------------
     def final_messages(self) -> list[tuple[str, DraftMsg]]:
         """One `final` draft to every verifier that may hold a session of this request."""
-        targets = [subjects.verifier(v) for v in dict.fromkeys([*self.left_behind, self.verifier]) if v]
+        edge = self.rules.edge_id
+        targets = [subjects.draft(edge, v) for v in dict.fromkeys([*self.left_behind, self.verifier]) if v]
         if self._holder_unknown or self._retried_to_queue:  # a verifier may hold a session we never heard of
-            targets.append(subjects.SESSION_END)
+            targets.append(subjects.session_end(edge))
         return [(t, DraftMsg(self.req.request_id, min(self.round, (1 << 31) - 1), 0, self.rules.edge_id, Int32Array(),
                              0, final=True, session=self.session)) for t in targets]
 
     # --- internals -------------------------------------------------------------------
     def _subject(self) -> str:
-        return subjects.VERIFY if self.verifier is None else subjects.verifier(self.verifier)
+        return subjects.draft(self.rules.edge_id, self.verifier)  # the queue group's when verifier is None
 
     def _where(self) -> str:
         return f"verifier {self.verifier}" if self.verifier else "the verifier queue group"

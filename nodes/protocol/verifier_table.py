@@ -17,9 +17,20 @@ Rules (README, "Round protocol"):
     cached verdict. Nothing is ever applied twice;
   * a round out of order, or for a session this verifier does not hold,
     answers `resend_context`; the owner's context rebuilds its session;
+  * a draft belongs to the edge its subject names (`sender`: what the broker
+    let the sender publish on); one whose `edge_id` says otherwise is refused
+    `bad_message` before anything else, so it creates no session and ends none;
   * the session cap is checked and the slot taken in one step (no await
-    between): at the cap the least recently used idle session is evicted
-    (its edge resends the context if it ever comes back), else `overloaded`;
+    between): at the cap an idle session (idle >= evict_idle_s) is evicted (its
+    edge resends the context if it ever comes back), else `overloaded`;
+  * a fair share per edge: at most `max_sessions_per_edge` sessions and
+    `max_rounds_per_edge` rounds admitted and not yet finished (a replaced
+    session's round included) for one edge; past either it gets `overloaded`
+    naming the quota (at its session quota an edge's own idle session may make
+    room). At the cap the victim is an idle session of the edge holding the
+    most sessions, and only of an edge that, after the swap, still holds at
+    least as many as the newcomer: an edge within its share never loses a
+    session to make room for a bigger one;
   * draining: rounds in flight finish, cached verdicts are still answered,
     everything else answers `draining` (the edge moves to another verifier);
   * bounded: at most MAX_WAITERS attempts wait on one round (a duplicate reply
@@ -34,7 +45,7 @@ Rules (README, "Round protocol"):
 """
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
@@ -52,10 +63,31 @@ ENDED_KEEP_S = 60.0
 
 @dataclass(frozen=True)
 class TableConfig:
+    """The verifier's bounds; the one source of their defaults (CloudConfig, the CLI and serve read them)."""
+
     verifier_id: str = "cloud-1"
     max_sessions: int = 128
     session_ttl_s: float = 120.0  # an idle session is dropped after this long
     evict_idle_s: float = 2.0     # at the cap, a session idle this long may be evicted for a new one
+    max_sessions_per_edge: int | None = None  # None: half of max_sessions (an edge's own --max-active default fits)
+    max_rounds_per_edge: int | None = None    # None: the session quota (a round per session it may hold)
+
+    def __post_init__(self) -> None:
+        for name in ("max_sessions", "max_sessions_per_edge", "max_rounds_per_edge"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, int) or v < 1):
+                raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+        if self.max_sessions_per_edge is not None and self.max_sessions_per_edge > self.max_sessions:
+            raise ValueError(f"max_sessions_per_edge ({self.max_sessions_per_edge}) exceeds max_sessions "
+                             f"({self.max_sessions})")
+
+    @property
+    def sessions_per_edge(self) -> int:
+        return self.max_sessions_per_edge or max(1, self.max_sessions // 2)
+
+    @property
+    def rounds_per_edge(self) -> int:
+        return self.max_rounds_per_edge or self.sessions_per_edge
 
 
 @dataclass
@@ -122,6 +154,15 @@ class Outcome:
     verify_real_ms: float | None = None  # when verify_ms is an emulated device's
 
 
+def sender_mismatch(sender: str | None, msg: DraftMsg) -> str | None:
+    """Why a draft cannot be taken from the edge its subject names, or None. The subject's edge id is
+    what the broker let the sender publish on; the body's `edge_id` is only what the sender says."""
+    if sender is None or sender == msg.edge_id:
+        return None
+    kind = "final draft" if msg.final else "draft"
+    return f"{kind} with edge_id {msg.edge_id!r} arrived on edge {sender!r}'s subject: an edge sends only its own"
+
+
 class SessionTable:
     def __init__(self, config: TableConfig, limits: Limits = Limits(), release: Callable[[Any], None] | None = None):
         self.cfg, self.limits = config, limits
@@ -130,9 +171,14 @@ class SessionTable:
         self.ended: OrderedDict[SessionKey, float] = OrderedDict()
         self.draining = False
         self.rounds = 0
+        self.edge_rounds: Counter[str] = Counter()  # rounds admitted and not finished, per edge
 
     # --- admission -----------------------------------------------------------------
-    def admit(self, msg: DraftMsg, reply_to: Any, now: float) -> Admission:
+    def admit(self, msg: DraftMsg, reply_to: Any, now: float, sender: str | None = None) -> Admission:
+        """`sender`: the edge id in the subject the draft arrived on (None only in-process: no subject)."""
+        refusal = sender_mismatch(sender, msg)
+        if refusal is not None:
+            return self._error(reply_to, msg, BAD_MESSAGE, refusal)
         key = (msg.edge_id, msg.request_id, msg.session)
         s = self.sessions.get(key)
         if msg.final:
@@ -164,6 +210,11 @@ class SessionTable:
         if self.draining:
             return self._error(reply_to, msg, DRAINING,
                                f"verifier {self.cfg.verifier_id} is shutting down: resend the context elsewhere")
+        busy = self.edge_rounds[msg.edge_id]
+        if busy >= self.cfg.rounds_per_edge:
+            return self._error(reply_to, msg, OVERLOADED,
+                               f"edge {msg.edge_id} has {busy} rounds in flight on verifier {self.cfg.verifier_id}, "
+                               f"its share (max_rounds_per_edge={self.cfg.rounds_per_edge})")
         if context is None:
             if s is None:
                 return self._error(reply_to, msg, RESEND_CONTEXT,
@@ -176,10 +227,11 @@ class SessionTable:
             return self._start(s, msg, reply_to, tokens, now, rebuild=False)  # the cache already holds it
         evicted = None
         if s is None:
-            if not self._has_room(now):
-                return self._error(reply_to, msg, OVERLOADED,
-                                   f"verifier {self.cfg.verifier_id} holds {len(self.sessions)} sessions, all active")
-            evicted = self._evict_one(now) if len(self.sessions) >= self.cfg.max_sessions else None
+            refusal, evicted = self._room_for(msg.edge_id, now)
+            if refusal is not None:
+                return self._error(reply_to, msg, OVERLOADED, refusal)
+            if evicted is not None:
+                self._release(self.sessions.pop(evicted))
         # a new session object: a round still computing on the old one finishes on its own object
         fresh = Session(key, params, context, msg.round, now)
         adm = self._start(fresh, msg, reply_to, tokens, now, rebuild=True)
@@ -195,6 +247,10 @@ class SessionTable:
         inf = session.in_flight
         assert inf is not None, "finish without a round in flight"
         session.in_flight = None
+        edge = session.key[0]
+        self.edge_rounds[edge] -= 1
+        if self.edge_rounds[edge] <= 0:
+            del self.edge_rounds[edge]
         current = self.sessions.get(session.key) is session
         rid = session.key[1]
         if isinstance(result, BaseException):
@@ -269,6 +325,7 @@ class SessionTable:
         waiters = [Waiter(reply_to, msg.attempt)] if reply_to is not None else []
         s.in_flight = InFlight(msg.round, tokens, now, waiters)
         s.last_used = now
+        self.edge_rounds[s.key[0]] += 1
         return Admission("compute", compute=Compute(s, msg, rebuild))
 
     def _end(self, key: SessionKey, s: Session | None, msg: DraftMsg, reply_to: Any, now: float) -> Admission:
@@ -287,19 +344,31 @@ class SessionTable:
         while self.ended and (len(self.ended) > ENDED_KEEP or now - next(iter(self.ended.values())) > ENDED_KEEP_S):
             self.ended.popitem(last=False)
 
-    def _has_room(self, now: float) -> bool:
-        return len(self.sessions) < self.cfg.max_sessions or self._evictable(now) is not None
+    def _room_for(self, edge: str, now: float) -> tuple[str | None, SessionKey | None]:
+        """Whether a new session of `edge` may start: (why not, None) or (None, the session to evict or None)."""
+        counts = Counter(k[0] for k in self.sessions)
+        mine, quota = counts[edge], self.cfg.sessions_per_edge
+        if mine >= quota:  # at its share: only its own idle sessions may make room
+            victim = self._evictable(now, lambda e: e == edge, counts)
+            if victim is None:
+                return (f"edge {edge} holds {mine} sessions on verifier {self.cfg.verifier_id}, its share "
+                        f"(max_sessions_per_edge={quota}), none idle {self.cfg.evict_idle_s:g} s"), None
+            return None, victim
+        if len(self.sessions) < self.cfg.max_sessions:
+            return None, None
+        # at the cap: an idle session of the biggest edge that stays at least as big as the newcomer
+        victim = self._evictable(now, lambda e: e == edge or counts[e] > mine + 1, counts)
+        if victim is None:
+            return (f"verifier {self.cfg.verifier_id} holds {len(self.sessions)} sessions (max_sessions="
+                    f"{self.cfg.max_sessions}), none idle {self.cfg.evict_idle_s:g} s and held by an edge with "
+                    f"more than edge {edge}'s {mine}"), None
+        return None, victim
 
-    def _evictable(self, now: float) -> SessionKey | None:
-        idle = [(s.last_used, k) for k, s in self.sessions.items()
-                if s.in_flight is None and now - s.last_used >= self.cfg.evict_idle_s]
-        return min(idle)[1] if idle else None
-
-    def _evict_one(self, now: float) -> SessionKey | None:
-        k = self._evictable(now)
-        if k is not None:
-            self._release(self.sessions.pop(k))
-        return k
+    def _evictable(self, now: float, may_evict: Callable[[str], bool], counts: Counter) -> SessionKey | None:
+        """The idle session to evict among edges `may_evict` allows: the biggest edge's, least recently used."""
+        idle = [(-counts[k[0]], s.last_used, k) for k, s in self.sessions.items()
+                if s.in_flight is None and now - s.last_used >= self.cfg.evict_idle_s and may_evict(k[0])]
+        return min(idle)[2] if idle else None
 
     def _release(self, s: Session) -> None:
         """Hand `s`'s model state to `release` (once: the session forgets it)."""

@@ -25,7 +25,7 @@ ROUND_SCHEMA: dict[str, pl.DataType] = {
     "network_ms": pl.Float64, "delay_ms": pl.Float64, "edge_queue_ms": pl.Float64, "link_ms": pl.Float64,
     "stall_ms": pl.Float64, "draft_real_ms": pl.Float64, "verify_real_ms": pl.Float64, "emulated": pl.Boolean,
     "policy": pl.Utf8, "policy_version": pl.Int64, "channel_state": pl.Utf8, "context_resent": pl.Boolean,
-    "context_len": pl.Int64, "ts": pl.Utf8,
+    "context_len": pl.Int64, "ts": pl.Utf8, "stop_scores": pl.List(pl.Float64),
 }
 REQUIRED = ("request_id", "draft_length", "accepted", "round_ms", "policy")
 VERIFY_SCHEMA: dict[str, pl.DataType] = {
@@ -67,6 +67,8 @@ def _decode(lines: pl.DataFrame, schema: dict[str, pl.DataType], required: tuple
 
 
 def _lenient(name: str, dtype: pl.DataType) -> pl.Expr:
+    if isinstance(dtype, pl.List):  # a damaged line's list is dropped, not guessed at
+        return pl.lit(None, dtype).alias(name)
     raw = pl.col("line").str.json_path_match(f"$.{name}")
     if dtype == pl.Boolean:
         return pl.when(raw == "true").then(True).when(raw == "false").then(False).otherwise(None).alias(name)

@@ -37,19 +37,19 @@ class Target:
 
 def targets(edge_id: str, verifier_id: str, tag: str = "fuzz", max_length: int = 8) -> list[Target]:
     gen = GenerateRequest(f"{tag}-gen", prompt="The with statement", max_new_tokens=2, policy="fixed:1")
-    draft = DraftMsg(f"{tag}-draft", 0, 0, f"{tag}-edge", Int32Array([104, 101]), 7,
-                     context=Int32Array([84, 104, 101]))
+    sender = f"{tag}-edge"  # drafts carry the edge id of the subject they go on (else refused bad_message)
+    draft = DraftMsg(f"{tag}-draft", 0, 0, sender, Int32Array([104, 101]), 7, context=Int32Array([84, 104, 101]))
     timing = TimingEvent(edge_id, f"{tag}-t", 0, 0, 3, 2, 30.0, 5.0, 4.0, 0.1, 20.9, 10.0, "auto", 0, verifier_id,
                          "0", 1, 3)
     policy = PolicyUpdate(edge_id, "auto", 1, make_policy("auto", max_length=max_length).snapshot())
-    end = DraftMsg(f"{tag}-draft", 1, 0, f"{tag}-edge", Int32Array(), 0, final=True)
+    end = DraftMsg(f"{tag}-draft", 1, 0, sender, Int32Array(), 0, final=True)
     cancel = CancelMsg(f"{tag}-gen", "_INBOX.nobody")
     resume = ResumeMsg(f"{tag}-gen", "_INBOX.nobody")
     return [Target("generate", subjects.GENERATE, gen),
             Target("generate.edge", subjects.generate(edge_id), gen),
-            Target("verify", subjects.VERIFY, draft),
-            Target("verify.verifier", subjects.verifier(verifier_id), draft),
-            Target("end", subjects.SESSION_END, end),
+            Target("draft", subjects.draft(sender), draft),
+            Target("draft.verifier", subjects.draft(sender, verifier_id), draft),
+            Target("end", subjects.session_end(sender), end),
             Target("timing", subjects.timing(edge_id), timing),
             Target("policy", subjects.policy(edge_id), policy),
             Target("cancel", subjects.CANCEL, cancel),

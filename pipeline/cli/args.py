@@ -141,6 +141,9 @@ def auth_args(p):
     g.add_argument("--tls-key", dest="nats_tls_key", metavar="FILE", help="client certificate's key")
     g.add_argument("--js-domain", dest="nats_js_domain", metavar="NAME",
                    help="JetStream domain of the hub (an edge on a leaf node)")
+    g.add_argument("--client-id", dest="nats_client_id", metavar="ID",
+                   help="id of this client identity (client.tmpl): replies arrive under _INBOX_client_ID, "
+                        "the only inbox it may read")
 
 
 def node_id(text: str) -> str:

@@ -104,6 +104,9 @@ def cmd_calibrate(a: argparse.Namespace) -> None:
 EXPERIMENT_CONCURRENCY = {"compare": 40}
 
 
+REFUSED_EXIT = 3  # an experiment that ran but whose numbers cannot be trusted (see pipeline/experiments/refusals.py)
+
+
 def cmd_experiment(a: argparse.Namespace) -> None:
     from pipeline.experiments.lab import LabConfig
 
@@ -136,6 +139,10 @@ def cmd_experiment(a: argparse.Namespace) -> None:
         path = report(cfg.out)
         print(f"{a.which}: done in {time.perf_counter() - t0:.0f} s; results in {cfg.out / (a.which + '.json')}, "
               f"page {path}")
+    if res.get("refused"):  # the numbers are saved and shown, but they are not a result
+        print(f"specstop: {a.which}: refused: " + "; ".join(f"{r['check']}: {r['why']}" for r in res["refused"]),
+              file=sys.stderr)
+        raise SystemExit(REFUSED_EXIT)
 
 
 def cmd_report(a: argparse.Namespace) -> None:

@@ -1,7 +1,7 @@
 """`specstop topology`: the shipped hub/leaf configs on loopback with generated identities and a throwaway
 CA, real worker processes, a workload across every edge; per-edge latency, per-verifier load, the leaf
 hop's extra latency; `--bench`: tokens/s with 1, 2 and 4 verifiers; `--link-drop S`: one edge's leaf link
-cut for S seconds mid-workload."""
+cut for S seconds mid-workload; `--write-config DIR`: the files of a real deployment, checked, and nothing run."""
 from __future__ import annotations
 
 import argparse
@@ -11,7 +11,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from pipeline.cli.args import emit, positive_float, positive_int
+from pipeline.cli.args import emit, node_id, positive_float, positive_int
 
 
 def _run(coro):
@@ -35,7 +35,8 @@ def main_run(a, root: Path) -> dict:
     from pipeline.topology.run import Topology
     from pipeline.topology.workload import drive, read_rounds, start_edge, start_workers, summarize, transport_ms
 
-    out: dict = {"edges": a.edges, "verifiers": a.verifiers, "cluster": a.cluster, "tls": True, "dir": str(root)}
+    out: dict = {"edges": len(a.edges), "verifiers": len(a.verifiers), "cluster": a.cluster, "tls": True,
+                 "dir": str(root)}
     with Topology(root / "topology", a.edges, a.verifiers, cluster=a.cluster) as topo:
         w = start_workers(topo, root / "run", policy=a.policy)
         try:
@@ -134,8 +135,66 @@ def link_drop(a, root: Path, pair) -> dict:
             w.stop()
 
 
+def ids(default_prefix: str):
+    """A count (`2`: <prefix>-1, <prefix>-2) or a comma-separated list of ids."""
+    def parse(text: str) -> list[str]:
+        if text.isdigit():
+            return [f"{default_prefix}-{i + 1}" for i in range(positive_int(text))]
+        out = [node_id(x.strip()) for x in text.split(",")]
+        if len(set(out)) != len(out):
+            raise argparse.ArgumentTypeError(f"'{text}' names an id twice")
+        return out
+
+    return parse
+
+
+def port(text: str) -> int:
+    v = positive_int(text)
+    if v > 65535:
+        raise argparse.ArgumentTypeError(f"{text} is not a port (1..65535)")
+    return v
+
+
+def client_spec(text: str) -> tuple[str, str]:
+    edge, sep, cid = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"'{text}' is not EDGE=CLIENT_ID")
+    return node_id(edge), node_id(cid)
+
+
+def cmd_write_config(a: argparse.Namespace) -> None:
+    from pipeline.errors import PipelineError
+    from pipeline.topology.config import Placement
+    from pipeline.topology.write_config import write_config
+
+    if a.bench or a.link_drop:
+        raise PipelineError("--write-config writes files and runs nothing: drop --bench / --link-drop")
+    clients = None
+    if a.client:
+        clients = {}
+        for edge, cid in a.client:
+            clients.setdefault(edge, []).append(cid)
+    hosts = tuple(h.strip() for h in a.hub_host.split(","))
+    placement = Placement(hosts, a.listen, a.client_port, a.leaf_port, a.cluster_port, a.device_port)
+    out = write_config(Path(a.write_config), a.edges, a.verifiers, clients, a.cluster, placement)
+    emit(out, a.json, render_written)
+
+
+def render_written(o: dict) -> str:
+    return "\n".join([
+        f"specstop topology: deployment written to {o['dir']} ({o['checked']})",
+        f"  hub: {', '.join(o['hubs'])}  (clients reach it at {', '.join(o['hub_urls'])})",
+        *(f"  device {e}: {conf}" for e, conf in o["leaves"].items()),
+        f"  {len(o['identities'])} identities (seeds/*.seed, 0600); worker environments: {o['dir']}/env/*.env",
+        "  next: deploy/README.md, 'Make a deployment'"])
+
+
 def cmd_topology(a: argparse.Namespace) -> None:
     import logging
+
+    if a.write_config:
+        cmd_write_config(a)
+        return
 
     logging.getLogger("asyncio").setLevel(logging.ERROR)  # asyncio's TLS transport warns on every close
     root = Path(a.out) if a.out else Path(tempfile.mkdtemp(prefix="specstop-topology-"))
@@ -178,8 +237,10 @@ def render(o: dict) -> str:
 
 def register(sub) -> None:
     p = sub.add_parser("topology", help="hub + leaf nodes on loopback from deploy/ (TLS, nkeys), workers, a workload")
-    p.add_argument("--edges", type=positive_int, default=2)
-    p.add_argument("--verifiers", type=positive_int, default=2)
+    p.add_argument("--edges", type=ids("edge"), default=ids("edge")("2"), metavar="N|ID,...",
+                   help="edge devices: a count (edge-1, ...) or their ids (default 2)")
+    p.add_argument("--verifiers", type=ids("cloud"), default=ids("cloud")("2"), metavar="N|ID,...",
+                   help="verifiers: a count (cloud-1, ...) or their ids (default 2)")
     p.add_argument("--cluster", type=int, choices=(1, 3), default=1, help="hub nodes (3: a cluster)")
     p.add_argument("--requests-per-edge", type=positive_int, default=8)
     p.add_argument("--concurrency", type=positive_int, default=4, help="requests in flight per edge")
@@ -192,5 +253,18 @@ def register(sub) -> None:
     p.add_argument("--link-drop", type=positive_float, metavar="SECONDS",
                    help="also: cut edge-1's leaf link this long mid-workload")
     p.add_argument("--out", help="folder for configs, logs and topology.json (default: a new temp folder)")
+    w = p.add_argument_group("--write-config DIR: a real deployment's files (configs, users, certificates, "
+                             "nkey seeds, environment files), checked with nats-server -t; nothing runs")
+    w.add_argument("--write-config", metavar="DIR", help="a new (or empty) folder to write the set to")
+    w.add_argument("--hub-host", default="127.0.0.1", metavar="HOST[,HOST,HOST]",
+                   help="how devices and workers reach the hub (one per node with --cluster 3); in its certificate")
+    w.add_argument("--listen", default="0.0.0.0", metavar="ADDR", help="address the hub listens on (default 0.0.0.0)")
+    w.add_argument("--client-port", type=port, default=4222, help="hub client port (default 4222)")
+    w.add_argument("--leaf-port", type=port, default=7422, help="hub leaf-node port (default 7422)")
+    w.add_argument("--cluster-port", type=port, default=6222, help="hub route port (--cluster 3)")
+    w.add_argument("--device-port", type=port, default=4222,
+                   help="each device's leaf server port on its 127.0.0.1 (default 4222)")
+    w.add_argument("--client", type=client_spec, action="append", metavar="EDGE=ID",
+                   help="a client identity on device EDGE (repeat; default: one per device, named as its edge)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_topology)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import time
 from pathlib import Path
@@ -12,6 +13,7 @@ from nodes.jetstream import StreamLimits
 from nodes.link import parse_channel
 from nodes.models.loading import BUNDLED_PROFILE
 from nodes.protocol.admission import EdgeLimits
+from nodes.protocol.verifier_table import TableConfig
 from pipeline.cli.args import (device_profile, metrics_arg, nats_arg, node_args, node_id, non_negative_float,
                                non_negative_int, positive_float, positive_int, stop_on_sigterm)
 from pipeline.errors import PipelineError
@@ -60,10 +62,16 @@ def _check_device(a: argparse.Namespace, half: str) -> None:
 
 def cmd_cloud(a: argparse.Namespace) -> None:
     _check_device(a, "verify")
+    try:  # the quotas' own rules (e.g. a share above the cap), before any model loads
+        TableConfig(a.id, a.max_sessions, max_sessions_per_edge=a.max_sessions_per_edge,
+                    max_rounds_per_edge=a.max_rounds_per_edge)
+    except ValueError as exc:
+        raise PipelineError(re.sub(r"\bmax_\w+", lambda m: "--" + m[0].replace("_", "-"), str(exc))) from None
     aio.run(serve_cloud(_node_options(a), CloudOptions(a.max_sessions, a.session_ttl, a.evict_idle,
                                                        a.max_context_tokens, a.max_batch, a.batch_wait_ms,
                                                        not a.no_slot_cache, a.slot_memory_mb,
-                                                       a.prefill_chunk or None)))
+                                                       a.prefill_chunk or None, a.max_sessions_per_edge,
+                                                       a.max_rounds_per_edge)))
 
 
 def _bundled_profile():
@@ -98,9 +106,18 @@ def register(sub) -> None:
 
     p = sub.add_parser("cloud", help="serve the target model: verify drafts")
     node_args(p, "cloud-1")
-    p.add_argument("--max-sessions", type=positive_int, default=128, help="sessions held at once (the cap)")
-    p.add_argument("--session-ttl", type=positive_float, default=120.0, help="seconds an idle session is kept")
-    p.add_argument("--evict-idle", type=positive_float, default=2.0,
+    t = TableConfig()
+    p.add_argument("--max-sessions", type=positive_int, default=t.max_sessions,
+                   help="sessions held at once (the cap)")
+    p.add_argument("--max-sessions-per-edge", type=positive_int, default=t.max_sessions_per_edge,
+                   help="sessions held at once for one edge (its fair share; default: half of --max-sessions); "
+                        "beyond it the edge is answered 'overloaded'")
+    p.add_argument("--max-rounds-per-edge", type=positive_int, default=t.max_rounds_per_edge,
+                   help="rounds of one edge waiting or computing at once (default: its session share); "
+                        "beyond it 'overloaded'")
+    p.add_argument("--session-ttl", type=positive_float, default=t.session_ttl_s,
+                   help="seconds an idle session is kept")
+    p.add_argument("--evict-idle", type=positive_float, default=t.evict_idle_s,
                    help="at the cap, a session idle this many seconds may make room for a new one")
     p.add_argument("--max-context-tokens", type=positive_int, default=8192,
                    help="tokens one session may hold (prompt + generated); larger contexts are refused")

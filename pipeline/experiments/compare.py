@@ -25,8 +25,12 @@ from control.profile import profile_from_dict
 from control.theory import best_length
 from pipeline.transport import aio
 from pipeline.analysis import calibrate_rounds, load_run
+from pipeline.analysis.hindsight import PROBE, best_fixed, best_threshold
 from pipeline.analysis.stats import delay_buckets, ratio_ci
-from pipeline.experiments.lab import Cell, Lab, LabConfig, config_dict, elapsed, lab_prompts, save
+from pipeline.experiments.lab import Cell, Lab, LabConfig, config_dict, elapsed, lab_prompts, logged, save
+from pipeline.experiments.refusals import (
+    Refusal, emulation_overruns, failed_requests, too_few_rounds, transport_overhead,
+)
 
 ORACLE = "oracle"
 CAL_EDGE = "edge-cal"
@@ -67,7 +71,10 @@ def paired_gap(policy: pl.DataFrame, oracle: pl.DataFrame, resamples: int = 400,
 
 async def _calibrate_and_run(cfg: LabConfig, name: str, channels: dict[str, str], cells: list[Cell],
                              prompts: list[str], progress, duration_s: float | None = None
-                             ) -> tuple[pl.DataFrame, dict, dict | None]:
+                             ) -> tuple[pl.DataFrame, dict, dict | None, list[Refusal]]:
+    """Calibrate a profile (every length at zero delay, prompts of its own), then run `cells` with it:
+    (the run's rounds, the calibration, the emulated devices, what the machine did that the numbers cannot
+    carry)."""
     lengths = range(1, cfg.max_length + 1)
     n_cal = 6 if cfg.quick else 12
     cal_prompts = lab_prompts(n_cal, seed=cfg.seed + 101)
@@ -78,31 +85,68 @@ async def _calibrate_and_run(cfg: LabConfig, name: str, channels: dict[str, str]
     profile_path.write_text(json.dumps(cal, indent=1) + "\n")
     run_cfg = LabConfig(**{**cfg.__dict__, "profile": str(profile_path)})
     with Lab(run_cfg, name, channels) as lab:
-        await lab.run(cells, prompts, progress, duration_s)
+        results = await lab.run(cells, prompts, progress, duration_s)
         emulation = lab.emulation()
-        rounds = load_run(lab.run_dir).rounds
-    return rounds, cal, emulation
+        rounds = await logged(lab.run_dir, results)
+    failed = failed_requests(sum(len(r.failed) for r in results), sum(len(r.streams) for r in results))
+    machine = [x for x in (emulation_overruns(rounds, emulation), transport_overhead(rounds), failed) if x is not None]
+    return rounds, cal, emulation, machine
 
 
-def policy_rows(rounds: pl.DataFrame, policies: list[str], by: list[str], oracle_policy: str = ORACLE) -> list[dict]:
+def policy_rows(rounds: pl.DataFrame, policies: list[str], by: list[str], oracle_policy: str = ORACLE,
+                references: bool = False, lengths=()) -> list[dict]:
+    """One row per policy and group (ms/token with its interval, lengths played, the paired gap to the
+    calibrated oracle). With `references`, each group also gets the run's own references (the best fixed
+    length and, where probe rounds carry head scores, the best per-token threshold in hindsight: see
+    pipeline/analysis/hindsight.py), a row each, and every row its paired gap to both."""
     keyed = rounds.with_columns(delay_buckets(rounds["delay_ms"].fill_null(0.0)))
     rows = []
     for key, g in keyed.group_by(by, maintain_order=True):
-        key = dict(zip(by, key))
+        key = {k: str(v) for k, v in zip(by, key)}
         oracle = g.filter(pl.col("policy") == oracle_policy)
+        refs = _references(g, lengths) if references else {}
         for p in policies:
             sub = g.filter(pl.col("policy") == p)
             if sub.is_empty():
                 continue
             j, lo, hi = ratio_ci(sub)
-            row = {**{k: str(v) for k, v in key.items()}, "policy": p, "rounds": sub.height,
+            row = {**key, "policy": p, "rounds": sub.height,
                    "ms_per_token": _r(j), "ci": [_r(lo), _r(hi)],
                    "mean_length": _r(sub["draft_length"].mean()),
                    "lengths": {str(L): n for L, n in sub["draft_length"].value_counts().sort("draft_length").iter_rows()}}
             if p != oracle_policy and not oracle.is_empty():
                 row["vs_oracle"] = paired_gap(sub, oracle)
+            for name, ref in refs.items():
+                if p != ref["policy"]:
+                    row[f"vs_{name}"] = paired_gap(sub, ref["frame"])
+            if references and p != "auto" and not (auto := g.filter(pl.col("policy") == "auto")).is_empty():
+                row["vs_auto"] = paired_gap(sub, auto)  # > 0: this policy is slower than auto
             rows.append(row)
+        for name, ref in refs.items():
+            if ref["policy"].startswith(HINDSIGHT):
+                rows.append({**key, "policy": ref["policy"], "rounds": ref["rounds"],
+                             "ms_per_token": _r(ref["ms_per_token"]), "ci": [None, None], "mean_length": None,
+                             "lengths": {}, "reference": name})
+            else:
+                next(r for r in rows if r["policy"] == ref["policy"] and all(r[k] == v for k, v in key.items())
+                     )["reference"] = name
     return rows
+
+
+HINDSIGHT = "hindsight-threshold"
+
+
+def _references(g: pl.DataFrame, lengths) -> dict[str, dict]:
+    """{"best_fixed": ..., "best_threshold": ...} at one delay: the policy (or the replayed rule) and the
+    rounds a paired gap is taken against."""
+    refs = {}
+    policy, j = best_fixed(g, lengths)
+    if policy is not None:
+        refs["best_fixed"] = {"policy": policy, "ms_per_token": j, "frame": g.filter(pl.col("policy") == policy)}
+    t = best_threshold(g, lengths)
+    if t is not None:
+        refs["best_threshold"] = {**t, "policy": f"{HINDSIGHT}:{t['threshold']:g}"}
+    return refs
 
 
 def _r(x):
@@ -112,40 +156,63 @@ def _r(x):
 async def _compare(cfg: LabConfig, progress=None) -> dict:
     t0 = time.perf_counter()
     delays = (10.0, 50.0, 100.0, 150.0) if cfg.quick else (5.0, 10.0, 20.0, 50.0, 100.0, 150.0)
-    policies = compare_policies(head_available()) + [ORACLE]
-    # a learner needs a few hundred rounds before its exploration is small next to a 2 % margin, and a
+    lengths = list(range(1, cfg.max_length + 1))
+    head = head_available()
+    rivals = compare_policies(head)
+    # the references come from the run itself, on the same prompts and seeds: every fixed length (the
+    # best in hindsight) and, with the head, the probe whose scores replay every threshold
+    policies = rivals + [ORACLE] + [f"fixed:{L}" for L in lengths] + ([PROBE] if head else [])
+    # a learner needs a few hundred rounds before its exploration is small next to a 1 % margin, and a
     # paired gap over n prompts has a standard error of ~8 % / sqrt(n) (sampled texts diverge per policy)
     n = 60 if cfg.quick else 120
     prompts = lab_prompts(n, seed=cfg.seed)
     channels = {f"edge-d{d:g}": f"const:{d:g}" for d in delays}
     cells = [Cell(edge, p, n) for edge in channels for p in policies]
-    rounds, cal, emulation = await _calibrate_and_run(cfg, "compare", channels, cells, prompts, progress)
-    rows = policy_rows(rounds, policies, ["delay"])
+    rounds, cal, emulation, refused = await _calibrate_and_run(cfg, "compare", channels, cells, prompts, progress)
+    rows = policy_rows(rounds, policies, ["delay"], references=True, lengths=lengths)
+    checks = compare_checks(rows, [p for p in rivals if p != "auto"])
+    if not checks["reference"]:
+        refused.append(Refusal("no_reference", "no fixed length and no threshold could be scored at some delay"))
     return {"experiment": "compare", "config": config_dict(cfg), "emulation": emulation, "calibration": cal,
-            "delays": list(delays), "policies": policies, "rows": rows, "checks": compare_checks(rows),
-            "wall_s": elapsed(t0)}
+            "delays": list(delays), "policies": policies, "rows": rows, "checks": checks,
+            "refused": _with_counts(refused, rows, needs=("auto",)), "wall_s": elapsed(t0)}
 
 
-def compare_checks(rows: list[dict]) -> dict:
-    """auto within 2 % of the oracle at every delay; ahead of the bandits and the fixed-threshold head
-    wherever the difference is outside the interval."""
-    checks = {"auto_within_2pct": True, "auto_ahead_where_clear": True, "detail": []}
+WITHIN_PCT = 1.0
+
+
+def compare_checks(rows: list[dict], rivals: list[str]) -> dict:
+    """Two-sided, with the reference named: at every delay `auto` is within 1 % of the strongest
+    reference the run has (the best per-token threshold in hindsight where the head ran, else the best
+    fixed length in hindsight) on either side (far below it would mean the reference is not the
+    strongest), and no rival is ahead of `auto` where their paired interval is clear (wins and losses
+    both listed)."""
     by_delay: dict[str, dict[str, dict]] = {}
     for r in rows:
         by_delay.setdefault(r["delay"], {})[r["policy"]] = r
+    ref_name = "best_threshold" if all(any(r.get("reference") == "best_threshold" for r in rs.values())
+                                       for rs in by_delay.values()) else "best_fixed"
+    checks = {"reference": ref_name if by_delay and all(
+                  any(r.get("reference") == ref_name for r in rs.values()) for rs in by_delay.values()) else None,
+              f"auto_within_{WITHIN_PCT:g}pct": True, "auto_ahead_where_clear": True, "detail": []}
+    within = f"auto_within_{WITHIN_PCT:g}pct"
     for d, rs in by_delay.items():
-        auto = rs.get("auto", {}).get("vs_oracle", {})
-        if auto.get("gap_pct") is not None and auto["gap_pct"] > 2.0:
-            checks["auto_within_2pct"] = False
-        for rival in ("ucb-specstop", "naive-ucb", "specdec++:0.7"):
-            if rival not in rs or "vs_oracle" not in rs[rival] or not auto:
+        auto = rs.get("auto")
+        gap = (auto or {}).get(f"vs_{ref_name}", {})
+        if gap.get("gap_pct") is None or abs(gap["gap_pct"]) > WITHIN_PCT:
+            checks[within] = False
+        ref = next((p for p, r in rs.items() if r.get("reference") == ref_name), None)
+        checks["detail"].append({"delay": d, "check": within, "reference": ref, "auto_gap_pct": gap.get("gap_pct"),
+                                 "ci": gap.get("ci")})
+        for rival in rivals:
+            vs = rs.get(rival, {}).get("vs_auto")
+            if auto is None or not vs or vs.get("gap_pct") is None:
                 continue
-            diff = rs[rival]["vs_oracle"]["gap_pct"] - auto["gap_pct"]
-            clear = rs[rival]["vs_oracle"]["ci"][0] > auto["ci"][1] or auto["ci"][0] > rs[rival]["vs_oracle"]["ci"][1]
-            if clear and diff < 0:
+            clear = vs["ci"][0] > 0 or vs["ci"][1] < 0
+            if clear and vs["gap_pct"] < 0:
                 checks["auto_ahead_where_clear"] = False
-            checks["detail"].append({"delay": d, "rival": rival, "rival_minus_auto_pct": round(diff, 2),
-                                     "clear": bool(clear)})
+            checks["detail"].append({"delay": d, "rival": rival, "rival_vs_auto_pct": vs["gap_pct"], "ci": vs["ci"],
+                                     "clear": bool(clear), "auto_ahead": vs["gap_pct"] > 0})
     return checks
 
 
@@ -157,7 +224,7 @@ async def _drift(cfg: LabConfig, progress=None) -> dict:
     prompts = lab_prompts(n, seed=cfg.seed)
     channels = {"edge-drift": f"drift:20,150:{phase_s:g}"}
     cells = [Cell("edge-drift", p, n) for p in policies]
-    rounds, cal, emulation = await _calibrate_and_run(cfg, "drift", channels, cells, prompts, progress,
+    rounds, cal, emulation, refused = await _calibrate_and_run(cfg, "drift", channels, cells, prompts, progress,
                                                       duration_s=2 * phase_s)
     rows = policy_rows(rounds, policies, ["delay"])
     whole = policy_rows(rounds.with_columns(pl.lit(0.0).alias("delay_ms")), policies, ["delay"])
@@ -167,7 +234,7 @@ async def _drift(cfg: LabConfig, progress=None) -> dict:
             "channel": channels["edge-drift"], "rows": rows, "whole_run": whole,
             "checks": {"static_gap_after_the_change_pct": static_gap, "auto_gap_after_the_change_pct": auto_gap,
                        "gap_removed": auto_gap is not None and static_gap is not None and auto_gap < static_gap / 3},
-            "wall_s": elapsed(t0)}
+            "refused": _with_counts(refused, rows, needs=("auto", "static:20")), "wall_s": elapsed(t0)}
 
 
 async def _markov(cfg: LabConfig, progress=None) -> dict:
@@ -178,11 +245,12 @@ async def _markov(cfg: LabConfig, progress=None) -> dict:
     # states change in wall-clock time, as a real link's do: the per-state best length is then right
     channels = {"edge-markov": f"markov-clock:20,150:{5 if cfg.quick else 10}"}
     cells = [Cell("edge-markov", p, n) for p in policies]
-    rounds, cal, emulation = await _calibrate_and_run(cfg, "markov", channels, cells, prompts, progress)
+    rounds, cal, emulation, refused = await _calibrate_and_run(cfg, "markov", channels, cells, prompts, progress)
     whole = policy_rows(rounds.with_columns(pl.lit(0.0).alias("delay_ms")), policies, ["delay"])
     per_state = policy_rows(rounds, policies, ["delay"])
     return {"experiment": "markov", "config": config_dict(cfg), "emulation": emulation, "calibration": cal,
-            "channel": channels["edge-markov"], "rows": whole, "per_state": per_state, "wall_s": elapsed(t0)}
+            "channel": channels["edge-markov"], "rows": whole, "per_state": per_state,
+            "refused": _with_counts(refused, per_state, needs=("auto",)), "wall_s": elapsed(t0)}
 
 
 async def _regret(cfg: LabConfig, progress=None) -> dict:
@@ -194,7 +262,7 @@ async def _regret(cfg: LabConfig, progress=None) -> dict:
     channels = {"edge-regret": "const:100"}
     cells = [Cell("edge-regret", p, n) for p in policies]
     sequential = LabConfig(**{**cfg.__dict__, "concurrency": len(policies)})  # one stream per policy
-    rounds, cal, emulation = await _calibrate_and_run(sequential, "regret", channels, cells, prompts, progress)
+    rounds, cal, emulation, refused = await _calibrate_and_run(sequential, "regret", channels, cells, prompts, progress)
     profile = profile_from_dict(cal, "regret calibration")
     lam = best_length(profile, 100.0)[1]
     curves = {}
@@ -206,7 +274,19 @@ async def _regret(cfg: LabConfig, progress=None) -> dict:
     rows = policy_rows(rounds, policies, ["delay"])
     return {"experiment": "regret", "config": config_dict(cfg), "emulation": emulation, "calibration": cal,
             "oracle_ms_per_token_theory": round(lam, 2), "rows": rows, "cumulative_regret_ms": curves,
-            "wall_s": elapsed(t0)}
+            "refused": _with_counts(refused, rows, needs=("auto",)), "wall_s": elapsed(t0)}
+
+
+def _with_counts(refused: list[Refusal], rows: list[dict], needs: tuple[str, ...]) -> list[dict]:
+    """The machine's refusals plus thin cells, and a policy the experiment is about that has no rows."""
+    out = list(refused)
+    thin = too_few_rounds({f"{r['policy']} at {r['delay']} ms": r["rounds"] for r in rows})
+    if thin is not None:
+        out.append(thin)
+    missing = [p for p in needs if not any(r["policy"] == p for r in rows)]
+    if missing:
+        out.append(Refusal("too_few_rounds", f"no rounds of {', '.join(missing)}"))
+    return [r.to_dict() for r in out]
 
 
 EXPERIMENTS = {"compare": _compare, "drift": _drift, "markov": _markov, "regret": _regret}

@@ -136,7 +136,7 @@ class Lab:
 
         async def one(ci: int, i: int) -> None:
             c = cells[ci]
-            rid = f"{slug(c.tag or c.policy)}-{c.edge}-{i}"
+            rid = f"{slug(c.tag or c.policy)}-{c.edge}-{c.prompt_offset + i}"  # ends in the prompt's index: pairing
             res = await send(GenerateRequest(rid, prompt=prompts[(c.prompt_offset + i) % len(prompts)],
                                              max_new_tokens=self.cfg.max_new_tokens, policy=c.policy,
                                              seed=self.cfg.seed + i), c.edge)
@@ -171,6 +171,20 @@ class Lab:
 
 
 WARMUP_PREFIX = "warmup-"
+
+
+async def logged(run_dir: Path, results: list[CellResult], timeout_s: float = 15.0) -> pl.DataFrame:
+    """The run's measured rounds once every round of `results` is in the logs: an edge writes a round's
+    log line just after sending its chunk, so the client can finish a moment before the line is there."""
+    from pipeline.analysis import load_run
+
+    want = sum(max(s.chunk_seqs) + 1 for r in results for s in r.streams if s.ok and s.chunk_seqs)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        rounds = measured(load_run(run_dir).rounds)
+        if rounds.height >= want or time.monotonic() > deadline:
+            return rounds
+        await asyncio.sleep(0.2)
 
 
 def measured(rounds: pl.DataFrame) -> pl.DataFrame:

@@ -36,7 +36,10 @@ from control.theory import best_length, critical_delay, expected_tokens, ms_per_
 from pipeline.transport import aio
 from pipeline.analysis import calibrate_rounds, load_run
 from pipeline.analysis.stats import ratio_ci
-from pipeline.experiments.lab import Cell, Lab, LabConfig, config_dict, elapsed, lab_prompts, measured, save
+from pipeline.experiments.lab import Cell, Lab, LabConfig, config_dict, elapsed, lab_prompts, logged, measured, save
+from pipeline.experiments.refusals import (
+    crossing_refusals, emulation_overruns, failed_requests, too_few_rounds, transport_overhead,
+)
 
 QUICK_DELAYS = (0.0, 10.0, 20.0, 40.0, 70.0, 100.0, 150.0)
 FULL_DELAYS = (0.0, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 55.0, 70.0, 85.0, 100.0, 125.0, 150.0)
@@ -105,7 +108,8 @@ def critical_delay_intervals(rounds: pl.DataFrame, cal_rounds: pl.DataFrame, del
         xs = np.array([x for x in xs if x is not None and np.isfinite(x)])
         return [_r(v) for v in np.percentile(xs, [2.5, 97.5])] if len(xs) else None
 
-    return {"measured_ci": ci(measured), "predicted_ci": ci(predicted), "ratio_ci": ci(ratio)}
+    return {"measured_ci": ci(measured), "predicted_ci": ci(predicted), "ratio_ci": ci(ratio),
+            "measured_resamples": measured}
 
 
 def crossing_delay(grid: dict, delays, lengths) -> float | None:
@@ -140,17 +144,43 @@ async def _phase(cfg: LabConfig, progress=None) -> dict:
     per_cell = 6 if cfg.quick else 16
     prompts = lab_prompts(per_cell, seed=cfg.seed)
     channels = {"edge-cal": "const:0", **{edge_of(d): f"const:{d:g}" for d in delays}}
-    # the grid's prompts, twice over (two cells, so they interleave with the grid's under the same load):
-    # the same acceptance, half the compute noise of one pass
-    cells = [Cell("edge-cal", f"fixed:{L}", per_cell, tag=f"cal-{L}-{k}") for L in lengths for k in "ab"]
-    cells += [Cell(edge_of(d), f"fixed:{L}", per_cell) for d in delays for L in lengths]
     with Lab(cfg, "phase", channels) as lab:
-        results = await lab.run(cells, prompts, progress, warm_up=2 * cfg.concurrency)
         emulation = lab.emulation()
+        results = await lab.run(wave(delays, lengths, per_cell), prompts, progress, warm_up=2 * cfg.concurrency)
+        res = phase_result(await logged(lab.run_dir, results), delays, lengths, cfg.max_length, cfg.seed)
+        close = refine_delays(res, delays)
+        if close:  # the lines cross where they are nearly parallel: more rounds there, same pairing rules
+            more = lab_prompts(per_cell, seed=cfg.seed + 7)
+            results += await lab.run(wave(close, lengths, per_cell, offset=per_cell), prompts + more, progress)
+            res = phase_result(await logged(lab.run_dir, results), delays, lengths, cfg.max_length, cfg.seed)
         run_dir = lab.run_dir
+    rounds = measured(load_run(run_dir).rounds)
+    n_failed = sum(len(r.failed) for r in results)
+    refused = [*res.pop("refused"),
+               *(x for x in (emulation_overruns(rounds, emulation), transport_overhead(rounds),
+                             failed_requests(n_failed, sum(len(r.streams) for r in results))) if x is not None)]
     return {"experiment": "phase", "config": config_dict(cfg), "emulation": emulation, "run_dir": str(run_dir),
-            **phase_result(measured(load_run(run_dir).rounds), delays, lengths, cfg.max_length, cfg.seed),
-            "failed_requests": sum(len(r.failed) for r in results), "wall_s": elapsed(t0)}
+            **res, "refined_delays": list(close), "refused": [r.to_dict() for r in refused],
+            "failed_requests": n_failed, "wall_s": elapsed(t0)}
+
+
+def wave(delays, lengths: list[int], per_cell: int, offset: int = 0) -> list[Cell]:
+    """Calibration cells (every length twice at zero delay, on the grid's prompts, so they interleave with
+    the grid under the same load: the same acceptance, half the compute noise of one pass) and the grid's
+    cells (every length at every delay), all on prompts offset.. offset + per_cell."""
+    cells = [Cell("edge-cal", f"fixed:{L}", per_cell, offset, tag=f"cal-{L}-{k}") for L in lengths for k in "ab"]
+    return cells + [Cell(edge_of(d), f"fixed:{L}", per_cell, offset) for d in delays for L in lengths]
+
+
+def refine_delays(res: dict, delays) -> list[float]:
+    """The grid's delays up to the crossing's upper bound (at least the three lowest), when the first wave
+    could not pin the crossing: there the lines of the competing lengths are within noise of each other."""
+    if not any(r.check in ("lines_too_close", "no_transition") for r in res["refused"]):
+        return []
+    dc = res["critical_delay_ms"]
+    top = max([x for x in (*(dc.get("measured_ci") or ()), *(dc.get("predicted_ci") or ())) if x is not None],
+              default=0.0)
+    return [d for i, d in enumerate(delays) if d <= 1.5 * top or i < 3]
 
 
 def phase_result(rounds: pl.DataFrame, delays, lengths: list[int], max_length: int, seed: int = 0) -> dict:
@@ -163,9 +193,10 @@ def phase_result(rounds: pl.DataFrame, delays, lengths: list[int], max_length: i
     rows = []
     for d in delays:
         cells_d = {L: grid[(d, L)] for L in lengths if grid[(d, L)]["ms_per_token"] is not None}
-        measured_best = min(cells_d, key=lambda L: cells_d[L]["ms_per_token"])
-        best_hi = cells_d[measured_best]["ci"][1]
-        tied = sorted(L for L, c in cells_d.items() if c["ci"][0] is not None and c["ci"][0] <= best_hi)
+        measured_best = min(cells_d, key=lambda L: cells_d[L]["ms_per_token"]) if cells_d else None
+        best_hi = cells_d[measured_best]["ci"][1] if cells_d else None
+        tied = sorted(L for L, c in cells_d.items()
+                      if None not in (c["ci"][0], best_hi) and c["ci"][0] <= best_hi)
         predicted, predicted_j = best_length(per_policy, d, tokens)
         rows.append({"delay_ms": d, "measured_best": measured_best, "indistinguishable": tied,
                      "predicted_best": predicted, "predicted_ms_per_token": round(predicted_j, 2),
@@ -179,9 +210,13 @@ def phase_result(rounds: pl.DataFrame, delays, lengths: list[int], max_length: i
     predicted_dc = critical_delay(per_policy, tokens)
     intervals = critical_delay_intervals(rounds.filter(pl.col("edge_id") != "edge-cal"),
                                          cal_rounds, delays, lengths, seed=seed)
-    within = (measured_dc is not None and np.isfinite(predicted_dc)
+    boot = intervals.pop("measured_resamples")
+    refused = crossing_refusals(measured_dc, predicted_dc if np.isfinite(predicted_dc) else None, boot)
+    counts = {f"fixed:{L} at {d:g} ms": grid[(d, L)]["rounds"] for d in delays for L in lengths}
+    refused += [x for x in (too_few_rounds(counts),) if x is not None]
+    within = (not refused and measured_dc is not None and np.isfinite(predicted_dc)
               and abs(measured_dc - predicted_dc) <= 0.2 * max(predicted_dc, 1e-9))
-    return {
+    return {"refused": refused,
         "calibration": cal, "delays": list(delays), "rows": rows,
         "critical_delay_ms": {"measured": _r(measured_dc), "predicted": _r(predicted_dc), "within_20pct": bool(within),
                               "predicted_independent_rounds": _r(critical_delay(profile)), **intervals},

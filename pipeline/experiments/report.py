@@ -77,17 +77,39 @@ def _phase(res: dict, out: Path) -> list[str]:
     return lines + ["", "![phase](phase.png)", ""]
 
 
+def _gap(v: dict | None) -> str:
+    if not v or v.get("gap_pct") is None:
+        return "—"
+    return f"{v['gap_pct']:+.2f} % [{v['ci'][0]:+.2f}, {v['ci'][1]:+.2f}]"
+
+
 def _policy_table(rows: list[dict], title: str, res: dict, key: str = "delay") -> list[str]:
+    """One row per policy; the gap columns are the run's references (compare: the best fixed length and
+    the best per-token threshold in hindsight, same prompts) where it has them, else the calibrated oracle."""
+    refs = [n for n in ("best_threshold", "best_fixed") if any(f"vs_{n}" in r for r in rows)]
+    cols = [(f"vs_{n}", {"best_threshold": "gap to best threshold (hindsight)",
+                         "best_fixed": "gap to best fixed L (hindsight)"}[n]) for n in refs] or \
+        [("vs_oracle", "gap to oracle")]
     lines = [title, "", _emulation_line(res), "",
-             f"| {key} | policy | rounds | ms/token | 95 % interval | gap to oracle | gap interval | mean L |",
-             "|---|---|---|---|---|---|---|---|"]
+             f"| {key} | policy | rounds | ms/token | 95 % interval | " + " | ".join(c[1] for c in cols) + " | mean L |",
+             "|---|---|---|---|---|" + "---|" * len(cols) + "---|"]
     for r in rows:
-        v = r.get("vs_oracle", {})
-        gap = "—" if not v else f"{v['gap_pct']:+.2f} %"
-        ci = "—" if not v else f"[{v['ci'][0]:+.2f}, {v['ci'][1]:+.2f}]"
-        lines.append(f"| {r.get(key, '')} | {r['policy']} | {r['rounds']} | {r['ms_per_token']} | {r['ci']} | {gap} | "
-                     f"{ci} | {r['mean_length']} |")
+        name = r["policy"] + (f" (**{r['reference'].replace('_', ' ')}**)" if r.get("reference") else "")
+        lines.append(f"| {r.get(key, '')} | {name} | {r['rounds']} | {r['ms_per_token']} | {r['ci']} | "
+                     + " | ".join(_gap(r.get(c)) for c, _ in cols) + f" | {r['mean_length']} |")
     return lines + [""]
+
+
+def _compare_checks(c: dict) -> list[str]:
+    within = next((k for k in c if k.startswith("auto_within_")), None)
+    lines = [f"Reference: **{(c.get('reference') or 'none').replace('_', ' ')} in hindsight** (same prompts and "
+             f"seeds). {within}: {'yes' if within and c[within] else 'no'}; no rival ahead of auto where the paired "
+             f"interval is clear: {'yes' if c.get('auto_ahead_where_clear') else 'no'}.", ""]
+    losses = [d for d in c.get("detail", []) if "rival_vs_auto_pct" in d and d["clear"] and not d["auto_ahead"]]
+    if losses:
+        lines.append("Clearly ahead of auto: " + ", ".join(f"{d['rival']} at {d['delay']} ms "
+                                                            f"({d['rival_vs_auto_pct']:+.2f} %)" for d in losses) + ".")
+    return lines
 
 
 def _bars(rows: list[dict], out: Path, name: str, group: str = "delay", phases: bool = False) -> str:
@@ -149,14 +171,16 @@ def report(out_dir: str | Path) -> Path:
         raise PipelineError(f"no experiment results (phase.json, compare.json, ...) in {out_dir}")
     lines = ["# specstop experiments", ""]
     for name, res in found.items():
+        if res.get("refused"):
+            lines += [f"## {name}: REFUSED", "",
+                      *(f"- **{r['check']}**: {r['why']}" for r in res["refused"]), "",
+                      "_The numbers below were measured in that run and are shown for diagnosis only; they are not "
+                      "a result._", ""]
         if name == "phase":
             lines += _phase(res, out)
         elif name == "compare":
             lines += _policy_table(res["rows"], "## Compare: every policy at constant delays", res)
-            c = res["checks"]
-            lines += [f"auto within 2 % of the oracle at every delay: {'yes' if c['auto_within_2pct'] else 'no'}; "
-                      f"ahead of the rivals wherever the difference is outside the interval: "
-                      f"{'yes' if c['auto_ahead_where_clear'] else 'no'}.", "", _bars(res["rows"], out, "compare"), ""]
+            lines += [*_compare_checks(res["checks"]), "", _bars(res["rows"], out, "compare"), ""]
         elif name == "drift":
             lines += _policy_table(res["rows"], f"## Drift: `{res['channel']}` (per phase)", res)
             c = res["checks"]

@@ -16,6 +16,7 @@ from pipeline.http.app import create_app
 from pipeline.http.gateway import Gateway, GatewayConfig
 from pipeline.metrics import GatewayMetrics, parse_hostport, serve as serve_metrics, tap
 from pipeline.transport import bus
+from pipeline.transport.auth import role_inbox
 
 
 @dataclass
@@ -95,7 +96,8 @@ async def serve_gateway(opts: GatewayOptions) -> None:
     extra = serve_metrics(metrics.registry, opts.metrics) if opts.metrics else None
     await bus.probe(opts.nats_url)
     tokenizer = load_tokenizer(opts.tokenizer or BUNDLED_DRAFT)
-    nc = await bus.connect(opts.nats_url, opts.node_id, log)
+    edge = opts.config.edge_id  # a device's gateway replies under its own prefix; else the client identity's
+    nc = await bus.connect(opts.nats_url, opts.node_id, log, inbox_prefix=role_inbox("gateway", edge) if edge else None)
     gw, metrics, server = await start_gateway(nc, opts.config, tokenizer, log, opts.http, opts.node_id, metrics)
     gw.log.info("gateway_started", url=f"http://{opts.http.rpartition(':')[0] or '127.0.0.1'}:{server.port}/v1",
                 model=opts.config.model_name, metrics=extra.url if extra else None)

@@ -23,6 +23,7 @@ from nodes.models.loading import BUNDLED_DRAFT, BUNDLED_PROFILE, BUNDLED_TARGET,
 from nodes.policy_book import PolicyBook
 from nodes.link import parse_channel
 from nodes.protocol.admission import EdgeLimits
+from nodes.protocol.verifier_table import TableConfig
 from pipeline.transport import bus
 from pipeline.transport.auth import role_inbox
 from pipeline import logs
@@ -64,17 +65,22 @@ class EdgeOptions:
     place_sessions: bool = True     # new sessions on the least loaded verifier known (else: the queue group's pick)
 
 
+_TABLE = TableConfig()  # the verifier's bounds and their defaults live once, in the session table's config
+
+
 @dataclass
 class CloudOptions:
-    max_sessions: int = 128
-    session_ttl_s: float = 120.0
-    evict_idle_s: float = 2.0
+    max_sessions: int = _TABLE.max_sessions
+    session_ttl_s: float = _TABLE.session_ttl_s
+    evict_idle_s: float = _TABLE.evict_idle_s
     max_context_tokens: int = 8192  # prompt + generated tokens one session may hold
     max_batch: int = 32             # rounds verified in one batched forward
     batch_wait_ms: float = 2.0      # the longest a round waits for others to join its batch
     slot_cache: bool = True
     slot_memory_mb: int = 2048
     prefill_chunk: int | None = 256
+    max_sessions_per_edge: int | None = _TABLE.max_sessions_per_edge  # None: half of max_sessions
+    max_rounds_per_edge: int | None = _TABLE.max_rounds_per_edge      # None: the session share
 
 
 def limits_for(vocab: int, opts: NodeOptions, max_context_tokens: int = 32768) -> Limits:
@@ -155,7 +161,9 @@ async def serve_cloud(opts: NodeOptions, cloud: CloudOptions) -> None:
     cfg = CloudConfig(opts.node_id, cloud.max_sessions, cloud.session_ttl_s, evict_idle_s=cloud.evict_idle_s,
                       drain_timeout_s=opts.drain_timeout_s, max_batch=cloud.max_batch,
                       batch_wait_ms=cloud.batch_wait_ms, slot_cache=cloud.slot_cache,
-                      slot_memory_mb=cloud.slot_memory_mb, prefill_chunk=cloud.prefill_chunk)
+                      slot_memory_mb=cloud.slot_memory_mb, prefill_chunk=cloud.prefill_chunk,
+                      max_sessions_per_edge=cloud.max_sessions_per_edge,
+                      max_rounds_per_edge=cloud.max_rounds_per_edge)
     worker = CloudWorker(nc, pair.target, pair.vocab_size, cfg,
                          limits_for(pair.vocab_size, opts, cloud.max_context_tokens), log, model_nice=opts.model_nice,
                          device=_device(opts))
@@ -196,7 +204,7 @@ async def serve_edge(opts: NodeOptions, edge: EdgeOptions) -> None:
     say("edge", opts.node_id, f"loading the draft model ({opts.draft or 'bundled'}) ...")
     set_threads(opts.threads)
     pair = load_pair(opts.draft, opts.target, device=opts.device, load_target=False)
-    nc = await bus.connect(opts.nats_url, opts.node_id, log, inbox_prefix=role_inbox(opts.node_id))
+    nc = await bus.connect(opts.nats_url, opts.node_id, log, inbox_prefix=role_inbox("edge", opts.node_id))
     # one slot per active request; twice that, as a request's slot goes back once its last batch is done
     drafting = DraftBatchConfig(edge.draft_max_batch, edge.draft_batch_wait_ms, edge.draft_slot_cache,
                                 edge.limits.max_prompt_tokens + edge.limits.max_new_tokens + opts.max_length + 1,
@@ -224,7 +232,7 @@ async def serve_control(nats_url: str, node_id: str, log_file: str | None, max_l
     from nodes.controller import Controller
 
     log, metrics = with_metrics("control", node_id, logs.configure(node_id, log_file), metrics_addr)
-    nc = await bus.connect(nats_url, node_id, log, inbox_prefix=role_inbox(node_id))
+    nc = await bus.connect(nats_url, node_id, log, inbox_prefix=role_inbox("controller", node_id))
     ctl = Controller(nc, log, max_length=max_length, seed=seed, limits=Limits(max_draft_length=max_length),
                      max_learners=max_learners, stream=stream or StreamLimits())
     await ctl.start()

@@ -3,8 +3,9 @@ certificates (openssl CLI), one nkey per identity, the users files rendered from
 `deploy/auth/*.tmpl`, and the environment each nats-server reads its config values from.
 
 Layout written under `root`:
-  pki/ca.pem, pki/ca.key, pki/server.pem, pki/server.key   (server cert for 127.0.0.1/localhost)
-  seeds/<role>-<id>.seed                                   (0600; the only secrets)
+  pki/ca.pem, pki/ca.key (0600: only the signer needs it), pki/server.pem + .key (the hub's certificate),
+  pki/leaf-<edge>.pem + .key (each device's own)
+  seeds/<role>-<id>.seed                                   (0600: with the keys, the only secrets)
   hub/hub.conf (or cluster.conf) + hub/auth/hub-users.conf
   leaf-<edge>/leaf.conf + leaf-<edge>/auth/leaf-users.conf
 """
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.errors import PipelineError
+from schemas.messages import valid_id
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 JS_DOMAIN = "hub"
@@ -83,21 +85,34 @@ def _openssl(*args: str, cwd: Path) -> None:
         raise PipelineError(f"openssl {args[0]} failed: {r.stderr.strip().splitlines()[-1] if r.stderr else r.returncode}")
 
 
-def make_pki(pki: Path) -> dict[str, Path]:
-    """A throwaway CA and one server certificate for 127.0.0.1/localhost (serverAuth + clientAuth, so
-    cluster routes can present it too). EC P-256 keys: fast to make."""
+def _san(host: str) -> str:
+    return f"IP:{host}" if all(c.isdigit() or c in ".:" for c in host) else f"DNS:{host}"
+
+
+def make_cert(pki: Path, name: str, hosts: list[str], days: int = 2) -> dict[str, Path]:
+    """`<name>.pem` + `<name>.key` (0600) signed by the CA in `pki`, valid for `hosts` and loopback
+    (serverAuth + clientAuth, so cluster routes can present it too). EC P-256 keys: fast to make."""
+    sans = ",".join(dict.fromkeys(_san(h) for h in [*hosts, "127.0.0.1", "localhost"]))
+    (pki / f"{name}.ext").write_text(f"subjectAltName={sans}\n"
+                                     "extendedKeyUsage=serverAuth,clientAuth\nbasicConstraints=CA:FALSE\n")
+    _openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", f"{name}.key",
+             "-out", f"{name}.csr", "-subj", f"/CN={hosts[0] if hosts else 'localhost'}", cwd=pki)
+    _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+             "-out", f"{name}.pem", "-days", str(days), "-extfile", f"{name}.ext", cwd=pki)
+    os.chmod(pki / f"{name}.key", 0o600)
+    for tmp in (f"{name}.csr", f"{name}.ext"):
+        (pki / tmp).unlink()
+    return {"ca": pki / "ca.pem", "cert": pki / f"{name}.pem", "key": pki / f"{name}.key"}
+
+
+def make_pki(pki: Path, hub_hosts: list[str] | None = None, days: int = 2) -> dict[str, Path]:
+    """A CA (its key stays with whoever signs: no server reads it) and the hub's certificate,
+    `server.pem`, for `hub_hosts` and loopback."""
     pki.mkdir(parents=True, exist_ok=True)
     _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-             "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=specstop throwaway CA", cwd=pki)
-    (pki / "server.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n"
-                                    "extendedKeyUsage=serverAuth,clientAuth\nbasicConstraints=CA:FALSE\n")
-    _openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", "server.key",
-             "-out", "server.csr", "-subj", "/CN=localhost", cwd=pki)
-    _openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-             "-out", "server.pem", "-days", "2", "-extfile", "server.ext", cwd=pki)
-    for k in ("ca.key", "server.key"):
-        os.chmod(pki / k, 0o600)
-    return {"ca": pki / "ca.pem", "cert": pki / "server.pem", "key": pki / "server.key"}
+             "-keyout", "ca.key", "-out", "ca.pem", "-days", str(days), "-subj", "/CN=specstop CA", cwd=pki)
+    os.chmod(pki / "ca.key", 0o600)
+    return make_cert(pki, "server", hub_hosts or [], days)
 
 
 # --- a deployment ------------------------------------------------------------------------------------
@@ -110,10 +125,24 @@ class ServerSpec:
     client_port: int
     leaf_port: int | None = None
     cluster_port: int | None = None
+    host: str = "127.0.0.1"  # where its clients reach it
 
     @property
     def url(self) -> str:
-        return f"tls://127.0.0.1:{self.client_port}"
+        return f"tls://{self.host}:{self.client_port}"
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where real servers run: the hub's host names (one per cluster node, in its certificate and in
+    every URL), the address they listen on, their ports, and the port of each device's leaf server
+    (on the device's 127.0.0.1). Without one, everything is on loopback with free ports."""
+    hub_hosts: tuple[str, ...]
+    listen: str = "0.0.0.0"
+    client_port: int = 4222
+    leaf_port: int = 7422
+    cluster_port: int = 6222
+    device_port: int = 4222
 
 
 @dataclass
@@ -128,16 +157,45 @@ class Deployment:
         return self.identities[f"{role}-{ident}"]
 
 
+def check_ids(edges: list[str], verifiers: list[str], controller: str,
+              clients: dict[str, list[str]]) -> None:
+    """Every id names subjects and inbox prefixes: valid, and unique within its role; one line per problem."""
+    named = {"edge": edges, "verifier": verifiers, "controller": [controller],
+             "client": [c for cs in clients.values() for c in cs]}
+    for role, ids in named.items():
+        for i in ids:
+            if not valid_id(i):
+                raise PipelineError(f"{role} id '{i[:80]}' must be 1..128 ASCII letters, digits, '-' or '_'")
+        dup = sorted({i for i in ids if ids.count(i) > 1})
+        if dup:
+            raise PipelineError(f"{role} id '{dup[0]}' is given twice")
+    if not edges or not verifiers:
+        raise PipelineError("a deployment needs at least one edge and one verifier")
+    stray = sorted(set(clients) - set(edges))
+    if stray:
+        raise PipelineError(f"clients are given for '{stray[0]}', which is not an edge")
+
+
 def write_deployment(root: Path, edges: list[str], verifiers: list[str], cluster: int = 1,
-                     controller: str = "control-1", direct_edges: bool = True) -> Deployment:
-    """All files for a hub (or a `cluster`-node cluster) and one leaf per edge, on loopback ports.
-    `direct_edges`: the hub also knows each edge and a client, so an edge can connect to it directly
-    (the leaf hop's extra latency is measured against that)."""
+                     controller: str = "control-1", direct_edges: bool = True,
+                     clients: dict[str, list[str]] | None = None, placement: Placement | None = None,
+                     cert_days: int = 2) -> Deployment:
+    """All files for a hub (or a `cluster`-node cluster) and one leaf per edge: on loopback ports, or at
+    `placement`. `clients`: the client identities of each edge device (default: one per device, with the
+    edge's id); each reads only its own inbox prefix. `direct_edges`: the hub also knows each edge and its
+    clients, so an edge can connect to it directly (the leaf hop's extra latency is measured against that).
+    Each server has its own certificate: a device never holds the hub's key."""
     if cluster not in (1, 3):
         raise PipelineError(f"--cluster must be 1 or 3, got {cluster}")
+    clients = {e: [e] for e in edges} if clients is None else clients
+    check_ids(edges, verifiers, controller, clients)
+    if placement is not None and len(placement.hub_hosts) != cluster:
+        raise PipelineError(f"give {cluster} hub host{'s' if cluster > 1 else ''} (one per hub node), "
+                            f"got {len(placement.hub_hosts)}")
     deploy = deploy_dir()
     root.mkdir(parents=True, exist_ok=True)
-    pki = make_pki(root / "pki")
+    hub_hosts = list(placement.hub_hosts) if placement else ["127.0.0.1"] * cluster
+    pki = make_pki(root / "pki", sorted(set(hub_hosts)), cert_days)
     seeds = root / "seeds"
     ids: dict[str, Identity] = {}
 
@@ -150,14 +208,21 @@ def write_deployment(root: Path, edges: list[str], verifiers: list[str], cluster
     hub_users += [add("leaf", e) for e in edges]
     leaf_users: dict[str, list[Identity]] = {}
     for e in edges:
-        edge_i, client_i = add("edge", e), add("client", e)
-        leaf_users[e] = [edge_i, client_i, add("gateway", e)]
+        edge_i, client_is = add("edge", e), [add("client", c) for c in clients.get(e, [])]
+        leaf_users[e] = [edge_i, *client_is, add("gateway", e)]
         if direct_edges:
-            hub_users += [edge_i, client_i]
-    tls = {"SPECSTOP_TLS_CERT": str(pki["cert"]), "SPECSTOP_TLS_KEY": str(pki["key"]), "SPECSTOP_TLS_CA": str(pki["ca"])}
+            hub_users += [edge_i, *client_is]
+
+    def tls(cert: dict[str, Path]) -> dict[str, str]:
+        return {"SPECSTOP_TLS_CERT": str(cert["cert"]), "SPECSTOP_TLS_KEY": str(cert["key"]),
+                "SPECSTOP_TLS_CA": str(cert["ca"])}
+
+    def ports(n: int) -> tuple[int, int, int]:
+        return ((placement.client_port, placement.leaf_port, placement.cluster_port) if placement
+                else (free_port(), free_port(), free_port()))
 
     hubs: list[ServerSpec] = []
-    cports = [free_port() for _ in range(cluster)]
+    hub_ports = [ports(n) for n in range(cluster)]
     for n in range(cluster):
         d = root / (f"hub-{n + 1}" if cluster > 1 else "hub")
         (d / "auth").mkdir(parents=True, exist_ok=True)
@@ -167,13 +232,15 @@ def write_deployment(root: Path, edges: list[str], verifiers: list[str], cluster
             shutil.copy(deploy / "cluster.conf", d / "cluster.conf")
             conf = d / "cluster.conf"
         (d / "auth" / "hub-users.conf").write_text(render_users(hub_users))
-        spec = ServerSpec(d.name, conf, {}, free_port(), free_port(), cports[n] if cluster > 1 else None)
-        spec.env = {"SPECSTOP_SERVER_NAME": d.name, "SPECSTOP_HOST": "127.0.0.1",
+        cport, lport, rport = hub_ports[n]
+        spec = ServerSpec(d.name, conf, {}, cport, lport, rport if cluster > 1 else None, hub_hosts[n])
+        spec.env = {"SPECSTOP_SERVER_NAME": d.name, "SPECSTOP_HOST": placement.listen if placement else "127.0.0.1",
                     "SPECSTOP_CLIENT_PORT": str(spec.client_port), "SPECSTOP_LEAF_PORT": str(spec.leaf_port),
-                    "SPECSTOP_STORE_DIR": str(d / "jetstream"), "SPECSTOP_JS_DOMAIN": JS_DOMAIN, **tls}
+                    "SPECSTOP_STORE_DIR": str(d / "jetstream"), "SPECSTOP_JS_DOMAIN": JS_DOMAIN, **tls(pki)}
         if cluster > 1:
             spec.env["SPECSTOP_CLUSTER_PORT"] = str(spec.cluster_port)
-            spec.env["SPECSTOP_ROUTES"] = "[" + ", ".join(f"nats-route://127.0.0.1:{p}" for p in cports) + "]"
+            spec.env["SPECSTOP_ROUTES"] = "[" + ", ".join(f"nats-route://{h}:{p[2]}"
+                                                          for h, p in zip(hub_hosts, hub_ports)) + "]"
         hubs.append(spec)
 
     leaves: dict[str, ServerSpec] = {}
@@ -182,10 +249,11 @@ def write_deployment(root: Path, edges: list[str], verifiers: list[str], cluster
         (d / "auth").mkdir(parents=True, exist_ok=True)
         shutil.copy(deploy / "leaf.conf", d / "leaf.conf")
         (d / "auth" / "leaf-users.conf").write_text(render_users(leaf_users[e]))
-        spec = ServerSpec(d.name, d / "leaf.conf", {}, free_port())
+        spec = ServerSpec(d.name, d / "leaf.conf", {}, placement.device_port if placement else free_port())
         spec.env = {"SPECSTOP_SERVER_NAME": d.name, "SPECSTOP_HOST": "127.0.0.1",
                     "SPECSTOP_CLIENT_PORT": str(spec.client_port),
-                    "SPECSTOP_HUB_LEAF_URL": "[" + ", ".join(f"tls://127.0.0.1:{h.leaf_port}" for h in hubs) + "]",
-                    "SPECSTOP_LEAF_SEED": ids[f"leaf-{e}"].seed_file.read_text().strip(), **tls}
+                    "SPECSTOP_HUB_LEAF_URL": "[" + ", ".join(f"tls://{h.host}:{h.leaf_port}" for h in hubs) + "]",
+                    "SPECSTOP_LEAF_SEED": ids[f"leaf-{e}"].seed_file.read_text().strip(),
+                    **tls(make_cert(root / "pki", f"leaf-{e}", [], cert_days))}
         leaves[e] = spec
     return Deployment(root, pki, hubs, leaves, ids)

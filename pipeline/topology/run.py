@@ -16,12 +16,14 @@ LEAF_UP = "Leafnode connection created"
 
 class Topology:
     def __init__(self, root: Path, edges: int | list[str], verifiers: int | list[str], cluster: int = 1,
-                 proxied_links: bool = False, controller: str = "control-1"):
+                 proxied_links: bool = False, controller: str = "control-1",
+                 clients: dict[str, list[str]] | None = None):
         self.root = Path(root)
         self.edges = edges if isinstance(edges, list) else [f"edge-{i + 1}" for i in range(edges)]
         self.verifiers = verifiers if isinstance(verifiers, list) else [f"cloud-{i + 1}" for i in range(verifiers)]
         self.cluster = cluster
         self.controller = controller
+        self.clients = clients  # edge id -> its device's client ids (default: one, named as the edge)
         self.proxied = proxied_links
         self.dep: Deployment | None = None
         self.hubs: list[ServerProcess] = []
@@ -30,7 +32,8 @@ class Topology:
 
     # --- lifecycle ------------------------------------------------------------------------------
     def start(self) -> "Topology":
-        self.dep = write_deployment(self.root, self.edges, self.verifiers, self.cluster, self.controller)
+        self.dep = write_deployment(self.root, self.edges, self.verifiers, self.cluster, self.controller,
+                                    clients=self.clients)
         for spec in [*self.dep.hubs, *self.dep.leaves.values()]:
             check_config(spec)
         try:
@@ -86,18 +89,20 @@ class Topology:
         return self.dep.leaves[edge].url
 
     def auth(self, role: str, ident: str, via_leaf: bool = True) -> ConnectAuth:
-        """An identity's connection settings: its seed file, the CA, and for an edge on a leaf the
-        hub's JetStream domain."""
+        """An identity's connection settings: its seed file, the CA, for an edge on a leaf the hub's
+        JetStream domain, and for a client its id (so its connections use its own inbox prefix)."""
         if self.dep is None:
             raise PipelineError("topology not started")
         i = self.dep.ident(role, ident)
         return ConnectAuth(nkey=str(i.seed_file), tls_ca=str(self.ca),
-                           js_domain=JS_DOMAIN if role == "edge" and via_leaf else None)
+                           js_domain=JS_DOMAIN if role == "edge" and via_leaf else None,
+                           client_id=ident if role == "client" else None)
 
     def cli_flags(self, role: str, ident: str, via_leaf: bool = True) -> list[str]:
         """The same as flags for a worker process (file paths only: no secret on a command line)."""
         a = self.auth(role, ident, via_leaf)
-        return ["--nkey", a.nkey, "--tls-ca", a.tls_ca, *(["--js-domain", a.js_domain] if a.js_domain else [])]
+        return ["--nkey", a.nkey, "--tls-ca", a.tls_ca, *(["--js-domain", a.js_domain] if a.js_domain else []),
+                *(["--client-id", a.client_id] if a.client_id else [])]
 
     # --- link loss -----------------------------------------------------------------------------------
     def cut_link(self, edge: str) -> None:

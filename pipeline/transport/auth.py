@@ -15,6 +15,11 @@ naming the file and what was wrong.
 | `--tls-ca FILE` | `SPECSTOP_NATS_CA` | CA bundle the server's certificate must chain to (turns TLS on) |
 | `--tls-cert FILE`, `--tls-key FILE` | `SPECSTOP_NATS_CERT`, `SPECSTOP_NATS_KEY` | client certificate (mutual TLS) |
 | `--js-domain NAME` | `SPECSTOP_NATS_JS_DOMAIN` | JetStream domain of the hub (an edge on a leaf node reaches the hub's streams through it) |
+| `--client-id ID` | `SPECSTOP_NATS_CLIENT_ID` | id of a `client` identity: its connections use the inbox prefix `_INBOX_client_<ID>`, the only one its permissions let it read |
+
+Every identity reads replies only under its own inbox prefix (`role_inbox`): workers derive theirs from
+their node id (an edge `--id e1` uses `_INBOX_edge_e1`), a device gateway from `--edge`, and a client
+from `--client-id`, its one source.
 """
 from __future__ import annotations
 
@@ -25,6 +30,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from pipeline.errors import PipelineError
+from schemas.messages import valid_id
 
 ENV = {
     "creds": "SPECSTOP_NATS_CREDS",
@@ -35,14 +41,23 @@ ENV = {
     "tls_cert": "SPECSTOP_NATS_CERT",
     "tls_key": "SPECSTOP_NATS_KEY",
     "js_domain": "SPECSTOP_NATS_JS_DOMAIN",
+    "client_id": "SPECSTOP_NATS_CLIENT_ID",
 }
 PASSWORD_ENV = "SPECSTOP_NATS_PASSWORD"
 
 
-def role_inbox(node_id: str) -> str:
-    """Inbox prefix of one identity (`_INBOX_<id>`): the shipped permissions let an edge or the
-    controller subscribe to its own prefix only, so nobody else reads (or is sent) its replies."""
-    return f"_INBOX_{node_id}"
+INBOX_ROLES = ("edge", "controller", "client", "gateway")
+
+
+def role_inbox(role: str, ident: str) -> str:
+    """Inbox prefix of one identity (`_INBOX_<role>_<id>`): the shipped permissions let each edge,
+    controller, client and gateway subscribe under its own prefix only, so nobody else reads its
+    replies (token streams, verdicts) or learns the inbox a cancel or resume must name. The role is
+    part of the token: a client and an edge may share an id (`client-e1`, `edge-e1`) and no id can
+    make one role's prefix equal another's (no role name is a prefix of another)."""
+    if role not in INBOX_ROLES:
+        raise PipelineError(f"no inbox prefix for role '{role}' (one of {', '.join(INBOX_ROLES)})")
+    return f"_INBOX_{role}_{ident}"
 
 
 @dataclass(frozen=True)
@@ -55,6 +70,7 @@ class ConnectAuth:
     tls_cert: str | None = None
     tls_key: str | None = None
     js_domain: str | None = None
+    client_id: str | None = None
     password: str | None = field(default=None, repr=False)  # from the environment only; never printed
 
     @classmethod
@@ -90,6 +106,9 @@ class ConnectAuth:
             raise PipelineError(f"a password ({ENV['password_file']} / {PASSWORD_ENV}) needs --user / {ENV['user']}")
         if self.user and not (self.password_file or self.password):
             raise PipelineError(f"--user needs --password-file or {PASSWORD_ENV}")
+        if self.client_id is not None and not valid_id(self.client_id):
+            raise PipelineError(f"client id '{self.client_id[:80]}' (--client-id / {ENV['client_id']}) must be "
+                                "1..128 ASCII letters, digits, '-' or '_'")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise PipelineError("--tls-cert and --tls-key go together")
         if self.creds:
@@ -135,6 +154,11 @@ class ConnectAuth:
                 raise PipelineError(f"TLS certificate {self.tls_cert} and key {self.tls_key} do not load "
                                     "as a PEM pair") from None
         return ctx
+
+    @property
+    def inbox_prefix(self) -> str | None:
+        """The client identity's own inbox prefix, if this process is a client with an id."""
+        return role_inbox("client", self.client_id) if self.client_id else None
 
     def connect_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for `nats.connect` (secrets read from their files here, at connect time)."""

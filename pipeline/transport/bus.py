@@ -8,7 +8,10 @@ Every connection carries this process's identity and TLS settings
 (`pipeline.transport.auth`: flags or environment, set once by the CLI), unless
 a caller passes another `ConnectAuth` (tests and `specstop topology` hold
 several identities in one process). A refused identity is one clear error,
-never a reconnect loop.
+never a reconnect loop. Replies arrive under the identity's own inbox prefix: the caller's
+`inbox_prefix` (workers: `role_inbox(role, node id)`), else a client identity's
+(`--client-id`), else nats-py's shared `_INBOX`, which the shipped permissions grant nobody
+but the operator.
 """
 from __future__ import annotations
 
@@ -80,7 +83,8 @@ async def connect(url: str, name: str, log: Any = None, long_lived: bool = True,
         if log is not None:
             log.info("nats_reconnected", url=url)
 
-    extra: dict[str, Any] = {"inbox_prefix": inbox_prefix} if inbox_prefix else {}
+    prefix = inbox_prefix or auth.inbox_prefix
+    extra: dict[str, Any] = {"inbox_prefix": prefix} if prefix else {}
     nc = await nats.connect(
         url, name=name, error_cb=error_cb, disconnected_cb=disconnected_cb, reconnected_cb=reconnected_cb,
         max_reconnect_attempts=-1 if long_lived else 5, reconnect_time_wait=0.25, connect_timeout=2,
