@@ -3,7 +3,7 @@ an edge killed with kill -9 is noticed by its clients (`edge_gone`) and by the v
 its sessions (freed, not kept for the TTL); a verifier stopped with SIGSTOP costs no request more
 than about one request timeout while another verifier is healthy, and outputs stay exact.
 Bounds are generous (a loaded machine is slow, never wrong); the exact numbers come from
-`scripts/liveness_bench.py`."""
+`python -m pipeline.bench.liveness`."""
 from __future__ import annotations
 
 import asyncio
