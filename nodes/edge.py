@@ -60,6 +60,7 @@ from schemas.messages import (
 )
 from schemas.rounds import Draft
 
+
 class HolderGone(Exception):
     """The verifier a round waits on stopped sending heartbeats; `other` is alive to take it."""
 
