@@ -21,6 +21,11 @@ session's slot back (`release`).
 
 Shutdown: leave the queue group (no new sessions), let the rounds in flight
 finish (bounded), answer anything else `draining` so edges move elsewhere.
+
+Liveness (`nodes.liveness`): every `heartbeat_s` the verifier publishes its `AliveMsg` (load:
+sessions held; draining), so edges avoid it once it stalls; it hears the edges' heartbeats, and
+an edge heard once and then silent for `liveness_window_s` loses all its sessions at once
+(`session_end`, reason `edge_gone`) instead of holding them for the TTL.
 """
 from __future__ import annotations
 
@@ -34,7 +39,9 @@ from nats.aio.msg import Msg
 
 from nodes.batcher import Batched, MicroBatcher
 from nodes.device import DeviceProfile, Pacer
+from nodes.liveness import Heartbeat
 from nodes.models.batch_verify import BatchStats, BatchVerifier, JobResult, VerifyJob
+from nodes.protocol.liveness import FORGET_S, HEARTBEAT_S, WINDOW_S, PeerTable
 from nodes.protocol.verifier_table import Admission, Compute, Outcome, Reply, SessionTable, TableConfig
 from nodes.worker_base import WorkerBase
 from schemas import subjects
@@ -61,6 +68,8 @@ class CloudConfig:
     prefill_chunk: int | None = 256  # context tokens prefilled per batch (None: a whole prompt at once)
     max_sessions_per_edge: int | None = _T.max_sessions_per_edge  # None: TableConfig's derived share
     max_rounds_per_edge: int | None = _T.max_rounds_per_edge
+    heartbeat_s: float = HEARTBEAT_S       # AliveMsg period
+    liveness_window_s: float = WINDOW_S    # an edge heard once and then silent this long is gone
 
     def table(self) -> TableConfig:
         return TableConfig(self.verifier_id, self.max_sessions, self.session_ttl_s, self.evict_idle_s,
@@ -83,6 +92,10 @@ class CloudWorker(WorkerBase):
             self._run_batch, config.max_batch, config.batch_wait_ms / 1e3, more_coming=self._more_coming,
             again=lambda r: r[0].again, share_key=lambda item: item[1][0])  # rounds shared fairly between edges
         self._queue_sub = None
+        self.edges = PeerTable(config.liveness_window_s)
+        self.heartbeat = Heartbeat(nc, log, limits, "verifier", config.verifier_id, "edge", self.edges,
+                                   lambda: (len(self.table.sessions), self.table.draining, 0), self._on_tick,
+                                   self.send_now, config.heartbeat_s)
         self.computing = 0  # rounds whose model compute has not finished (a replaced session's included)
 
     @property
@@ -101,6 +114,8 @@ class CloudWorker(WorkerBase):
         self.subs.append(await self.nc.subscribe(sticky, cb=self._on_msg))
         self.subs.append(await self.nc.subscribe(end, cb=self._on_msg_end))
         self.background.add(asyncio.create_task(self._expire_loop()))
+        self.subs.append(await self.heartbeat.subscribe())
+        self.background.add(asyncio.create_task(self.heartbeat.run()))
         quota = self.table.cfg
         self.log.info("cloud_started", verifier_id=self.cfg.verifier_id, subjects=[shared, sticky, end],
                       model_nice=self.model_nice, max_sessions=self.cfg.max_sessions,
@@ -111,6 +126,7 @@ class CloudWorker(WorkerBase):
 
     async def stop(self) -> None:
         self.table.begin_drain()
+        await self.send_now(self.heartbeat.subject, self.heartbeat.beat())  # draining: edges look elsewhere now
         if self._queue_sub is not None:
             try:
                 await self._queue_sub.unsubscribe()
@@ -275,6 +291,17 @@ class CloudWorker(WorkerBase):
             self.log.info("session_end", reason="final", held=adm.detail == "held", **fields)
         else:
             self.log.warning(adm.event, code=adm.event, error=adm.detail[:300], replied=bool(adm.replies), **fields)
+
+    async def _on_tick(self, now: float, since: float, beat: bytes) -> None:
+        """Free the sessions of every edge whose heartbeats stopped (never one we never heard)."""
+        for edge_id, silent_s in self.edges.newly_gone(now, since):
+            keys = self.table.drop_edge(edge_id)
+            for _, rid, _ in keys:
+                self.log.info("session_end", request_id=rid, edge_id=edge_id, reason="edge_gone",
+                              sessions=len(self.sessions))
+            self.log.warning("peer_gone", role="edge", node_id=edge_id, silent_s=round(silent_s, 3),
+                             sessions_freed=len(keys))
+        self.edges.prune(now, FORGET_S)
 
     async def _expire_loop(self) -> None:
         while True:

@@ -12,6 +12,12 @@ error that names what went wrong, by the client's cancel or deadline, or by
 the edge's shutdown (drained within `drain_timeout_s`); in every case the
 client gets a terminal message and every verifier that held the request's
 session gets a final draft.
+
+Liveness (`nodes.liveness`): every `heartbeat_s` the edge publishes its `AliveMsg` and forwards
+it to every live request's client that it has sent nothing for that long (a client that hears
+nothing for a few seconds knows the edge is gone); it hears the verifiers' heartbeats, so
+placement avoids a stalled or draining verifier, a timed-out round is retried on another live
+one, and a round whose verifier's heartbeat stopped moves to another before its timeout.
 """
 from __future__ import annotations
 
@@ -32,6 +38,7 @@ from nodes.device import DeviceProfile, Pacer
 from nodes.draft_batcher import DraftBatchConfig, DraftBatcher, Drafted
 from nodes.jetstream import bucket_keys, ensure_stream, jetstream_of
 from nodes.link import Channel, ConstChannel, LinkTimer
+from nodes.liveness import Heartbeat
 from nodes.models.errors import ModelError
 from nodes.models.head import AcceptanceHead, can_stop, head_for, stop_rule
 from nodes.models.loading import ModelPair
@@ -40,6 +47,7 @@ from nodes.nats_confirm import confirm_sent
 from nodes.policy_book import PolicyBook
 from nodes.protocol.admission import EarlyCancels, EdgeLimits, admit_generate, check_prompt_tokens, deadline_s
 from nodes.protocol.request import Accepted, EdgeRequest, Failed, RoundRules, RoundTimes
+from nodes.protocol.liveness import FORGET_S, HEARTBEAT_S, WINDOW_S, PeerTable
 from nodes.protocol.placement import Placement
 from nodes.protocol.timing import DelayEstimate, one_way_delay_ms, round_log_fields
 from nodes.timing_outbox import TimingOutbox
@@ -51,6 +59,15 @@ from schemas.messages import (
     PolicyUpdate, ResumeMsg, TokenChunk, VerdictMsg,
 )
 from schemas.rounds import Draft
+
+
+class HolderGone(Exception):
+    """The verifier a round waits on stopped sending heartbeats; `other` is alive to take it."""
+
+    def __init__(self, other: str):
+        super().__init__(other)
+        self.other = other
+
 
 class RoundFailed(RuntimeError):
     def __init__(self, code: str, message: str):
@@ -70,6 +87,8 @@ class EdgeConfig:
     drain_timeout_s: float = 10.0
     drafting: DraftBatchConfig = DraftBatchConfig()
     place_sessions: bool = True  # new sessions start on the least loaded verifier known (nodes/protocol/placement)
+    heartbeat_s: float = HEARTBEAT_S       # AliveMsg period, and a silent client's keepalive period
+    liveness_window_s: float = WINDOW_S    # a verifier not heard from this long is avoided
 
     def rules(self) -> RoundRules:
         return RoundRules(self.edge_id, self.max_length, self.request_timeout_s, self.failover_deadline_s)
@@ -87,6 +106,7 @@ class Live:
     request: EdgeRequest | None = field(default=None, repr=False)
     draft_session: DraftSession | None = field(default=None, repr=False)  # its slot goes back at the end
     terminal: TokenChunk | ErrorMsg | None = None  # the stream's last message, kept to answer `resume`
+    last_sent: float = field(default_factory=time.monotonic)  # the client last got something from us
 
 
 RECENT_KEEP = 1024      # finished streams whose last message is kept to answer `resume`
@@ -120,7 +140,12 @@ class EdgeWorker(WorkerBase):
         self.drafter = DraftBatcher(self, pair.draft, pair.vocab_size, config.drafting, self._drafting_requests,
                                     lambda: len(self.tasks) <= 1, log)
         self.outbox = TimingOutbox(nc, jetstream_of(nc), log, config.edge_id)
-        self.placement = Placement(config.seed)
+        self.verifiers = PeerTable(config.liveness_window_s)
+        self.placement = Placement(config.seed, peers=self.verifiers)
+        self.heartbeat = Heartbeat(nc, log, limits, "edge", config.edge_id, "verifier", self.verifiers,
+                                   self._alive_status, self._on_tick, self.send_now, config.heartbeat_s)
+        # verifier id -> rounds waiting on it; None -> rounds waiting on the queue group (any verifier may hold them)
+        self._holder_watch: dict[str | None, set[asyncio.Future]] = {}
 
     # --- lifecycle -----------------------------------------------------------------
     async def start(self) -> None:
@@ -130,6 +155,8 @@ class EdgeWorker(WorkerBase):
         self.subs += self._generate_subs
         self.subs.append(await self.nc.subscribe(subjects.CANCEL, cb=self._on_cancel))
         self.subs.append(await self.nc.subscribe(subjects.RESUME, cb=self._on_resume))
+        self.subs.append(await self.heartbeat.subscribe())
+        self.background.add(asyncio.create_task(self.heartbeat.run()))
         self.outbox.start()
         if not self.policies.learn_locally:
             self.subs.append(await self.nc.subscribe(subjects.policy(self.cfg.edge_id), cb=self._on_policy))
@@ -146,6 +173,7 @@ class EdgeWorker(WorkerBase):
         """Take no new requests; let running ones finish within the drain timeout; then stop the rest
         (the client gets an `unavailable` error, the verifier a final draft)."""
         self.draining = True
+        await self.send_now(self.heartbeat.subject, self.heartbeat.beat())  # draining, said at once
         for sub in self._generate_subs:
             try:
                 await sub.unsubscribe()
@@ -189,6 +217,66 @@ class EdgeWorker(WorkerBase):
                     self.log.warning("unsubscribe_unconfirmed", error=type(exc).__name__,
                                      waited_s=UNSUBSCRIBE_CONFIRM_S)
                     return
+
+    # --- liveness ----------------------------------------------------------------------
+    def _alive_status(self) -> tuple[int, bool, int]:
+        """(live requests, draining, verifiers heard within the window) for our heartbeat."""
+        return len(self.live), self.draining, len(self.verifiers.alive(time.monotonic(), self.heartbeat.since))
+
+    async def _on_tick(self, now: float, since: float, beat: bytes) -> None:
+        """Once per heartbeat: keep silent clients' streams alive, act on verifiers gone silent."""
+        self.placement.since = since
+        for live in list(self.live.values()):
+            if live.inbox and live.terminal is None and now - live.last_sent >= self.cfg.heartbeat_s * 0.9:
+                live.last_sent = now
+                await self.send_now(live.inbox, beat)
+        for vid, silent_s in self.verifiers.newly_gone(now, since):
+            waiting = self._holder_watch.get(vid, set()) | self._holder_watch.get(None, set())
+            self.log.warning("peer_gone", role="verifier", node_id=vid, silent_s=round(silent_s, 3),
+                             rounds_waiting=len(waiting))
+            for fut in waiting:
+                if not fut.done():
+                    fut.set_result(vid)
+        self.verifiers.prune(now, FORGET_S)
+
+    def _watch_holder(self, verifier_id: str | None) -> asyncio.Future:
+        """A future resolved when `verifier_id`'s heartbeat stops (None: a round sent to the queue
+        group, which any verifier may have taken: resolved when any stops)."""
+        fut = asyncio.get_running_loop().create_future()
+        self._holder_watch.setdefault(verifier_id, set()).add(fut)
+        return fut
+
+    def _unwatch(self, verifier_id: str | None, fut: asyncio.Future) -> None:
+        waiting = self._holder_watch.get(verifier_id)
+        if waiting is not None:
+            waiting.discard(fut)
+            if not waiting:
+                del self._holder_watch[verifier_id]
+        if not fut.done():
+            fut.cancel()
+
+    async def _ask(self, r: EdgeRequest, step: Any) -> Msg:
+        """One attempt's request. Raises `HolderGone` when its verifier's heartbeat stops first (for a
+        queue-group attempt: any verifier's, it may be the one that took it) and another live verifier
+        can take the round: with the context it builds the session, or joins the round if it is the
+        one computing it. With no other verifier known, a plain request (no overhead)."""
+        holder = r.verifier
+        if self.placement.elsewhere(holder, time.monotonic()) is None:
+            return await self.nc.request(step.subject, encode(step.msg), timeout=step.timeout_s)
+        gone = self._watch_holder(holder)
+        ask = asyncio.ensure_future(self.nc.request(step.subject, encode(step.msg), timeout=step.timeout_s))
+        try:
+            await asyncio.wait({ask, gone}, return_when=asyncio.FIRST_COMPLETED)
+            if not ask.done():
+                other = self.placement.elsewhere(holder, time.monotonic())
+                if other is not None:
+                    raise HolderGone(other)
+                await asyncio.wait({ask})  # nobody to move to after all: wait out the timeout
+            return ask.result()
+        finally:
+            self._unwatch(holder, gone)
+            if not ask.done():
+                ask.cancel()
 
     # --- policy updates --------------------------------------------------------------
     async def _on_policy(self, msg: Msg) -> None:
@@ -336,6 +424,9 @@ class EdgeWorker(WorkerBase):
         if state is not None:
             await self.send_now(c.inbox, encode(state))
             self.log.info("stream_resumed", request_id=c.request_id, seq=getattr(state, "seq", None))
+        elif (live := self.live.get(c.request_id)) is not None and live.inbox == c.inbox:
+            live.last_sent = time.monotonic()  # held, nothing streamed yet: a sign of life is the answer
+            await self.send_now(c.inbox, self.heartbeat.beat())
         if msg.reply:
             await self.send_now(msg.reply, encode(AckMsg(c.request_id, "resumed" if state else "not_held")))
 
@@ -406,6 +497,7 @@ class EdgeWorker(WorkerBase):
         self.log.warning("request_failed", request_id=req.request_id, code=code, error=text[:300])
         live.terminal = ErrorMsg(code, text[:1000], req.request_id)
         if live.inbox:
+            live.last_sent = time.monotonic()
             await self.send_now(live.inbox, encode(live.terminal))
 
     async def _open(self, req: GenerateRequest, spec: str) -> EdgeRequest:
@@ -499,6 +591,7 @@ class EdgeWorker(WorkerBase):
             if rec.done:
                 live.terminal = rec.chunk
             if reply:
+                live.last_sent = time.monotonic()
                 await self.send_now(reply, encode(rec.chunk))
             self.log.info("round", **round_log_fields(rec.timing), **_draft_batch_fields(drafted))
             self.outbox.put(subjects.timing(self.cfg.edge_id), encode(rec.timing))
@@ -532,13 +625,16 @@ class EdgeWorker(WorkerBase):
             began = time.perf_counter()
             link_ms = await self.link.sleep(sample.up_ms)
             try:
-                answer = await self.nc.request(step.subject, encode(step.msg), timeout=step.timeout_s)
+                answer = await self._ask(r, step)
+            except HolderGone as moved:
+                nxt = r.on_holder_gone(time.monotonic(), moved.other)
             except NoRespondersError:
                 if r.verifier is not None:
                     self.placement.forget(r.verifier)
                 nxt = r.on_no_responders(time.monotonic())
             except (NatsTimeoutError, asyncio.TimeoutError):
-                nxt = r.on_timeout(time.monotonic())
+                now = time.monotonic()
+                nxt = r.on_timeout(now, self.placement.elsewhere(r.verifier, now))
             else:
                 link_ms += await self.link.sleep(sample.down_ms)
                 try:

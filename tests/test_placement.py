@@ -45,3 +45,47 @@ def test_a_share_of_sessions_is_left_to_the_queue_group():
     p.observe("b", 2.0, 0.0)
     picks = [p.choose(0.0) for _ in range(2000)]
     assert 0.2 < picks.count(None) / len(picks) < 0.3 and set(picks) == {None, "a"}
+
+
+def test_a_verifier_whose_heartbeat_stopped_gets_no_new_session_until_heard_again():
+    from nodes.protocol.liveness import PeerTable
+
+    peers = PeerTable(window_s=3.0)
+    p = Placement(explore=1.0, peers=peers)  # explore 1.0: without heartbeats the queue group would always choose
+    p.observe("stalled", 1.0, 0.0)
+    p.observe("healthy", 50.0, 0.0)
+    peers.heard("stalled", 1.5)
+    peers.heard("healthy", 2.0)
+    assert p.choose(2.0) is None  # both heard recently: placement as before (here: the queue group)
+    peers.heard("healthy", 5.0)
+    picks = {p.choose(5.0) for _ in range(50)}
+    assert picks == {"healthy"}  # straight to the live one, never the queue group that may pick the stalled one
+    peers.heard("stalled", 6.0)
+    assert p.choose(6.0) is None
+
+
+def test_a_draining_verifier_gets_no_new_session_and_the_only_other_is_chosen():
+    from nodes.protocol.liveness import PeerTable
+
+    peers = PeerTable(window_s=3.0)
+    p = Placement(explore=0.0, peers=peers)
+    peers.heard("leaving", 0.0, draining=True)
+    peers.heard("staying", 0.0)
+    assert p.choose(0.5) == "staying"
+
+
+def test_elsewhere_names_a_live_verifier_other_than_the_one_that_timed_out():
+    from nodes.protocol.liveness import PeerTable
+
+    peers = PeerTable(window_s=3.0)
+    p = Placement(explore=0.0, peers=peers)
+    assert p.elsewhere("a", 0.0) is None  # no heartbeats heard: nobody known to be alive
+    peers.heard("a", 0.0)
+    assert p.elsewhere("a", 0.0) is None
+    peers.heard("b", 0.0)
+    peers.heard("c", 0.0)
+    p.observe("b", 40.0, 0.0)
+    p.observe("c", 5.0, 0.0)
+    assert p.elsewhere("a", 1.0) == "c"
+    peers.heard("b", 4.0)
+    assert p.elsewhere("a", 4.0) == "b"  # c stopped: not a candidate

@@ -261,3 +261,60 @@ def test_the_delay_a_policy_is_told_ignores_one_slow_round_and_follows_a_lasting
     for _ in range(3):
         est.add(150.0)  # the link itself changed
     assert est.ms == 150.0
+
+
+def test_a_timed_out_round_goes_with_its_context_to_another_live_verifier_not_the_same_one():
+    r = request()
+    run_round(r, verifier="stalled")
+    r.plan(make_policy("fixed:3"), 0, RoundContext())
+    r.send(Draft([4], 0), 0.0)
+    step = r.on_timeout(2.0, elsewhere="healthy")
+    assert isinstance(step, Send) and step.subject == subjects.draft("edge-a", "healthy")
+    assert list(step.msg.context) == r.context and step.msg.attempt == 1
+    v = verdict(r, 1, verifier="healthy")
+    assert isinstance(r.on_verdict(v, 2.1), Accepted) and r.verifier == "healthy"
+    targets = [t for t, _ in r.final_messages()]
+    assert subjects.draft("edge-a", "stalled") in targets and subjects.draft("edge-a", "healthy") in targets
+    assert subjects.session_end("edge-a") not in targets  # every holder is known
+
+
+def test_without_another_live_verifier_a_timeout_is_retried_on_the_same_then_the_queue_group():
+    r = request()
+    run_round(r, verifier="only")
+    r.plan(make_policy("fixed:3"), 0, RoundContext())
+    r.send(Draft([4], 0), 0.0)
+    same = r.on_timeout(2.0, elsewhere=None)
+    assert same.subject == subjects.draft("edge-a", "only") and same.msg.context is None
+    assert r.on_timeout(4.0, elsewhere="only").subject == subjects.draft("edge-a")  # "elsewhere" may not be itself
+
+
+def test_a_round_whose_verifier_stopped_sending_heartbeats_moves_before_its_timeout():
+    r = request()
+    run_round(r, verifier="stalled")
+    r.plan(make_policy("fixed:3"), 0, RoundContext())
+    r.send(Draft([4], 0), 0.0)
+    step = r.on_holder_gone(0.5, "healthy")
+    assert isinstance(step, Send) and step.subject == subjects.draft("edge-a", "healthy") and step.wait_s == 0.0
+    assert list(step.msg.context) == r.context and "stalled" in r.left_behind
+    late = verdict(r, 1, verifier="stalled", attempt=0)  # the stalled one wakes up: its old attempt is refused
+    assert not isinstance(r.on_verdict(late, 1.0), Accepted)
+
+
+def test_a_first_round_lost_in_the_queue_group_and_moved_elsewhere_still_ends_everywhere():
+    r = request()
+    r.plan(make_policy("fixed:3"), 0, RoundContext())
+    r.send(Draft([1, 2, 3], 0), 0.0)
+    step = r.on_timeout(2.0, elsewhere="healthy")
+    assert step.subject == subjects.draft("edge-a", "healthy")
+    r.on_verdict(verdict(r, 1, verifier="healthy"), 2.1)
+    assert subjects.session_end("edge-a") in [t for t, _ in r.final_messages()]  # whoever took the first attempt
+
+
+def test_a_queue_group_attempt_moves_when_a_verifier_goes_silent_and_every_possible_holder_is_ended():
+    r = request()
+    r.plan(make_policy("fixed:3"), 0, RoundContext())
+    r.send(Draft([1, 2, 3], 0), 0.0)  # to the queue group: the silent one may have taken it
+    step = r.on_holder_gone(3.5, "healthy")
+    assert step.subject == subjects.draft("edge-a", "healthy") and list(step.msg.context) == [5, 6, 7]
+    r.on_verdict(verdict(r, 1, verifier="healthy"), 3.6)
+    assert subjects.session_end("edge-a") in [t for t, _ in r.final_messages()]

@@ -10,12 +10,20 @@ session's first round, context included, straight to the least loaded one. It st
 the queue group while it knows fewer than two verifiers, and for a fraction of new sessions,
 so that verifiers it has not heard from (a new one, or one it left) are found. No transport
 here: the edge feeds it verdicts and asks it for a verifier.
+
+Heartbeats (`peers`, fed by the edge from every verifier's AliveMsg) say who to avoid: a verifier
+whose heartbeat stopped (stalled or gone) or that is draining gets no new session until it is
+heard again. While one is to be avoided the queue group (which may pick it) is not used: a new
+session goes straight to the least loaded usable verifier, even the only one. `elsewhere` names a
+verifier other than the one a round timed out on, for its retry.
 """
 from __future__ import annotations
 
 import math
 import random
 from dataclasses import dataclass
+
+from nodes.protocol.liveness import PeerTable
 
 EXPLORE = 0.1        # share of new sessions left to the queue group
 FORGET_S = 30.0      # a verifier not heard from this long is no longer a candidate
@@ -30,10 +38,12 @@ class _Seen:
 
 
 class Placement:
-    def __init__(self, seed: int = 0, explore: float = EXPLORE):
+    def __init__(self, seed: int = 0, explore: float = EXPLORE, peers: PeerTable | None = None):
         self.explore = explore
         self.rng = random.Random(f"placement:{seed}")
         self.seen: dict[str, _Seen] = {}
+        self.peers = peers if peers is not None else PeerTable()
+        self.since = float("-inf")  # the edge's last (re)connect: silence before it is not counted
 
     def observe(self, verifier_id: str, queue_ms: float, now: float) -> None:
         """A verdict from `verifier_id` whose round waited `queue_ms` there."""
@@ -51,9 +61,23 @@ class Placement:
     def choose(self, now: float) -> str | None:
         """The verifier for a new session, or None: let the queue group choose."""
         live = {v: s for v, s in self.seen.items() if now - s.at <= FORGET_S}
+        if any(self.peers.avoid(v, now, self.since) for v in self.peers.peers):
+            return self.elsewhere(None, now)
         if len(live) < 2 or self.rng.random() < self.explore:
             return None
         return min(live, key=lambda v: (self._estimate(live[v], now), v))
+
+    def elsewhere(self, avoid: str | None, now: float) -> str | None:
+        """The least loaded verifier whose heartbeat is fresh and that is not draining, other than
+        `avoid`; None when there is none (the caller falls back to the queue group)."""
+        usable = [v for v in self.peers.usable(now, self.since) if v != avoid]
+        if not usable:
+            return None
+        return min(usable, key=lambda v: (self._estimate(self.seen[v], now) if v in self.seen else 0.0, v))
+
+    def avoided(self, verifier_id: str, now: float) -> bool:
+        """Whether heartbeats say `verifier_id` is gone or draining."""
+        return self.peers.avoid(verifier_id, now, self.since)
 
     @staticmethod
     def _estimate(s: _Seen, now: float) -> float:

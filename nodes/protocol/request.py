@@ -16,6 +16,13 @@ Rules (README, "Round protocol"):
     already applied from its cache); then, or at once when nobody listens
     there, the full context goes to the verifier queue group, so the request
     continues on any verifier;
+  * after a timeout, when heartbeats name another live verifier (`elsewhere`),
+    the retry takes the context straight to it instead (the one that timed out,
+    or the queue group, which may pick it again, may be stalled); a round whose
+    verifier's heartbeat stopped moves there before its timeout
+    (`on_holder_gone`). Either way the new verifier builds the session from the
+    context and the old one is left behind (a final message at the end), so
+    nothing is applied twice;
   * with no verifier reachable the round waits (backoff) up to
     `failover_deadline_s`, then the request fails with `no_verifier`;
   * verifiers this request left behind get a final message at the end.
@@ -209,11 +216,22 @@ class EdgeRequest:
             return Failed(CONFLICT, f"{where} holds a different round {self.round} for this request: {e.message}")
         return Failed(e.code, f"{where} refused round {self.round}: {e.code}: {e.message}")
 
-    def on_timeout(self, now: float) -> Send | Failed:
+    def on_timeout(self, now: float, elsewhere: str | None = None) -> Send | Failed:
+        """No verdict within the request timeout. `elsewhere`: a live verifier other than the one
+        that timed out (from heartbeats), which gets the context; without one, the same verifier once
+        (the reply may just be lost), then the queue group."""
         problem = f"{self._where()} did not answer within {self.rules.request_timeout_s:g} s"
+        if elsewhere is not None and elsewhere != self.verifier:
+            return self._retry(now, problem, to_queue=True, backoff=False, elsewhere=elsewhere)
         if self.attempt == 0 and self.verifier is not None:
             return self._retry(now, problem, to_queue=False, backoff=False)  # the reply may just be lost
         return self._retry(now, problem, to_queue=True, backoff=False)
+
+    def on_holder_gone(self, now: float, elsewhere: str) -> Send | Failed:
+        """The verifier this round waits on stopped sending heartbeats before the timeout: move the
+        round, context included, to `elsewhere` now."""
+        return self._retry(now, f"{self._where()} stopped sending heartbeats", to_queue=True, backoff=False,
+                           elsewhere=elsewhere)
 
     def on_no_responders(self, now: float) -> Send | Failed:
         if self.verifier is not None:  # that verifier is gone: any other one
@@ -274,7 +292,10 @@ class EdgeRequest:
         if verifier not in self.left_behind:
             self.left_behind.append(verifier)
 
-    def _retry(self, now: float, problem: str, to_queue: bool, backoff: bool) -> Send | Failed:
+    def _retry(self, now: float, problem: str, to_queue: bool, backoff: bool,
+               elsewhere: str | None = None) -> Send | Failed:
+        """The next attempt: the same verifier, or (`to_queue`) the context to the queue group, or
+        straight to `elsewhere` when named."""
         if self._failing_since is None:
             self._failing_since = now
         waited = now - self._failing_since
@@ -290,10 +311,13 @@ class EdgeRequest:
         if to_queue:
             if self.verifier is not None:
                 self._leave(self.verifier)
-            self.verifier = None
+            elif elsewhere is not None:  # the unanswered attempt went to the queue group: anyone may hold it
+                self._retried_to_queue = True
+            self.verifier = elsewhere
             m.context = Int32Array(self.context)
             self._context_resent = True
-            self._holder_unknown = self._retried_to_queue = True
+            if elsewhere is None:
+                self._holder_unknown = self._retried_to_queue = True
         wait = 0.0
         if backoff:  # 50 ms, 100 ms, ... per attempt of this round, at most 1 s, never past the deadline
             wait = min(self.rules.backoff_max_s, self.rules.backoff_min_s * 2 ** min(self.attempt - 1, 16),

@@ -38,7 +38,10 @@ Rules (README, "Round protocol"):
     a draft overtaken by its own final message never builds it again;
   * a session's model state (e.g. a KV-cache slot) is handed to `release`
     exactly when nothing can use it again: the session left the table idle, its
-    round finished after it was replaced or dropped, or its compute failed.
+    round finished after it was replaced or dropped, or its compute failed;
+  * an edge whose heartbeats stopped (`drop_edge`) loses every session at once,
+    not at the TTL; a round in flight still answers its waiters. It is not
+    remembered as ended: if the edge was only slow, its context rebuilds it.
 """
 from __future__ import annotations
 
@@ -290,6 +293,16 @@ class SessionTable:
         for k in old:
             self._release(self.sessions.pop(k))
         return old
+
+    def drop_edge(self, edge_id: str) -> list[SessionKey]:
+        """Forget every session of `edge_id` (its heartbeats stopped). An idle session's state is
+        released now, one computing at its `finish` (which still answers its waiters)."""
+        keys = [k for k in self.sessions if k[0] == edge_id]
+        for k in keys:
+            s = self.sessions.pop(k)
+            if s.in_flight is None:
+                self._release(s)
+        return keys
 
     def begin_drain(self) -> None:
         self.draining = True

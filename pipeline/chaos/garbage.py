@@ -18,7 +18,7 @@ from nats.aio.client import Client
 
 from pipeline.chaos.fuzz import Target, fuzz_messages
 from schemas.codec import Limits, SchemaError, decode
-from schemas.messages import ErrorMsg, TokenChunk
+from schemas.messages import AliveMsg, ErrorMsg, TokenChunk
 
 
 @dataclass
@@ -50,6 +50,8 @@ def _terminal(data: bytes, headers) -> tuple[bool, str]:
         return True, "undecodable"
     if isinstance(m, TokenChunk):
         return m.done, "chunk_done" if m.done else "chunk"
+    if isinstance(m, AliveMsg):  # the edge's keepalive to a client that waits: not an answer
+        return False, "keepalive"
     if isinstance(m, ErrorMsg):
         return True, f"error:{m.code}"
     return True, type(m).TYPE

@@ -30,7 +30,7 @@ from pipeline.orchestration.workload import workload_prompts
 from schemas import subjects
 from schemas.messages import ERROR_CODES, GenerateRequest
 
-CLEAR_CODES = set(ERROR_CODES) | {"no_responders"}
+CLEAR_CODES = set(ERROR_CODES) | {"no_responders", "edge_gone"}
 
 
 def check_config(cfg: ChaosConfig) -> None:

@@ -8,6 +8,7 @@ EDGE_CODES: dict[str, tuple[int, str, str]] = {
     "no_responders": (503, "service_unavailable", "no_edge"),
     "no_verifier": (503, "service_unavailable", "no_verifier"),
     "unavailable": (503, "service_unavailable", "unavailable"),
+    "edge_gone": (503, "service_unavailable", "edge_gone"),
     "draining": (503, "service_unavailable", "unavailable"),
     "overloaded": (429, "rate_limit_exceeded", "overloaded"),
     "deadline": (504, "timeout", "deadline"),

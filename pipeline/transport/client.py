@@ -16,6 +16,13 @@ again after a pause until that long has passed: nothing was generated for it,
 so sending it again is safe. A client that stops
 waiting (its timeout, or its task cancelled) tells the edges to stop the
 generation (`CancelMsg`).
+
+The edge holding a request forwards its heartbeat (`AliveMsg`) to the client whenever it has
+sent nothing for a second, so any message is a sign of life: after `edge_silence_s` with none
+(counted from the later of the last message and our own last reconnect, and not while we are
+disconnected: a broker restart silences everyone), the stream ends with `edge_gone` instead of
+waiting out `timeout_s`. Before that, a silence of `RESUME_AFTER_SILENCE_S` asks for a resume,
+which a live edge answers even when it has nothing streamed yet.
 """
 from __future__ import annotations
 
@@ -29,11 +36,13 @@ from nats.errors import TimeoutError as NatsTimeoutError
 
 from schemas import subjects
 from schemas.codec import Limits, SchemaError, decode, encode
-from schemas.messages import CancelMsg, ErrorMsg, GenerateRequest, ResumeMsg, TokenChunk
+from schemas.messages import AliveMsg, CancelMsg, ErrorMsg, GenerateRequest, ResumeMsg, TokenChunk
 
 NO_RESPONDERS = "503"
 NOT_TAKEN = ("overloaded", "unavailable")  # refusals before any work: the request may be sent again
-RESUME_AFTER_SILENCE_S = 5.0
+RESUME_AFTER_SILENCE_S = 2.0  # the edge sends something every second while it holds the request
+EDGE_SILENCE_S = 4.0         # then the stream ends with EDGE_GONE
+EDGE_GONE = "edge_gone"      # client-side code (never on the wire)
 RESUME_RETRY_S = 1.0
 RESUME_AFTER_RECONNECT_S = 5.0
 
@@ -139,8 +148,9 @@ class _Stream:
 async def generate_stream(nc: Client, req: GenerateRequest, timeout_s: float = 60.0, limits: Limits = Limits(),
                           subject: str = subjects.GENERATE, wait_for_edge_s: float = 0.0,
                           on_chunk: Callable[[StreamResult], None] | None = None,
-                          stop: asyncio.Event | None = None) -> StreamResult:
-    """Send `req` and read its stream. `timeout_s`: the longest silence before giving up.
+                          stop: asyncio.Event | None = None, edge_silence_s: float = EDGE_SILENCE_S) -> StreamResult:
+    """Send `req` and read its stream. `timeout_s`: the longest wait for a chunk before giving up;
+    `edge_silence_s`: the longest silence of the edge (no chunk, no keepalive) before `edge_gone`.
     `on_chunk(res)` runs after every chunk taken into `res` (the HTTP gateway streams from it).
     `stop`, once set, ends the stream with a `cancel` to the edge: a caller that also cancels this
     task may have that cancel lost (Python 3.11's wait_for, inside nats-py's next_msg, swallows one
@@ -155,7 +165,7 @@ async def generate_stream(nc: Client, req: GenerateRequest, timeout_s: float = 6
     reconnected_at = last_resume = -1e9
     finished = False
     try:
-        res.sent_at = last_heard = time.monotonic()
+        res.sent_at = last_heard = last_alive = time.monotonic()
         await nc.publish(subject, encode(req), reply=inbox)
         while True:
             now = time.monotonic()
@@ -165,19 +175,25 @@ async def generate_stream(nc: Client, req: GenerateRequest, timeout_s: float = 6
             if now - last_heard > timeout_s:
                 res.error, res.error_code = f"no chunk within {timeout_s:g} s", "timeout"
                 break
-            if nc.stats.get("reconnects", 0) != reconnects:
+            if nc.stats.get("reconnects", 0) != reconnects or not nc.is_connected:
                 reconnects, reconnected_at = nc.stats.get("reconnects", 0), now
+            silent = now - max(last_alive, reconnected_at)
+            if silent > edge_silence_s:
+                res.error, res.error_code = (f"the edge holding this request stopped answering: nothing from it "
+                                             f"for {silent:.1f} s (no chunk, no keepalive)"), EDGE_GONE
+                break
             wants = (stream.gap or now - reconnected_at < RESUME_AFTER_RECONNECT_S
-                     or now - last_heard > RESUME_AFTER_SILENCE_S)
+                     or silent > RESUME_AFTER_SILENCE_S)
             if wants and now - last_resume >= RESUME_RETRY_S:
                 last_resume = now
                 await _publish(nc, subjects.RESUME, ResumeMsg(req.request_id, inbox))
             try:
-                msg = await sub.next_msg(timeout=min(RESUME_RETRY_S, timeout_s))
+                msg = await sub.next_msg(timeout=min(RESUME_RETRY_S, timeout_s, edge_silence_s))
             except NatsTimeoutError:
                 continue
-            last_heard = time.monotonic()
+            last_alive = time.monotonic()
             if _no_responders(msg):
+                last_heard = last_alive
                 if not res.chunk_seqs and time.monotonic() < give_up_edge:
                     await asyncio.sleep(0.25)
                     res.sent_at = time.monotonic()
@@ -187,11 +203,12 @@ async def generate_stream(nc: Client, req: GenerateRequest, timeout_s: float = 6
                 finished = True
                 break
             try:
-                m = decode(msg.data, limits, expect=(TokenChunk, ErrorMsg))
+                m = decode(msg.data, limits, expect=(TokenChunk, ErrorMsg, AliveMsg))
             except SchemaError as exc:
                 res.error, res.error_code = f"bad chunk: {exc}", exc.code
                 break
             if isinstance(m, ErrorMsg):
+                last_heard = last_alive
                 if m.code in NOT_TAKEN and not res.chunk_seqs and time.monotonic() < give_up_edge:
                     await asyncio.sleep(0.25)
                     res.sent_at = time.monotonic()
@@ -200,6 +217,9 @@ async def generate_stream(nc: Client, req: GenerateRequest, timeout_s: float = 6
                 res.error, res.error_code = f"{m.code}: {m.message}", m.code
                 finished = True
                 break
+            if isinstance(m, AliveMsg):
+                continue  # a keepalive: the edge holds the request
+            last_heard = last_alive
             if m.request_id != req.request_id:
                 continue
             complete = stream.add(m)
