@@ -27,7 +27,7 @@ from pipeline.transport import bus
 from schemas import subjects
 from schemas.codec import encode
 from schemas.messages import AliveMsg
-from tests.pipeline_fixtures import read_log, wait_for
+from tests.pipeline_fixtures import cluster, read_log, start_cloud, wait_for
 
 ERROR_KEYS = {"message", "type", "param", "code"}
 
@@ -160,6 +160,25 @@ async def test_a_queue_group_gateway_is_ready_when_any_edge_is_and_names_what_ea
             assert [e["edge_id"] for e in body["edges"]] == ["edge-c", "edge-b", "edge-a"]  # most recent first
     finally:
         await edges.close()
+
+
+async def test_health_follows_a_real_edge_as_verifiers_come_and_go(broker, pair, tmp_path):
+    async def health_says(status: int, fragment: str):
+        r = await raw.get("/health")
+        return r if r.status_code == status and fragment in " | ".join(r.json().get("missing", [])) else None
+
+    async with gateway(broker.url, pair.tokenizer, tmp_path, edge_id="edge-1") as (raw, gw, _):
+        async with cluster(broker.url, pair, tmp_path, clouds=0):
+            await until(lambda: health_says(503, "edge edge-1 hears no verifier"))
+            nc, cloud = await start_cloud(broker.url, pair, tmp_path)
+            try:
+                body = (await until(lambda: health_says(200, ""))).json()
+                assert body["edges"][0]["edge_id"] == "edge-1" and body["edges"][0]["verifiers"] == 1
+            finally:
+                await cloud.stop()
+                await nc.close()
+            await until(lambda: health_says(503, "edge edge-1 hears no verifier"))  # after the edge's window
+        await until(lambda: health_says(503, "no heartbeat from edge edge-1 for"))  # the edge stopped
 
 
 # --- bodies: bounded before any work, off the event loop ------------------------------------------

@@ -14,9 +14,9 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
+from nodes.protocol.liveness import WINDOW_S  # an edge not heard from this long is gone (as its peers judge)
 from schemas.messages import AliveMsg
 
-WINDOW_S = 3.0        # an edge not heard from this long is not counted (it publishes every second)
 MAX_EDGES = 4096      # edges remembered
 MAX_LISTED = 32       # edges listed in a /health body
 
