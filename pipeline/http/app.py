@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from typing import Any, AsyncIterator
+from typing import AsyncIterator
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
@@ -89,8 +89,9 @@ class API:
             if job.stream:
                 first = await gen.next()  # the first round (or the error before any token)
                 handed_off = True  # the SSE body closes it (and the background task, if the body never starts)
-                return StreamingResponse(self._sse(request, endpoint, job, gen, first, t0), media_type="text/event-stream",
-                                         headers=SSE_HEADERS, background=BackgroundTask(gen.aclose))
+                return StreamingResponse(self._sse(request, endpoint, job, gen, first, t0),
+                                         media_type="text/event-stream", headers=SSE_HEADERS,
+                                         background=BackgroundTask(gen.aclose))
             text = await self._collect(request, gen)
             if text is None:  # the client went away: nobody to answer
                 self._log(request, endpoint, job, gen, 499, t0, None, "client_gone")
