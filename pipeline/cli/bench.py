@@ -13,7 +13,8 @@ def cmd_bench_engine(a: argparse.Namespace) -> None:
     from pipeline.bench.engine import bench_engine
 
     res = bench_engine(draft=a.draft, target=a.target, threads=a.threads, repeats=a.repeats,
-                       max_new_tokens=a.max_new_tokens, profile_out=a.profile_out)
+                       max_new_tokens=a.max_new_tokens, profile_out=a.profile_out,
+                       device=a.device, dtype=a.dtype)
     print(json.dumps(res) if a.json else json.dumps(res, indent=2))
 
 

@@ -51,7 +51,7 @@ def cmd_broker(a: argparse.Namespace) -> None:
 def _node_options(a: argparse.Namespace):
     return NodeOptions(default_nats_url(a.nats), a.id, a.log_file, a.threads, a.draft, a.target, a.device,
                        a.max_length, model_nice=a.model_nice, drain_timeout_s=a.drain_timeout, emulate=a.emulate,
-                       metrics=a.metrics)
+                       metrics=a.metrics, dtype=a.dtype)
 
 
 def _check_device(a: argparse.Namespace, half: str) -> None:

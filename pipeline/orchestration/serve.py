@@ -45,6 +45,7 @@ class NodeOptions:
     drain_timeout_s: float = 10.0
     emulate: str | None = None  # device profile (name or path): nodes/device.py
     metrics: str | None = None  # HOST:PORT of this worker's Prometheus /metrics (pipeline/metrics)
+    dtype: str | None = None  # the weights' dtype (None: float32 on a CPU, bfloat16 on CUDA)
 
 
 @dataclass
@@ -150,7 +151,7 @@ async def serve_cloud(opts: NodeOptions, cloud: CloudOptions) -> None:
     await bus.probe(opts.nats_url)  # no broker: say so before seconds of model loading
     say("cloud", opts.node_id, f"loading the target model ({opts.target or 'bundled'}) ...")
     set_threads(opts.threads)
-    pair = load_pair(opts.draft, opts.target, device=opts.device, load_draft=False)
+    pair = load_pair(opts.draft, opts.target, device=opts.device, dtype=opts.dtype, load_draft=False)
     nc = await bus.connect(opts.nats_url, opts.node_id, log)
     cfg = CloudConfig(opts.node_id, cloud.max_sessions, cloud.session_ttl_s, evict_idle_s=cloud.evict_idle_s,
                       drain_timeout_s=opts.drain_timeout_s, max_batch=cloud.max_batch,
@@ -195,7 +196,7 @@ async def serve_edge(opts: NodeOptions, edge: EdgeOptions) -> None:
     await bus.probe(opts.nats_url)  # no broker: say so before seconds of model loading
     say("edge", opts.node_id, f"loading the draft model ({opts.draft or 'bundled'}) ...")
     set_threads(opts.threads)
-    pair = load_pair(opts.draft, opts.target, device=opts.device, load_target=False)
+    pair = load_pair(opts.draft, opts.target, device=opts.device, dtype=opts.dtype, load_target=False)
     nc = await bus.connect(opts.nats_url, opts.node_id, log, inbox_prefix=role_inbox(opts.node_id))
     # one slot per active request; twice that, as a request's slot goes back once its last batch is done
     drafting = DraftBatchConfig(edge.draft_max_batch, edge.draft_batch_wait_ms, edge.draft_slot_cache,
