@@ -23,10 +23,11 @@ def target_probs(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
 
 
 def draft_distribution(logits: torch.Tensor, params: SamplingParams) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-k-truncated, renormalised draft distribution: (ids, probs), both length k."""
+    """Top-k-truncated, renormalised draft distribution: (ids, probs), both length k, on the host (the round's
+    generator is a CPU one, and the draft ships them anyway): one device sync per drafted token."""
     k = min(params.top_k, logits.shape[-1])
     vals, ids = torch.topk(logits.float() / params.temperature, k)
-    return ids, torch.softmax(vals, dim=-1)
+    return ids.cpu(), torch.softmax(vals.cpu(), dim=-1)
 
 
 def sample_sparse(ids: torch.Tensor, probs: torch.Tensor, gen: torch.Generator) -> tuple[int, float]:

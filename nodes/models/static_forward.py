@@ -106,7 +106,6 @@ class StaticForward:
         self.scratch = cache.admit()  # pads and idle rows write here (held for this runner's life)
         self.shapes: dict[tuple[int, int, int], _Shape] = {}
         self._storage = None
-        self.pool = None
         self.captures = 0
 
     def supports(self, rows: int, feed: int) -> bool:
@@ -160,8 +159,6 @@ class StaticForward:
         return s, self.capture
 
     def _capture(self, s: _Shape) -> None:
-        if self.pool is None:
-            self.pool = torch.cuda.graph_pool_handle()
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):  # warm up (allocator, kernel selection) on a side stream: idle inputs only
@@ -169,7 +166,7 @@ class StaticForward:
                 self._compute(s)
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool):
+        with torch.cuda.graph(graph):  # a private pool per shape: replays never alias another's memory
             self._compute(s)
         s.graph = graph
         self.captures += 1
