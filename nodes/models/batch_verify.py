@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from nodes.models.errors import ModelError
 from nodes.models.sampling import accept_greedy
 from nodes.models.sessions import TargetSession, accept_draft, check_draft
 from nodes.models.slots import SlotCache, SlotHolder, SlotsFull, slot_support
@@ -106,6 +107,7 @@ class BatchVerifier:
         if graphs is None:
             graphs = self.cache is not None and self.cache.device.type == "cuda"
         self.static = StaticForward(self.cache, vocab_size) if graphs and self.cache is not None else None
+        self.static_error: str | None = None  # why the static path was switched off, if it failed
 
     def release(self, state: Any) -> None:
         """A session dropped by its owner: free its slot (per-request states need nothing)."""
@@ -207,9 +209,21 @@ class BatchVerifier:
         feeds = [s.pending + list(d.tokens) for s, d in zip(states, drafts)]
         keeps = [len(d) + 1 for d in drafts]
         static = self.static is not None and self.static.supports(len(rows), max(len(f) for f in feeds))
+        if static:
+            try:
+                out = self.static.forward(slots, feeds)
+            except ModelError as exc:  # bad input (e.g. past the capacity): this group fails, nothing applied
+                for i in rows:
+                    results[i].error = exc
+                return 0
+            except Exception as exc:  # capture/replay failed: eager from now on, the reason kept
+                self.static_error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300]}" if str(exc).strip() \
+                    else type(exc).__name__
+                self.static.close()
+                self.static = None
+                static = False
         try:
             if static:
-                out = self.static.forward(slots, feeds)
                 logits = [out.logits[b, len(f) - k: len(f)] for b, (f, k) in enumerate(zip(feeds, keeps))]
                 argmax = [out.argmax[b][len(f) - k: len(f)] for b, (f, k) in enumerate(zip(feeds, keeps))]
                 forward_ms, prep_ms, kv_ms = out.forward_ms, out.prep_ms, 0.0

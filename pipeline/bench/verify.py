@@ -68,12 +68,13 @@ def _slot_step(pair: ModelPair, contexts: list[list[int]], length: int, steps: i
 
     total = _median(step, steps)
     runs = last["runs"][2:]
+    why = {"static_error": verifier.static_error} if verifier.static_error else {}
     med = lambda f: round(statistics.median(f(s) for s in runs), 3)  # noqa: E731
     return {"step_ms": round(total, 3), "forward_ms": med(lambda s: s.forward_ms), "prep_ms": med(lambda s: s.prep_ms),
             "kv_ms": med(lambda s: s.kv_ms), "accept_ms": med(lambda s: s.accept_ms),
             "bookkeeping_ms": med(lambda s: s.prep_ms + s.kv_ms),
             "padded_tokens": runs[-1].padded_tokens, "real_tokens": runs[-1].real_tokens,
-            "static": runs[-1].static, "forwards": runs[-1].forwards}
+            "static": runs[-1].static, "forwards": runs[-1].forwards, **why}
 
 
 def _per_request_step(pair: ModelPair, contexts: list[list[int]], length: int, steps: int,
@@ -310,8 +311,11 @@ def bench_verify_shape(shape: str, device: str = "cpu", dtype: str | None = None
         contexts = _contexts(pair, b, *context, rng)
         row: dict = {}
         row["eager_step_ms"] = _slot_step(pair, contexts, length, steps, False, rng, max_bytes=max_bytes)["step_ms"]
-        row["fast_step_ms"] = _slot_step(pair, contexts, length, steps, False, rng, graphs=True,
-                                         max_bytes=max_bytes)["step_ms"]
+        fast = _slot_step(pair, contexts, length, steps, False, rng, graphs=True, max_bytes=max_bytes)
+        row["fast_step_ms"] = fast["step_ms"]
+        row["fast_static"] = fast["static"]
+        if "static_error" in fast:
+            row["fast_static_error"] = fast["static_error"]
         if b <= per_request_max:
             row["per_request_ms"] = _per_request_step(pair, contexts, length, max(2, steps // 3), rng)["step_ms"]
         row["bare_forward_ms"] = _bare_forward(pair, b, length + 1, steps, graph=False)
