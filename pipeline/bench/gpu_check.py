@@ -172,6 +172,84 @@ def shape_flips_and_prefill(device: str, shape: str, layers: int | None) -> dict
     return out
 
 
+def _with_verifier(verifier):
+    """speculative_generate's verify step routed through `verifier` (a BatchVerifier): the in-process loop then
+    verifies like the cloud does (slots, static path), so its greedy output can be compared with target-only."""
+    from nodes.models.batch_verify import VerifyJob
+
+    def verify_round(model, vocab_size, state, context, draft, params):
+        if context is not None and state is not None:
+            verifier.release(state)
+        (res,), _ = verifier.run([VerifyJob(None if context is not None else state, context, draft, params)])
+        if res.error is not None:
+            raise res.error
+        return res.state, res.verdict, res.prefill_ms
+
+    return verify_round
+
+
+def fast_loop_greedy(device: str, dtype: str, n: int, tokens: int) -> dict:
+    """Every policy through the static (CUDA graph) verify path vs target-only on the per-request path."""
+    import nodes.speculative as sp
+    from control import make_policy
+    from nodes.models.batch_verify import BatchVerifier
+    from nodes.models.loading import load_pair
+    from pipeline.bench.engine import bench_prompts
+
+    pair = load_pair(device=device, dtype=dtype)
+    ver = BatchVerifier(pair.target, pair.vocab_size, max_slots=16, max_len=2048, graphs=True)
+    out: dict = {"dtype": pair.dtype, "cases": 0, "equal": 0, "diffs": [], "errors": {}}
+    original = sp.verify_round
+    for p in bench_prompts(pair, n=n, chars=200):
+        ref = sp.target_only_generate(pair, p, tokens).token_ids
+        sp.verify_round = _with_verifier(ver)
+        try:
+            for pol in POLICIES:
+                try:
+                    r = sp.speculative_generate(pair, p, tokens, make_policy(pol))
+                except Exception as e:
+                    out["errors"][pol] = str(e).splitlines()[0][:200]
+                    continue
+                out["cases"] += 1
+                out["equal"] += r.token_ids == ref
+                if r.token_ids != ref:
+                    first = next((i for i, (a, b) in enumerate(zip(r.token_ids, ref)) if a != b), len(ref))
+                    out["diffs"].append(f"{pol}@{first}")
+        finally:
+            sp.verify_round = original
+    out["static_error"] = ver.static_error
+    out["captures"] = ver.static.captures if ver.static else None
+    return out
+
+
+def breakdown(device: str, shape: str, layers: int | None) -> dict:
+    """Where a 7B step's time goes (eager vs fast: prep, forward, accept), eager with 1 vs default threads, and
+    the fast step with transformers' GQA-in-SDPA forced (no repeat_kv copies), its verdicts vs eager."""
+    from nodes.models.loading import set_threads
+    from pipeline.bench import verify as bv
+
+    pair = bv.shape_pair(shape, device, None, layers)
+    mb = (48 << 30) if device.startswith("cuda") else (2 << 30)
+    rng = random.Random(4)
+    out: dict = {"threads": torch.get_num_threads()}
+    for b in (1, 32, 64):
+        ctx = bv._contexts(pair, b, 100, 400, rng)
+        out[str(b)] = {"eager": bv._slot_step(pair, ctx, 4, 8, False, rng, max_bytes=mb),
+                       "fast": bv._slot_step(pair, ctx, 4, 8, False, rng, graphs=True, max_bytes=mb)}
+    set_threads(1)
+    ctx = bv._contexts(pair, 8, 100, 400, rng)
+    out["eager_8_one_thread"] = bv._slot_step(pair, ctx, 4, 8, False, rng, max_bytes=mb)
+    os.environ["TRANSFORMERS_SDPA_FORCE_GQA"] = "1"
+    try:
+        out["gqa_forced"] = {str(b): bv._slot_step(pair, bv._contexts(pair, b, 100, 400, rng), 4, 8, False, rng,
+                                                   graphs=True, max_bytes=mb) for b in (1, 32, 64)}
+        out["gqa_forced"]["flips"] = bv.verdict_flips(pair, bv._contexts(pair, 16, 100, 400, rng), 4, 3, rng,
+                                                      max_bytes=mb)
+    finally:
+        os.environ.pop("TRANSFORMERS_SDPA_FORCE_GQA", None)
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default=os.environ.get("DEV", "cuda"))
@@ -200,6 +278,9 @@ def main(argv: list[str] | None = None) -> None:
         ("static_vs_eager_bundled", static_vs_eager_bundled, a.device, None),
         ("shape_bench", shape_bench, a.device, a.shape, a.layers, batches, a.steps),
         ("shape_flips_and_prefill", shape_flips_and_prefill, a.device, a.shape, a.layers),
+        ("fast_loop_greedy_bfloat16", fast_loop_greedy, a.device, "bfloat16", a.prompts, a.tokens),
+        ("fast_loop_greedy_float32", fast_loop_greedy, a.device, "float32", a.prompts, a.tokens),
+        ("breakdown", breakdown, a.device, a.shape, a.layers),
     ]
     only = {x for x in a.only.split(",") if x}
     for name, fn, *args in parts:

@@ -116,6 +116,11 @@ def model_args(p: argparse.ArgumentParser) -> None:
                    help="torch threads in this process")
 
 
+def prefill_chunk(text: str) -> int | str:
+    """`auto` or a token count >= 0."""
+    return text if text == "auto" else non_negative_int(text)
+
+
 def dtype_arg(p: argparse.ArgumentParser) -> None:
     """`--dtype`: the models' weights (and the acceptance head's); None resolves per device at load."""
     p.add_argument("--dtype", choices=("bfloat16", "float16", "float32"), default=None,

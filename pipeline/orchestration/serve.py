@@ -75,7 +75,9 @@ class CloudOptions:
     batch_wait_ms: float = 2.0      # the longest a round waits for others to join its batch
     slot_cache: bool = True
     slot_memory_mb: int = 2048
-    prefill_chunk: int | None = 256
+    prefill_chunk: int | str | None = 256  # "auto": 256 on a CPU, measured on a GPU (nodes/models/prefill.py)
+    graphs: str = "auto"            # static-shape verify as CUDA graphs: auto (on for CUDA), on, off
+    batch_invariant: bool = False
 
 
 def limits_for(vocab: int, opts: NodeOptions, max_context_tokens: int = 32768) -> Limits:
@@ -152,11 +154,18 @@ async def serve_cloud(opts: NodeOptions, cloud: CloudOptions) -> None:
     say("cloud", opts.node_id, f"loading the target model ({opts.target or 'bundled'}) ...")
     set_threads(opts.threads)
     pair = load_pair(opts.draft, opts.target, device=opts.device, dtype=opts.dtype, load_draft=False)
+    chunk = cloud.prefill_chunk
+    if chunk == "auto":
+        from nodes.models.prefill import measure_prefill
+
+        chunk = measure_prefill(pair.target)["chunk"]
     nc = await bus.connect(opts.nats_url, opts.node_id, log)
     cfg = CloudConfig(opts.node_id, cloud.max_sessions, cloud.session_ttl_s, evict_idle_s=cloud.evict_idle_s,
                       drain_timeout_s=opts.drain_timeout_s, max_batch=cloud.max_batch,
                       batch_wait_ms=cloud.batch_wait_ms, slot_cache=cloud.slot_cache,
-                      slot_memory_mb=cloud.slot_memory_mb, prefill_chunk=cloud.prefill_chunk)
+                      slot_memory_mb=cloud.slot_memory_mb, prefill_chunk=chunk,
+                      graphs={"auto": None, "on": True, "off": False}[cloud.graphs],
+                      batch_invariant=cloud.batch_invariant)
     worker = CloudWorker(nc, pair.target, pair.vocab_size, cfg,
                          limits_for(pair.vocab_size, opts, cloud.max_context_tokens), log, model_nice=opts.model_nice,
                          device=_device(opts))
