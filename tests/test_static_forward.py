@@ -72,8 +72,18 @@ def test_batch_invariant_mode_runs_one_forward_per_job_with_the_same_verdicts(pa
     assert alone == eager  # float32 on a CPU: no near-tie flips between batch shapes
 
 
-def test_static_forward_writes_real_tokens_only_and_matches_eager_logits(pair):
+@pytest.fixture(scope="module")
+def gqa_pair():
+    """A Qwen2-shaped random target whose query heads share K/V heads in pairs (the static path packs them)."""
+    from pipeline.bench.verify import shape_pair
+
+    return shape_pair("tiny")
+
+
+@pytest.mark.parametrize("which", ["bundled", "grouped-query"])
+def test_static_forward_writes_real_tokens_only_and_matches_eager_logits(pair, gqa_pair, which):
     """Slot contents after a static forward equal those after the eager one; pads go to the scratch slot."""
+    pair = pair if which == "bundled" else gqa_pair
     rng = random.Random(3)
     ctxs = _contexts(pair, 3, rng)
     outs = {}
@@ -81,7 +91,7 @@ def test_static_forward_writes_real_tokens_only_and_matches_eager_logits(pair):
         ver = BatchVerifier(pair.target, pair.vocab_size, max_slots=8, max_len=1024, graphs=mode == "static")
         res, _ = ver.run([VerifyJob(None, c, Draft([]), SamplingParams()) for c in ctxs])
         slots = [r.state.live_slot for r in res]
-        feeds = [[5, 6, 7], [8], [9, 10]]
+        feeds = [[5, 6, 7, 11, 12], [8], [9, 10]]
         before = [ver.cache.length(s) for s in slots]
         if mode == "static":
             out = ver.static.forward(slots, feeds)
@@ -104,3 +114,16 @@ def test_cuda_graphs_need_a_cuda_device(pair):
     ver = BatchVerifier(pair.target, pair.vocab_size, max_slots=4, max_len=256)
     with pytest.raises(Exception, match="CUDA graphs need a CUDA device, not cpu"):
         StaticForward(ver.cache, pair.vocab_size, capture=True)
+
+
+def test_grouped_query_shape_static_path_matches_eager(gqa_pair):
+    """A Qwen2-shaped target with grouped K/V heads (packed GQA attention in the static path): same verdicts
+    as the eager batched path over 3 steps of 6 sessions, and as the per-request path (float32)."""
+    from pipeline.bench.verify import _contexts, verdict_flips
+
+    tiny = gqa_pair
+    assert tiny.target.config.num_attention_heads // tiny.target.config.num_key_value_heads == 2
+    rng = random.Random(5)
+    out = verdict_flips(tiny, _contexts(tiny, 6, 60, 120, rng), 4, 3, rng)
+    assert out["verdicts"] == 18
+    assert out["differ_from_eager_batched"] == {"fast": 0, "invariant": 0, "per_request": 0}

@@ -18,7 +18,9 @@ eager path. A graph depends on the slot storage's address, so a growth of the ca
 """
 from __future__ import annotations
 
+import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -32,6 +34,7 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 MAX_FEED = 16        # longest static feed (a verify step feeds 1 + draft length tokens)
 MIN_KEYS = 256
 MAX_GRAPHS = 48      # captured shapes kept (oldest dropped first): each holds its activations' memory
+PACKED_GQA = True    # grouped-query attention without the K/V copy per query head (see _packed_sdpa)
 
 
 def batch_bucket(b: int) -> int | None:
@@ -43,6 +46,43 @@ def key_bucket(kv_len: int, capacity: int) -> int:
     while k < kv_len:
         k *= 2
     return min(k, capacity)
+
+
+def _packed_sdpa(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
+    """SDPA for grouped-query attention without expanding K/V to every query head: each K/V head's query heads
+    are stacked along the query axis ([B, H, Q, D] -> [B, H_kv, G*Q, D]; the mask, the same for every head,
+    repeated G times), so attention reads the gathered K/V once instead of a G-times copy (Qwen2-7B: G = 7)."""
+    b, h, q, d = query.shape
+    hk = key.shape[1]
+    g = h // hk
+    mask = attention_mask
+    if mask is not None and g > 1:
+        mask = mask.expand(b, 1, q, mask.shape[-1]).repeat(1, 1, g, 1)
+    out = torch.nn.functional.scaled_dot_product_attention(query.reshape(b, hk, g * q, d), key, value,
+                                                           attn_mask=mask, scale=scaling)
+    return out.reshape(b, h, q, d).transpose(1, 2).contiguous(), None
+
+
+@contextmanager
+def _grouped_attention(model):
+    """Route this model's "sdpa" attention through `_packed_sdpa` for the duration (the static forward only: the
+    model thread is the only caller, and a CUDA graph keeps the kernels it captured)."""
+    registry = getattr(sys.modules.get(type(model).__module__), "ALL_ATTENTION_FUNCTIONS", None)
+    cfg = model.config
+    groups = cfg.num_attention_heads // (getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads)
+    if registry is None or cfg._attn_implementation != "sdpa" or groups == 1 or not PACKED_GQA:
+        yield
+        return
+    local = registry._local_mapping
+    before = local.get("sdpa")
+    local["sdpa"] = _packed_sdpa
+    try:
+        yield
+    finally:
+        if before is None:
+            local.pop("sdpa", None)
+        else:
+            local["sdpa"] = before
 
 
 class _StaticKV(Cache):
@@ -135,8 +175,9 @@ class StaticForward:
             mask = torch.zeros(mask.shape, dtype=dt, device=dev).masked_fill(~mask, torch.finfo(dt).min)
         view = _StaticKV(self.cache, read, wslot, wpos, k)
         model = self.cache.model
-        out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
-                    logits_to_keep=q, **{_cache_kwarg(model): view})
+        with _grouped_attention(model):
+            out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                        logits_to_keep=q, **{_cache_kwarg(model): view})
         s.logits = out.logits
         s.argmax = out.logits[..., : self.vocab].argmax(-1)
 
