@@ -141,9 +141,10 @@ def _prefill_stall(pair: ModelPair, chunk: int | None, others: int, prompt: int,
 
 
 def bench_verify(draft=None, target=None, device: str = "cpu", threads: int = 1, batches: tuple[int, ...] = (1, 8, 32),
-                 length: int = 4, context: tuple[int, int] = (100, 400), steps: int = 10, seed: int = 0) -> dict:
+                 length: int = 4, context: tuple[int, int] = (100, 400), steps: int = 10, seed: int = 0,
+                 dtype: str | None = None) -> dict:
     set_threads(threads)
-    pair = load_pair(draft, target, device=device, load_draft=False)
+    pair = load_pair(draft, target, device=device, dtype=dtype, load_draft=False)
     rng = random.Random(seed)
     out: dict = {"threads": threads, "draft_length": length, "context_tokens": list(context), "steps": steps,
                  "batches": {}}
