@@ -77,7 +77,8 @@ def test_default_dtype_is_float32_on_cpu_and_bfloat16_on_cuda():
 def test_every_policy_runs_its_rounds_on_the_pairs_device_and_dtype(bf16_pair, temperature):
     pair = bf16_pair
     assert pair.dtype == "bfloat16"
-    prompt = list(pair.tokenizer.encode("The quick brown fox jumps over the lazy dog, and then", add_special_tokens=False))
+    prompt = list(pair.tokenizer.encode("The quick brown fox jumps over the lazy dog, and then",
+                                        add_special_tokens=False))
     with Placement(pair.device, torch.bfloat16) as hook:
         for spec in POLICIES:
             r = speculative_generate(pair, prompt, 12, make_policy(spec), SamplingParams(temperature), seed=3)

@@ -217,8 +217,8 @@ class BatchVerifier:
                     results[i].error = exc
                 return 0
             except Exception as exc:  # capture/replay failed: eager from now on, the reason kept
-                self.static_error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300]}" if str(exc).strip() \
-                    else type(exc).__name__
+                first = (str(exc).strip().splitlines() or [""])[0][:300]
+                self.static_error = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
                 self.static.close()
                 self.static = None
                 static = False

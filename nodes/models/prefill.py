@@ -2,11 +2,12 @@
 
 Why: chunked prefill bounds how long a new long prompt stalls the other sessions' rounds, but the right
 chunk depends on the device. On a CPU a forward's cost grows with its tokens, so 256-token chunks (the
-CPU default) cut the stall. On a GPU a forward of a few hundred tokens costs about what one of a few
-thousand does (launch-bound, then bandwidth-bound), so small chunks only multiply the stall: measured on
-an H200 with a 7B target, 256-token chunks made a 3,000-token prompt ready after 2.5 s instead of 0.29 s
-and stalled the others longer. So: time one forward per size and take the largest size whose forward
-costs at most `budget_ms`, or twice the smallest size's (a chunk up to the knee of the curve is free).
+CPU default) cut the stall. On a GPU a forward of a few hundred tokens costs about what one of a
+thousand does (launch-bound, then bandwidth-bound), so small chunks only multiply the delay: on an H200
+with a 7B target, 256-token chunks made a 3,000-token prompt ready after 1.7 s instead of 0.45 s with
+1024-token ones, and stalled the others longer (docs/gpu.md). So: time one forward per size and take
+the largest size whose forward costs at most `budget_ms`, or twice the smallest size's (a chunk up to
+the knee of the curve is free).
 """
 from __future__ import annotations
 
@@ -37,7 +38,8 @@ def _forward_ms(model, tokens: int, reps: int = 3) -> float:
     return statistics.median(ts)
 
 
-def measure_prefill(model, budget_ms: float = 50.0, sizes: tuple[int, ...] = SIZES, max_tokens: int | None = None) -> dict:
+def measure_prefill(model, budget_ms: float = 50.0, sizes: tuple[int, ...] = SIZES,
+                    max_tokens: int | None = None) -> dict:
     """{"chunk": tokens per batch, "ms": {size: forward ms}, "budget_ms": ...}; on a CPU the CPU default,
     unmeasured (its cost is linear in tokens: the chunk only sets how long one stall lasts)."""
     p = next(model.parameters())

@@ -192,7 +192,8 @@ class StaticForward:
             return s, False
         while len(self.shapes) >= MAX_GRAPHS:
             self.shapes.pop(next(iter(self.shapes)))
-        s = _Shape(rows, feed, keys, torch.zeros(3 * rows * feed + 3 * rows, dtype=torch.long, device=self.cache.device))
+        inputs = torch.zeros(3 * rows * feed + 3 * rows, dtype=torch.long, device=self.cache.device)
+        s = _Shape(rows, feed, keys, inputs)
         s.inputs.copy_(self._idle_inputs(rows, feed))
         if self.capture:
             self._capture(s)

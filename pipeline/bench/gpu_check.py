@@ -79,7 +79,8 @@ def placement(device: str, dtype: str) -> dict:
     from schemas.rounds import SamplingParams
 
     pair = load_pair(device=device, dtype=dtype)
-    want_dev, want_dt = torch.device(device if ":" in device or device == "cpu" else f"{device}:0"), getattr(torch, pair.dtype)
+    want_dev = torch.device(device if ":" in device or device == "cpu" else f"{device}:0")
+    want_dt = getattr(torch, pair.dtype)
     wrong: set[str] = set()
     calls = [0]
 

@@ -302,9 +302,11 @@ def bench_verify_shape(shape: str, device: str = "cpu", dtype: str | None = None
     nbytes = sum(p.numel() * p.element_size() for p in pair.target.parameters())
     bw = bandwidth or bandwidth_gbs(device, 1024 if cuda else 256)
     rng = random.Random(seed)
-    out: dict = {"shape": shape, "device": str(device), "dtype": pair.dtype, "layers": pair.target.config.num_hidden_layers,
-                 "weight_gb": round(nbytes / 1e9, 3), "bandwidth_gbs": bw, "bandwidth_measured": bandwidth is None,
-                 "floor_ms": round(nbytes / (bw * 1e9) * 1e3, 3), "draft_length": length, "context_tokens": list(context),
+    out: dict = {"shape": shape, "device": str(device), "dtype": pair.dtype,
+                 "layers": pair.target.config.num_hidden_layers, "weight_gb": round(nbytes / 1e9, 3),
+                 "bandwidth_gbs": bw, "bandwidth_measured": bandwidth is None,
+                 "floor_ms": round(nbytes / (bw * 1e9) * 1e3, 3), "draft_length": length,
+                 "context_tokens": list(context),
                  "steps": steps, "load_s": round(time.perf_counter() - t0, 1), "batches": {}}
     if not cuda:
         out["graph_forward_skipped"] = "CUDA graphs need a CUDA device"
