@@ -38,23 +38,26 @@ def _forward_ms(model, tokens: int, reps: int = 3) -> float:
     return statistics.median(ts)
 
 
-def measure_prefill(model, budget_ms: float = 50.0, sizes: tuple[int, ...] = SIZES,
-                    max_tokens: int | None = None) -> dict:
-    """{"chunk": tokens per batch, "ms": {size: forward ms}, "budget_ms": ...}; on a CPU the CPU default,
-    unmeasured (its cost is linear in tokens: the chunk only sets how long one stall lasts)."""
-    p = next(model.parameters())
-    if p.device.type != "cuda":
-        return {"chunk": CPU_CHUNK, "ms": {}, "budget_ms": budget_ms, "measured": False}
+def choose_chunk(sizes: tuple[int, ...], cost_ms, budget_ms: float) -> tuple[int, dict[str, float], float]:
+    """The largest size whose cost is within max(budget_ms, twice the smallest size's cost); stops timing at the
+    first size past it. (chunk, {size: ms} timed, the limit)."""
     ms: dict[str, float] = {}
-    chunk = sizes[0]
-    limit = None
+    chunk, limit = sizes[0], None
     for n in sizes:
-        if max_tokens is not None and n > max_tokens:
-            break
-        t = _forward_ms(model, n)
+        t = cost_ms(n)
         ms[str(n)] = round(t, 2)
         limit = limit if limit is not None else max(budget_ms, 2 * t)
         if t > limit:
             break
         chunk = n
-    return {"chunk": chunk, "ms": ms, "budget_ms": budget_ms, "limit_ms": round(limit or 0, 2), "measured": True}
+    return chunk, ms, limit or 0.0
+
+
+def measure_prefill(model, budget_ms: float = 50.0, sizes: tuple[int, ...] = SIZES) -> dict:
+    """{"chunk": tokens per batch, "ms": {size: forward ms}, ...}; on a CPU the CPU default, unmeasured (its
+    cost is linear in tokens: the chunk only sets how long one stall lasts)."""
+    p = next(model.parameters())
+    if p.device.type != "cuda":
+        return {"chunk": CPU_CHUNK, "ms": {}, "budget_ms": budget_ms, "measured": False}
+    chunk, ms, limit = choose_chunk(sizes, lambda n: _forward_ms(model, n), budget_ms)
+    return {"chunk": chunk, "ms": ms, "budget_ms": budget_ms, "limit_ms": round(limit, 2), "measured": True}
