@@ -13,7 +13,7 @@ import torch
 
 from nodes.models.batch_verify import BatchVerifier, VerifyJob
 from nodes.models.static_forward import StaticForward, batch_bucket, key_bucket
-from schemas.rounds import Draft, SamplingParams
+from schemas.rounds import Draft, SamplingParams, Verdict
 
 
 def _contexts(pair, n: int, rng: random.Random) -> list[list[int]]:
@@ -127,3 +127,41 @@ def test_grouped_query_shape_static_path_matches_eager(gqa_pair):
     out = verdict_flips(tiny, _contexts(tiny, 6, 60, 120, rng), 4, 3, rng)
     assert out["verdicts"] == 18
     assert out["differ_from_eager_batched"] == {"fast": 0, "invariant": 0, "per_request": 0}
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.9])
+def test_static_draft_steps_draft_what_eager_steps_draft(pair, temperature):
+    """The edge's batched draft step at static shapes (CUDA graphs on a GPU, eager here): the same drafts,
+    the same q distributions, and specdec++'s head reads the same hidden states."""
+    from control import RoundContext, make_policy
+    from nodes.models.batch_draft import DraftJob, DraftRows, SlotDraftSession
+    from nodes.models.head import head_for, stop_rule
+    from nodes.models.slots import SlotCache
+
+    rng = random.Random(9)
+    ctxs = _contexts(pair, 4, rng)
+    head = head_for(pair)
+    params = SamplingParams(temperature)
+    out = {}
+    for graphs in (False, True):
+        cache = SlotCache(pair.draft, max_slots=8, max_len=4096)
+        sessions = [SlotDraftSession(cache, c, pair.vocab_size, params) for c in ctxs]
+        drafts = []
+        for rnd in range(3):
+            rows = DraftRows(cache, graphs=graphs)
+            res = {}
+            for i, s in enumerate(sessions):
+                pol = make_policy("specdec++" if i % 2 else "fixed:5")
+                stop, hidden = stop_rule(pol, RoundContext(stops=True), head)
+                assert rows.add(DraftJob(s, 5, 10 * rnd + i, stop, hidden), i) is None
+            while rows:
+                for key, r in rows.step():
+                    assert r.error is None, r.error
+                    res[key] = r.draft
+            for i, s in enumerate(sessions):  # the target "accepts" two tokens and appends one
+                d = res[i]
+                s.apply(Verdict(min(2, len(d)), 7, 0.0))
+            drafts.append([(res[i].tokens, res[i].q_ids, res[i].stopped_early) for i in range(len(sessions))])
+        out[graphs] = (drafts, getattr(cache, "_static_runner", None))
+    assert out[False][1] is None and out[True][1] is not None  # the static path ran
+    assert out[True][0] == out[False][0]

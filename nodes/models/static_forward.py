@@ -113,9 +113,11 @@ class _Shape:
     rows: int
     feed: int
     keys: int
+    hidden: bool                  # also the last layer's hidden states (a draft step whose stop rule reads them)
     inputs: torch.Tensor          # int64 [rows*feed*3 + rows*3] on the device
     logits: torch.Tensor | None = None
     argmax: torch.Tensor | None = None
+    states: torch.Tensor | None = None
     graph: object | None = None
 
 
@@ -126,6 +128,7 @@ class StaticOut:
 
     logits: torch.Tensor
     argmax: list[list[int]]
+    hidden: torch.Tensor | None  # [bucket rows, feed, hidden] when asked
     rows: int                 # the bucket's rows
     keys: int
     forward_ms: float         # input copy, replay (or eager forward) and the argmax read back
@@ -177,23 +180,24 @@ class StaticForward:
         model = self.cache.model
         with _grouped_attention(model):
             out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
-                        logits_to_keep=q, **{_cache_kwarg(model): view})
+                        logits_to_keep=q, output_hidden_states=s.hidden, **{_cache_kwarg(model): view})
         s.logits = out.logits
+        s.states = out.hidden_states[-1] if s.hidden else None
         s.argmax = out.logits[..., : self.vocab].argmax(-1)
 
-    def _shape(self, rows: int, feed: int, keys: int) -> tuple[_Shape, bool]:
+    def _shape(self, rows: int, feed: int, keys: int, hidden: bool) -> tuple[_Shape, bool]:
         storage = (self.cache.k.data_ptr(), self.cache.v.data_ptr(), tuple(self.cache.k.shape))
         if storage != self._storage:  # the cache grew: graphs point at the old storage
             self.shapes.clear()
             self._storage = storage
-        key = (rows, feed, keys)
+        key = (rows, feed, keys, hidden)
         s = self.shapes.get(key)
         if s is not None:
             return s, False
         while len(self.shapes) >= MAX_GRAPHS:
             self.shapes.pop(next(iter(self.shapes)))
         inputs = torch.zeros(3 * rows * feed + 3 * rows, dtype=torch.long, device=self.cache.device)
-        s = _Shape(rows, feed, keys, inputs)
+        s = _Shape(rows, feed, keys, hidden, inputs)
         s.inputs.copy_(self._idle_inputs(rows, feed))
         if self.capture:
             self._capture(s)
@@ -224,9 +228,10 @@ class StaticForward:
 
     # --- one call --------------------------------------------------------------------
     @torch.inference_mode()
-    def forward(self, slots: list[int], feeds: list[list[int]]) -> StaticOut:
-        """Feed `feeds[b]` to slot `slots[b]` (appending); logits of every fed position. The caller checked the
-        slots (live, distinct) and feeds (non-empty); `supports(len(slots), longest feed)` must hold."""
+    def forward(self, slots: list[int], feeds: list[list[int]], hidden: bool = False) -> StaticOut:
+        """Feed `feeds[b]` to slot `slots[b]` (appending); logits (and with `hidden`, last hidden states) of every
+        fed position. The caller checked the slots (live, distinct) and feeds (non-empty); `supports(len(slots),
+        longest feed)` must hold."""
         t0 = time.perf_counter()
         cache = self.cache
         b = len(slots)
@@ -235,7 +240,7 @@ class StaticForward:
         cache.reserve(max(ends))
         rows = batch_bucket(b)
         keys = key_bucket(max(ends), cache.capacity)
-        s, captured = self._shape(rows, q, keys)
+        s, captured = self._shape(rows, q, keys, hidden)
         pad, scratch = cache.pad_id, self.scratch
         ids = [pad] * (rows * q)
         start, n, read = [0] * rows, [0] * rows, [scratch] * rows
@@ -259,4 +264,12 @@ class StaticForward:
         done = time.perf_counter()
         for slot, e in zip(slots, ends):
             cache.lengths[slot] = e
-        return StaticOut(s.logits, argmax, rows, keys, (done - prep) * 1e3, (prep - t0) * 1e3, captured)
+        return StaticOut(s.logits, argmax, s.states, rows, keys, (done - prep) * 1e3, (prep - t0) * 1e3, captured)
+
+
+def runner_for(cache: SlotCache, vocab: int) -> StaticForward:
+    """The static runner of `cache` (one per cache: it holds the scratch slot), made at first use."""
+    runner = getattr(cache, "_static_runner", None)
+    if runner is None:
+        runner = cache._static_runner = StaticForward(cache, vocab)
+    return runner

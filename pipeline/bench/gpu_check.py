@@ -223,6 +223,70 @@ def fast_loop_greedy(device: str, dtype: str, n: int, tokens: int) -> dict:
     return out
 
 
+def fast_draft(device: str, dtype: str, n: int, tokens: int) -> dict:
+    """The edge's batched draft step at static shapes: every policy through static drafting (slot draft
+    sessions) and static verification vs target-only, greedy; then draft step times eager vs static."""
+    import nodes.speculative as sp
+    from control import make_policy
+    from nodes.models.batch_draft import DraftJob, DraftRows, SlotDraftSession
+    from nodes.models.batch_verify import BatchVerifier
+    from nodes.models.loading import load_pair
+    from nodes.models.slots import SlotCache
+    from pipeline.bench import verify as bv
+    from pipeline.bench.engine import bench_prompts
+
+    pair = load_pair(device=device, dtype=dtype)
+    ver = BatchVerifier(pair.target, pair.vocab_size, max_slots=16, max_len=2048, graphs=True)
+    dcache = SlotCache(pair.draft, max_slots=64, max_len=2048)
+    out: dict = {"dtype": pair.dtype, "cases": 0, "equal": 0, "diffs": [], "errors": {}}
+    orig_v, orig_d = sp.verify_round, sp.DraftSession
+    for p in bench_prompts(pair, n=n, chars=200):
+        ref = sp.target_only_generate(pair, p, tokens).token_ids
+        sp.verify_round = _with_verifier(ver)
+        sp.DraftSession = lambda model, ctx, vocab, params: SlotDraftSession(dcache, ctx, vocab, params)
+        try:
+            for pol in POLICIES:
+                try:
+                    r = sp.speculative_generate(pair, p, tokens, make_policy(pol))
+                except Exception as e:
+                    out["errors"][pol] = str(e).splitlines()[0][:200]
+                    continue
+                out["cases"] += 1
+                out["equal"] += r.token_ids == ref
+                if r.token_ids != ref:
+                    out["diffs"].append(pol)
+        finally:
+            sp.verify_round, sp.DraftSession = orig_v, orig_d
+        for s in list(dcache.used):
+            if s != getattr(getattr(dcache, "_static_runner", None), "scratch", -1):
+                dcache.evict(s)
+    out["static_error"] = getattr(dcache, "_static_error", None)
+    rng = random.Random(3)
+    times = {}
+    for b in (1, 8, 32, 64):
+        ctxs = bv._contexts(pair, b, 100, 400, rng)
+        row = {}
+        for graphs in (False, True):
+            cache = SlotCache(pair.draft, max_slots=2 * b + 2, max_len=2048)
+            sess = [SlotDraftSession(cache, c, pair.vocab_size) for c in ctxs]
+            steps_ms = []
+            for k in range(4):
+                rows = DraftRows(cache, graphs=graphs)
+                for i, s in enumerate(sess):
+                    rows.add(DraftJob(s, 5, k), i)
+                while rows:
+                    rows.step()
+                if k >= 1:
+                    steps_ms.append(rows.stats.total_ms / max(1, rows.stats.steps))
+                for s in sess:
+                    s._crop_to(len(s.tokens) - 1)
+                    s._last_draft = []
+            row["static" if graphs else "eager"] = round(sorted(steps_ms)[len(steps_ms) // 2], 3)
+        times[str(b)] = row
+    out["draft_step_ms"] = times
+    return out
+
+
 def breakdown(device: str, shape: str, layers: int | None) -> dict:
     """Where a 7B step's time goes (eager vs fast: prep, forward, accept), eager with 1 vs default threads, and
     the fast step with transformers' GQA-in-SDPA forced (no repeat_kv copies), its verdicts vs eager."""
@@ -282,6 +346,7 @@ def main(argv: list[str] | None = None) -> None:
         ("fast_loop_greedy_bfloat16", fast_loop_greedy, a.device, "bfloat16", a.prompts, a.tokens),
         ("fast_loop_greedy_float32", fast_loop_greedy, a.device, "float32", a.prompts, a.tokens),
         ("breakdown", breakdown, a.device, a.shape, a.layers),
+        ("fast_draft_bfloat16", fast_draft, a.device, "bfloat16", a.prompts, a.tokens),
     ]
     only = {x for x in a.only.split(",") if x}
     for name, fn, *args in parts:
