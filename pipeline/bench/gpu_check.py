@@ -1,6 +1,7 @@
 """One prepared GPU check (issue 22): `PYTHONPATH=. python -m pipeline.bench.gpu_check [--device cpu --shape tiny]`.
 
-Parts, each time-boxed and try/except'd (one failure keeps the rest), results saved after each into
+Parts, each try/except'd (one failure keeps the rest; the greedy parts stop at a deadline; run the whole
+under `timeout`), results saved after each into
 $OUT/gpu_check.json: greedy equality of every policy vs target-only on the bundled pair (float32 and
 bfloat16), a placement check (every module call on the device, in the dtype), sampled rounds of every
 policy (they run), the static/graph verify path vs eager on the bundled pair, `bench verify --shape` at
