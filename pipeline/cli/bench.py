@@ -62,6 +62,14 @@ def cmd_bench_http(a: argparse.Namespace) -> None:
     print(json.dumps(res) if a.json else json.dumps(res, indent=2))
 
 
+def cmd_bench_liveness(a: argparse.Namespace) -> None:
+    from pipeline.bench.liveness import main as liveness
+    from pipeline.transport import aio
+
+    res = aio.run(liveness(a.scenarios))
+    print(json.dumps(res) if a.json else json.dumps(res, indent=2))
+
+
 def cmd_bench_analysis(a: argparse.Namespace) -> None:
     from pipeline.bench.analysis import bench_analysis
 
@@ -145,6 +153,13 @@ def register(sub) -> None:
     p.add_argument("--run-root", default="runs")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench_http)
+
+    p = bsub.add_parser("liveness", help="how fast failures are noticed: an edge killed under 16 streams, one of "
+                                         "two verifiers stopped for 20 s under 32 (real processes)")
+    p.add_argument("scenarios", nargs="*", choices=["kill", "stall"], default=["kill", "stall"],
+                   help="which to run (default: both)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_bench_liveness)
 
     p = bsub.add_parser("analysis", help="specstop analyze on a synthetic log of a million round lines")
     p.add_argument("--rounds", type=positive_int, default=1_000_000)
