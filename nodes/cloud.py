@@ -70,6 +70,8 @@ class CloudConfig:
     max_rounds_per_edge: int | None = _T.max_rounds_per_edge
     heartbeat_s: float = HEARTBEAT_S       # AliveMsg period
     liveness_window_s: float = WINDOW_S    # an edge heard once and then silent this long is gone
+    graphs: bool | None = None     # static-shape verify (CUDA graphs); None: on for a CUDA model
+    batch_invariant: bool = False  # one forward per round: verdicts independent of the batch
 
     def table(self) -> TableConfig:
         return TableConfig(self.verifier_id, self.max_sessions, self.session_ttl_s, self.evict_idle_s,
@@ -86,7 +88,8 @@ class CloudWorker(WorkerBase):
         # twice the session cap in slots: a session replaced while its round computes keeps its slot until then
         self.verifier = BatchVerifier(model, vocab_size, max_slots=max(1, config.max_sessions * 2),
                                       max_len=limits.max_context_tokens, max_bytes=config.slot_memory_mb << 20,
-                                      use_slots=config.slot_cache, prefill_chunk=config.prefill_chunk)
+                                      use_slots=config.slot_cache, prefill_chunk=config.prefill_chunk,
+                                      graphs=config.graphs, batch_invariant=config.batch_invariant)
         self.table = SessionTable(config.table(), limits, release=self.verifier.release)
         self.batcher: MicroBatcher[tuple[VerifyJob, tuple], tuple[JobResult, BatchStats, float]] = MicroBatcher(
             self._run_batch, config.max_batch, config.batch_wait_ms / 1e3, more_coming=self._more_coming,
@@ -122,7 +125,8 @@ class CloudWorker(WorkerBase):
                       max_sessions_per_edge=quota.sessions_per_edge, max_rounds_per_edge=quota.rounds_per_edge,
                       device=self.device.to_dict() if self.device else None,
                       max_batch=self.cfg.max_batch, batch_wait_ms=self.cfg.batch_wait_ms,
-                      slot_cache=self.verifier.why_not or "on")
+                      slot_cache=self.verifier.why_not or "on", graphs=self.verifier.static is not None,
+                      batch_invariant=self.cfg.batch_invariant, prefill_chunk=self.cfg.prefill_chunk)
 
     async def stop(self) -> None:
         self.table.begin_drain()

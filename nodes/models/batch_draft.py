@@ -27,6 +27,7 @@ from nodes.models.errors import ModelError
 from nodes.models.sampling import draft_distribution, round_generators, sample_sparse
 from nodes.models.sessions import DraftSession, DraftStep, StopCallback
 from nodes.models.slots import SlotCache, SlotCapacityError, SlotHolder
+from nodes.models.static_forward import runner_for
 from schemas.rounds import Draft, SamplingParams
 
 
@@ -105,15 +106,26 @@ class _Row:
 
 
 class DraftRows:
-    """The rows drafting on one slot cache; rows join between steps and leave at the step they end."""
+    """The rows drafting on one slot cache; rows join between steps and leave at the step they end.
 
-    def __init__(self, cache: SlotCache):
+    `graphs` (None: on for a CUDA cache): steps run at static shapes, replayed as CUDA graphs on a GPU
+    (nodes/models/static_forward.py); greedy rows take their token from the argmax that comes back with the
+    replay. A failed capture or replay turns it off for this cache (`static_error` says why)."""
+
+    def __init__(self, cache: SlotCache, graphs: bool | None = None):
         self.cache = cache
         self.rows: list[_Row] = []
         self.stats = DraftStats()
+        self.graphs = cache.device.type == "cuda" if graphs is None else graphs
+        if getattr(cache, "_static_error", None):
+            self.graphs = False
 
     def __len__(self) -> int:
         return len(self.rows)
+
+    def _forward(self, rows: list[_Row], want_hidden: bool) -> _StepOut:
+        out = _static_step(self, rows, want_hidden) if self.graphs else None
+        return out if out is not None else _eager_step(self.cache, rows, want_hidden)
 
     def add(self, job: DraftJob, key: Any = None) -> DraftResult | None:
         """Join the next step; a result at once when the job has nothing to draft or cannot draft here."""
@@ -150,8 +162,7 @@ class DraftRows:
             return left
         want_hidden = any(r.job.hidden and r.job.stop is not None for r in rows)
         try:
-            out = self.cache.forward([r.job.session.live_slot for r in rows], [r.feed for r in rows],
-                                     [1] * len(rows), hidden=want_hidden)
+            out = self._forward(rows, want_hidden)
         except Exception as exc:  # nothing written: every row fails (its session is dropped)
             for r in rows:
                 r.result.error = exc
@@ -169,9 +180,9 @@ class DraftRows:
         staying: list[_Row] = []
         leaving: list[_Row] = []
         for b, r in enumerate(rows):
-            h = out.hidden[b][-1] if want_hidden and r.job.hidden else None
+            h = out.hidden[b] if want_hidden and r.job.hidden else None
             try:
-                done = _step(r, out.logits[b][-1], h)
+                done = _step(r, out.logits[b], h, out.argmax[b] if out.argmax is not None else None)
             except Exception as exc:  # this row's stop rule (or sampling) failed: this job only
                 r.result.error = exc
                 done = True
@@ -195,6 +206,50 @@ class DraftRows:
         return left
 
 
+@dataclass
+class _StepOut:
+    """One draft step's forward: per row, the logits [vocab] and hidden state of its last fed position."""
+
+    logits: list[torch.Tensor]
+    hidden: list[torch.Tensor] | None
+    argmax: list[int] | None   # greedy tokens when the static path computed them with the forward
+    forward_ms: float
+    prep_ms: float
+    kv_ms: float
+    padded_tokens: int
+    real_tokens: int
+
+
+def _static_step(self: DraftRows, rows: list[_Row], want_hidden: bool) -> _StepOut | None:
+    """The step at static shapes, or None (not supported here, or the static path failed and is now off)."""
+    feeds = [r.feed for r in rows]
+    vocab = rows[0].job.session.vocab_size
+    try:
+        runner = runner_for(self.cache, vocab)
+        if not runner.supports(len(rows), max(len(f) for f in feeds)) or runner.vocab != vocab:
+            return None
+        out = runner.forward([r.job.session.live_slot for r in rows], feeds, hidden=want_hidden)
+    except ModelError:
+        raise
+    except Exception as exc:  # capture/replay failed: eager from now on for this cache
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        self.cache._static_error = f"{type(exc).__name__}: {first}"
+        self.graphs = False
+        return None
+    n = [len(f) - 1 for f in feeds]
+    return _StepOut([out.logits[b, i] for b, i in enumerate(n)],
+                    [out.hidden[b, i] for b, i in enumerate(n)] if want_hidden else None,
+                    [out.argmax[b][i] for b, i in enumerate(n)], out.forward_ms, out.prep_ms, 0.0,
+                    out.rows * max(len(f) for f in feeds), sum(len(f) for f in feeds))
+
+
+def _eager_step(cache: SlotCache, rows: list[_Row], want_hidden: bool) -> _StepOut:
+    out = cache.forward([r.job.session.live_slot for r in rows], [r.feed for r in rows], [1] * len(rows),
+                             hidden=want_hidden)
+    return _StepOut([lg[-1] for lg in out.logits], [h[-1] for h in out.hidden] if want_hidden else None, None,
+                    out.forward_ms, out.prep_ms, out.kv_ms, out.padded_tokens, out.real_tokens)
+
+
 def draft_batch(cache: SlotCache, jobs: list[DraftJob]) -> tuple[list[DraftResult], DraftStats]:
     """Draft every job to its end; results in job order. Sessions must be live slots of `cache`, each once."""
     rows = DraftRows(cache)
@@ -214,15 +269,16 @@ def _fits(cache: SlotCache, r: _Row) -> bool:
     return True
 
 
-def _step(r: _Row, row_logits: torch.Tensor, hidden: torch.Tensor | None) -> bool:
-    """One drafted token for row `r`, exactly as DraftSession.propose draws it; True when the row
-    leaves (its stop rule fired or its length is reached)."""
+def _step(r: _Row, row_logits: torch.Tensor, hidden: torch.Tensor | None, argmax: int | None = None) -> bool:
+    """One drafted token for row `r`, exactly as DraftSession.propose draws it (`argmax`: the greedy token,
+    when it came back with the forward); True when the row leaves (its stop rule fired or its length is
+    reached)."""
     s, job = r.job.session, r.job
     pos = len(r.tokens) + 1
     logits = row_logits[: s.vocab_size]
     if s.params.greedy:
         probs = torch.softmax(logits.float(), dim=-1) if job.stop is not None else None
-        tok = int(torch.argmax(logits))
+        tok = argmax if argmax is not None else int(torch.argmax(logits))
         prob = float(probs[tok]) if probs is not None else 1.0
     else:
         ids, probs = draft_distribution(logits, s.params)

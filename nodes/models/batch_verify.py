@@ -18,8 +18,11 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from nodes.models.errors import ModelError
+from nodes.models.sampling import accept_greedy
 from nodes.models.sessions import TargetSession, accept_draft, check_draft
 from nodes.models.slots import SlotCache, SlotHolder, SlotsFull, slot_support
+from nodes.models.static_forward import StaticForward
 from schemas.rounds import Draft, SamplingParams, Verdict
 
 
@@ -79,19 +82,32 @@ class BatchStats:
     padded_tokens: int = 0
     real_tokens: int = 0
     total_ms: float = 0.0
+    static: bool = False        # the batched forward ran at static shapes (a CUDA graph replay on a GPU)
+    forwards: int = 0           # batched forwards (one per job in batch-invariant mode)
 
 
 class BatchVerifier:
     """One target model's verifier: slot sessions where the model class allows, else per request."""
 
     def __init__(self, model: Any, vocab_size: int, max_slots: int = 128, max_len: int = 8192,
-                 max_bytes: int = 2 << 30, use_slots: bool = True, prefill_chunk: int | None = None):
+                 max_bytes: int = 2 << 30, use_slots: bool = True, prefill_chunk: int | None = None,
+                 graphs: bool | None = False, batch_invariant: bool = False):
         """`prefill_chunk`: context tokens prefilled per `run` (None: a whole context at once). With it, a
         long prompt costs the other sessions' rounds one chunk's forward per run instead of the whole
-        prompt's; its own job comes back `again` until its context is in."""
+        prompt's; its own job comes back `again` until its context is in.
+
+        `graphs`: verify at static shapes (nodes/models/static_forward.py), captured as CUDA graphs on a GPU
+        and run eagerly on a CPU; None: on for a CUDA model, off otherwise. `batch_invariant`: every job's
+        forward runs alone, so its verdict never depends on which other sessions share the batch (near-ties
+        in bf16 flip with the batch's shape); it costs one forward per job."""
         self.model, self.vocab, self.prefill_chunk = model, vocab_size, prefill_chunk
+        self.batch_invariant = batch_invariant
         self.why_not = slot_support(model) if use_slots else "slot cache disabled"
         self.cache = SlotCache(model, max_slots, max_len, max_bytes=max_bytes) if self.why_not is None else None
+        if graphs is None:
+            graphs = self.cache is not None and self.cache.device.type == "cuda"
+        self.static = StaticForward(self.cache, vocab_size) if graphs and self.cache is not None else None
+        self.static_error: str | None = None  # why the static path was switched off, if it failed
 
     def release(self, state: Any) -> None:
         """A session dropped by its owner: free its slot (per-request states need nothing)."""
@@ -181,22 +197,60 @@ class BatchVerifier:
                     res.error = exc
 
     def _batched(self, rows: list[int], jobs: list[VerifyJob], results: list[JobResult], stats: BatchStats) -> None:
+        groups = [[i] for i in rows] if self.batch_invariant else [rows]
+        stats.slot_rows = sum(self._forward_group(group, jobs, results, stats) for group in groups)
+
+    def _forward_group(self, rows: list[int], jobs: list[VerifyJob], results: list[JobResult],
+                       stats: BatchStats) -> int:
+        """One forward over `rows` and their verdicts; how many rows the forward ran (0: it failed)."""
         states: list[SlotSession] = [results[i].state for i in rows]
         drafts = [jobs[i].draft for i in rows]
+        slots = [s.live_slot for s in states]
+        feeds = [s.pending + list(d.tokens) for s, d in zip(states, drafts)]
+        keeps = [len(d) + 1 for d in drafts]
+        static = self.static is not None and self.static.supports(len(rows), max(len(f) for f in feeds))
+        if static:
+            try:
+                out = self.static.forward(slots, feeds)
+            except ModelError as exc:  # bad input (e.g. past the capacity): this group fails, nothing applied
+                for i in rows:
+                    results[i].error = exc
+                return 0
+            except Exception as exc:  # capture/replay failed: eager from now on, the reason kept
+                first = (str(exc).strip().splitlines() or [""])[0][:300]
+                self.static_error = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+                self.static.close()
+                self.static = None
+                static = False
         try:
-            out = self.cache.forward([s.live_slot for s in states], [s.pending + list(d.tokens) for s, d in
-                                                                     zip(states, drafts)], [len(d) + 1 for d in drafts])
+            if static:
+                logits = [out.logits[b, len(f) - k: len(f)] for b, (f, k) in enumerate(zip(feeds, keeps))]
+                argmax = [out.argmax[b][len(f) - k: len(f)] for b, (f, k) in enumerate(zip(feeds, keeps))]
+                forward_ms, prep_ms, kv_ms = out.forward_ms, out.prep_ms, 0.0
+                padded, real = out.rows * max(len(f) for f in feeds), sum(len(f) for f in feeds)
+            else:
+                eager = self.cache.forward(slots, feeds, keeps)
+                logits, argmax = eager.logits, None
+                forward_ms, prep_ms, kv_ms = eager.forward_ms, eager.prep_ms, eager.kv_ms
+                padded, real = eager.padded_tokens, eager.real_tokens
         except Exception as exc:  # nothing was applied: every row's session is as before
             for i in rows:
                 results[i].error = exc
-            return
-        stats.slot_rows = len(rows)
-        stats.forward_ms, stats.prep_ms, stats.kv_ms = out.forward_ms, out.prep_ms, out.kv_ms
-        stats.padded_tokens, stats.real_tokens = out.padded_tokens, out.real_tokens
-        for i, s, d, logits in zip(rows, states, drafts, out.logits):
+            return 0
+        stats.static = static
+        stats.forwards += 1
+        stats.forward_ms += forward_ms
+        stats.prep_ms += prep_ms
+        stats.kv_ms += kv_ms
+        stats.padded_tokens += padded
+        stats.real_tokens += real
+        for b, (i, s, d) in enumerate(zip(rows, states, drafts)):
             t1 = time.perf_counter()
             try:
-                accepted, nxt = accept_draft(logits[:, : self.vocab], d, jobs[i].params)
+                if argmax is not None and jobs[i].params.greedy:  # the argmax came back with the forward
+                    accepted, nxt = accept_greedy(argmax[b], list(d.tokens))
+                else:
+                    accepted, nxt = accept_draft(logits[b][:, : self.vocab], d, jobs[i].params)
                 s.apply(d, accepted, nxt)
             except Exception as exc:
                 s.release()  # half-applied: the owner drops this session (its edge resends the context)
@@ -204,4 +258,5 @@ class BatchVerifier:
                 continue
             own = (time.perf_counter() - t1) * 1e3
             stats.accept_ms += own
-            results[i].verdict = Verdict(accepted, nxt, out.prep_ms + out.forward_ms + own)
+            results[i].verdict = Verdict(accepted, nxt, prep_ms + forward_ms + own)
+        return len(rows)

@@ -43,9 +43,12 @@ class AcceptanceHead(nn.Module):
 
     @torch.inference_mode()
     def accept_prob(self, hidden: torch.Tensor, logits: torch.Tensor, token: int) -> float:
-        """P(accept) of `token` drafted from `logits` (temperature 1 features) at state `hidden`."""
+        """P(accept) of `token` drafted from `logits` (temperature 1 features) at state `hidden`. The features
+        are computed in float32 (a sum over the vocabulary), then fed in the head's own dtype and device."""
+        w = self.net[0].weight
         log_q, entropy = q_features(logits.float())
-        return float(torch.sigmoid(self(hidden.float(), log_q[token], entropy)))
+        feats = (t.to(device=w.device, dtype=w.dtype) for t in (hidden, log_q[token], entropy))
+        return float(torch.sigmoid(self(*feats)))
 
 
 def q_features(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -94,7 +97,8 @@ def head_for(pair, root: Path | None = None) -> AcceptanceHead:
     trained_for = json.loads((path.parent / "head.json").read_text()).get("draft")
     if trained_for is not None and trained_for != model_hash(pair.draft_name):
         raise ModelError(f"acceptance head {path} was trained for another draft model than '{pair.draft_name}'")
-    return head
+    p = next(pair.draft.parameters())
+    return head.to(device=p.device, dtype=p.dtype)  # where and in what the draft's hidden states are
 
 
 def can_stop(policy, head: AcceptanceHead | None) -> bool:

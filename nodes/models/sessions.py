@@ -166,7 +166,7 @@ def accept_draft(logits: torch.Tensor, draft: Draft, params: SamplingParams) -> 
     if params.greedy:
         return accept_greedy(torch.argmax(logits, dim=-1).tolist(), list(draft.tokens))
     _, gen = round_generators(draft.seed)
-    p = target_probs(logits, params)
+    p = target_probs(logits.float(), params)
     return accept_sampled(p, list(draft.tokens), draft.q_ids or [], draft.q_probs or [], gen)
 
 

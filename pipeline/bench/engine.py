@@ -91,9 +91,9 @@ def hf_assisted(pair: ModelPair, prompt: list[int], max_new: int):
 
 
 def bench_engine(draft=None, target=None, threads: int = 2, repeats: int = 3, max_new_tokens: int = 128,
-                 profile_out: str | None = None) -> dict:
+                 profile_out: str | None = None, device: str = "cpu", dtype: str | None = None) -> dict:
     set_threads(threads)
-    pair = load_pair(draft, target)
+    pair = load_pair(draft, target, device=device, dtype=dtype)
     prompt = bench_prompts(pair, n=1, chars=120)[0]
     long_ctx = (prompt * (1000 // len(prompt) + 1))[:1000]
     short_ctx = prompt[:50]

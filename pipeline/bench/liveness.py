@@ -1,4 +1,4 @@
-"""How fast failures are noticed (issue 21, items 4-5): `python -m pipeline.bench.liveness [kill] [stall] --json`.
+"""How fast failures are noticed: `specstop bench liveness [kill] [stall] --json`.
 
 A broker and the workers run as separate processes on loopback; this process is the client.
 `kill`: an edge holding 16 streams is killed with SIGKILL; reported: when each client got its error

@@ -111,8 +111,20 @@ def model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--draft", help="draft model: hub id or local path (default: bundled)")
     p.add_argument("--target", help="target model: hub id or local path (default: bundled)")
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:0)")
+    dtype_arg(p)
     p.add_argument("--threads", type=positive_int, default=int(os.environ.get("SPECSTOP_THREADS", "2")),
                    help="torch threads in this process")
+
+
+def prefill_chunk(text: str) -> int | str:
+    """`auto` or a token count >= 0."""
+    return text if text == "auto" else non_negative_int(text)
+
+
+def dtype_arg(p: argparse.ArgumentParser) -> None:
+    """`--dtype`: the models' weights (and the acceptance head's); None resolves per device at load."""
+    p.add_argument("--dtype", choices=("bfloat16", "float16", "float32"), default=None,
+                   help="weights' dtype (default: float32 on a CPU, bfloat16 on CUDA)")
 
 
 def nice(text: str) -> int:

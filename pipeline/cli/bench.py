@@ -7,13 +7,14 @@ import time
 
 from control.evaluation import evaluate
 from control.families import all_families
-from pipeline.cli.args import batch_sizes, model_args, positive_int
+from pipeline.cli.args import batch_sizes, model_args, positive_float, positive_int
 
 def cmd_bench_engine(a: argparse.Namespace) -> None:
     from pipeline.bench.engine import bench_engine
 
     res = bench_engine(draft=a.draft, target=a.target, threads=a.threads, repeats=a.repeats,
-                       max_new_tokens=a.max_new_tokens, profile_out=a.profile_out)
+                       max_new_tokens=a.max_new_tokens, profile_out=a.profile_out,
+                       device=a.device, dtype=a.dtype)
     print(json.dumps(res) if a.json else json.dumps(res, indent=2))
 
 
@@ -25,10 +26,24 @@ def cmd_bench_pipeline(a: argparse.Namespace) -> None:
 
 
 def cmd_bench_verify(a: argparse.Namespace) -> None:
-    from pipeline.bench.verify import bench_verify
+    from pipeline.bench.verify import bench_verify, bench_verify_shape
 
-    res = bench_verify(draft=a.draft, target=a.target, device=a.device, threads=a.threads, batches=a.batches,
-                       length=a.length, steps=a.steps)
+    if a.shape:
+        res = bench_verify_shape(a.shape, device=a.device, dtype=a.dtype, layers=a.layers, threads=a.threads,
+                                 batches=a.batches or (1, 8, 32, 64), length=a.length, steps=a.steps,
+                                 bandwidth=a.bandwidth)
+        if a.flips:
+            import random
+
+            from pipeline.bench.verify import _contexts, shape_pair, verdict_flips
+
+            rng = random.Random(1)
+            pair = shape_pair(a.shape, a.device, a.dtype, a.layers)
+            res["flips"] = verdict_flips(pair, _contexts(pair, 16, 100, 400, rng), a.length, 4, rng,
+                                         max_bytes=(48 << 30) if a.device.startswith("cuda") else (2 << 30))
+    else:
+        res = bench_verify(draft=a.draft, target=a.target, device=a.device, threads=a.threads,
+                           batches=a.batches or (1, 8, 32), length=a.length, steps=a.steps, dtype=a.dtype)
     print(json.dumps(res) if a.json else json.dumps(res, indent=2))
 
 
@@ -44,6 +59,14 @@ def cmd_bench_http(a: argparse.Namespace) -> None:
 
     res = bench_http(run_root=a.run_root, requests=a.requests, max_new_tokens=a.max_new_tokens, policy=a.policy,
                      channel=a.channel)
+    print(json.dumps(res) if a.json else json.dumps(res, indent=2))
+
+
+def cmd_bench_liveness(a: argparse.Namespace) -> None:
+    from pipeline.bench.liveness import main as liveness
+    from pipeline.transport import aio
+
+    res = aio.run(liveness(a.scenarios))
     print(json.dumps(res) if a.json else json.dumps(res, indent=2))
 
 
@@ -97,8 +120,18 @@ def register(sub) -> None:
     p.add_argument("--run-root", default="runs")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench_pipeline)
-    p = bsub.add_parser("verify", help="verify step at batch 1/8/32: slot cache vs per-request, bookkeeping")
-    p.add_argument("--batches", type=batch_sizes, default=(1, 8, 32), help="comma-separated numbers of sessions")
+    p = bsub.add_parser("verify", help="verify step at batch 1/8/32: slot cache vs per-request, bookkeeping; "
+                                       "--shape: a 7B-class target's step vs its bare and graph forward and floor")
+    p.add_argument("--batches", type=batch_sizes, default=None,
+                   help="comma-separated numbers of sessions (default: 1,8,32; with --shape 1,8,32,64)")
+    p.add_argument("--shape", choices=("qwen2-7b", "llama3-8b", "tiny"),
+                   help="a random-weight target of this shape (no hub) instead of --target")
+    p.add_argument("--layers", type=positive_int, help="with --shape: this many layers (a quick run on a CPU)")
+    p.add_argument("--bandwidth", type=positive_float, metavar="GB/S",
+                   help="with --shape: the device's memory bandwidth for the floor (default: measured by a copy)")
+    p.add_argument("--flips", action="store_true",
+                   help="with --shape: count verdicts that differ between eager batched, static, batch-invariant "
+                        "and per-request verification of the same drafts")
     p.add_argument("--length", type=positive_int, default=4, help="draft tokens per session")
     p.add_argument("--steps", type=positive_int, default=10)
     p.add_argument("--json", action="store_true")
@@ -120,6 +153,13 @@ def register(sub) -> None:
     p.add_argument("--run-root", default="runs")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench_http)
+
+    p = bsub.add_parser("liveness", help="how fast failures are noticed: an edge killed under 16 streams, one of "
+                                         "two verifiers stopped for 20 s under 32 (real processes)")
+    p.add_argument("scenarios", nargs="*", choices=["kill", "stall"], default=["kill", "stall"],
+                   help="which to run (default: both)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_bench_liveness)
 
     p = bsub.add_parser("analysis", help="specstop analyze on a synthetic log of a million round lines")
     p.add_argument("--rounds", type=positive_int, default=1_000_000)

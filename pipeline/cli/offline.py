@@ -36,7 +36,7 @@ def cmd_train_head(a: argparse.Namespace) -> None:
 
 def _pair(a: argparse.Namespace, load_draft: bool = True):
     set_threads(a.threads)
-    return load_pair(a.draft, a.target, device=a.device, load_draft=load_draft)
+    return load_pair(a.draft, a.target, device=a.device, dtype=a.dtype, load_draft=load_draft)
 
 
 def cmd_generate(a: argparse.Namespace) -> None:

@@ -26,7 +26,14 @@ def _run_config(a: argparse.Namespace):
                      max_length=a.max_length, run_root=getattr(a, "run_root", "runs"), draft=getattr(a, "draft", None),
                      target=getattr(a, "target", None), local_policy=getattr(a, "local_policy", True),
                      edge_device=device_profile(getattr(a, "edge_device", None), "draft"),
-                     cloud_device=device_profile(getattr(a, "cloud_device", None), "verify"))
+                     cloud_device=device_profile(getattr(a, "cloud_device", None), "verify"),
+                     node_flags={kind: flags for kind in ("cloud", "edge") if (flags := _model_flags(a))})
+
+
+def _model_flags(a: argparse.Namespace) -> list[str]:
+    """demo: the workers it starts load their models on this device, in this dtype."""
+    device, dtype = getattr(a, "device", "cpu"), getattr(a, "dtype", None)
+    return [*(["--device", device] if device != "cpu" else []), *(["--dtype", dtype] if dtype else [])]
 
 
 def cmd_demo(a: argparse.Namespace) -> None:

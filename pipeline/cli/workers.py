@@ -15,7 +15,7 @@ from nodes.models.loading import BUNDLED_PROFILE
 from nodes.protocol.admission import EdgeLimits
 from nodes.protocol.verifier_table import TableConfig
 from pipeline.cli.args import (device_profile, metrics_arg, nats_arg, node_args, node_id, non_negative_float,
-                               non_negative_int, positive_float, positive_int, stop_on_sigterm)
+                               non_negative_int, positive_float, positive_int, prefill_chunk, stop_on_sigterm)
 from pipeline.errors import PipelineError
 from pipeline.orchestration.run_dirs import new_run_dir
 from pipeline.orchestration.serve import CloudOptions, EdgeOptions, NodeOptions, serve_cloud, serve_control, serve_edge
@@ -53,7 +53,7 @@ def cmd_broker(a: argparse.Namespace) -> None:
 def _node_options(a: argparse.Namespace):
     return NodeOptions(default_nats_url(a.nats), a.id, a.log_file, a.threads, a.draft, a.target, a.device,
                        a.max_length, model_nice=a.model_nice, drain_timeout_s=a.drain_timeout, emulate=a.emulate,
-                       metrics=a.metrics)
+                       metrics=a.metrics, dtype=a.dtype)
 
 
 def _check_device(a: argparse.Namespace, half: str) -> None:
@@ -71,7 +71,8 @@ def cmd_cloud(a: argparse.Namespace) -> None:
                                                        a.max_context_tokens, a.max_batch, a.batch_wait_ms,
                                                        not a.no_slot_cache, a.slot_memory_mb,
                                                        a.prefill_chunk or None, a.max_sessions_per_edge,
-                                                       a.max_rounds_per_edge)))
+                                                       a.max_rounds_per_edge, graphs=a.graphs,
+                                                       batch_invariant=a.batch_invariant)))
 
 
 def _bundled_profile():
@@ -128,9 +129,15 @@ def register(sub) -> None:
                    help="verify every round on the per-request KV cache (no slots, no batched forward)")
     p.add_argument("--slot-memory-mb", type=positive_int, default=2048,
                    help="K/V memory of the slot cache; sessions that do not fit run per request")
-    p.add_argument("--prefill-chunk", type=non_negative_int, default=256,
+    p.add_argument("--prefill-chunk", type=prefill_chunk, default="auto",
                    help="context tokens prefilled per batch, so a long prompt does not stall other streams' "
-                        "rounds (0: a whole prompt at once)")
+                        "rounds (0: a whole prompt at once; auto: 256 on a CPU, measured at startup on a GPU)")
+    p.add_argument("--graphs", choices=("auto", "on", "off"), default="auto",
+                   help="verify at static shapes replayed as CUDA graphs (auto: on for CUDA; 'on' on a CPU runs "
+                        "the static path eagerly)")
+    p.add_argument("--batch-invariant", action="store_true",
+                   help="one forward per round, so no verdict depends on which rounds share a batch (costs "
+                        "about one batch-1 step per round)")
     p.set_defaults(func=cmd_cloud)
 
     p = sub.add_parser("edge", help="serve generate requests with the draft model")

@@ -46,6 +46,7 @@ class NodeOptions:
     drain_timeout_s: float = 10.0
     emulate: str | None = None  # device profile (name or path): nodes/device.py
     metrics: str | None = None  # HOST:PORT of this worker's Prometheus /metrics (pipeline/metrics)
+    dtype: str | None = None  # the weights' dtype (None: float32 on a CPU, bfloat16 on CUDA)
 
 
 @dataclass
@@ -78,9 +79,11 @@ class CloudOptions:
     batch_wait_ms: float = 2.0      # the longest a round waits for others to join its batch
     slot_cache: bool = True
     slot_memory_mb: int = 2048
-    prefill_chunk: int | None = 256
+    prefill_chunk: int | str | None = 256  # "auto": 256 on a CPU, measured on a GPU (nodes/models/prefill.py)
     max_sessions_per_edge: int | None = _TABLE.max_sessions_per_edge  # None: half of max_sessions
     max_rounds_per_edge: int | None = _TABLE.max_rounds_per_edge      # None: the session share
+    graphs: str = "auto"            # static-shape verify as CUDA graphs: auto (on for CUDA), on, off
+    batch_invariant: bool = False
 
 
 def limits_for(vocab: int, opts: NodeOptions, max_context_tokens: int = 32768) -> Limits:
@@ -156,14 +159,21 @@ async def serve_cloud(opts: NodeOptions, cloud: CloudOptions) -> None:
     await bus.probe(opts.nats_url)  # no broker: say so before seconds of model loading
     say("cloud", opts.node_id, f"loading the target model ({opts.target or 'bundled'}) ...")
     set_threads(opts.threads)
-    pair = load_pair(opts.draft, opts.target, device=opts.device, load_draft=False)
+    pair = load_pair(opts.draft, opts.target, device=opts.device, dtype=opts.dtype, load_draft=False)
+    chunk = cloud.prefill_chunk
+    if chunk == "auto":
+        from nodes.models.prefill import measure_prefill
+
+        chunk = measure_prefill(pair.target)["chunk"]
     nc = await bus.connect(opts.nats_url, opts.node_id, log)
     cfg = CloudConfig(opts.node_id, cloud.max_sessions, cloud.session_ttl_s, evict_idle_s=cloud.evict_idle_s,
                       drain_timeout_s=opts.drain_timeout_s, max_batch=cloud.max_batch,
                       batch_wait_ms=cloud.batch_wait_ms, slot_cache=cloud.slot_cache,
-                      slot_memory_mb=cloud.slot_memory_mb, prefill_chunk=cloud.prefill_chunk,
+                      slot_memory_mb=cloud.slot_memory_mb, prefill_chunk=chunk,
                       max_sessions_per_edge=cloud.max_sessions_per_edge,
-                      max_rounds_per_edge=cloud.max_rounds_per_edge)
+                      max_rounds_per_edge=cloud.max_rounds_per_edge,
+                      graphs={"auto": None, "on": True, "off": False}[cloud.graphs],
+                      batch_invariant=cloud.batch_invariant)
     worker = CloudWorker(nc, pair.target, pair.vocab_size, cfg,
                          limits_for(pair.vocab_size, opts, cloud.max_context_tokens), log, model_nice=opts.model_nice,
                          device=_device(opts))
@@ -203,7 +213,7 @@ async def serve_edge(opts: NodeOptions, edge: EdgeOptions) -> None:
     await bus.probe(opts.nats_url)  # no broker: say so before seconds of model loading
     say("edge", opts.node_id, f"loading the draft model ({opts.draft or 'bundled'}) ...")
     set_threads(opts.threads)
-    pair = load_pair(opts.draft, opts.target, device=opts.device, load_target=False)
+    pair = load_pair(opts.draft, opts.target, device=opts.device, dtype=opts.dtype, load_target=False)
     nc = await bus.connect(opts.nats_url, opts.node_id, log, inbox_prefix=role_inbox("edge", opts.node_id))
     # one slot per active request; twice that, as a request's slot goes back once its last batch is done
     drafting = DraftBatchConfig(edge.draft_max_batch, edge.draft_batch_wait_ms, edge.draft_slot_cache,
