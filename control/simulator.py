@@ -22,6 +22,14 @@ Scenarios and their oracles (each the optimum of the objective it is judged on):
                  (the best length at the mean delay) is optimal, and that is its oracle.
   markov-rounds  the paper's variant: per-round transitions; SMDP oracle (one length
                  for every state under additive delay).
+  jitter         each round's delay is the given median times lognormal jitter with rare
+                 5x spikes; the policy is told the median of the last five realized delays
+                 (the edge's rule) and the round pays its own; oracle: the best fixed length
+                 at the mean delay.
+  streaky        acceptance in a hidden easy/hard regime that persists across rounds
+                 (Profile.regimes, generated families only); oracle: the belief-MDP optimum
+                 (control.regimes).
+Every outcome carries the round's measured compute (what the nodes time), as live.
 """
 from __future__ import annotations
 
@@ -407,4 +415,11 @@ def build_scenarios(profile: Profile, kind: str, delays: list[float], rounds: in
         return [markov_scenario(profile, delays, rounds, dwell_ms, seed, stay)]
     if kind == "markov-rounds":
         return [markov_rounds_scenario(profile, delays, rounds, stay, seed)]
+    if kind == "jitter":
+        return [jitter_scenario(profile, d, rounds) for d in delays]
+    if kind == "streaky":
+        if profile.regimes is None:
+            raise ControlError("simulate: scenario 'streaky' needs a profile with hidden acceptance regimes "
+                               "(generated ones: specstop bench policies --kinds streaky)")
+        return [streaky_scenario(profile, profile.regimes, d, rounds) for d in delays]
     raise ControlError(f"unknown scenario '{kind}' (known: {', '.join(SCENARIOS)})")
