@@ -7,6 +7,12 @@ same runs at each chosen length's expected time and tokens: the policy's choices
 UCB-SpecStop baselines also run at every beta of a grid, and the best beta in
 hindsight per profile is reported beside the paper's beta = 1, so `auto` is
 compared with the best any beta could do. `specstop bench policies` prints it.
+
+Kinds (`kinds`): "families" is the above; the kinds of issue 23 (control.families) are
+"non-affine" (jump-compute members at every constant delay), "jitter" (one member per family
+under per-round delay jitter at JITTER_MEDIANS, told the median of the last five), "streaky"
+(hidden easy/hard acceptance regimes at STREAKY_DELAYS, against the belief-MDP oracle) and
+"short" (the families at every constant delay over their first SHORT_ROUNDS rounds).
 """
 from __future__ import annotations
 
@@ -14,9 +20,10 @@ from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 
-from control.families import DELAYS, all_families
+from control.families import COMPUTE, ACCEPTANCE, DELAYS, all_families, non_affine_family, streaky_family
 from control.profile import Profile
-from control.simulator import const_scenario, drift_scenario, markov_scenario, simulate
+from control.simulator import (const_scenario, drift_scenario, jitter_scenario, markov_scenario, simulate,
+                               streaky_scenario)
 
 BETAS = (0.01, 0.1, 1.0, 10.0, 100.0)
 TUNED = ("ucb-specstop", "ucb-specstop-scaled")
@@ -25,6 +32,37 @@ TUNED = ("ucb-specstop", "ucb-specstop-scaled")
 DRIFT = (20.0, 150.0, 500.0)
 MARKOV = (20.0, 150.0)
 MARKOV_DWELL_ROUNDS = 20.0  # mean dwell, in oracle rounds at the mean delay
+KINDS = ("families", "non-affine", "jitter", "streaky", "short")
+JITTER_MEDIANS = (20.0, 55.0, 100.0, 200.0)
+STREAKY_DELAYS = (5.0, 20.0, 55.0, 100.0, 200.0, 500.0)
+SHORT_ROUNDS = 200
+RIVALS_NEW = ("hf-heuristic",)  # also run on the new kinds: the +2/-1 schedule follows streaks
+
+
+def kind_profiles(kind: str, members: int = 3, seed: int = 0) -> list[Profile]:
+    if kind in ("families", "short"):
+        return all_families(members=members, seed=seed)
+    if kind == "jitter":
+        return all_families(members=1, seed=seed)
+    if kind == "non-affine":
+        return [p for a in ACCEPTANCE for c in COMPUTE for p in non_affine_family(a, c, max(1, members - 1), seed=seed)]
+    if kind == "streaky":
+        return [p for c in COMPUTE for p in streaky_family(c, members, seed=seed)]
+    raise ValueError(f"unknown kind {kind!r} (known: {', '.join(KINDS)})")
+
+
+def kind_scenarios(kind: str, profile: Profile, delays, rounds: int, changing: bool = True) -> list:
+    if kind == "families":
+        return scenarios(profile, delays, rounds, changing)
+    if kind == "non-affine":
+        return [const_scenario(profile, d, rounds) for d in delays]
+    if kind == "short":
+        return [const_scenario(profile, d, min(rounds, SHORT_ROUNDS)) for d in delays]
+    if kind == "jitter":
+        return [jitter_scenario(profile, d, rounds) for d in JITTER_MEDIANS]
+    if kind == "streaky":
+        return [streaky_scenario(profile, profile.regimes, d, rounds) for d in STREAKY_DELAYS]
+    raise ValueError(f"unknown kind {kind!r} (known: {', '.join(KINDS)})")
 
 
 def scenarios(profile: Profile, delays, rounds: int, changing: bool = True) -> list:
@@ -36,9 +74,9 @@ def scenarios(profile: Profile, delays, rounds: int, changing: bool = True) -> l
 
 
 def _one(args) -> dict:
-    profile, policies, delays, rounds, seeds, tuned, changing = args
+    profile, policies, delays, rounds, seeds, tuned, changing, kind = args
     specs = list(policies) + ([f"{name}:{b:g}" for name in TUNED for b in BETAS] if tuned else [])
-    scs = scenarios(profile, delays, rounds, changing)
+    scs = kind_scenarios(kind, profile, delays, rounds, changing)
     res = simulate(profile, specs, scs, seeds)
     rows = {}
     for sc in res["scenarios"]:
@@ -47,7 +85,7 @@ def _one(args) -> dict:
                 "mean": v["gap_pct"], "p90": v["gap_pct_p90"], "worst": v["gap_pct_worst"],
                 "expected_mean": v["expected_gap_pct"], "expected_p90": v["expected_gap_pct_p90"],
                 "expected_worst": v["expected_gap_pct_worst"]}
-    out = {"profile": profile.name, "policies": {p: rows[p] for p in policies}, "best_beta": {}}
+    out = {"profile": profile.name, "kind": kind, "policies": {p: rows[p] for p in policies}, "best_beta": {}}
     labels = [sc["label"] for sc in res["scenarios"]]
     for name in TUNED if tuned else ():
         best = min(BETAS, key=lambda b: np.mean([rows[f"{name}:{b:g}"][x]["mean"] for x in labels]))
@@ -72,20 +110,42 @@ def _summary(cells: list, gap: str = "") -> dict:
             "cells_over_3pct_worst_seed": sum(c[worst] > 3.0 for _, _, c in cells)}
 
 
+def _behind(per: list, spec: str, gap: str) -> int:
+    """Cells where some other policy's mean gap (`gap`: "mean" or "expected_mean") is below `spec`'s."""
+    n = 0
+    for r in per:
+        mine = r["policies"][spec]
+        for label, c in mine.items():
+            if any(v[label][gap] < c[gap] for other, v in r["policies"].items() if other != spec):
+                n += 1
+    return n
+
+
 def evaluate(profiles: list[Profile] | None = None, policies=("auto", "ucb-specstop", "naive-ucb"),
              delays=DELAYS, rounds: int = 1000, seeds: int = 20, workers: int = 2, tuned: bool = True,
-             changing: bool = True) -> dict:
-    profiles = profiles or all_families()
-    jobs = [(p, tuple(policies), tuple(delays), rounds, seeds, tuned, changing) for p in profiles]
+             changing: bool = True, kinds=("families",), members: int = 3, family_seed: int = 0) -> dict:
+    """Every kind's profiles x scenarios; `profiles` replaces the "families" kind's members."""
+    jobs = []
+    for kind in kinds:
+        ps = profiles if (profiles is not None and kind == "families") else kind_profiles(kind, members, family_seed)
+        specs = tuple(policies) + (tuple(r for r in RIVALS_NEW if r not in policies) if kind != "families" else ())
+        jobs += [(p, specs, tuple(delays), rounds, seeds, tuned, changing, kind) for p in ps]
     if workers > 1:
         with ProcessPoolExecutor(workers) as pool:
             per = list(pool.map(_one, jobs))
     else:
         per = [_one(j) for j in jobs]
-    summary = {}
-    for spec in per[0]["policies"]:
-        cells = [(r["profile"], label, c) for r in per for label, c in r["policies"][spec].items()]
-        summary[spec] = {**_summary(cells), "expected": _summary(cells, "expected_"), "cells": len(cells)}
-    return {"profiles": len(profiles), "delays": list(delays), "rounds": rounds, "seeds": seeds,
-            "scenarios": "const per delay" + (f", drift {DRIFT}, markov {MARKOV}" if changing else ""),
-            "summary": summary, "per_profile": per}
+    out = {"profiles": len(per), "delays": list(delays), "rounds": rounds, "seeds": seeds,
+           "scenarios": "const per delay" + (f", drift {DRIFT}, markov {MARKOV}" if changing else ""),
+           "kinds": list(kinds), "by_kind": {}, "per_profile": per}
+    for kind in kinds:
+        rows = [r for r in per if r["kind"] == kind]
+        summary = {}
+        for spec in rows[0]["policies"]:
+            cells = [(r["profile"], label, c) for r in rows for label, c in r["policies"][spec].items()]
+            summary[spec] = {**_summary(cells), "expected": _summary(cells, "expected_"), "cells": len(cells),
+                             "cells_behind_a_rival": _behind(rows, spec, "mean"),
+                             "expected_cells_behind_a_rival": _behind(rows, spec, "expected_mean")}
+        out["by_kind"][kind] = summary
+    out["summary"] = out["by_kind"][kinds[0]]
+    return out

@@ -22,11 +22,14 @@ PARAMETRIC_FIELDS = ("alpha", "draft_ms_per_token", "draft_ms_fixed", "verify_ms
 
 @dataclass(frozen=True)
 class Profile:
-    """compute_ms[L-1] = C(L); survival[i-1] = S(i) = P(first i drafts all accepted)."""
+    """compute_ms[L-1] = C(L); survival[i-1] = S(i) = P(first i drafts all accepted).
+    `regimes`: a control.regimes.HiddenRegimes where acceptance runs in streaks (generated families
+    only; `survival` is then the regimes' stationary mixture)."""
 
     name: str
     compute_ms: np.ndarray
     survival: np.ndarray
+    regimes: object | None = None
 
     @property
     def max_length(self) -> int:
@@ -34,7 +37,8 @@ class Profile:
 
     def truncated(self, max_length: int) -> "Profile":
         k = min(max_length, self.max_length)
-        return Profile(self.name, self.compute_ms[:k], self.survival[:k])
+        regimes = None if self.regimes is None else self.regimes.truncated(k)
+        return Profile(self.name, self.compute_ms[:k], self.survival[:k], regimes)
 
     def to_dict(self) -> dict:
         return {"name": self.name,

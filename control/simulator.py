@@ -22,6 +22,14 @@ Scenarios and their oracles (each the optimum of the objective it is judged on):
                  (the best length at the mean delay) is optimal, and that is its oracle.
   markov-rounds  the paper's variant: per-round transitions; SMDP oracle (one length
                  for every state under additive delay).
+  jitter         each round's delay is the given median times lognormal jitter with rare
+                 5x spikes; the policy is told the median of the last five realized delays
+                 (the edge's rule) and the round pays its own; oracle: the best fixed length
+                 at the mean delay.
+  streaky        acceptance in a hidden easy/hard regime that persists across rounds
+                 (Profile.regimes, generated families only); oracle: the belief-MDP optimum
+                 (control.regimes).
+Every outcome carries the round's measured compute (what the nodes time), as live.
 """
 from __future__ import annotations
 
@@ -33,10 +41,30 @@ import numpy as np
 from control.markov import MarkovChannel, generator, solve_smdp
 from control.policies import make_policy
 from control.profile import Profile
+from control.regimes import BeliefOracle, HiddenRegimes, solve_belief
 from control.theory import best_length, expected_tokens
 from control.types import ControlError, RoundContext, RoundOutcome
 
-SCENARIOS = ("const", "drift", "markov", "drift-rounds", "markov-rounds")
+SCENARIOS = ("const", "drift", "markov", "drift-rounds", "markov-rounds", "jitter", "streaky")
+TOLD_WINDOW = 5  # the edge tells a policy the median of its last five measured delays (nodes/protocol/timing.py)
+
+
+@dataclass(frozen=True)
+class DelayJitter:
+    """Each round's one-way delay: the median times a lognormal factor (sigma), and with probability
+    `spike_p` `spike_x` times that (a queue or a retransmission). The policy is told the median of the
+    last five realized delays, as the edge does; the round pays its own."""
+
+    sigma: float = 0.35
+    spike_p: float = 0.02
+    spike_x: float = 5.0
+
+    @property
+    def mean_factor(self) -> float:
+        return float(np.exp(self.sigma ** 2 / 2.0) * (1.0 + self.spike_p * (self.spike_x - 1.0)))
+
+    def factors(self, z: np.ndarray, u: np.ndarray) -> np.ndarray:
+        return np.exp(self.sigma * z) * np.where(u < self.spike_p, self.spike_x, 1.0)
 
 
 @dataclass(frozen=True)
@@ -55,6 +83,13 @@ class Scenario:
     info: dict = field(default_factory=dict)
     clock: np.ndarray | None = None
     horizon_ms: float = 0.0
+    jitter: DelayJitter | None = None     # per-round delay noise: `delays` are then its medians
+    regimes: HiddenRegimes | None = None  # acceptance in a hidden per-round regime (streaks)
+    oracle_table: np.ndarray | None = None  # the belief-MDP oracle's length per belief (with `regimes`)
+
+    def oracle_policy(self):
+        """A policy that replays the oracle where it must learn from outcomes (hidden regimes), else None."""
+        return None if self.oracle_table is None else BeliefOracle(self.oracle_table, self.regimes)
 
     def segment(self, r: int, elapsed_ms: float) -> int:
         return r if self.clock is None else int(np.searchsorted(self.clock, elapsed_ms, side="right")) - 1
@@ -67,6 +102,28 @@ def const_scenario(profile: Profile, delay: float, rounds: int) -> Scenario:
     L, lam = best_length(profile, delay)
     return Scenario("const", f"const {delay:g} ms", np.full(rounds, float(delay)), None,
                     np.full(rounds, L), np.full(rounds, lam))
+
+
+def jitter_scenario(profile: Profile, median_ms: float, rounds: int, jitter: DelayJitter | None = None) -> Scenario:
+    """A constant link whose delay jitters per round; oracle: the best fixed length at the MEAN delay
+    (the round pays the realized delay, independent of the length: ratio of sums)."""
+    jit = jitter or DelayJitter()
+    mean = median_ms * jit.mean_factor
+    L, lam = best_length(profile, mean)
+    return Scenario("jitter", f"jitter {median_ms:g} ms (mean {mean:.3g})", np.full(rounds, float(median_ms)), None,
+                    np.full(rounds, L), np.full(rounds, lam), {"mean_delay_ms": mean}, jitter=jit)
+
+
+def streaky_scenario(profile: Profile, regimes: HiddenRegimes, delay: float, rounds: int) -> Scenario:
+    """A constant delay, acceptance in a hidden easy/hard regime; oracle: the belief-MDP optimum
+    (control.regimes), the best any policy can do from the outcomes it sees, given the true model."""
+    k = profile.max_length
+    reg = regimes.truncated(k)
+    lam, table = solve_belief(profile.compute_ms, delay, reg)
+    fixed, fixed_lam = best_length(Profile(profile.name, profile.compute_ms, reg.mixture()), delay)
+    return Scenario("streaky", f"streaky {delay:g} ms", np.full(rounds, float(delay)), None,
+                    np.full(rounds, fixed), np.full(rounds, lam),
+                    {"best_fixed": fixed, "best_fixed_ms_per_token": fixed_lam}, regimes=reg, oracle_table=table)
 
 
 def oracle_round_ms(profile: Profile, delay: float) -> float:
@@ -157,6 +214,7 @@ class RunTrace:
     times: np.ndarray
     tokens: np.ndarray
     segments: np.ndarray  # the scenario segment in force at each round
+    regimes: np.ndarray | None = None  # the hidden acceptance regime of each round (streaky scenarios)
 
     @property
     def ms_per_token(self) -> float:
@@ -179,56 +237,79 @@ class _RoundNumbers:
 
     def __init__(self, profile: Profile, sc: Scenario, seed: int, jitter: float, cap: int):
         self.survival, self.seed = profile.survival, seed
+        self.delay_jitter, self.regimes = sc.jitter, sc.regimes
         self.by_segment = sc.clock is not None and len(sc.clock) > 1
         shortest = float(profile.compute_ms.min()) * (1.0 - jitter) + 2.0 * float(sc.delays.min())
         self.per_segment_cap = cap
         if self.by_segment:
             ends = np.append(sc.clock[1:], sc.horizon_ms)
             self.per_segment_cap = int((ends - sc.clock).max() / max(shortest, 1e-3)) + 2
-        self.blocks: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self.blocks: dict[int, tuple[np.ndarray, ...]] = {}
         self.played: dict[int, int] = {}
 
-    def _block(self, key: int) -> tuple[np.ndarray, np.ndarray]:
+    def _block(self, key: int) -> tuple[np.ndarray, ...]:
         if key not in self.blocks:
             rng = np.random.default_rng([self.seed, 11] if key < 0 else [self.seed, 11, key])
             n = self.per_segment_cap
             u_accept, u_jitter = rng.random(n), rng.uniform(-1.0, 1.0, n)
-            self.blocks[key] = ((self.survival[None, :] > u_accept[:, None]).sum(axis=1), u_jitter)
+            extra = np.random.default_rng([self.seed, 13] if key < 0 else [self.seed, 13, key])  # the older
+            factor, regime = np.ones(n), np.zeros(n, dtype=np.int64)  # streams draw exactly as before
+            if self.delay_jitter is not None:
+                factor = self.delay_jitter.factors(extra.standard_normal(n), extra.random(n))
+            if self.regimes is not None:
+                p = self.regimes.transitions
+                regime = _walk(p, int(extra.random() >= self.regimes.stationary()[0]), n, extra)
+                a_full = (self.regimes.survival[regime] > u_accept[:, None]).sum(axis=1)
+            else:
+                a_full = (self.survival[None, :] > u_accept[:, None]).sum(axis=1)
+            self.blocks[key] = (a_full, u_jitter, factor, regime)
         return self.blocks[key]
 
-    def draw(self, r: int, segment: int) -> tuple[int, float]:
-        """(full acceptance length, jitter uniform) of round r, played in `segment`."""
-        if not self.by_segment:
-            a_full, u_jitter = self._block(-1)
-            return int(a_full[r]), float(u_jitter[r])
-        k = self.played.get(segment, 0)
-        self.played[segment] = k + 1
-        a_full, u_jitter = self._block(segment)
-        return int(a_full[k]), float(u_jitter[k])
+    def draw(self, r: int, segment: int) -> tuple[int, float, float, int]:
+        """(full acceptance length, jitter uniform, delay factor, hidden regime) of round r, played in `segment`."""
+        if self.by_segment:
+            k = self.played.get(segment, 0)
+            self.played[segment] = k + 1
+            block = self._block(segment)
+        else:
+            k, block = r, self._block(-1)
+        a_full, u_jitter, factor, regime = block
+        return int(a_full[k]), float(u_jitter[k]), float(factor[k]), int(regime[k])
 
 
 def run_policy(policy, profile: Profile, sc: Scenario, seed: int, jitter: float = 0.1,
                fixed_lengths: np.ndarray | None = None) -> RunTrace:
-    """One seed. `fixed_lengths` replays a given length per segment (the oracle)."""
+    """One seed. `fixed_lengths` replays a given length per segment (the oracle). The policy is told
+    the scenario's delay (under delay jitter: the median of the last five realized ones) and learns
+    from the round's time, its measured compute (what the nodes time: the compute alone) and the
+    context it was told."""
     cap = _max_rounds(profile, sc, jitter)
     numbers = _RoundNumbers(profile, sc, seed, jitter, cap)
-    lengths, times, tokens, segs = (np.empty(cap, dtype=np.int64), np.empty(cap), np.empty(cap),
-                                    np.empty(cap, dtype=np.int64))
+    lengths, times, tokens, segs, regimes = (np.empty(cap, dtype=np.int64), np.empty(cap), np.empty(cap),
+                                             np.empty(cap, dtype=np.int64), np.empty(cap, dtype=np.int64))
+    told_window: list[float] = []
     r, elapsed = 0, 0.0
     while r < cap and not sc.done(r, elapsed):
         i = sc.segment(r, elapsed)
-        ctx = RoundContext(float(sc.delays[i]), None if sc.states is None else int(sc.states[i]))
+        a_full, u_jitter, factor, regime = numbers.draw(r, i)
+        delay = float(sc.delays[i])
+        told = delay
+        if sc.jitter is not None:
+            told = float(np.median(told_window)) if told_window else 0.0
+            delay *= factor
+            told_window = (told_window + [delay])[-TOLD_WINDOW:]
+        ctx = RoundContext(told, None if sc.states is None else int(sc.states[i]))
         L = int(fixed_lengths[i]) if fixed_lengths is not None else policy.choose(ctx)
         L = max(1, min(L, profile.max_length))
-        a_full, u_jitter = numbers.draw(r, i)
         a = int(min(a_full, L))
-        t = float(profile.compute_ms[L - 1] * (1.0 + jitter * u_jitter) + 2.0 * sc.delays[i])
+        compute = float(profile.compute_ms[L - 1] * (1.0 + jitter * u_jitter))
+        t = compute + 2.0 * delay
         if policy is not None:
-            policy.observe(RoundOutcome(L, a, t, ctx))
-        lengths[r], times[r], tokens[r], segs[r] = L, t, a + 1, i
+            policy.observe(RoundOutcome(L, a, t, ctx, measured_compute_ms=compute))
+        lengths[r], times[r], tokens[r], segs[r], regimes[r] = L, t, a + 1, i, regime
         r += 1
         elapsed += t
-    return RunTrace(lengths[:r], times[:r], tokens[:r], segs[:r])
+    return RunTrace(lengths[:r], times[:r], tokens[:r], segs[:r], regimes[:r])
 
 
 def expected_ms_per_token(trace: RunTrace, sc: Scenario, profile: Profile) -> float:
@@ -242,8 +323,12 @@ def expected_ms_per_token(trace: RunTrace, sc: Scenario, profile: Profile) -> fl
 
 def _expected_rounds(trace: RunTrace, sc: Scenario, profile: Profile) -> tuple[np.ndarray, np.ndarray]:
     """Each round's expected time E[T(L_r)] and tokens B(L_r) at the length it played."""
-    b = expected_tokens(profile.survival)[trace.lengths - 1]
-    t = profile.compute_ms[trace.lengths - 1] + 2.0 * sc.delays[trace.segments]
+    if sc.regimes is not None:
+        b = (1.0 + np.cumsum(sc.regimes.survival, axis=1))[trace.regimes, trace.lengths - 1]
+    else:
+        b = expected_tokens(profile.survival)[trace.lengths - 1]
+    mean_factor = 1.0 if sc.jitter is None else sc.jitter.mean_factor
+    t = profile.compute_ms[trace.lengths - 1] + 2.0 * mean_factor * sc.delays[trace.segments]
     return t, b
 
 
@@ -271,7 +356,8 @@ def simulate(profile: Profile, policies: list[str], scenarios: list[Scenario], s
     profile = profile.truncated(k)
     out = {"profile": profile.name, "max_length": k, "seeds": seeds, "jitter": jitter, "scenarios": []}
     for sc in scenarios:
-        oracle = [run_policy(None, profile, sc, s, jitter, sc.oracle_lengths) for s in range(seeds)]
+        oracle = [run_policy(sc.oracle_policy(), profile, sc, s, jitter,
+                             None if sc.oracle_table is not None else sc.oracle_lengths) for s in range(seeds)]
         rounds = int(np.median([len(t.lengths) for t in oracle]))
         oracle_j = np.array([t.ms_per_token for t in oracle])
         oracle_e = np.array([expected_ms_per_token(t, sc, profile) for t in oracle])
@@ -329,4 +415,11 @@ def build_scenarios(profile: Profile, kind: str, delays: list[float], rounds: in
         return [markov_scenario(profile, delays, rounds, dwell_ms, seed, stay)]
     if kind == "markov-rounds":
         return [markov_rounds_scenario(profile, delays, rounds, stay, seed)]
+    if kind == "jitter":
+        return [jitter_scenario(profile, d, rounds) for d in delays]
+    if kind == "streaky":
+        if profile.regimes is None:
+            raise ControlError("simulate: scenario 'streaky' needs a profile with hidden acceptance regimes "
+                               "(generated ones: specstop bench policies --kinds streaky)")
+        return [streaky_scenario(profile, profile.regimes, d, rounds) for d in delays]
     raise ControlError(f"unknown scenario '{kind}' (known: {', '.join(SCENARIOS)})")

@@ -21,12 +21,17 @@ class RoundContext:
 @dataclass(frozen=True)
 class RoundOutcome:
     """`round_ms`: the whole round including the network (~ C(L) + 2d).
-    `accepted`: accepted draft tokens 0..L, the target's own token excluded."""
+    `accepted`: accepted draft tokens 0..L, the target's own token excluded.
+    `context`: what the policy was told before the round.
+    `measured_compute_ms`: the round's compute as the nodes timed it (edge drafting and queue, the
+    verdict's verify and queue times), where known: round time minus twice a told delay carries the
+    link's jitter (a told median of recent delays is not the delay this round paid)."""
 
     length: int
     accepted: int
     round_ms: float
     context: RoundContext = RoundContext()
+    measured_compute_ms: float | None = None
 
     @property
     def tokens(self) -> int:
@@ -34,8 +39,18 @@ class RoundOutcome:
 
     @property
     def compute_ms(self) -> float:
-        """Round time without the network: compute does not depend on the delay."""
+        """Round time without the network: the measured compute where given, else round time minus
+        twice the told delay. Compute does not depend on the delay."""
+        if self.measured_compute_ms is not None:
+            return max(0.0, min(self.measured_compute_ms, self.round_ms))
         return max(0.0, self.round_ms - 2.0 * self.context.delay_ms)
+
+    @property
+    def realized_delay_ms(self) -> float:
+        """The one-way delay this round paid: (round - compute) / 2 (the told one without a measurement)."""
+        if self.measured_compute_ms is None:
+            return self.context.delay_ms
+        return max(0.0, self.round_ms - self.compute_ms) / 2.0
 
 
 class ControlError(ValueError):

@@ -52,3 +52,28 @@ def test_evaluation_reports_mean_p90_and_worst_seed_and_the_best_beta():
         assert v["expected"]["worst_seed_pct"] >= v["expected"]["mean_gap_pct"] - 1e-9
     per = res["per_profile"][0]
     assert per["best_beta"]["ucb-specstop"] in (0.01, 0.1, 1.0, 10.0, 100.0)
+
+
+def test_non_affine_members_jump_at_a_middle_length_and_have_two_local_minima_somewhere():
+    from control.families import DELAYS, local_minima, non_affine_family
+    for p in non_affine_family("heavy-head", "cheap-draft", 2):
+        steps = np.diff(p.compute_ms)
+        assert steps.max() > 1.5 * np.median(steps)  # one jump, not an affine shape
+        assert any(len(local_minima(p, d)) >= 2 for d in DELAYS)
+
+
+def test_streaky_members_carry_two_regimes_whose_mixture_is_their_survival():
+    from control.families import streaky_family
+    for p in streaky_family("expensive-draft", 2):
+        assert p.regimes is not None and p.regimes.survival[0, 0] > p.regimes.survival[1, 0]
+        assert np.allclose(p.survival, p.regimes.mixture())
+        assert np.allclose(p.truncated(4).regimes.survival, p.regimes.survival[:, :4])
+
+
+def test_the_new_kinds_are_evaluated_by_kind_and_count_cells_behind_a_rival():
+    res = evaluate(None, policies=("auto", "ucb-specstop"), rounds=60, seeds=2, workers=1, tuned=False,
+                   kinds=("jitter",), members=1)
+    for kind in ("jitter",):
+        s = res["by_kind"][kind]
+        assert set(s) == {"auto", "ucb-specstop", "hf-heuristic"}
+        assert all(0 <= v["cells_behind_a_rival"] <= v["cells"] for v in s.values())

@@ -125,3 +125,45 @@ def test_per_round_drift_oracle_is_one_fixed_length_that_beats_following_the_pha
 def test_unknown_scenario_is_refused():
     with pytest.raises(ControlError, match="unknown scenario 'sine'"):
         build_scenarios(load_profile(PROFILES[0]), "sine", DELAYS, 10)
+
+
+def test_under_delay_jitter_the_policy_is_told_the_median_of_the_last_five_and_the_round_pays_its_own():
+    from control.simulator import jitter_scenario
+
+    class Told:
+        max_length = 8
+
+        def __init__(self):
+            self.told, self.paid = [], []
+
+        def choose(self, ctx):
+            self.told.append(ctx.delay_ms)
+            return 2
+
+        def observe(self, o):
+            self.paid.append(o.realized_delay_ms)
+            assert o.compute_ms == pytest.approx(o.round_ms - 2 * o.realized_delay_ms)
+
+    prof = load_profile(PROFILES[0])
+    sc = jitter_scenario(prof, 55.0, 400)
+    spy = Told()
+    run_policy(spy, prof, sc, seed=1)
+    paid = np.array(spy.paid)
+    assert spy.told[0] == 0.0 and spy.told[7] == pytest.approx(np.median(paid[2:7]))
+    assert paid.mean() > np.median(paid) * 1.03  # spikes: the mean a round pays is above the median
+    assert sc.oracle_lengths[0] == best_length(prof, 55.0 * sc.jitter.mean_factor)[0]
+
+
+def test_the_streaky_oracle_plays_the_belief_optimum_and_beats_every_fixed_length():
+    from control.regimes import HiddenRegimes
+    from control.simulator import streaky_scenario
+    from control.profile import Profile
+    reg = HiddenRegimes(np.stack([np.cumprod(np.full(8, 0.93)), np.cumprod(np.full(8, 0.3))]),
+                        np.array([[0.9, 0.1], [0.1, 0.9]]))
+    prof = Profile("s", 60.0 + 50.0 * np.arange(1, 9), reg.mixture(), reg)
+    sc = streaky_scenario(prof, reg, 55.0, 20000)
+    fixed = sc.info["best_fixed_ms_per_token"]
+    assert sc.oracle_lambda[0] < 0.95 * fixed  # following the regime pays
+    trace = run_policy(sc.oracle_policy(), prof, sc, seed=0)
+    assert trace.ms_per_token == pytest.approx(sc.oracle_lambda[0], rel=0.02)
+    assert len(set(trace.lengths.tolist())) >= 3  # short after rejections, long after full acceptance

@@ -45,6 +45,12 @@ DEFAULT_ACCEPT = 0.7
 NEIGHBOUR_MIN = 3  # rounds each neighbour of the leader is played before draws alone decide (AutoPolicy._leader)
 TEMPER = 0.6  # posterior deviations are scaled by this: less dithering among near-equal lengths
 RECENT_ROUNDS = 100.0  # the stop rule's lambda: ms/token of about this many recent rounds (a moving average)
+DELAY_ROUNDS = 200.0  # realized - told delay: a moving mean over about this many rounds (AutoPolicy.delay_bias)
+EXPLORE_AFTER = 40  # rounds before _explore: earlier, every bound is loose and the leader itself unsettled
+EXPLORE_Z = 2.0  # a length off the leader's neighbours is tried while its lower bound beats the leader (_explore)
+STREAK_PRIOR = 8.0  # pseudo-rounds of the pooled acceptance behind each streak state's own (AutoPolicy._posterior)
+PERSIST_Z = 3.0  # the streak states are used once they differ from the pool by this many deviations (_persists)
+STREAKS = 3  # the last round: first token rejected, a later one rejected, all accepted
 
 
 class AutoPolicy(Policy):
@@ -70,6 +76,10 @@ class AutoPolicy(Policy):
         self.transitions: dict[str, dict[str, float]] = {}
         self.prev_state: str | None = None
         self.recent = np.zeros(3)  # moving sums of [rounds, compute ms, tokens] (the stop rule's lambda)
+        self.delay_gap = np.zeros(2)  # moving sums of [rounds, realized - told one-way delay ms]
+        self.streak_accepted = np.zeros((STREAKS, k))  # acceptance counts by the previous round's streak state
+        self.streak_at_risk = np.zeros((STREAKS, k))
+        self.last_streak = -1  # the streak state of the last round observed (-1: none yet)
         self._all_accepted, self._bar = 1.0, 0.0  # within a round of the stop rule (a per-round copy)
 
     # --- learning ----------------------------------------------------------
@@ -81,7 +91,13 @@ class AutoPolicy(Policy):
         reached = min(a + 1, L)
         self.at_risk[:reached] += 1
         self.accepted[:a] += 1
+        if self.last_streak >= 0:
+            self.streak_at_risk[self.last_streak, :reached] += 1
+            self.streak_accepted[self.last_streak, :a] += 1
+        self.last_streak = 0 if a == 0 else (2 if a >= L else 1)
         c = o.compute_ms
+        self.delay_gap = self.delay_gap * (1.0 - 1.0 / DELAY_ROUNDS) + \
+            np.array([1.0, o.realized_delay_ms - o.context.delay_ms])
         predicted = float(self.compute_estimate()[L - 1]) if self.arm_n.any() else c
         self.arm_n[L - 1] += 1
         self.arm_sum[L - 1] += c
@@ -104,14 +120,38 @@ class AutoPolicy(Policy):
 
     # --- estimates ---------------------------------------------------------
     def compute_estimate(self) -> np.ndarray:
-        """C(L): per-length means shrunk toward a count-weighted affine fit (compute_slope)."""
+        """C(L): per-length means shrunk toward a count-weighted affine fit (compute_slope), as far as the
+        played lengths' means lie on it: where they stray from it by more than their noise explains (a
+        jump at some length: a batch-shape or kernel change), each length's own mean counts for more
+        (empirical Bayes: SHRINK_ROUNDS at most, noise variance / spread around the fit otherwise)."""
         L, seen, mean = self._arm_means()
         if not seen.any():
             return L.copy()
         slope = self.compute_slope()
         icept = float(np.average(mean[seen] - slope * L[seen], weights=np.sqrt(self.arm_n[seen])))
         fit = np.maximum(icept + slope * L, 1e-6)
-        return (self.arm_n * mean + SHRINK_ROUNDS * fit) / (self.arm_n + SHRINK_ROUNDS)
+        shrink = SHRINK_ROUNDS
+        var = self._compute_var()
+        if seen.sum() >= 3 and var > 0:
+            spread = float(np.mean((mean[seen] - fit[seen]) ** 2 - var / self.arm_n[seen]))
+            if spread > 0:
+                shrink = min(SHRINK_ROUNDS, var / spread)
+        return (self.arm_n * mean + shrink * fit) / (self.arm_n + shrink)
+
+    def _compute_var(self) -> float:
+        """The per-round spread of compute around each length's mean (pooled over lengths played twice)."""
+        n = self.arm_n
+        many = n >= 2
+        if not many.any():
+            return 0.0
+        return max(float((self.arm_sq[many] - self.arm_sum[many] ** 2 / n[many]).sum() / (n[many] - 1).sum()), 0.0)
+
+    def delay_bias(self) -> float:
+        """How much longer the delay a round paid was than the one the policy was told, on average (a
+        told median of recent delays is below the mean a jittery link with spikes charges; zero where
+        the outcome has no measured compute, since the realized delay is then the told one)."""
+        w, gap = self.delay_gap
+        return float(gap / w) if w > 0 else 0.0
 
     def compute_slope(self) -> float:
         """Compute per drafted token. It starts from a guess (drafting one token is a third of the
@@ -145,17 +185,10 @@ class AutoPolicy(Policy):
         """C(L) drawn around its estimate with the uncertainty of its mean: a length played rarely
         (or once, long ago) is not judged forever by a guess from the affine fit."""
         c = self.compute_estimate() if estimate is None else estimate
-        n = self.arm_n
-        many = n >= 2
-        if many.any():
-            var = (self.arm_sq[many] - self.arm_sum[many] ** 2 / n[many]).sum() / (n[many] - 1).sum()
-            spread = np.sqrt(max(var, 0.0))
-        else:
-            spread = 0.0
-        spread = max(spread, COMPUTE_SPREAD_FLOOR * float(np.mean(c)))
-        return c + TEMPER * spread / np.sqrt(n + 1.0) * rng.standard_normal(len(c))
+        spread = max(np.sqrt(self._compute_var()), COMPUTE_SPREAD_FLOOR * float(np.mean(c)))
+        return c + TEMPER * spread / np.sqrt(self.arm_n + 1.0) * rng.standard_normal(len(c))
 
-    def _posterior(self) -> tuple[np.ndarray, np.ndarray]:
+    def _posterior(self, streak: int = -1) -> tuple[np.ndarray, np.ndarray]:
         """Beta(a, b) per position for h(i) = P(accept i | accepted i-1).
 
         Prior: position 1 alone (drafts are often "heavy-head": the first token is
@@ -172,11 +205,34 @@ class AutoPolicy(Policy):
         mean = np.empty(self.max_length)
         mean[0] = DEFAULT_ACCEPT
         mean[1:] = np.clip((others_a + POOL_PRIOR * DEFAULT_ACCEPT) / (others_n + POOL_PRIOR), 0.05, 0.95)
-        return a_obs + PRIOR_STRENGTH * mean, (n_obs - a_obs) + PRIOR_STRENGTH * (1 - mean)
+        a, b = a_obs + PRIOR_STRENGTH * mean, (n_obs - a_obs) + PRIOR_STRENGTH * (1 - mean)
+        if streak < 0:
+            return a, b
+        # acceptance runs in streaks: the rounds that followed a round like the last one, with the
+        # pooled estimate behind them (so where acceptance does not persist, they agree with it)
+        pooled = a / (a + b)
+        sa, sn = self.streak_accepted[streak], self.streak_at_risk[streak]
+        if not self._persists(streak, pooled):
+            return a, b
+        return sa + STREAK_PRIOR * pooled, (sn - sa) + STREAK_PRIOR * (1 - pooled)
 
-    def hazard_sample(self, rng: np.random.Generator | None) -> np.ndarray:
-        """h(1..K): a tempered posterior draw (posterior means when rng is None)."""
-        a, b = self._posterior()
+    def _persists(self, streak: int, pooled: np.ndarray) -> bool:
+        """Whether the rounds after this streak state accept differently from all rounds by more than
+        chance (a chi-square over positions, at about 3 standard deviations): where acceptance does not
+        persist, conditioning on the last round would only add noise to every choice."""
+        sa, sn = self.streak_accepted[streak], self.streak_at_risk[streak]
+        p = np.clip(pooled, 1e-3, 1 - 1e-3)
+        used = sn > 0
+        k = int(used.sum())
+        if k == 0:
+            return False
+        stat = float((((sa - sn * p) ** 2)[used] / (sn * p * (1 - p))[used]).sum())
+        return stat > k + PERSIST_Z * np.sqrt(2.0 * k)
+
+    def hazard_sample(self, rng: np.random.Generator | None, streak: int = -1) -> np.ndarray:
+        """h(1..K): a tempered posterior draw (posterior means when rng is None), after a round in
+        streak state `streak` (-1: whatever the last round was)."""
+        a, b = self._posterior(streak)
         mean_h = a / (a + b)
         return mean_h if rng is None else mean_h + TEMPER * (rng.beta(a, b) - mean_h)
 
@@ -234,31 +290,71 @@ class AutoPolicy(Policy):
         self.n_chosen += 1
         estimate = self.compute_estimate()  # once per choice: the draw and the leader both use it
         c = np.maximum(self.compute_sample(rng, estimate), 1e-6)
-        h = self.hazard_sample(rng)
+        streak = self.last_streak
+        h = self.hazard_sample(rng, streak)
         b = 1.0 + np.cumsum(np.cumprod(h))
         if self.use_state and ctx.channel_state is not None and len(self.states) >= 2 \
                 and str(ctx.channel_state) in self.states:
             state = self.states[str(ctx.channel_state)]
             L = self._choose_markov(str(ctx.channel_state), c, b)
             return self._optimistic_next(L, h, c + 2.0 * state["delay_sum"] / state["n"])
-        cost = c + 2.0 * ctx.delay_ms
-        lead = self._leader(ctx.delay_ms, estimate)
+        delay = max(0.0, ctx.delay_ms + self.delay_bias())
+        cost = c + 2.0 * delay
+        mean_b = 1.0 + np.cumsum(np.cumprod(self.hazard_sample(None, streak)))
+        lead = self._leader(delay, estimate, mean_b)
         lo, hi = max(lead - 1, 0), min(lead + 2, self.max_length)
         for near in (lead + 1, lead - 1):  # the longer neighbour first: it also shows one more position
             if lo <= near < hi and self.arm_n[near] < NEIGHBOUR_MIN:
                 return near + 1
+        far = self._explore(delay, estimate, mean_b, lead)
+        if far is not None:
+            return far + 1
         return self._optimistic_next(lo + int(np.argmin((cost / b)[lo:hi])) + 1, h, cost)
 
-    def _leader(self, delay_ms: float, estimate: np.ndarray) -> int:
+    def _leader(self, delay_ms: float, estimate: np.ndarray, mean_b: np.ndarray) -> int:
         """The best length (0-based) under the posterior means. A draw may pick only it and its two
-        neighbours: ms/token is unimodal in L for the profiles drafts have, so exploring next to the
-        leader is enough to move it (a unimodal bandit, as OSUB), while a draw of optimistic hazards
-        for positions nobody has reached yet no longer sends whole rounds to lengths 6-8 (live, those
-        were most of auto's gap over its first hundred rounds). Each neighbour is played a few times
-        before the leader is trusted: one round slowed 2x at start-up (1,046 ms of compute for a
-        478 ms length) once made every length above 1 look hopeless for a whole run."""
-        mean_b = 1.0 + np.cumsum(np.cumprod(self.hazard_sample(None)))
+        neighbours: where ms/token is unimodal in L, exploring next to the leader is enough to move it
+        (a unimodal bandit, as OSUB), while a draw of optimistic hazards for positions nobody has
+        reached yet no longer sends whole rounds to lengths 6-8 (live, those were most of auto's gap
+        over its first hundred rounds); lengths farther off are tried by _explore only while they
+        could still be better. Each neighbour is played a few times before the leader is trusted: one
+        round slowed 2x at start-up (1,046 ms of compute for a 478 ms length) once made every length
+        above 1 look hopeless for a whole run."""
         return int(np.argmin((np.maximum(estimate, 1e-6) + 2.0 * delay_ms) / mean_b))
+
+    def _explore(self, delay_ms: float, estimate: np.ndarray, mean_b: np.ndarray, lead: int) -> int | None:
+        """A length (0-based) off the leader's neighbours that could still beat the leader, or None.
+        J(L) need not be unimodal (compute can jump at some length: a batch shape or kernel change),
+        and a learner that explores only next to its leader then locks for good on a local minimum
+        with better lengths never played. Compute is non-decreasing in L, so a length's compute is at
+        least its own mean less EXPLORE_Z standard errors, and at least a shorter played length's
+        lower bound plus the smallest slope seen between played lengths; a length whose ms/token at
+        that bound (acceptance at its posterior mean: an upper quantile for positions few rounds have
+        reached made far lengths look good for hundreds of rounds, +0.7 % on the families) beats the
+        leader's estimate is played, the most
+        promising first. Each play tightens its own bound, so the exploration stops by itself where
+        the bound is clear of the leader (a few rounds where J is unimodal)."""
+        L, seen, mean = self._arm_means()
+        played = np.flatnonzero(seen)
+        if len(played) < 2 or self.n_obs < EXPLORE_AFTER:
+            return None
+        sd = max(np.sqrt(self._compute_var()), COMPUTE_SPREAD_FLOOR * float(np.mean(estimate)))
+        own = np.where(seen, mean - EXPLORE_Z * sd / np.sqrt(np.maximum(self.arm_n, 1.0)), 0.0)
+        steps = np.diff(mean[played]) / np.diff(L[played])
+        slope = max(float(steps.min()), 0.0)
+        low = own.copy()
+        best_below = -np.inf
+        for i in range(self.max_length):
+            if best_below > -np.inf:
+                low[i] = max(low[i], best_below + slope)
+                best_below += slope
+            if seen[i]:
+                best_below = max(best_below, own[i])
+        bar = (estimate[lead] + 2.0 * delay_ms) / mean_b[lead]
+        j_low = (low + 2.0 * delay_ms) / mean_b
+        j_low[max(lead - 1, 0):lead + 2] = np.inf
+        i = int(np.argmin(j_low))
+        return i if j_low[i] < bar else None
 
     def _choose_markov(self, state: str, c: np.ndarray, b: np.ndarray) -> int:
         """The semi-Markov optimum for the estimated chain. Channel states change in wall-clock
@@ -286,7 +382,9 @@ class AutoPolicy(Policy):
                 "accepted": self.accepted.tolist(), "at_risk": self.at_risk.tolist(),
                 "arm_n": self.arm_n.tolist(), "arm_sum": self.arm_sum.tolist(), "arm_sq": self.arm_sq.tolist(),
                 "states": self.states, "transitions": self.transitions, "prev_state": self.prev_state,
-                "recent": self.recent.tolist()}
+                "recent": self.recent.tolist(), "delay_gap": self.delay_gap.tolist(),
+                "streak_accepted": self.streak_accepted.ravel().tolist(),
+                "streak_at_risk": self.streak_at_risk.ravel().tolist(), "last_streak": self.last_streak}
 
     def load_state(self, s: dict) -> None:
         """Every field range-checked (counts finite and >= 0, accepted <= at risk, states bounded)."""
@@ -297,6 +395,17 @@ class AutoPolicy(Policy):
             np.maximum(arrays["arm_n"], 1)
         # older snapshots have no moving sums: the stop rule then waits for rounds of its own
         arrays["recent"] = checks.array(s["recent"], "recent", 3) if "recent" in s else np.zeros(3)
+        # older snapshots have no delay gap or streak counts: they start from none
+        gap = checks.array(s["delay_gap"], "delay_gap", 2, lo=-1e9) if "delay_gap" in s else np.zeros(2)
+        if gap[0] < 0:
+            raise checks.ControlError("snapshot: 'delay_gap' has a negative round count")
+        arrays["delay_gap"] = gap
+        for name in ("streak_accepted", "streak_at_risk"):
+            arrays[name] = (checks.array(s[name], name, STREAKS * k) if name in s else np.zeros(STREAKS * k)) \
+                .reshape(STREAKS, k)
+        if (arrays["streak_accepted"] > arrays["streak_at_risk"]).any():
+            raise checks.ControlError("snapshot: 'streak_accepted' exceeds 'streak_at_risk' somewhere")
+        last_streak = checks.integer(s["last_streak"], "last_streak", -1, STREAKS - 1) if "last_streak" in s else -1
         if arrays["recent"][2] < arrays["recent"][0] * (1 - 1e-9):
             raise checks.ControlError("snapshot: 'recent' counts fewer tokens than rounds")
         if (arrays["accepted"] > arrays["at_risk"]).any():
@@ -322,6 +431,7 @@ class AutoPolicy(Policy):
         for name, v in arrays.items():
             setattr(self, name, v)
         self.states, self.transitions, self.prev_state = states, transitions, prev
+        self.last_streak = last_streak
 
 
 def _shrunk_ratio(st: dict) -> float:

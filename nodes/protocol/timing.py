@@ -48,7 +48,8 @@ class DelayEstimate:
 def outcome_of(ev: TimingEvent) -> RoundOutcome:
     """The policy outcome of one round, as the edge (local learning) and the controller see it."""
     return RoundOutcome(ev.length, ev.accepted, ev.round_ms,
-                        RoundContext(one_way_delay_ms(ev.network_ms), ev.channel_state))
+                        RoundContext(one_way_delay_ms(ev.network_ms), ev.channel_state),
+                        measured_compute_ms=ev.edge_queue_ms + ev.draft_ms + ev.verify_ms + ev.queue_ms)
 
 
 def round_log_fields(ev: TimingEvent) -> dict[str, Any]:

@@ -5,8 +5,7 @@ import argparse
 import json
 import time
 
-from control.evaluation import evaluate
-from control.families import all_families
+from control.evaluation import KINDS, evaluate
 from pipeline.cli.args import batch_sizes, model_args, positive_float, positive_int
 
 def cmd_bench_engine(a: argparse.Namespace) -> None:
@@ -80,27 +79,31 @@ def cmd_bench_analysis(a: argparse.Namespace) -> None:
 def cmd_bench_policies(a: argparse.Namespace) -> None:
     t0 = time.perf_counter()
     policies = [p.strip() for p in a.policies.split(",") if p.strip()]
+    kinds = list(KINDS) if a.kinds == "all" else [k.strip() for k in a.kinds.split(",") if k.strip()]
+    unknown = [k for k in kinds if k not in KINDS]
+    if unknown or not kinds:
+        raise SystemExit(f"error: --kinds: unknown kind {', '.join(unknown) or '(none)'} (known: {', '.join(KINDS)}, all)")
     members, seeds = (1, 5) if a.quick else (a.members, a.seeds)
-    res = evaluate(all_families(members=members, seed=a.family_seed), policies=policies, rounds=a.rounds,
-                   seeds=seeds, workers=a.workers, tuned=not a.no_tuned)
+    res = evaluate(None, policies=policies, rounds=a.rounds, seeds=seeds, workers=a.workers, tuned=not a.no_tuned,
+                   kinds=kinds, members=members, family_seed=a.family_seed)
     res["wall_s"] = round(time.perf_counter() - t0, 1)
     if a.json:
         print(json.dumps(res))
         return
     print(f"{res['profiles']} generated profiles, {res['rounds']} rounds, {res['seeds']} seeds; "
-          f"scenarios: {res['scenarios']}; gaps in % over each scenario's oracle ({res['wall_s']} s)")
-    print(f"{'policy':<32} {'mean':>7} {'worst mean':>11} {'worst p90':>10} {'worst seed':>11} "
-          f"{'cells >1% mean':>15} {'>3% worst seed':>15}")
-    for spec, v in res["summary"].items():
-        print(f"{spec:<32} {v['mean_gap_pct']:>7.2f} {v['worst_mean_gap_pct']:>11.2f} {v['worst_p90_pct']:>10.2f} "
-              f"{v['worst_seed_pct']:>11.2f} {v['cells_over_1pct_mean']:>9}/{v['cells']:<5} "
-              f"{v['cells_over_3pct_worst_seed']:>9}/{v['cells']:<5}")
-    print("expected gaps (each chosen length at its expected time and tokens: the choices alone)")
-    for spec, v in res["summary"].items():
-        e = v["expected"]
-        print(f"{spec:<32} {e['mean_gap_pct']:>7.2f} {e['worst_mean_gap_pct']:>11.2f} {e['worst_p90_pct']:>10.2f} "
-              f"{e['worst_seed_pct']:>11.2f} {e['cells_over_1pct_mean']:>9}/{v['cells']:<5} "
-              f"{e['cells_over_3pct_worst_seed']:>9}/{v['cells']:<5}")
+          f"gaps in % over each scenario's oracle ({res['wall_s']} s)")
+    for kind, summary in res["by_kind"].items():
+        print(f"== {kind}" + (f" (scenarios: {res['scenarios']})" if kind == "families" else ""))
+        for title, get in (("realized", lambda v: v), ("expected (the choices alone)", lambda v: v["expected"])):
+            print(f"{title:<32} {'mean':>7} {'worst mean':>11} {'worst p90':>10} {'worst seed':>11} "
+                  f"{'cells >1% mean':>15} {'>3% worst seed':>15} {'behind a rival':>15}")
+            behind = "cells_behind_a_rival" if title == "realized" else "expected_cells_behind_a_rival"
+            for spec, v in summary.items():
+                e = get(v)
+                print(f"{spec:<32} {e['mean_gap_pct']:>7.2f} {e['worst_mean_gap_pct']:>11.2f} "
+                      f"{e['worst_p90_pct']:>10.2f} {e['worst_seed_pct']:>11.2f} "
+                      f"{e['cells_over_1pct_mean']:>9}/{v['cells']:<5} {e['cells_over_3pct_worst_seed']:>9}/{v['cells']:<5} "
+                      f"{v[behind]:>9}/{v['cells']:<5}")
 
 
 def register(sub) -> None:
@@ -175,6 +178,8 @@ def register(sub) -> None:
     p.add_argument("--seeds", type=positive_int, default=20)
     p.add_argument("--workers", type=positive_int, default=2, help="processes")
     p.add_argument("--no-tuned", action="store_true", help="skip the beta grid of the UCB baselines")
+    p.add_argument("--kinds", default="all", help="comma-separated: families (the acceptance x compute shapes), "
+                   "non-affine, jitter, streaky, short (issue 23's kinds), or all")
     p.add_argument("--quick", action="store_true", help="one profile per family, 5 seeds")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench_policies)
