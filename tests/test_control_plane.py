@@ -9,6 +9,7 @@ import pytest
 from control import RoundContext, RoundOutcome, make_policy
 from nodes.nats_confirm import confirm_sent
 from nodes.jetstream import ensure_stream
+from nodes.protocol.timing import outcome_of
 from pipeline.transport import bus
 from pipeline.transport.client import generate_stream
 from schemas import subjects
@@ -69,8 +70,8 @@ async def publish_events(url: str, n: int, edge_id: str = "edge-z", start: int =
 
 def reference_state(evs: list[TimingEvent]) -> dict:
     p = make_policy("auto", max_length=8)
-    for ev in evs:
-        p.observe(RoundOutcome(ev.length, ev.accepted, ev.round_ms, RoundContext(ev.network_ms / 2, ev.channel_state)))
+    for ev in evs:  # what the controller learns from an event, by the one rule it uses (nodes/protocol/timing.py)
+        p.observe(outcome_of(ev))
     return p.snapshot()
 
 
