@@ -46,7 +46,6 @@ POLICIES = ["fixed:1", "fixed:3", "fixed:8", "hf-heuristic", "auto", "specdec++"
 
 
 def greedy_per_policy(device: str, dtype: str, n: int, tokens: int, deadline: float) -> dict:
-    from control import make_policy
     from nodes.models.loading import load_pair
     from nodes.speculative import speculative_generate, target_only_generate
     from pipeline.bench.engine import bench_prompts
@@ -57,19 +56,25 @@ def greedy_per_policy(device: str, dtype: str, n: int, tokens: int, deadline: fl
         if time.time() > deadline:
             out["cut_short"] = True
             break
-        ref = target_only_generate(pair, p, tokens).token_ids
-        for pol in POLICIES:
-            try:
-                r = speculative_generate(pair, p, tokens, make_policy(pol))
-            except Exception as e:
-                out["errors"][pol] = str(e).splitlines()[0][:200]
-                continue
-            out["cases"] += 1
-            out["equal"] += r.token_ids == ref
-            if r.token_ids != ref:
-                first = next((i for i, (a, b) in enumerate(zip(r.token_ids, ref)) if a != b), len(ref))
-                out["diffs"].append(f"{pol}@{first}")
+        _every_policy(out, pair, p, tokens, speculative_generate, target_only_generate(pair, p, tokens).token_ids)
     return out
+
+
+def _every_policy(out: dict, pair, prompt, tokens: int, generate, ref: list[int]) -> None:
+    """Every policy's greedy output on `prompt` against target-only's `ref`, counted into `out`."""
+    from control import make_policy
+
+    for pol in POLICIES:
+        try:
+            r = generate(pair, prompt, tokens, make_policy(pol))
+        except Exception as e:
+            out["errors"][pol] = str(e).splitlines()[0][:200]
+            continue
+        out["cases"] += 1
+        out["equal"] += r.token_ids == ref
+        if r.token_ids != ref:
+            first = next((i for i, (a, b) in enumerate(zip(r.token_ids, ref)) if a != b), len(ref))
+            out["diffs"].append(f"{pol}@{first}")
 
 
 def placement(device: str, dtype: str) -> dict:
@@ -193,7 +198,6 @@ def _with_verifier(verifier):
 def fast_loop_greedy(device: str, dtype: str, n: int, tokens: int) -> dict:
     """Every policy through the static (CUDA graph) verify path vs target-only on the per-request path."""
     import nodes.speculative as sp
-    from control import make_policy
     from nodes.models.batch_verify import BatchVerifier
     from nodes.models.loading import load_pair
     from pipeline.bench.engine import bench_prompts
@@ -206,17 +210,7 @@ def fast_loop_greedy(device: str, dtype: str, n: int, tokens: int) -> dict:
         ref = sp.target_only_generate(pair, p, tokens).token_ids
         sp.verify_round = _with_verifier(ver)
         try:
-            for pol in POLICIES:
-                try:
-                    r = sp.speculative_generate(pair, p, tokens, make_policy(pol))
-                except Exception as e:
-                    out["errors"][pol] = str(e).splitlines()[0][:200]
-                    continue
-                out["cases"] += 1
-                out["equal"] += r.token_ids == ref
-                if r.token_ids != ref:
-                    first = next((i for i, (a, b) in enumerate(zip(r.token_ids, ref)) if a != b), len(ref))
-                    out["diffs"].append(f"{pol}@{first}")
+            _every_policy(out, pair, p, tokens, sp.speculative_generate, ref)
         finally:
             sp.verify_round = original
     out["static_error"] = ver.static_error
@@ -228,7 +222,6 @@ def fast_draft(device: str, dtype: str, n: int, tokens: int) -> dict:
     """The edge's batched draft step at static shapes: every policy through static drafting (slot draft
     sessions) and static verification vs target-only, greedy; then draft step times eager vs static."""
     import nodes.speculative as sp
-    from control import make_policy
     from nodes.models.batch_draft import DraftJob, DraftRows, SlotDraftSession
     from nodes.models.batch_verify import BatchVerifier
     from nodes.models.loading import load_pair
@@ -246,16 +239,7 @@ def fast_draft(device: str, dtype: str, n: int, tokens: int) -> dict:
         sp.verify_round = _with_verifier(ver)
         sp.DraftSession = lambda model, ctx, vocab, params: SlotDraftSession(dcache, ctx, vocab, params)
         try:
-            for pol in POLICIES:
-                try:
-                    r = sp.speculative_generate(pair, p, tokens, make_policy(pol))
-                except Exception as e:
-                    out["errors"][pol] = str(e).splitlines()[0][:200]
-                    continue
-                out["cases"] += 1
-                out["equal"] += r.token_ids == ref
-                if r.token_ids != ref:
-                    out["diffs"].append(pol)
+            _every_policy(out, pair, p, tokens, sp.speculative_generate, ref)
         finally:
             sp.verify_round, sp.DraftSession = orig_v, orig_d
         for s in list(dcache.used):
