@@ -224,13 +224,13 @@ class CloudWorker(WorkerBase):
             if pad > 0:
                 await asyncio.sleep(pad / 1e3)
         if len(items) > 1:
-            self.log.info("verify_batch", size=len(items), slot_rows=stats.slot_rows, per_request=stats.per_request,
-                          failed=stats.failed, forward_ms=round(stats.forward_ms, 3), prep_ms=round(stats.prep_ms, 3),
-                          kv_ms=round(stats.kv_ms, 3), accept_ms=round(stats.accept_ms, 3),
-                          prefill_ms=round(stats.prefill_ms, 3), prefill_tokens=stats.prefill_tokens, prefilling=stats.prefilling,
-                          per_request_ms=round(stats.per_request_ms, 3),
-                          total_ms=round(stats.total_ms, 3), padded_tokens=stats.padded_tokens,
-                          real_tokens=stats.real_tokens)
+            self.log.debug("verify_batch", size=len(items), slot_rows=stats.slot_rows, per_request=stats.per_request,
+                           failed=stats.failed, forward_ms=round(stats.forward_ms, 3), prep_ms=round(stats.prep_ms, 3),
+                           kv_ms=round(stats.kv_ms, 3), accept_ms=round(stats.accept_ms, 3),
+                           prefill_ms=round(stats.prefill_ms, 3), prefill_tokens=stats.prefill_tokens, prefilling=stats.prefilling,
+                           per_request_ms=round(stats.per_request_ms, 3),
+                           total_ms=round(stats.total_ms, 3), padded_tokens=stats.padded_tokens,
+                           real_tokens=stats.real_tokens)
         return [(r, stats, started, device_ms) for r in results]
 
     async def _verify(self, job: Compute, received: float) -> None:
@@ -268,14 +268,14 @@ class CloudWorker(WorkerBase):
                           real_ms + prefill_ms if self.pacer is not None else None)
         replies = self.table.finish(s, outcome, state, time.monotonic())
         await self._publish(replies)
-        self.log.info("verify", request_id=dm.request_id, round=dm.round, attempt=dm.attempt, edge_id=dm.edge_id,
-                      verifier_id=self.cfg.verifier_id, draft_length=len(dm.tokens), accepted=v.accepted,
-                      verify_ms=round(emulated_ms, 3), verify_real_ms=round(real_ms, 3), prefill_ms=round(prefill_ms, 3),
-                      queue_ms=round(queue_ms, 3),
-                      context_resent=job.rebuild and dm.round > 0, context_len=len(s.tokens),
-                      sessions=len(self.sessions), waiters=len(replies), batch_size=done.size,
-                      batch_wait_ms=round(done.wait_ms, 3), forward_ms=round(stats.forward_ms, 3),
-                      bookkeeping_ms=round(stats.prep_ms + stats.kv_ms, 3))
+        self.log.debug("verify", request_id=dm.request_id, round=dm.round, attempt=dm.attempt, edge_id=dm.edge_id,
+                       verifier_id=self.cfg.verifier_id, draft_length=len(dm.tokens), accepted=v.accepted,
+                       verify_ms=round(emulated_ms, 3), verify_real_ms=round(real_ms, 3), prefill_ms=round(prefill_ms, 3),
+                       queue_ms=round(queue_ms, 3),
+                       context_resent=job.rebuild and dm.round > 0, context_len=len(s.tokens),
+                       sessions=len(self.sessions), waiters=len(replies), batch_size=done.size,
+                       batch_wait_ms=round(done.wait_ms, 3), forward_ms=round(stats.forward_ms, 3),
+                       bookkeeping_ms=round(stats.prep_ms + stats.kv_ms, 3))
 
     async def _publish(self, replies: list[Reply]) -> None:
         for r in replies:
@@ -290,7 +290,7 @@ class CloudWorker(WorkerBase):
         fields = dict(request_id=dm.request_id, round=dm.round, attempt=dm.attempt, edge_id=dm.edge_id,
                       subject=subject, sessions=len(self.sessions))
         if adm.event in ("joined_in_flight", "verdict_resent"):
-            self.log.info(adm.event, **fields)
+            self.log.debug(adm.event, **fields)
         elif adm.event == "session_end":
             self.log.info("session_end", reason="final", held=adm.detail == "held", **fields)
         else:

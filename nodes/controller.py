@@ -249,5 +249,5 @@ class Controller:
             except (NatsTimeoutError, asyncio.TimeoutError):
                 pass  # unconfirmed: at worst redelivered, and skipped as already applied
         if touched:
-            self.log.info("updates_published", events=len(msgs), applied_total=self.applied,
-                          versions={f"{e}/{p}": l.version for (e, p), l in touched.items()}, ts_mono=time.monotonic())
+            self.log.debug("updates_published", events=len(msgs), applied_total=self.applied,
+                           versions={f"{e}/{p}": l.version for (e, p), l in touched.items()}, ts_mono=time.monotonic())

@@ -235,7 +235,7 @@ class DraftBatcher:
     def _log(self, s: DraftStats) -> None:
         """On the event loop: one line per drive, and the histogram of rows per step."""
         self.sizes.update(s.rows_per_step)
-        self.log.info("draft_batch", size=s.jobs, steps=s.steps, rows_per_step=s.rows_per_step,
-                      forward_ms=round(s.forward_ms, 3), prep_ms=round(s.prep_ms, 3), kv_ms=round(s.kv_ms, 3),
-                      sample_ms=round(s.sample_ms, 3), total_ms=round(s.total_ms, 3), padded_tokens=s.padded_tokens,
-                      real_tokens=s.real_tokens)
+        self.log.debug("draft_batch", size=s.jobs, steps=s.steps, rows_per_step=s.rows_per_step,
+                       forward_ms=round(s.forward_ms, 3), prep_ms=round(s.prep_ms, 3), kv_ms=round(s.kv_ms, 3),
+                       sample_ms=round(s.sample_ms, 3), total_ms=round(s.total_ms, 3), padded_tokens=s.padded_tokens,
+                       real_tokens=s.real_tokens)

@@ -399,7 +399,9 @@ class EdgeWorker(WorkerBase):
         held = live is not None and live.inbox == c.inbox and live.task is not None
         if held:
             self._stop_request(live, CANCELLED, f"cancelled by the client ({c.reason[:64]})")
-            self.log.info("request_cancelled", request_id=c.request_id, reason=c.reason[:64])
+            # a client that stops at a stop sequence has its answer: a normal end, not a cancellation
+            self.log.info("request_finished" if c.reason == "stop" else "request_cancelled", request_id=c.request_id,
+                          reason=c.reason[:64])
         elif c.request_id not in self.recent:  # not finished here either: its generate may still be on its way
             self.early_cancels.add(c.request_id, c.inbox, time.monotonic())
         if msg.reply:
@@ -494,7 +496,8 @@ class EdgeWorker(WorkerBase):
         if live.terminal is not None:  # the stream already ended (its last chunk went out): one end only
             self.log.info("stopped_after_done", request_id=req.request_id, code=code)
             return
-        self.log.warning("request_failed", request_id=req.request_id, code=code, error=text[:300])
+        if code != CANCELLED:  # the client's cancel was logged when it came (request_cancelled / _finished)
+            self.log.warning("request_failed", request_id=req.request_id, code=code, error=text[:300])
         live.terminal = ErrorMsg(code, text[:1000], req.request_id)
         if live.inbox:
             live.last_sent = time.monotonic()
@@ -593,7 +596,7 @@ class EdgeWorker(WorkerBase):
             if reply:
                 live.last_sent = time.monotonic()
                 await self.send_now(reply, encode(rec.chunk))
-            self.log.info("round", **round_log_fields(rec.timing), **_draft_batch_fields(drafted))
+            self.log.debug("round", **round_log_fields(rec.timing), **_draft_batch_fields(drafted))
             self.outbox.put(subjects.timing(self.cfg.edge_id), encode(rec.timing))
         self.log.info("request_done", request_id=r.req.request_id, rounds=r.round, tokens=len(r.out),
                       finish_reason=r.finish_reason, policy=r.policy_spec, retries=r.retries)
@@ -650,9 +653,9 @@ class EdgeWorker(WorkerBase):
                 return nxt.verdict, link_ms, (began - first) * 1e3 if step.msg.attempt else 0.0
             if isinstance(nxt, Failed):
                 raise RoundFailed(nxt.code, nxt.message + self._link_hint(nxt.code))
-            self.log.warning("round_retry", request_id=r.req.request_id, round=r.round, attempt=nxt.msg.attempt,
-                             subject=nxt.subject, context_resent=nxt.msg.context is not None,
-                             wait_s=round(nxt.wait_s, 3))
+            self.log.debug("round_retry", request_id=r.req.request_id, round=r.round, attempt=nxt.msg.attempt,
+                           subject=nxt.subject, context_resent=nxt.msg.context is not None,
+                           wait_s=round(nxt.wait_s, 3))
             step = nxt
 
 

@@ -26,6 +26,10 @@ def main(argv: list[str] | None = None) -> int:
         from pipeline.transport import auth
 
         auth.configure(auth.ConnectAuth.from_sources(vars(args)))  # flags, else SPECSTOP_NATS_* variables
+        if hasattr(args, "log_level"):  # a worker: its console's level and format (pipeline/logs.py)
+            from pipeline import logs
+
+            logs.set_console(args.log_level, args.log_format)
         args.func(args)
     except USER_ERRORS as exc:
         print(f"specstop: error: {exc}", file=sys.stderr)

@@ -167,7 +167,7 @@ def node_id(text: str) -> str:
 def node_args(p, default_id):
     nats_arg(p)
     p.add_argument("--id", type=node_id, default=default_id, help="node id (names its subjects and log)")
-    p.add_argument("--log-file", help="JSON-lines log file (default: stderr)")
+    log_args(p)
     p.add_argument("--max-length", type=positive_int, default=8, help="longest draft accepted/produced")
     model_args(p)
     p.add_argument("--model-nice", type=nice, default=5,
@@ -179,6 +179,17 @@ def node_args(p, default_id):
                         "as-is; or a JSON file)")
     metrics_arg(p)
     p.set_defaults(threads=1)
+
+
+def log_args(p) -> None:
+    """Where a worker's events go: every event as JSON to --log-file (what analysis reads); on the console
+    (stderr) those at --log-level or above (per-round events are debug), for people on a terminal."""
+    p.add_argument("--log-file", help="JSON-lines log file: every event, whatever --log-level (default: none)")
+    p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info",
+                   help="least level shown on the console (default info; per-round events are debug)")
+    p.add_argument("--log-format", choices=("auto", "json", "console"), default="auto",
+                   help="console lines: readable (console), JSON objects (json), or readable on a terminal "
+                        "and JSON otherwise (auto, the default); a --log-file is always JSON")
 
 
 def hostport(text: str) -> str:

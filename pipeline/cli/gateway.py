@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from pipeline.cli.args import hostport, metrics_arg, nats_arg, node_id, positive_float, positive_int
+from pipeline.cli.args import hostport, log_args, metrics_arg, nats_arg, node_id, positive_float, positive_int
 
 
 def cmd_gateway(a: argparse.Namespace) -> None:
@@ -28,7 +28,7 @@ def register(sub) -> None:
                    help="where to listen (default 127.0.0.1:8000); /metrics is served there too")
     nats_arg(p)
     p.add_argument("--id", type=node_id, default="gateway-1", help="node id (names its log)")
-    p.add_argument("--log-file", help="JSON-lines log file (default: stderr)")
+    log_args(p)
     metrics_arg(p)
     p.add_argument("--edge", type=node_id, metavar="EDGE_ID",
                    help="front this edge only (specstop.generate.EDGE_ID, its timing events): a device's gateway, "

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import shutil
 import time
@@ -14,13 +13,13 @@ from nodes.link import parse_channel
 from nodes.models.loading import BUNDLED_PROFILE
 from nodes.protocol.admission import EdgeLimits
 from nodes.protocol.verifier_table import TableConfig
-from pipeline.cli.args import (device_profile, metrics_arg, nats_arg, node_args, node_id, non_negative_float,
+from pipeline.cli.args import (device_profile, log_args, metrics_arg, nats_arg, node_args, node_id, non_negative_float,
                                non_negative_int, positive_float, positive_int, prefill_chunk, stop_on_sigterm)
 from pipeline.errors import PipelineError
 from pipeline.orchestration.run_dirs import new_run_dir
 from pipeline.orchestration.serve import CloudOptions, EdgeOptions, NodeOptions, serve_cloud, serve_control, serve_edge
 from pipeline.transport import aio
-from pipeline.transport.broker import EmbeddedBroker, default_nats_url
+from pipeline.transport.broker import EmbeddedBroker, ServerLogRelay, broker_log, default_nats_url
 
 def cmd_broker(a: argparse.Namespace) -> None:
     stop_on_sigterm()
@@ -37,15 +36,23 @@ def cmd_broker(a: argparse.Namespace) -> None:
         if not any(Path(a.run_root).iterdir()):
             Path(a.run_root).rmdir()
         raise
+    log = broker_log(a.id, a.log_file)
     with broker as b:
-        print(json.dumps({"event": "broker_started", "url": b.url, "run_dir": str(run_dir),
-                          "store_dir": str(store)}), flush=True)
+        log.info("broker_started", url=b.url, run_dir=str(run_dir), store_dir=str(store),
+                 server_log=str(run_dir / "broker" / "nats-server.log"))
+        relay = ServerLogRelay(run_dir / "broker" / "nats-server.log", log)
         try:
             while b.proc and b.proc.poll() is None:
+                relay.poll()
                 time.sleep(0.5)
         except KeyboardInterrupt:
             pass
         code = b.proc.poll() if b.proc else None
+        relay.poll()
+        if code in (None, 0):
+            log.info("broker_stopped")
+        else:
+            log.error("broker_exited", code=code)
     if code not in (None, 0) and code > 0:
         raise PipelineError(f"nats-server exited with code {code}; see {run_dir / 'broker'}")
 
@@ -103,6 +110,8 @@ def register(sub) -> None:
     p.add_argument("--port", type=int, default=4222, help="port on 127.0.0.1 (-1 picks a free one)")
     p.add_argument("--run-root", default="runs", help="parent of the run directory (server log, ports file)")
     p.add_argument("--store-dir", help="JetStream store, kept across restarts (default: RUN_ROOT/jetstream)")
+    p.add_argument("--id", type=node_id, default="broker", help="node id (names its log events)")
+    log_args(p)
     p.set_defaults(func=cmd_broker)
 
     p = sub.add_parser("cloud", help="serve the target model: verify drafts")
@@ -177,7 +186,7 @@ def register(sub) -> None:
     nats_arg(p)
     p.add_argument("--id", type=node_id, default="control-1")
     metrics_arg(p)
-    p.add_argument("--log-file", help="JSON-lines log file (default: stderr)")
+    log_args(p)
     p.add_argument("--max-length", type=positive_int, default=8)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-learners", type=positive_int, default=1024,

@@ -34,7 +34,7 @@ from pipeline.http.body import BodyBudget, decode_json
 from pipeline.http.errors import APIError, bad_request, from_edge
 from pipeline.http.health import WINDOW_S, Readiness
 from pipeline.http.requests import ChatRequest, CompletionRequest, render_chat, validate
-from pipeline.transport.client import StreamResult, generate_stream
+from pipeline.transport.client import StopSignal, StreamResult, generate_stream
 from schemas import subjects
 from schemas.codec import Limits, SchemaError, decode
 from schemas.messages import AliveMsg, GenerateRequest, TimingEvent
@@ -156,7 +156,7 @@ class Generation:
         req = GenerateRequest(job.request_id, prompt=job.prompt, max_new_tokens=job.max_tokens,
                               temperature=job.temperature, top_p=job.top_p, seed=job.seed, policy=job.policy,
                               deadline_s=job.deadline_s)
-        self.stop = asyncio.Event()  # cancel() sets it too: a task's cancel can be lost (generate_stream)
+        self.stop = StopSignal()  # cancel() sets it too: a task's cancel can be lost (generate_stream)
         self.task = asyncio.create_task(generate_stream(gw.nc, req, gw.cfg.silence_timeout_s, on_chunk=self._on_chunk,
                                                         subject=subjects.generate(gw.cfg.edge_id), stop=self.stop))
         self.task.add_done_callback(lambda t: self.queue.put_nowait(_END))
@@ -231,7 +231,7 @@ class Generation:
         publishes `cancel` to the edges as it unwinds."""
         if why == "client_gone" and self.finish_reason is None:
             self.code = "client_gone"
-        self.stop.set()
+        self.stop.stop(why)
         if not self.task.done():
             self.task.cancel()
 

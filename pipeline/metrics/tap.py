@@ -7,7 +7,7 @@ from pipeline.metrics.workers import WorkerMetrics
 
 
 class TappedLog:
-    """Forwards everything to the wrapped structlog logger; `info`/`warning`/`error` events also go
+    """Forwards everything to the wrapped structlog logger; `debug`/`info`/`warning`/`error` events also go
     to `metrics.observe` first. A metrics failure is counted, never raised: it must not stop a round."""
 
     def __init__(self, log: Any, metrics: WorkerMetrics):
@@ -18,6 +18,10 @@ class TappedLog:
             self.metrics.observe(level, event, fields)
         except Exception:
             self.metrics.tap_failures.inc()
+
+    def debug(self, event: str, **fields: Any) -> Any:
+        self._tap("debug", event, fields)
+        return self._log.debug(event, **fields)
 
     def info(self, event: str, **fields: Any) -> Any:
         self._tap("info", event, fields)

@@ -104,7 +104,8 @@ class EdgeMetrics(WorkerMetrics):
                                                                     "channel state", ("edge", "state"))
         self.policy_version = self._gauge("policy_version", "policy version the last round acted on",
                                           ("edge", "policy"))
-        self.requests = self._counter("requests", "requests ended, by outcome (eos, length, or the error code)",
+        self.requests = self._counter("requests", "requests ended, by outcome (eos, length, stop, cancelled, "
+                                                  "or the error code)",
                                       ("edge", "outcome"))
         self.retries = self._counter("round_retries", "round attempts sent again", e)
         self.updates = self._counter("policy_updates", "policy updates applied", e)
@@ -117,6 +118,8 @@ class EdgeMetrics(WorkerMetrics):
                                                        self.network_s, self.draft_length, self.measured_delay,
                                                        self.link_delay))
         self._handlers = {"round": self._round, "request_done": self._done, "request_failed": self._failed,
+                          "request_finished": lambda f: self.requests.labels(self.node_id, str(f.get("reason"))).inc(),
+                          "request_cancelled": lambda f: self.requests.labels(self.node_id, "cancelled").inc(),
                           "round_retry": lambda f: self.retries.labels(self.node_id).inc(),
                           "policy_update": lambda f: self.updates.labels(self.node_id).inc()}
 

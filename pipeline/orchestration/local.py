@@ -227,6 +227,7 @@ def workload_failure(summary: dict) -> str | None:
     codes = summary.get("error_codes", {})
     top = max(codes, key=codes.get) if codes else "error"
     first = (summary.get("errors") or ["?"])[0]
+    first = first.removeprefix(f"{top}: ")  # a stream's error already starts with its code
     hint = HINTS.get(top)
     return (f"{summary['failed']} of {summary['requests']} requests failed ({top}: {first})"
             + (f"; {hint}" if hint else ""))

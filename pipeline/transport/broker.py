@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
+from pipeline import logs
 from pipeline.errors import PipelineError
 
 
@@ -153,6 +156,44 @@ def stop_process(proc: subprocess.Popen, timeout: float) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def broker_log(node: str, log_file: str | Path | None = None) -> Any:
+    """The `specstop broker` command's logger: its events on stdout (the start line, with the URL, is the
+    command's output: readable on a terminal, one JSON object when piped), and in `log_file` when given."""
+    return logs.configure(node, log_file, stream=sys.stdout, echo=True)
+
+
+# nats-server's log levels as ours: its routine lines (a banner, connections) at debug, so a console at info
+# shows only what went wrong.
+_SERVER_LEVELS = {"TRC": "debug", "DBG": "debug", "INF": "debug", "WRN": "warning", "ERR": "error", "FTL": "error"}
+_SERVER_LINE = re.compile(r"^\[\d+\] \S+ \S+ \[([A-Z]{3})\] ?(.*)$")
+
+
+class ServerLogRelay:
+    """nats-server's own log file, relayed line by line as `nats_server` events (`server_level`, `message`)
+    of a logger, so the broker's console speaks the same format as the workers'."""
+
+    def __init__(self, path: str | Path, log: Any):
+        self.path, self.log, self.offset = Path(path), log, 0
+
+    def poll(self) -> int:
+        """Relay the complete lines written since the last call; how many."""
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self.offset)
+                chunk = f.read()
+        except OSError:
+            return 0
+        end = chunk.rfind(b"\n") + 1
+        self.offset += end
+        lines = chunk[:end].decode("utf-8", errors="replace").splitlines()
+        for line in lines:
+            m = _SERVER_LINE.match(line)
+            tag, text = (m.group(1), m.group(2)) if m else ("INF", line)
+            if text.strip():
+                getattr(self.log, _SERVER_LEVELS.get(tag, "info"))("nats_server", server_level=tag, message=text[:500])
+        return len(lines)
 
 
 def default_nats_url(explicit: str | None) -> str:

@@ -71,13 +71,22 @@ async def connect(url: str, name: str, log: Any = None, long_lived: bool = True,
     auth = auth or default_auth()
     await probe(url, auth=auth)
 
+    conn: list[Client] = []  # the client, once connected (the callbacks read its state)
+
     async def error_cb(exc: Exception) -> None:
         if log is not None:
             log.warning("nats_error", error=type(exc).__name__, detail=str(exc)[:200])
 
     async def disconnected_cb() -> None:
-        if log is not None:
-            log.warning("nats_disconnected")
+        # nats-py calls this on our own close too: a clean close (no error behind it) is not a warning
+        if log is None:
+            return
+        c = conn[0] if conn else None
+        if c is not None and c.is_closed and c.last_error is None:
+            log.info("nats_closed")
+        else:
+            err = c.last_error if c is not None else None
+            log.warning("nats_disconnected", **({"error": type(err).__name__} if err is not None else {}))
 
     async def reconnected_cb() -> None:
         if log is not None:
@@ -90,6 +99,7 @@ async def connect(url: str, name: str, log: Any = None, long_lived: bool = True,
         max_reconnect_attempts=-1 if long_lived else 5, reconnect_time_wait=0.25, connect_timeout=2,
         ping_interval=5, max_outstanding_pings=3, pending_size=8 * 1024 * 1024, **auth.connect_kwargs(), **extra,
     )
+    conn.append(nc)
     nc.specstop_js_domain = auth.js_domain  # the connection's JetStream domain: see nodes.jetstream.jetstream_of
     return nc
 

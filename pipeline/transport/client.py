@@ -47,6 +47,20 @@ RESUME_RETRY_S = 1.0
 RESUME_AFTER_RECONNECT_S = 5.0
 
 
+class StopSignal(asyncio.Event):
+    """A `stop` for generate_stream that says why it was set (`reason`, the cancel's: the edge logs a
+    `stop` as a finished request, anything else as a cancelled one). The first reason set stays."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reason = "client_gone"
+
+    def stop(self, reason: str) -> None:
+        if not self.is_set():
+            self.reason = reason
+        self.set()
+
+
 @dataclass
 class StreamResult:
     request_id: str
@@ -170,7 +184,7 @@ async def generate_stream(nc: Client, req: GenerateRequest, timeout_s: float = 6
         while True:
             now = time.monotonic()
             if stop is not None and stop.is_set():
-                res.error, res.error_code = "stopped by the caller", "client_gone"
+                res.error, res.error_code = "stopped by the caller", getattr(stop, "reason", "client_gone")
                 break
             if now - last_heard > timeout_s:
                 res.error, res.error_code = f"no chunk within {timeout_s:g} s", "timeout"
@@ -230,7 +244,8 @@ async def generate_stream(nc: Client, req: GenerateRequest, timeout_s: float = 6
                 break
     finally:
         if not finished:  # we stop waiting: the edge should stop generating
-            await _publish(nc, subjects.CANCEL, CancelMsg(req.request_id, inbox, (res.error_code or "client_gone")[:64]))
+            why = res.error_code or (getattr(stop, "reason", None) if stop is not None and stop.is_set() else None)
+            await _publish(nc, subjects.CANCEL, CancelMsg(req.request_id, inbox, (why or "client_gone")[:64]))
         try:
             await sub.unsubscribe()
         except Exception:
