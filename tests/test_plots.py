@@ -15,7 +15,9 @@ from matplotlib.figure import Figure
 from control.profile import load_profile
 from control.simulator import build_scenarios, simulate
 from pipeline.analysis import analyze_frames, load_run
-from pipeline.analysis.plots import REGRET_LABEL, phase_marks, plot_run, plot_simulation, policy_color
+from pipeline.analysis.plots import (
+    REGRET_LABEL, grey_level, phase_marks, plot_run, plot_simulation, policy_color, policy_style,
+)
 from pipeline.experiments.report import report
 from tests.conftest import run_cli
 from tests.test_analysis import rnd, write_log
@@ -61,7 +63,7 @@ def test_the_palette_is_one_stable_colour_per_policy():
                 "specdec++-delay", "static"]
     colours = [policy_color(p) for p in families]
     assert len(set(colours)) == len(colours)
-    assert policy_color(" auto ") == policy_color("auto") == "#1f77b4"
+    assert policy_color(" auto ") == policy_color("auto") == "#0072b2"  # Okabe-Ito blue
     fixed = [policy_color(f"fixed:{k}") for k in range(1, 9)]
     assert len(set(fixed)) == 8
     assert policy_color("naive-ucb:2") not in (policy_color("naive-ucb"), policy_color("auto"))
@@ -201,3 +203,47 @@ def test_the_cli_writes_both_plots(tmp_path):
     assert r.returncode == 0, r.stderr
     assert f"plot: {tmp_path / 'run' / 'run-rounds.png'}" in r.stdout
     assert (tmp_path / "run" / "run-rounds.png").stat().st_size > 0
+
+
+def phase_figure(tmp_path, saved):
+    shutil.copy(RESULTS / "phase.json", tmp_path / "phase.json")
+    report(tmp_path)
+    return saved["phase.png"].axes[0], json.loads((tmp_path / "phase.json").read_text())
+
+
+def test_every_line_of_the_phase_plot_has_its_own_marker_and_line_style(tmp_path, saved):
+    ax, res = phase_figure(tmp_path, saved)
+    data = [c.lines[0] for c in ax.containers]  # one errorbar per draft length
+    marks = [ln for ln in ax.get_lines() if ln.get_label().endswith(" ms") and "d_c" in ln.get_label()]
+    assert len(data) == 8 and len(marks) == 2
+    combos = [(ln.get_marker(), ln.get_linestyle()) for ln in data + marks]
+    assert len(set(combos)) == len(combos), combos
+
+
+def test_the_phase_plot_lines_keep_their_order_in_grey(tmp_path, saved):
+    ax, _ = phase_figure(tmp_path, saved)
+    greys = [grey_level(c.lines[0].get_color()) for c in ax.containers]
+    assert all(b - a >= 0.04 for a, b in zip(greys, greys[1:])), greys  # L = 1 darkest ... L = 8 lightest
+
+
+def test_measured_and_predicted_critical_delays_are_drawn_apart(tmp_path, saved):
+    ax, res = phase_figure(tmp_path, saved)
+    dc = res["critical_delay_ms"]
+    assert abs(dc["measured"] - dc["predicted"]) < 2  # close: the case where the marks used to overlap
+    lines = {ln.get_label().split()[0]: ln for ln in ax.get_lines() if "d_c" in ln.get_label()}
+    assert lines["predicted"].get_linestyle() != lines["measured"].get_linestyle()
+    assert mcolors.to_hex(lines["predicted"].get_color()) != mcolors.to_hex(lines["measured"].get_color())
+    labels = {t.get_text().split()[0]: t for t in ax.texts if "d_c =" in t.get_text()}
+    assert labels["predicted"].xy[1] > 0.9 and labels["measured"].xy[1] < 0.1  # opposite ends of the axes
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert f"predicted d_c {dc['predicted']:g} ms" in legend and f"measured d_c {dc['measured']:g} ms" in legend
+
+
+def test_policy_styles_differ_in_marker_or_line_style_for_every_pair():
+    fixed = [policy_style(f"fixed:{k}") for k in range(1, 33)]
+    assert len({(s["marker"], s["linestyle"]) for s in fixed}) == 32
+    families = ["auto", "auto-blind", "oracle", "target-only", "ucb-specstop", "ucb-specstop-scaled",
+                "ucb-specstop-ctx", "naive-ucb", "naive-ucb-scaled", "hf-heuristic", "hf-confidence", "specdec++",
+                "specdec++-delay", "static"]
+    assert len({policy_style(p)["marker"] for p in families}) == len(families)
+    assert policy_style("naive-ucb:2")["linestyle"] != policy_style("naive-ucb")["linestyle"]

@@ -1,11 +1,15 @@
 """PNG plots of simulation and run results (matplotlib, headless).
 
 Every figure here and in the experiment report (`pipeline.experiments.report`)
-colours a policy with `policy_color(spec)`, so a policy has one colour
-everywhere. Intervals are 95 %: across seeds for the simulator (Student t on
-the seeds' standard error), bootstrap over requests for runs and experiments.
-Regret is cumulative and drawn on a symmetric-log axis, so zero and negative
-regret (a policy ahead of the oracle) show as they are, never clipped.
+draws a policy with `policy_style(spec)` (colour, marker, line style), so a
+policy looks the same everywhere and every line of a figure can be told from
+the others in print, in grey and by a colour-blind reader: colours from the
+Okabe-Ito palette (families) or sampled along viridis (fixed:K, whose
+luminance rises with K), and a marker and line style per policy on top.
+Intervals are 95 %: across seeds for the simulator (Student t on the seeds'
+standard error), bootstrap over requests for runs and experiments. Regret is
+cumulative and drawn on a symmetric-log axis, so zero and negative regret (a
+policy ahead of the oracle) show as they are, never clipped.
 """
 from __future__ import annotations
 
@@ -26,31 +30,37 @@ from pipeline.analysis.report import analyze_frames  # noqa: E402
 TARGET_ONLY = "target-only"
 REGRET_LABEL = "cumulative regret (ms)"
 
-# One colour per policy family; a spec with an argument ("naive-ucb:2") gets a shade of its family's colour.
+# Okabe-Ito (colour-blind safe); a family's variants are lighter or darker versions of its colour.
+OKABE_ITO = {"black": "#000000", "orange": "#e69f00", "sky": "#56b4e9", "green": "#009e73", "yellow": "#f0e442",
+             "blue": "#0072b2", "vermillion": "#d55e00", "purple": "#cc79a7"}
 _FAMILY_COLORS = {
-    "auto": "#1f77b4", "auto-blind": "#7fb2dc",
-    "ucb-specstop": "#ff7f0e", "ucb-specstop-scaled": "#fdb46c", "ucb-specstop-ctx": "#8c564b",
-    "naive-ucb": "#d62728", "naive-ucb-scaled": "#f4908f",
-    "hf-heuristic": "#2ca02c", "hf-confidence": "#8fd17f",
-    "specdec++": "#9467bd", "specdec++-delay": "#c5b0d5",
-    "static": "#bcbd22", "oracle": "#000000", TARGET_ONLY: "#7f7f7f",
+    "auto": OKABE_ITO["blue"], "auto-blind": OKABE_ITO["sky"],
+    "ucb-specstop": OKABE_ITO["orange"], "ucb-specstop-scaled": "#f5c766", "ucb-specstop-ctx": "#8a5f00",
+    "naive-ucb": OKABE_ITO["vermillion"], "naive-ucb-scaled": "#ee9e66",
+    "hf-heuristic": OKABE_ITO["green"], "hf-confidence": "#66c5ab",
+    "specdec++": OKABE_ITO["purple"], "specdec++-delay": "#7a4964",
+    "static": "#b8a300", "oracle": OKABE_ITO["black"], TARGET_ONLY: "#7f7f7f",
 }
-_SPARE = ("#e377c2", "#17becf", "#c49c94", "#9edae5", "#dbdb8d", "#f7b6d2", "#393b79", "#637939")
+_SPARE = ("#3f3f3f", "#004466", "#a35200", "#005c46", "#9a8f00", "#33a1e0", "#b35a8a", "#bfbfbf")
 _SHADES = (-0.35, -0.18, 0.18, 0.35)  # < 0 darker, > 0 lighter
+# One marker per family (and per K of fixed:K); line styles cycle beside them, so no two policies of a figure
+# share both.
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "h", "p", "<", ">", "d", "H", "8")
+LINESTYLES = ("-", "--", "-.", ":")
+_FAMILY_MARKERS = {name: MARKERS[i % len(MARKERS)] for i, name in enumerate(_FAMILY_COLORS)}
+_FAMILY_LINESTYLES = {name: 0 if name in ("oracle", TARGET_ONLY) else i % len(LINESTYLES)
+                      for i, name in enumerate(_FAMILY_COLORS)}  # indices: a family's variants take another
 
 
 def policy_color(spec: str) -> str:
     """The colour of a policy spec in every figure (a hex string; deterministic across processes).
 
-    `fixed:K` runs along turbo by K (1 blue ... 9+ red), the others by family."""
+    `fixed:K` runs along viridis by K (1 dark purple ... 8+ green: dark to light, so grey keeps the
+    order), the others by family."""
     spec = str(spec).strip()
     name, _, arg = spec.partition(":")
     if name == "fixed":
-        try:
-            k = int(arg)
-        except ValueError:
-            k = 1
-        return mcolors.to_hex(plt.get_cmap("turbo")(0.08 + 0.84 * min(max(k, 1) - 1, 8) / 8))
+        return mcolors.to_hex(plt.get_cmap("viridis")(0.85 * min(_fixed_k(arg) - 1, 7) / 7))
     base = _FAMILY_COLORS.get(name)
     if base is None:
         return _SPARE[zlib.crc32(spec.encode()) % len(_SPARE)]
@@ -60,6 +70,35 @@ def policy_color(spec: str) -> str:
     rgb = np.array(mcolors.to_rgb(base))
     rgb = rgb + (1.0 - rgb) * shade if shade > 0 else rgb * (1.0 + shade)
     return mcolors.to_hex(np.clip(rgb, 0.0, 1.0))
+
+
+def _fixed_k(arg: str) -> int:
+    try:
+        return max(int(arg), 1)
+    except ValueError:
+        return 1
+
+
+def policy_style(spec: str) -> dict:
+    """Colour, marker and line style of a policy's line (`ax.plot(..., **policy_style(p))`). fixed:1..32
+    have pairwise distinct (marker, line style); every family has its own marker."""
+    spec = str(spec).strip()
+    name, _, arg = spec.partition(":")
+    if name == "fixed":
+        i = _fixed_k(arg) - 1
+        marker, ls = MARKERS[i % 8], LINESTYLES[(i + i // 8) % len(LINESTYLES)]
+    else:
+        h = zlib.crc32(spec.encode())
+        marker = _FAMILY_MARKERS.get(name) or MARKERS[h % len(MARKERS)]
+        own = _FAMILY_LINESTYLES.get(name, h % len(LINESTYLES))
+        ls = LINESTYLES[own if not arg else (own + 1 + h % (len(LINESTYLES) - 1)) % len(LINESTYLES)]
+    return {"color": policy_color(spec), "marker": marker, "linestyle": ls}
+
+
+def grey_level(color) -> float:
+    """The colour's luminance (0 black .. 1 white) as a greyscale print shows it (Rec. 601 weights)."""
+    r, g, b = mcolors.to_rgb(color)
+    return 0.299 * r + 0.587 * g + 0.114 * b
 
 
 def t95(df: int) -> float:
@@ -129,7 +168,7 @@ def plot_simulation(result: dict, out_dir: Path, scenarios: list | None = None, 
             curve = sc["policies"][spec]["regret_curve"]
             xs, ys = [p[0] for p in curve], [p[1] for p in curve]
             ys_all += ys
-            ax1.plot(xs, ys, marker=".", color=policy_color(spec), label=spec)
+            ax1.plot(xs, ys, ms=4, markevery=max(1, len(xs) // 12), label=spec, **policy_style(spec))
         symlog_regret(ax1, ys_all)
         marks = phase_marks(scenarios[n], profile) if scenarios is not None and n < len(scenarios) else []
         if marks:  # linear rounds, so phases keep their lengths and the slope after a change reads directly

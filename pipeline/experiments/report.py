@@ -14,7 +14,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from pipeline.analysis.plots import policy_color, symlog_regret  # noqa: E402
+from pipeline.analysis.plots import policy_color, policy_style, symlog_regret  # noqa: E402
 from pipeline.errors import PipelineError  # noqa: E402
 
 ORDER = ("phase", "compare", "drift", "markov", "regret")
@@ -55,7 +55,7 @@ def _phase(res: dict, out: Path) -> list[str]:
         cells = [f"{r['measured_ms_per_token'].get(str(L))}" for L in lengths]
         lines.append(f"| {r['delay_ms']:g} | {r['measured_best']} | {r['indistinguishable']} | {r['predicted_best']} | "
                      + " | ".join(cells) + " |")
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(8, 5))
     delays = [r["delay_ms"] for r in res["rows"]]
     for L in lengths:
         ys = [r["measured_ms_per_token"].get(str(L)) for r in res["rows"]]
@@ -63,18 +63,40 @@ def _phase(res: dict, out: Path) -> list[str]:
         hi = [r["ci"][str(L)][1] for r in res["rows"]]
         err = [[y - a if None not in (y, a) else 0 for y, a in zip(ys, lo)],
                [b - y if None not in (y, b) else 0 for y, b in zip(ys, hi)]]
-        ax.errorbar(delays, ys, yerr=err, marker="o", ms=3, capsize=2, label=f"L={L}", color=policy_color(f"fixed:{L}"))
-    dc = res["critical_delay_ms"]
-    if dc["predicted"] is not None:
-        ax.axvline(dc["predicted"], ls="--", color="grey", label=f"predicted d_c {dc['predicted']} ms")
-    if dc["measured"] is not None:
-        ax.axvline(dc["measured"], ls=":", color="black", label=f"measured d_c {dc['measured']} ms")
+        ax.errorbar(delays, ys, yerr=err, ms=5, mfc="white", mew=1.2, capsize=2, elinewidth=0.8, lw=1.3,
+                    label=f"L={L}", **policy_style(f"fixed:{L}"))
+    _critical_delay_marks(ax, res["critical_delay_ms"])
     ax.set(xlabel="one-way delay (ms)", ylabel="ms per token (95 % interval)", title="fixed draft lengths, live")
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=7, ncol=2, loc="lower right", handlelength=3.2)  # the d_c labels sit top and bottom left
     fig.tight_layout()
     fig.savefig(out / "phase.png", dpi=90)
     plt.close(fig)
     return lines + ["", "![phase](phase.png)", ""]
+
+
+# The two critical-delay marks: each its own line style, marker, end of the axes (predicted at the top,
+# measured at the bottom) and label side, so they stay apart however close the two delays are.
+DC_PREDICTED = {"color": "#D55E00", "ls": "--", "marker": "v", "y": 0.985, "va": "top", "ha": "left", "dx": 4}
+DC_MEASURED = {"color": "black", "ls": "-", "marker": "^", "y": 0.015, "va": "bottom", "ha": "left", "dx": 4}
+
+
+def _critical_delay_marks(ax, dc: dict) -> None:
+    """Predicted and measured critical delay: a vertical line each (dashed vermillion / solid black), a
+    triangle and a label at opposite ends of the axes, and the 95 % interval as a band at the same end."""
+    for what, st, ci_key in (("predicted", DC_PREDICTED, "predicted_ci"), ("measured", DC_MEASURED, "measured_ci")):
+        x = dc.get(what)
+        if x is None:
+            continue
+        ax.axvline(x, color=st["color"], ls=st["ls"], lw=1.3, zorder=1.5, label=f"{what} d_c {x:g} ms")
+        ax.plot([x], [st["y"]], marker=st["marker"], color=st["color"], ms=8, ls="none",
+                transform=ax.get_xaxis_transform(), clip_on=False, zorder=3)
+        ci = dc.get(ci_key)
+        if ci and None not in ci:
+            y0 = 0.5 if st["y"] > 0.5 else 0.0
+            ax.axvspan(ci[0], ci[1], ymin=y0, ymax=y0 + 0.5, color=st["color"], alpha=0.1, lw=0, zorder=0)
+        ax.annotate(f"{what} d_c = {x:g} ms", (x, st["y"]), xycoords=("data", "axes fraction"),
+                    xytext=(st["dx"] + 6, 0), textcoords="offset points", ha=st["ha"], va=st["va"], fontsize=7,
+                    color=st["color"], bbox={"boxstyle": "round,pad=0.2", "fc": "white", "ec": "none", "alpha": 0.8})
 
 
 def _gap(v: dict | None) -> str:
@@ -152,7 +174,8 @@ def _regret(res: dict, out: Path) -> list[str]:
     fig, ax = plt.subplots(figsize=(7, 4))
     curves = {p: c for p, c in res["cumulative_regret_ms"].items() if c}
     for p, curve in curves.items():
-        ax.plot([c[0] for c in curve], [c[1] for c in curve], marker=".", label=p, color=policy_color(p))
+        ax.plot([c[0] for c in curve], [c[1] for c in curve], ms=4, markevery=max(1, len(curve) // 12), label=p,
+                **policy_style(p))
     symlog_regret(ax, [c[1] for curve in curves.values() for c in curve],
                   "cumulative regret (ms, vs the oracle's ms/token)")
     ax.set(xscale="log", xlabel="round (log scale)",
