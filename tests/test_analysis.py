@@ -134,6 +134,40 @@ def test_lengths_nobody_played_are_extrapolated_and_listed(tmp_path):
     assert prof["round_compute_ms"]["3"] == pytest.approx(50.0, rel=0.01)  # on the line through 40 and 70
 
 
+def test_a_fit_on_too_few_rounds_per_length_says_so_in_a_warning_and_in_the_result(tmp_path):
+    truth = parametric_profile("t", 0.7, 20.0, 5.0, 30.0, 2.0, 4)
+    synthetic_run(tmp_path, truth, [10.0], [1, 2], rounds_per_cell=40)
+    thin = [rnd(f"thin-{L}-{i}", i, L, 0, float(truth.compute_ms[L - 1]) + 20.0, policy=f"fixed:{L}")
+                          for L in (3, 4) for i in range(6 if L == 3 else 19)]
+    with (tmp_path / "edge-1.jsonl").open("a") as f:
+        f.write("".join(json.dumps(r) + "\n" for r in thin))
+    prof = calibrate(tmp_path)
+    assert prof["min_rounds_per_length"] == 30 and prof["too_few_rounds"] == [3, 4]
+    assert any("lengths 3, 4 rests on fewer than 30 rounds (L=3: 6, L=4: 19)" in w for w in prof["warnings"])
+    out = run_cli("calibrate", str(tmp_path), timeout=120).stdout
+    assert "warning: C(L) of lengths 3, 4 rests on fewer than 30 rounds" in out
+
+
+def test_a_fit_on_enough_rounds_of_a_growing_compute_has_no_warning(tmp_path):
+    truth = parametric_profile("t", 0.7, 20.0, 5.0, 30.0, 2.0, 4)
+    synthetic_run(tmp_path, truth, [10.0], range(1, 5), rounds_per_cell=30)
+    prof = calibrate(tmp_path)
+    assert prof["warnings"] == [] and prof["too_few_rounds"] == [] and prof["compute_monotone"] is True
+
+
+def test_a_compute_that_falls_with_the_length_is_flagged_non_monotone(tmp_path):
+    cost = {1: 40.0, 2: 60.0, 3: 55.0, 4: 80.0}  # L = 3 cheaper than L = 2: noise a fit must not pass silently
+    write_log(tmp_path / "edge-1.jsonl", [rnd(f"r-{L}-{i // 10}", i % 10, L, 1, cost[L], delay=0.0,
+                                              policy=f"fixed:{L}") for L in cost for i in range(40)])
+    prof = calibrate(tmp_path)
+    assert prof["compute_monotone"] is False
+    assert prof["compute_drops"] == [{"from": 2, "to": 3, "ms": [60.0, 55.0]}]
+    assert prof["warnings"] == ["C(L) is not monotone: it falls from L=2 (60.00 ms) to L=3 (55.00 ms); a longer "
+                                "draft never costs less, so this is noise (too few rounds, or a busy machine)"]
+    out = run_cli("calibrate", str(tmp_path), timeout=120).stdout
+    assert "warning: C(L) is not monotone: it falls from L=2" in out
+
+
 def test_analyze_prints_a_table_and_json_on_request(tmp_path):
     write_log(tmp_path / "edge-1.jsonl", [rnd("a", i, 2, 1, 10.0) for i in range(5)])
     table = run_cli("analyze", str(tmp_path), timeout=120)

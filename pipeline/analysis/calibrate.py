@@ -12,6 +12,13 @@ under `extrapolated`. Target-only rounds (length 0) are left out.
 `tokens_per_round` is B(L) as measured in each played length's own rounds: the
 survival's B(L) assumes rounds independent of each other, which real text is
 not (see control/theory.py), and the fixed-length theory can take it instead.
+
+A fit says when it is weak, in `warnings` (one line each, printed by the
+command) and in fields: `too_few_rounds` lists the played lengths with fewer
+than `min_rounds_per_length` rounds (a mean of a handful of rounds on a busy
+machine is noise), and `compute_monotone` is false, with `compute_drops`, where
+C(L) falls as L grows (a longer draft never costs less: the fit is noise there,
+and the theory would take it as it is).
 """
 from __future__ import annotations
 
@@ -26,7 +33,11 @@ from pipeline.analysis.stats import mean_ci, survival
 from pipeline.errors import PipelineError
 
 
-def calibrate_rounds(rounds: pl.DataFrame, max_length: int | None = None, name: str = "calibrated") -> dict:
+MIN_ROUNDS_PER_LENGTH = 30  # fewer rounds of a length: its mean compute is too noisy to trust (warned, still fitted)
+
+
+def calibrate_rounds(rounds: pl.DataFrame, max_length: int | None = None, name: str = "calibrated",
+                     min_rounds: int = MIN_ROUNDS_PER_LENGTH) -> dict:
     drafted = rounds.filter(pl.col("draft_length") > 0).with_columns(
         (pl.col("round_ms") - pl.col("link_ms").fill_null(0.0)).alias("compute_ms"))
     if drafted.is_empty():
@@ -50,6 +61,9 @@ def calibrate_rounds(rounds: pl.DataFrame, max_length: int | None = None, name: 
         means = _affine_fill(means, np.array([counts[str(L)] for L in range(1, k + 1)], float))
     km = survival(lengths, drafted["accepted"].to_numpy(), k)
     surv, unreached = _extend(km["survival"], km["at_risk"], drafted)
+    thin = [L for L in range(1, k + 1) if 0 < counts[str(L)] < min_rounds]
+    drops = [{"from": L, "to": L + 1, "ms": [round(float(means[L - 1]), 3), round(float(means[L]), 3)]}
+             for L in range(1, k) if means[L] < means[L - 1]]
     return {
         "name": name,
         "round_compute_ms": {str(L): round(float(means[L - 1]), 3) for L in range(1, k + 1)},
@@ -62,7 +76,26 @@ def calibrate_rounds(rounds: pl.DataFrame, max_length: int | None = None, name: 
         "extrapolated": {"lengths": missing, "positions": unreached},
         "rounds": int(len(drafted)),
         "emulated": bool(drafted["emulated"].fill_null(False).any()),
+        "min_rounds_per_length": int(min_rounds),
+        "too_few_rounds": thin,
+        "compute_monotone": not drops,
+        "compute_drops": drops,
+        "warnings": _warnings(thin, counts, drops, min_rounds),
     }
+
+
+def _warnings(thin: list[int], counts: dict, drops: list[dict], min_rounds: int) -> list[str]:
+    """One line for people per weakness of the fit."""
+    out = []
+    if thin:
+        out.append(f"C(L) of length{'s' if len(thin) > 1 else ''} {', '.join(map(str, thin))} rests on fewer than "
+                   f"{min_rounds} rounds ({', '.join(f'L={L}: {counts[str(L)]}' for L in thin)}): "
+                   "a noisy mean; calibrate from a longer run")
+    if drops:
+        out.append("C(L) is not monotone: it falls " + ", ".join(
+            f"from L={d['from']} ({d['ms'][0]:.2f} ms) to L={d['to']} ({d['ms'][1]:.2f} ms)" for d in drops)
+            + "; a longer draft never costs less, so this is noise (too few rounds, or a busy machine)")
+    return out
 
 
 def _affine_fill(means: np.ndarray, counts: np.ndarray) -> np.ndarray:

@@ -94,6 +94,8 @@ def cmd_calibrate(a: argparse.Namespace) -> None:
         return
     print(f"calibrated from {prof['rounds']} drafted rounds"
           + (" (device emulation on)" if prof["emulated"] else "") + (f"; written to {a.out}" if a.out else ""))
+    for w in prof["warnings"]:
+        print(f"  warning: {w}")
     for L, c in prof["round_compute_ms"].items():
         ci = prof["round_compute_ci_ms"].get(L)
         s = prof["survival"][int(L) - 1]

@@ -42,7 +42,9 @@ def _phase_detail(dc: dict) -> str:
 
 def _phase(res: dict, out: Path) -> list[str]:
     lengths = sorted({int(L) for r in res["rows"] for L in r["measured_ms_per_token"]})
+    warned = [f"Calibration warning: {w}" for w in res.get("calibration", {}).get("warnings", [])]
     lines = ["## Phase: best draft length vs delay (fixed lengths, live)", "", _emulation_line(res), "",
+             *warned, *([""] if warned else []),
              f"Critical delay: measured **{res['critical_delay_ms']['measured']} ms**, predicted from the calibrated "
              f"profile **{res['critical_delay_ms']['predicted']} ms** (within 20 %: "
              f"{'yes' if res['critical_delay_ms']['within_20pct'] else 'no'}" + _phase_detail(res['critical_delay_ms'])
