@@ -96,10 +96,8 @@ class _Sinks:
     def __init__(self, file: TextIO | None, console: TextIO | None, level: str, fmt: str):
         self.file, self.console = file, console
         self.min_rank = _RANK[level]
-        self.render = None
-        if console is not None:
-            self.render = _JSON if fmt == "json" else _console_renderer(colors=_is_tty(console))
-            self.shorten = fmt != "json"
+        self.shorten = fmt != "json"
+        self.render = _JSON if not self.shorten or console is None else _console_renderer(colors=_is_tty(console))
 
     def msg(self, event: dict) -> None:
         if self.file is not None:

@@ -143,3 +143,20 @@ async def test_a_stop_sequence_ends_the_request_on_the_edge_as_finished_not_fail
     assert not [e for e in events if e["level"] in ("warning", "error")]
     closes = [e["event"] for e in read_log(tmp_path / "edge-1.jsonl") if e["event"].startswith("nats_")]
     assert closes == ["nats_closed"]  # the cluster's clean shutdown
+
+
+async def test_a_stop_sequence_met_behind_the_http_gateway_is_a_finished_request_on_the_edge(broker, pair, tmp_path):
+    from nodes.speculative import target_only_generate
+    from tests.test_http_api import gateway
+
+    ref = target_only_generate(pair, pair.tokenizer.encode(PROMPT, add_special_tokens=False), 48).text
+    stop = ref[len(ref) // 2:len(ref) // 2 + 6]
+    async with cluster(broker.url, pair, tmp_path, channel="const:10") as (_, edge, clouds), \
+            gateway(broker.url, pair, tmp_path) as (client, raw, gw):
+        out = await client.completions.create(model="specstop", prompt=PROMPT, max_tokens=1500, temperature=0,
+                                              stop=[stop], extra_body={"specstop": {"policy": "fixed:2"}})
+        await wait_for(lambda: not edge.live)
+    assert out.choices[0].finish_reason == "stop" and stop not in out.choices[0].text
+    ends = [(e["event"], e["level"], e.get("reason")) for e in read_log(tmp_path / "edge-1.jsonl")
+            if e["event"].startswith("request_")]
+    assert ends == [("request_finished", "info", "stop")]
