@@ -247,3 +247,5 @@ def test_policy_styles_differ_in_marker_or_line_style_for_every_pair():
                 "specdec++-delay", "static"]
     assert len({policy_style(p)["marker"] for p in families}) == len(families)
     assert policy_style("naive-ucb:2")["linestyle"] != policy_style("naive-ucb")["linestyle"]
+    combos = {(s["marker"], s["linestyle"]) for s in fixed[:16]}
+    assert not combos & {(policy_style(p)["marker"], policy_style(p)["linestyle"]) for p in families}

@@ -81,12 +81,15 @@ def _fixed_k(arg: str) -> int:
 
 def policy_style(spec: str) -> dict:
     """Colour, marker and line style of a policy's line (`ax.plot(..., **policy_style(p))`). fixed:1..32
-    have pairwise distinct (marker, line style); every family has its own marker."""
+    have pairwise distinct (marker, line style), none of fixed:1..16 a family's; every family has its own
+    marker."""
     spec = str(spec).strip()
     name, _, arg = spec.partition(":")
     if name == "fixed":
         i = _fixed_k(arg) - 1
-        marker, ls = MARKERS[i % 8], LINESTYLES[(i + i // 8) % len(LINESTYLES)]
+        # the line styles run two steps ahead of the families' (which take marker j and style j % 4), so up
+        # to fixed:16 no fixed length shares a family's (marker, line style) in a figure that has both
+        marker, ls = MARKERS[i % 8], LINESTYLES[(i + 2 + i // 8) % len(LINESTYLES)]
     else:
         h = zlib.crc32(spec.encode())
         marker = _FAMILY_MARKERS.get(name) or MARKERS[h % len(MARKERS)]
@@ -168,7 +171,7 @@ def plot_simulation(result: dict, out_dir: Path, scenarios: list | None = None, 
             curve = sc["policies"][spec]["regret_curve"]
             xs, ys = [p[0] for p in curve], [p[1] for p in curve]
             ys_all += ys
-            ax1.plot(xs, ys, ms=4, markevery=max(1, len(xs) // 12), label=spec, **policy_style(spec))
+            ax1.plot(xs, ys, ms=4, markevery=0.08, label=spec, **policy_style(spec))
         symlog_regret(ax1, ys_all)
         marks = phase_marks(scenarios[n], profile) if scenarios is not None and n < len(scenarios) else []
         if marks:  # linear rounds, so phases keep their lengths and the slope after a change reads directly
