@@ -360,6 +360,8 @@ class EdgeWorker(WorkerBase):
     async def _refuse(self, msg: Msg, code: str, text: str, request_id: str | None = None) -> None:
         if msg.reply:
             await self.send_now(msg.reply, encode(ErrorMsg(code, text[:1000], request_id)))
+        if code == CANCELLED:  # the client's own cancel, already logged as request_cancelled: no warning
+            return
         self.log.warning("refused" if code not in (BAD_MESSAGE, "too_large", "version") else "bad_message",
                          code=code, error=text[:300], request_id=request_id, replied=bool(msg.reply),
                          subject=msg.subject)

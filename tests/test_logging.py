@@ -160,3 +160,21 @@ async def test_a_stop_sequence_met_behind_the_http_gateway_is_a_finished_request
     ends = [(e["event"], e["level"], e.get("reason")) for e in read_log(tmp_path / "edge-1.jsonl")
             if e["event"].startswith("request_")]
     assert ends == [("request_finished", "info", "stop")]
+
+
+async def test_a_cancel_that_overtakes_its_request_is_logged_once_as_cancelled_without_a_warning(broker, pair,
+                                                                                                   tmp_path):
+    from schemas import subjects
+    from schemas.codec import decode, encode
+    from schemas.messages import CancelMsg, ErrorMsg
+
+    async with cluster(broker.url, pair, tmp_path) as (client, edge, clouds):
+        inbox = client.new_inbox()
+        sub = await client.subscribe(inbox)
+        await client.request(subjects.CANCEL, encode(CancelMsg("early", inbox)), timeout=5)
+        await client.publish(subjects.GENERATE, encode(GenerateRequest("early", prompt=PROMPT, max_new_tokens=50)),
+                             reply=inbox)
+        end = decode((await sub.next_msg(timeout=20)).data)
+    assert isinstance(end, ErrorMsg) and end.code == "cancelled"
+    events = [e for e in read_log(tmp_path / "edge-1.jsonl") if e.get("request_id") == "early"]
+    assert [(e["event"], e["level"]) for e in events] == [("request_cancelled", "info")]
