@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import time
 from pathlib import Path
 
@@ -235,7 +234,3 @@ def train_head(pair, out: Path, windows: int = 1500, window_len: int = 160, epoc
     save_head(head, out, {"metrics": metrics, "window_len": window_len, "windows": windows,
                           "draft": model_hash(pair.draft_name)})
     return metrics
-
-
-def log_safe(x: float) -> float:
-    return math.log(max(x, 1e-12))

@@ -60,10 +60,6 @@ async def probe(url: str, timeout: float = 1.0, auth: ConnectAuth | None = None)
     await nc.close()
 
 
-async def _silent(exc: Exception) -> None:
-    return None
-
-
 async def connect(url: str, name: str, log: Any = None, long_lived: bool = True, auth: ConnectAuth | None = None,
                   inbox_prefix: str | None = None) -> Client:
     """Probe, then connect; disconnects, reconnects and errors become log events (never a credential:
