@@ -32,8 +32,8 @@ from nats.js.api import AckPolicy, ConsumerConfig
 from nats.js.errors import KeyDeletedError, KeyNotFoundError
 
 from control import ControlError, Policy, make_policy
-from nodes.nats_confirm import confirm_sent
-from nodes.jetstream import StreamLimits, bucket_keys, ensure_stream, policy_bucket
+from pipeline.transport.confirm import confirm_sent
+from pipeline.transport.jetstream import StreamLimits, bucket_keys, ensure_stream, policy_bucket
 from nodes.protocol.timing import outcome_of
 from schemas import subjects
 from schemas.codec import Limits, SchemaError, decode, encode

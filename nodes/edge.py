@@ -36,22 +36,22 @@ from control import ControlError, Policy, RoundContext
 from nodes.detokenize import IncrementalDetokenizer
 from nodes.device import DeviceProfile, Pacer
 from nodes.draft_batcher import DraftBatchConfig, DraftBatcher, Drafted
-from nodes.jetstream import bucket_keys, ensure_stream, jetstream_of
+from pipeline.transport.jetstream import bucket_keys, ensure_stream, jetstream_of
 from nodes.link import Channel, ConstChannel, LinkTimer
 from nodes.liveness import Heartbeat
 from nodes.models.errors import ModelError
 from nodes.models.head import AcceptanceHead, can_stop, head_for, stop_rule
 from nodes.models.loading import ModelPair
 from nodes.models.sessions import DraftSession
-from nodes.nats_confirm import confirm_sent
+from pipeline.transport.confirm import confirm_sent
 from nodes.policy_book import PolicyBook
 from nodes.protocol.admission import EarlyCancels, EdgeLimits, admit_generate, check_prompt_tokens, deadline_s
 from nodes.protocol.request import Accepted, EdgeRequest, Failed, RoundRules, RoundTimes
 from nodes.protocol.liveness import FORGET_S, HEARTBEAT_S, WINDOW_S, PeerTable
 from nodes.protocol.placement import Placement
 from nodes.protocol.timing import DelayEstimate, one_way_delay_ms, round_log_fields
-from nodes.timing_outbox import TimingOutbox
-from nodes.worker_base import WorkerBase
+from pipeline.transport.timing_outbox import TimingOutbox
+from pipeline.transport.worker_base import WorkerBase
 from schemas import subjects
 from schemas.codec import Int32Array, Limits, SchemaError, decode, encode
 from schemas.messages import (

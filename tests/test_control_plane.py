@@ -7,8 +7,8 @@ import msgpack
 import pytest
 
 from control import RoundContext, RoundOutcome, make_policy
-from nodes.nats_confirm import confirm_sent
-from nodes.jetstream import ensure_stream
+from pipeline.transport.confirm import confirm_sent
+from pipeline.transport.jetstream import ensure_stream
 from nodes.protocol.timing import outcome_of
 from pipeline.transport import bus
 from pipeline.transport.client import generate_stream
@@ -189,7 +189,7 @@ async def test_an_event_naming_another_edge_than_its_subject_is_not_learned(brok
 
 
 async def test_a_bad_snapshot_in_the_bucket_is_refused_at_restore_and_the_controller_keeps_learning(broker, tmp_path):
-    from nodes.jetstream import policy_bucket
+    from pipeline.transport.jetstream import policy_bucket
 
     nc = await bus.connect(broker.url, "vandal", long_lived=False)
     kv = await policy_bucket(nc.jetstream())

@@ -29,7 +29,7 @@ from dataclasses import replace
 
 from nats.errors import NoRespondersError
 
-from nodes.nats_confirm import confirm_sent
+from pipeline.transport.confirm import confirm_sent
 from pipeline.transport import aio, bus
 from pipeline.transport.broker import stop_process
 from pipeline.bench.rounds import LogSlice, summarize

@@ -23,7 +23,7 @@ from nats.aio.client import Client
 
 from pipeline.errors import PipelineError
 from pipeline.transport.auth import ConnectAuth, default_auth
-from nodes.jetstream import jetstream_of
+from pipeline.transport.jetstream import jetstream_of
 
 
 def _refused(exc: BaseException) -> str | None:
@@ -86,8 +86,8 @@ async def connect(url: str, name: str, log: Any = None, long_lived: bool = True,
         max_reconnect_attempts=-1 if long_lived else 5, reconnect_time_wait=0.25, connect_timeout=2,
         ping_interval=5, max_outstanding_pings=3, pending_size=8 * 1024 * 1024, **auth.connect_kwargs(), **extra,
     )
-    nc.specstop_js_domain = auth.js_domain  # the connection's JetStream domain: see nodes.jetstream.jetstream_of
+    nc.specstop_js_domain = auth.js_domain  # the connection's JetStream domain: see pipeline.transport.jetstream.jetstream_of
     return nc
 
 
-jetstream = jetstream_of  # the connection's JetStream context (nodes/jetstream.py), for pipeline code
+jetstream = jetstream_of  # the connection's JetStream context (pipeline/transport/jetstream.py), for pipeline code
