@@ -46,11 +46,11 @@ from nodes.policy_book import PolicyBook
 from nodes.protocol import policy_sync
 from nodes.protocol.acting import HeadSlot, plan_round
 from nodes.protocol.admission import EarlyCancels, EdgeLimits, admit_generate, check_prompt_tokens, deadline_s
-from nodes.protocol.liveness import FORGET_S, HEARTBEAT_S, WINDOW_S, PeerTable
+from nodes.protocol.liveness import FORGET_S, HEARTBEAT_S, WINDOW_S, HolderWatch, PeerTable, keepalive_due
 from nodes.protocol.placement import Placement
 from nodes.protocol.request import Accepted, EdgeRequest, Failed, RoundRules
 from nodes.protocol.resume import RecentStreams, held_state
-from nodes.protocol.timing import DelayEstimate, measured_round_times, one_way_delay_ms, round_log_fields
+from nodes.protocol.timing import DelayEstimate, measured_round_times, one_way_delay_ms, round_log_fields, stall_time_ms
 from pipeline.transport.confirm import confirm_sent
 from pipeline.transport.jetstream import bucket_keys, ensure_stream, jetstream_of
 from pipeline.transport.timing_outbox import TimingOutbox
@@ -145,8 +145,7 @@ class EdgeWorker(WorkerBase):
         self.placement = Placement(config.seed, peers=self.verifiers)
         self.heartbeat = Heartbeat(nc, log, limits, "edge", config.edge_id, "verifier", self.verifiers,
                                    self._alive_status, self._on_tick, self.send_now, config.heartbeat_s)
-        # verifier id -> rounds waiting on it; None -> rounds waiting on the queue group (any verifier may hold them)
-        self._holder_watch: dict[str | None, set[asyncio.Future]] = {}
+        self.holders: HolderWatch[asyncio.Future] = HolderWatch()  # rounds waiting, by who holds them
 
     # --- lifecycle -----------------------------------------------------------------
     async def start(self) -> None:
@@ -228,11 +227,11 @@ class EdgeWorker(WorkerBase):
         """Once per heartbeat: keep silent clients' streams alive, act on verifiers gone silent."""
         self.placement.since = since
         for live in list(self.live.values()):
-            if live.inbox and live.terminal is None and now - live.last_sent >= self.cfg.heartbeat_s * 0.9:
+            if live.inbox and live.terminal is None and keepalive_due(live.last_sent, now, self.cfg.heartbeat_s):
                 live.last_sent = now
                 await self.send_now(live.inbox, beat)
         for vid, silent_s in self.verifiers.newly_gone(now, since):
-            waiting = self._holder_watch.get(vid, set()) | self._holder_watch.get(None, set())
+            waiting = self.holders.gone(vid)
             self.log.warning("peer_gone", role="verifier", node_id=vid, silent_s=round(silent_s, 3),
                              rounds_waiting=len(waiting))
             for fut in waiting:
@@ -244,15 +243,11 @@ class EdgeWorker(WorkerBase):
         """A future resolved when `verifier_id`'s heartbeat stops (None: a round sent to the queue
         group, which any verifier may have taken: resolved when any stops)."""
         fut = asyncio.get_running_loop().create_future()
-        self._holder_watch.setdefault(verifier_id, set()).add(fut)
+        self.holders.add(verifier_id, fut)
         return fut
 
     def _unwatch(self, verifier_id: str | None, fut: asyncio.Future) -> None:
-        waiting = self._holder_watch.get(verifier_id)
-        if waiting is not None:
-            waiting.discard(fut)
-            if not waiting:
-                del self._holder_watch[verifier_id]
+        self.holders.discard(verifier_id, fut)
         if not fut.done():
             fut.cancel()
 
@@ -582,7 +577,7 @@ class EdgeWorker(WorkerBase):
                     nxt = r.on_verdict(m, time.monotonic()) if isinstance(m, VerdictMsg) else \
                         r.on_error(m, time.monotonic())
             if isinstance(nxt, Accepted):
-                return nxt.verdict, link_ms, (began - first) * 1e3 if step.msg.attempt else 0.0
+                return nxt.verdict, link_ms, stall_time_ms(first, began, step.msg.attempt)
             if isinstance(nxt, Failed):
                 raise RoundFailed(nxt.code, nxt.message + self._link_hint(nxt.code))
             self.log.warning("round_retry", request_id=r.req.request_id, round=r.round, attempt=nxt.msg.attempt,

@@ -7,7 +7,7 @@ import pytest
 
 from control import Policy, RoundContext, RoundOutcome, make_policy
 from nodes.protocol.request import Accepted, EdgeRequest, RoundRules
-from nodes.protocol.timing import measured_round_times, modeled_round_times, network_ms, outcome_of
+from nodes.protocol.timing import measured_round_times, modeled_round_times, network_ms, outcome_of, stall_time_ms
 from nodes.speculative import speculative_generate
 from schemas.codec import SchemaError, decode, encode
 from schemas.messages import GenerateRequest, TimingEvent, VerdictMsg
@@ -27,6 +27,11 @@ def one_round(told_ms: float, round_ms: float, verify_ms: float = 3.0, queue_ms:
 def test_failed_attempts_are_not_the_rounds_time():
     t = measured_round_times(elapsed_ms=140.0, draft_ms=10.0, edge_queue_ms=2.0, link_ms=20.0, stall_ms=100.0)
     assert t.round_ms == 40.0 and t.stall_ms == 100.0 and t.edge_queue_ms == 2.0 and t.draft_real_ms is None
+
+
+def test_the_stall_is_the_time_before_the_answered_attempt_began_and_none_when_the_first_was_answered():
+    assert stall_time_ms(first_sent_s=100.0, answered_began_s=102.5, attempt=2) == pytest.approx(2500.0)
+    assert stall_time_ms(first_sent_s=100.0, answered_began_s=100.001, attempt=0) == 0.0
 
 
 def test_with_a_virtual_device_waiting_for_this_cpu_is_device_time_not_edge_queue():

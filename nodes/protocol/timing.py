@@ -42,6 +42,12 @@ def measured_round_times(elapsed_ms: float, draft_ms: float, edge_queue_ms: floa
                       link_ms, stall_ms, draft_real_ms)
 
 
+def stall_time_ms(first_sent_s: float, answered_began_s: float, attempt: int) -> float:
+    """Time lost before the attempt that was answered began (failed attempts, backoff, failover):
+    none when the first attempt was answered."""
+    return (answered_began_s - first_sent_s) * 1e3 if attempt else 0.0
+
+
 def modeled_round_times(draft_ms: float, verify_ms: float, queue_ms: float, one_way_ms: float) -> RoundTimes:
     """The in-process loop's round, the link modeled, not slept: compute, queue and the delay each way.
     `verify_ms` and `queue_ms` are the verdict's (verify includes the prefill of a rebuilt session),
