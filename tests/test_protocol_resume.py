@@ -7,7 +7,8 @@ import pytest
 from control import ControlError, RoundContext, RoundOutcome, make_policy
 from nodes.policy_book import PolicyBook
 from nodes.protocol import policy_sync
-from nodes.protocol.request import Accepted, EdgeRequest, RoundRules, RoundTimes
+from nodes.protocol.request import Accepted, EdgeRequest, RoundRules
+from nodes.protocol.timing import RoundTimes
 from nodes.protocol.resume import RecentStreams, held_state
 from schemas.messages import ErrorMsg, GenerateRequest, PolicyUpdate, TokenChunk, VerdictMsg
 from schemas.rounds import Draft
