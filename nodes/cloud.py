@@ -43,7 +43,7 @@ from nodes.liveness import Heartbeat
 from nodes.models.batch_verify import BatchStats, BatchVerifier, JobResult, VerifyJob
 from nodes.protocol.liveness import FORGET_S, HEARTBEAT_S, WINDOW_S, PeerTable
 from nodes.protocol.verifier_table import Admission, Compute, Outcome, Reply, SessionTable, TableConfig
-from nodes.worker_base import WorkerBase
+from pipeline.transport.worker_base import WorkerBase
 from schemas import subjects
 from schemas.codec import Limits, SchemaError, decode, encode
 from schemas.messages import OVERLOADED, DraftMsg, ErrorMsg

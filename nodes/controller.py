@@ -3,7 +3,9 @@
 Events come from a JetStream stream (bounded in count, bytes, age and message
 size) through a durable pull consumer with explicit acks. Per (edge, policy)
 one learner runs the policy's `observe` on `outcome_of(event)` (the same
-function the edge acts on); after each batch its snapshot is written to a KV
+function the edge acts on), told the delay the edge's policy was told
+(`told_delay_ms`) and paying the one the round paid, so a policy that
+corrects the told delay (`auto`'s delay bias) learns it live; after each batch its snapshot is written to a KV
 bucket together with the stream sequence of the last event it applied, then
 published as a versioned update to that edge, and only then are the events
 acked. A restarted controller restores the learners from the bucket (each
@@ -32,8 +34,8 @@ from nats.js.api import AckPolicy, ConsumerConfig
 from nats.js.errors import KeyDeletedError, KeyNotFoundError
 
 from control import ControlError, Policy, make_policy
-from nodes.nats_confirm import confirm_sent
-from nodes.jetstream import StreamLimits, bucket_keys, ensure_stream, policy_bucket
+from pipeline.transport.confirm import confirm_sent
+from pipeline.transport.jetstream import StreamLimits, bucket_keys, ensure_stream, policy_bucket
 from nodes.protocol.timing import outcome_of
 from schemas import subjects
 from schemas.codec import Limits, SchemaError, decode, encode

@@ -26,7 +26,7 @@ from typing import Any, Callable
 from nodes.models.batch_draft import DraftJob, DraftResult, DraftRows, DraftStats, SlotDraftSession
 from nodes.models.sessions import DraftSession, StopCallback
 from nodes.models.slots import SlotCache, SlotsFull, slot_support
-from nodes.worker_base import WorkerBase
+from pipeline.transport.worker_base import WorkerBase
 from schemas.rounds import Draft, SamplingParams, Verdict
 
 

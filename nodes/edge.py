@@ -1,7 +1,9 @@
 """Edge worker: drafts locally, verifies remotely, streams tokens to the client.
 
-A thin wiring of the round protocol (`nodes.protocol`): decode, admit, hand
-the request's rounds to `EdgeRequest`, draft through the draft batcher
+A thin wiring of the round protocol (`nodes.protocol`, where every rule of a
+round lives: `request`, `acting`, `timing`, `resume`, `policy_sync`,
+`admission`, `placement`, `liveness`): decode, admit, hand the request's
+rounds to `EdgeRequest`, draft through the draft batcher
 (`nodes.draft_batcher`: rounds of concurrent requests draft as one batch on
 the draft model's slot cache, on the model thread, or inline when it is the
 only request: see WorkerBase.run_model), sleep the emulated link, publish
@@ -23,8 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import OrderedDict
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from nats.aio.client import Client
@@ -32,28 +33,30 @@ from nats.aio.msg import Msg
 from nats.errors import Error as NatsError, NoRespondersError, TimeoutError as NatsTimeoutError
 from nats.js.errors import KeyDeletedError, KeyNotFoundError
 
-from control import ControlError, Policy, RoundContext
+from control import ControlError, RoundContext
 from nodes.detokenize import IncrementalDetokenizer
 from nodes.device import DeviceProfile, Pacer
 from nodes.draft_batcher import DraftBatchConfig, DraftBatcher, Drafted
-from nodes.jetstream import bucket_keys, ensure_stream, jetstream_of
 from nodes.link import Channel, ConstChannel, LinkTimer
 from nodes.liveness import Heartbeat
-from nodes.models.errors import ModelError
-from nodes.models.head import AcceptanceHead, can_stop, head_for, stop_rule
+from nodes.models.head import head_for
 from nodes.models.loading import ModelPair
 from nodes.models.sessions import DraftSession
-from nodes.nats_confirm import confirm_sent
 from nodes.policy_book import PolicyBook
+from nodes.protocol import policy_sync
+from nodes.protocol.acting import HeadSlot, plan_round
 from nodes.protocol.admission import EarlyCancels, EdgeLimits, admit_generate, check_prompt_tokens, deadline_s
-from nodes.protocol.request import Accepted, EdgeRequest, Failed, RoundRules, RoundTimes
-from nodes.protocol.liveness import FORGET_S, HEARTBEAT_S, WINDOW_S, PeerTable
+from nodes.protocol.liveness import FORGET_S, HEARTBEAT_S, WINDOW_S, HolderWatch, PeerTable, keepalive_due
 from nodes.protocol.placement import Placement
-from nodes.protocol.timing import DelayEstimate, one_way_delay_ms, round_log_fields
-from nodes.timing_outbox import TimingOutbox
-from nodes.worker_base import WorkerBase
+from nodes.protocol.request import Accepted, EdgeRequest, Failed, RoundRules
+from nodes.protocol.resume import RecentStreams, held_state
+from nodes.protocol.timing import DelayEstimate, measured_round_times, one_way_delay_ms, round_log_fields, stall_time_ms
+from pipeline.transport.confirm import confirm_sent
+from pipeline.transport.jetstream import bucket_keys, ensure_stream, jetstream_of
+from pipeline.transport.timing_outbox import TimingOutbox
+from pipeline.transport.worker_base import WorkerBase
 from schemas import subjects
-from schemas.codec import Int32Array, Limits, SchemaError, decode, encode
+from schemas.codec import Limits, SchemaError, decode, encode
 from schemas.messages import (
     BAD_MESSAGE, CANCELLED, DEADLINE, INTERNAL, NO_VERIFIER, UNAVAILABLE, AckMsg, CancelMsg, ErrorMsg, GenerateRequest,
     PolicyUpdate, ResumeMsg, TokenChunk, VerdictMsg,
@@ -109,8 +112,6 @@ class Live:
     last_sent: float = field(default_factory=time.monotonic)  # the client last got something from us
 
 
-RECENT_KEEP = 1024      # finished streams whose last message is kept to answer `resume`
-RECENT_KEEP_S = 120.0
 UNSUBSCRIBE_CONFIRM_S = 10.0  # Edge.stop waits this long for the broker to confirm it routes no request here
 
 
@@ -133,10 +134,10 @@ class EdgeWorker(WorkerBase):
         self.delay = DelayEstimate()
         self.timing_seq = 0
         self.completed = 0
-        self.recent: OrderedDict[str, tuple[str | None, TokenChunk | ErrorMsg, float]] = OrderedDict()
+        self.recent = RecentStreams()
         self._generate_subs: list = []
         self.early_cancels = EarlyCancels()
-        self._head: AcceptanceHead | ModelError | None = None  # loaded at the first request that needs it
+        self.heads = HeadSlot(lambda: head_for(pair))  # loaded at the first request that needs it
         self.drafter = DraftBatcher(self, pair.draft, pair.vocab_size, config.drafting, self._drafting_requests,
                                     lambda: len(self.tasks) <= 1, log)
         self.outbox = TimingOutbox(nc, jetstream_of(nc), log, config.edge_id)
@@ -144,8 +145,7 @@ class EdgeWorker(WorkerBase):
         self.placement = Placement(config.seed, peers=self.verifiers)
         self.heartbeat = Heartbeat(nc, log, limits, "edge", config.edge_id, "verifier", self.verifiers,
                                    self._alive_status, self._on_tick, self.send_now, config.heartbeat_s)
-        # verifier id -> rounds waiting on it; None -> rounds waiting on the queue group (any verifier may hold them)
-        self._holder_watch: dict[str | None, set[asyncio.Future]] = {}
+        self.holders: HolderWatch[asyncio.Future] = HolderWatch()  # rounds waiting, by who holds them
 
     # --- lifecycle -----------------------------------------------------------------
     async def start(self) -> None:
@@ -227,11 +227,11 @@ class EdgeWorker(WorkerBase):
         """Once per heartbeat: keep silent clients' streams alive, act on verifiers gone silent."""
         self.placement.since = since
         for live in list(self.live.values()):
-            if live.inbox and live.terminal is None and now - live.last_sent >= self.cfg.heartbeat_s * 0.9:
+            if live.inbox and live.terminal is None and keepalive_due(live.last_sent, now, self.cfg.heartbeat_s):
                 live.last_sent = now
                 await self.send_now(live.inbox, beat)
         for vid, silent_s in self.verifiers.newly_gone(now, since):
-            waiting = self._holder_watch.get(vid, set()) | self._holder_watch.get(None, set())
+            waiting = self.holders.gone(vid)
             self.log.warning("peer_gone", role="verifier", node_id=vid, silent_s=round(silent_s, 3),
                              rounds_waiting=len(waiting))
             for fut in waiting:
@@ -243,15 +243,11 @@ class EdgeWorker(WorkerBase):
         """A future resolved when `verifier_id`'s heartbeat stops (None: a round sent to the queue
         group, which any verifier may have taken: resolved when any stops)."""
         fut = asyncio.get_running_loop().create_future()
-        self._holder_watch.setdefault(verifier_id, set()).add(fut)
+        self.holders.add(verifier_id, fut)
         return fut
 
     def _unwatch(self, verifier_id: str | None, fut: asyncio.Future) -> None:
-        waiting = self._holder_watch.get(verifier_id)
-        if waiting is not None:
-            waiting.discard(fut)
-            if not waiting:
-                del self._holder_watch[verifier_id]
+        self.holders.discard(verifier_id, fut)
         if not fut.done():
             fut.cancel()
 
@@ -282,12 +278,8 @@ class EdgeWorker(WorkerBase):
     async def _on_policy(self, msg: Msg) -> None:
         try:
             upd: PolicyUpdate = decode(msg.data, self.limits, expect=(PolicyUpdate,))
-            if upd.edge_id != self.cfg.edge_id:
-                raise ControlError(f"update is for edge {upd.edge_id!r}")
-            spec = self.policies.canonical(upd.policy)
-            confirmed = False
-            if self.policies.needs_confirmation(spec, upd.version):
-                confirmed = await self._bucket_holds(spec, upd)
+            spec = policy_sync.spec_of(upd, self.cfg.edge_id, self.policies)
+            confirmed = self.policies.needs_confirmation(spec, upd.version) and await self._bucket_holds(spec, upd)
             self.policies.apply_update(spec, upd.version, upd.snapshot, confirmed=confirmed)
         except (SchemaError, ControlError) as exc:
             self.log.warning("policy_update_refused", error=str(exc)[:300], subject=msg.subject,
@@ -307,7 +299,7 @@ class EdgeWorker(WorkerBase):
                             expect=(PolicyUpdate,))
         except Exception:  # no bucket, no key, broker away, or a bad entry: not confirmed
             return False
-        return stored.version == upd.version and stored.snapshot == upd.snapshot
+        return policy_sync.bucket_confirms(stored, upd)
 
     async def _restore_from_bucket(self) -> None:
         """Resume from the controller's latest snapshots (if any): the bucket is authoritative."""
@@ -320,12 +312,8 @@ class EdgeWorker(WorkerBase):
         for key in keys:
             try:
                 upd = decode((await kv.get(key)).value, self.limits, expect=(PolicyUpdate,))
-                if upd.edge_id != self.cfg.edge_id:
-                    raise ControlError(f"entry is for edge {upd.edge_id!r}")
-                spec = self.policies.canonical(upd.policy)
-                if self.policies.versions.get(spec, 0) == upd.version:
+                if not policy_sync.restore(upd, self.cfg.edge_id, self.policies):
                     continue
-                self.policies.apply_update(spec, upd.version, upd.snapshot, confirmed=True)
                 self.log.info("policy_update", policy=upd.policy, policy_version=upd.version, source="bucket")
             except (KeyNotFoundError, KeyDeletedError):
                 continue  # deleted (a listed key may hold only its delete marker)
@@ -370,9 +358,7 @@ class EdgeWorker(WorkerBase):
         try:
             req: GenerateRequest = decode(msg.data, self.limits, expect=(GenerateRequest,))
             spec = self.policies.canonical(req.policy or self.cfg.default_policy)  # before any work
-            wanted = self.policies.get(spec)
-            if wanted.stop_signal == "acceptance" and not wanted.stop_optional:
-                self._acceptance_head()
+            self.heads.check(self.policies.get(spec))
         except (SchemaError, ControlError) as exc:
             await self._refuse(msg, getattr(exc, "code", BAD_MESSAGE), str(exc))
             return
@@ -437,29 +423,8 @@ class EdgeWorker(WorkerBase):
     def _stream_state(self, c: ResumeMsg) -> TokenChunk | ErrorMsg | None:
         live = self.live.get(c.request_id)
         if live is not None and live.inbox == c.inbox:
-            r = live.request
-            if live.terminal is not None:
-                return _as_resync(live.terminal)
-            if r is None or r.round == 0:
-                return None  # nothing streamed yet
-            text = r.detok.emitted if isinstance(r.detok, IncrementalDetokenizer) else None
-            return TokenChunk(c.request_id, r.round - 1, Int32Array(), "", False, None, r.round, len(r.out),
-                              Int32Array(r.out), text, resync=True)
-        inbox, terminal, _ = self.recent.get(c.request_id, (None, None, 0.0))
-        if terminal is not None and inbox == c.inbox:
-            return _as_resync(terminal)
-        return None
-
-    def _remember(self, request_id: str, live: Live) -> None:
-        """Keep a finished stream's last message for `resume` (not a refusal before any work: the client
-        sends that request again, and an old refusal must not make it do so twice)."""
-        if live.terminal is None or live.inbox is None or not live.started:
-            return
-        now = time.monotonic()
-        self.recent[request_id] = (live.inbox, live.terminal, now)
-        self.recent.move_to_end(request_id)
-        while self.recent and (len(self.recent) > RECENT_KEEP or now - next(iter(self.recent.values()))[2] > RECENT_KEEP_S):
-            self.recent.popitem(last=False)
+            return held_state(c.request_id, live.request, live.terminal)
+        return self.recent.answer(c.request_id, c.inbox)
 
     # --- one request -------------------------------------------------------------------
     async def _serve(self, req: GenerateRequest, live: Live, spec: str) -> None:
@@ -489,7 +454,7 @@ class EdgeWorker(WorkerBase):
             await self._fail(req, live, INTERNAL, f"request failed: {type(exc).__name__}: {str(exc)[:200]}")
         finally:
             self.live.pop(req.request_id, None)
-            self._remember(req.request_id, live)
+            self.recent.remember(req.request_id, live.inbox, live.terminal, live.started, time.monotonic())
             if live.request is not None:
                 for subject, final in live.request.final_messages():
                     await self.send_now(subject, encode(final))
@@ -518,37 +483,6 @@ class EdgeWorker(WorkerBase):
             r.place(target)
         return r
 
-    def _acceptance_head(self) -> AcceptanceHead:
-        """The shipped acceptance head, loaded once; ControlError (refusing the request) if there is none
-        for this draft."""
-        if self._head is None:
-            try:
-                self._head = head_for(self.pair)
-            except ModelError as exc:
-                self._head = exc
-        if isinstance(self._head, ModelError):
-            raise ControlError(f"this edge cannot serve a policy that needs the acceptance head: {self._head}")
-        return self._head
-
-    def _acting(self, r: EdgeRequest, ctx: RoundContext):
-        """(policy, version, plan); the plan's context says whether the policy's stop rule runs."""
-        policy, version = self.policies.acting(r.policy_spec)
-        try:
-            return policy, version, r.plan(policy, version, replace(ctx, stops=self._can_stop(policy)))
-        except Exception as exc:  # a policy that cannot choose must not fail the request
-            self.log.warning("policy_error", policy=r.policy_spec, error=f"{type(exc).__name__}: {str(exc)[:200]}")
-            fallback = self.policies.fallback
-            return fallback, 0, r.plan(fallback, 0, replace(ctx, stops=self._can_stop(fallback)))
-
-    def _can_stop(self, policy: Policy) -> bool:
-        """Whether this edge runs the policy's stop rule (an optional one, `auto`'s, needs the head)."""
-        if policy.stop_signal != "acceptance":
-            return can_stop(policy, None)
-        try:
-            return can_stop(policy, self._acceptance_head())
-        except ControlError:
-            return False
-
     def _drafting_requests(self) -> int:
         """Requests that hold an active slot and may ask to draft (the draft batcher waits for no more)."""
         return sum(1 for lv in self.live.values() if lv.started and lv.request is not None and not lv.request.done)
@@ -566,30 +500,31 @@ class EdgeWorker(WorkerBase):
             if live.stop_reason is not None:  # a cancel can be lost: Python 3.11's wait_for (inside nats-py's
                 raise asyncio.CancelledError  # request) swallows one that races its reply; the reason is not lost
             sample = self.channel.sample()
-            ctx = RoundContext(self.delay.ms, sample.state)
-            policy, version, plan = self._acting(r, ctx)
+            acting = plan_round(r, *self.policies.acting(r.policy_spec), RoundContext(self.delay.ms, sample.state),
+                                self.heads, self.policies.fallback)
+            if acting.error is not None:  # a policy that cannot choose must not fail the request
+                self.log.warning("policy_error", policy=r.policy_spec, error=acting.error)
+            policy, plan = acting.policy, acting.plan
             if plan.length and draft_model is None:
                 draft_model = live.draft_session = await self.drafter.open(r.context, r.params)
             t0 = time.perf_counter()
             drafted = None
             if plan.length:
-                stop, hidden = self._stop_rule(policy, plan.context)
+                stop, hidden = self.heads.stop_rule(policy, plan.context)
                 drafted = await self.drafter.draft(draft_model, plan.length, plan.seed, stop, hidden)
                 d, edge_queue_ms = drafted.draft, drafted.queued_ms
                 d.stop_scores = getattr(stop, "scores", None) or None
             else:
                 d, edge_queue_ms = Draft([], plan.seed), 0.0
             draft_real_ms = await self._pace(d, edge_queue_ms)
-            if draft_real_ms is not None:
-                edge_queue_ms = 0.0  # with a virtual device of its own, waiting for this CPU is device time
             verdict, link_ms, stall_ms = await self._exchange(r, d, sample)
-            round_ms = (time.perf_counter() - t0) * 1e3 - stall_ms
+            times = measured_round_times((time.perf_counter() - t0) * 1e3, d.draft_ms, edge_queue_ms, link_ms,
+                                         stall_ms, draft_real_ms)
             self.placement.observe(verdict.verifier_id, verdict.queue_ms, time.monotonic())
             if draft_model is not None:
                 await self.drafter.apply(draft_model, verdict.to_verdict())
             self.timing_seq += 1
-            rec = r.complete(verdict, RoundTimes(round_ms, d.draft_ms, edge_queue_ms, link_ms, stall_ms, draft_real_ms),
-                             sample.state, sample.one_way_ms, self.timing_seq)
+            rec = r.complete(verdict, times, sample.state, sample.one_way_ms, self.timing_seq)
             self.delay.add(one_way_delay_ms(rec.timing.network_ms))
             if self.policies.learn_locally and policy.learns:  # else the controller learns
                 policy.observe(rec.outcome)
@@ -602,11 +537,6 @@ class EdgeWorker(WorkerBase):
             self.outbox.put(subjects.timing(self.cfg.edge_id), encode(rec.timing))
         self.log.info("request_done", request_id=r.req.request_id, rounds=r.round, tokens=len(r.out),
                       finish_reason=r.finish_reason, policy=r.policy_spec, retries=r.retries)
-
-    def _stop_rule(self, policy: Policy, ctx: RoundContext):
-        """(the draft's stop callback for this round or None, whether it reads hidden states)."""
-        head = self._acceptance_head() if ctx.stops and policy.stop_signal == "acceptance" else None
-        return stop_rule(policy, ctx, head)
 
     async def _pace(self, d: Draft, queued_ms: float) -> float | None:
         """With device emulation: wait until the device would have finished drafting (counted from
@@ -652,7 +582,7 @@ class EdgeWorker(WorkerBase):
                     nxt = r.on_verdict(m, time.monotonic()) if isinstance(m, VerdictMsg) else \
                         r.on_error(m, time.monotonic())
             if isinstance(nxt, Accepted):
-                return nxt.verdict, link_ms, (began - first) * 1e3 if step.msg.attempt else 0.0
+                return nxt.verdict, link_ms, stall_time_ms(first, began, step.msg.attempt)
             if isinstance(nxt, Failed):
                 raise RoundFailed(nxt.code, nxt.message + self._link_hint(nxt.code))
             self.log.debug("round_retry", request_id=r.req.request_id, round=r.round, attempt=nxt.msg.attempt,
@@ -668,7 +598,3 @@ def _draft_batch_fields(d: Drafted | None) -> dict[str, float]:
     return {"draft_batch_size": d.batch_size, "draft_batch_wait_ms": round(d.batch_wait_ms, 3),
             "draft_forward_ms": round(d.forward_ms, 3), "draft_bookkeeping_ms": round(d.bookkeeping_ms, 3),
             "draft_sample_ms": round(d.sample_ms, 3)}
-
-
-def _as_resync(terminal: TokenChunk | ErrorMsg) -> TokenChunk | ErrorMsg:
-    return replace(terminal, resync=True) if isinstance(terminal, TokenChunk) else terminal

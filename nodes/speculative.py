@@ -1,21 +1,26 @@
 """The whole speculative loop on one screen (in-process: both halves here).
 
 The same round protocol objects as the pipeline (`EdgeRequest` on the edge
-side, `SessionTable` on the verifier side), wired to the two models directly
-instead of to NATS: this is the reference for what one request does, round by
-round. Target-only decoding is the same loop with the policy of length 0.
+side, `SessionTable` on the verifier side) and the same rules for the acting
+policy, its stop rule (`protocol.acting`) and the round's time
+(`protocol.timing`), wired to the two models directly instead of to NATS: this
+is the reference for what one request does, round by round. Target-only
+decoding is the same loop with the policy of length 0. A policy that cannot
+choose fails the call here (the edge falls back to a fixed length instead).
 """
 from __future__ import annotations
 
 import time
 
-from control import Policy, RoundContext, make_policy
+from control import ControlError, Policy, RoundContext, make_policy
 from nodes.detokenize import IncrementalDetokenizer
 from nodes.models.errors import ModelError
-from nodes.models.head import can_stop, head_for, stop_rule
+from nodes.models.head import head_for
 from nodes.models.loading import ModelPair
 from nodes.models.sessions import DraftSession, verify_round
-from nodes.protocol.request import Accepted, EdgeRequest, RoundRules, RoundTimes
+from nodes.protocol.acting import HeadSlot, plan_round
+from nodes.protocol.request import Accepted, EdgeRequest, RoundRules
+from nodes.protocol.timing import modeled_round_times
 from nodes.protocol.verifier_table import Outcome, SessionTable, TableConfig
 from schemas.codec import Limits
 from schemas.messages import GenerateRequest
@@ -34,24 +39,15 @@ def check_request(prompt_ids: list[int], max_new_tokens: int, vocab_size: int) -
         raise ModelError(f"prompt has token ids outside the vocabulary [0, {vocab_size}): {bad[:5]}")
 
 
-def _head(pair: ModelPair, policy: Policy):
-    """The acceptance head if the policy reads one; None without one for a policy that can do without
-    (`auto` then drafts fixed lengths), a one-line ModelError for one that cannot."""
-    if policy.stop_signal != "acceptance":
-        return None
-    try:
-        return head_for(pair)
-    except ModelError:
-        if policy.stop_optional:
-            return None
-        raise
-
-
 def speculative_generate(pair: ModelPair, prompt_ids: list[int], max_new_tokens: int, policy: Policy,
                          params: SamplingParams = SamplingParams(), seed: int = 0,
                          delay_ms: float = 0.0) -> GenerationResult:
     check_request(prompt_ids, max_new_tokens, pair.vocab_size)
-    head = _head(pair, policy)  # loaded once per call
+    heads = HeadSlot(lambda: head_for(pair))  # loaded once per call, at the first round that needs it
+    try:
+        heads.check(policy)
+    except ControlError as exc:
+        raise ModelError(str(exc)) from None
     req = GenerateRequest(IN_PROCESS, prompt_ids=None, prompt="-", max_new_tokens=max_new_tokens,
                           temperature=params.temperature, top_p=params.top_p, seed=seed, policy=policy.spec)
     edge = EdgeRequest(req, prompt_ids, RoundRules(IN_PROCESS, max_length=policy.max_length), policy.spec,
@@ -59,12 +55,11 @@ def speculative_generate(pair: ModelPair, prompt_ids: list[int], max_new_tokens:
     table = SessionTable(TableConfig(IN_PROCESS), Limits(max_context_tokens=1 << 30))
     draft_model: DraftSession | None = None
     res = GenerationResult([], "", 0)
-    ctx = RoundContext(delay_ms=delay_ms, stops=can_stop(policy, head))
     while not edge.done:
-        plan = edge.plan(policy, 0, ctx)
+        plan = plan_round(edge, policy, 0, RoundContext(delay_ms=delay_ms), heads).plan
         if plan.length and draft_model is None:  # created at the first drafted round (never for target-only)
             draft_model = DraftSession(pair.draft, edge.context, pair.vocab_size, params)
-        stop, hidden = stop_rule(policy, ctx, head)
+        stop, hidden = heads.stop_rule(policy, plan.context)
         d = draft_model.propose(plan.length, plan.seed, stop, hidden) if draft_model else Draft([], plan.seed)
         send = edge.send(d, time.monotonic())
         adm = table.admit(send.msg, "edge", time.monotonic())
@@ -79,8 +74,8 @@ def speculative_generate(pair: ModelPair, prompt_ids: list[int], max_new_tokens:
         assert isinstance(step, Accepted), step
         if draft_model is not None:
             draft_model.apply(v)
-        rec = edge.complete(step.verdict, RoundTimes(d.draft_ms + v.verify_ms + 2 * delay_ms, d.draft_ms), None,
-                            delay_ms, 0)
+        times = modeled_round_times(d.draft_ms, step.verdict.verify_ms, step.verdict.queue_ms, delay_ms)
+        rec = edge.complete(step.verdict, times, None, delay_ms, 0)
         policy.observe(rec.outcome)
         res.rounds += 1
         res.lengths_per_round.append(len(d))

@@ -253,6 +253,7 @@ class TimingEvent:
     verify_real_ms: float = 0.0  # verify_ms are the emulated devices' times when `emulated`
     emulated: bool = False
     stop_scores: Float32Array | None = None  # what a per-token stop rule read after each drafted token it was asked about
+    told_delay_ms: float | None = None  # the one-way delay the policy was told before the round (None: not sent)
 
     def validate(self, limits: Limits) -> None:
         _check_id(self.edge_id, "edge_id")
@@ -266,6 +267,8 @@ class TimingEvent:
                   queue_ms=self.queue_ms, network_ms=self.network_ms, delay_ms=self.delay_ms,
                   edge_queue_ms=self.edge_queue_ms, link_ms=self.link_ms, stall_ms=self.stall_ms,
                   draft_real_ms=self.draft_real_ms, verify_real_ms=self.verify_real_ms)
+        if self.told_delay_ms is not None:
+            _check_ms("timing", told_delay_ms=self.told_delay_ms)
         if not self.policy or len(self.policy) > MAX_SPEC_LEN:
             raise SchemaError(f"timing: policy must be 1..{MAX_SPEC_LEN} characters")
         _check_text("timing.channel_state", self.channel_state, MAX_STATE_LEN)

@@ -6,7 +6,7 @@ import json
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from nodes.nats_confirm import confirm_sent
+from pipeline.transport.confirm import confirm_sent
 from nodes.cloud import CloudConfig, CloudWorker
 from nodes.edge import EdgeConfig, EdgeWorker
 from nodes.policy_book import PolicyBook

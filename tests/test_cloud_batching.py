@@ -7,7 +7,7 @@ import asyncio
 from contextlib import asynccontextmanager
 from dataclasses import replace
 
-from nodes.nats_confirm import confirm_sent
+from pipeline.transport.confirm import confirm_sent
 from nodes.cloud import CloudConfig, CloudWorker
 from nodes.models.sessions import TargetSession
 from nodes.models.train_pair import corpus_documents

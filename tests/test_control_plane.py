@@ -7,8 +7,8 @@ import msgpack
 import pytest
 
 from control import RoundContext, RoundOutcome, make_policy
-from nodes.nats_confirm import confirm_sent
-from nodes.jetstream import ensure_stream
+from pipeline.transport.confirm import confirm_sent
+from pipeline.transport.jetstream import ensure_stream
 from nodes.protocol.timing import outcome_of
 from pipeline.transport import bus
 from pipeline.transport.client import generate_stream
@@ -53,7 +53,8 @@ async def test_published_update_changes_the_lengths_an_edge_chooses(broker, pair
     assert [r["draft_length"] for r in after] == [min(8, 40 - n - 1) for n in done] and before != {8}
 
 
-async def publish_events(url: str, n: int, edge_id: str = "edge-z", start: int = 0) -> list[TimingEvent]:
+async def publish_events(url: str, n: int, edge_id: str = "edge-z", start: int = 0,
+                         told_delay_ms: float | None = None) -> list[TimingEvent]:
     nc = await bus.connect(url, "events", long_lived=False)
     await ensure_stream(nc.jetstream())
     evs = []
@@ -61,7 +62,8 @@ async def publish_events(url: str, n: int, edge_id: str = "edge-z", start: int =
         L = 1 + i % 8
         a = (i * 7) % (L + 1)
         ev = TimingEvent(edge_id, f"r{i // 10}", i % 10, 0, L, a, 20.0 + 3 * L + 2 * (5 + i % 3), 3.0 * L, 20.0,
-                         0.1, 2 * (5 + i % 3), 5.0, "auto", 0, "cloud-1", None, i + 1, a + 1)
+                         0.1, 2 * (5 + i % 3), 5.0, "auto", 0, "cloud-1", None, i + 1, a + 1,
+                         told_delay_ms=told_delay_ms)
         evs.append(ev)
         await nc.jetstream().publish(subjects.timing(edge_id), encode(ev))
     await nc.close()
@@ -95,6 +97,17 @@ async def test_restarted_controller_resumes_from_the_bucket(broker, tmp_path):
     await nc2.close()
     assert first_run + ctl2.applied == 200  # none applied twice, none lost
     assert restored.version == 200 and restored.policy.snapshot() == reference_state(evs)
+
+
+async def test_the_controller_learns_how_much_longer_the_paid_delay_is_than_the_told_one(broker, tmp_path):
+    evs = await publish_events(broker.url, 60, told_delay_ms=2.0)  # each round paid 5-7 ms one way
+    nc, ctl = await start_controller(broker.url, tmp_path, batch=60)
+    await wait_for(lambda: ctl.applied >= 60)
+    await ctl.stop()
+    await nc.close()
+    learner = ctl.learners[("edge-z", "auto")].policy
+    assert learner.delay_bias() == pytest.approx(3.95, abs=0.5)  # paid ~5.95 on average, told 2
+    assert learner.snapshot() == reference_state(evs)
 
 
 @pytest.mark.slow
@@ -189,7 +202,7 @@ async def test_an_event_naming_another_edge_than_its_subject_is_not_learned(brok
 
 
 async def test_a_bad_snapshot_in_the_bucket_is_refused_at_restore_and_the_controller_keeps_learning(broker, tmp_path):
-    from nodes.jetstream import policy_bucket
+    from pipeline.transport.jetstream import policy_bucket
 
     nc = await bus.connect(broker.url, "vandal", long_lived=False)
     kv = await policy_bucket(nc.jetstream())

@@ -13,9 +13,10 @@ import torch
 from control import make_policy
 from nodes.models.batch_draft import DraftJob, SlotDraftSession, draft_batch
 from nodes.models.batch_verify import BatchVerifier, VerifyJob
-from nodes.models.head import head_for, stop_rule
+from nodes.models.head import head_for
 from nodes.models.loading import load_pair, resolve_dtype
 from nodes.models.slots import SlotCache
+from nodes.protocol.acting import stop_rule
 from nodes.speculative import speculative_generate
 from schemas.rounds import SamplingParams
 

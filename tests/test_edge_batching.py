@@ -60,7 +60,7 @@ async def test_a_draft_model_without_slot_support_drafts_per_request(pair, tmp_p
     from nodes.draft_batcher import DraftBatchConfig, DraftBatcher
     from nodes.models.batch_draft import SlotDraftSession
     from nodes.models.sessions import DraftSession
-    from nodes.worker_base import WorkerBase
+    from pipeline.transport.worker_base import WorkerBase
     from pipeline import logs
 
     torch.manual_seed(0)

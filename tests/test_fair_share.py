@@ -14,7 +14,7 @@ from nodes.cloud import CloudConfig, CloudWorker
 from nodes.edge import EdgeConfig, EdgeWorker
 from nodes.link import parse_channel
 from nodes.models.train_pair import corpus_documents
-from nodes.nats_confirm import confirm_sent
+from pipeline.transport.confirm import confirm_sent
 from nodes.policy_book import PolicyBook
 from nodes.speculative import target_only_generate
 from pipeline import logs

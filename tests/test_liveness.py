@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from nodes.protocol.liveness import PeerTable
+from nodes.protocol.liveness import HolderWatch, PeerTable, keepalive_due
 from nodes.protocol.verifier_table import SessionTable, TableConfig
 from schemas.codec import Int32Array
 from schemas.messages import DraftMsg
@@ -106,3 +106,20 @@ def test_the_gateway_answers_edge_gone_with_503_naming_it():
 
     err = from_edge("edge_gone", "the edge holding this request stopped answering")
     assert (err.status, err.code) == (503, "edge_gone") and "stopped answering" in err.message
+
+
+def test_a_client_sent_nothing_for_about_a_heartbeat_gets_a_keepalive_and_one_just_served_does_not():
+    assert keepalive_due(last_sent=10.0, now=10.95, period_s=1.0)  # a tick that fires a little early still counts
+    assert not keepalive_due(last_sent=10.0, now=10.5, period_s=1.0)
+
+
+def test_a_silent_verifier_concerns_the_rounds_it_holds_and_those_sent_to_the_queue_group():
+    watch: HolderWatch[str] = HolderWatch()
+    watch.add("cloud-1", "a")
+    watch.add("cloud-2", "b")
+    watch.add(None, "q")
+    assert watch.gone("cloud-1") == {"a", "q"} and watch.gone("cloud-3") == {"q"}
+    watch.discard("cloud-1", "a")
+    watch.discard(None, "q")
+    assert watch.gone("cloud-1") == set() and watch.gone("cloud-2") == {"b"}
+

@@ -16,7 +16,7 @@ import openai
 from prometheus_client.parser import text_string_to_metric_families
 
 from control import make_policy
-from nodes.nats_confirm import confirm_sent
+from pipeline.transport.confirm import confirm_sent
 from nodes.cloud import CloudConfig, CloudWorker
 from nodes.controller import Controller
 from nodes.edge import EdgeConfig, EdgeWorker

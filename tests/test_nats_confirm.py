@@ -5,7 +5,7 @@ import asyncio
 
 import pytest
 
-from nodes.nats_confirm import confirm_sent
+from pipeline.transport.confirm import confirm_sent
 from pipeline.transport import bus
 from tests.pipeline_fixtures import wait_for
 

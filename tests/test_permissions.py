@@ -14,7 +14,7 @@ import asyncio
 import nats
 import pytest
 
-from nodes.nats_confirm import confirm_sent
+from pipeline.transport.confirm import confirm_sent
 from pipeline.errors import PipelineError
 from pipeline.topology.run import Topology
 from pipeline.transport import bus
@@ -233,7 +233,7 @@ async def test_an_edge_reads_its_policy_back_from_the_bucket_through_its_leaf_wi
     keys from the bucket's stream state and get them, through the leaf in the hub's domain. Every
     JetStream call it makes must be in its permissions, and it needs no consumer (kv.keys()'s watcher
     could report no keys while the first one was in flight)."""
-    from nodes.jetstream import bucket_keys, policy_bucket
+    from pipeline.transport.jetstream import bucket_keys, policy_bucket
 
     ctl = await conn(topo.hub_url(), topo.auth("controller", "control-1", via_leaf=False), role_inbox("controller", "control-1"))
     kv = await policy_bucket(ctl.nc.jetstream())

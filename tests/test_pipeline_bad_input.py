@@ -6,7 +6,7 @@ import asyncio
 import msgpack
 import pytest
 
-from nodes.nats_confirm import confirm_sent
+from pipeline.transport.confirm import confirm_sent
 from pipeline.transport.client import generate_stream
 from schemas import subjects
 from schemas.codec import DEFAULT_MAX_PAYLOAD, Int32Array, Limits, decode, encode

@@ -5,7 +5,7 @@ import asyncio
 
 import pytest
 
-from nodes.nats_confirm import confirm_sent
+from pipeline.transport.confirm import confirm_sent
 from nodes.protocol.admission import EdgeLimits
 from nodes.speculative import target_only_generate
 from nodes.models.train_pair import corpus_documents
@@ -37,7 +37,7 @@ async def test_an_edge_stopping_finishes_what_it_can_and_tells_the_rest_why(brok
 async def test_a_stopping_edge_takes_no_new_request(broker, pair, tmp_path):
     # its own subject and id, so no other test's edge on the session's broker can answer; the flake this
     # test had (a timeout instead of no_responders) was Edge.stop trusting a flush whose PING went out
-    # ahead of its UNSUB (nodes/nats_confirm.py)
+    # ahead of its UNSUB (pipeline/transport/confirm.py)
     async with cluster(broker.url, pair, tmp_path, edge_id="edge-stopping") as (client, edge, clouds):
         await edge.stop()
         res = await generate_stream(client, GenerateRequest("late", prompt=PROMPT, max_new_tokens=4), 10,

@@ -84,7 +84,7 @@ def test_a_busy_port_is_one_clear_line_and_no_run_directory(broker_cli, tmp_path
 
 
 def test_the_broker_keeps_its_jetstream_store_across_restarts(tmp_path):
-    from nodes.jetstream import ensure_stream
+    from pipeline.transport.jetstream import ensure_stream
     from pipeline.transport import aio, bus
 
     async def stream_names(url: str, create: bool) -> list[str]:

@@ -177,7 +177,7 @@ def test_network_time_is_the_round_minus_compute_and_queues_and_the_delay_estima
     r = request()
     rec = run_round(r)  # round 40, draft 10, edge queue 1, verify 3, queue 0.5
     assert rec.timing.network_ms == pytest.approx(25.5)
-    assert rec.outcome.context.delay_ms == one_way_delay_ms(25.5) == pytest.approx(12.75)
+    assert rec.outcome.realized_delay_ms == one_way_delay_ms(25.5) == pytest.approx(12.75)
     assert outcome_of(rec.timing) == rec.outcome
 
 

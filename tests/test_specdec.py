@@ -14,6 +14,7 @@ from nodes.models.head import collect, head_for, load_head
 from nodes.models.loading import BUNDLED_PROFILE
 from nodes.models.sessions import DraftSession
 from nodes.models.train_pair import corpus_documents
+from nodes.protocol.acting import HeadSlot
 from nodes.speculative import speculative_generate, target_only_generate
 from pipeline.transport.client import generate_stream
 from schemas.codec import Int32Array
@@ -221,13 +222,17 @@ async def test_edge_serves_specdec_losslessly(broker, pair, tmp_path):
         res = await generate_stream(client, GenerateRequest("sd", prompt=prompt, max_new_tokens=48,
                                                             policy="specdec++:0.7"), 60)
         assert ref.ok and res.ok and res.token_ids == ref.token_ids
-        assert isinstance(edge._head, torch.nn.Module)
+        assert isinstance(edge.heads.loaded, torch.nn.Module)
+
+
+def no_head():
+    raise ModelError("no acceptance head at /nowhere")
 
 
 async def test_edge_without_a_usable_head_serves_auto_with_fixed_lengths(broker, pair, tmp_path):
     prompt = corpus_documents()[2][:150]
     async with cluster(broker.url, pair, tmp_path) as (client, edge, _):
-        edge._head = ModelError("no acceptance head at /nowhere")  # what a failed load leaves
+        edge.heads = HeadSlot(no_head)  # a draft without a usable head
         ref = await generate_stream(client, GenerateRequest("ref", prompt=prompt, max_new_tokens=32,
                                                             policy="target-only"), 60)
         asked, hook = drafts_asking_hidden_states(pair.draft)

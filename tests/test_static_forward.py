@@ -135,8 +135,9 @@ def test_static_draft_steps_draft_what_eager_steps_draft(pair, temperature):
     the same q distributions, and specdec++'s head reads the same hidden states."""
     from control import RoundContext, make_policy
     from nodes.models.batch_draft import DraftJob, DraftRows, SlotDraftSession
-    from nodes.models.head import head_for, stop_rule
+    from nodes.models.head import head_for
     from nodes.models.slots import SlotCache
+    from nodes.protocol.acting import stop_rule
 
     rng = random.Random(9)
     ctxs = _contexts(pair, 4, rng)

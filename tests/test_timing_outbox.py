@@ -7,8 +7,8 @@ import asyncio
 
 import pytest
 
-from nodes.jetstream import ensure_stream
-from nodes.timing_outbox import TimingOutbox
+from pipeline.transport.jetstream import ensure_stream
+from pipeline.transport.timing_outbox import TimingOutbox
 from pipeline import logs
 from pipeline.topology.run import Topology
 from pipeline.transport import bus

@@ -9,7 +9,7 @@ import threading
 
 import pytest
 
-from nodes.worker_base import WorkerBase
+from pipeline.transport.worker_base import WorkerBase
 from pipeline.transport import aio
 from nodes.link import LinkTimer
 

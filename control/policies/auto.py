@@ -236,10 +236,6 @@ class AutoPolicy(Policy):
         mean_h = a / (a + b)
         return mean_h if rng is None else mean_h + TEMPER * (rng.beta(a, b) - mean_h)
 
-    def survival_sample(self, rng: np.random.Generator | None) -> np.ndarray:
-        """S(1..K) = cumulative product of a hazard draw."""
-        return np.cumprod(self.hazard_sample(rng))
-
     def _optimistic_next(self, L: int, h: np.ndarray, cost: np.ndarray) -> int:
         """One step of optimism: a round of length L never reveals position L + 1, so an early,
         pessimistic estimate of it would never be corrected (the heavy tail of seeds locked on too

@@ -11,9 +11,7 @@ acting policy asks for this signal (Policy.stop_signal == "acceptance").
 """
 from __future__ import annotations
 
-import copy
 import json
-import math
 import time
 from pathlib import Path
 
@@ -99,49 +97,6 @@ def head_for(pair, root: Path | None = None) -> AcceptanceHead:
         raise ModelError(f"acceptance head {path} was trained for another draft model than '{pair.draft_name}'")
     p = next(pair.draft.parameters())
     return head.to(device=p.device, dtype=p.dtype)  # where and in what the draft's hidden states are
-
-
-def can_stop(policy, head: AcceptanceHead | None) -> bool:
-    """Whether `policy`'s stop rule runs on a drafter with this head (None: it has no usable one): the
-    round's RoundContext.stops, which a policy with an optional rule (`auto`) chooses by."""
-    return policy.stop_signal == "confidence" or (policy.stop_signal == "acceptance" and head is not None)
-
-
-def stop_rule(policy, ctx, head: AcceptanceHead | None = None):
-    """(the draft's stop callback for `policy` this round, or None; whether it reads hidden states).
-
-    policy.stop_signal None, or a round whose ctx.stops is False (an optional rule with no head): no
-    callback (no softmax, no hidden states); "confidence": should_stop gets the draft's probability of
-    the token; "acceptance": the head's predicted acceptance probability.
-
-    The callback acts on a shallow copy of the policy made for this round: a rule that keeps state
-    within a round (specdec++'s running product) then keeps it per request, also when the edge
-    drafts several requests' rounds step by step in one batch (their calls interleave)."""
-    signal = policy.stop_signal
-    if signal == "acceptance" and head is None and (ctx.stops or not policy.stop_optional):
-        raise ModelError(f"policy '{policy.spec}' needs the acceptance head, and none is loaded")
-    if signal is None or not ctx.stops:
-        return None, False
-    policy = copy.copy(policy)
-    if signal == "confidence":
-        return StopRule(policy, ctx, lambda step: step.prob), False
-    if signal == "acceptance":
-        return StopRule(policy, ctx, lambda step: head.accept_prob(step.hidden, step.logits, step.token)), True
-    raise ModelError(f"policy '{policy.spec}' asks for an unknown stop signal {signal!r}")
-
-
-class StopRule:
-    """A round's stop callback; `scores` keeps the signal it read at each drafted position (the round's
-    timing event carries them, so a run's own drafts give the best threshold in hindsight)."""
-
-    def __init__(self, policy, ctx, signal):
-        self.policy, self.ctx, self.signal = policy, ctx, signal
-        self.scores: list[float] = []
-
-    def __call__(self, step) -> bool:
-        p = float(self.signal(step))
-        self.scores.append(p)
-        return self.policy.should_stop(self.ctx, step.position, p)
 
 
 @torch.inference_mode()
@@ -235,7 +190,3 @@ def train_head(pair, out: Path, windows: int = 1500, window_len: int = 160, epoc
     save_head(head, out, {"metrics": metrics, "window_len": window_len, "windows": windows,
                           "draft": model_hash(pair.draft_name)})
     return metrics
-
-
-def log_safe(x: float) -> float:
-    return math.log(max(x, 1e-12))

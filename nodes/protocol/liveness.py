@@ -12,6 +12,9 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Generic, Hashable, TypeVar
+
+W = TypeVar("W", bound=Hashable)
 
 HEARTBEAT_S = 1.0    # how often a worker publishes its AliveMsg (and an edge keeps a silent client's stream alive)
 WINDOW_S = 3.0       # a peer not heard from this long is gone
@@ -81,3 +84,32 @@ class PeerTable:
                 p.gone = True
                 out.append((n, now - p.heard))
         return out
+
+
+def keepalive_due(last_sent: float, now: float, period_s: float) -> bool:
+    """Whether a client the edge has sent nothing since `last_sent` gets a keepalive now: after about a
+    heartbeat period (a tenth of slack, so a tick that fires a little early does not skip a period
+    and leave the client silent for two)."""
+    return now - last_sent >= period_s * 0.9
+
+
+class HolderWatch(Generic[W]):
+    """Rounds waiting for a verdict, by the verifier that holds them; None: a round sent to the queue
+    group, which any verifier may have taken, so every verifier that goes silent concerns it."""
+
+    def __init__(self) -> None:
+        self._waiting: dict[str | None, set[W]] = {}
+
+    def add(self, holder: str | None, waiter: W) -> None:
+        self._waiting.setdefault(holder, set()).add(waiter)
+
+    def discard(self, holder: str | None, waiter: W) -> None:
+        waiting = self._waiting.get(holder)
+        if waiting is not None:
+            waiting.discard(waiter)
+            if not waiting:
+                del self._waiting[holder]
+
+    def gone(self, verifier_id: str) -> set[W]:
+        """The rounds that `verifier_id` going silent concerns: its own and the queue group's."""
+        return self._waiting.get(verifier_id, set()) | self._waiting.get(None, set())

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from control import Policy, RoundContext, RoundOutcome
-from nodes.protocol.timing import network_ms, outcome_of
+from nodes.protocol.timing import RoundTimes, network_ms, outcome_of
 from schemas import subjects
 from schemas.codec import Float32Array, Int32Array
 from schemas.messages import (
@@ -81,18 +81,6 @@ class Accepted:
 class Failed:
     code: str
     message: str
-
-
-@dataclass
-class RoundTimes:
-    """What the edge's clock measured for the round (ms)."""
-
-    round_ms: float        # draft start -> verdict applied, failed attempts excluded
-    draft_ms: float
-    edge_queue_ms: float = 0.0
-    link_ms: float = 0.0   # emulated link time slept in the successful attempt
-    stall_ms: float = 0.0  # failed attempts and backoff
-    draft_real_ms: float | None = None  # this machine's drafting time when draft_ms is a device's
 
 
 @dataclass
@@ -266,7 +254,7 @@ class EdgeRequest:
                          _ms(times.draft_ms if times.draft_real_ms is None else times.draft_real_ms),
                          _ms(verdict.verify_real_ms if verdict.emulated else verdict.verify_ms),
                          times.draft_real_ms is not None or verdict.emulated,
-                         Float32Array(d.stop_scores) if d.stop_scores else None)
+                         Float32Array(d.stop_scores) if d.stop_scores else None, _ms(plan.context.delay_ms))
         self.round += 1
         self._draft = self._pending = self._plan = None
         return RoundRecord(kept, chunk, ev, outcome_of(ev), done)

@@ -13,9 +13,9 @@ import statistics
 import time
 from dataclasses import replace
 
-from nodes.nats_confirm import confirm_sent
+from pipeline.transport.confirm import confirm_sent
 from nodes.controller import Controller
-from nodes.jetstream import ensure_stream
+from pipeline.transport.jetstream import ensure_stream
 from nodes.policy_book import PolicyBook
 from pipeline.transport import aio, bus
 from pipeline import logs

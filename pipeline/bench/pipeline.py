@@ -13,7 +13,7 @@ One run, real processes (broker, cloud, edge) on loopback:
   * aggregate tokens/s at 1, 8, 32 and 64 concurrent streams at zero delay, and at
     1 and 32 at a 20 ms one-way delay: the 32-vs-1 ratios, per-stream ms/token, the
     batch-size histogram of each worker and the per-round time breakdown from the
-    logs of each level (pipeline/bench_rounds.py);
+    logs of each level (pipeline/bench/rounds.py);
   * at 50 ms one-way delay: ms/token of speculation vs one round trip per token
     (measured) vs the cloud streaming its own generation (modelled), and the
     cloud's verify compute per generated token vs target-only.
@@ -29,7 +29,7 @@ from dataclasses import replace
 
 from nats.errors import NoRespondersError
 
-from nodes.nats_confirm import confirm_sent
+from pipeline.transport.confirm import confirm_sent
 from pipeline.transport import aio, bus
 from pipeline.transport.broker import stop_process
 from pipeline.bench.rounds import LogSlice, summarize

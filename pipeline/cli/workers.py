@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from control import load_profile, make_policy
-from nodes.jetstream import StreamLimits
+from pipeline.transport.jetstream import StreamLimits
 from nodes.link import parse_channel
 from nodes.models.loading import BUNDLED_PROFILE
 from nodes.protocol.admission import EdgeLimits

@@ -29,7 +29,7 @@ from typing import Any
 from nats.aio.client import Client
 
 from control import ControlError, make_policy
-from nodes.nats_confirm import confirm_sent
+from pipeline.transport.confirm import confirm_sent
 from pipeline.http.body import BodyBudget, decode_json
 from pipeline.http.errors import APIError, bad_request, from_edge
 from pipeline.http.health import WINDOW_S, Readiness

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import uvicorn
 
-from nodes.nats_confirm import confirm_sent
+from pipeline.transport.confirm import confirm_sent
 from pipeline import logs
 from pipeline.errors import PipelineError
 from pipeline.http.app import create_app

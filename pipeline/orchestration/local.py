@@ -115,9 +115,6 @@ class NodeProcess:
             time.sleep(0.1)
         raise PipelineError(f"{self.node_id} not ready after {timeout:.0f} s")
 
-    def log_size(self) -> int:
-        return self.log_file.stat().st_size if self.log_file.exists() else 0
-
     def stop(self) -> None:
         stop_process(self.proc, timeout=10)
         self.stderr.close()

@@ -16,9 +16,9 @@ import signal
 from dataclasses import dataclass, field
 
 from control import load_profile, make_policy
-from nodes.nats_confirm import confirm_sent
+from pipeline.transport.confirm import confirm_sent
 from nodes.device import load_device
-from nodes.jetstream import StreamLimits
+from pipeline.transport.jetstream import StreamLimits
 from nodes.models.loading import BUNDLED_DRAFT, BUNDLED_PROFILE, BUNDLED_TARGET, load_pair, set_threads
 from nodes.policy_book import PolicyBook
 from nodes.link import parse_channel

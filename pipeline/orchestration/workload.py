@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from nats.aio.client import Client
 
-from nodes.nats_confirm import confirm_sent
+from pipeline.transport.confirm import confirm_sent
 from nodes.models.train_pair import corpus_documents
 from pipeline.transport.client import StreamResult, generate_stream
 from schemas import subjects

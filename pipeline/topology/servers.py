@@ -4,7 +4,6 @@ from __future__ import annotations
 import os
 import subprocess
 import time
-from pathlib import Path
 
 from pipeline.errors import PipelineError
 from pipeline.topology.config import ServerSpec
@@ -82,10 +81,3 @@ def start_servers(specs: list[ServerSpec]) -> list[ServerProcess]:
             p.stop()
         raise
     return started
-
-
-def log_tail(path: Path, n: int = 5) -> list[str]:
-    try:
-        return path.read_text(errors="replace").splitlines()[-n:]
-    except OSError:
-        return []

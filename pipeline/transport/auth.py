@@ -90,10 +90,6 @@ class ConnectAuth:
         return auth
 
     @property
-    def has_identity(self) -> bool:
-        return bool(self.creds or self.nkey or self.user)
-
-    @property
     def tls_on(self) -> bool:
         return bool(self.tls_ca or self.tls_cert)
 
@@ -189,7 +185,6 @@ def _read(path: str | None, what: str) -> str:
         raise PipelineError(f"{what} {path} cannot be read ({type(exc).__name__})") from None
 
 
-NONE = ConnectAuth()
 _default: ConnectAuth | None = None
 
 

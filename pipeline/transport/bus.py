@@ -23,7 +23,7 @@ from nats.aio.client import Client
 
 from pipeline.errors import PipelineError
 from pipeline.transport.auth import ConnectAuth, default_auth
-from nodes.jetstream import jetstream_of
+from pipeline.transport.jetstream import jetstream_of
 
 
 def _refused(exc: BaseException) -> str | None:
@@ -58,10 +58,6 @@ async def probe(url: str, timeout: float = 1.0, auth: ConnectAuth | None = None)
         raise PipelineError(f"cannot reach a NATS broker at {url} ({type(exc).__name__}); "
                             "start one with `specstop broker` or pass --nats / SPECSTOP_NATS_URL") from None
     await nc.close()
-
-
-async def _silent(exc: Exception) -> None:
-    return None
 
 
 async def connect(url: str, name: str, log: Any = None, long_lived: bool = True, auth: ConnectAuth | None = None,
@@ -100,8 +96,8 @@ async def connect(url: str, name: str, log: Any = None, long_lived: bool = True,
         ping_interval=5, max_outstanding_pings=3, pending_size=8 * 1024 * 1024, **auth.connect_kwargs(), **extra,
     )
     conn.append(nc)
-    nc.specstop_js_domain = auth.js_domain  # the connection's JetStream domain: see nodes.jetstream.jetstream_of
+    nc.specstop_js_domain = auth.js_domain  # the connection's JetStream domain: see pipeline.transport.jetstream.jetstream_of
     return nc
 
 
-jetstream = jetstream_of  # the connection's JetStream context (nodes/jetstream.py), for pipeline code
+jetstream = jetstream_of  # the connection's JetStream context (pipeline/transport/jetstream.py), for pipeline code
