@@ -22,7 +22,7 @@ ROUND_SCHEMA: dict[str, pl.DataType] = {
     "node": pl.Utf8, "request_id": pl.Utf8, "round": pl.Int64, "attempt": pl.Int64, "edge_id": pl.Utf8,
     "verifier_id": pl.Utf8, "draft_length": pl.Int64, "accepted": pl.Int64, "tokens": pl.Int64,
     "round_ms": pl.Float64, "draft_ms": pl.Float64, "verify_ms": pl.Float64, "queue_ms": pl.Float64,
-    "network_ms": pl.Float64, "delay_ms": pl.Float64, "edge_queue_ms": pl.Float64, "link_ms": pl.Float64,
+    "network_ms": pl.Float64, "delay_ms": pl.Float64, "told_delay_ms": pl.Float64, "edge_queue_ms": pl.Float64, "link_ms": pl.Float64,
     "stall_ms": pl.Float64, "draft_real_ms": pl.Float64, "verify_real_ms": pl.Float64, "emulated": pl.Boolean,
     "policy": pl.Utf8, "policy_version": pl.Int64, "channel_state": pl.Utf8, "context_resent": pl.Boolean,
     "context_len": pl.Int64, "ts": pl.Utf8, "stop_scores": pl.List(pl.Float64),
