@@ -126,7 +126,7 @@ def link_drop(a, root: Path, pair) -> dict:
             rs1 = results["edge-1"]
             return {"drop_s": a.link_drop, "requests": sum(len(x) for x in results.values()),
                     "completed": sum(r.ok for x in results.values() for r in x),
-                    "failed": sorted({f"{r.error_code}: {r.error}"[:160] for x in results.values() for r in x
+                    "failed": sorted({f"{r.error_code}: {(r.error or '').removeprefix(f'{r.error_code}: ')}"[:160] for x in results.values() for r in x
                                       if not r.ok}),
                     "wrong_outputs": wrong, "edge1_rounds_logged": len(rounds), "edge1_timing_in_stream": in_stream,
                     "timing_events_lost": max(0, len(rounds) - in_stream),

@@ -40,6 +40,6 @@ def from_edge(code: str | None, message: str) -> APIError:
     status, kind, ours = EDGE_CODES.get(code or "", (500, "server_error", code or "internal"))
     if code == "no_responders":
         message = "no edge is serving generate requests (no responders on the broker)"
-    elif code == "no_verifier":
+    elif code == "no_verifier" and "no verifier" not in message:
         message = f"no verifier reachable: {message}"
     return APIError(status, message, kind, None, ours)
