@@ -32,6 +32,8 @@ import numpy as np
 from control.markov import clock_policy_iteration
 from control.policies import checks
 from control.policies.base import Policy
+from control.regimes import HiddenRegimes, solve_belief
+from control.streaks import RegimeLearner
 from control.types import RoundContext, RoundOutcome
 
 PRIOR_STRENGTH = 2.0
@@ -51,6 +53,8 @@ EXPLORE_Z = 2.0  # a length off the leader's neighbours is tried while its lower
 STREAK_PRIOR = 8.0  # pseudo-rounds of the pooled acceptance behind each streak state's own (AutoPolicy._posterior)
 PERSIST_Z = 3.0  # the streak states are used once they differ from the pool by this many deviations (_persists)
 STREAKS = 3  # the last round: first token rejected, a later one rejected, all accepted
+REGIME_GRID = 51  # beliefs the learned belief-MDP is solved on (AutoPolicy._regime_table)
+RESOLVE_DELAY = 0.05  # the belief-MDP is solved again once the delay moves this fraction (or a refit)
 
 
 class AutoPolicy(Policy):
@@ -81,6 +85,8 @@ class AutoPolicy(Policy):
         self.streak_at_risk = np.zeros((STREAKS, k))
         self.last_streak = -1  # the streak state of the last round observed (-1: none yet)
         self._all_accepted, self._bar = 1.0, 0.0  # within a round of the stop rule (a per-round copy)
+        self.regimes = RegimeLearner(k)  # a hidden easy/hard acceptance regime, learned (control.streaks)
+        self._table: tuple | None = None  # (fit, delay, best length per belief) of the learned belief-MDP
 
     # --- learning ----------------------------------------------------------
     def observe(self, o: RoundOutcome) -> None:
@@ -95,6 +101,7 @@ class AutoPolicy(Policy):
             self.streak_at_risk[self.last_streak, :reached] += 1
             self.streak_accepted[self.last_streak, :a] += 1
         self.last_streak = 0 if a == 0 else (2 if a >= L else 1)
+        self.regimes.observe(L, a)
         c = o.compute_ms
         self.delay_gap = self.delay_gap * (1.0 - 1.0 / DELAY_ROUNDS) + \
             np.array([1.0, o.realized_delay_ms - o.context.delay_ms])
@@ -296,6 +303,9 @@ class AutoPolicy(Policy):
             return self._optimistic_next(L, h, c + 2.0 * state["delay_sum"] / state["n"])
         delay = max(0.0, ctx.delay_ms + self.delay_bias())
         cost = c + 2.0 * delay
+        table = self._regime_table(delay, estimate)
+        if table is not None:
+            return int(table[int(round(self.regimes.belief * (len(table) - 1)))])
         mean_b = 1.0 + np.cumsum(np.cumprod(self.hazard_sample(None, streak)))
         lead = self._leader(delay, estimate, mean_b)
         lo, hi = max(lead - 1, 0), min(lead + 2, self.max_length)
@@ -306,6 +316,22 @@ class AutoPolicy(Policy):
         if far is not None:
             return far + 1
         return self._optimistic_next(lo + int(np.argmin((cost / b)[lo:hi])) + 1, h, cost)
+
+    def _regime_table(self, delay_ms: float, estimate: np.ndarray) -> np.ndarray | None:
+        """Where acceptance runs in hidden easy/hard streaks (the learned two-regime model explains the
+        rounds clearly better than one regime), the best length at each belief P(easy): the belief-MDP
+        optimum (control.regimes) for the learned model and the estimated compute, the rule the streaky
+        scenarios' oracle plays with the true model. Conditioning on the last round alone summarised that
+        belief coarsely (+2.4 % over the oracle on the streaky kind's quick run). None: the pooled rule."""
+        model = self.regimes.model
+        if not self.regimes.active or model is None:
+            self._table = None
+            return None
+        if self._table is None or self._table[0] is not model or \
+                abs(delay_ms - self._table[1]) > RESOLVE_DELAY * max(self._table[1], 1.0):
+            reg = HiddenRegimes(np.cumprod(model.hazard, axis=1), model.transitions())
+            self._table = (model, delay_ms, solve_belief(np.maximum(estimate, 1e-6), delay_ms, reg, REGIME_GRID)[1])
+        return self._table[2]
 
     def _leader(self, delay_ms: float, estimate: np.ndarray, mean_b: np.ndarray) -> int:
         """The best length (0-based) under the posterior means. A draw may pick only it and its two
