@@ -187,13 +187,13 @@ def evident(gain: float, n: int, active: bool = False) -> bool:
     rounds, most of a short run). Once shown, the regimes stay until the gain falls below half of it
     (a refit that merely dips does not flip the rule back and forth)."""
     bar = LR_BASE + np.log(max(n, 2))
-    return gain > (0.5 * bar if active else bar)
+    return bool(gain > (0.5 * bar if active else bar))
 
 
 class RegimeLearner:
     """The rounds so far, the current two-regime fit and the belief it gives for the next round."""
 
-    def __init__(self, k: int, first_fit: int = 30, growth: float = 1.25, window: int = 3000):
+    def __init__(self, k: int, first_fit: int = 30, growth: float = 1.25, window: int = 2000):
         self.k, self.first_fit, self.growth, self.window = k, first_fit, growth, window
         self.lengths: list[int] = []
         self.accepted: list[int] = []
@@ -225,3 +225,39 @@ class RegimeLearner:
             return None
         t = self.model.tokens()
         return self.belief * t[0] + (1.0 - self.belief) * t[1]
+
+    # --- persistence (a policy snapshot): the rounds as codes length * (k + 1) + accepted, and the fit
+    def state(self) -> dict:
+        m = self.model
+        return {"rounds": [L * (self.k + 1) + a for L, a in zip(self.lengths, self.accepted)],
+                "active": bool(self.active), "belief": float(self.belief), "next_fit": self.next_fit,
+                "fit": None if m is None else {"hazard": m.hazard.ravel().tolist(), "stay": m.stay.tolist(),
+                                               "loglik": m.loglik, "belief": m.belief}}
+
+    def load(self, s: dict) -> None:
+        """Raises ValueError naming the field that is out of range; nothing is applied then."""
+        rounds = s["rounds"]
+        if not isinstance(rounds, list) or len(rounds) > self.window:
+            raise ValueError(f"regimes.rounds must be a list of at most {self.window} codes")
+        lengths, accepted = [], []
+        for c in rounds:
+            if isinstance(c, bool) or not isinstance(c, int) or not 0 <= c % (self.k + 1) <= c // (self.k + 1) <= self.k \
+                    or c // (self.k + 1) < 1:
+                raise ValueError(f"regimes.rounds: {c!r} is no round code of max length {self.k}")
+            lengths.append(c // (self.k + 1))
+            accepted.append(c % (self.k + 1))
+        belief, next_fit = float(s["belief"]), int(s["next_fit"])
+        if not 0.0 <= belief <= 1.0 or not 0 <= next_fit <= 10 * self.window:
+            raise ValueError("regimes.belief must be in [0, 1] and regimes.next_fit a round count")
+        model = None
+        if s["fit"] is not None:
+            f = s["fit"]
+            hazard = np.array(f["hazard"], dtype=float).reshape(2, self.k)
+            stay = np.array(f["stay"], dtype=float).reshape(2)
+            fb, ll = float(f["belief"]), float(f["loglik"])
+            if not (np.all((hazard >= 0) & (hazard <= 1)) and np.all((stay >= 0) & (stay <= 1)) and 0 <= fb <= 1
+                    and (np.isfinite(ll) or ll == -np.inf)):
+                raise ValueError("regimes.fit: acceptance, stay and belief must lie in [0, 1]")
+            model = RegimeFit(hazard, stay, ll, fb)
+        self.lengths, self.accepted, self.model = lengths, accepted, model
+        self.active, self.belief, self.next_fit = bool(s["active"]) and model is not None, belief, next_fit

@@ -406,7 +406,8 @@ class AutoPolicy(Policy):
                 "states": self.states, "transitions": self.transitions, "prev_state": self.prev_state,
                 "recent": self.recent.tolist(), "delay_gap": self.delay_gap.tolist(),
                 "streak_accepted": self.streak_accepted.ravel().tolist(),
-                "streak_at_risk": self.streak_at_risk.ravel().tolist(), "last_streak": self.last_streak}
+                "streak_at_risk": self.streak_at_risk.ravel().tolist(), "last_streak": self.last_streak,
+                "regimes": self.regimes.state()}
 
     def load_state(self, s: dict) -> None:
         """Every field range-checked (counts finite and >= 0, accepted <= at risk, states bounded)."""
@@ -449,7 +450,14 @@ class AutoPolicy(Policy):
         prev = f(s, "prev_state")
         if prev is not None and (not isinstance(prev, str) or len(prev) > checks.MAX_KEY_LEN):
             raise checks.ControlError("snapshot: 'prev_state' must be a short string or null")
+        regimes = RegimeLearner(k)
+        if "regimes" in s:  # older snapshots have none: the regimes are learned from the next rounds
+            try:
+                regimes.load(checks.table(s["regimes"], "regimes", 8))
+            except (KeyError, TypeError, ValueError) as exc:
+                raise checks.ControlError(f"snapshot: {str(exc)[:200]}") from None
         self.seed, self.n_obs, self.n_chosen = seed, n_obs, n_chosen
+        self.regimes, self._table = regimes, None
         for name, v in arrays.items():
             setattr(self, name, v)
         self.states, self.transitions, self.prev_state = states, transitions, prev
