@@ -1,0 +1,116 @@
+"""Learning a hidden easy/hard acceptance regime from rounds alone (control.streaks), and `auto` using it."""
+import msgpack
+import numpy as np
+import pytest
+
+from control import streaks
+from control.families import all_families
+from control.policies.auto import AutoPolicy
+from control.policies.registry import make_policy
+from control.regimes import HiddenRegimes
+from control.types import ControlError, RoundContext, RoundOutcome
+
+K = 8
+
+
+def regimes(easy: float, hard: float, stay_easy: float, stay_hard: float) -> HiddenRegimes:
+    return HiddenRegimes(np.cumprod(np.array([[easy], [hard]]) * np.ones((2, K)), axis=1),
+                         np.array([[stay_easy, 1 - stay_easy], [1 - stay_hard, stay_hard]]))
+
+
+def rounds(reg: HiddenRegimes, n: int, seed: int, lengths=(1, K)) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(lengths, accepted, regime in force) of n rounds at lengths drawn uniformly from `lengths`."""
+    rng = np.random.default_rng(seed)
+    ls, acc, regime, s = [], [], [], 0
+    for _ in range(n):
+        L = int(rng.integers(lengths[0], lengths[1] + 1))
+        acc.append(int(rng.choice(L + 1, p=reg.outcome_probs(L)[s])))
+        ls.append(L)
+        regime.append(s)
+        s = s if rng.random() < reg.transitions[s, s] else 1 - s
+    return np.array(ls), np.array(acc), np.array(regime)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_fit_recovers_each_regimes_acceptance_and_persistence(seed):
+    reg = regimes(0.92, 0.30, 0.90, 0.85)
+    lengths, accepted, _ = rounds(reg, 1500, seed)
+    fit = streaks.fit(lengths, accepted, K)
+    # the positions each regime reaches often (the hard one rarely passes its first) within a few points
+    assert np.abs(fit.hazard[0, :4] - 0.92).max() < 0.05, fit.hazard
+    assert abs(fit.hazard[1, 0] - 0.30) < 0.05, fit.hazard
+    assert np.abs(fit.stay - [0.90, 0.85]).max() < 0.05, fit.stay
+
+
+def test_the_belief_follows_the_hidden_regime():
+    reg = regimes(0.92, 0.30, 0.95, 0.95)
+    lengths, accepted, regime = rounds(reg, 800, 4)
+    learner = streaks.RegimeLearner(K)
+    right = []
+    for L, a, s in zip(lengths, accepted, regime):
+        if learner.active:
+            right.append((learner.belief > 0.5) == (s == 0))  # the belief before the round is seen
+        learner.observe(L, a)
+    assert len(right) > 600  # evident within the first 200 rounds
+    assert np.mean(right) > 0.85
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_rounds_without_regimes_keep_the_pooled_rule(seed):
+    # every family shape, acceptance independent across rounds: two regimes are never evident
+    rng = np.random.default_rng(seed)
+    for p in all_families(members=1, seed=seed):
+        learner = streaks.RegimeLearner(K)
+        ever = False
+        for L in rng.integers(1, 5, size=600):
+            learner.observe(int(L), int((p.survival[:L] >= rng.random()).sum()))
+            ever |= learner.active
+        assert not ever, p.name
+
+
+def test_fit_refuses_an_outcome_longer_than_its_round():
+    with pytest.raises(ValueError, match="accepted <= length"):
+        streaks.fit([3, 2], [1, 3], K)
+
+
+def test_auto_plays_longer_in_an_easy_stretch_than_in_a_hard_one():
+    reg = regimes(0.95, 0.20, 0.95, 0.95)
+    compute = 40.0 + 6.0 * np.arange(1, K + 1)
+    policy = AutoPolicy(K, seed=0)
+    rng = np.random.default_rng(3)
+    s, by_regime = 0, {0: [], 1: []}
+    for r in range(600):
+        ctx = RoundContext(20.0)
+        L = policy.choose(ctx)
+        if r >= 300:
+            by_regime[s].append(L)
+        a = int(rng.choice(L + 1, p=reg.outcome_probs(L)[s]))
+        policy.observe(RoundOutcome(L, a, compute[L - 1] + 40.0, ctx, measured_compute_ms=compute[L - 1]))
+        s = s if rng.random() < reg.transitions[s, s] else 1 - s
+    assert policy.regimes.active
+    assert np.mean(by_regime[0]) > np.mean(by_regime[1]) + 3, {k: np.mean(v) for k, v in by_regime.items()}
+
+
+def test_a_restored_auto_keeps_its_learned_regimes():
+    reg = regimes(0.95, 0.20, 0.95, 0.95)
+    lengths, accepted, _ = rounds(reg, 300, 6)
+    original = AutoPolicy(K, seed=1)
+    for L, a in zip(lengths, accepted):
+        ctx = RoundContext(20.0)
+        original.observe(RoundOutcome(int(L), int(a), 60.0 + 6 * L, ctx, measured_compute_ms=20.0 + 6 * L))
+    assert original.regimes.active
+    clone = make_policy("auto", max_length=K, seed=9)
+    clone.restore(msgpack.unpackb(msgpack.packb(original.snapshot())))
+    for a in (0, K, 2, K):
+        ctx = RoundContext(20.0)
+        assert clone.choose(ctx) == original.choose(ctx)
+        for p in (clone, original):
+            p.observe(RoundOutcome(K, a, 128.0, ctx, measured_compute_ms=88.0))
+
+
+def test_a_snapshot_with_an_impossible_round_is_refused():
+    p = AutoPolicy(K)
+    snap = p.snapshot()
+    snap["state"]["regimes"]["rounds"] = [2 * (K + 1) + 5]  # 5 accepted in a round of 2
+    with pytest.raises(ControlError, match="regimes.rounds"):
+        make_policy("auto", max_length=K).restore(snap)
