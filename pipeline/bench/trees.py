@@ -38,7 +38,7 @@ def bench_trees(draft: str | None = None, target: str | None = None, threads: in
     torch.set_num_threads(threads)
     pair = load_pair(draft, target, device=device, dtype=dtype)
     prompts = [list(pair.tokenizer.encode(t)) for t in PROMPTS]
-    _run(pair, prompts[:1], spine(1, 1), 4)  # warm-up: first forwards pay one-off allocation
+    _run(pair, prompts, spine(2, 2), 8)  # warm-up: first forwards pay one-off allocation
     rows = []
     for d in depths:
         for w in widths:
