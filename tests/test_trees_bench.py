@@ -3,7 +3,10 @@ import json
 import subprocess
 import sys
 
+import pytest
 
+
+@pytest.mark.slow
 def test_bench_trees_prints_a_row_per_shape_and_the_best_of_each_kind():
     out = subprocess.run([sys.executable, "-m", "pipeline.cli", "bench", "trees", "--json", "--repeats", "1",
                           "--max-depth", "2", "--max-width", "2", "--max-new-tokens", "6"],

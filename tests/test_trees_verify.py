@@ -2,6 +2,7 @@
 greedy output equals target-only, and sampled first tokens follow the target (chi-square)."""
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -12,7 +13,8 @@ from nodes.models.tree_verify import tree_generate
 from schemas.rounds import SamplingParams
 
 PROMPTS = ["The cat sat on", "Once upon a time", "def add(a, b):"]
-SHAPES = [chain(1), chain(4), spine(3, 2), spine(2, 3), Tree((-1, -1, 0, 0, 2, 1))]
+DP_TREE = optimal_trees(np.array([[0.6, 0.2, 0.1]] * 5), 10)[-1][0]  # the best 10-node tree of a made-up table
+SHAPES = [Tree(()), chain(1), chain(4), spine(3, 2), spine(2, 3), Tree((-1, -1, 0, 0, 2, 1)), DP_TREE]
 
 
 def target_only(pair, prompt, n):

@@ -41,6 +41,7 @@ class TreeCache:
         self.cache = DynamicCache()
         self.tokens = list(context)
         self.forwards = 0
+        self._prefix = 0  # cache rows every node of the tree being drafted sees (set per round)
         if len(context) > 1:
             self.feed(context[:-1], [i - 1 for i in range(len(context) - 1)], [i for i in range(len(context) - 1)])
 
@@ -110,19 +111,20 @@ def draft_tree(draft: TreeCache, tree: Tree) -> list[int]:
     one batched forward per depth over the nodes that have children. The draft cache is left
     holding the fed nodes; the caller crops it back."""
     kids = _children(tree)
+    parent = [-1] + [p + 1 for p in tree.parents]
     depth = [0] + tree.depths()
     tokens = [draft.tokens[-1]] + [0] * tree.nodes
     prefix = draft.cached_len
     draft._prefix = prefix
-    row: dict[int, int] = {}
+    row: dict[int, int] = {}  # node -> its cache row, once fed
     frontier = [0] if kids[0] else []
     while frontier:
         anc = []
         for v in frontier:
-            a, u = [], _parent_of(kids, v)
-            while u is not None:
+            a, u = [], parent[v]
+            while u >= 0:
                 a.append(row[u])
-                u = _parent_of(kids, u)
+                u = parent[u]
             anc.append(a)
         base = draft.cached_len
         logits = draft.feed([tokens[v] for v in frontier], [-1] * len(frontier),
@@ -134,13 +136,6 @@ def draft_tree(draft: TreeCache, tree: Tree) -> list[int]:
                 tokens[c] = t
         frontier = [c for v in frontier for c in kids[v] if kids[c]]
     return tokens
-
-
-def _parent_of(kids: list[list[int]], v: int) -> int | None:
-    for u, ks in enumerate(kids):
-        if v in ks:
-            return u
-    return None
 
 
 def verify_tree(target: TreeCache, tree: Tree, tokens: list[int], params: SamplingParams,
@@ -190,7 +185,6 @@ def tree_generate(draft_model, target_model, vocab_size: int, prompt: list[int],
         draft.crop(before)
         feed = [draft.tokens[-1]] + emitted[:-1]
         if feed:
-            draft._prefix = before
             draft.feed(feed, [i - 1 for i in range(len(feed))], [before + i for i in range(len(feed))])
         draft.tokens.extend(emitted)
         out.tokens.extend(emitted)
