@@ -50,11 +50,12 @@ class TreeCache:
         return self.cache.get_seq_length()
 
     @torch.inference_mode()
-    def feed(self, ids: list[int], parents: list[int], depths: list[int],
+    def feed(self, ids: list[int], parents: list[int], positions: list[int],
              ancestors_in_cache: list[list[int]] | None = None) -> torch.Tensor:
-        """Feed a block; `parents[i]` indexes into the block (-1 = none), `depths[i]` is the position
-        offset from the cache start of this tree (prefix_len + depth). `ancestors_in_cache[i]`: cache
-        rows (beyond the shared prefix) node i also sees. Returns logits [n, vocab]."""
+        """Feed a block; `parents[i]` indexes into the block (-1 = none), `positions[i]` is node i's
+        position id (prefix length + depth). Without `ancestors_in_cache` every cached row is visible;
+        with it, only the rows before `_prefix` plus `ancestors_in_cache[i]` (earlier-fed tree nodes).
+        Returns logits [n, vocab]."""
         start = self.cached_len
         prefix = start if ancestors_in_cache is None else self._prefix
         n = len(ids)
@@ -72,7 +73,7 @@ class TreeCache:
             mask = torch.zeros(mask.shape, dtype=self.dtype).masked_fill(~mask, torch.finfo(self.dtype).min)
         self.forwards += 1
         out = self.model(input_ids=torch.tensor([ids], device=self.device), attention_mask=mask.to(self.device),
-                         position_ids=torch.tensor([depths], device=self.device), use_cache=True,
+                         position_ids=torch.tensor([positions], device=self.device), use_cache=True,
                          **{_cache_kwarg(self.model): self.cache})
         return out.logits[0, :, : self.vocab_size].float()
 
