@@ -17,6 +17,15 @@ def cmd_bench_engine(a: argparse.Namespace) -> None:
     print(json.dumps(res) if a.json else json.dumps(res, indent=2))
 
 
+def cmd_bench_trees(a: argparse.Namespace) -> None:
+    from pipeline.bench.trees import bench_trees
+
+    res = bench_trees(draft=a.draft, target=a.target, threads=a.threads, repeats=a.repeats,
+                      max_new_tokens=a.max_new_tokens, depths=range(1, a.max_depth + 1),
+                      widths=range(1, a.max_width + 1), device=a.device, dtype=a.dtype)
+    print(json.dumps(res) if a.json else json.dumps(res, indent=2))
+
+
 def cmd_bench_pipeline(a: argparse.Namespace) -> None:
     from pipeline.bench.pipeline import bench_pipeline
 
@@ -116,6 +125,15 @@ def register(sub) -> None:
     p.add_argument("--json", action="store_true")
     model_args(p)
     p.set_defaults(func=cmd_bench_engine)
+    p = bsub.add_parser("trees", help="chain vs draft trees (depth x width): tokens per target forward, "
+                        "ms/token modelled at 0 and 50 ms")
+    p.add_argument("--repeats", type=positive_int, default=3)
+    p.add_argument("--max-new-tokens", type=positive_int, default=32)
+    p.add_argument("--max-depth", type=positive_int, default=8)
+    p.add_argument("--max-width", type=positive_int, default=3)
+    p.add_argument("--json", action="store_true")
+    model_args(p)
+    p.set_defaults(func=cmd_bench_trees)
     p = bsub.add_parser("pipeline", help="round overhead, tokens/s at 1-64 streams (0 and 20 ms), batch sizes, "
                                          "50 ms comparison")
     p.add_argument("--requests", type=positive_int, default=32)

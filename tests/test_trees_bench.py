@@ -1,0 +1,18 @@
+"""`specstop bench trees` prints one row per depth x width shape, width 1 labelled the chain."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+@pytest.mark.slow
+def test_bench_trees_prints_a_row_per_shape_and_the_best_of_each_kind():
+    out = subprocess.run([sys.executable, "-m", "pipeline.cli", "bench", "trees", "--json", "--repeats", "1",
+                          "--max-depth", "2", "--max-width", "2", "--max-new-tokens", "6"],
+                         capture_output=True, text=True, timeout=300, check=True).stdout
+    res = json.loads(out)
+    assert [(r["depth"], r["width"]) for r in res["rows"]] == [(1, 1), (1, 2), (2, 1), (2, 2)]
+    assert [r["kind"] for r in res["rows"]] == ["chain", "tree", "chain", "tree"]
+    assert all(r["tokens_per_target_forward"] >= 1.0 for r in res["rows"])
+    assert set(res["best"]) == {"chain@0ms", "tree@0ms", "chain@50ms", "tree@50ms"}
