@@ -163,7 +163,7 @@ def register(sub) -> None:
     p.add_argument("--max-active", type=positive_int, default=64, help="requests generating at once")
     p.add_argument("--max-queued", type=non_negative_int, default=256,
                    help="requests waiting for a slot; beyond, requests are answered 'overloaded'")
-    p.add_argument("--max-prompt-tokens", type=positive_int, default=4096)
+    p.add_argument("--max-prompt-tokens", type=positive_int, default=4096, help="longest prompt accepted (tokens)")
     p.add_argument("--max-new-tokens-limit", type=positive_int, default=2048,
                    help="largest max_new_tokens a request may ask for")
     p.add_argument("--max-request-s", type=positive_float, default=600.0,
@@ -184,7 +184,7 @@ def register(sub) -> None:
 
     p = sub.add_parser("control", help="control subscriber: learn from timing events, publish policy updates")
     nats_arg(p)
-    p.add_argument("--id", type=node_id, default="control-1")
+    p.add_argument("--id", type=node_id, default="control-1", help="node id (names its subjects and log)")
     metrics_arg(p)
     log_args(p)
     p.add_argument("--max-length", type=positive_int, default=8)
