@@ -12,6 +12,7 @@ from control.theory import theory_table
 from nodes.models.errors import ModelError
 from nodes.models.loading import BUNDLED_PROFILE, load_pair, set_threads
 from schemas.rounds import SamplingParams
+from pipeline.cli import preflight
 from pipeline.cli.args import (DEFAULT_DELAYS, delays, emit, model_args, non_negative_float, positive_float,
                                positive_int, progress)
 
@@ -48,11 +49,17 @@ def cmd_generate(a: argparse.Namespace) -> None:
     bundled = not a.draft and not a.target and BUNDLED_PROFILE.exists()
     profile = load_profile(a.profile) if a.profile else load_profile(BUNDLED_PROFILE) if bundled else None
     policy = make_policy(a.policy, max_length=a.max_length, seed=a.seed, profile=profile)  # fails before loading
+    if a.policy != TARGET_ONLY:
+        preflight.check_model(a.draft, "draft")
+    preflight.check_model(a.target, "target")
+    context = preflight.context_tokens(a.target)
+    preflight.check_fits_context(1, a.max_new_tokens, context)  # the prompt has at least one token
     if sys.stderr.isatty():  # a person waits: say what the seconds go to (never in piped or --json use)
         print(f"generate: loading {'the target' if a.policy == TARGET_ONLY else 'the draft and target'} "
               f"model{'' if a.policy == TARGET_ONLY else 's'} ...", file=sys.stderr, flush=True)
     pair = _pair(a, load_draft=a.policy != TARGET_ONLY)
     ids = pair.tokenizer.encode(a.prompt, add_special_tokens=False)
+    preflight.check_fits_context(len(ids), a.max_new_tokens, context)
     res = speculative_generate(pair, ids, a.max_new_tokens, policy, params, a.seed, delay_ms=a.delay_ms)
     out = {"token_ids": res.token_ids, "text": res.text, "rounds": res.rounds,
            "accepted_per_round": res.accepted_per_round, "lengths_per_round": res.lengths_per_round,
