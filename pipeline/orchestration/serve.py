@@ -12,7 +12,6 @@ imports this module answers --help and refuses bad flags at once.
 from __future__ import annotations
 
 import asyncio
-import signal
 from dataclasses import dataclass, field
 
 from control import load_profile, make_policy
@@ -27,6 +26,7 @@ from nodes.protocol.verifier_table import TableConfig
 from pipeline.transport import bus
 from pipeline.transport.auth import role_inbox
 from pipeline import logs
+from pipeline.orchestration.signals import on_stop_signals
 from schemas.codec import DEFAULT_MAX_PAYLOAD, Limits
 from schemas import subjects
 
@@ -94,16 +94,7 @@ def limits_for(vocab: int, opts: NodeOptions, max_context_tokens: int = 32768) -
 async def _wait_for_signal() -> None:
     """Return at the first SIGINT/SIGTERM; a second one ends the process at once."""
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    main = asyncio.current_task()
-
-    def on_signal() -> None:
-        if stop.is_set() and main is not None:
-            main.cancel()
-        stop.set()
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, on_signal)
+    on_stop_signals(stop)
     await stop.wait()
 
 
