@@ -38,3 +38,11 @@ def test_prompt_plus_new_tokens_must_fit_the_context(prompt_tokens, new, ok):
     else:
         with pytest.raises(ModelError):
             check_fits_context(prompt_tokens, new, 4096)
+
+
+@pytest.mark.parametrize("argv,fragment", [
+    (["cloud", "--target", "/no/such/model/dir"], "does not exist"),
+    (["edge", "--draft", "."], "without config.json"),
+])
+def test_a_worker_refuses_a_model_path_before_looking_for_the_broker(capsys, argv, fragment):
+    assert fragment in refused(capsys, argv + ["--nats", "nats://127.0.0.1:1"])

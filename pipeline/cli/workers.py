@@ -13,6 +13,7 @@ from nodes.link import parse_channel
 from nodes.models.loading import BUNDLED_PROFILE
 from nodes.protocol.admission import EdgeLimits
 from nodes.protocol.verifier_table import TableConfig
+from pipeline.cli import preflight
 from pipeline.cli.args import (device_profile, log_args, metrics_arg, nats_arg, node_args, node_id, non_negative_float,
                                non_negative_int, positive_float, positive_int, prefill_chunk, stop_on_sigterm)
 from pipeline.errors import PipelineError
@@ -69,6 +70,7 @@ def _check_device(a: argparse.Namespace, half: str) -> None:
 
 def cmd_cloud(a: argparse.Namespace) -> None:
     _check_device(a, "verify")
+    preflight.check_model(a.target, "target")  # a path that cannot load is refused before the broker probe
     try:  # the quotas' own rules (e.g. a share above the cap), before any model loads
         TableConfig(a.id, a.max_sessions, max_sessions_per_edge=a.max_sessions_per_edge,
                     max_rounds_per_edge=a.max_rounds_per_edge)
@@ -88,6 +90,7 @@ def _bundled_profile():
 
 def cmd_edge(a: argparse.Namespace) -> None:
     parse_channel(a.channel)  # refuse a bad spec before loading anything
+    preflight.check_model(a.draft, "draft")
     profile = load_profile(a.profile) if a.profile else None
     make_policy(a.policy, max_length=a.max_length, profile=profile or _bundled_profile())
     _check_device(a, "draft")
