@@ -147,15 +147,13 @@ def device_profile(name: str | None, half: str) -> str | None:
 
 
 def progress(enabled: bool, what: str = "requests", total: int | None = None):
-    """A transient rich bar on stderr and the callback that advances it (None, None when disabled:
-    --json output or no terminal)."""
+    """Progress on stderr (pipeline/progress.py) and the callback that advances it (None, None when
+    disabled: --json output)."""
     if not enabled:
         return None, None
-    from rich.progress import Progress  # rich costs ~60 ms to import: only when a bar shows
+    from pipeline.progress import start
 
-    bar = Progress(transient=True, console=None)
-    task = bar.add_task(what, total=total)
-    return bar, (lambda *_: bar.advance(task))
+    return start(what, total)
 
 
 def model_args(p: argparse.ArgumentParser) -> None:

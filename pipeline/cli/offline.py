@@ -90,7 +90,7 @@ def cmd_simulate(a: argparse.Namespace) -> None:
     for p in policies:  # fail fast on a bad spec, before any simulation
         make_policy(p, max_length=k, profile=prof)
     scenarios = build_scenarios(prof.truncated(k), a.scenario, a.delays, a.rounds, a.stay, a.seed, a.dwell_ms)
-    bar, advance = progress(not a.json and sys.stderr.isatty(), "simulating", len(scenarios) * len(policies))
+    bar, advance = progress(not a.json, "simulating", len(scenarios) * len(policies))
     if bar:
         with bar:
             res = simulate(prof, policies, scenarios, a.seeds, max_length=k, jitter=a.jitter, progress=advance)

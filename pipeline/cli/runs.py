@@ -41,7 +41,7 @@ def cmd_demo(a: argparse.Namespace) -> None:
 
     cfg = _run_config(a)
     say = None if a.json else (lambda text: print(f"demo: {text}", file=sys.stderr, flush=True))
-    bar, advance = progress(not a.json and sys.stderr.isatty())
+    bar, advance = progress(not a.json)
     if bar:
         with bar:
             summary = demo(cfg, advance, say)
@@ -124,7 +124,7 @@ def cmd_experiment(a: argparse.Namespace) -> None:
                     concurrency=a.concurrency or EXPERIMENT_CONCURRENCY.get(a.which, 24),
                     max_new_tokens=a.max_new_tokens, seed=a.seed)
     cfg.out.mkdir(parents=True, exist_ok=True)
-    bar, advance = progress(not a.json and sys.stderr.isatty())
+    bar, advance = progress(not a.json)
     t0 = time.perf_counter()
     if bar:
         bar.start()
