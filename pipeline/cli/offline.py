@@ -13,7 +13,7 @@ from nodes.models.errors import ModelError
 from nodes.models.loading import BUNDLED_PROFILE, load_pair, set_threads
 from schemas.rounds import SamplingParams
 from pipeline.cli import preflight
-from pipeline.cli.args import (DEFAULT_DELAYS, delays, emit, model_args, non_negative_float, positive_float,
+from pipeline.cli.args import (DEFAULT_DELAYS, stop_on_sigterm, delays, emit, model_args, non_negative_float, positive_float,
                                positive_int, progress)
 
 def cmd_train_pair(a: argparse.Namespace) -> None:
@@ -60,7 +60,31 @@ def cmd_generate(a: argparse.Namespace) -> None:
     pair = _pair(a, load_draft=a.policy != TARGET_ONLY)
     ids = pair.tokenizer.encode(a.prompt, add_special_tokens=False)
     preflight.check_fits_context(len(ids), a.max_new_tokens, context)
-    res = speculative_generate(pair, ids, a.max_new_tokens, policy, params, a.seed, delay_ms=a.delay_ms)
+    from nodes.detokenize import IncrementalDetokenizer
+
+    produced: list[int] = []  # the tokens so far: what a signal leaves us to print
+    det = IncrementalDetokenizer(pair.tokenizer)  # as `decode`, so streamed text equals the JSON text
+
+    def on_round(out: list[int]) -> None:
+        new = out[len(produced):]
+        produced.extend(new)
+        if not a.json:  # stream the text as it is produced
+            print(det.feed(new), end="", flush=True)
+
+    stop_on_sigterm()  # SIGTERM, like Ctrl-C, keeps what was produced
+    try:
+        res = speculative_generate(pair, ids, a.max_new_tokens, policy, params, a.seed, delay_ms=a.delay_ms,
+                                   on_round=on_round)
+    except KeyboardInterrupt:
+        if a.json:
+            print(json.dumps({"token_ids": produced, "text": pair.tokenizer.decode(produced),
+                              "stopped_by_signal": True}))
+        else:
+            print(det.flush(), flush=True)
+        raise  # main() answers an interrupt with exit status 130
+    if not a.json:
+        print(det.flush(), flush=True)
+        return
     out = {"token_ids": res.token_ids, "text": res.text, "rounds": res.rounds,
            "accepted_per_round": res.accepted_per_round, "lengths_per_round": res.lengths_per_round,
            "draft_ms": round(res.draft_ms, 3), "verify_ms": round(res.verify_ms, 3),
