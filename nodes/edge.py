@@ -473,7 +473,7 @@ class EdgeWorker(WorkerBase):
     async def _open(self, req: GenerateRequest, spec: str) -> EdgeRequest:
         tok = self.pair.tokenizer
         prompt = list(req.prompt_ids) if req.prompt_ids else tok.encode(req.prompt, add_special_tokens=False)
-        refusal = check_prompt_tokens(len(prompt), self.cfg.limits)
+        refusal = check_prompt_tokens(len(prompt), self.cfg.limits, req.max_new_tokens)
         if refusal is not None:
             raise RoundFailed(refusal.code, refusal.message)
         r = EdgeRequest(req, prompt, self.cfg.rules(), spec, self.pair.eos_ids,

@@ -10,6 +10,8 @@ choose fails the call here (the edge falls back to a fixed length instead).
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import time
 
 from control import ControlError, Policy, RoundContext, make_policy
@@ -41,7 +43,9 @@ def check_request(prompt_ids: list[int], max_new_tokens: int, vocab_size: int) -
 
 def speculative_generate(pair: ModelPair, prompt_ids: list[int], max_new_tokens: int, policy: Policy,
                          params: SamplingParams = SamplingParams(), seed: int = 0,
-                         delay_ms: float = 0.0) -> GenerationResult:
+                         delay_ms: float = 0.0,
+                         on_round: Callable[[list[int]], None] | None = None) -> GenerationResult:
+    """`on_round`, if given, sees the tokens generated so far after each round (streaming, progress)."""
     check_request(prompt_ids, max_new_tokens, pair.vocab_size)
     heads = HeadSlot(lambda: head_for(pair))  # loaded once per call, at the first round that needs it
     try:
@@ -82,6 +86,8 @@ def speculative_generate(pair: ModelPair, prompt_ids: list[int], max_new_tokens:
         res.accepted_per_round.append(v.accepted)
         res.draft_ms += d.draft_ms
         res.verify_ms += v.verify_ms
+        if on_round is not None:
+            on_round(edge.out)
     res.token_ids = edge.out
     res.finish_reason = edge.finish_reason or "length"
     res.text = decode(pair, res.token_ids)

@@ -520,3 +520,12 @@ async def test_connections_over_the_cap_get_503_and_a_freed_slot_serves_again(br
         assert await until(served)
         for _, w in idle[1:]:
             w.close()
+
+
+async def test_a_prompt_plus_max_tokens_past_the_models_context_is_a_400_context_length_exceeded(broker, pair,
+                                                                                                  tmp_path):
+    async with gateway(broker.url, pair.tokenizer, tmp_path, max_tokens_limit=8192, max_context_tokens=4096) as (
+            raw, _, _):
+        r = await raw.post("/v1/completions", json={"model": "specstop", "prompt": "hi", "max_tokens": 5000})
+    err = r.json()["error"]
+    assert r.status_code == 400 and err["code"] == "context_length_exceeded" and err["param"] == "max_tokens"

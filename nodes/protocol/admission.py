@@ -18,6 +18,8 @@ class EdgeLimits:
     max_prompt_tokens: int = 4096
     max_new_tokens: int = 2048
     max_request_s: float = 600.0     # no request runs longer (a request's own deadline may be shorter)
+    max_context_tokens: int | None = None  # prompt + max_new_tokens must fit (None: unchecked; serve_edge
+                                           # sets the loaded model's max_position_embeddings)
 
     def __post_init__(self) -> None:
         for name in ("max_active", "max_prompt_tokens", "max_new_tokens"):
@@ -51,6 +53,8 @@ def admit_generate(req: GenerateRequest, limits: EdgeLimits, live: int, draining
     if req.max_new_tokens > limits.max_new_tokens:
         return Refusal(TOO_LONG, f"max_new_tokens {req.max_new_tokens} exceeds this edge's limit "
                                  f"{limits.max_new_tokens}")
+    if limits.max_context_tokens is not None and req.max_new_tokens >= limits.max_context_tokens:
+        return _past_context(max(len(req.prompt_ids or ()), 1), req.max_new_tokens, limits.max_context_tokens)
     if len(req.prompt) > limits.max_prompt_chars:
         return Refusal(TOO_LONG, f"prompt of {len(req.prompt)} characters exceeds this edge's limit "
                                  f"({limits.max_prompt_tokens} tokens)")
@@ -60,11 +64,20 @@ def admit_generate(req: GenerateRequest, limits: EdgeLimits, live: int, draining
     return None
 
 
-def check_prompt_tokens(n: int, limits: EdgeLimits) -> Refusal | None:
+def _past_context(prompt: int, new: int, context: int) -> Refusal:
+    return Refusal(TOO_LONG, f"prompt ({prompt} tokens) + max_new_tokens ({new}) exceeds the model's context "
+                             f"of {context} tokens")
+
+
+def check_prompt_tokens(n: int, limits: EdgeLimits, max_new_tokens: int = 0) -> Refusal | None:
+    """Checks once the prompt is tokenized: not empty, within the prompt limit, and with the new tokens
+    inside the model's context (past it, positions the model was never trained on)."""
     if n == 0:
         return Refusal(BAD_MESSAGE, "prompt encodes to no tokens")
     if n > limits.max_prompt_tokens:
         return Refusal(TOO_LONG, f"prompt of {n} tokens exceeds this edge's limit {limits.max_prompt_tokens}")
+    if limits.max_context_tokens is not None and n + max_new_tokens > limits.max_context_tokens:
+        return _past_context(n, max_new_tokens, limits.max_context_tokens)
     return None
 
 

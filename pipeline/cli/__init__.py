@@ -12,8 +12,20 @@ from pipeline.cli.args import OneLineParser
 from pipeline.errors import USER_ERRORS
 
 
+def _version() -> str:
+    """The installed distribution's version, so `--version` cannot drift from pyproject.toml."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("specstop")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown (not installed)"
+
+
 def build_parser() -> OneLineParser:
     parser = OneLineParser(prog="specstop", description="Delay-adaptive speculative decoding, edge to cloud.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}",
+                        help="print the installed package's version and exit")
     sub = parser.add_subparsers(dest="command", required=True)
     for group in (offline, workers, gateway, runs, bench, chaos, topology):
         group.register(sub)

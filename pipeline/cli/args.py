@@ -50,13 +50,64 @@ def delays(text: str) -> list[float]:
     return vals
 
 
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends `(default: X)` to a flag's help, unless the help already says its default or there is
+    none worth saying (None, False for a switch)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, argparse.SUPPRESS):
+            return text
+        return super()._get_help_string(action)
+
+
+# Help for flags that mean the same in every command, said once here rather than at each command.
+SHARED_HELP: dict[str, str] = {
+    "--json": "print one JSON object on stdout instead of text",
+    "--seed": "random seed (same seed, same run)",
+    "--seeds": "how many seeds to average over",
+    "--max-new-tokens": "tokens to generate per request",
+    "--temperature": "sampling temperature (0: greedy)",
+    "--top-p": "nucleus sampling: keep the smallest set of tokens with this much probability (1: all)",
+    "--requests": "requests in the workload",
+    "--concurrency": "requests in flight at once",
+    "--max-length": "longest draft",
+    "--run-root": "directory that receives the run's logs",
+    "--threads": "torch CPU threads",
+    "--profile": "control profile (JSON from `specstop calibrate`)",
+    "--delays": "one-way delays in ms, comma-separated",
+    "--rounds": "speculative rounds per simulated run",
+    "--policy": "policy spec (e.g. auto, fixed:4, ucb-specstop)",
+    "--policies": "policy specs, comma-separated",
+}
+
+
 class OneLineParser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line (`specstop: error: ...`), exit status 2, and no
-    abbreviated flags (`--request 4` is an error, not a silent `--requests 4`)."""
+    """argparse, but a usage error is one line (`specstop: error: ...`), exit status 2, no
+    abbreviated flags (`--request 4` is an error, not a silent `--requests 4`), `--help` shows each
+    flag's default so a first-time user need not read the code, and a subcommand without its own
+    description shows its one-line help as the description."""
 
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("allow_abbrev", False)
+        kwargs.setdefault("formatter_class", DefaultsHelpFormatter)
         super().__init__(*args, **kwargs)
+
+    def add_subparsers(self, **kwargs):
+        action = super().add_subparsers(**kwargs)
+        add_parser = action.add_parser
+
+        def add_parser_with_description(name, **kw):
+            kw.setdefault("description", kw.get("help"))
+            return add_parser(name, **kw)
+
+        action.add_parser = add_parser_with_description
+        return action
+
+    def add_argument(self, *args, **kwargs):
+        if "help" not in kwargs and args and args[0] in SHARED_HELP:
+            kwargs["help"] = SHARED_HELP[args[0]]
+        return super().add_argument(*args, **kwargs)
 
     def error(self, message: str):
         where = self.prog.removeprefix("specstop").strip()
@@ -96,15 +147,13 @@ def device_profile(name: str | None, half: str) -> str | None:
 
 
 def progress(enabled: bool, what: str = "requests", total: int | None = None):
-    """A transient rich bar on stderr and the callback that advances it (None, None when disabled:
-    --json output or no terminal)."""
+    """Progress on stderr (pipeline/progress.py) and the callback that advances it (None, None when
+    disabled: --json output)."""
     if not enabled:
         return None, None
-    from rich.progress import Progress  # rich costs ~60 ms to import: only when a bar shows
+    from pipeline.progress import start
 
-    bar = Progress(transient=True, console=None)
-    task = bar.add_task(what, total=total)
-    return bar, (lambda *_: bar.advance(task))
+    return start(what, total)
 
 
 def model_args(p: argparse.ArgumentParser) -> None:
@@ -147,7 +196,8 @@ def auth_args(p):
     g.add_argument("--nkey", dest="nats_nkey", metavar="FILE", help="file holding a user nkey seed (SU...)")
     g.add_argument("--user", dest="nats_user", metavar="NAME", help="user name (password from --password-file "
                                                                  "or $SPECSTOP_NATS_PASSWORD)")
-    g.add_argument("--password-file", dest="nats_password_file", metavar="FILE")
+    g.add_argument("--password-file", dest="nats_password_file", metavar="FILE",
+                   help="file holding the broker password for --user")
     g.add_argument("--tls-ca", dest="nats_tls_ca", metavar="FILE", help="CA the broker's certificate must chain to")
     g.add_argument("--tls-cert", dest="nats_tls_cert", metavar="FILE", help="client certificate (mutual TLS)")
     g.add_argument("--tls-key", dest="nats_tls_key", metavar="FILE", help="client certificate's key")

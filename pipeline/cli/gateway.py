@@ -12,7 +12,10 @@ def cmd_gateway(a: argparse.Namespace) -> None:
     from pipeline.transport import aio
     from pipeline.transport.broker import default_nats_url
 
-    cfg = GatewayConfig(model_name=a.model_name, max_in_flight=a.max_in_flight, max_tokens_limit=a.max_tokens_limit,
+    from pipeline.cli.preflight import context_tokens
+
+    context = a.max_context_tokens or context_tokens(a.tokenizer)
+    cfg = GatewayConfig(model_name=a.model_name, max_context_tokens=context, max_in_flight=a.max_in_flight, max_tokens_limit=a.max_tokens_limit,
                         max_prompt_tokens=a.max_prompt_tokens, default_chat_tokens=a.default_chat_tokens,
                         request_timeout_s=a.request_timeout, silence_timeout_s=a.silence_timeout,
                         max_length=a.max_length, edge_id=a.edge, header_timeout_s=a.header_timeout,
@@ -40,6 +43,9 @@ def register(sub) -> None:
                    help="generations at once; beyond, 429 overloaded")
     p.add_argument("--max-tokens-limit", type=positive_int, default=2048, help="largest max_tokens accepted")
     p.add_argument("--max-prompt-tokens", type=positive_int, default=4096, help="longest prompt accepted (tokens)")
+    p.add_argument("--max-context-tokens", type=positive_int,
+                   help="prompt + max_tokens beyond this is a 400 context_length_exceeded (default: the "
+                        "--tokenizer model's max_position_embeddings when it is a local directory)")
     p.add_argument("--default-chat-tokens", type=positive_int, default=256,
                    help="max_tokens of a chat request that names none (completions: 16, as OpenAI)")
     p.add_argument("--request-timeout", type=positive_float, default=600.0,

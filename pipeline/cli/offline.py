@@ -12,7 +12,8 @@ from control.theory import theory_table
 from nodes.models.errors import ModelError
 from nodes.models.loading import BUNDLED_PROFILE, load_pair, set_threads
 from schemas.rounds import SamplingParams
-from pipeline.cli.args import (DEFAULT_DELAYS, delays, emit, model_args, non_negative_float, positive_float,
+from pipeline.cli import preflight
+from pipeline.cli.args import (DEFAULT_DELAYS, stop_on_sigterm, delays, emit, model_args, non_negative_float, positive_float,
                                positive_int, progress)
 
 def cmd_train_pair(a: argparse.Namespace) -> None:
@@ -48,12 +49,42 @@ def cmd_generate(a: argparse.Namespace) -> None:
     bundled = not a.draft and not a.target and BUNDLED_PROFILE.exists()
     profile = load_profile(a.profile) if a.profile else load_profile(BUNDLED_PROFILE) if bundled else None
     policy = make_policy(a.policy, max_length=a.max_length, seed=a.seed, profile=profile)  # fails before loading
+    if a.policy != TARGET_ONLY:
+        preflight.check_model(a.draft, "draft")
+    preflight.check_model(a.target, "target")
+    context = preflight.context_tokens(a.target)
+    preflight.check_fits_context(1, a.max_new_tokens, context)  # the prompt has at least one token
     if sys.stderr.isatty():  # a person waits: say what the seconds go to (never in piped or --json use)
         print(f"generate: loading {'the target' if a.policy == TARGET_ONLY else 'the draft and target'} "
               f"model{'' if a.policy == TARGET_ONLY else 's'} ...", file=sys.stderr, flush=True)
     pair = _pair(a, load_draft=a.policy != TARGET_ONLY)
     ids = pair.tokenizer.encode(a.prompt, add_special_tokens=False)
-    res = speculative_generate(pair, ids, a.max_new_tokens, policy, params, a.seed, delay_ms=a.delay_ms)
+    preflight.check_fits_context(len(ids), a.max_new_tokens, context)
+    from nodes.detokenize import IncrementalDetokenizer
+
+    produced: list[int] = []  # the tokens so far: what a signal leaves us to print
+    det = IncrementalDetokenizer(pair.tokenizer)  # as `decode`, so streamed text equals the JSON text
+
+    def on_round(out: list[int]) -> None:
+        new = out[len(produced):]
+        produced.extend(new)
+        if not a.json:  # stream the text as it is produced
+            print(det.feed(new), end="", flush=True)
+
+    stop_on_sigterm()  # SIGTERM, like Ctrl-C, keeps what was produced
+    try:
+        res = speculative_generate(pair, ids, a.max_new_tokens, policy, params, a.seed, delay_ms=a.delay_ms,
+                                   on_round=on_round)
+    except KeyboardInterrupt:
+        if a.json:
+            print(json.dumps({"token_ids": produced, "text": pair.tokenizer.decode(produced),
+                              "stopped_by_signal": True}))
+        else:
+            print(det.flush(), flush=True)
+        raise  # main() answers an interrupt with exit status 130
+    if not a.json:
+        print(det.flush(), flush=True)
+        return
     out = {"token_ids": res.token_ids, "text": res.text, "rounds": res.rounds,
            "accepted_per_round": res.accepted_per_round, "lengths_per_round": res.lengths_per_round,
            "draft_ms": round(res.draft_ms, 3), "verify_ms": round(res.verify_ms, 3),
@@ -83,7 +114,7 @@ def cmd_simulate(a: argparse.Namespace) -> None:
     for p in policies:  # fail fast on a bad spec, before any simulation
         make_policy(p, max_length=k, profile=prof)
     scenarios = build_scenarios(prof.truncated(k), a.scenario, a.delays, a.rounds, a.stay, a.seed, a.dwell_ms)
-    bar, advance = progress(not a.json and sys.stderr.isatty(), "simulating", len(scenarios) * len(policies))
+    bar, advance = progress(not a.json, "simulating", len(scenarios) * len(policies))
     if bar:
         with bar:
             res = simulate(prof, policies, scenarios, a.seeds, max_length=k, jitter=a.jitter, progress=advance)
@@ -112,8 +143,8 @@ def cmd_simulate(a: argparse.Namespace) -> None:
 def register(sub) -> None:
     p = sub.add_parser("train-pair", help="train the bundled byte-level model pair")
     p.add_argument("--out", help="output folder (default: the package's bundled folder)")
-    p.add_argument("--steps", type=positive_int, default=700)
-    p.add_argument("--draft-steps", type=positive_int, default=1200)
+    p.add_argument("--steps", type=positive_int, default=700, help="target model training steps")
+    p.add_argument("--draft-steps", type=positive_int, default=1200, help="draft model training steps")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=positive_int, default=2)
     p.set_defaults(func=cmd_train_pair)
@@ -121,13 +152,13 @@ def register(sub) -> None:
     p = sub.add_parser("train-head", help="train the SpecDec++ acceptance head on the pair's verified drafts")
     p.add_argument("--out", help="output folder (default: the package's bundled head folder)")
     p.add_argument("--windows", type=positive_int, default=5000, help="corpus windows to draft after (8 drafts each)")
-    p.add_argument("--epochs", type=positive_int, default=40)
+    p.add_argument("--epochs", type=positive_int, default=40, help="passes over the verified drafts")
     p.add_argument("--seed", type=int, default=0)
     model_args(p)
     p.set_defaults(func=cmd_train_head)
 
     p = sub.add_parser("generate", help="generate in-process (draft and target here)")
-    p.add_argument("--prompt", required=True)
+    p.add_argument("--prompt", required=True, help="text to continue")
     p.add_argument("--max-new-tokens", type=positive_int, default=128)
     p.add_argument("--policy", default="auto", help="policy spec, or target-only")
     p.add_argument("--max-length", type=positive_int, default=8, help="longest draft")
@@ -160,7 +191,7 @@ def register(sub) -> None:
                    help="markov-rounds: probability of keeping the state each round; markov: sets the default dwell")
     p.add_argument("--dwell-ms", type=positive_float, default=None,
                    help="markov: mean wall-clock time a state holds (default: an oracle round / (1 - stay))")
-    p.add_argument("--jitter", type=non_negative_float, default=0.1)
+    p.add_argument("--jitter", type=non_negative_float, default=0.1, help="relative delay jitter per round")
     p.add_argument("--seed", type=int, default=0, help="seed of the channel's state path")
     p.add_argument("--max-length", type=positive_int)
     p.add_argument("--plots", help="write PNG plots to this folder")

@@ -41,7 +41,7 @@ def cmd_demo(a: argparse.Namespace) -> None:
 
     cfg = _run_config(a)
     say = None if a.json else (lambda text: print(f"demo: {text}", file=sys.stderr, flush=True))
-    bar, advance = progress(not a.json and sys.stderr.isatty())
+    bar, advance = progress(not a.json)
     if bar:
         with bar:
             summary = demo(cfg, advance, say)
@@ -124,7 +124,7 @@ def cmd_experiment(a: argparse.Namespace) -> None:
                     concurrency=a.concurrency or EXPERIMENT_CONCURRENCY.get(a.which, 24),
                     max_new_tokens=a.max_new_tokens, seed=a.seed)
     cfg.out.mkdir(parents=True, exist_ok=True)
-    bar, advance = progress(not a.json and sys.stderr.isatty())
+    bar, advance = progress(not a.json)
     t0 = time.perf_counter()
     if bar:
         bar.start()
@@ -177,20 +177,20 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("analyze", help="what a run did, per policy x delay: ms/token with intervals, time split, regret")
-    p.add_argument("run_dir")
+    p.add_argument("run_dir", help="a run's directory (its logs)")
     p.add_argument("--plots", help="write PNG plots to this folder")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_analyze)
 
     p = sub.add_parser("calibrate", help="fit the control profile (C(L), S(i) with intervals) from a run's logs")
-    p.add_argument("run_dir")
+    p.add_argument("run_dir", help="a run's directory (its logs)")
     p.add_argument("-o", "--out", help="write the profile JSON here (usable by theory/simulate/oracle)")
     p.add_argument("--max-length", type=positive_int, help="longest length in the profile (default: longest seen)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("experiment", help="the paper's experiments on the live pipeline with device emulation")
-    p.add_argument("which", choices=["phase", "compare", "regret", "markov", "drift"])
+    p.add_argument("which", choices=["phase", "compare", "regret", "markov", "drift"], help="which experiment")
     p.add_argument("--out", required=True, help="folder for results (JSON), logs and the report")
     p.add_argument("--quick", action="store_true", help="fewer delays and requests (about 10 minutes)")
     p.add_argument("--edge-device", default="jetson-orin-nano", help="edge device profile to emulate")
@@ -203,5 +203,5 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_experiment)
 
     p = sub.add_parser("report", help="a Markdown page (tables, plots) from the experiment results in DIR")
-    p.add_argument("dir")
+    p.add_argument("dir", help="directory holding `specstop experiment` results")
     p.set_defaults(func=cmd_report)

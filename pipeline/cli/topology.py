@@ -242,14 +242,14 @@ def register(sub) -> None:
     p.add_argument("--verifiers", type=ids("cloud"), default=ids("cloud")("2"), metavar="N|ID,...",
                    help="verifiers: a count (cloud-1, ...) or their ids (default 2)")
     p.add_argument("--cluster", type=int, choices=(1, 3), default=1, help="hub nodes (3: a cluster)")
-    p.add_argument("--requests-per-edge", type=positive_int, default=8)
+    p.add_argument("--requests-per-edge", type=positive_int, default=8, help="requests each edge sends")
     p.add_argument("--concurrency", type=positive_int, default=4, help="requests in flight per edge")
     p.add_argument("--max-new-tokens", type=positive_int, default=64)
     p.add_argument("--policy", default="fixed:4")
     p.add_argument("--hop-requests", type=positive_int, default=6, help="requests for the leaf-hop measurement")
     p.add_argument("--bench", action="store_true", help="also: tokens/s with 1, 2, 4 verifiers (emulated verify)")
-    p.add_argument("--bench-requests-per-edge", type=positive_int, default=12)
-    p.add_argument("--bench-concurrency", type=positive_int, default=6)
+    p.add_argument("--bench-requests-per-edge", type=positive_int, default=12, help="requests per edge in the timed part")
+    p.add_argument("--bench-concurrency", type=positive_int, default=6, help="requests in flight per edge in the timed part")
     p.add_argument("--link-drop", type=positive_float, metavar="SECONDS",
                    help="also: cut edge-1's leaf link this long mid-workload")
     p.add_argument("--out", help="folder for configs, logs and topology.json (default: a new temp folder)")

@@ -13,6 +13,7 @@ from nodes.link import parse_channel
 from nodes.models.loading import BUNDLED_PROFILE
 from nodes.protocol.admission import EdgeLimits
 from nodes.protocol.verifier_table import TableConfig
+from pipeline.cli import preflight
 from pipeline.cli.args import (device_profile, log_args, metrics_arg, nats_arg, node_args, node_id, non_negative_float,
                                non_negative_int, positive_float, positive_int, prefill_chunk, stop_on_sigterm)
 from pipeline.errors import PipelineError
@@ -69,6 +70,7 @@ def _check_device(a: argparse.Namespace, half: str) -> None:
 
 def cmd_cloud(a: argparse.Namespace) -> None:
     _check_device(a, "verify")
+    preflight.check_model(a.target, "target")  # a path that cannot load is refused before the broker probe
     try:  # the quotas' own rules (e.g. a share above the cap), before any model loads
         TableConfig(a.id, a.max_sessions, max_sessions_per_edge=a.max_sessions_per_edge,
                     max_rounds_per_edge=a.max_rounds_per_edge)
@@ -88,6 +90,7 @@ def _bundled_profile():
 
 def cmd_edge(a: argparse.Namespace) -> None:
     parse_channel(a.channel)  # refuse a bad spec before loading anything
+    preflight.check_model(a.draft, "draft")
     profile = load_profile(a.profile) if a.profile else None
     make_policy(a.policy, max_length=a.max_length, profile=profile or _bundled_profile())
     _check_device(a, "draft")
@@ -116,7 +119,7 @@ def register(sub) -> None:
 
     p = sub.add_parser("cloud", help="serve the target model: verify drafts")
     node_args(p, "cloud-1")
-    t = TableConfig()
+    t, c = TableConfig(), CloudOptions()  # the options own the defaults; the parser only shows them
     p.add_argument("--max-sessions", type=positive_int, default=t.max_sessions,
                    help="sessions held at once (the cap)")
     p.add_argument("--max-sessions-per-edge", type=positive_int, default=t.max_sessions_per_edge,
@@ -129,14 +132,14 @@ def register(sub) -> None:
                    help="seconds an idle session is kept")
     p.add_argument("--evict-idle", type=positive_float, default=t.evict_idle_s,
                    help="at the cap, a session idle this many seconds may make room for a new one")
-    p.add_argument("--max-context-tokens", type=positive_int, default=8192,
+    p.add_argument("--max-context-tokens", type=positive_int, default=c.max_context_tokens,
                    help="tokens one session may hold (prompt + generated); larger contexts are refused")
-    p.add_argument("--max-batch", type=positive_int, default=32, help="rounds verified in one batched forward")
-    p.add_argument("--batch-wait-ms", type=non_negative_float, default=2.0,
+    p.add_argument("--max-batch", type=positive_int, default=c.max_batch, help="rounds verified in one batched forward")
+    p.add_argument("--batch-wait-ms", type=non_negative_float, default=c.batch_wait_ms,
                    help="the longest a round waits for others to join its batch (0: no waiting)")
     p.add_argument("--no-slot-cache", action="store_true",
                    help="verify every round on the per-request KV cache (no slots, no batched forward)")
-    p.add_argument("--slot-memory-mb", type=positive_int, default=2048,
+    p.add_argument("--slot-memory-mb", type=positive_int, default=c.slot_memory_mb,
                    help="K/V memory of the slot cache; sessions that do not fit run per request")
     p.add_argument("--prefill-chunk", type=prefill_chunk, default="auto",
                    help="context tokens prefilled per batch, so a long prompt does not stall other streams' "
@@ -151,31 +154,32 @@ def register(sub) -> None:
 
     p = sub.add_parser("edge", help="serve generate requests with the draft model")
     node_args(p, "edge-1")
-    p.add_argument("--channel", default="const:0", help="link emulation spec (see README)")
-    p.add_argument("--policy", default="auto", help="default policy spec for requests that name none")
-    p.add_argument("--seed", type=int, default=0)
+    e, lim = EdgeOptions(), EdgeLimits()  # the options own the defaults; the parser only shows them
+    p.add_argument("--channel", default=e.channel, help="link emulation spec (see README)")
+    p.add_argument("--policy", default=e.policy, help="default policy spec for requests that name none")
+    p.add_argument("--seed", type=int, default=e.seed)
     p.add_argument("--remote-policy", action="store_true",
                    help="act on snapshots from `specstop control` instead of learning in-process")
-    p.add_argument("--request-timeout", type=positive_float, default=10.0,
+    p.add_argument("--request-timeout", type=positive_float, default=e.request_timeout_s,
                    help="seconds one attempt of a round waits for its verdict")
-    p.add_argument("--failover-deadline", type=positive_float, default=30.0,
+    p.add_argument("--failover-deadline", type=positive_float, default=e.failover_deadline_s,
                    help="seconds a round may wait for any verifier before the request fails")
-    p.add_argument("--max-active", type=positive_int, default=64, help="requests generating at once")
-    p.add_argument("--max-queued", type=non_negative_int, default=256,
+    p.add_argument("--max-active", type=positive_int, default=lim.max_active, help="requests generating at once")
+    p.add_argument("--max-queued", type=non_negative_int, default=lim.max_queued,
                    help="requests waiting for a slot; beyond, requests are answered 'overloaded'")
-    p.add_argument("--max-prompt-tokens", type=positive_int, default=4096)
-    p.add_argument("--max-new-tokens-limit", type=positive_int, default=2048,
+    p.add_argument("--max-prompt-tokens", type=positive_int, default=lim.max_prompt_tokens, help="longest prompt accepted (tokens)")
+    p.add_argument("--max-new-tokens-limit", type=positive_int, default=lim.max_new_tokens,
                    help="largest max_new_tokens a request may ask for")
-    p.add_argument("--max-request-s", type=positive_float, default=600.0,
+    p.add_argument("--max-request-s", type=positive_float, default=lim.max_request_s,
                    help="no request runs longer (a request's own deadline may be shorter)")
     p.add_argument("--profile", help="control profile for oracle / static:D / head-rule policies "
                                      "(default: the bundled pair's; see `specstop calibrate`)")
-    p.add_argument("--draft-max-batch", type=positive_int, default=64, help="rounds drafted in one batch")
-    p.add_argument("--draft-batch-wait-ms", type=non_negative_float, default=2.0,
+    p.add_argument("--draft-max-batch", type=positive_int, default=e.draft_max_batch, help="rounds drafted in one batch")
+    p.add_argument("--draft-batch-wait-ms", type=non_negative_float, default=e.draft_batch_wait_ms,
                    help="the longest a round waits for others to join its draft batch (0: no waiting)")
     p.add_argument("--no-draft-slot-cache", action="store_true",
                    help="draft every request on its own KV cache (no slots, no batched drafting)")
-    p.add_argument("--draft-slot-memory-mb", type=positive_int, default=1024,
+    p.add_argument("--draft-slot-memory-mb", type=positive_int, default=e.draft_slot_memory_mb,
                    help="K/V memory of the draft slot cache; requests that do not fit draft per request")
     p.add_argument("--random-placement", action="store_true",
                    help="start each session wherever the verifier queue group sends it, instead of on the least "
@@ -184,7 +188,7 @@ def register(sub) -> None:
 
     p = sub.add_parser("control", help="control subscriber: learn from timing events, publish policy updates")
     nats_arg(p)
-    p.add_argument("--id", type=node_id, default="control-1")
+    p.add_argument("--id", type=node_id, default="control-1", help="node id (names its subjects and log)")
     metrics_arg(p)
     log_args(p)
     p.add_argument("--max-length", type=positive_int, default=8)

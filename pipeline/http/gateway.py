@@ -48,6 +48,7 @@ class GatewayConfig:
     max_in_flight: int = 256            # generations at once; beyond, 429
     max_tokens_limit: int = 2048        # largest max_tokens a request may ask for
     max_prompt_tokens: int = 4096
+    max_context_tokens: int | None = None  # prompt + max_tokens must fit the model's context (None: unknown)
     default_completion_tokens: int = 16  # OpenAI's default for /v1/completions
     default_chat_tokens: int = 256
     request_timeout_s: float = 600.0    # a request's deadline unless `specstop.deadline_s` is shorter
@@ -397,6 +398,10 @@ class Gateway:
         if n_prompt > cfg.max_prompt_tokens:
             raise APIError(400, f"{where} is {n_prompt} tokens; this server allows at most {cfg.max_prompt_tokens}",
                            "invalid_request_error", where, "context_length_exceeded")
+        if cfg.max_context_tokens is not None and n_prompt + max_tokens > cfg.max_context_tokens:
+            raise APIError(400, f"{where} ({n_prompt} tokens) + {param_tokens} ({max_tokens}) exceeds the model's "
+                                f"context of {cfg.max_context_tokens} tokens", "invalid_request_error",
+                           param_tokens, "context_length_exceeded")
         temperature = 1.0 if req.temperature is None else float(req.temperature)
         seed = req.seed if req.seed is not None else (uuid.uuid4().int & ((1 << 63) - 1) if temperature > 0 else 0)
         prefix = "chatcmpl" if kind == "chat" else "cmpl"

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import signal
 import socket
 from dataclasses import dataclass, field
 
@@ -15,6 +14,7 @@ from pipeline.errors import PipelineError
 from pipeline.http.app import create_app
 from pipeline.http.connections import ConnectionLimits, guarded
 from pipeline.http.gateway import Gateway, GatewayConfig
+from pipeline.orchestration.signals import on_stop_signals
 from pipeline.metrics import GatewayMetrics, parse_hostport, serve as serve_metrics, tap
 from pipeline.transport import bus
 from pipeline.transport.auth import role_inbox
@@ -124,8 +124,7 @@ async def serve_gateway(opts: GatewayOptions) -> None:
           f"(model '{opts.config.model_name}')", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    on_stop_signals(stop)  # a second signal stops at once
     waiter = asyncio.create_task(stop.wait())
     await asyncio.wait({waiter, server.task}, return_when=asyncio.FIRST_COMPLETED)
     waiter.cancel()

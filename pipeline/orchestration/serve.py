@@ -12,8 +12,7 @@ imports this module answers --help and refuses bad flags at once.
 from __future__ import annotations
 
 import asyncio
-import signal
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from control import load_profile, make_policy
 from pipeline.transport.confirm import confirm_sent
@@ -27,6 +26,7 @@ from nodes.protocol.verifier_table import TableConfig
 from pipeline.transport import bus
 from pipeline.transport.auth import role_inbox
 from pipeline import logs
+from pipeline.orchestration.signals import on_stop_signals
 from schemas.codec import DEFAULT_MAX_PAYLOAD, Limits
 from schemas import subjects
 
@@ -94,16 +94,7 @@ def limits_for(vocab: int, opts: NodeOptions, max_context_tokens: int = 32768) -
 async def _wait_for_signal() -> None:
     """Return at the first SIGINT/SIGTERM; a second one ends the process at once."""
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    main = asyncio.current_task()
-
-    def on_signal() -> None:
-        if stop.is_set() and main is not None:
-            main.cancel()
-        stop.set()
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, on_signal)
+    on_stop_signals(stop)
     await stop.wait()
 
 
@@ -219,8 +210,12 @@ async def serve_edge(opts: NodeOptions, edge: EdgeOptions) -> None:
     drafting = DraftBatchConfig(edge.draft_max_batch, edge.draft_batch_wait_ms, edge.draft_slot_cache,
                                 edge.limits.max_prompt_tokens + edge.limits.max_new_tokens + opts.max_length + 1,
                                 2 * edge.limits.max_active, edge.draft_slot_memory_mb)
+    limits = edge.limits
+    if limits.max_context_tokens is None:  # the loaded model's context, unless the caller set one
+        context = getattr(pair.draft.config, "max_position_embeddings", None)
+        limits = replace(limits, max_context_tokens=context if isinstance(context, int) and context > 0 else None)
     cfg = EdgeConfig(opts.node_id, edge.policy, opts.max_length, edge.request_timeout_s, edge.failover_deadline_s,
-                     edge.seed, edge.limits, opts.drain_timeout_s, drafting, edge.place_sessions)
+                     edge.seed, limits, opts.drain_timeout_s, drafting, edge.place_sessions)
     profile = profile_for(pair, edge.profile)
     book = PolicyBook(opts.max_length, edge.seed, learn_locally=edge.local_policy,
                       fallback=default_policy_for(profile, opts.max_length), profile=profile, pinned=edge.policy)
