@@ -19,6 +19,7 @@ from pipeline.errors import PipelineError
 from pipeline.topology.run import Topology
 from pipeline.transport import bus
 from pipeline.transport.auth import ConnectAuth, role_inbox
+from tests.waiting import NotReached, eventually
 
 pytestmark = pytest.mark.slow  # a hub, two leaves and ~20 connections over TLS (~30 s)
 
@@ -46,13 +47,28 @@ class Conn:
                                      **auth.connect_kwargs())
         return self
 
-    async def violations(self, wait: float = 0.4) -> list[str]:
+    async def violations(self, expect: bool = True, wait: float = 0.4, count: int = 1) -> list[str]:
+        """The permission violations reported so far.
+
+        Callers that expect a refusal assert this is non-empty, so the helper
+        returns as soon as one arrives (bounded by a generous timeout); when
+        `expect=False` waits `wait` seconds instead: for an allowed action the
+        sleep is the only evidence of absence, so callers pair it with a check
+        that the message was delivered.
+        """
         try:
             await confirm_sent(self.nc, 2.0)
         except Exception:
             pass
-        await asyncio.sleep(wait)
-        return [e for e in self.errors if "permissions violation" in e.lower()]
+        def seen() -> list[str]:
+            return [e for e in self.errors if "permissions violation" in e.lower()]
+        if not expect:
+            await asyncio.sleep(wait)  # absence has no event to await; see docstring
+            return seen()
+        try:
+            return await eventually(lambda: len(seen()) >= count and seen(), timeout=max(wait, 10.0), what="a permissions violation")
+        except NotReached:
+            return []
 
     async def close(self):
         await self.nc.close()
@@ -196,7 +212,7 @@ async def test_only_the_controller_publishes_policy_updates(topo):
         await c.close()
     ctl = await conn(topo.hub_url(), topo.auth("controller", "control-1"), role_inbox("controller", "control-1"))
     await ctl.nc.publish("specstop.policy.edge-1", b"update")
-    assert await ctl.violations() == []
+    assert await ctl.violations(expect=False) == []
     assert [m.data for m in await received(sub, 2.0)] == [b"update"]
     await ctl.close()
     await edge1.close()
@@ -216,7 +232,7 @@ async def test_a_device_gateway_reads_its_own_edges_timing_only_and_sends_no_dra
     g = await conn(topo.leaf_url("edge-1"), topo.auth("gateway", "edge-1"))
     own = await g.nc.subscribe("specstop.timing.edge-1")
     await g.nc.publish("specstop.generate.edge-1", b"x")  # its edge's generate subject: allowed
-    assert not await g.violations()
+    assert not await g.violations(expect=False)
     await g.nc.subscribe("specstop.timing.edge-2")
     assert await g.violations(), "a gateway read another edge's timing events"
     await own.unsubscribe()
@@ -245,7 +261,7 @@ async def test_an_edge_reads_its_policy_back_from_the_bucket_through_its_leaf_wi
     ekv = await ejs.key_value("specstop_policies")
     keys = await bucket_keys(ejs, "edge-1")
     assert keys == ["edge-1.auto"] and (await ekv.get("edge-1.auto")).value == b"snapshot"
-    assert not await e.violations(), e.errors
+    assert not await e.violations(expect=False), e.errors
     await e.close()
     await ctl.close()
 
@@ -317,7 +333,7 @@ async def test_a_generate_streams_to_its_client_and_no_other_client_sees_it(topo
         assert not [e for e in log.events if e[0] == "nats_error"], log.events
         for spy in spies:
             assert await received(spy) == []
-        assert len(await bob.violations()) == 2  # alice's prefix and the shared one were refused
+        assert len(await bob.violations(count=2)) == 2  # alice's prefix and the shared one were refused
     finally:
         await alice.close()
         await bob.close()
@@ -328,7 +344,7 @@ async def test_a_gateway_reads_only_its_own_inbox_and_its_edges_heartbeat(topo):
     g = await conn(topo.leaf_url("edge-1"), topo.auth("gateway", "edge-1"), role_inbox("gateway", "edge-1"))
     await g.nc.subscribe(g.nc.new_inbox())
     await g.nc.subscribe("specstop.alive.edge.edge-1")
-    assert not await g.violations(), g.errors
+    assert not await g.violations(expect=False), g.errors
     for subject in ("_INBOX.>", "_INBOX_client_alice.>", "specstop.alive.edge.edge-2"):
         g.errors.clear()
         await g.nc.subscribe(subject)
@@ -354,7 +370,7 @@ async def test_an_edge_takes_generate_requests_in_its_queue_group(topo):
     alice = await conn(topo.leaf_url("edge-1"), topo.auth("client", "alice"))
     await alice.nc.publish("specstop.generate", b"request", reply=alice.nc.new_inbox())
     assert [m.data for m in await received(sub, 2.0)] == [b"request"]
-    assert not await e.violations() and not await alice.violations()
+    assert not await e.violations(expect=False) and not await alice.violations(expect=False)
     await alice.close()
     await e.close()
 
@@ -392,7 +408,7 @@ async def test_an_edge_cannot_draft_end_or_send_a_heartbeat_in_another_edges_nam
 async def test_a_verifier_publishes_nothing_but_its_own_heartbeat(topo, subject):
     v = await conn(topo.hub_url(), topo.auth("verifier", "cloud-1"))
     await v.nc.publish("specstop.alive.verifier.cloud-1", b"alive")
-    assert not await v.violations(), v.errors
+    assert not await v.violations(expect=False), v.errors
     await v.nc.publish(subject, b"forged")
     assert await v.violations(), f"a verifier published {subject}"
     await v.close()
@@ -419,5 +435,5 @@ async def test_heartbeats_cross_the_leaf_both_ways(topo):
         got_g += [m.data for m in await received(own_edge, 0.2)]
     assert set(got_v) == {b"edge alive"} and set(got_e) == {b"verifier alive"} and set(got_g) == {b"edge alive"}
     for c in (v, e, g):
-        assert not await c.violations(), c.errors
+        assert not await c.violations(expect=False), c.errors
         await c.close()

@@ -7,11 +7,11 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 
 import pytest
 
 from tests.conftest import run_cli
+from tests.waiting import NotReached, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -33,19 +33,20 @@ def children(pid: int) -> list[int]:
 
 
 def gone(pid: int, timeout: float = 15.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    """True once `pid` no longer exists (reaping it if it is our zombie child)."""
+    def absent() -> bool:
         try:
             os.kill(pid, 0)
         except ProcessLookupError:
             return True
-        try:  # reap it if it is our zombie child
-            if os.waitpid(pid, os.WNOHANG)[0] == pid:
-                return True
+        try:
+            return os.waitpid(pid, os.WNOHANG)[0] == pid
         except ChildProcessError:
-            pass
-        time.sleep(0.05)
-    return False
+            return False
+    try:
+        return wait_until(absent, timeout=timeout, interval=0.05, what=f"process {pid} to exit")
+    except NotReached:
+        return False
 
 
 @pytest.fixture
@@ -113,10 +114,10 @@ def test_sigterm_stops_the_controller_after_its_batch(broker_cli, tmp_path):
     proc, info, port = broker_cli
     log = tmp_path / "control.jsonl"
     ctl = start("control", "--nats", info["url"], "--log-file", str(log))
-    deadline = time.monotonic() + 60
-    while '"control_started"' not in (log.read_text() if log.exists() else ""):
-        assert time.monotonic() < deadline and ctl.poll() is None, ctl.stderr.read() if ctl.poll() else "not ready"
-        time.sleep(0.1)
+    def started() -> bool:
+        assert ctl.poll() is None, ctl.stderr.read()
+        return '"control_started"' in (log.read_text() if log.exists() else "")
+    wait_until(started, timeout=60, interval=0.1, what="control_started in the controller's log")
     ctl.send_signal(signal.SIGTERM)
     assert ctl.wait(timeout=20) == 0
     assert '"control_stopped"' in log.read_text()
