@@ -127,10 +127,10 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_bench_engine)
     p = bsub.add_parser("trees", help="chain vs draft trees (depth x width): tokens per target forward, "
                         "ms/token modelled at 0 and 50 ms")
-    p.add_argument("--repeats", type=positive_int, default=3)
+    p.add_argument("--repeats", type=positive_int, default=3, help="timed repeats per shape (medians reported)")
     p.add_argument("--max-new-tokens", type=positive_int, default=32)
-    p.add_argument("--max-depth", type=positive_int, default=8)
-    p.add_argument("--max-width", type=positive_int, default=3)
+    p.add_argument("--max-depth", type=positive_int, default=8, help="deepest tree (and longest chain) measured")
+    p.add_argument("--max-width", type=positive_int, default=3, help="most candidates per tree node measured")
     p.add_argument("--json", action="store_true")
     model_args(p)
     p.set_defaults(func=cmd_bench_trees)
