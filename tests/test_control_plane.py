@@ -16,6 +16,13 @@ from schemas import subjects
 from schemas.codec import encode
 from schemas.messages import GenerateRequest, PolicyUpdate, TimingEvent
 from tests.pipeline_fixtures import cluster, read_log, reset_jetstream, start_controller, wait_for
+from tests.waiting import eventually
+
+
+async def _drained(nc):
+    """The controller's consumer info once nothing is pending or awaiting an ack, else None."""
+    info = await nc.jetstream().consumer_info(subjects.TIMING_STREAM, subjects.CONTROL_DURABLE)
+    return info if info.num_pending == 0 and info.num_ack_pending == 0 else None
 
 
 @pytest.fixture(autouse=True)
@@ -92,7 +99,8 @@ async def test_restarted_controller_resumes_from_the_bucket(broker, tmp_path):
     assert restored.policy.snapshot() == before  # estimates equal before and after the restart
     evs += await publish_events(broker.url, 50, start=150)
     await wait_for(lambda: restored.version == 200)
-    await asyncio.sleep(0.3)
+    # every event delivered and acked: nothing is left that could be applied a second time
+    await eventually(lambda: _drained(nc2), what="the durable consumer has nothing pending or unacked")
     await ctl2.stop()
     await nc2.close()
     assert first_run + ctl2.applied == 200  # none applied twice, none lost
@@ -158,8 +166,7 @@ async def test_malformed_events_are_acked_logged_and_skipped(broker, tmp_path):
     await publish_events(broker.url, 5, edge_id="edge-q")
     cnc, ctl = await start_controller(broker.url, tmp_path)
     await wait_for(lambda: ctl.applied == 5 and ctl.malformed == 2)
-    await asyncio.sleep(0.3)
-    info = await cnc.jetstream().consumer_info(subjects.TIMING_STREAM, subjects.CONTROL_DURABLE)
+    info = await eventually(lambda: _drained(cnc), what="every event, the malformed ones too, acked")
     await ctl.stop()
     await cnc.close()
     assert info.num_ack_pending == 0 and info.num_redelivered == 0 and ctl.malformed == 2
@@ -179,7 +186,9 @@ async def test_snapshot_of_unknown_or_newer_version_is_refused(broker, pair, tmp
         bad = PolicyUpdate("edge-1", "auto", 4, long_draft_snapshot() | snapshot_patch)
         await client.publish(subjects.policy("edge-1"), encode(bad))
         await confirm_sent(client, 10.0)
-        await asyncio.sleep(0.3)
+        # the edge has handled the bad update (its refusal is logged) before we look at what it kept
+        await eventually(lambda: any(e["event"] == "policy_update_refused"
+                                     for e in read_log(tmp_path / "edge-1.jsonl")), what="policy_update_refused logged")
         assert edge.policies.versions["auto"] == 3
         assert edge.policies.get("auto").snapshot() == good.snapshot
     refused = [e for e in read_log(tmp_path / "edge-1.jsonl") if e["event"] == "policy_update_refused"]
