@@ -9,6 +9,7 @@ import pytest
 from nodes.speculative import target_only_generate
 from pipeline.topology.run import Topology
 from pipeline.topology.workload import drive, read_rounds, start_workers, summarize
+from tests.waiting import eventually
 
 
 @pytest.mark.slow
@@ -45,6 +46,11 @@ async def _timing_in_stream(topo, edge: str) -> int:
         await nc.close()
 
 
+async def _at_least(topo, edge: str, n: int) -> int | None:
+    got = await _timing_in_stream(topo, edge)
+    return got if got >= n else None
+
+
 async def _drive_with_cut(topo, seconds: float, per_edge: int = 16):
     """A workload whose requests are mid-generation when the link goes (they take seconds in all)."""
     import asyncio
@@ -79,8 +85,10 @@ async def test_a_cut_leaf_link_delays_requests_or_fails_them_naming_the_link_and
             assert failed, "a 14 s cut with an 8 s failover deadline failed no request"
             assert all(r.error_code == "no_verifier" and "leaf node's link to the hub" in r.error for r in failed), \
                 [r.error for r in failed]
-            await asyncio.sleep(3.0)  # the outbox empties once the link is back
             rounds = read_rounds(tmp_path / "run" / "edge-1.jsonl")
-            assert await _timing_in_stream(topo, "edge-1") == len(rounds)  # no timing event lost or doubled
+            # the outbox empties once the link is back: wait for every round's event, then ask for exactly that many
+            stored = await eventually(lambda: _at_least(topo, "edge-1", len(rounds)), timeout=60,
+                                      what=f"{len(rounds)} timing events in the hub's stream")
+            assert stored == len(rounds)  # no timing event lost or doubled
         finally:
             workers.stop()
