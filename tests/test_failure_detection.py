@@ -80,7 +80,7 @@ async def test_a_stalled_verifier_costs_no_request_more_than_a_timeout_while_ano
                                        and lv.request.round > 0 for lv in edge.live.values()), timeout=30.0)
             os.kill(stalled.pid, signal.SIGSTOP)
             stopped_at = time.monotonic()
-            await asyncio.sleep(0.5)
+            await asyncio.sleep(0.5)  # the stall is under way (its length is the condition under test)
             second = [asyncio.create_task(one(i, "during")) for i in range(8)]  # new sessions during the stall
             done = await asyncio.wait_for(asyncio.gather(*first, *second), timeout=90.0)
             os.kill(stalled.pid, signal.SIGCONT)

@@ -12,7 +12,7 @@ from nodes.speculative import speculative_generate, target_only_generate
 from pipeline.transport.client import generate_stream
 from schemas.messages import GenerateRequest
 from schemas.rounds import SamplingParams
-from tests.pipeline_fixtures import cluster, read_log
+from tests.pipeline_fixtures import cluster, read_log, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +131,8 @@ async def test_a_stream_survives_a_broker_restart(tmp_path, pair):
         async with cluster(broker.url, pair, tmp_path, channel="const:20") as (client, edge, clouds):
             task = asyncio.create_task(generate_stream(
                 client, GenerateRequest("restart", prompt=prompt, max_new_tokens=128, policy="fixed:3"), 60))
-            await asyncio.sleep(0.5)
+            # restart while the generation is under way: after its first verified round
+            await wait_for(lambda: any(lv.request is not None and lv.request.round > 0 for lv in edge.live.values()))
             await asyncio.to_thread(broker.restart)
             res = await task
     finally:
