@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 
 import nats
+import nats.errors
 import pytest
 
 from pipeline.transport.confirm import confirm_sent
@@ -87,6 +88,17 @@ async def received(sub, wait: float = 0.5) -> list:
         return got
 
 
+async def until_delivered(attempt, what: str, timeout: float = 20.0):
+    """Retry `attempt` (a delivery that fails while interest has not yet crossed between the leaf and
+    the hub) until it succeeds: the proof that later deliveries, and later refusals, are meaningful."""
+    async def once():
+        try:
+            return await attempt()
+        except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
+            return None
+    return await eventually(once, timeout=timeout, what=what)
+
+
 async def test_a_connection_without_credentials_is_refused(topo):
     for url in (topo.hub_url(), topo.leaf_url("edge-1")):
         with pytest.raises(PipelineError, match="refused these credentials"):
@@ -125,6 +137,8 @@ async def test_an_edge_cannot_send_a_verdict_to_another_edges_inbox(topo):
     inbox = victim.nc.new_inbox()
     sub = await victim.nc.subscribe(inbox)
     await confirm_sent(victim.nc, 10.0)
+    # let the inbox's interest spread (no identity may publish to an edge's inbox unasked, so there is no
+    # probe to wait on); the refusals below come from the publishers' own servers either way
     await asyncio.sleep(0.3)
     # the other edge, on its own device
     edge2 = await conn(topo.leaf_url("edge-2"), topo.auth("edge", "edge-2"), role_inbox("edge", "edge-2"))
@@ -153,8 +167,8 @@ async def test_only_a_verifier_that_received_the_draft_answers_it_across_the_lea
     await verifier.nc.subscribe("specstop.draft.*", queue="verifiers", cb=answer)
     await confirm_sent(verifier.nc, 10.0)
     edge = await conn(topo.leaf_url("edge-1"), topo.auth("edge", "edge-1"), role_inbox("edge", "edge-1"))
-    await asyncio.sleep(0.5)  # the verifier's interest crosses to the leaf
-    reply = await edge.nc.request("specstop.draft.edge-1", b"draft", timeout=5)
+    reply = await until_delivered(lambda: edge.nc.request("specstop.draft.edge-1", b"draft", timeout=1),
+                                  "the verifier's interest crosses to the leaf")
     assert reply.data == b"verdict"
     assert await verifier.violations(), "allow_responses let the verifier reply twice"
     await edge.close()
@@ -181,10 +195,12 @@ async def test_an_edge_reports_timing_only_under_its_own_id_and_publishes_no_pol
     policy = await ops.nc.subscribe("specstop.policy.>")
     await confirm_sent(ops.nc, 10.0)
     edge2 = await conn(topo.leaf_url("edge-2"), topo.auth("edge", "edge-2"), role_inbox("edge", "edge-2"))
-    await asyncio.sleep(0.3)
-    await edge2.nc.publish("specstop.timing.edge-2", b"own")        # allowed
-    await confirm_sent(edge2.nc, 10.0)
-    assert [m.subject for m in await received(timing)] == ["specstop.timing.edge-2"]
+    async def own():  # allowed; repeated until the operator's interest has reached the leaf
+        await edge2.nc.publish("specstop.timing.edge-2", b"own")
+        return await timing.next_msg(timeout=0.5)
+
+    first = await until_delivered(own, "edge-2's own timing event reaches the hub")
+    assert {m.subject for m in [first, *await received(timing)]} == {"specstop.timing.edge-2"}
     for subject in ("specstop.timing.edge-1", "specstop.policy.edge-1", "specstop.policy.edge-2",
                     "$KV.specstop_policies.edge-2.auto"):
         edge2.errors.clear()
@@ -204,13 +220,19 @@ async def test_only_the_controller_publishes_policy_updates(topo):
     edge1 = await conn(topo.leaf_url("edge-1"), topo.auth("edge", "edge-1"), role_inbox("edge", "edge-1"))
     sub = await edge1.nc.subscribe("specstop.policy.edge-1")
     await confirm_sent(edge1.nc, 10.0)
-    await asyncio.sleep(0.5)
+    ctl = await conn(topo.hub_url(), topo.auth("controller", "control-1"), role_inbox("controller", "control-1"))
+
+    async def probe():  # the controller's updates reach the edge: a forged one would too, were it allowed
+        await ctl.nc.publish("specstop.policy.edge-1", b"probe")
+        return await sub.next_msg(timeout=0.5)
+
+    await until_delivered(probe, "the edge's interest in its policy subject reaches the hub")
+    await received(sub)  # drop the probes still in flight
     for role, ident in (("verifier", "cloud-1"), ("client", "alice")):
         c = await conn(topo.hub_url(), topo.auth(role, ident))
         await c.nc.publish("specstop.policy.edge-1", b"forged")
         assert await c.violations(), f"{role} published a policy update"
         await c.close()
-    ctl = await conn(topo.hub_url(), topo.auth("controller", "control-1"), role_inbox("controller", "control-1"))
     await ctl.nc.publish("specstop.policy.edge-1", b"update")
     assert await ctl.violations(expect=False) == []
     assert [m.data for m in await received(sub, 2.0)] == [b"update"]
