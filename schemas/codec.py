@@ -81,7 +81,8 @@ def _refuse_ext(code: int, data: bytes):
     raise SchemaError(f"msgpack ext type {code} is not allowed")
 
 
-def decode(payload: bytes, limits: Limits = Limits(), expect: tuple[type, ...] | None = None) -> Any:
+def unpack_map(payload: bytes, limits: Limits = Limits()) -> dict:
+    """The first gate of every message: bounded size, valid msgpack with no ext types, a map."""
     if len(payload) > limits.max_payload:
         raise SchemaError(f"payload of {len(payload)} bytes exceeds the {limits.max_payload}-byte limit", "too_large")
     try:
@@ -92,6 +93,11 @@ def decode(payload: bytes, limits: Limits = Limits(), expect: tuple[type, ...] |
         raise SchemaError(f"not valid msgpack: {exc}") from None
     if not isinstance(body, dict):
         raise SchemaError(f"message must be a map, got {type(body).__name__}")
+    return body
+
+
+def decode(payload: bytes, limits: Limits = Limits(), expect: tuple[type, ...] | None = None) -> Any:
+    body = unpack_map(payload, limits)
     v = body.get("v")
     if type(v) is not int or v != SCHEMA_VERSION:
         raise SchemaError(f"schema version {_short(v)} is not supported (this build speaks {SCHEMA_VERSION})",

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import msgpack
 
-from schemas.codec import Limits, SchemaError, _short
+from schemas.codec import Limits, SchemaError, _short, unpack_map
 from schemas.messages import MAX_ROUND, valid_id
 
 TREE_SCHEMA_VERSION = 2
@@ -57,21 +57,8 @@ def encode_tree(msg: TreeDraftMsg) -> bytes:
     return msgpack.packb(body, use_bin_type=True)
 
 
-def _refuse_ext(code: int, data: bytes):
-    raise SchemaError(f"msgpack ext type {code} is not allowed")
-
-
 def decode_tree(payload: bytes, limits: Limits = Limits()) -> TreeDraftMsg:
-    if len(payload) > limits.max_payload:
-        raise SchemaError(f"payload of {len(payload)} bytes exceeds the {limits.max_payload}-byte limit", "too_large")
-    try:
-        body = msgpack.unpackb(payload, raw=False, strict_map_key=True, ext_hook=_refuse_ext)
-    except SchemaError:
-        raise
-    except (ValueError, TypeError) as exc:
-        raise SchemaError(f"not valid msgpack: {exc}") from None
-    if not isinstance(body, dict):
-        raise SchemaError(f"message must be a map, got {type(body).__name__}")
+    body = unpack_map(payload, limits)
     v = body.get("v")
     if type(v) is not int or v != TREE_SCHEMA_VERSION:
         raise SchemaError(f"tree_draft: schema version {_short(v)} is not supported "
