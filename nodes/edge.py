@@ -78,7 +78,7 @@ class RoundFailed(RuntimeError):
         self.code = code
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class EdgeConfig:
     edge_id: str = "edge-1"
     default_policy: str = "auto"

@@ -71,7 +71,7 @@ async def start_edge(url: str, pair, log_dir: Path, edge_id: str, channel: str, 
 
     nc = await bus.connect(url, edge_id)
     book = PolicyBook(max_length, 0, learn_locally=local_policy, fallback=make_policy("fixed:2", max_length=max_length))
-    edge = EdgeWorker(nc, pair, EdgeConfig(edge_id, policy, max_length, request_timeout_s=5.0),
+    edge = EdgeWorker(nc, pair, EdgeConfig(edge_id=edge_id, default_policy=policy, max_length=max_length, request_timeout_s=5.0),
                       Limits(max_draft_length=max_length, vocab_size=pair.vocab_size),
                       logs.configure(edge_id, log_dir / f"{edge_id}.jsonl"), parse_channel(channel, seed=1), book)
     await edge.start()

@@ -47,7 +47,7 @@ async def nodes(url: str, pair, log_dir):
         log = logs.configure(HONEST, log_dir / f"{HONEST}.jsonl")
         conns.append(await bus.connect(url, HONEST, log))
         book = PolicyBook(8, 0, learn_locally=True, fallback=make_policy("fixed:3", max_length=8))
-        edge = EdgeWorker(conns[-1], pair, EdgeConfig(HONEST, "fixed:3", 8, request_timeout_s=10.0,
+        edge = EdgeWorker(conns[-1], pair, EdgeConfig(edge_id=HONEST, default_policy="fixed:3", max_length=8, request_timeout_s=10.0,
                                                       failover_deadline_s=20.0),
                           limits, log, parse_channel("const:0", seed=1), book)
         await edge.start()

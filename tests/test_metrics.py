@@ -66,7 +66,7 @@ async def test_metrics_of_every_worker_match_the_round_logs(broker, pair, tmp_pa
     cloud = CloudWorker(await conn("cloud-1", clog), pair.target, pair.vocab_size, CloudConfig("cloud-1"), limits, clog)
     em = EdgeMetrics("edge-1")
     elog = tap(logs.configure("edge-1", tmp_path / "edge-1.jsonl"), em)
-    edge = EdgeWorker(await conn("edge-1", elog), pair, EdgeConfig("edge-1", "auto", 8, request_timeout_s=5.0), limits,
+    edge = EdgeWorker(await conn("edge-1", elog), pair, EdgeConfig(edge_id="edge-1", default_policy="auto", max_length=8, request_timeout_s=5.0), limits,
                       elog, parse_channel("markov:1,4:0.7", seed=1),
                       PolicyBook(8, 0, learn_locally=False, fallback=make_policy("fixed:2", max_length=8)))
     km = ControlMetrics("control-1")

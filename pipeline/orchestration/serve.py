@@ -214,8 +214,10 @@ async def serve_edge(opts: NodeOptions, edge: EdgeOptions) -> None:
     if limits.max_context_tokens is None:  # the loaded model's context, unless the caller set one
         context = getattr(pair.draft.config, "max_position_embeddings", None)
         limits = replace(limits, max_context_tokens=context if isinstance(context, int) and context > 0 else None)
-    cfg = EdgeConfig(opts.node_id, edge.policy, opts.max_length, edge.request_timeout_s, edge.failover_deadline_s,
-                     edge.seed, limits, opts.drain_timeout_s, drafting, edge.place_sessions)
+    cfg = EdgeConfig(edge_id=opts.node_id, default_policy=edge.policy, max_length=opts.max_length,
+                     request_timeout_s=edge.request_timeout_s, failover_deadline_s=edge.failover_deadline_s,
+                     seed=edge.seed, limits=limits, drain_timeout_s=opts.drain_timeout_s, drafting=drafting,
+                     place_sessions=edge.place_sessions)
     profile = profile_for(pair, edge.profile)
     book = PolicyBook(opts.max_length, edge.seed, learn_locally=edge.local_policy,
                       fallback=default_policy_for(profile, opts.max_length), profile=profile, pinned=edge.policy)
