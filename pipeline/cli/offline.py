@@ -9,6 +9,7 @@ from pathlib import Path
 from control import TARGET_ONLY, load_profile, make_policy
 from control.simulator import SCENARIOS, build_scenarios, simulate
 from control.theory import theory_table
+from nodes.config import MAX_LENGTH
 from nodes.models.errors import ModelError
 from nodes.models.loading import BUNDLED_PROFILE, load_pair, set_threads
 from schemas.rounds import SamplingParams
@@ -161,7 +162,7 @@ def register(sub) -> None:
     p.add_argument("--prompt", required=True, help="text to continue")
     p.add_argument("--max-new-tokens", type=positive_int, default=128)
     p.add_argument("--policy", default="auto", help="policy spec, or target-only")
-    p.add_argument("--max-length", type=positive_int, default=8, help="longest draft")
+    p.add_argument("--max-length", type=positive_int, default=MAX_LENGTH, help="longest draft")
     p.add_argument("--profile", help="control profile for oracle/static/specdec++-delay (default: the bundled pair's)")
     p.add_argument("--delay-ms", type=non_negative_float, default=0.0,
                    help="one-way delay the policy is told (nothing sleeps: in-process)")
