@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shutil
+import signal
 import time
 from pathlib import Path
 
@@ -16,19 +18,32 @@ from nodes.protocol.admission import EdgeLimits
 from nodes.protocol.verifier_table import TableConfig
 from pipeline.cli import preflight
 from pipeline.cli.args import (device_profile, log_args, metrics_arg, nats_arg, node_args, node_id, non_negative_float,
-                               non_negative_int, positive_float, positive_int, prefill_chunk, stop_on_sigterm)
+                               non_negative_int, positive_float, positive_int, prefill_chunk)
 from pipeline.errors import PipelineError
 from pipeline.orchestration.run_dirs import new_run_dir
+from pipeline.orchestration.signals import interrupt_then_stop_now
 from pipeline.orchestration.serve import CloudOptions, EdgeOptions, NodeOptions, serve_cloud, serve_control, serve_edge
 from pipeline.transport import aio
 from pipeline.transport.broker import EmbeddedBroker, ServerLogRelay, broker_log, default_nats_url
 
+def _kill_server(broker: EmbeddedBroker) -> None:
+    """SIGKILL the nats-server and reap it, from a signal handler: no Popen.wait (its lock may be held by
+    the stop that the signal interrupted), so no orphan is left when the command stops at once."""
+    proc = broker.proc
+    if proc is not None and proc.returncode is None:
+        try:
+            os.kill(proc.pid, signal.SIGKILL)
+            os.waitpid(proc.pid, 0)
+        except OSError:  # already gone, or already reaped
+            pass
+
+
 def cmd_broker(a: argparse.Namespace) -> None:
-    stop_on_sigterm()
     run_dir = new_run_dir(a.run_root)
     store = Path(a.store_dir) if a.store_dir else Path(a.run_root) / "jetstream"
     new_store = not store.exists()
     broker = EmbeddedBroker(run_dir, port=a.port, store_dir=store)
+    interrupt_then_stop_now(lambda: _kill_server(broker))  # a second signal during the stop ends it at once
     try:
         broker.start()
     except Exception:
@@ -48,7 +63,7 @@ def cmd_broker(a: argparse.Namespace) -> None:
                 relay.poll()
                 time.sleep(0.5)
         except KeyboardInterrupt:
-            pass
+            log.info("broker_stopping")  # nats-server gets SIGTERM (SIGKILL after 5 s); a second signal: at once
         code = b.proc.poll() if b.proc else None
         relay.poll()
         if code in (None, 0):
