@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import time
 
-from control.evaluation import KINDS, evaluate
-from pipeline.cli.args import batch_sizes, model_args, positive_float, positive_int
+from control.evaluation import KINDS, evaluate, kind_profiles
+from pipeline.cli.args import batch_sizes, model_args, positive_float, positive_int, progress
 
 def cmd_bench_engine(a: argparse.Namespace) -> None:
     from pipeline.bench.engine import bench_engine
@@ -93,8 +94,11 @@ def cmd_bench_policies(a: argparse.Namespace) -> None:
     if unknown or not kinds:
         raise SystemExit(f"error: --kinds: unknown kind {', '.join(unknown) or '(none)'} (known: {', '.join(KINDS)}, all)")
     members, seeds = (1, 5) if a.quick else (a.members, a.seeds)
-    res = evaluate(None, policies=policies, rounds=a.rounds, seeds=seeds, workers=a.workers, tuned=not a.no_tuned,
-                   kinds=kinds, members=members, family_seed=a.family_seed)
+    bar, advance = progress(not a.json, "profiles", sum(len(kind_profiles(k, members, a.family_seed)) for k in kinds))
+    with bar or contextlib.nullcontext():
+        res = evaluate(None, policies=policies, rounds=a.rounds, seeds=seeds, workers=a.workers,
+                       tuned=not a.no_tuned, kinds=kinds, members=members, family_seed=a.family_seed,
+                       progress=advance)
     res["wall_s"] = round(time.perf_counter() - t0, 1)
     if a.json:
         print(json.dumps(res))

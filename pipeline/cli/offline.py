@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -65,17 +66,22 @@ def cmd_generate(a: argparse.Namespace) -> None:
 
     produced: list[int] = []  # the tokens so far: what a signal leaves us to print
     det = IncrementalDetokenizer(pair.tokenizer)  # as `decode`, so streamed text equals the JSON text
+    # the token count on stderr, unless the text itself streams to a terminal (it shows the progress)
+    bar, advance = progress(a.json or not sys.stdout.isatty(), "tokens", a.max_new_tokens)
 
     def on_round(out: list[int]) -> None:
         new = out[len(produced):]
         produced.extend(new)
         if not a.json:  # stream the text as it is produced
             print(det.feed(new), end="", flush=True)
+        for _ in new if advance else ():
+            advance()
 
     stop_on_sigterm()  # SIGTERM, like Ctrl-C, keeps what was produced
     try:
-        res = speculative_generate(pair, ids, a.max_new_tokens, policy, params, a.seed, delay_ms=a.delay_ms,
-                                   on_round=on_round)
+        with bar or contextlib.nullcontext():
+            res = speculative_generate(pair, ids, a.max_new_tokens, policy, params, a.seed, delay_ms=a.delay_ms,
+                                       on_round=on_round)
     except KeyboardInterrupt:
         if a.json:
             print(json.dumps({"token_ids": produced, "text": pair.tokenizer.decode(produced),
