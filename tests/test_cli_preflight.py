@@ -1,4 +1,5 @@
-"""A command refuses what cannot work before it loads a model or looks for a broker: one line naming the flag, exit status 2."""
+"""A command refuses what cannot work before it loads a model or looks for a broker: one line naming the
+flag, exit status 2."""
 from __future__ import annotations
 
 import pytest
@@ -85,3 +86,9 @@ def test_the_gateway_refuses_a_missing_tokenizer_before_looking_for_the_broker(c
     line = refused(capsys, ["gateway", "--tokenizer", str(tmp_path / "nope"), "--nats", "nats://127.0.0.1:1"])
     assert line == f"specstop: error: --tokenizer '{tmp_path / 'nope'}' does not exist (not a local directory, " \
                    "not a hub id)"
+
+
+def test_an_unknown_policy_benchmark_kind_is_refused_naming_the_flag(capsys):
+    line = refused(capsys, ["bench", "policies", "--kinds", "short,nope"])
+    assert line == ("specstop: error: --kinds: unknown kind nope (known: families, non-affine, jitter, streaky, "
+                    "short, all)")

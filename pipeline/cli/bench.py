@@ -8,6 +8,7 @@ import time
 
 from control.evaluation import KINDS, evaluate, kind_profiles
 from pipeline.cli.args import batch_sizes, model_args, positive_float, positive_int, progress
+from pipeline.errors import PipelineError
 
 def cmd_bench_engine(a: argparse.Namespace) -> None:
     from pipeline.bench.engine import bench_engine
@@ -92,7 +93,7 @@ def cmd_bench_policies(a: argparse.Namespace) -> None:
     kinds = list(KINDS) if a.kinds == "all" else [k.strip() for k in a.kinds.split(",") if k.strip()]
     unknown = [k for k in kinds if k not in KINDS]
     if unknown or not kinds:
-        raise SystemExit(f"error: --kinds: unknown kind {', '.join(unknown) or '(none)'} (known: {', '.join(KINDS)}, all)")
+        raise PipelineError(f"--kinds: unknown kind {', '.join(unknown) or '(none)'} (known: {', '.join(KINDS)}, all)")
     members, seeds = (1, 5) if a.quick else (a.members, a.seeds)
     bar, advance = progress(not a.json, "profiles", sum(len(kind_profiles(k, members, a.family_seed)) for k in kinds))
     with bar or contextlib.nullcontext():
