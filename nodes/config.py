@@ -13,11 +13,12 @@ from nodes.protocol.liveness import HEARTBEAT_S, WINDOW_S
 from nodes.protocol.request import RoundRules
 from nodes.protocol.verifier_table import TableConfig
 
-DRAIN_TIMEOUT_S = 10.0  # after SIGTERM/SIGINT a worker finishes the work in hand this long, then stops
-MAX_LENGTH = 8          # longest draft a worker produces or accepts
-MAX_LEARNERS = 1024     # the controller's learners kept in memory (the rest wait in the bucket)
-
 _T = TableConfig()  # the verifier's session bounds live in the session table's own config
+_R = RoundRules("")  # ... and a round's timing in the round's rules
+
+DRAIN_TIMEOUT_S = 10.0  # after SIGTERM/SIGINT a worker finishes the work in hand this long, then stops
+MAX_LENGTH = _R.max_length  # longest draft a worker produces or accepts
+MAX_LEARNERS = 1024     # the controller's learners kept in memory (the rest wait in the bucket)
 
 
 @dataclass(frozen=True)
@@ -66,8 +67,8 @@ class EdgeConfig:
     edge_id: str = "edge-1"
     default_policy: str = "auto"
     max_length: int = MAX_LENGTH
-    request_timeout_s: float = 10.0
-    failover_deadline_s: float = 30.0
+    request_timeout_s: float = _R.request_timeout_s
+    failover_deadline_s: float = _R.failover_deadline_s
     seed: int = 0
     limits: EdgeLimits = EdgeLimits()
     drain_timeout_s: float = DRAIN_TIMEOUT_S

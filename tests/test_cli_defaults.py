@@ -66,3 +66,10 @@ def test_the_command_line_options_pass_on_the_workers_own_defaults():
     d = edge.drafting
     assert (e.draft_max_batch, e.draft_batch_wait_ms, e.draft_slot_cache, e.draft_slot_memory_mb) == (
         d.max_batch, d.wait_ms, d.slot_cache, d.memory_mb)
+
+
+def test_the_gateways_default_bounds_are_its_edges_bounds():
+    from pipeline.http.config import GatewayConfig
+
+    gateway, edge = GatewayConfig(), EdgeLimits()
+    assert (gateway.max_prompt_tokens, gateway.max_tokens_limit) == (edge.max_prompt_tokens, edge.max_new_tokens)

@@ -5,15 +5,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from nodes.config import DRAIN_TIMEOUT_S, MAX_LENGTH
+from nodes.protocol.admission import EdgeLimits
 from pipeline.http.health import WINDOW_S
+
+_EDGE = EdgeLimits()  # the gateway refuses what its edges would refuse, with the edges' own bounds
 
 
 @dataclass(frozen=True)
 class GatewayConfig:
     model_name: str = "specstop"
     max_in_flight: int = 256            # generations at once; beyond, 429
-    max_tokens_limit: int = 2048        # largest max_tokens a request may ask for
-    max_prompt_tokens: int = 4096
+    max_tokens_limit: int = _EDGE.max_new_tokens  # largest max_tokens a request may ask for
+    max_prompt_tokens: int = _EDGE.max_prompt_tokens
     max_context_tokens: int | None = None  # prompt + max_tokens must fit the model's context (None: unknown)
     default_completion_tokens: int = 16  # OpenAI's default for /v1/completions
     default_chat_tokens: int = 256
