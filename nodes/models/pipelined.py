@@ -164,6 +164,7 @@ class PipelinedResult:
     cancelled: int = 0  # rounds voided at the edge (sent, or drafted and not yet sent)
     stale_at_cloud: int = 0
     resends: int = 0
+    misses: int = 0  # verdicts that did not keep the round after them: each put a round trip on the path
     draft_ms: float = 0.0
     verify_ms: float = 0.0
     accepted_per_verdict: list[int] = field(default_factory=list)
@@ -264,6 +265,7 @@ def _edge_loop(pair: ModelPair, stream: DraftStream, prompt_len: int, max_new: i
         base = prompt_len + len(out)
         new = list(d.tokens[: a.accepted]) + [a.last_token]
         if not a.kept:  # the stream past the verdict was built on a prediction that failed
+            res.misses += 1
             stream.truncate(base + a.accepted)
             stream.tokens.append(a.next_token)
             res.cancelled += len(a.cancelled) + (ready is not None)
