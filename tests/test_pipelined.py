@@ -99,10 +99,10 @@ def exact_joint3(model) -> torch.Tensor:
     return out
 
 
-def empirical_joint3(tiny_pair, rule: KeepRule) -> torch.Tensor:
+def empirical_joint3(tiny_pair, rule: KeepRule, tree=None) -> torch.Tensor:
     counts = torch.zeros(64)
     for seed in range(SAMPLES):
-        r = pipelined_generate(tiny_pair, PROMPT, 3, 1, 2, 0.0, PARAMS, seed=seed, rule=rule)
+        r = pipelined_generate(tiny_pair, PROMPT, 3, 1, 2, 0.0, PARAMS, seed=seed, rule=rule, tree=tree)
         a, b, c = r.token_ids[:3]
         counts[16 * a + 4 * b + c] += 1
     return counts
@@ -145,3 +145,36 @@ def test_the_sample_depends_on_the_seed_not_on_the_rounds_in_flight_or_timing(ti
             for r, d in ((1, 0.0), (2, 3.0), (3, 0.0))]
     assert runs[0] == runs[1] == runs[2]
     assert pipelined_generate(tiny_pair, PROMPT, 24, 2, 1, 0.0, PARAMS, seed=8).token_ids != runs[0]
+
+
+# --- tree rounds ------------------------------------------------------------------------------------
+
+from control.trees import spine  # noqa: E402
+
+
+@pytest.mark.parametrize("rounds,depth,width", [(1, 4, 2), (2, 3, 3), (3, 2, 3)])
+def test_tree_rounds_in_flight_give_the_target_only_output(pair, rounds, depth, width):
+    for text in TEXTS:
+        prompt = encode(pair, text)
+        got = pipelined_generate(pair, prompt, 24, 0, rounds, one_way_ms=2.0, tree=spine(depth, width))
+        assert got.token_ids == target_only(pair, prompt, 24), text
+
+
+def test_tree_rounds_survive_a_dropped_and_a_duplicated_verdict(pair):
+    prompt = encode(pair, TEXTS[2])
+    faults = Faults(drop_verdicts=frozenset({2}), duplicate_verdicts=frozenset({1}))
+    got = pipelined_generate(pair, prompt, 24, 0, 3, one_way_ms=2.0, faults=faults, resend_after_s=0.2,
+                             tree=spine(3, 2))
+    assert got.resends >= 1 and got.token_ids == target_only(pair, prompt, 24)
+
+
+def test_sampled_tree_rounds_do_not_depend_on_the_rounds_in_flight(tiny_pair):
+    runs = [pipelined_generate(tiny_pair, PROMPT, 24, 0, r, 0.0, PARAMS, seed=3, tree=spine(2, 2)).token_ids
+            for r in (1, 3)]
+    assert runs[0] == runs[1]
+
+
+@pytest.mark.slow
+def test_sampled_tree_rounds_in_flight_follow_the_target_distribution(tiny_pair):
+    stat, df = chi2(empirical_joint3(tiny_pair, KeepRule(), spine(1, 2)), exact_joint3(tiny_pair.target))
+    assert stat < chi2_critical(df), f"chi2={stat:.1f} df={df}"
