@@ -34,7 +34,9 @@ def ms_per_token(draft_ms: float, verify_ms: float, one_way_ms: float,
 # rejection costs one whole round trip, because the edge cannot know the correction in advance. A run
 # has 1/(1-kappa) rounds on average and each round emits B(L) = 1 + sum_{k<=L} S(k) tokens on average,
 # so ms/token = ((1-kappa)(draft + 2*one_way + verify) + kappa*P) / B(L). R = 1 is the formula above
-# with q_full = kappa; without drafting ahead P is the whole round (today's chain).
+# with q_full = kappa; without drafting ahead P is the whole round (today's chain). Where the draft and
+# the verify share one compute (both models in one process, as in the in-process bench: small models
+# are bound by Python, which holds one interpreter lock) they do not overlap: P >= draft + verify.
 
 
 def survival_from_alpha(alpha: float, length: int) -> np.ndarray:
@@ -70,7 +72,7 @@ def _verify_at(verify_ms: float | np.ndarray, length: int) -> float:
 
 def pipelined_ms_per_token(draft_ms_per_token: float, verify_ms: float | np.ndarray, one_way_ms: float,
                            length: int, rounds_in_flight: int, survival: np.ndarray | None = None,
-                           alpha: float | None = None, draft_ahead: bool = True) -> float:
+                           alpha: float | None = None, draft_ahead: bool = True, overlap: bool = True) -> float:
     """Expected ms/token with `rounds_in_flight` rounds of `length` drafts in flight (see above).
     The draft of a round is `length` + 1 tokens when drafting ahead (the prediction at L+1 the next
     round is built on), `length` otherwise; draft_ahead=False with R=1 is today's single chain."""
@@ -89,27 +91,31 @@ def pipelined_ms_per_token(draft_ms_per_token: float, verify_ms: float | np.ndar
         return (length * draft_ms_per_token + 2.0 * one_way_ms + verify) / b
     draft = (length + 1) * draft_ms_per_token
     kappa = float(s[length + 1])
-    period = max(draft, verify, (2.0 * one_way_ms + verify) / rounds_in_flight)
+    compute = max(draft, verify) if overlap else draft + verify
+    period = max(compute, (2.0 * one_way_ms + verify) / rounds_in_flight)
     return ((1.0 - kappa) * (draft + 2.0 * one_way_ms + verify) + kappa * period) / b
 
 
 def best_pipeline(draft_ms_per_token: float, verify_ms: float | np.ndarray, one_way_ms: float,
                   survival: np.ndarray | None = None, alpha: float | None = None, max_length: int = 16,
-                  max_rounds: int = 8) -> tuple[int, int, float]:
-    """(L, R, ms/token) minimising the model at this delay over L = 1..max_length, R = 1..max_rounds
-    (drafting ahead); ties go to the smaller R, then the smaller L: a round in flight that does not
-    pay only wastes edge drafts."""
+                  max_rounds: int = 8, overlap: bool = True) -> tuple[int, int, bool, float]:
+    """(L, R, draft ahead, ms/token) minimising the model at this delay over the plain chain
+    (R = 1, no drafting ahead) and drafting ahead with R = 1..max_rounds, L = 1..max_length. Ties go
+    to the plain chain, then the smaller R, then the smaller L: drafts ahead that do not pay are
+    wasted edge work."""
     if survival is not None and len(survival) < max_length + 2:
         max_length = len(survival) - 2
     if max_length < 1 or max_rounds < 1:
         raise ValueError(f"max_length={max_length} and max_rounds={max_rounds} must be >= 1")
-    best = (0, 0, np.inf)
-    for r in range(1, max_rounds + 1):
+    best: tuple[int, int, bool, float] = (0, 0, False, np.inf)
+    shapes = [(1, False)] + [(r, True) for r in range(1, max_rounds + 1)]
+    for r, ahead in shapes:
         for length in range(1, max_length + 1):
-            j = pipelined_ms_per_token(draft_ms_per_token, verify_ms, one_way_ms, length, r, survival, alpha)
-            if j < best[2] - 1e-12:
-                best = (length, r, j)
-    return best[0], best[1], float(best[2])
+            j = pipelined_ms_per_token(draft_ms_per_token, verify_ms, one_way_ms, length, r, survival, alpha,
+                                       ahead, overlap)
+            if j < best[3] - 1e-12:
+                best = (length, r, ahead, j)
+    return best[0], best[1], best[2], float(best[3])
 
 
 def critical_delay_for_rounds(draft_ms_per_token: float, verify_ms: float, length: int) -> float:

@@ -178,3 +178,10 @@ def test_sampled_tree_rounds_do_not_depend_on_the_rounds_in_flight(tiny_pair):
 def test_sampled_tree_rounds_in_flight_follow_the_target_distribution(tiny_pair):
     stat, df = chi2(empirical_joint3(tiny_pair, KeepRule(), spine(1, 2)), exact_joint3(tiny_pair.target))
     assert stat < chi2_critical(df), f"chi2={stat:.1f} df={df}"
+
+
+def test_the_spine_of_a_spine_tree_is_its_rank_one_path():
+    from nodes.models.pipelined import spine_nodes
+
+    assert spine_nodes(spine(3, 2)) == [0, 2, 4]
+    assert spine_nodes(spine(2, 1)) == [0, 1]

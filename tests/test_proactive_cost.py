@@ -54,10 +54,10 @@ def test_every_rejection_costs_a_round_trip_so_many_rounds_approach_one_per_run(
 
 
 def test_the_chosen_shape_has_one_round_at_zero_delay_and_more_at_fifty_ms() -> None:
-    _, r0, _ = best_pipeline(0.75, 2.0, 0.0, alpha=0.8)
-    _, r50, j50 = best_pipeline(0.75, 2.0, 50.0, alpha=0.8)
+    _, r0, _, _ = best_pipeline(0.75, 2.0, 0.0, alpha=0.8)
+    _, r50, ahead50, j50 = best_pipeline(0.75, 2.0, 50.0, alpha=0.8)
     assert r0 == 1
-    assert r50 > 1
+    assert r50 > 1 and ahead50
     assert j50 < min(pipelined_ms_per_token(0.75, 2.0, 50.0, n, 1, alpha=0.8, draft_ahead=False)
                      for n in range(1, 17))
 
@@ -70,3 +70,16 @@ def test_a_measured_table_too_short_for_the_length_is_refused() -> None:
 def test_more_rounds_without_drafting_ahead_is_refused() -> None:
     with pytest.raises(ValueError, match="draft_ahead"):
         pipelined_ms_per_token(1.0, 2.0, 0.0, 4, 2, alpha=0.5, draft_ahead=False)
+
+
+def test_where_draft_and_verify_share_one_compute_zero_delay_keeps_the_plain_chain() -> None:
+    # drafting ahead cannot hide the draft behind a verify that runs on the same cores
+    _, r, ahead, j = best_pipeline(0.75, 2.0, 0.0, alpha=0.8, overlap=False)
+    assert (r, ahead) == (1, False)
+    _, _, ahead_overlapped, j_overlapped = best_pipeline(0.75, 2.0, 0.0, alpha=0.8)
+    assert ahead_overlapped and j_overlapped < j
+
+
+def test_shared_compute_still_pays_for_rounds_in_flight_at_fifty_ms() -> None:
+    _, r, ahead, j = best_pipeline(0.75, 2.0, 50.0, alpha=0.8, overlap=False)
+    assert ahead and r > 1

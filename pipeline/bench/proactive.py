@@ -3,15 +3,18 @@
 In one process (nodes/models/pipelined.py): the edge drafts in the calling thread, the cloud
 verifies in another, and every message waits the one-way delay in real time. At each delay it runs
 the plain single chain (one round in flight, no drafting ahead) at several lengths, the pipelined
-loop at several (length, rounds in flight), and the same with spine trees, on a few prompts; the
-runs are interleaved (every shape once per prompt per repeat, in turn) so that a slow spell of a
-shared machine falls on all shapes alike, and medians over prompts x repeats are reported. The
-best chain length is picked in hindsight from the same run (the baseline's best case). The shape
-control.proactive_cost picks from this run's chain measurements (draft ms per token, verify ms,
-per-token acceptance) is run too, so the model's choice is checked against the clock. Cloud
-streaming is modelled as in the 50 ms row: one target step (measured here) + 2 x one-way delay /
-new tokens. Both models share this machine's cores: drafting ahead and verifying contend here,
-where on an edge and a cloud they would not.
+loop at several (length, rounds in flight), and the same with spine trees, on a few prompts.
+First a calibration pass of the chains gives control.proactive_cost its inputs (draft ms per
+token, verify ms, per-token acceptance), and the model picks a shape (the plain chain included).
+Then every shape, the model's pick included, is measured with the runs interleaved (each shape
+once per prompt per repeat, in turn), so that a slow spell of a shared machine falls on all shapes
+alike; medians over prompts x repeats are reported. The best chain length is picked in hindsight
+from the same pass (the baseline's best case). Cloud streaming is modelled as in the 50 ms row:
+one target step (measured here) + 2 x one-way delay / new tokens.
+
+Both models share this process: small models are bound by Python, which holds one interpreter
+lock, so drafting ahead and verifying do not overlap here as they would on an edge and a cloud;
+the model is told so (overlap=False).
 """
 from __future__ import annotations
 
@@ -92,27 +95,29 @@ def bench_proactive(delays_ms: tuple[float, ...] = (50.0, 0.0), max_new_tokens: 
                  "target_step_ms": round(step_ms, 3)}
     for delay in delays_ms:
         shapes = list(SHAPES.get(delay, SHAPES[0.0]))
+        calibration = [(s[1], _run(pair, p, max_new_tokens, s, delay)) for p in prompts for s in shapes
+                       if s[0].startswith("chain")]
+        per_tok, verify, alpha = _model_inputs(calibration)
+        model_l, model_r, model_ahead, model_ms = best_pipeline(per_tok, verify, delay, alpha=alpha, max_length=12,
+                                                                overlap=False)
+        model_shape: Shape = (f"model {'ahead' if model_ahead else 'chain'} L{model_l}xR{model_r}", model_l, None,
+                              model_r, model_ahead)
+        shapes.append(model_shape)
         runs: dict[str, list] = {s[0]: [] for s in shapes}
         for _ in range(repeats):  # interleaved: each shape once per prompt, in turn
             for p in prompts:
                 for s in shapes:
                     runs[s[0]].append(_run(pair, p, max_new_tokens, s, delay))
-        chain_runs = [(s[1], r) for s in shapes if s[0].startswith("chain") for r in runs[s[0]]]
-        per_tok, verify, alpha = _model_inputs(chain_runs)
-        model_l, model_r, model_ms = best_pipeline(per_tok, verify, delay, alpha=alpha, max_length=12)
-        model_shape: Shape = (f"model L{model_l}xR{model_r}", model_l, None, model_r, True)
-        runs[model_shape[0]] = [_run(pair, p, max_new_tokens, model_shape, delay)
-                                for _ in range(repeats) for p in prompts]
         rows = {name: _row(rs) for name, rs in runs.items()}
-        for s in shapes + [model_shape]:
+        for s in shapes:
             if s[2] is None:
-                rows[s[0]]["modelled_ms_per_token"] = round(
-                    pipelined_ms_per_token(per_tok, verify, delay, s[1], s[3], alpha=alpha, draft_ahead=s[4]), 2)
+                rows[s[0]]["modelled_ms_per_token"] = round(pipelined_ms_per_token(
+                    per_tok, verify, delay, s[1], s[3], alpha=alpha, draft_ahead=s[4], overlap=False), 2)
         chains = [n for n in rows if n.startswith("chain")]
         best_chain = min(chains, key=lambda n: rows[n]["ms_per_token"])
         others = [n for n in rows if not n.startswith("chain")]
         best = min(others, key=lambda n: rows[n]["ms_per_token"])
-        best_chain_pipe = min((n for n in others if n.startswith(("ahead", "model"))),
+        best_chain_pipe = min((n for n in others if n.startswith(("ahead", "model ahead"))),
                               key=lambda n: rows[n]["ms_per_token"])
         chain_ms = rows[best_chain]["ms_per_token"]
         streaming = step_ms + 2 * delay / max_new_tokens
@@ -130,7 +135,7 @@ def bench_proactive(delays_ms: tuple[float, ...] = (50.0, 0.0), max_new_tokens: 
                              "measured_ms_per_token": rows[model_shape[0]]["ms_per_token"],
                              "speedup_vs_best_chain": vs(model_shape[0])},
             "model_inputs": {"draft_ms_per_token": round(per_tok, 3), "verify_ms": round(verify, 3),
-                             "alpha": round(alpha, 3)},
+                             "alpha": round(alpha, 3), "overlap": False},
             "cloud_streaming_ms_per_token_modelled": round(streaming, 3),
             "best_chain_vs_cloud_streaming": round(chain_ms / streaming, 3),
             "best_overall_vs_cloud_streaming": round(rows[best]["ms_per_token"] / streaming, 3),
