@@ -7,8 +7,9 @@ thread) verifies rounds in order. A round is kept when its verdict accepts all L
 token equals p (nodes/protocol/pipelining.py); the first round that is not kept voids the rounds
 built on it: the cloud drops them without compute, the edge crops its draft cache to the verdict and
 redrafts from there. Both directions of the link hold each message for `one_way_ms` of wall-clock
-time (threads sleep; torch releases the GIL, so the two models run in parallel as they would on two
-machines). Output is the target's: greedy equals target-only, sampling keeps the target's
+time (threads sleep). torch releases the interpreter lock inside its kernels only; models as small
+as the bundled pair spend most of a forward in Python, so here the edge's drafting and the cloud's
+verify partly take turns, where on two machines they would overlap. Output is the target's: greedy equals target-only, sampling keeps the target's
 distribution (every emitted token is a verdict's, drawn by speculative sampling on a draft sent with
 its true q; p is kept only when the target's own draw equals it).
 
@@ -33,12 +34,12 @@ from dataclasses import dataclass, field
 import torch
 from transformers import DynamicCache
 
+from control.trees import Tree
 from nodes.models.errors import ModelError
 from nodes.models.loading import ModelPair
 from nodes.models.sampling import draft_distribution, round_generators, sample_sparse
 from nodes.models.sessions import TargetSession, _cache_kwarg
 from nodes.models.tree_verify import TreeCache, draft_tree, verify_tree
-from control.trees import Tree
 from nodes.protocol.pipelining import Applied, Basis, CloudWindow, EdgeWindow, KeepRule, Replay, Stale
 from nodes.protocol.request import finish
 from schemas.rounds import Draft, SamplingParams, round_seed
