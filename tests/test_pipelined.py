@@ -185,3 +185,10 @@ def test_the_spine_of_a_spine_tree_is_its_rank_one_path():
 
     assert spine_nodes(spine(3, 2)) == [0, 2, 4]
     assert spine_nodes(spine(2, 1)) == [0, 1]
+
+
+def test_a_tree_whose_side_branches_have_children_is_refused(pair):
+    from control.trees import Tree
+
+    with pytest.raises(ModelError, match="spine shape"):
+        pipelined_generate(pair, [1, 2], 4, 0, 2, 0.0, tree=Tree((-1, -1, 1)))  # node 2 under rank-2 node 1

@@ -277,6 +277,10 @@ def pipelined_generate(pair: ModelPair, prompt_ids: list[int], max_new_tokens: i
     same link: the plain single chain (or tree), the baseline."""
     if tree is not None:
         length = len(spine_nodes(tree))
+        spine_set = set(spine_nodes(tree))
+        if any(p >= 0 and p not in spine_set for p in tree.parents):
+            # a path off the spine could then reach the spine's depth and pass for a kept round
+            raise ModelError("tree rounds in flight need a spine shape: only the rank-1 path may have children")
     if length < 1:
         raise ModelError(f"length must be >= 1, got {length}")
     if rounds_in_flight < 1:
