@@ -40,9 +40,9 @@ SHAPES: dict[float, list[Shape]] = {
     50.0: [("chain L6", 6, None, 1, False), ("chain L8", 8, None, 1, False), ("chain L10", 10, None, 1, False),
            ("chain L12", 12, None, 1, False),
            ("ahead L8xR1", 8, None, 1, True), ("ahead L2xR3", 2, None, 3, True), ("ahead L3xR3", 3, None, 3, True),
-           ("ahead L4xR2", 4, None, 2, True),
+           ("ahead L3xR6", 3, None, 6, True),
            ("tree 8x3", 8, 3, 1, False), ("tree-ahead 3x3xR3", 3, 3, 3, True),
-           ("tree-ahead 4x3xR2", 4, 3, 2, True), ("tree-ahead 6x3xR2", 6, 3, 2, True)],
+           ("tree-ahead 3x3xR6", 3, 3, 6, True), ("tree-ahead 2x3xR8", 2, 3, 8, True)],
 }
 
 
