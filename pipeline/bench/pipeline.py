@@ -16,7 +16,9 @@ One run, real processes (broker, cloud, edge) on loopback:
     logs of each level (pipeline/bench/rounds.py);
   * at 50 ms one-way delay: ms/token of speculation vs one round trip per token
     (measured) vs the cloud streaming its own generation (modelled), and the
-    cloud's verify compute per generated token vs target-only.
+    cloud's verify compute per generated token vs target-only;
+  * `proactive` (in-process, pipeline/bench/proactive.py): rounds in flight with drafting ahead vs
+    the single chain over a link with real delay, at 50 and 0 ms (alone with --only proactive).
 """
 from __future__ import annotations
 
@@ -161,7 +163,14 @@ def _ratios(tps: dict) -> dict:
     return out
 
 
-def bench_pipeline(run_root: str = "runs", requests: int = 32, max_new_tokens: int = 64) -> dict:
+def bench_pipeline(run_root: str = "runs", requests: int = 32, max_new_tokens: int = 64,
+                   only: str | None = None) -> dict:
+    from pipeline.bench.proactive import bench_proactive
+
+    if only == "proactive":
+        return {"proactive": bench_proactive(max_new_tokens=max_new_tokens)}
+    if only is not None:
+        raise ValueError(f"only={only!r}: the one sub-mode is 'proactive'")
     run_dir = new_run_dir(run_root)
     # the data plane alone (broker, cloud, edge learning locally); the controller's share is measured after
     cfg = RunConfig(channel="const:0", policy="auto", run_root=run_root, local_policy=True)
@@ -202,6 +211,7 @@ def bench_pipeline(run_root: str = "runs", requests: int = 32, max_new_tokens: i
         "tokens_per_round": s["tokens_per_round"], "lengths_chosen": s["lengths_chosen"],
         "median_link_error_ms": s["median_link_error_ms"], "p90_abs_link_error_ms": s["p90_abs_link_error_ms"],
     }
+    result["proactive"] = bench_proactive(max_new_tokens=max_new_tokens)
     return result
 
 

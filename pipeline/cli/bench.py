@@ -31,7 +31,7 @@ def cmd_bench_trees(a: argparse.Namespace) -> None:
 def cmd_bench_pipeline(a: argparse.Namespace) -> None:
     from pipeline.bench.pipeline import bench_pipeline
 
-    res = bench_pipeline(run_root=a.run_root, requests=a.requests, max_new_tokens=a.max_new_tokens)
+    res = bench_pipeline(run_root=a.run_root, requests=a.requests, max_new_tokens=a.max_new_tokens, only=a.only)
     print(json.dumps(res) if a.json else json.dumps(res, indent=2))
 
 
@@ -144,6 +144,9 @@ def register(sub) -> None:
     p.add_argument("--requests", type=positive_int, default=32)
     p.add_argument("--max-new-tokens", type=positive_int, default=64)
     p.add_argument("--run-root", default="runs")
+    p.add_argument("--only", choices=("proactive",),
+                   help="proactive: only the in-process row of rounds in flight vs the single chain at 50 and 0 ms "
+                        "(no broker; about two minutes)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench_pipeline)
     p = bsub.add_parser("verify", help="verify step at batch 1/8/32: slot cache vs per-request, bookkeeping; "
