@@ -5,18 +5,30 @@ greedily on a few prompts, `repeats` times, and reports medians of: tokens per t
 draft and verify ms per round, and ms/token modelled at each one-way delay as
 (draft + verify + 2 delay) / tokens per round. The delay is modelled, not slept, so the table
 shows where a tree's extra compute is paid back by fewer round trips.
+
+With `optimal_nodes`, a calibration pass first measures the pair's depth x rank acceptance table
+(calibration.py), then the Sequoia-optimal tree of each size for that table runs the same way;
+`best` then also names the best optimal tree and the best shape overall per delay, with its
+ratio to the best chain.
 """
 from __future__ import annotations
 
 import statistics
 
+import numpy as np
 import torch
 
-from control.trees import spine
+from control.tree_dp import optimal_tree_set
+from control.trees import Tree, expected_tokens, spine
 from nodes.models.loading import load_pair
 from nodes.models.tree_verify import tree_generate
+from pipeline.bench.calibration import calibrate, fit_cost
 
 PROMPTS = ["The cat sat on", "Once upon a time", "def add(a, b):"]
+# calibration sees the bench's prompts and a few more, over the bench's own horizon: a small
+# model's greedy text drifts into easy repetition, so a longer horizon overstates acceptance
+CALIBRATION_PROMPTS = PROMPTS + ["In the morning the", "She opened the door and", "import numpy as np\n",
+                                 "The results show that", "for i in range(10):"]
 
 
 def _run(pair, prompts: list[list[int]], shape, max_new: int) -> tuple[float, float, float]:
@@ -32,33 +44,71 @@ def _run(pair, prompts: list[list[int]], shape, max_new: int) -> tuple[float, fl
     return tokens / rounds, draft / rounds, verify / rounds
 
 
-def bench_trees(draft: str | None = None, target: str | None = None, threads: int = 2, repeats: int = 3,
-                max_new_tokens: int = 32, depths: range = range(1, 9), widths: range = range(1, 4),
-                delays_ms: tuple[float, ...] = (0.0, 50.0), device: str = "cpu", dtype: str | None = None) -> dict:
-    torch.set_num_threads(threads)
-    pair = load_pair(draft, target, device=device, dtype=dtype)
-    prompts = [list(pair.tokenizer.encode(t)) for t in PROMPTS]
-    _run(pair, prompts, spine(2, 2), 8)  # warm-up: first forwards pay one-off allocation
-    rows = []
-    for d in depths:
-        for w in widths:
-            shape = spine(d, w)
-            runs = [_run(pair, prompts, shape, max_new_tokens) for _ in range(repeats)]
-            tpr = statistics.median(r[0] for r in runs)
-            dms = statistics.median(r[1] for r in runs)
-            vms = statistics.median(r[2] for r in runs)
-            rows.append({"depth": d, "width": w, "nodes": shape.nodes, "kind": "chain" if w == 1 else "tree",
-                         "tokens_per_target_forward": round(tpr, 3), "draft_ms_per_round": round(dms, 2),
-                         "verify_ms_per_round": round(vms, 2),
-                         "ms_per_token": {str(int(D)): round((dms + vms + 2 * D) / tpr, 2) for D in delays_ms}})
+def _row(pair, prompts, shape: Tree, kind: str, repeats: int, max_new: int, delays_ms) -> dict:
+    runs = [_run(pair, prompts, shape, max_new) for _ in range(repeats)]
+    tpr = statistics.median(r[0] for r in runs)
+    dms = statistics.median(r[1] for r in runs)
+    vms = statistics.median(r[2] for r in runs)
+    return {"depth": shape.depth, "width": shape.width, "nodes": shape.nodes, "kind": kind,
+            "tokens_per_target_forward": round(tpr, 3), "draft_ms_per_round": round(dms, 2),
+            "verify_ms_per_round": round(vms, 2),
+            "ms_per_token": {str(int(D)): round((dms + vms + 2 * D) / tpr, 2) for D in delays_ms}}
+
+
+def _best(rows: list[dict], delays_ms, kinds: tuple[str, ...]) -> dict:
     best = {}
     for D in delays_ms:
         key = str(int(D))
-        for kind in ("chain", "tree"):
+        for kind in kinds:
             r = min((x for x in rows if x["kind"] == kind), key=lambda x: x["ms_per_token"][key], default=None)
             if r is not None:
                 best[f"{kind}@{key}ms"] = {"depth": r["depth"], "width": r["width"],
                                           "ms_per_token": r["ms_per_token"][key]}
-    return {"pair": [pair.draft_name, pair.target_name], "repeats": repeats, "max_new_tokens": max_new_tokens,
-            "prompts": len(PROMPTS), "shape_family": "spine: depth levels of width candidates, rank 1 extended",
-            "rows": rows, "best": best}
+                if kind == "optimal":
+                    best[f"{kind}@{key}ms"]["nodes"] = r["nodes"]
+    return best
+
+
+def bench_trees(draft: str | None = None, target: str | None = None, threads: int = 2, repeats: int = 3,
+                max_new_tokens: int = 32, depths: range = range(1, 9), widths: range = range(1, 4),
+                delays_ms: tuple[float, ...] = (0.0, 50.0), device: str = "cpu", dtype: str | None = None,
+                optimal_nodes: tuple[int, ...] = (), table_depth: int = 24, table_ranks: int = 8,
+                calibration_tokens: int | None = None) -> dict:
+    torch.set_num_threads(threads)
+    pair = load_pair(draft, target, device=device, dtype=dtype)
+    prompts = [list(pair.tokenizer.encode(t)) for t in PROMPTS]
+    _run(pair, prompts, spine(2, 2), 8)  # warm-up: first forwards pay one-off allocation
+    rows = [_row(pair, prompts, spine(d, w), "chain" if w == 1 else "tree", repeats, max_new_tokens, delays_ms)
+            for d in depths for w in widths]
+    res = {"pair": [pair.draft_name, pair.target_name], "repeats": repeats, "max_new_tokens": max_new_tokens,
+           "prompts": len(PROMPTS), "shape_family": "spine: depth levels of width candidates, rank 1 extended",
+           "rows": rows, "best": _best(rows, delays_ms, ("chain", "tree"))}
+    if not optimal_nodes:
+        return res
+    cal_prompts = [list(pair.tokenizer.encode(t)) for t in CALIBRATION_PROMPTS]
+    table, cal = calibrate(pair, cal_prompts, calibration_tokens or max_new_tokens, table_depth, table_ranks)
+    accept = table.table()
+    opt_rows = []
+    for n, (tree, e) in optimal_tree_set(accept, optimal_nodes).items():
+        row = _row(pair, prompts, tree, "optimal", repeats, max_new_tokens, delays_ms)
+        row["predicted_tokens_per_round"] = round(e, 3)
+        row["requested_nodes"] = n
+        opt_rows.append(row)
+    for r in rows:
+        r["predicted_tokens_per_round"] = round(expected_tokens(spine(r["depth"], r["width"]), accept), 3)
+    every = rows + opt_rows
+    overall = {}
+    for D in delays_ms:
+        key = str(int(D))
+        top = min(every, key=lambda x: x["ms_per_token"][key])
+        chain_best = min((x for x in rows if x["kind"] == "chain"), key=lambda x: x["ms_per_token"][key])
+        overall[key] = {"shape": {k: top[k] for k in ("kind", "depth", "width", "nodes")},
+                        "ms_per_token": top["ms_per_token"][key],
+                        "best_chain": {"length": chain_best["depth"], "ms_per_token": chain_best["ms_per_token"][key]},
+                        "chain_over_best": round(chain_best["ms_per_token"][key] / top["ms_per_token"][key], 3)}
+    cost = fit_cost(every)
+    res["optimal"] = {"calibration": cal, "table": np.round(accept, 4).tolist(), "cost": cost.__dict__,
+                      "rows": opt_rows}
+    res["best"] = _best(every, delays_ms, ("chain", "tree", "optimal"))
+    res["best_overall"] = overall
+    return res

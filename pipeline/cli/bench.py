@@ -6,7 +6,18 @@ import json
 import time
 
 from control.evaluation import KINDS, evaluate
-from pipeline.cli.args import batch_sizes, model_args, positive_float, positive_int
+from pipeline.cli.args import batch_sizes, delays, model_args, positive_float, positive_int
+
+def node_counts(text: str) -> tuple[int, ...]:
+    """An argparse type: comma-separated tree sizes >= 1."""
+    try:
+        sizes = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a comma-separated list of integers") from None
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"'{text}' must list tree sizes >= 1")
+    return sizes
+
 
 def cmd_bench_engine(a: argparse.Namespace) -> None:
     from pipeline.bench.engine import bench_engine
@@ -20,9 +31,17 @@ def cmd_bench_engine(a: argparse.Namespace) -> None:
 def cmd_bench_trees(a: argparse.Namespace) -> None:
     from pipeline.bench.trees import bench_trees
 
+    if a.table_out and not a.optimal_nodes:
+        raise SystemExit("specstop: error: --table-out needs --optimal-nodes (the table comes from that calibration)")
+
     res = bench_trees(draft=a.draft, target=a.target, threads=a.threads, repeats=a.repeats,
                       max_new_tokens=a.max_new_tokens, depths=range(1, a.max_depth + 1),
-                      widths=range(1, a.max_width + 1), device=a.device, dtype=a.dtype)
+                      widths=range(1, a.max_width + 1), device=a.device, dtype=a.dtype,
+                      delays_ms=tuple(a.delays), optimal_nodes=tuple(a.optimal_nodes or ()))
+    if a.table_out:
+        with open(a.table_out, "w") as f:
+            json.dump({"accept": res["optimal"]["table"], "cost": res["optimal"]["cost"],
+                       "pair": res["pair"]}, f, indent=1)
     print(json.dumps(res) if a.json else json.dumps(res, indent=2))
 
 
@@ -131,6 +150,12 @@ def register(sub) -> None:
     p.add_argument("--max-new-tokens", type=positive_int, default=32)
     p.add_argument("--max-depth", type=positive_int, default=8, help="deepest tree (and longest chain) measured")
     p.add_argument("--max-width", type=positive_int, default=3, help="most candidates per tree node measured")
+    p.add_argument("--delays", type=delays, default=delays("0,50"), help="one-way delays (ms) to model ms/token at")
+    p.add_argument("--optimal-nodes", type=node_counts, default=None, metavar="N,N,...",
+                   help="also calibrate the pair's depth x rank acceptance and run the Sequoia-optimal tree "
+                        "of each size (e.g. 8,16,32,64,128)")
+    p.add_argument("--table-out", help="with --optimal-nodes: write the measured acceptance table and round "
+                                       "cost here (input of `specstop simulate --trees`)")
     p.add_argument("--json", action="store_true")
     model_args(p)
     p.set_defaults(func=cmd_bench_trees)
