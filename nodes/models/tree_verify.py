@@ -92,11 +92,15 @@ class TreeCache:
 
 @dataclass
 class TreeRound:
+    """`path`: the accepted nodes, 0-based indices into the round's tree, root's child first (what
+    an online shape learner reads the accepted depth and rank from)."""
+
     emitted: list[int]
     accepted: int
     nodes: int
     draft_ms: float
     verify_ms: float
+    path: list[int] = field(default_factory=list)
 
 
 def _children(tree: Tree) -> list[list[int]]:
@@ -189,7 +193,8 @@ def tree_generate(draft_model, target_model, vocab_size: int, prompt: list[int],
             draft.feed(feed, [i - 1 for i in range(len(feed))], [before + i for i in range(len(feed))])
         draft.tokens.extend(emitted)
         out.tokens.extend(emitted)
-        out.rounds.append(TreeRound(emitted, len(path), tree.nodes, (t1 - t0) * 1e3, (t2 - t1) * 1e3))
+        out.rounds.append(TreeRound(emitted, len(path), tree.nodes, (t1 - t0) * 1e3, (t2 - t1) * 1e3,
+                                    [v - 1 for v in path]))
         r += 1
     out.tokens = out.tokens[:max_new]
     return out

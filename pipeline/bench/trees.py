@@ -19,10 +19,11 @@ import numpy as np
 import torch
 
 from control.tree_dp import optimal_tree_set
-from control.trees import Tree, expected_tokens, spine
+from control.tree_shape import RankTable
+from control.trees import Tree, TreeCost, chain, expected_tokens, ms_per_token, spine
 from nodes.models.loading import load_pair
 from nodes.models.tree_verify import tree_generate
-from pipeline.bench.calibration import calibrate, fit_cost
+from pipeline.bench.calibration import add_rounds, calibrate, fit_cost
 
 PROMPTS = ["The cat sat on", "Once upon a time", "def add(a, b):"]
 # calibration sees the bench's prompts and a few more, over the bench's own horizon: a small
@@ -31,12 +32,16 @@ CALIBRATION_PROMPTS = PROMPTS + ["In the morning the", "She opened the door and"
                                  "The results show that", "for i in range(10):"]
 
 
-def _run(pair, prompts: list[list[int]], shape, max_new: int) -> tuple[float, float, float]:
-    """(tokens per round, draft ms per round, verify ms per round) over all prompts."""
+def _run(pair, prompts: list[list[int]], shape, max_new: int, table: RankTable | None = None
+         ) -> tuple[float, float, float]:
+    """(tokens per round, draft ms per round, verify ms per round) over all prompts; the rounds'
+    accepted paths go to `table` when given."""
     tokens = rounds = 0
     draft = verify = 0.0
     for prompt in prompts:
         g = tree_generate(pair.draft, pair.target, pair.vocab_size, prompt, max_new, shape)
+        if table is not None:
+            add_rounds(table, shape, g)
         tokens += sum(len(r.emitted) for r in g.rounds)
         rounds += len(g.rounds)
         draft += sum(r.draft_ms for r in g.rounds)
@@ -44,8 +49,9 @@ def _run(pair, prompts: list[list[int]], shape, max_new: int) -> tuple[float, fl
     return tokens / rounds, draft / rounds, verify / rounds
 
 
-def _row(pair, prompts, shape: Tree, kind: str, repeats: int, max_new: int, delays_ms) -> dict:
-    runs = [_run(pair, prompts, shape, max_new) for _ in range(repeats)]
+def _row(pair, prompts, shape: Tree, kind: str, repeats: int, max_new: int, delays_ms,
+         table: RankTable | None = None) -> dict:
+    runs = [_run(pair, prompts, shape, max_new, table if i == 0 else None) for i in range(repeats)]
     tpr = statistics.median(r[0] for r in runs)
     dms = statistics.median(r[1] for r in runs)
     vms = statistics.median(r[2] for r in runs)
@@ -69,16 +75,39 @@ def _best(rows: list[dict], delays_ms, kinds: tuple[str, ...]) -> dict:
     return best
 
 
+def ceiling(accept: np.ndarray, cost: TreeCost, delays_ms, max_nodes: int) -> dict:
+    """What trees alone could do on this table and cost, modelled: per delay the best optimal tree
+    of up to `max_nodes` nodes against the best chain, and the tokens per round a 1.5x win over
+    that chain would need at the best tree's compute."""
+    trees = [t for t, _ in optimal_tree_set(accept, range(1, max_nodes + 1)).values() if t.nodes]
+    chains = [chain(L) for L in range(1, accept.shape[0] + 1)]
+    out = {}
+    for D in delays_ms:
+        t = min(trees, key=lambda x: ms_per_token(x, accept, cost, D))
+        c = min(chains, key=lambda x: ms_per_token(x, accept, cost, D))
+        jt, jc = ms_per_token(t, accept, cost, D), ms_per_token(c, accept, cost, D)
+        out[str(int(D))] = {"tree": {"nodes": t.nodes, "depth": t.depth, "width": t.width,
+                                     "tokens_per_round": round(expected_tokens(t, accept), 3),
+                                     "ms_per_token": round(jt, 2)},
+                            "chain": {"length": c.nodes, "tokens_per_round": round(expected_tokens(c, accept), 3),
+                                      "ms_per_token": round(jc, 2)},
+                            "chain_over_tree": round(jc / jt, 3),
+                            "tokens_for_1_5x": round(1.5 * (cost.round_ms(t.depth, t.nodes) + 2 * D) / jc, 2)}
+    return out
+
+
 def bench_trees(draft: str | None = None, target: str | None = None, threads: int = 2, repeats: int = 3,
                 max_new_tokens: int = 32, depths: range = range(1, 9), widths: range = range(1, 4),
                 delays_ms: tuple[float, ...] = (0.0, 50.0), device: str = "cpu", dtype: str | None = None,
                 optimal_nodes: tuple[int, ...] = (), table_depth: int = 24, table_ranks: int = 8,
-                calibration_tokens: int | None = None) -> dict:
+                calibration_tokens: int | None = None, ceiling_nodes: int = 512) -> dict:
     torch.set_num_threads(threads)
     pair = load_pair(draft, target, device=device, dtype=dtype)
     prompts = [list(pair.tokenizer.encode(t)) for t in PROMPTS]
     _run(pair, prompts, spine(2, 2), 8)  # warm-up: first forwards pay one-off allocation
-    rows = [_row(pair, prompts, spine(d, w), "chain" if w == 1 else "tree", repeats, max_new_tokens, delays_ms)
+    # greedy rounds repeat exactly, so only a shape's first repeat informs the table
+    table = RankTable(table_depth, table_ranks) if optimal_nodes else None
+    rows = [_row(pair, prompts, spine(d, w), "chain" if w == 1 else "tree", repeats, max_new_tokens, delays_ms, table)
             for d in depths for w in widths]
     res = {"pair": [pair.draft_name, pair.target_name], "repeats": repeats, "max_new_tokens": max_new_tokens,
            "prompts": len(PROMPTS), "shape_family": "spine: depth levels of width candidates, rank 1 extended",
@@ -86,7 +115,9 @@ def bench_trees(draft: str | None = None, target: str | None = None, threads: in
     if not optimal_nodes:
         return res
     cal_prompts = [list(pair.tokenizer.encode(t)) for t in CALIBRATION_PROMPTS]
-    table, cal = calibrate(pair, cal_prompts, calibration_tokens or max_new_tokens, table_depth, table_ranks)
+    probe, cal = calibrate(pair, cal_prompts, calibration_tokens or max_new_tokens, table_depth, table_ranks)
+    table.events += probe.events
+    table.at_risk += probe.at_risk
     accept = table.table()
     opt_rows = []
     for n, (tree, e) in optimal_tree_set(accept, optimal_nodes).items():
@@ -108,7 +139,7 @@ def bench_trees(draft: str | None = None, target: str | None = None, threads: in
                         "chain_over_best": round(chain_best["ms_per_token"][key] / top["ms_per_token"][key], 3)}
     cost = fit_cost(every)
     res["optimal"] = {"calibration": cal, "table": np.round(accept, 4).tolist(), "cost": cost.__dict__,
-                      "rows": opt_rows}
+                      "rows": opt_rows, "ceiling": ceiling(accept, cost, delays_ms, ceiling_nodes)}
     res["best"] = _best(every, delays_ms, ("chain", "tree", "optimal"))
     res["best_overall"] = overall
     return res
