@@ -10,7 +10,9 @@ ms/token is total time / total tokens over all rounds, the learner's exploration
 """
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -119,3 +121,27 @@ def simulate_trees(accept: np.ndarray, cost: TreeCost, delays_ms: Sequence[float
         })
     return {"rounds": rounds, "seeds": seeds, "jitter": jitter, "max_nodes": max_nodes,
             "table_shape": list(a.shape), "cost": cost.__dict__, "rows": rows}
+
+
+def load_tree_table(path: str | Path) -> tuple[np.ndarray, TreeCost]:
+    """A measured acceptance table and round cost, as `specstop bench trees --table-out` writes:
+    {"accept": depth x rank rows, "cost": TreeCost's four fields in ms}."""
+    p = Path(path)
+    try:
+        data = json.loads(p.read_text())
+    except FileNotFoundError:
+        raise ControlError(f"tree table {p}: file not found") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ControlError(f"tree table {p}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict) or "accept" not in data or "cost" not in data:
+        raise ControlError(f"tree table {p}: expected an object with 'accept' and 'cost'")
+    try:
+        accept = check_accept(np.asarray(data["accept"], dtype=float))
+        cost = TreeCost(**{k: float(data["cost"][k]) for k in TreeCost.__dataclass_fields__})
+    except (TypeError, ValueError, KeyError) as exc:
+        raise ControlError(f"tree table {p}: bad 'accept' or 'cost' ({exc})") from None
+    except ControlError as exc:
+        raise ControlError(f"tree table {p}: {exc}") from None
+    if any(not np.isfinite(v) or v < 0 for v in cost.__dict__.values()):
+        raise ControlError(f"tree table {p}: every cost must be a finite ms >= 0")
+    return accept, cost

@@ -6,6 +6,7 @@ import json
 import time
 
 from control.evaluation import KINDS, evaluate
+from control.types import ControlError
 from pipeline.cli.args import batch_sizes, delays, model_args, positive_float, positive_int
 
 def node_counts(text: str) -> tuple[int, ...]:
@@ -32,7 +33,7 @@ def cmd_bench_trees(a: argparse.Namespace) -> None:
     from pipeline.bench.trees import bench_trees
 
     if a.table_out and not a.optimal_nodes:
-        raise SystemExit("specstop: error: --table-out needs --optimal-nodes (the table comes from that calibration)")
+        raise ControlError("bench trees: --table-out needs --optimal-nodes (the table comes from that calibration)")
 
     res = bench_trees(draft=a.draft, target=a.target, threads=a.threads, repeats=a.repeats,
                       max_new_tokens=a.max_new_tokens, depths=range(1, a.max_depth + 1),
