@@ -81,7 +81,8 @@ def simulate_trees(accept: np.ndarray, cost: TreeCost, delays_ms: Sequence[float
                    seeds: int = 5, jitter: float = 0.1, max_nodes: int = 128, learner_args: dict | None = None) -> dict:
     """Per delay: the oracle shape (best over chains, spines and every optimal n-node tree of the
     true table, n <= max_nodes) and the best chain, in expectation and realized; the learner's
-    realized ms/token and its last greedy shape, with ratios to both."""
+    realized ms/token and its last greedy shape, with ratios to both. The learner plans as deep as
+    the table (unless `learner_args` says otherwise) and knows nothing else of it."""
     a = check_accept(accept)
     if rounds < 1 or seeds < 1:
         raise ControlError(f"tree simulation: rounds and seeds must be >= 1, got {rounds}, {seeds}")
@@ -98,7 +99,7 @@ def simulate_trees(accept: np.ndarray, cost: TreeCost, delays_ms: Sequence[float
             realized["oracle"].append(run(lambda: oracle, None, a, cost, delay, rounds, s, jitter)["ms_per_token"])
             realized["best_chain"].append(
                 run(lambda: best_chain, None, a, cost, delay, rounds, s, jitter)["ms_per_token"])
-            learner = TreeShapeLearner(seed=s, **(learner_args or {}))
+            learner = TreeShapeLearner(seed=s, **({"max_depth": a.shape[0]} | (learner_args or {})))
             res = run(lambda: learner.choose(delay), learner.observe, a, cost, delay, rounds, s, jitter)
             realized["learner"].append(res["ms_per_token"])
             final = learner.best(delay)

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from control.tree_dp import optimal_tree_set
-from control.tree_shape import RankTable
+from control.tree_shape import RankTable, TreeShapeLearner
 from control.trees import Tree, TreeCost, chain, expected_tokens, ms_per_token, spine
 from nodes.models.loading import load_pair
 from nodes.models.tree_verify import tree_generate
@@ -96,11 +96,37 @@ def ceiling(accept: np.ndarray, cost: TreeCost, delays_ms, max_nodes: int) -> di
     return out
 
 
+def online(pair, prompts: list[list[int]], delay_ms: float, rounds: int, max_new: int, depth: int,
+           seed: int = 0) -> tuple[dict, Tree]:
+    """The shape learner driving real rounds from no profile at a modelled delay: each round's
+    shape is its choice, it is told the accepted path and the measured draft + verify ms."""
+    learner = TreeShapeLearner(max_depth=depth, seed=seed)
+    spent: list[tuple[float, int]] = []
+
+    def seen(tree: Tree, r) -> None:
+        compute = r.draft_ms + r.verify_ms
+        learner.observe(tree, r.path, compute)
+        spent.append((compute + 2 * delay_ms, len(r.emitted)))
+
+    i = 0
+    while len(spent) < rounds:
+        tree_generate(pair.draft, pair.target, pair.vocab_size, prompts[i % len(prompts)], max_new,
+                      lambda: learner.choose(delay_ms), on_round=seen)
+        i += 1
+    half = spent[len(spent) // 2:]
+    final = learner.best(delay_ms)
+    return ({"rounds": len(spent),
+             "ms_per_token": round(sum(t for t, _ in spent) / sum(n for _, n in spent), 2),
+             "ms_per_token_second_half": round(sum(t for t, _ in half) / sum(n for _, n in half), 2),
+             "final_shape": {"depth": final.depth, "width": final.width, "nodes": final.nodes}}, final)
+
+
 def bench_trees(draft: str | None = None, target: str | None = None, threads: int = 2, repeats: int = 3,
                 max_new_tokens: int = 32, depths: range = range(1, 9), widths: range = range(1, 4),
                 delays_ms: tuple[float, ...] = (0.0, 50.0), device: str = "cpu", dtype: str | None = None,
                 optimal_nodes: tuple[int, ...] = (), table_depth: int = 24, table_ranks: int = 8,
-                calibration_tokens: int | None = None, ceiling_nodes: int = 512) -> dict:
+                calibration_tokens: int | None = None, ceiling_nodes: int = 512,
+                online_rounds: int = 0) -> dict:
     torch.set_num_threads(threads)
     pair = load_pair(draft, target, device=device, dtype=dtype)
     prompts = [list(pair.tokenizer.encode(t)) for t in PROMPTS]
@@ -142,4 +168,15 @@ def bench_trees(draft: str | None = None, target: str | None = None, threads: in
                       "rows": opt_rows, "ceiling": ceiling(accept, cost, delays_ms, ceiling_nodes)}
     res["best"] = _best(every, delays_ms, ("chain", "tree", "optimal"))
     res["best_overall"] = overall
+    if online_rounds:
+        res["online"] = {}
+        for D in delays_ms:
+            key = str(int(D))
+            run, final = online(pair, cal_prompts, D, online_rounds, max_new_tokens, table_depth)
+            # the learner's final choice, measured as every other shape was
+            run["final_measured"] = _row(pair, prompts, final, "learned", repeats, max_new_tokens, (D,))
+            mine = run["final_measured"]["ms_per_token"][key]
+            run["best_chain_over_final"] = round(overall[key]["best_chain"]["ms_per_token"] / mine, 3)
+            run["final_over_best_measured"] = round(mine / overall[key]["ms_per_token"], 3)
+            res["online"][key] = run
     return res

@@ -7,7 +7,7 @@ import time
 
 from control.evaluation import KINDS, evaluate
 from control.types import ControlError
-from pipeline.cli.args import batch_sizes, delays, model_args, positive_float, positive_int
+from pipeline.cli.args import batch_sizes, delays, model_args, non_negative_int, positive_float, positive_int
 
 def node_counts(text: str) -> tuple[int, ...]:
     """An argparse type: comma-separated tree sizes >= 1."""
@@ -32,13 +32,15 @@ def cmd_bench_engine(a: argparse.Namespace) -> None:
 def cmd_bench_trees(a: argparse.Namespace) -> None:
     from pipeline.bench.trees import bench_trees
 
-    if a.table_out and not a.optimal_nodes:
-        raise ControlError("bench trees: --table-out needs --optimal-nodes (the table comes from that calibration)")
+    if (a.table_out or a.online_rounds) and not a.optimal_nodes:
+        raise ControlError("bench trees: --table-out and --online-rounds need --optimal-nodes (the table and the "
+                           "shapes they are compared with come from it)")
 
     res = bench_trees(draft=a.draft, target=a.target, threads=a.threads, repeats=a.repeats,
                       max_new_tokens=a.max_new_tokens, depths=range(1, a.max_depth + 1),
                       widths=range(1, a.max_width + 1), device=a.device, dtype=a.dtype,
-                      delays_ms=tuple(a.delays), optimal_nodes=tuple(a.optimal_nodes or ()))
+                      delays_ms=tuple(a.delays), optimal_nodes=tuple(a.optimal_nodes or ()),
+                      online_rounds=a.online_rounds)
     if a.table_out:
         with open(a.table_out, "w") as f:
             json.dump({"accept": res["optimal"]["table"], "cost": res["optimal"]["cost"],
@@ -155,6 +157,9 @@ def register(sub) -> None:
     p.add_argument("--optimal-nodes", type=node_counts, default=None, metavar="N,N,...",
                    help="also calibrate the pair's depth x rank acceptance and run the Sequoia-optimal tree "
                         "of each size (e.g. 8,16,32,64,128)")
+    p.add_argument("--online-rounds", type=non_negative_int, default=0,
+                   help="with --optimal-nodes: per delay, this many real rounds whose shape the online learner "
+                        "(control/tree_shape.py) chooses from no profile, then its final shape measured")
     p.add_argument("--table-out", help="with --optimal-nodes: write the measured acceptance table and round "
                                        "cost here (input of `specstop simulate --trees`)")
     p.add_argument("--json", action="store_true")
