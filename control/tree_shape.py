@@ -10,7 +10,8 @@ From verified rounds alone it learns what control.trees needs to price a shape:
   pooled estimate over depths, so a depth seldom reached borrows from the others.
 - the round's compute: a ridge fit of compute ms on (depth, nodes, 1), the form of
   control.trees.TreeCost (one batched draft step per depth, per-node draft and verify shares,
-  a fixed verify).
+  a fixed verify), blended for each shape already played with that shape's own mean (weight
+  `own_weight` rounds for the fit).
 It then picks, for the delay it is told, the shape with the least expected ms/token among
 chains, depth x width spines and the optimal n-node trees of the estimated table, exploring a
 uniformly drawn shape with a probability that decays as explore / sqrt(rounds).
@@ -142,7 +143,7 @@ class TreeShapeLearner:
 
     def __init__(self, max_depth: int = 16, max_width: int = 3, max_rank: int = 4,
                  tree_sizes: Sequence[int] = TREE_SIZES, explore: float = 2.0, explore_within: float = 1.0,
-                 replan_every: int = 16, seed: int = 0):
+                 replan_every: int = 16, own_weight: float = 5.0, seed: int = 0):
         if max_width > max_rank:
             raise ControlError(f"tree learner: spines of width {max_width} need ranks up to {max_width}, "
                                f"table has {max_rank}")
@@ -152,6 +153,8 @@ class TreeShapeLearner:
         self.costs = CostFit()
         self.max_rank, self.explore, self.replan_every = max_rank, explore, replan_every
         self.explore_within = explore_within
+        self.own_weight = own_weight
+        self._seen: dict[Tree, tuple[int, float]] = {}  # shape -> (rounds, total compute ms)
         self.tree_sizes = tuple(n for n in tree_sizes if n >= 1)
         self.rng = np.random.default_rng(seed)
         self.rounds = 0
@@ -182,8 +185,11 @@ class TreeShapeLearner:
         flat = np.append(self.table.table().ravel(), 1.0)
         tokens = 1.0 + np.bincount(self._seg, np.prod(flat[self._idx], axis=1), minlength=len(shapes))
         c = self.costs.cost()
-        compute = (c.draft_step_ms * self._depth + (c.draft_node_ms + c.verify_node_ms) * self._nodes
-                   + c.verify_ms)
+        linear = c.draft_step_ms * self._depth + (c.draft_node_ms + c.verify_node_ms) * self._nodes + c.verify_ms
+        # a shape played often is priced by its own mean: real compute is not exactly linear, and
+        # the fit is pulled by the large shapes exploration tries
+        seen = np.array([self._seen.get(t, (0, 0.0)) for t in shapes], float).reshape(len(shapes), 2)
+        compute = (seen[:, 1] + self.own_weight * linear) / (seen[:, 0] + self.own_weight)
         return (compute + 2.0 * delay_ms) / tokens
 
     def best(self, delay_ms: float) -> Tree:
@@ -209,4 +215,6 @@ class TreeShapeLearner:
         """A verified round: the shape sent, its accepted nodes (0-based), its compute ms."""
         self.table.update(observations(tree, path))
         self.costs.update(tree.depth, tree.nodes, compute_ms)
+        n, total = self._seen.get(tree, (0, 0.0))
+        self._seen[tree] = (n + 1, total + compute_ms)
         self.rounds += 1

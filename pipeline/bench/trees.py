@@ -172,7 +172,7 @@ def bench_trees(draft: str | None = None, target: str | None = None, threads: in
         res["online"] = {}
         for D in delays_ms:
             key = str(int(D))
-            run, final = online(pair, cal_prompts, D, online_rounds, max_new_tokens, table_depth)
+            run, final = online(pair, prompts, D, online_rounds, max_new_tokens, table_depth)
             # the learner's final choice, measured as every other shape was
             run["final_measured"] = _row(pair, prompts, final, "learned", repeats, max_new_tokens, (D,))
             mine = run["final_measured"]["ms_per_token"][key]
