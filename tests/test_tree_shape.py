@@ -5,7 +5,7 @@ import pytest
 
 from control.tree_shape import CostFit, Observation, RankTable, TreeShapeLearner, observations
 from control.tree_sim import draw_ranks, oracle_shapes, walk
-from control.trees import Tree, TreeCost, best_shape, chain, ms_per_token, spine
+from control.trees import TreeCost, best_shape, chain, ms_per_token, spine
 from control.types import ControlError
 
 DEPTH = 16

@@ -8,7 +8,7 @@ import pytest
 
 from control.tree_dp import optimal_tree_set
 from control.tree_sim import draw_ranks, load_tree_table, simulate_trees, walk
-from control.trees import Tree, TreeCost, expected_tokens, optimal_trees, spine
+from control.trees import TreeCost, expected_tokens, optimal_trees, spine
 from control.types import ControlError
 
 P1 = np.linspace(0.8, 0.6, 12)
