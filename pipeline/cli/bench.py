@@ -148,12 +148,12 @@ def register(sub) -> None:
     model_args(p)
     p.set_defaults(func=cmd_bench_engine)
     p = bsub.add_parser("trees", help="chain vs draft trees (depth x width): tokens per target forward, "
-                        "ms/token modelled at 0 and 50 ms")
+                        "ms/token modelled at each of --delays; --optimal-nodes adds Sequoia-optimal trees")
     p.add_argument("--repeats", type=positive_int, default=3, help="timed repeats per shape (medians reported)")
     p.add_argument("--max-new-tokens", type=positive_int, default=32)
     p.add_argument("--max-depth", type=positive_int, default=8, help="deepest tree (and longest chain) measured")
     p.add_argument("--max-width", type=positive_int, default=3, help="most candidates per tree node measured")
-    p.add_argument("--delays", type=delays, default=delays("0,50"), help="one-way delays (ms) to model ms/token at")
+    p.add_argument("--delays", type=delays, default=delays("0,50"), help="one-way delays (ms) to model ms/token at (default: 0,50)")
     p.add_argument("--optimal-nodes", type=node_counts, default=None, metavar="N,N,...",
                    help="also calibrate the pair's depth x rank acceptance and run the Sequoia-optimal tree "
                         "of each size (e.g. 8,16,32,64,128)")
