@@ -17,6 +17,7 @@ under per-round delay jitter at JITTER_MEDIANS, told the median of the last five
 from __future__ import annotations
 
 from concurrent.futures import ProcessPoolExecutor
+from typing import Callable
 
 import numpy as np
 
@@ -123,18 +124,27 @@ def _behind(per: list, spec: str, gap: str) -> int:
 
 def evaluate(profiles: list[Profile] | None = None, policies=("auto", "ucb-specstop", "naive-ucb"),
              delays=DELAYS, rounds: int = 1000, seeds: int = 20, workers: int = 2, tuned: bool = True,
-             changing: bool = True, kinds=("families",), members: int = 3, family_seed: int = 0) -> dict:
-    """Every kind's profiles x scenarios; `profiles` replaces the "families" kind's members."""
+             changing: bool = True, kinds=("families",), members: int = 3, family_seed: int = 0,
+             progress: Callable[[], None] | None = None) -> dict:
+    """Every kind's profiles x scenarios; `profiles` replaces the "families" kind's members; `progress` is
+    called once per profile done (in the order they finish)."""
     jobs = []
     for kind in kinds:
         ps = profiles if (profiles is not None and kind == "families") else kind_profiles(kind, members, family_seed)
         specs = tuple(policies) + (tuple(r for r in RIVALS_NEW if r not in policies) if kind != "families" else ())
         jobs += [(p, specs, tuple(delays), rounds, seeds, tuned, changing, kind) for p in ps]
+    per: list[dict] = []
     if workers > 1:
         with ProcessPoolExecutor(workers) as pool:
-            per = list(pool.map(_one, jobs))
+            for r in pool.map(_one, jobs):  # in the jobs' order: the results do not depend on the workers
+                per.append(r)
+                if progress:
+                    progress()
     else:
-        per = [_one(j) for j in jobs]
+        for j in jobs:
+            per.append(_one(j))
+            if progress:
+                progress()
     out = {"profiles": len(per), "delays": list(delays), "rounds": rounds, "seeds": seeds,
            "scenarios": "const per delay" + (f", drift {DRIFT}, markov {MARKOV}" if changing else ""),
            "kinds": list(kinds), "by_kind": {}, "per_profile": per}

@@ -31,51 +31,23 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
 from typing import Any
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from nodes.batcher import Batched, MicroBatcher
+from nodes.config import CloudConfig
 from nodes.device import DeviceProfile, Pacer
 from nodes.liveness import Heartbeat
 from nodes.models.batch_verify import BatchStats, BatchVerifier, JobResult, VerifyJob
-from nodes.protocol.liveness import FORGET_S, HEARTBEAT_S, WINDOW_S, PeerTable
-from nodes.protocol.verifier_table import Admission, Compute, Outcome, Reply, SessionTable, TableConfig
+from nodes.protocol.liveness import FORGET_S, PeerTable
+from nodes.protocol.verifier_table import Admission, Compute, Outcome, Reply, SessionTable
 from pipeline.transport.worker_base import WorkerBase
 from schemas import subjects
 from schemas.codec import Limits, SchemaError, decode, encode
 from schemas.messages import OVERLOADED, DraftMsg, ErrorMsg
 from schemas.rounds import SamplingParams
-
-
-_T = TableConfig()
-
-
-@dataclass(frozen=True)
-class CloudConfig:
-    verifier_id: str = _T.verifier_id
-    max_sessions: int = _T.max_sessions
-    session_ttl_s: float = _T.session_ttl_s
-    max_in_flight: int = 256
-    evict_idle_s: float = _T.evict_idle_s
-    drain_timeout_s: float = 10.0
-    max_batch: int = 32            # rounds in one batched forward
-    batch_wait_ms: float = 2.0     # the longest a round waits for others to join its batch
-    slot_cache: bool = True        # False: every round on the per-request path (DynamicCache)
-    slot_memory_mb: int = 2048     # slot K/V budget; sessions past it run per request
-    prefill_chunk: int | None = 256  # context tokens prefilled per batch (None: a whole prompt at once)
-    max_sessions_per_edge: int | None = _T.max_sessions_per_edge  # None: TableConfig's derived share
-    max_rounds_per_edge: int | None = _T.max_rounds_per_edge
-    heartbeat_s: float = HEARTBEAT_S       # AliveMsg period
-    liveness_window_s: float = WINDOW_S    # an edge heard once and then silent this long is gone
-    graphs: bool | None = None     # static-shape verify (CUDA graphs); None: on for a CUDA model
-    batch_invariant: bool = False  # one forward per round: verdicts independent of the batch
-
-    def table(self) -> TableConfig:
-        return TableConfig(self.verifier_id, self.max_sessions, self.session_ttl_s, self.evict_idle_s,
-                           self.max_sessions_per_edge, self.max_rounds_per_edge)
 
 
 class CloudWorker(WorkerBase):

@@ -36,6 +36,7 @@ from nats.js.errors import KeyDeletedError, KeyNotFoundError
 from control import ControlError, Policy, make_policy
 from pipeline.transport.confirm import confirm_sent
 from pipeline.transport.jetstream import StreamLimits, bucket_keys, ensure_stream, policy_bucket
+from nodes.config import MAX_LEARNERS, MAX_LENGTH
 from nodes.protocol.timing import outcome_of
 from schemas import subjects
 from schemas.codec import Limits, SchemaError, decode, encode
@@ -51,8 +52,8 @@ class Learner:
 
 
 class Controller:
-    def __init__(self, nc: Client, log: Any, max_length: int = 8, seed: int = 0, batch: int = 128,
-                 limits: Limits = Limits(), max_learners: int = 1024, stream: StreamLimits = StreamLimits()):
+    def __init__(self, nc: Client, log: Any, max_length: int = MAX_LENGTH, seed: int = 0, batch: int = 128,
+                 limits: Limits = Limits(), max_learners: int = MAX_LEARNERS, stream: StreamLimits = StreamLimits()):
         self.nc, self.log, self.max_length, self.seed, self.batch, self.limits = nc, log, max_length, seed, batch, limits
         self.max_learners, self.stream = max_learners, stream
         self.learners: OrderedDict[tuple[str, str], Learner] = OrderedDict()

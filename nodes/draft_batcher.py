@@ -23,27 +23,12 @@ from collections import Counter, deque
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from nodes.config import DraftBatchConfig
 from nodes.models.batch_draft import DraftJob, DraftResult, DraftRows, DraftStats, SlotDraftSession
 from nodes.models.sessions import DraftSession, StopCallback
 from nodes.models.slots import SlotCache, SlotsFull, slot_support
 from pipeline.transport.worker_base import WorkerBase
 from schemas.rounds import Draft, SamplingParams, Verdict
-
-
-@dataclass(frozen=True)
-class DraftBatchConfig:
-    max_batch: int = 64          # rows in one draft step
-    wait_ms: float = 2.0         # the longest a round waits for others before a drive starts
-    slot_cache: bool = True      # False: every request drafts on the per-request path
-    max_len: int = 8192          # tokens one slot may hold
-    max_slots: int = 256
-    memory_mb: int = 1024        # slot K/V budget; requests past it draft per request
-    join_steps: int = 16         # a drive takes new rounds during its first steps only
-    prefill_chunk: int | None = 256  # a new context's tokens per model-thread job (None: all at once)
-
-    def __post_init__(self) -> None:
-        if self.max_batch < 1 or self.wait_ms < 0 or self.join_steps < 1:
-            raise ValueError("draft max_batch and join_steps must be >= 1, wait_ms >= 0")
 
 
 @dataclass

@@ -36,7 +36,8 @@ from nats.js.errors import KeyDeletedError, KeyNotFoundError
 from control import ControlError, RoundContext
 from nodes.detokenize import IncrementalDetokenizer
 from nodes.device import DeviceProfile, Pacer
-from nodes.draft_batcher import DraftBatchConfig, DraftBatcher, Drafted
+from nodes.config import EdgeConfig
+from nodes.draft_batcher import DraftBatcher, Drafted
 from nodes.link import Channel, ConstChannel, LinkTimer
 from nodes.liveness import Heartbeat
 from nodes.models.head import head_for
@@ -45,10 +46,10 @@ from nodes.models.sessions import DraftSession
 from nodes.policy_book import PolicyBook
 from nodes.protocol import policy_sync
 from nodes.protocol.acting import HeadSlot, plan_round
-from nodes.protocol.admission import EarlyCancels, EdgeLimits, admit_generate, check_prompt_tokens, deadline_s
-from nodes.protocol.liveness import FORGET_S, HEARTBEAT_S, WINDOW_S, HolderWatch, PeerTable, keepalive_due
+from nodes.protocol.admission import EarlyCancels, admit_generate, check_prompt_tokens, deadline_s
+from nodes.protocol.liveness import FORGET_S, HolderWatch, PeerTable, keepalive_due
 from nodes.protocol.placement import Placement
-from nodes.protocol.request import Accepted, EdgeRequest, Failed, RoundRules
+from nodes.protocol.request import Accepted, EdgeRequest, Failed
 from nodes.protocol.resume import RecentStreams, held_state
 from nodes.protocol.timing import DelayEstimate, measured_round_times, one_way_delay_ms, round_log_fields, stall_time_ms
 from pipeline.transport.confirm import confirm_sent
@@ -76,25 +77,6 @@ class RoundFailed(RuntimeError):
     def __init__(self, code: str, message: str):
         super().__init__(message)
         self.code = code
-
-
-@dataclass(frozen=True, kw_only=True)
-class EdgeConfig:
-    edge_id: str = "edge-1"
-    default_policy: str = "auto"
-    max_length: int = 8
-    request_timeout_s: float = 10.0
-    failover_deadline_s: float = 30.0
-    seed: int = 0
-    limits: EdgeLimits = EdgeLimits()
-    drain_timeout_s: float = 10.0
-    drafting: DraftBatchConfig = DraftBatchConfig()
-    place_sessions: bool = True  # new sessions start on the least loaded verifier known (nodes/protocol/placement)
-    heartbeat_s: float = HEARTBEAT_S       # AliveMsg period, and a silent client's keepalive period
-    liveness_window_s: float = WINDOW_S    # a verifier not heard from this long is avoided
-
-    def rules(self) -> RoundRules:
-        return RoundRules(self.edge_id, self.max_length, self.request_timeout_s, self.failover_deadline_s)
 
 
 @dataclass

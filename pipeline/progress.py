@@ -53,9 +53,11 @@ class PlainProgress:
 def start(what: str, total: int | None = None):
     """(context manager, advance callback): a rich bar on a terminal, else plain periodic lines."""
     if sys.stderr.isatty():
-        from rich.progress import Progress  # rich costs ~60 ms to import: only when a bar shows
+        from rich.console import Console  # rich costs ~60 ms to import: only when a bar shows
+        from rich.progress import Progress
 
-        bar = Progress(transient=True, console=None)
+        # rich's default console is stdout: the bar would land in --json output; stdout is left alone
+        bar = Progress(transient=True, console=Console(stderr=True), redirect_stdout=False)
         task = bar.add_task(what, total=total)
         return bar, (lambda *_: bar.advance(task))
     plain = PlainProgress(what, total)

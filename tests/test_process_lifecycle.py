@@ -76,6 +76,27 @@ def test_a_killed_broker_command_takes_its_nats_server_with_it(broker_cli):
     assert gone(server)
 
 
+def printed(stream, event: str) -> str:
+    """The first line of `stream` that names `event` (it blocks until then, or fails at the stream's end)."""
+    for line in stream:
+        if event in line:
+            return line
+    raise AssertionError(f"the command ended without printing {event}")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_second_signal_stops_the_broker_command_at_once_with_its_nats_server(broker_cli, sig):
+    proc, info, port = broker_cli
+    [server] = children(proc.pid)
+    os.kill(server, signal.SIGSTOP)  # a server that cannot stop holds the first signal's stop for its 5 s
+    proc.send_signal(sig)
+    printed(proc.stdout, "broker_stopping")
+    proc.send_signal(sig)
+    assert proc.wait(timeout=15) == 130  # the first signal's stop alone ends with 0, once the server is killed
+    assert proc.stderr.read().splitlines()[-1] == f"specstop: second {sig.name}: stopping now without draining"
+    assert gone(server)
+
+
 def test_a_busy_port_is_one_clear_line_and_no_run_directory(broker_cli, tmp_path):
     proc, info, port = broker_cli
     before = set(tmp_path.iterdir())

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sys
 
-from pipeline.cli import bench, chaos, gateway, offline, runs, topology, workers
+from pipeline.cli import bench, chaos, gateway, offline, preflight, runs, topology, workers
 from pipeline.cli.args import OneLineParser
 from pipeline.errors import USER_ERRORS
 
@@ -42,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
             from pipeline import logs
 
             logs.set_console(args.log_level, args.log_format)
+        preflight.check_args(args)  # broker URL and profile, before a handler loads anything
         args.func(args)
     except USER_ERRORS as exc:
         print(f"specstop: error: {exc}", file=sys.stderr)

@@ -215,14 +215,17 @@ def node_id(text: str) -> str:
 
 
 def node_args(p, default_id):
+    from pipeline.orchestration.serve import NodeOptions
+
+    n = NodeOptions("", default_id, None)  # the options own the defaults; the parser only shows them
     nats_arg(p)
     p.add_argument("--id", type=node_id, default=default_id, help="node id (names its subjects and log)")
     log_args(p)
-    p.add_argument("--max-length", type=positive_int, default=8, help="longest draft accepted/produced")
+    p.add_argument("--max-length", type=positive_int, default=n.max_length, help="longest draft accepted/produced")
     model_args(p)
-    p.add_argument("--model-nice", type=nice, default=5,
+    p.add_argument("--model-nice", type=nice, default=n.model_nice,
                    help="lower the model thread's priority by this much (0-19) so the event loop stays prompt")
-    p.add_argument("--drain-timeout", type=positive_float, default=10.0,
+    p.add_argument("--drain-timeout", type=positive_float, default=n.drain_timeout_s,
                    help="seconds to finish work in hand after SIGTERM/SIGINT")
     p.add_argument("--emulate", metavar="DEVICE",
                    help="pad compute to a device profile's times (shipped: jetson-orin-nano, rtx-3090-ti, "
@@ -258,15 +261,18 @@ def metrics_arg(p) -> None:
 def workload_args(p, local: bool):
     """The workload's flags; `local` (demo): this command starts the edge, so the link and the run folder
     are its to set (`run` drives edges that already run their own links and log folders)."""
-    p.add_argument("--requests", type=positive_int, default=32)
-    p.add_argument("--concurrency", type=positive_int, default=8)
-    p.add_argument("--max-new-tokens", type=positive_int, default=128)
+    from pipeline.orchestration.local import RunConfig
+
+    r = RunConfig()  # the run's config owns the defaults; the parser only shows them
+    p.add_argument("--requests", type=positive_int, default=r.requests)
+    p.add_argument("--concurrency", type=positive_int, default=r.concurrency)
+    p.add_argument("--max-new-tokens", type=positive_int, default=r.max_new_tokens)
     if local:
-        p.add_argument("--channel", default="markov:10,40,80:0.95", help="the edge's link emulation (see README)")
-        p.add_argument("--run-root", default="runs", help="parent folder of run directories")
-    p.add_argument("--policy", default="auto", help="policy spec, or target-only")
-    p.add_argument("--max-length", type=positive_int, default=8)
-    p.add_argument("--temperature", type=non_negative_float, default=0.0)
-    p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--channel", default=r.channel, help="the edge's link emulation (see README)")
+        p.add_argument("--run-root", default=r.run_root, help="parent folder of run directories")
+    p.add_argument("--policy", default=r.policy, help="policy spec, or target-only")
+    p.add_argument("--max-length", type=positive_int, default=r.max_length)
+    p.add_argument("--temperature", type=non_negative_float, default=r.temperature)
+    p.add_argument("--seed", type=int, default=r.seed)
     p.add_argument("--json", action="store_true", help="print one JSON object")
 

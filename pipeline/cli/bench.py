@@ -2,12 +2,16 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import time
 
-from control.evaluation import KINDS, evaluate
+from control.evaluation import KINDS, evaluate, kind_profiles
 from control.types import ControlError
-from pipeline.cli.args import batch_sizes, delays, model_args, non_negative_int, positive_float, positive_int
+from pipeline.cli.args import (batch_sizes, delays, model_args, non_negative_int, positive_float, positive_int,
+                               progress)
+from pipeline.errors import PipelineError
+
 
 def node_counts(text: str) -> tuple[int, ...]:
     """An argparse type: comma-separated tree sizes >= 1."""
@@ -113,10 +117,13 @@ def cmd_bench_policies(a: argparse.Namespace) -> None:
     kinds = list(KINDS) if a.kinds == "all" else [k.strip() for k in a.kinds.split(",") if k.strip()]
     unknown = [k for k in kinds if k not in KINDS]
     if unknown or not kinds:
-        raise SystemExit(f"error: --kinds: unknown kind {', '.join(unknown) or '(none)'} (known: {', '.join(KINDS)}, all)")
+        raise PipelineError(f"--kinds: unknown kind {', '.join(unknown) or '(none)'} (known: {', '.join(KINDS)}, all)")
     members, seeds = (1, 5) if a.quick else (a.members, a.seeds)
-    res = evaluate(None, policies=policies, rounds=a.rounds, seeds=seeds, workers=a.workers, tuned=not a.no_tuned,
-                   kinds=kinds, members=members, family_seed=a.family_seed)
+    bar, advance = progress(not a.json, "profiles", sum(len(kind_profiles(k, members, a.family_seed)) for k in kinds))
+    with bar or contextlib.nullcontext():
+        res = evaluate(None, policies=policies, rounds=a.rounds, seeds=seeds, workers=a.workers,
+                       tuned=not a.no_tuned, kinds=kinds, members=members, family_seed=a.family_seed,
+                       progress=advance)
     res["wall_s"] = round(time.perf_counter() - t0, 1)
     if a.json:
         print(json.dumps(res))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ from control import TARGET_ONLY, load_profile, make_policy
 from control.simulator import SCENARIOS, build_scenarios, simulate
 from control.theory import theory_table
 from control.types import ControlError
+from nodes.config import MAX_LENGTH
 from nodes.models.errors import ModelError
 from nodes.models.loading import BUNDLED_PROFILE, load_pair, set_threads
 from schemas.rounds import SamplingParams
@@ -65,17 +67,22 @@ def cmd_generate(a: argparse.Namespace) -> None:
 
     produced: list[int] = []  # the tokens so far: what a signal leaves us to print
     det = IncrementalDetokenizer(pair.tokenizer)  # as `decode`, so streamed text equals the JSON text
+    # the token count on stderr, unless the text itself streams to a terminal (it shows the progress)
+    bar, advance = progress(a.json or not sys.stdout.isatty(), "tokens", a.max_new_tokens)
 
     def on_round(out: list[int]) -> None:
         new = out[len(produced):]
         produced.extend(new)
         if not a.json:  # stream the text as it is produced
             print(det.feed(new), end="", flush=True)
+        for _ in new if advance else ():
+            advance()
 
     stop_on_sigterm()  # SIGTERM, like Ctrl-C, keeps what was produced
     try:
-        res = speculative_generate(pair, ids, a.max_new_tokens, policy, params, a.seed, delay_ms=a.delay_ms,
-                                   on_round=on_round)
+        with bar or contextlib.nullcontext():
+            res = speculative_generate(pair, ids, a.max_new_tokens, policy, params, a.seed, delay_ms=a.delay_ms,
+                                       on_round=on_round)
     except KeyboardInterrupt:
         if a.json:
             print(json.dumps({"token_ids": produced, "text": pair.tokenizer.decode(produced),
@@ -189,7 +196,7 @@ def register(sub) -> None:
     p.add_argument("--prompt", required=True, help="text to continue")
     p.add_argument("--max-new-tokens", type=positive_int, default=128)
     p.add_argument("--policy", default="auto", help="policy spec, or target-only")
-    p.add_argument("--max-length", type=positive_int, default=8, help="longest draft")
+    p.add_argument("--max-length", type=positive_int, default=MAX_LENGTH, help="longest draft")
     p.add_argument("--profile", help="control profile for oracle/static/specdec++-delay (default: the bundled pair's)")
     p.add_argument("--delay-ms", type=non_negative_float, default=0.0,
                    help="one-way delay the policy is told (nothing sleeps: in-process)")

@@ -54,7 +54,13 @@ def cmd_run(a: argparse.Namespace) -> None:
     from pipeline.orchestration.local import drive
 
     cfg = _run_config(a)
-    summary = aio.run(drive(default_nats_url(a.nats), cfg, baseline=not a.no_baseline))
+    baseline = not a.no_baseline and cfg.policy != "target-only"
+    bar, advance = progress(not a.json, "requests", cfg.requests + (cfg.baseline_requests if baseline else 0))
+    if bar:
+        with bar:
+            summary = aio.run(drive(default_nats_url(a.nats), cfg, baseline=not a.no_baseline, progress=advance))
+    else:
+        summary = aio.run(drive(default_nats_url(a.nats), cfg, baseline=not a.no_baseline))
     _report_workload(summary, a.json)
 
 

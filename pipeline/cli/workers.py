@@ -2,32 +2,48 @@
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shutil
+import signal
 import time
 from pathlib import Path
 
 from control import load_profile, make_policy
 from pipeline.transport.jetstream import StreamLimits
+from nodes.config import MAX_LEARNERS, MAX_LENGTH
 from nodes.link import parse_channel
 from nodes.models.loading import BUNDLED_PROFILE
 from nodes.protocol.admission import EdgeLimits
 from nodes.protocol.verifier_table import TableConfig
 from pipeline.cli import preflight
 from pipeline.cli.args import (device_profile, log_args, metrics_arg, nats_arg, node_args, node_id, non_negative_float,
-                               non_negative_int, positive_float, positive_int, prefill_chunk, stop_on_sigterm)
+                               non_negative_int, positive_float, positive_int, prefill_chunk)
 from pipeline.errors import PipelineError
 from pipeline.orchestration.run_dirs import new_run_dir
+from pipeline.orchestration.signals import interrupt_then_stop_now
 from pipeline.orchestration.serve import CloudOptions, EdgeOptions, NodeOptions, serve_cloud, serve_control, serve_edge
 from pipeline.transport import aio
 from pipeline.transport.broker import EmbeddedBroker, ServerLogRelay, broker_log, default_nats_url
 
+def _kill_server(broker: EmbeddedBroker) -> None:
+    """SIGKILL the nats-server and reap it, from a signal handler: no Popen.wait (its lock may be held by
+    the stop that the signal interrupted), so no orphan is left when the command stops at once."""
+    proc = broker.proc
+    if proc is not None and proc.returncode is None:
+        try:
+            os.kill(proc.pid, signal.SIGKILL)
+            os.waitpid(proc.pid, 0)
+        except OSError:  # already gone, or already reaped
+            pass
+
+
 def cmd_broker(a: argparse.Namespace) -> None:
-    stop_on_sigterm()
     run_dir = new_run_dir(a.run_root)
     store = Path(a.store_dir) if a.store_dir else Path(a.run_root) / "jetstream"
     new_store = not store.exists()
     broker = EmbeddedBroker(run_dir, port=a.port, store_dir=store)
+    interrupt_then_stop_now(lambda: _kill_server(broker))  # a second signal during the stop ends it at once
     try:
         broker.start()
     except Exception:
@@ -47,7 +63,7 @@ def cmd_broker(a: argparse.Namespace) -> None:
                 relay.poll()
                 time.sleep(0.5)
         except KeyboardInterrupt:
-            pass
+            log.info("broker_stopping")  # nats-server gets SIGTERM (SIGKILL after 5 s); a second signal: at once
         code = b.proc.poll() if b.proc else None
         relay.poll()
         if code in (None, 0):
@@ -119,18 +135,18 @@ def register(sub) -> None:
 
     p = sub.add_parser("cloud", help="serve the target model: verify drafts")
     node_args(p, "cloud-1")
-    t, c = TableConfig(), CloudOptions()  # the options own the defaults; the parser only shows them
-    p.add_argument("--max-sessions", type=positive_int, default=t.max_sessions,
+    c = CloudOptions()  # the options own the defaults; the parser only shows them
+    p.add_argument("--max-sessions", type=positive_int, default=c.max_sessions,
                    help="sessions held at once (the cap)")
-    p.add_argument("--max-sessions-per-edge", type=positive_int, default=t.max_sessions_per_edge,
+    p.add_argument("--max-sessions-per-edge", type=positive_int, default=c.max_sessions_per_edge,
                    help="sessions held at once for one edge (its fair share; default: half of --max-sessions); "
                         "beyond it the edge is answered 'overloaded'")
-    p.add_argument("--max-rounds-per-edge", type=positive_int, default=t.max_rounds_per_edge,
+    p.add_argument("--max-rounds-per-edge", type=positive_int, default=c.max_rounds_per_edge,
                    help="rounds of one edge waiting or computing at once (default: its session share); "
                         "beyond it 'overloaded'")
-    p.add_argument("--session-ttl", type=positive_float, default=t.session_ttl_s,
+    p.add_argument("--session-ttl", type=positive_float, default=c.session_ttl_s,
                    help="seconds an idle session is kept")
-    p.add_argument("--evict-idle", type=positive_float, default=t.evict_idle_s,
+    p.add_argument("--evict-idle", type=positive_float, default=c.evict_idle_s,
                    help="at the cap, a session idle this many seconds may make room for a new one")
     p.add_argument("--max-context-tokens", type=positive_int, default=c.max_context_tokens,
                    help="tokens one session may hold (prompt + generated); larger contexts are refused")
@@ -141,10 +157,10 @@ def register(sub) -> None:
                    help="verify every round on the per-request KV cache (no slots, no batched forward)")
     p.add_argument("--slot-memory-mb", type=positive_int, default=c.slot_memory_mb,
                    help="K/V memory of the slot cache; sessions that do not fit run per request")
-    p.add_argument("--prefill-chunk", type=prefill_chunk, default="auto",
+    p.add_argument("--prefill-chunk", type=prefill_chunk, default=c.prefill_chunk,
                    help="context tokens prefilled per batch, so a long prompt does not stall other streams' "
                         "rounds (0: a whole prompt at once; auto: 256 on a CPU, measured at startup on a GPU)")
-    p.add_argument("--graphs", choices=("auto", "on", "off"), default="auto",
+    p.add_argument("--graphs", choices=("auto", "on", "off"), default=c.graphs,
                    help="verify at static shapes replayed as CUDA graphs (auto: on for CUDA; 'on' on a CPU runs "
                         "the static path eagerly)")
     p.add_argument("--batch-invariant", action="store_true",
@@ -191,13 +207,14 @@ def register(sub) -> None:
     p.add_argument("--id", type=node_id, default="control-1", help="node id (names its subjects and log)")
     metrics_arg(p)
     log_args(p)
-    p.add_argument("--max-length", type=positive_int, default=8)
+    stream = StreamLimits()  # the stream's and the controller's own defaults; the parser only shows them
+    p.add_argument("--max-length", type=positive_int, default=MAX_LENGTH)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-learners", type=positive_int, default=1024,
+    p.add_argument("--max-learners", type=positive_int, default=MAX_LEARNERS,
                    help="learners kept in memory (least recently used ones wait in the bucket)")
-    p.add_argument("--stream-max-msgs", type=positive_int, default=1_000_000, help="timing stream: events kept")
-    p.add_argument("--stream-max-bytes", type=positive_int, default=512 * 1024 * 1024,
+    p.add_argument("--stream-max-msgs", type=positive_int, default=stream.max_msgs, help="timing stream: events kept")
+    p.add_argument("--stream-max-bytes", type=positive_int, default=stream.max_bytes,
                    help="timing stream: bytes kept")
-    p.add_argument("--stream-max-age", type=positive_float, default=24 * 3600.0,
+    p.add_argument("--stream-max-age", type=positive_float, default=stream.max_age_s,
                    help="timing stream: seconds an event is kept")
     p.set_defaults(func=cmd_control)

@@ -4,7 +4,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from dataclasses import dataclass, field
 
 import uvicorn
 
@@ -13,23 +12,12 @@ from pipeline import logs
 from pipeline.errors import PipelineError
 from pipeline.http.app import create_app
 from pipeline.http.connections import ConnectionLimits, guarded
-from pipeline.http.gateway import Gateway, GatewayConfig
+from pipeline.http.config import GatewayConfig, GatewayOptions
+from pipeline.http.gateway import Gateway
 from pipeline.orchestration.signals import on_stop_signals
 from pipeline.metrics import GatewayMetrics, parse_hostport, serve as serve_metrics, tap
 from pipeline.transport import bus
 from pipeline.transport.auth import role_inbox
-
-
-@dataclass
-class GatewayOptions:
-    http: str
-    nats_url: str
-    node_id: str = "gateway-1"
-    log_file: str | None = None
-    metrics: str | None = None       # a second /metrics listener (the HTTP port always serves /metrics)
-    tokenizer: str | None = None     # counts prompt tokens and renders chat templates (default: the bundled pair's)
-    config: GatewayConfig = field(default_factory=GatewayConfig)
-    drain_timeout_s: float = 10.0    # after SIGTERM: running generations may finish this long
 
 
 def listen(addr: str) -> socket.socket:

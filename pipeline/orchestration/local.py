@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from nodes.config import MAX_LENGTH
 from nodes.device import load_device
 from nodes.models.loading import BUNDLED_DRAFT, BUNDLED_TARGET, model_hash
 from pipeline.transport import aio, bus
@@ -41,7 +42,7 @@ class RunConfig:
     policy: str = "auto"
     seed: int = 0
     temperature: float = 0.0
-    max_length: int = 8
+    max_length: int = MAX_LENGTH
     baseline_requests: int = 8
     baseline_tokens: int = 48
     run_root: str = "runs"

@@ -20,15 +20,18 @@ from nodes.device import load_device
 from pipeline.transport.jetstream import StreamLimits
 from nodes.models.loading import BUNDLED_DRAFT, BUNDLED_PROFILE, BUNDLED_TARGET, load_pair, set_threads
 from nodes.policy_book import PolicyBook
+from nodes.config import DRAIN_TIMEOUT_S, MAX_LEARNERS, MAX_LENGTH, CloudConfig, EdgeConfig
 from nodes.link import parse_channel
 from nodes.protocol.admission import EdgeLimits
-from nodes.protocol.verifier_table import TableConfig
 from pipeline.transport import bus
 from pipeline.transport.auth import role_inbox
 from pipeline import logs
 from pipeline.orchestration.signals import on_stop_signals
 from schemas.codec import DEFAULT_MAX_PAYLOAD, Limits
 from schemas import subjects
+
+
+_CLOUD, _EDGE = CloudConfig(), EdgeConfig()  # the workers' configs own the defaults; these options pass them on
 
 
 @dataclass
@@ -40,10 +43,10 @@ class NodeOptions:
     draft: str | None = None
     target: str | None = None
     device: str = "cpu"
-    max_length: int = 8
+    max_length: int = MAX_LENGTH
     max_payload: int = DEFAULT_MAX_PAYLOAD
     model_nice: int = 5  # the model thread yields the CPU to event loops and the broker (WorkerBase)
-    drain_timeout_s: float = 10.0
+    drain_timeout_s: float = DRAIN_TIMEOUT_S
     emulate: str | None = None  # device profile (name or path): nodes/device.py
     metrics: str | None = None  # HOST:PORT of this worker's Prometheus /metrics (pipeline/metrics)
     dtype: str | None = None  # the weights' dtype (None: float32 on a CPU, bfloat16 on CUDA)
@@ -52,38 +55,35 @@ class NodeOptions:
 @dataclass
 class EdgeOptions:
     channel: str = "const:0"
-    policy: str = "auto"
-    seed: int = 0
+    policy: str = _EDGE.default_policy
+    seed: int = _EDGE.seed
     local_policy: bool = True
-    request_timeout_s: float = 10.0
-    failover_deadline_s: float = 30.0
+    request_timeout_s: float = _EDGE.request_timeout_s
+    failover_deadline_s: float = _EDGE.failover_deadline_s
     limits: EdgeLimits = field(default_factory=EdgeLimits)
     profile: str | None = None  # control profile for oracle/static/head-rule policies (default: the pair's)
-    draft_max_batch: int = 64       # rounds drafted in one batch
-    draft_batch_wait_ms: float = 2.0
-    draft_slot_cache: bool = True
-    draft_slot_memory_mb: int = 1024
-    place_sessions: bool = True     # new sessions on the least loaded verifier known (else: the queue group's pick)
-
-
-_TABLE = TableConfig()  # the verifier's bounds and their defaults live once, in the session table's config
+    draft_max_batch: int = _EDGE.drafting.max_batch
+    draft_batch_wait_ms: float = _EDGE.drafting.wait_ms
+    draft_slot_cache: bool = _EDGE.drafting.slot_cache
+    draft_slot_memory_mb: int = _EDGE.drafting.memory_mb
+    place_sessions: bool = _EDGE.place_sessions
 
 
 @dataclass
 class CloudOptions:
-    max_sessions: int = _TABLE.max_sessions
-    session_ttl_s: float = _TABLE.session_ttl_s
-    evict_idle_s: float = _TABLE.evict_idle_s
+    max_sessions: int = _CLOUD.max_sessions
+    session_ttl_s: float = _CLOUD.session_ttl_s
+    evict_idle_s: float = _CLOUD.evict_idle_s
     max_context_tokens: int = 8192  # prompt + generated tokens one session may hold
-    max_batch: int = 32             # rounds verified in one batched forward
-    batch_wait_ms: float = 2.0      # the longest a round waits for others to join its batch
-    slot_cache: bool = True
-    slot_memory_mb: int = 2048
-    prefill_chunk: int | str | None = 256  # "auto": 256 on a CPU, measured on a GPU (nodes/models/prefill.py)
-    max_sessions_per_edge: int | None = _TABLE.max_sessions_per_edge  # None: half of max_sessions
-    max_rounds_per_edge: int | None = _TABLE.max_rounds_per_edge      # None: the session share
+    max_batch: int = _CLOUD.max_batch
+    batch_wait_ms: float = _CLOUD.batch_wait_ms
+    slot_cache: bool = _CLOUD.slot_cache
+    slot_memory_mb: int = _CLOUD.slot_memory_mb
+    prefill_chunk: int | str | None = "auto"  # 256 on a CPU, measured on a GPU (nodes/models/prefill.py)
+    max_sessions_per_edge: int | None = _CLOUD.max_sessions_per_edge  # None: half of max_sessions
+    max_rounds_per_edge: int | None = _CLOUD.max_rounds_per_edge      # None: the session share
     graphs: str = "auto"            # static-shape verify as CUDA graphs: auto (on for CUDA), on, off
-    batch_invariant: bool = False
+    batch_invariant: bool = _CLOUD.batch_invariant
 
 
 def limits_for(vocab: int, opts: NodeOptions, max_context_tokens: int = 32768) -> Limits:
@@ -144,7 +144,7 @@ def say(kind: str, node_id: str, text: str) -> None:
 
 
 async def serve_cloud(opts: NodeOptions, cloud: CloudOptions) -> None:
-    from nodes.cloud import CloudConfig, CloudWorker
+    from nodes.cloud import CloudWorker
 
     log, metrics = with_metrics("cloud", opts.node_id, logs.configure(opts.node_id, opts.log_file), opts.metrics)
     await bus.probe(opts.nats_url)  # no broker: say so before seconds of model loading
@@ -196,8 +196,8 @@ def default_policy_for(profile, max_length: int):
 
 
 async def serve_edge(opts: NodeOptions, edge: EdgeOptions) -> None:
-    from nodes.draft_batcher import DraftBatchConfig
-    from nodes.edge import EdgeConfig, EdgeWorker
+    from nodes.config import DraftBatchConfig
+    from nodes.edge import EdgeWorker
 
     log, metrics = with_metrics("edge", opts.node_id, logs.configure(opts.node_id, opts.log_file), opts.metrics)
     channel = parse_channel(edge.channel, seed=edge.seed)
@@ -235,7 +235,7 @@ async def serve_edge(opts: NodeOptions, edge: EdgeOptions) -> None:
 
 
 async def serve_control(nats_url: str, node_id: str, log_file: str | None, max_length: int, seed: int,
-                        stream=None, max_learners: int = 1024, metrics_addr: str | None = None) -> None:
+                        stream=None, max_learners: int = MAX_LEARNERS, metrics_addr: str | None = None) -> None:
     from nodes.controller import Controller
 
     log, metrics = with_metrics("control", node_id, logs.configure(node_id, log_file), metrics_addr)

@@ -6,6 +6,7 @@ import asyncio
 import os
 import signal
 import sys
+from typing import Callable
 
 
 def stop_now(signum: int) -> None:
@@ -26,3 +27,20 @@ def on_stop_signals(stop: asyncio.Event) -> None:
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, handle, sig)
+
+
+def interrupt_then_stop_now(before_exit: Callable[[], None] = lambda: None) -> None:
+    """For a command without an event loop (the broker): the first SIGINT/SIGTERM raises KeyboardInterrupt,
+    so its `with` blocks stop what they started; a second one runs `before_exit` (kill what must not
+    outlive the process: it may not block or take a lock the interrupted code holds) and calls `stop_now`."""
+    seen: list[int] = []
+
+    def handle(signum: int, frame: object) -> None:
+        if seen:
+            before_exit()
+            stop_now(signum)
+        seen.append(signum)
+        raise KeyboardInterrupt
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, handle)

@@ -1,0 +1,81 @@
+"""The workers' configurations and their defaults, in a module without torch.
+
+Each default is written once, here: the workers (nodes/cloud.py, nodes/edge.py, nodes/draft_batcher.py)
+take these classes, and the command line (pipeline/cli/workers.py, through pipeline/orchestration/serve.py)
+shows and passes on the same values, so `specstop --help` can read them without loading a model library.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from nodes.protocol.admission import EdgeLimits
+from nodes.protocol.liveness import HEARTBEAT_S, WINDOW_S
+from nodes.protocol.request import RoundRules
+from nodes.protocol.verifier_table import TableConfig
+
+_T = TableConfig()  # the verifier's session bounds live in the session table's own config
+_R = RoundRules("")  # ... and a round's timing in the round's rules
+
+DRAIN_TIMEOUT_S = 10.0  # after SIGTERM/SIGINT a worker finishes the work in hand this long, then stops
+MAX_LENGTH = _R.max_length  # longest draft a worker produces or accepts
+MAX_LEARNERS = 1024     # the controller's learners kept in memory (the rest wait in the bucket)
+
+
+@dataclass(frozen=True)
+class CloudConfig:
+    verifier_id: str = _T.verifier_id
+    max_sessions: int = _T.max_sessions
+    session_ttl_s: float = _T.session_ttl_s
+    max_in_flight: int = 256
+    evict_idle_s: float = _T.evict_idle_s
+    drain_timeout_s: float = DRAIN_TIMEOUT_S
+    max_batch: int = 32            # rounds in one batched forward
+    batch_wait_ms: float = 2.0     # the longest a round waits for others to join its batch
+    slot_cache: bool = True        # False: every round on the per-request path (DynamicCache)
+    slot_memory_mb: int = 2048     # slot K/V budget; sessions past it run per request
+    prefill_chunk: int | None = 256  # context tokens prefilled per batch (None: a whole prompt at once)
+    max_sessions_per_edge: int | None = _T.max_sessions_per_edge  # None: TableConfig's derived share
+    max_rounds_per_edge: int | None = _T.max_rounds_per_edge
+    heartbeat_s: float = HEARTBEAT_S       # AliveMsg period
+    liveness_window_s: float = WINDOW_S    # an edge heard once and then silent this long is gone
+    graphs: bool | None = None     # static-shape verify (CUDA graphs); None: on for a CUDA model
+    batch_invariant: bool = False  # one forward per round: verdicts independent of the batch
+
+    def table(self) -> TableConfig:
+        return TableConfig(self.verifier_id, self.max_sessions, self.session_ttl_s, self.evict_idle_s,
+                           self.max_sessions_per_edge, self.max_rounds_per_edge)
+
+
+@dataclass(frozen=True)
+class DraftBatchConfig:
+    max_batch: int = 64          # rows in one draft step
+    wait_ms: float = 2.0         # the longest a round waits for others before a drive starts
+    slot_cache: bool = True      # False: every request drafts on the per-request path
+    max_len: int = 8192          # tokens one slot may hold
+    max_slots: int = 256
+    memory_mb: int = 1024        # slot K/V budget; requests past it draft per request
+    join_steps: int = 16         # a drive takes new rounds during its first steps only
+    prefill_chunk: int | None = 256  # a new context's tokens per model-thread job (None: all at once)
+
+    def __post_init__(self) -> None:
+        if self.max_batch < 1 or self.wait_ms < 0 or self.join_steps < 1:
+            raise ValueError("draft max_batch and join_steps must be >= 1, wait_ms >= 0")
+
+
+@dataclass(frozen=True, kw_only=True)
+class EdgeConfig:
+    edge_id: str = "edge-1"
+    default_policy: str = "auto"
+    max_length: int = MAX_LENGTH
+    request_timeout_s: float = _R.request_timeout_s
+    failover_deadline_s: float = _R.failover_deadline_s
+    seed: int = 0
+    limits: EdgeLimits = EdgeLimits()
+    drain_timeout_s: float = DRAIN_TIMEOUT_S
+    drafting: DraftBatchConfig = DraftBatchConfig()
+    place_sessions: bool = True  # new sessions start on the least loaded verifier known (nodes/protocol/placement)
+    heartbeat_s: float = HEARTBEAT_S       # AliveMsg period, and a silent client's keepalive period
+    liveness_window_s: float = WINDOW_S    # a verifier not heard from this long is avoided
+
+    def rules(self) -> RoundRules:
+        return RoundRules(self.edge_id, self.max_length, self.request_timeout_s, self.failover_deadline_s)
