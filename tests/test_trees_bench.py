@@ -16,3 +16,28 @@ def test_bench_trees_prints_a_row_per_shape_and_the_best_of_each_kind():
     assert [r["kind"] for r in res["rows"]] == ["chain", "tree", "chain", "tree"]
     assert all(r["tokens_per_target_forward"] >= 1.0 for r in res["rows"])
     assert set(res["best"]) == {"chain@0ms", "tree@0ms", "chain@50ms", "tree@50ms"}
+
+
+@pytest.mark.slow
+def test_bench_trees_with_optimal_nodes_adds_the_calibrated_optimal_trees_and_the_best_per_delay(tmp_path):
+    table = tmp_path / "table.json"
+    out = subprocess.run([sys.executable, "-m", "pipeline.cli", "bench", "trees", "--json", "--repeats", "1",
+                          "--max-depth", "2", "--max-width", "2", "--max-new-tokens", "6", "--optimal-nodes", "4,16",
+                          "--delays", "0,50", "--online-rounds", "10", "--table-out", str(table)],
+                         capture_output=True, text=True, timeout=600, check=True).stdout
+    res = json.loads(out)
+    assert [r["requested_nodes"] for r in res["optimal"]["rows"]] == [4, 16]
+    assert all(r["kind"] == "optimal" and r["nodes"] <= r["requested_nodes"] for r in res["optimal"]["rows"])
+    assert set(res["best_overall"]) == {"0", "50"}
+    assert all(v["chain_over_best"] >= 1.0 for v in res["best_overall"].values())
+    assert set(res["online"]) == {"0", "50"} and all(v["rounds"] >= 10 for v in res["online"].values())
+    saved = json.loads(table.read_text())
+    assert len(saved["accept"]) == 24 and set(saved["cost"]) == {"draft_step_ms", "draft_node_ms", "verify_ms",
+                                                                  "verify_node_ms"}
+
+
+def test_table_out_without_optimal_nodes_is_refused():
+    r = subprocess.run([sys.executable, "-m", "pipeline.cli", "bench", "trees", "--table-out", "x.json"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2
+    assert "--optimal-nodes" in r.stderr

@@ -39,6 +39,18 @@ def test_greedy_tree_output_equals_target_only(pair, shape):
         assert got.tokens == want, text
 
 
+def test_greedy_output_equals_target_only_when_the_shape_changes_every_round(pair):
+    shapes = iter(SHAPES * 20)
+    seen = []
+    prompt = encode(pair, PROMPTS[1])
+    got = tree_generate(pair.draft, pair.target, pair.vocab_size, prompt, 32, lambda: next(shapes),
+                        on_round=lambda tree, r: seen.append((tree, r.path)))
+    assert got.tokens == target_only(pair, prompt, 32)
+    assert [t for t, _ in seen] == (SHAPES * 20)[: len(seen)]
+    # each reported path walks down the round's own tree from the root
+    assert all(all(t.parents[v] == (path[i - 1] if i else -1) for i, v in enumerate(path)) for t, path in seen)
+
+
 def test_a_wider_tree_needs_no_more_target_forwards_than_its_chain(pair):
     prompt = encode(pair, PROMPTS[0])
     c = tree_generate(pair.draft, pair.target, pair.vocab_size, prompt, 40, chain(4))

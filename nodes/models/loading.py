@@ -21,6 +21,7 @@ from nodes.models.train_pair import BUNDLED_DIR
 BUNDLED_TARGET = str(BUNDLED_DIR / "target")
 BUNDLED_DRAFT = str(BUNDLED_DIR / "draft")
 BUNDLED_PROFILE = BUNDLED_DIR / "profile.json"  # measured cost/acceptance profile of the pair
+BUNDLED_TREES = BUNDLED_DIR / "trees.json"  # measured depth x rank acceptance and tree round cost
 
 
 def set_threads(threads: int | None) -> None:

@@ -15,6 +15,7 @@ exact).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -92,11 +93,15 @@ class TreeCache:
 
 @dataclass
 class TreeRound:
+    """`path`: the accepted nodes, 0-based indices into the round's tree, root's child first (what
+    an online shape learner reads the accepted depth and rank from)."""
+
     emitted: list[int]
     accepted: int
     nodes: int
     draft_ms: float
     verify_ms: float
+    path: list[int] = field(default_factory=list)
 
 
 def _children(tree: Tree) -> list[list[int]]:
@@ -168,14 +173,19 @@ class TreeGeneration:
         return len(self.rounds)
 
 
-def tree_generate(draft_model, target_model, vocab_size: int, prompt: list[int], max_new: int, tree: Tree,
-                  params: SamplingParams = SamplingParams(), seed: int = 0) -> TreeGeneration:
-    """Generate `max_new` tokens, one draft tree and one target forward per round."""
+def tree_generate(draft_model, target_model, vocab_size: int, prompt: list[int], max_new: int,
+                  tree: Tree | Callable[[], Tree], params: SamplingParams = SamplingParams(), seed: int = 0,
+                  on_round: Callable[[Tree, TreeRound], None] | None = None) -> TreeGeneration:
+    """Generate `max_new` tokens, one draft tree and one target forward per round. `tree` may be a
+    callable asked for each round's shape (an online shape controller), told the round through
+    `on_round`."""
     draft = TreeCache(draft_model, prompt, vocab_size)
     target = TreeCache(target_model, prompt, vocab_size)
     out = TreeGeneration([])
+    shape = tree
     r = 0
     while len(out.tokens) < max_new:
+        tree = shape() if callable(shape) else shape
         t0 = time.perf_counter()
         before = draft.cached_len
         tokens = draft_tree(draft, tree) if tree.nodes else [draft.tokens[-1]]
@@ -189,7 +199,10 @@ def tree_generate(draft_model, target_model, vocab_size: int, prompt: list[int],
             draft.feed(feed, [i - 1 for i in range(len(feed))], [before + i for i in range(len(feed))])
         draft.tokens.extend(emitted)
         out.tokens.extend(emitted)
-        out.rounds.append(TreeRound(emitted, len(path), tree.nodes, (t1 - t0) * 1e3, (t2 - t1) * 1e3))
+        out.rounds.append(TreeRound(emitted, len(path), tree.nodes, (t1 - t0) * 1e3, (t2 - t1) * 1e3,
+                                    [v - 1 for v in path]))
+        if on_round is not None:
+            on_round(tree, out.rounds[-1])
         r += 1
     out.tokens = out.tokens[:max_new]
     return out

@@ -7,8 +7,22 @@ import json
 import time
 
 from control.evaluation import KINDS, evaluate, kind_profiles
-from pipeline.cli.args import batch_sizes, model_args, positive_float, positive_int, progress
+from control.types import ControlError
+from pipeline.cli.args import (batch_sizes, delays, model_args, non_negative_int, positive_float, positive_int,
+                               progress)
 from pipeline.errors import PipelineError
+
+
+def node_counts(text: str) -> tuple[int, ...]:
+    """An argparse type: comma-separated tree sizes >= 1."""
+    try:
+        sizes = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a comma-separated list of integers") from None
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"'{text}' must list tree sizes >= 1")
+    return sizes
+
 
 def cmd_bench_engine(a: argparse.Namespace) -> None:
     from pipeline.bench.engine import bench_engine
@@ -22,9 +36,19 @@ def cmd_bench_engine(a: argparse.Namespace) -> None:
 def cmd_bench_trees(a: argparse.Namespace) -> None:
     from pipeline.bench.trees import bench_trees
 
+    if (a.table_out or a.online_rounds) and not a.optimal_nodes:
+        raise ControlError("bench trees: --table-out and --online-rounds need --optimal-nodes (the table and the "
+                           "shapes they are compared with come from it)")
+
     res = bench_trees(draft=a.draft, target=a.target, threads=a.threads, repeats=a.repeats,
                       max_new_tokens=a.max_new_tokens, depths=range(1, a.max_depth + 1),
-                      widths=range(1, a.max_width + 1), device=a.device, dtype=a.dtype)
+                      widths=range(1, a.max_width + 1), device=a.device, dtype=a.dtype,
+                      delays_ms=tuple(a.delays), optimal_nodes=tuple(a.optimal_nodes or ()),
+                      online_rounds=a.online_rounds)
+    if a.table_out:
+        with open(a.table_out, "w") as f:
+            json.dump({"accept": res["optimal"]["table"], "cost": res["optimal"]["cost"],
+                       "pair": res["pair"]}, f, indent=1)
     print(json.dumps(res) if a.json else json.dumps(res, indent=2))
 
 
@@ -131,11 +155,20 @@ def register(sub) -> None:
     model_args(p)
     p.set_defaults(func=cmd_bench_engine)
     p = bsub.add_parser("trees", help="chain vs draft trees (depth x width): tokens per target forward, "
-                        "ms/token modelled at 0 and 50 ms")
+                        "ms/token modelled at each of --delays; --optimal-nodes adds Sequoia-optimal trees")
     p.add_argument("--repeats", type=positive_int, default=3, help="timed repeats per shape (medians reported)")
     p.add_argument("--max-new-tokens", type=positive_int, default=32)
     p.add_argument("--max-depth", type=positive_int, default=8, help="deepest tree (and longest chain) measured")
     p.add_argument("--max-width", type=positive_int, default=3, help="most candidates per tree node measured")
+    p.add_argument("--delays", type=delays, default=delays("0,50"), help="one-way delays (ms) to model ms/token at (default: 0,50)")
+    p.add_argument("--optimal-nodes", type=node_counts, default=None, metavar="N,N,...",
+                   help="also calibrate the pair's depth x rank acceptance and run the Sequoia-optimal tree "
+                        "of each size (e.g. 8,16,32,64,128)")
+    p.add_argument("--online-rounds", type=non_negative_int, default=0,
+                   help="with --optimal-nodes: per delay, this many real rounds whose shape the online learner "
+                        "(control/tree_shape.py) chooses from no profile, then its final shape measured")
+    p.add_argument("--table-out", help="with --optimal-nodes: write the measured acceptance table and round "
+                                       "cost here (input of `specstop simulate --trees`)")
     p.add_argument("--json", action="store_true")
     model_args(p)
     p.set_defaults(func=cmd_bench_trees)

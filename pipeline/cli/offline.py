@@ -10,6 +10,7 @@ from pathlib import Path
 from control import TARGET_ONLY, load_profile, make_policy
 from control.simulator import SCENARIOS, build_scenarios, simulate
 from control.theory import theory_table
+from control.types import ControlError
 from nodes.config import MAX_LENGTH
 from nodes.models.errors import ModelError
 from nodes.models.loading import BUNDLED_PROFILE, load_pair, set_threads
@@ -114,7 +115,34 @@ def cmd_theory(a: argparse.Namespace) -> None:
     emit(table, a.json, render)
 
 
+def cmd_simulate_trees(a: argparse.Namespace) -> None:
+    from control.tree_sim import load_tree_table, simulate_trees
+    from nodes.models.loading import BUNDLED_TREES
+
+    accept, cost = load_tree_table(a.trees if a.trees != "bundled" else BUNDLED_TREES)
+    res = simulate_trees(accept, cost, a.delays, rounds=a.rounds, seeds=a.seeds, jitter=a.jitter)
+    res["table"] = a.trees
+
+    def render(r: dict) -> str:
+        lines = [f"tree table {r['table']} ({r['seeds']} seeds x {r['rounds']} rounds)",
+                 f"{'delay':>6} {'oracle shape':>16} {'oracle':>8} {'chain L':>8} {'chain':>8} {'learner':>8} "
+                 f"{'gap %':>6} {'chain/learner':>14}"]
+        for row in r["rows"]:
+            o = row["oracle"]
+            lines.append(f"{row['delay_ms']:>6g} {o['depth']:>5}x{o['width']:<3}{o['nodes']:>4} nodes "
+                         f"{o['ms_per_token']:>8.2f} {row['best_chain']['length']:>8} "
+                         f"{row['best_chain']['ms_per_token']:>8.2f} {row['learner']['ms_per_token']:>8.2f} "
+                         f"{row['learner']['gap_to_oracle_pct']:>6.2f} {row['chain_over_learner']:>14.3f}")
+        return "\n".join(lines)
+
+    emit(res, a.json, render)
+
+
 def cmd_simulate(a: argparse.Namespace) -> None:
+    if a.trees:
+        return cmd_simulate_trees(a)
+    if not a.profile:
+        raise ControlError("simulate: --profile is required (or --trees for draft-tree shapes)")
     prof = load_profile(a.profile)
     k = min(a.max_length or prof.max_length, prof.max_length)
     policies = [p.strip() for p in a.policies.split(",") if p.strip()]
@@ -187,7 +215,11 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_theory)
 
     p = sub.add_parser("simulate", help="offline simulation of policies against a profile")
-    p.add_argument("--profile", required=True)
+    p.add_argument("--profile", help="the chain profile (required unless --trees)")
+    p.add_argument("--trees", nargs="?", const="bundled", metavar="TABLE",
+                   help="simulate draft-tree shapes instead: the online shape learner vs the oracle shape and "
+                        "the best chain per delay, on a table from `bench trees --table-out` (default: the "
+                        "bundled pair's)")
     p.add_argument("--policies", default="auto,ucb-specstop,naive-ucb,hf-heuristic")
     p.add_argument("--delays", type=delays, default=delays(DEFAULT_DELAYS))
     p.add_argument("--rounds", type=positive_int, default=1000)
