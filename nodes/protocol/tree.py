@@ -10,6 +10,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
+
+from control.trees import Tree, TreeCost, best_shape, spine
+from control.types import ControlError
+from schemas.rounds import Draft, Verdict
+
 COMPUTE, WAIT, CACHED, RESEND_CONTEXT = "compute", "wait", "cached", "resend_context"
 
 
@@ -67,3 +73,86 @@ class TreeEdge:
         self.tokens.extend(verdict.tokens)
         self.outstanding, self.round = False, self.round + 1
         return True
+
+
+# --- tree rounds in the pipeline -------------------------------------------------------
+# The pipeline runs tree rounds through the chain rounds' own exactly-once machinery (EdgeRequest on
+# the edge, SessionTable on the verifier: round, attempt, cached verdicts, context resends), with the
+# tree's parents beside the node tokens. What is new for a tree lives here: which verdict paths are
+# legal for the tree that was sent, which tokens a path emits, and how the edge picks a shape.
+
+def path_error(parents: list[int], path: list[int]) -> str | None:
+    """Why `path` cannot be an accepted path of the tree `parents` (None: it can): it must start at a
+    child of the root and go down one child at a time."""
+    up = -1
+    for v in path:
+        if type(v) is not int or not 0 <= v < len(parents):
+            return f"path names node {v!r} of a {len(parents)}-node tree"
+        if parents[v] != up:
+            return f"path goes to node {v}, which is not a child of {'the root' if up < 0 else f'node {up}'}"
+        up = v
+    return None
+
+
+def path_tokens(tokens: list[int], path: list[int]) -> list[int]:
+    """The drafted tokens an accepted path emits (the verdict's next token follows them)."""
+    return [tokens[v] for v in path]
+
+
+def round_tokens(drafted: list[int], verdict: Verdict) -> list[int]:
+    """The tokens a verdict emits: the accepted drafts (a chain's prefix or a tree's path), then the
+    target's own token."""
+    kept = drafted[:verdict.accepted] if verdict.path is None else path_tokens(drafted, verdict.path)
+    return list(kept) + [verdict.next_token]
+
+
+def draft_steps(d: Draft) -> int:
+    """Sequential draft forwards a draft took: one per token of a chain, one per depth of a tree."""
+    if d.parents is None:
+        return len(d.tokens)
+    depth: list[int] = []
+    for p in d.parents:
+        depth.append(1 if p < 0 else depth[p] + 1)
+    return max(depth, default=0)
+
+
+def feed_parents(parents: list[int], pending: int = 1) -> list[int]:
+    """Parents over one verify feed `pending tokens + tree nodes`: the pending tokens form a chain and
+    the tree hangs below the last of them (index -1 = sees only the cache)."""
+    return [i - 1 for i in range(pending)] + [p + pending if p >= 0 else pending - 1 for p in parents]
+
+
+# A prior for `--tree auto` with no profile: the bundled pair's spine measurements (docs/trees.md:
+# a rank-1 candidate accepted ~3 in 4, the second ~1 in 10, the third ~1 in 20 (ranks exclude each other);
+# one batched draft step ~0.75 ms per depth, verify ~1.75 ms plus ~0.07 ms per node on a CPU).
+PRIOR_ACCEPT = np.array([[0.75, 0.10, 0.05]] * 8)
+PRIOR_COST = TreeCost(draft_step_ms=0.75, draft_node_ms=0.0, verify_ms=1.75, verify_node_ms=0.07)
+AUTO = "auto"
+
+
+def parse_tree(spec: str | None) -> Tree | str | None:
+    """`--tree`: None/"" (chains), "auto" (best shape for the told delay), or DEPTHxWIDTH (a spine)."""
+    if spec is None or spec == "" or spec == "off":
+        return None
+    if spec == AUTO:
+        return AUTO
+    try:
+        d, w = (int(x) for x in spec.lower().split("x"))
+    except ValueError:
+        raise ControlError(f"tree shape {spec!r}: expected DEPTHxWIDTH (e.g. 4x2), 'auto' or 'off'") from None
+    return spine(d, w)
+
+
+def choose_tree(spec: Tree | str, delay_ms: float, max_depth: int, wanted: int,
+                accept: np.ndarray = PRIOR_ACCEPT, cost: TreeCost = PRIOR_COST) -> Tree:
+    """The round's shape: the fixed one, or the spine of least modelled ms/token at this one-way delay
+    (control.trees.best_shape), no deeper than `max_depth` nor than the `wanted` tokens still to come
+    need (the target's own token is the last of them)."""
+    depth = max(1, min(max_depth, wanted - 1))
+    if spec != AUTO:
+        assert isinstance(spec, Tree)
+        if spec.depth <= depth:
+            return spec
+        return spine(depth, spec.width)
+    shapes = [spine(d, w) for d in range(1, depth + 1) for w in range(1, accept.shape[1] + 1)]
+    return best_shape(accept[:depth], cost, delay_ms, shapes)[0]
