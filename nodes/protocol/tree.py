@@ -15,6 +15,7 @@ import numpy as np
 from control.trees import Tree, TreeCost, best_shape, spine
 from control.types import ControlError
 from schemas.rounds import Draft, Verdict
+from schemas.trees import MAX_TREE_NODES
 
 COMPUTE, WAIT, CACHED, RESEND_CONTEXT = "compute", "wait", "cached", "resend_context"
 
@@ -140,7 +141,10 @@ def parse_tree(spec: str | None) -> Tree | str | None:
         d, w = (int(x) for x in spec.lower().split("x"))
     except ValueError:
         raise ControlError(f"tree shape {spec!r}: expected DEPTHxWIDTH (e.g. 4x2), 'auto' or 'off'") from None
-    return spine(d, w)
+    tree = spine(d, w)
+    if tree.nodes > MAX_TREE_NODES:
+        raise ControlError(f"tree shape {spec!r}: {tree.nodes} nodes exceed the wire's limit of {MAX_TREE_NODES}")
+    return tree
 
 
 def choose_tree(spec: Tree | str, delay_ms: float, max_depth: int, wanted: int,

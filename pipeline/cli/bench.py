@@ -6,7 +6,7 @@ import json
 import time
 
 from control.evaluation import KINDS, evaluate
-from pipeline.cli.args import batch_sizes, model_args, positive_float, positive_int
+from pipeline.cli.args import batch_sizes, model_args, non_negative_float, positive_float, positive_int
 
 def cmd_bench_engine(a: argparse.Namespace) -> None:
     from pipeline.bench.engine import bench_engine
@@ -18,6 +18,12 @@ def cmd_bench_engine(a: argparse.Namespace) -> None:
 
 
 def cmd_bench_trees(a: argparse.Namespace) -> None:
+    if a.live:
+        from pipeline.bench.trees_live import bench_trees_live
+
+        res = bench_trees_live(a.delay_ms, a.requests, a.max_new_tokens, a.run_root, a.draft, a.target)
+        print(json.dumps(res) if a.json else json.dumps(res, indent=2))
+        return
     from pipeline.bench.trees import bench_trees
 
     res = bench_trees(draft=a.draft, target=a.target, threads=a.threads, repeats=a.repeats,
@@ -131,6 +137,12 @@ def register(sub) -> None:
     p.add_argument("--max-new-tokens", type=positive_int, default=32)
     p.add_argument("--max-depth", type=positive_int, default=8, help="deepest tree (and longest chain) measured")
     p.add_argument("--max-width", type=positive_int, default=3, help="most candidates per tree node measured")
+    p.add_argument("--live", action="store_true",
+                   help="instead: the best chain and tree shapes through the real pipeline (broker, cloud and edge "
+                        "processes) at --delay-ms one-way, ms/token from the edge's round logs")
+    p.add_argument("--delay-ms", type=non_negative_float, default=50.0, help="--live: emulated one-way delay")
+    p.add_argument("--requests", type=positive_int, default=6, help="--live: greedy requests per row, one at a time")
+    p.add_argument("--run-root", default="runs", help="--live: parent of the rows' run directories")
     p.add_argument("--json", action="store_true")
     model_args(p)
     p.set_defaults(func=cmd_bench_trees)

@@ -64,6 +64,7 @@ class EdgeOptions:
     draft_slot_cache: bool = True
     draft_slot_memory_mb: int = 1024
     place_sessions: bool = True     # new sessions on the least loaded verifier known (else: the queue group's pick)
+    tree: str = "off"               # draft trees: DEPTHxWIDTH, auto, or off (chains)
 
 
 _TABLE = TableConfig()  # the verifier's bounds and their defaults live once, in the session table's config
@@ -217,7 +218,7 @@ async def serve_edge(opts: NodeOptions, edge: EdgeOptions) -> None:
     cfg = EdgeConfig(edge_id=opts.node_id, default_policy=edge.policy, max_length=opts.max_length,
                      request_timeout_s=edge.request_timeout_s, failover_deadline_s=edge.failover_deadline_s,
                      seed=edge.seed, limits=limits, drain_timeout_s=opts.drain_timeout_s, drafting=drafting,
-                     place_sessions=edge.place_sessions)
+                     place_sessions=edge.place_sessions, tree=edge.tree)
     profile = profile_for(pair, edge.profile)
     book = PolicyBook(opts.max_length, edge.seed, learn_locally=edge.local_policy,
                       fallback=default_policy_for(profile, opts.max_length), profile=profile, pinned=edge.policy)
