@@ -77,3 +77,31 @@ def test_sampled_first_two_tokens_follow_the_target(tiny_pair, shape):
     stat = float(((counts - e) ** 2)[keep].div(e[keep]).sum())
     assert counts[~keep].sum() == 0
     assert stat < chi2_critical(int(keep.sum()) - 1)
+
+
+def _verifier_generate(pair, prompt, n, shape, use_slots: bool) -> list[int]:
+    """Tree rounds as the cloud runs them: the edge's TreeDraftSession, the verifier's BatchVerifier
+    (on its slot cache, or per request when `use_slots` is off)."""
+    from nodes.models.batch_verify import BatchVerifier, VerifyJob
+    from nodes.models.tree_verify import TreeDraftSession
+    from nodes.protocol.tree import round_tokens
+
+    bv = BatchVerifier(pair.target, pair.vocab_size, max_slots=2, max_len=1024, use_slots=use_slots)
+    drafter = TreeDraftSession(pair.draft, prompt, pair.vocab_size)
+    state, context, out = None, prompt, []
+    while len(out) < n:
+        d = drafter.propose(shape, len(out))
+        [res], _ = bv.run([VerifyJob(state, context, d, SamplingParams())])
+        assert res.error is None, res.error
+        state, context = res.state, None
+        new = round_tokens(d.tokens, res.verdict)
+        drafter.apply(new)
+        out.extend(new)
+    return out[:n]
+
+
+@pytest.mark.parametrize("use_slots", [True, False], ids=["slot cache", "per request"])
+def test_tree_rounds_on_the_verifiers_paths_equal_target_only(pair, use_slots):
+    for text in PROMPTS:
+        prompt = encode(pair, text)
+        assert _verifier_generate(pair, prompt, 24, spine(4, 3), use_slots) == target_only(pair, prompt, 24), text
