@@ -28,9 +28,20 @@ async def test_greedy_output_with_trees_equals_target_only(broker, pair, tmp_pat
     refs = [target_only_generate(pair, pair.tokenizer.encode(p, add_special_tokens=False), 40).token_ids
             for p in prompts]
     async with cluster(broker.url, pair, tmp_path, tree=shape) as (client, edge, clouds):
+        async def drop_session():  # request 1's verifier session vanishes mid-stream: its context is resent
+            while True:
+                await asyncio.sleep(0.01)
+                key = next((k for k in clouds[0].sessions if k[:2] == ("edge-1", "tree-1")), None)
+                s = clouds[0].sessions.get(key)
+                if s is not None and s.next_round >= 2 and s.in_flight is None:
+                    clouds[0].sessions.pop(key)
+                    return
+
+        dropper = asyncio.create_task(drop_session())
         results = await asyncio.gather(*(
             generate_stream(client, GenerateRequest(f"tree-{i}", prompt=p, max_new_tokens=40), 120)
             for i, p in enumerate(prompts)))
+        await asyncio.wait_for(dropper, 5)
     for i, res in enumerate(results):
         assert res.ok, res.error
         assert res.token_ids == refs[i], f"prompt {i} with tree {shape} differs from target-only"
@@ -39,6 +50,17 @@ async def test_greedy_output_with_trees_equals_target_only(broker, pair, tmp_pat
     assert any(e["tree"] and e["draft_length"] == depth * width for e in verified), "no full tree verified"
     assert any(e["accepted"] > 0 for e in verified if e["tree"]), "no tree node accepted"
     assert any(e["batch_size"] > 1 for e in verified if e["tree"]), "no two tree rounds verified in one forward"
+    assert any(e["tree"] and e["context_resent"] for e in verified), "no tree round rebuilt a session from its context"
+
+
+async def test_a_sampled_tree_request_replays_to_the_same_tokens(broker, pair, tmp_path):
+    prompt = _prompts(1)[0]
+    async with cluster(broker.url, pair, tmp_path, tree="3x2") as (client, edge, clouds):
+        runs = [await generate_stream(client, GenerateRequest(f"sampled-{i}", prompt=prompt, max_new_tokens=24,
+                                                              temperature=0.9, seed=5), 60) for i in range(2)]
+    assert all(r.ok for r in runs), [r.error for r in runs]
+    assert len(runs[0].token_ids) == 24 and runs[0].token_ids == runs[1].token_ids
+    assert any(e["event"] == "verify" and e["tree"] for e in read_log(tmp_path / "cloud-1.jsonl"))
 
 
 def _other(token: int, vocab: int) -> int:
