@@ -52,7 +52,8 @@ from nodes.protocol.liveness import FORGET_S, HEARTBEAT_S, WINDOW_S, HolderWatch
 from nodes.protocol.placement import Placement
 from nodes.protocol.request import Accepted, EdgeRequest, Failed, RoundRules
 from nodes.protocol.resume import RecentStreams, held_state
-from nodes.protocol.tree import TreeAcceptEstimate, TreeCostEstimate, choose_tree, draft_steps, parse_tree, round_tokens
+from nodes.protocol.tree import draft_steps, round_tokens
+from nodes.protocol.tree_shape import TreeAcceptEstimate, TreeCostEstimate, choose_tree, parse_tree
 from nodes.protocol.timing import DelayEstimate, measured_round_times, one_way_delay_ms, round_log_fields, stall_time_ms
 from pipeline.transport.confirm import confirm_sent
 from pipeline.transport.jetstream import bucket_keys, ensure_stream, jetstream_of

@@ -3,9 +3,18 @@ exactly-once rules of tree rounds, without a broker."""
 import msgpack
 import pytest
 
-from nodes.protocol.tree import CACHED, COMPUTE, RESEND_CONTEXT, WAIT, TreeEdge, TreeRounds, TreeVerdict
-from schemas.codec import SchemaError, decode
-from schemas.trees import TREE_SCHEMA_VERSION, TreeDraftMsg, decode_tree, encode_tree
+from control import RoundContext, make_policy
+from control.trees import spine
+from nodes.protocol.request import Accepted, EdgeRequest, Failed, RoundRules, RoundTimes
+from nodes.protocol.tree import (CACHED, COMPUTE, RESEND_CONTEXT, WAIT, TreeEdge, TreeRounds, TreeVerdict, feed_parents,
+                                 path_error)
+from nodes.protocol.tree_shape import (PRIOR_ACCEPT, PRIOR_COST, TreeAcceptEstimate, TreeCostEstimate, choose_tree,
+                                       parse_tree)
+from nodes.protocol.verifier_table import Outcome, SessionTable, TableConfig
+from schemas.codec import Int32Array, SchemaError, decode, encode
+from schemas.messages import GenerateRequest, VerdictMsg
+from schemas.rounds import Draft
+from schemas.trees import TREE_SCHEMA_VERSION, TreeDraftMsg, decode_tree, encode_round, encode_tree
 
 MSG = TreeDraftMsg("edge-1", "req-1", 3, 0, 7, [5, 9, 11, 2], [-1, -1, 0, 2])
 V = TreeVerdict((1, 3), (5, 11, 40))
@@ -65,15 +74,6 @@ def test_the_edge_applies_a_verdict_once():
 
 
 # --- tree rounds through the chain rounds' machinery (EdgeRequest, SessionTable) ---------------------
-from control import RoundContext, make_policy  # noqa: E402
-from nodes.protocol.request import Accepted, EdgeRequest, Failed, RoundRules, RoundTimes  # noqa: E402
-from nodes.protocol.tree import choose_tree, feed_parents, parse_tree, path_error  # noqa: E402
-from nodes.protocol.verifier_table import Outcome, SessionTable, TableConfig  # noqa: E402
-from schemas.codec import Int32Array, encode  # noqa: E402
-from schemas.messages import GenerateRequest, VerdictMsg  # noqa: E402
-from schemas.rounds import Draft  # noqa: E402
-from schemas.trees import encode_round  # noqa: E402
-from control.trees import spine  # noqa: E402
 
 TREE = Draft([5, 9, 11, 2], 0, parents=[-1, -1, 1, 1])
 
@@ -163,8 +163,6 @@ def test_a_bad_tree_option_names_the_expected_form():
 
 
 def test_auto_plans_with_the_round_costs_the_edge_measured():
-    from nodes.protocol.tree import PRIOR_COST, TreeCostEstimate
-
     est = TreeCostEstimate()
     assert est.cost() == PRIOR_COST
     for _ in range(3):
@@ -175,13 +173,12 @@ def test_auto_plans_with_the_round_costs_the_edge_measured():
 
 
 def test_auto_learns_the_acceptance_table_from_the_paths_it_got_back():
-    from nodes.protocol.tree import PRIOR_ACCEPT, TreeAcceptEstimate
-
     est = TreeAcceptEstimate(weight=1.0)
     shape = spine(3, 2)  # nodes 0,1 at depth 1 (rank 1, 2); 2,3 under node 0; 4,5 under node 2
     est.add(list(shape.parents), [0, 3])  # depth 1: rank 1; depth 2: rank 2 (a leaf): depth 3 not tried
     est.add(list(shape.parents), [1])     # depth 1: rank 2
     t = est.table()
-    assert t[0, 0] == pytest.approx((PRIOR_ACCEPT[0, 0] + 1) / 3) and t[0, 1] == pytest.approx((PRIOR_ACCEPT[0, 1] + 1) / 3)
+    assert t[0, 0] == pytest.approx((PRIOR_ACCEPT[0, 0] + 1) / 3)
+    assert t[0, 1] == pytest.approx((PRIOR_ACCEPT[0, 1] + 1) / 3)
     assert t[1, 1] == pytest.approx((PRIOR_ACCEPT[1, 1] + 1) / 2) and t[2, 0] == pytest.approx(PRIOR_ACCEPT[2, 0])
     assert (t.sum(axis=1) <= 1 + 1e-9).all()

@@ -348,7 +348,8 @@ class SlotCache:
         to `start + i`; the slot's length becomes start + len(rows). A tree round keeps its accepted
         path this way: the kept rows' position ids already equal their new indices."""
         self._check(slot)
-        if any(b <= a for a, b in zip(rows, rows[1:])) or (rows and (rows[0] < 0 or start + rows[-1] >= self.lengths[slot])):
+        out_of_range = bool(rows) and (rows[0] < 0 or start + rows[-1] >= self.lengths[slot])
+        if out_of_range or any(b <= a for a, b in zip(rows, rows[1:])):
             raise ModelError(f"slot {slot}: cannot keep rows {rows[:8]} of {self.lengths[slot] - start} after {start}")
         if rows != list(range(len(rows))):
             src = torch.tensor([start + i for i in rows], dtype=torch.long, device=self.device)

@@ -197,8 +197,8 @@ class EdgeRequest:
                                        f"{len(self._draft.tokens)}-token draft")
         parents = self._draft.parents
         if (parents is None) != (v.path is None):
-            return Failed(BAD_MESSAGE, f"verifier {v.verifier_id} answered a {'tree' if parents is not None else 'chain'} "
-                                       f"round with a {'chain' if v.path is None else 'tree'} verdict")
+            sent, got = ("tree", "chain") if parents is not None else ("chain", "tree")
+            return Failed(BAD_MESSAGE, f"verifier {v.verifier_id} answered a {sent} round with a {got} verdict")
         if parents is not None and (why := path_error(parents, list(v.path))) is not None:
             return Failed(BAD_MESSAGE, f"verifier {v.verifier_id}'s verdict on round {self.round}: {why}")
         if self.verifier is not None and self.verifier != v.verifier_id:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from control import make_policy
 from nodes.link import parse_channel
-from nodes.protocol.tree import parse_tree
+from nodes.protocol.tree_shape import parse_tree
 from pipeline.cli.args import (TREE_HELP, device_profile, model_args, nats_arg, positive_int, progress, workload_args)
 from pipeline.errors import PipelineError
 from pipeline.transport import aio

@@ -12,7 +12,7 @@ from pipeline.transport.jetstream import StreamLimits
 from nodes.link import parse_channel
 from nodes.models.loading import BUNDLED_PROFILE
 from nodes.protocol.admission import EdgeLimits
-from nodes.protocol.tree import parse_tree
+from nodes.protocol.tree_shape import parse_tree
 from nodes.protocol.verifier_table import TableConfig
 from pipeline.cli import preflight
 from pipeline.cli.args import (TREE_HELP, device_profile, log_args, metrics_arg, nats_arg, node_args, node_id, non_negative_float,
