@@ -105,3 +105,21 @@ def test_tree_rounds_on_the_verifiers_paths_equal_target_only(pair, use_slots):
     for text in PROMPTS:
         prompt = encode(pair, text)
         assert _verifier_generate(pair, prompt, 24, spine(4, 3), use_slots) == target_only(pair, prompt, 24), text
+
+
+def test_a_tree_feed_on_the_slot_cache_gives_each_node_its_paths_chain_logits_and_compacts_to_the_path(pair):
+    from nodes.models.slots import SlotCache
+
+    cache = SlotCache(pair.target, max_slots=4, max_len=256)
+    prefix = encode(pair, "Once upon a time")
+    tree_slot, chain_slot = cache.admit(), cache.admit()
+    for s in (tree_slot, chain_slot):
+        cache.forward([s], [prefix[:-1]], [0])
+    start = cache.length(tree_slot)
+    feed, parents = [prefix[-1], 40, 50, 60, 70], [-1, 0, 0, 2, 2]  # root; 40, 50 under it; 60, 70 under 50
+    got = cache.forward([tree_slot], [feed], [len(feed)], trees=[parents]).logits[0]
+    want = cache.forward([chain_slot], [[prefix[-1], 50, 70]], [3]).logits[0]  # the path root, 50, 70
+    assert torch.allclose(got[[0, 2, 4]], want, atol=1e-4)
+    cache.compact(tree_slot, start, [0, 2, 4])  # keep the path's rows: the slot now equals the chain's
+    nxt = [cache.forward([s], [[33]], [1]).logits[0][0] for s in (tree_slot, chain_slot)]
+    assert cache.length(tree_slot) == cache.length(chain_slot) and torch.allclose(nxt[0], nxt[1], atol=1e-4)
