@@ -48,6 +48,7 @@ from schemas import subjects
 from schemas.codec import Limits, SchemaError, decode, encode
 from schemas.messages import OVERLOADED, DraftMsg, ErrorMsg
 from schemas.rounds import SamplingParams
+from schemas.trees import decode_tree
 
 
 class CloudWorker(WorkerBase):
@@ -147,23 +148,36 @@ class CloudWorker(WorkerBase):
 
     async def _decode(self, msg: Msg, final_only: bool = False) -> DraftMsg | None:
         """The draft, or None after answering (and logging) why it cannot be used."""
+        dm, _ = await self._decode_round(msg, final_only)
+        return dm
+
+    async def _decode_round(self, msg: Msg, final_only: bool = False) -> tuple[DraftMsg | None, tuple | None]:
+        """(the draft, a tree's parents or None), or (None, None) after answering (and logging) why it
+        cannot be used. A message the chain codec refuses for its version is read as a tree draft."""
         try:
-            dm: DraftMsg = decode(msg.data, self.limits, expect=(DraftMsg,))
+            try:
+                dm: DraftMsg = decode(msg.data, self.limits, expect=(DraftMsg,))
+                parents = None
+            except SchemaError as exc:
+                if exc.code != "version" or final_only or not self.cfg.trees:
+                    raise
+                tree = decode_tree(msg.data, self.limits)
+                dm, parents = tree.to_draft_msg(), tuple(tree.parents)
             if final_only and not dm.final:
                 raise SchemaError(f"{subjects.END_PREFIX}.<edge_id> takes final drafts only")
         except SchemaError as exc:
             await self._send(msg.reply, ErrorMsg(exc.code, str(exc)[:1000]))
             self.log.warning("bad_message", code=exc.code, error=str(exc)[:300], replied=bool(msg.reply),
                              subject=msg.subject)
-            return None
-        return dm
+            return None, None
+        return dm, parents
 
     async def _handle(self, msg: Msg, received: float) -> None:
-        dm = await self._decode(msg)
+        dm, parents = await self._decode_round(msg)
         if dm is None:
             return
         adm = self.table.admit(dm, msg.reply, time.monotonic(),
-                               sender=self._sender(msg.subject, subjects.DRAFT_PREFIX))
+                               sender=self._sender(msg.subject, subjects.DRAFT_PREFIX), parents=parents)
         await self._publish(adm.replies)
         self._log_admission(dm, adm, msg.subject)
         if adm.compute is not None:
@@ -208,7 +222,10 @@ class CloudWorker(WorkerBase):
     async def _verify(self, job: Compute, received: float) -> None:
         s, dm = job.session, job.msg
         context = list(s.tokens) if job.rebuild else None
-        vjob = VerifyJob(s.state, context, dm.to_draft(), SamplingParams(dm.temperature, dm.top_p))
+        draft = dm.to_draft()
+        if job.parents is not None:
+            draft.parents = list(job.parents)
+        vjob = VerifyJob(s.state, context, draft, SamplingParams(dm.temperature, dm.top_p))
         try:
             done: Batched = await self.batcher.submit((vjob, s.key))
             res, stats, started, device_ms = done.result
@@ -237,11 +254,12 @@ class CloudWorker(WorkerBase):
             if pad > 0:
                 await asyncio.sleep(pad / 1e3)
         outcome = Outcome(v.accepted, v.next_token, emulated_ms + prefill_ms, queue_ms,
-                          real_ms + prefill_ms if self.pacer is not None else None)
+                          real_ms + prefill_ms if self.pacer is not None else None, v.path)
         replies = self.table.finish(s, outcome, state, time.monotonic())
         await self._publish(replies)
         self.log.debug("verify", request_id=dm.request_id, round=dm.round, attempt=dm.attempt, edge_id=dm.edge_id,
                        verifier_id=self.cfg.verifier_id, draft_length=len(dm.tokens), accepted=v.accepted,
+                       tree=job.parents is not None,
                        verify_ms=round(emulated_ms, 3), verify_real_ms=round(real_ms, 3), prefill_ms=round(prefill_ms, 3),
                        queue_ms=round(queue_ms, 3),
                        context_resent=job.rebuild and dm.round > 0, context_len=len(s.tokens),

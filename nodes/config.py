@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from control.trees import Tree
 from nodes.protocol.admission import EdgeLimits
 from nodes.protocol.liveness import HEARTBEAT_S, WINDOW_S
 from nodes.protocol.request import RoundRules
+from nodes.protocol.tree_shape import parse_tree
 from nodes.protocol.verifier_table import TableConfig
 
 _T = TableConfig()  # the verifier's session bounds live in the session table's own config
@@ -40,6 +42,7 @@ class CloudConfig:
     liveness_window_s: float = WINDOW_S    # an edge heard once and then silent this long is gone
     graphs: bool | None = None     # static-shape verify (CUDA graphs); None: on for a CUDA model
     batch_invariant: bool = False  # one forward per round: verdicts independent of the batch
+    trees: bool = True             # take tree drafts (schema v2); False: a chain-only verifier, which answers `version`
 
     def table(self) -> TableConfig:
         return TableConfig(self.verifier_id, self.max_sessions, self.session_ttl_s, self.evict_idle_s,
@@ -76,6 +79,11 @@ class EdgeConfig:
     place_sessions: bool = True  # new sessions start on the least loaded verifier known (nodes/protocol/placement)
     heartbeat_s: float = HEARTBEAT_S       # AliveMsg period, and a silent client's keepalive period
     liveness_window_s: float = WINDOW_S    # a verifier not heard from this long is avoided
+    tree: Tree | str | None = None  # draft trees: a shape, "DxW", "auto" (best for the told delay), None: chains
+
+    def __post_init__(self) -> None:
+        if isinstance(self.tree, str):  # "4x2" / "auto" / "off" -> a Tree, AUTO or None (ControlError if neither)
+            object.__setattr__(self, "tree", parse_tree(self.tree))
 
     def rules(self) -> RoundRules:
         return RoundRules(self.edge_id, self.max_length, self.request_timeout_s, self.failover_deadline_s)

@@ -34,6 +34,7 @@ from nats.errors import Error as NatsError, NoRespondersError, TimeoutError as N
 from nats.js.errors import KeyDeletedError, KeyNotFoundError
 
 from control import ControlError, RoundContext
+from control.trees import Tree
 from nodes.detokenize import IncrementalDetokenizer
 from nodes.device import DeviceProfile, Pacer
 from nodes.config import EdgeConfig
@@ -43,6 +44,7 @@ from nodes.liveness import Heartbeat
 from nodes.models.head import head_for
 from nodes.models.loading import ModelPair
 from nodes.models.sessions import DraftSession
+from nodes.models.tree_verify import TreeDraftSession
 from nodes.policy_book import PolicyBook
 from nodes.protocol import policy_sync
 from nodes.protocol.acting import HeadSlot, plan_round
@@ -51,6 +53,8 @@ from nodes.protocol.liveness import FORGET_S, HolderWatch, PeerTable, keepalive_
 from nodes.protocol.placement import Placement
 from nodes.protocol.request import Accepted, EdgeRequest, Failed
 from nodes.protocol.resume import RecentStreams, held_state
+from nodes.protocol.tree import draft_steps, round_tokens
+from nodes.protocol.tree_shape import TreeAcceptEstimate, TreeCostEstimate, choose_tree, parse_tree
 from nodes.protocol.timing import DelayEstimate, measured_round_times, one_way_delay_ms, round_log_fields, stall_time_ms
 from pipeline.transport.confirm import confirm_sent
 from pipeline.transport.jetstream import bucket_keys, ensure_stream, jetstream_of
@@ -63,6 +67,7 @@ from schemas.messages import (
     PolicyUpdate, ResumeMsg, TokenChunk, VerdictMsg,
 )
 from schemas.rounds import Draft
+from schemas.trees import encode_round
 
 
 class HolderGone(Exception):
@@ -90,6 +95,7 @@ class Live:
     stop_reason: tuple[str, str] | None = None
     request: EdgeRequest | None = field(default=None, repr=False)
     draft_session: DraftSession | None = field(default=None, repr=False)  # its slot goes back at the end
+    tree_session: TreeDraftSession | None = field(default=None, repr=False)  # tree rounds' draft cache
     terminal: TokenChunk | ErrorMsg | None = None  # the stream's last message, kept to answer `resume`
     last_sent: float = field(default_factory=time.monotonic)  # the client last got something from us
 
@@ -114,6 +120,8 @@ class EdgeWorker(WorkerBase):
         self.live: dict[str, Live] = {}
         self.draining = False
         self.delay = DelayEstimate()
+        self.tree_cost = TreeCostEstimate()  # what `--tree auto` plans with, from this edge's tree rounds
+        self.tree_accept = TreeAcceptEstimate()
         self.timing_seq = 0
         self.completed = 0
         self.recent = RecentStreams()
@@ -240,9 +248,10 @@ class EdgeWorker(WorkerBase):
         one computing it. With no other verifier known, a plain request (no overhead)."""
         holder = r.verifier
         if self.placement.elsewhere(holder, time.monotonic()) is None:
-            return await self.nc.request(step.subject, encode(step.msg), timeout=step.timeout_s)
+            return await self.nc.request(step.subject, encode_round(step.msg, r.tree_parents), timeout=step.timeout_s)
         gone = self._watch_holder(holder)
-        ask = asyncio.ensure_future(self.nc.request(step.subject, encode(step.msg), timeout=step.timeout_s))
+        ask = asyncio.ensure_future(self.nc.request(step.subject, encode_round(step.msg, r.tree_parents),
+                                                    timeout=step.timeout_s))
         try:
             await asyncio.wait({ask, gone}, return_when=asyncio.FIRST_COMPLETED)
             if not ask.done():
@@ -487,11 +496,17 @@ class EdgeWorker(WorkerBase):
             if acting.error is not None:  # a policy that cannot choose must not fail the request
                 self.log.warning("policy_error", policy=r.policy_spec, error=acting.error)
             policy, plan = acting.policy, acting.plan
-            if plan.length and draft_model is None:
+            if self.cfg.tree is not None:
+                if live.tree_session is None:  # prefilled before the round's clock starts, as a chain's
+                    live.tree_session, _ = await self.run_model(TreeDraftSession, self.pair.draft, r.context,
+                                                                self.pair.vocab_size, alone=len(self.tasks) <= 1)
+            elif plan.length and draft_model is None:
                 draft_model = live.draft_session = await self.drafter.open(r.context, r.params)
             t0 = time.perf_counter()
             drafted = None
-            if plan.length:
+            if live.tree_session is not None:
+                d, edge_queue_ms = await self._draft_tree(r, live.tree_session, plan.seed), 0.0
+            elif plan.length:
                 stop, hidden = self.heads.stop_rule(policy, plan.context)
                 drafted = await self.drafter.draft(draft_model, plan.length, plan.seed, stop, hidden)
                 d, edge_queue_ms = drafted.draft, drafted.queued_ms
@@ -505,10 +520,16 @@ class EdgeWorker(WorkerBase):
             self.placement.observe(verdict.verifier_id, verdict.queue_ms, time.monotonic())
             if draft_model is not None:
                 await self.drafter.apply(draft_model, verdict.to_verdict())
+            if live.tree_session is not None:
+                await self.run_model(live.tree_session.apply, round_tokens(d.tokens, verdict.to_verdict()),
+                                     alone=len(self.tasks) <= 1)
+                if d.parents is not None:
+                    self.tree_cost.add(draft_steps(d), len(d.tokens), d.draft_ms, verdict.verify_ms)
+                    self.tree_accept.add(d.parents, list(verdict.path or []))
             self.timing_seq += 1
             rec = r.complete(verdict, times, sample.state, sample.one_way_ms, self.timing_seq)
             self.delay.add(one_way_delay_ms(rec.timing.network_ms))
-            if self.policies.learn_locally and policy.learns:  # else the controller learns
+            if self.policies.learn_locally and policy.learns and d.parents is None:  # else the controller learns
                 policy.observe(rec.outcome)
             if rec.done:
                 live.terminal = rec.chunk
@@ -520,6 +541,16 @@ class EdgeWorker(WorkerBase):
         self.log.info("request_done", request_id=r.req.request_id, rounds=r.round, tokens=len(r.out),
                       finish_reason=r.finish_reason, policy=r.policy_spec, retries=r.retries)
 
+    async def _draft_tree(self, r: EdgeRequest, session: TreeDraftSession, seed: int) -> Draft:
+        """A tree round's draft, its shape from `cfg.tree` (nodes/protocol/tree.choose_tree); an empty
+        draft when only the target's own token is still wanted."""
+        shape = choose_tree(self.cfg.tree, self.delay.ms, self.cfg.max_length, r.req.max_new_tokens - len(r.out),
+                            self.tree_accept.table(), self.tree_cost.cost())
+        if shape is None:
+            return Draft([], seed)
+        d, _ = await self.run_model(session.propose, shape, seed, alone=len(self.tasks) <= 1)
+        return d
+
     async def _pace(self, d: Draft, queued_ms: float) -> float | None:
         """With device emulation: wait until the device would have finished drafting (counted from
         when the round asked for the model); the draft then reports the device's time and this
@@ -527,7 +558,7 @@ class EdgeWorker(WorkerBase):
         if self.pacer is None:
             return None
         real = d.draft_ms
-        d.draft_ms, pad = self.pacer.draft(len(d.tokens), real + queued_ms)
+        d.draft_ms, pad = self.pacer.draft(draft_steps(d), real + queued_ms)
         if pad > 0:
             await asyncio.sleep(pad / 1e3)
         return real

@@ -72,8 +72,12 @@ def _pack_value(v: Any) -> Any:
 
 def encode(msg: Any) -> bytes:
     body = {"v": SCHEMA_VERSION, "t": type(msg).TYPE}
+    omit = getattr(type(msg), "OMIT_WHEN_NONE", ())
     for f in dataclasses.fields(msg):
-        body[f.name] = _pack_value(getattr(msg, f.name))
+        value = getattr(msg, f.name)
+        if value is None and f.name in omit:
+            continue
+        body[f.name] = _pack_value(value)
     return msgpack.packb(body, use_bin_type=True)
 
 

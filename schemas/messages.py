@@ -188,6 +188,9 @@ class VerdictMsg:
     verifier_id: str
     verify_real_ms: float = 0.0   # what this machine really spent (= verify_ms without emulation)
     emulated: bool = False        # verify_ms is an emulated device's time
+    path: Int32Array | None = None  # a tree round's accepted node indices (root's child first); chains: absent
+
+    OMIT_WHEN_NONE = ("path",)  # a chain verdict stays byte-for-byte what a chain-only peer decodes
 
     def validate(self, limits: Limits) -> None:
         _check_id(self.request_id, "request_id")
@@ -195,11 +198,14 @@ class VerdictMsg:
         _check_round("verdict", self.round, self.attempt)
         if self.accepted < 0 or self.accepted > limits.max_draft_length:
             raise SchemaError("verdict: accepted out of range")
+        if self.path is not None and len(self.path) != self.accepted:
+            raise SchemaError(f"verdict: a path of {len(self.path)} nodes for {self.accepted} accepted tokens")
         _check_tokens([self.next_token], limits, "verdict.next_token")
         _check_ms("verdict", verify_ms=self.verify_ms, queue_ms=self.queue_ms, verify_real_ms=self.verify_real_ms)
 
     def to_verdict(self) -> Verdict:
-        return Verdict(self.accepted, self.next_token, self.verify_ms)
+        return Verdict(self.accepted, self.next_token, self.verify_ms,
+                       None if self.path is None else list(self.path))
 
 
 @message("chunk")

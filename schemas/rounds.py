@@ -35,6 +35,7 @@ class Draft:
     stopped_early: bool = False
     stop_scores: list[float] | None = None  # the stop rule's signal after each drafted token it was asked about
                                             # (all but the last of a full-length draft)
+    parents: list[int] | None = None  # a tree draft: node i's parent (-1 = the last context token); None: a chain
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -47,6 +48,7 @@ class Verdict:
     accepted: int
     next_token: int
     verify_ms: float = 0.0
+    path: list[int] | None = None  # a tree round: the accepted node indices, root's child first (len = accepted)
 
 
 @dataclass

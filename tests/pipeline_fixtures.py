@@ -25,9 +25,11 @@ def read_log(path: Path) -> list[dict]:
 @asynccontextmanager
 async def cluster(url: str, pair, log_dir: Path, channel: str = "const:0", clouds: int = 1,
                   edge_id: str = "edge-1", policy: str = "auto", max_sessions: int = 128, local_policy: bool = True,
-                  edge_device=None, cloud_device=None, cloud_max_batch: int = 32, **edge_options):
+                  edge_device=None, cloud_device=None, cloud_max_batch: int = 32, cloud_options: dict | None = None,
+                  **edge_options):
     """One edge and `clouds` verifiers in this event loop, each on its own NATS connection.
-    `edge_options` override EdgeConfig fields (request_timeout_s, limits, drain_timeout_s, ...)."""
+    `edge_options` override EdgeConfig fields (request_timeout_s, limits, drain_timeout_s, tree, ...);
+    `cloud_options` CloudConfig fields (e.g. trees=False: a chain-only verifier)."""
     limits = Limits(max_draft_length=8, vocab_size=pair.vocab_size)
     conns, workers = [], []
     try:
@@ -37,7 +39,8 @@ async def cluster(url: str, pair, log_dir: Path, channel: str = "const:0", cloud
             log = logs.configure(vid, log_dir / f"{vid}.jsonl")
             nc = await bus.connect(url, vid, log)
             conns.append(nc)
-            w = CloudWorker(nc, pair.target, pair.vocab_size, CloudConfig(vid, max_sessions=max_sessions, max_batch=cloud_max_batch),
+            w = CloudWorker(nc, pair.target, pair.vocab_size, CloudConfig(vid, max_sessions=max_sessions, max_batch=cloud_max_batch,
+                                                                        **(cloud_options or {})),
                             limits, log,
                             device=cloud_device)
             await w.start()

@@ -41,3 +41,15 @@ def test_table_out_without_optimal_nodes_is_refused():
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2
     assert "--optimal-nodes" in r.stderr
+
+
+def test_the_live_row_is_each_requests_round_time_over_its_tokens_then_the_median():
+    from pipeline.bench.trees_live import _row
+
+    def rnd(rid, ms, tokens):
+        return {"request_id": rid, "round_ms": ms, "tokens": tokens, "draft_ms": 1.0, "verify_ms": 2.0,
+                "draft_length": 6}
+
+    row = _row([rnd("a", 100, 4), rnd("a", 100, 1), rnd("b", 60, 3), rnd("c", 90, 3), rnd("c", 30, 1)])
+    assert row["ms_per_token_per_request"] == [40.0, 20.0, 30.0] and row["ms_per_token_median"] == 30.0
+    assert row["rounds"] == 5 and row["tokens_per_round_mean"] == 2.4

@@ -3,9 +3,18 @@ exactly-once rules of tree rounds, without a broker."""
 import msgpack
 import pytest
 
-from nodes.protocol.tree import CACHED, COMPUTE, RESEND_CONTEXT, WAIT, TreeEdge, TreeRounds, TreeVerdict
-from schemas.codec import SchemaError, decode
-from schemas.trees import TREE_SCHEMA_VERSION, TreeDraftMsg, decode_tree, encode_tree
+from control import RoundContext, make_policy
+from control.trees import spine
+from nodes.protocol.request import Accepted, EdgeRequest, Failed, RoundRules, RoundTimes
+from nodes.protocol.tree import (CACHED, COMPUTE, RESEND_CONTEXT, WAIT, TreeEdge, TreeRounds, TreeVerdict, feed_parents,
+                                 path_error)
+from nodes.protocol.tree_shape import (PRIOR_ACCEPT, PRIOR_COST, TreeAcceptEstimate, TreeCostEstimate, choose_tree,
+                                       parse_tree)
+from nodes.protocol.verifier_table import Outcome, SessionTable, TableConfig
+from schemas.codec import Int32Array, SchemaError, decode, encode
+from schemas.messages import GenerateRequest, VerdictMsg
+from schemas.rounds import Draft
+from schemas.trees import TREE_SCHEMA_VERSION, TreeDraftMsg, decode_tree, encode_round, encode_tree
 
 MSG = TreeDraftMsg("edge-1", "req-1", 3, 0, 7, [5, 9, 11, 2], [-1, -1, 0, 2])
 V = TreeVerdict((1, 3), (5, 11, 40))
@@ -62,3 +71,114 @@ def test_the_edge_applies_a_verdict_once():
     assert e.apply(r, V) is True
     assert e.apply(r, V) is False     # duplicate delivery
     assert e.tokens == [5, 11, 40]
+
+
+# --- tree rounds through the chain rounds' machinery (EdgeRequest, SessionTable) ---------------------
+
+TREE = Draft([5, 9, 11, 2], 0, parents=[-1, -1, 1, 1])
+
+
+def _tree_request() -> EdgeRequest:
+    r = EdgeRequest(GenerateRequest("r1", prompt="x", max_new_tokens=16), [7, 8], RoundRules("edge-a"), "fixed:3")
+    r.plan(make_policy("fixed:3"), 0, RoundContext())
+    r.send(TREE, 0.0)
+    return r
+
+
+def _verdict(r: EdgeRequest, path, nxt: int = 40, attempt: int | None = None) -> VerdictMsg:
+    return VerdictMsg("r1", r.round, r.attempt if attempt is None else attempt, len(path), nxt, 3.0, 0.5, "cloud-1",
+                      path=Int32Array(path))
+
+
+def test_an_accepted_tree_path_emits_its_nodes_tokens_then_the_targets():
+    r = _tree_request()
+    step = r.on_verdict(_verdict(r, [1, 3]), 0.0)
+    assert isinstance(step, Accepted)
+    rec = r.complete(step.verdict, RoundTimes(40.0, 10.0, 1.0, 20.0), None, 0.0, 1)
+    assert rec.new_tokens == [9, 2, 40] and r.context == [7, 8, 9, 2, 40]
+
+
+@pytest.mark.parametrize("path,why", [([2], "not a child of the root"), ([1, 0], "not a child of node 1"),
+                                      ([1, 7], "names node 7"), (None, "with a chain verdict")])
+def test_a_verdict_whose_path_is_not_in_the_sent_tree_fails_the_round(path, why):
+    r = _tree_request()
+    v = _verdict(r, path) if path is not None else VerdictMsg("r1", 0, 0, 1, 40, 3.0, 0.5, "cloud-1")
+    step = r.on_verdict(v, 0.0)
+    assert isinstance(step, Failed) and step.code == "bad_message" and why in step.message
+
+
+def test_a_verdict_for_another_attempt_is_not_applied():
+    r = _tree_request()
+    step = r.on_verdict(_verdict(r, [1], attempt=1), 0.0)
+    assert not isinstance(step, Accepted) and r.context == [7, 8]
+
+
+def test_a_tree_round_goes_out_as_a_v2_tree_draft_and_a_chain_round_as_v1():
+    r = _tree_request()
+    tree = decode_tree(encode_round(r._pending, r.tree_parents))
+    assert tree.parents == [-1, -1, 1, 1] and tree.context == [7, 8] and tree.to_draft_msg().tokens == TREE.tokens
+    assert encode_round(r._pending, None) == encode(r._pending)
+
+
+def test_a_chain_verdict_on_the_wire_has_no_path_field():
+    body = msgpack.unpackb(encode(VerdictMsg("r1", 0, 0, 1, 40, 3.0, 0.5, "cloud-1")))
+    assert "path" not in body
+
+
+def test_the_verifier_table_applies_a_tree_path_once_and_resends_it_to_a_retry():
+    t = SessionTable(TableConfig("cloud-1"))
+    m = TreeDraftMsg("edge-a", "r1", 0, 0, 1, [5, 9, 11, 2], [-1, -1, 1, 1], context=[7, 8], session="n")
+    adm = t.admit(m.to_draft_msg(), "inbox-0", 0.0, parents=tuple(m.parents))
+    [reply] = t.finish(adm.compute.session, Outcome(2, 40, 1.0, 0.0, path=[1, 3]), "state", 0.0)
+    again = t.admit(TreeDraftMsg("edge-a", "r1", 0, 1, 1, [5, 9, 11, 2], [-1, -1, 1, 1], session="n").to_draft_msg(),
+                    "inbox-1", 0.0, parents=(-1, -1, 1, 1))
+    assert list(reply.msg.path) == [1, 3] and adm.compute.session.tokens == [7, 8, 9, 2, 40]
+    assert again.event == "verdict_resent" and list(again.replies[0].msg.path) == [1, 3]
+    assert adm.compute.session.tokens == [7, 8, 9, 2, 40]
+
+
+def test_a_retry_with_another_tree_shape_is_a_conflict():
+    t = SessionTable(TableConfig("cloud-1"))
+    m = TreeDraftMsg("edge-a", "r1", 0, 0, 1, [5, 9], [-1, -1], context=[7, 8], session="n")
+    t.admit(m.to_draft_msg(), "inbox-0", 0.0, parents=(-1, -1))
+    other = t.admit(m.to_draft_msg(), "inbox-1", 0.0, parents=(-1, 0))
+    assert other.event == "conflict"
+
+
+def test_the_verify_feed_hangs_the_tree_below_the_pending_token():
+    assert feed_parents([-1, -1, 1], pending=1) == [-1, 0, 0, 2]
+    assert path_error([-1, -1, 1], [1, 2]) is None
+
+
+def test_auto_picks_a_wider_deeper_tree_at_50_ms_than_at_0_ms_and_never_past_the_tokens_wanted():
+    near, far = choose_tree("auto", 0.0, 8, 100), choose_tree("auto", 50.0, 8, 100)
+    assert far.nodes > near.nodes and far.width >= 2
+    assert choose_tree("auto", 50.0, 8, 3).depth == 2 and choose_tree(spine(5, 2), 0.0, 8, 4) == spine(3, 2)
+    assert choose_tree(spine(5, 2), 0.0, 8, 1) is None  # the target's own token is the last one wanted
+
+
+def test_a_bad_tree_option_names_the_expected_form():
+    with pytest.raises(Exception, match="DEPTHxWIDTH"):
+        parse_tree("4by2")
+
+
+def test_auto_plans_with_the_round_costs_the_edge_measured():
+    est = TreeCostEstimate()
+    assert est.cost() == PRIOR_COST
+    for _ in range(3):
+        est.add(depth=4, nodes=8, draft_ms=8.0, verify_ms=6.0 + PRIOR_COST.verify_node_ms * 8)
+    assert (est.cost().draft_step_ms, est.cost().verify_ms) == (2.0, 6.0)
+    # dearer rounds make fewer, bigger rounds pay: the shape chosen at the same delay grows
+    assert choose_tree("auto", 0.0, 8, 100, cost=est.cost()).nodes > choose_tree("auto", 0.0, 8, 100).nodes
+
+
+def test_auto_learns_the_acceptance_table_from_the_paths_it_got_back():
+    est = TreeAcceptEstimate(weight=1.0)
+    shape = spine(3, 2)  # nodes 0,1 at depth 1 (rank 1, 2); 2,3 under node 0; 4,5 under node 2
+    est.add(list(shape.parents), [0, 3])  # depth 1: rank 1; depth 2: rank 2 (a leaf): depth 3 not tried
+    est.add(list(shape.parents), [1])     # depth 1: rank 2
+    t = est.table()
+    assert t[0, 0] == pytest.approx((PRIOR_ACCEPT[0, 0] + 1) / 3)
+    assert t[0, 1] == pytest.approx((PRIOR_ACCEPT[0, 1] + 1) / 3)
+    assert t[1, 1] == pytest.approx((PRIOR_ACCEPT[1, 1] + 1) / 2) and t[2, 0] == pytest.approx(PRIOR_ACCEPT[2, 0])
+    assert (t.sum(axis=1) <= 1 + 1e-9).all()

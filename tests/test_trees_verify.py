@@ -89,3 +89,49 @@ def test_sampled_first_two_tokens_follow_the_target(tiny_pair, shape):
     stat = float(((counts - e) ** 2)[keep].div(e[keep]).sum())
     assert counts[~keep].sum() == 0
     assert stat < chi2_critical(int(keep.sum()) - 1)
+
+
+def _verifier_generate(pair, prompt, n, shape, use_slots: bool) -> list[int]:
+    """Tree rounds as the cloud runs them: the edge's TreeDraftSession, the verifier's BatchVerifier
+    (on its slot cache, or per request when `use_slots` is off)."""
+    from nodes.models.batch_verify import BatchVerifier, VerifyJob
+    from nodes.models.tree_verify import TreeDraftSession
+    from nodes.protocol.tree import round_tokens
+
+    bv = BatchVerifier(pair.target, pair.vocab_size, max_slots=2, max_len=1024, use_slots=use_slots)
+    drafter = TreeDraftSession(pair.draft, prompt, pair.vocab_size)
+    state, context, out = None, prompt, []
+    while len(out) < n:
+        d = drafter.propose(shape, len(out))
+        [res], _ = bv.run([VerifyJob(state, context, d, SamplingParams())])
+        assert res.error is None, res.error
+        state, context = res.state, None
+        new = round_tokens(d.tokens, res.verdict)
+        drafter.apply(new)
+        out.extend(new)
+    return out[:n]
+
+
+@pytest.mark.parametrize("use_slots", [True, False], ids=["slot cache", "per request"])
+def test_tree_rounds_on_the_verifiers_paths_equal_target_only(pair, use_slots):
+    for text in PROMPTS:
+        prompt = encode(pair, text)
+        assert _verifier_generate(pair, prompt, 24, spine(4, 3), use_slots) == target_only(pair, prompt, 24), text
+
+
+def test_a_tree_feed_on_the_slot_cache_gives_each_node_its_paths_chain_logits_and_compacts_to_the_path(pair):
+    from nodes.models.slots import SlotCache
+
+    cache = SlotCache(pair.target, max_slots=4, max_len=256)
+    prefix = encode(pair, "Once upon a time")
+    tree_slot, chain_slot = cache.admit(), cache.admit()
+    for s in (tree_slot, chain_slot):
+        cache.forward([s], [prefix[:-1]], [0])
+    start = cache.length(tree_slot)
+    feed, parents = [prefix[-1], 40, 50, 60, 70], [-1, 0, 0, 2, 2]  # root; 40, 50 under it; 60, 70 under 50
+    got = cache.forward([tree_slot], [feed], [len(feed)], trees=[parents]).logits[0]
+    want = cache.forward([chain_slot], [[prefix[-1], 50, 70]], [3]).logits[0]  # the path root, 50, 70
+    assert torch.allclose(got[[0, 2, 4]], want, atol=1e-4)
+    cache.compact(tree_slot, start, [0, 2, 4])  # keep the path's rows: the slot now equals the chain's
+    nxt = [cache.forward([s], [[33]], [1]).logits[0][0] for s in (tree_slot, chain_slot)]
+    assert cache.length(tree_slot) == cache.length(chain_slot) and torch.allclose(nxt[0], nxt[1], atol=1e-4)

@@ -23,6 +23,8 @@ from nodes.models.sampling import accept_greedy
 from nodes.models.sessions import TargetSession, accept_draft, check_draft
 from nodes.models.slots import SlotCache, SlotHolder, SlotsFull, slot_support
 from nodes.models.static_forward import StaticForward
+from nodes.models.tree_verify import accept_tree, verify_tree_session
+from nodes.protocol.tree import feed_parents
 from schemas.rounds import Draft, SamplingParams, Verdict
 
 
@@ -42,6 +44,15 @@ class SlotSession(SlotHolder):
         context token then, `tokens` includes pending), drop the rest; the target's token is next."""
         self.slot_cache.crop(self.live_slot, len(self.tokens) + accepted)
         self.tokens.extend(list(draft.tokens[:accepted]) + [next_token])
+        self.pending = [next_token]
+
+    def apply_tree(self, draft: Draft, path: list[int], next_token: int) -> None:
+        """After the forward fed pending + a tree: keep pending and the accepted path's rows (moved
+        to follow it), drop every other node; the target's token is next."""
+        start = len(self.tokens) - len(self.pending)
+        k = len(self.pending)
+        self.slot_cache.compact(self.live_slot, start, list(range(k)) + [k + v for v in path])
+        self.tokens.extend([draft.tokens[v] for v in path] + [next_token])
         self.pending = [next_token]
 
 
@@ -134,7 +145,8 @@ class BatchVerifier:
             if r.error is None and isinstance(r.state, TargetSession):
                 t1 = time.perf_counter()
                 try:
-                    r.verdict = r.state.verify(jobs[i].draft)
+                    d = jobs[i].draft
+                    r.verdict = r.state.verify(d) if d.parents is None else verify_tree_session(r.state, d)
                 except Exception as exc:  # this job's failure only
                     r.error = exc
                 stats.per_request += 1
@@ -208,7 +220,9 @@ class BatchVerifier:
         slots = [s.live_slot for s in states]
         feeds = [s.pending + list(d.tokens) for s, d in zip(states, drafts)]
         keeps = [len(d) + 1 for d in drafts]
-        static = self.static is not None and self.static.supports(len(rows), max(len(f) for f in feeds))
+        trees = [None if d.parents is None else feed_parents(d.parents, len(s.pending)) for s, d in zip(states, drafts)]
+        static = (self.static is not None and all(t is None for t in trees)  # static shapes: chains only
+                  and self.static.supports(len(rows), max(len(f) for f in feeds)))
         if static:
             try:
                 out = self.static.forward(slots, feeds)
@@ -229,7 +243,7 @@ class BatchVerifier:
                 forward_ms, prep_ms, kv_ms = out.forward_ms, out.prep_ms, 0.0
                 padded, real = out.rows * max(len(f) for f in feeds), sum(len(f) for f in feeds)
             else:
-                eager = self.cache.forward(slots, feeds, keeps)
+                eager = self.cache.forward(slots, feeds, keeps, trees=trees if any(trees) else None)
                 logits, argmax = eager.logits, None
                 forward_ms, prep_ms, kv_ms = eager.forward_ms, eager.prep_ms, eager.kv_ms
                 padded, real = eager.padded_tokens, eager.real_tokens
@@ -247,16 +261,23 @@ class BatchVerifier:
         for b, (i, s, d) in enumerate(zip(rows, states, drafts)):
             t1 = time.perf_counter()
             try:
-                if argmax is not None and jobs[i].params.greedy:  # the argmax came back with the forward
+                path = None
+                if d.parents is not None:
+                    path, emitted = accept_tree(logits[b][:, : self.vocab].float(), list(d.tokens), d.parents,
+                                                jobs[i].params, d.seed, self.vocab)
+                    accepted, nxt = len(path), emitted[-1]
+                    s.apply_tree(d, path, nxt)
+                elif argmax is not None and jobs[i].params.greedy:  # the argmax came back with the forward
                     accepted, nxt = accept_greedy(argmax[b], list(d.tokens))
+                    s.apply(d, accepted, nxt)
                 else:
                     accepted, nxt = accept_draft(logits[b][:, : self.vocab], d, jobs[i].params)
-                s.apply(d, accepted, nxt)
+                    s.apply(d, accepted, nxt)
             except Exception as exc:
                 s.release()  # half-applied: the owner drops this session (its edge resends the context)
                 results[i].error = exc
                 continue
             own = (time.perf_counter() - t1) * 1e3
             stats.accept_ms += own
-            results[i].verdict = Verdict(accepted, nxt, prep_ms + forward_ms + own)
+            results[i].verdict = Verdict(accepted, nxt, prep_ms + forward_ms + own, path)
         return len(rows)

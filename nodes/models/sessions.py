@@ -153,8 +153,9 @@ class DraftSession(_CachedSession):
 
 
 def check_draft(draft: Draft, params: SamplingParams) -> None:
-    """ModelError unless `draft` can be verified under `params` (checked before any compute)."""
-    if not params.greedy and draft.tokens and (draft.q_ids is None or draft.q_probs is None):
+    """ModelError unless `draft` can be verified under `params` (checked before any compute). A tree's
+    candidates are the draft's top-c tokens, each q a one-hot: no distributions travel with it."""
+    if not params.greedy and draft.tokens and draft.parents is None and (draft.q_ids is None or draft.q_probs is None):
         raise ModelError("sampled verification needs the draft's q distribution")
 
 

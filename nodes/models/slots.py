@@ -255,10 +255,17 @@ class SlotCache:
         return b // 2 if self.gather_gaps else 0
 
     @torch.inference_mode()
-    def forward(self, slots: list[int], feeds: list[list[int]], keep: list[int], hidden: bool = False) -> SlotForward:
+    def forward(self, slots: list[int], feeds: list[list[int]], keep: list[int], hidden: bool = False,
+                trees: list[list[int] | None] | None = None) -> SlotForward:
         """Feed `feeds[b]` to slot `slots[b]` (appending to it) in one forward pass; logits (and with
         `hidden`, last hidden states) for the last `keep[b]` positions of each feed. Raises ModelError
-        (nothing changed) on bad input."""
+        (nothing changed) on bad input.
+
+        `trees[b]` (when given and not None): the feed is a tree, `trees[b][j]` the feed index of
+        position j's parent (-1: none, it sees only the slot's cache). Position j then attends to the
+        cache and its ancestors in the feed (tree attention) at position id cached length + its depth,
+        so its logits are those of a chain along its path; its K/V is stored at index cached length + j,
+        and `compact` keeps the accepted path's rows afterwards."""
         t0 = time.perf_counter()
         if not (len(slots) == len(feeds) == len(keep)) or not slots:
             raise ModelError("forward needs one feed and one keep per slot, and at least one slot")
@@ -285,6 +292,9 @@ class SlotCache:
         positions = start[:, None] + torch.arange(q)[None, :]                       # [B, Q]
         key = torch.arange(kv_len)[None, None, :]                                   # [1, 1, K]
         mask = (key <= positions[:, :, None]) & (key < (start + n)[:, None, None])  # [B, Q, K]
+        for s, f, tree in zip(slots, feeds, trees or [None] * len(slots)):
+            if tree is not None:
+                self._tree_row(where[s], self.lengths[s], f, tree, positions, mask)
         mask[:, :, 0] |= n[:, None] == 0  # an idle row sees key 0 only: no empty softmax row
         mask = mask[:, None]                                                        # [B, 1, Q, K]
         if self.eager:
@@ -313,6 +323,40 @@ class SlotCache:
             states = [last[where[s], len(f) - k: len(f)] for s, f, k in zip(slots, feeds, keep)]
         return SlotForward(logits, (done - prep) * 1e3, (prep - t0) * 1e3, view.kv_s * 1e3, len(slots), b * q,
                            int(n.sum()), states)
+
+
+    @staticmethod
+    def _tree_row(r: int, start: int, feed: list[int], tree: list[int], positions: torch.Tensor,
+                  mask: torch.Tensor) -> None:
+        """Row r's positions and mask for a tree feed (see `forward`)."""
+        if len(tree) != len(feed):
+            raise ModelError(f"tree feed of {len(feed)} tokens has {len(tree)} parents")
+        depth: list[int] = []
+        for j, p in enumerate(tree):
+            if type(p) is not int or not -1 <= p < j:
+                raise ModelError(f"tree feed: position {j} has parent {p!r}, not an earlier position or -1")
+            depth.append(0 if p < 0 else depth[p] + 1)
+            positions[r, j] = start + depth[j]
+            mask[r, j, start:] = False
+            a = j
+            while a >= 0:
+                mask[r, j, start + a] = True
+                a = tree[a]
+
+    def compact(self, slot: int, start: int, rows: list[int]) -> None:
+        """Keep, after the first `start` tokens, only the stored rows `start + rows[i]` (ascending), moved
+        to `start + i`; the slot's length becomes start + len(rows). A tree round keeps its accepted
+        path this way: the kept rows' position ids already equal their new indices."""
+        self._check(slot)
+        out_of_range = bool(rows) and (rows[0] < 0 or start + rows[-1] >= self.lengths[slot])
+        if out_of_range or any(b <= a for a, b in zip(rows, rows[1:])):
+            raise ModelError(f"slot {slot}: cannot keep rows {rows[:8]} of {self.lengths[slot] - start} after {start}")
+        if rows != list(range(len(rows))):
+            src = torch.tensor([start + i for i in rows], dtype=torch.long, device=self.device)
+            dst = torch.arange(start, start + len(rows), dtype=torch.long, device=self.device)
+            for store in (self.k, self.v):
+                store[:, slot, :, dst] = store[:, slot, :, src].clone()
+        self.lengths[slot] = start + len(rows)
 
 
 class SlotHolder:

@@ -26,7 +26,8 @@ from nodes.models.errors import ModelError
 from nodes.models.sampling import round_generators, target_probs
 from nodes.models.sessions import _cache_kwarg
 from nodes.models.tree_sampling import one_hot, walk
-from schemas.rounds import SamplingParams
+from nodes.protocol.tree import feed_parents
+from schemas.rounds import Draft, SamplingParams, Verdict
 
 
 class TreeCache:
@@ -144,6 +145,65 @@ def draft_tree(draft: TreeCache, tree: Tree) -> list[int]:
     return tokens
 
 
+def accept_tree(logits: torch.Tensor, tokens: list[int], parents: list[int], params: SamplingParams,
+                seed: int, vocab_size: int) -> tuple[list[int], list[int]]:
+    """The verdict on a tree from the target's logits after the root and after each node ([n+1, vocab]):
+    (accepted node path over 0..n-1, emitted tokens). `tokens`/`parents` are the n nodes (parent -1 =
+    the root). The one tree acceptance rule of the in-process and the slot-cache paths."""
+    kids: list[list[int]] = [[] for _ in range(len(parents) + 1)]
+    for i, p in enumerate(parents):
+        kids[p + 1].append(i + 1)
+    all_tokens = [-1] + list(tokens)
+    if params.greedy:
+        w = walk(kids, all_tokens, logits, None, None)
+    else:
+        _, gen = round_generators(seed)
+        p = target_probs(logits, params)
+        w = walk(kids, all_tokens, p, [None] + [one_hot(t, vocab_size) for t in tokens], gen)
+    return [v - 1 for v in w.path], w.tokens
+
+
+@torch.inference_mode()
+def verify_tree_session(session, draft: Draft) -> Verdict:
+    """A tree round on a per-request TargetSession (the verifier's path when no slot is free): one
+    forward of pending + the tree with the ancestor mask, the walk, then the cache keeps pending and
+    the accepted path (the session's invariant: it covers every token but the new pending one)."""
+    t0 = time.perf_counter()
+    assert draft.parents is not None
+    start, k = session.cached_len, len(session.pending)
+    feed = list(session.pending) + list(draft.tokens)
+    tree = feed_parents(draft.parents, k)
+    n = len(feed)
+    allowed = torch.zeros(n, start + n, dtype=torch.bool)
+    allowed[:, :start] = True
+    depth: list[int] = []
+    for j, p in enumerate(tree):
+        depth.append(0 if p < 0 else depth[p] + 1)
+        a = j
+        while a >= 0:
+            allowed[j, start + a] = True
+            a = tree[a]
+    mask = allowed[None, None]
+    model = session.model
+    dtype = next(model.parameters()).dtype
+    if getattr(model.config, "_attn_implementation", "sdpa") == "eager":
+        mask = torch.zeros(mask.shape, dtype=dtype).masked_fill(~mask, torch.finfo(dtype).min)
+    dev = session.device
+    out = model(input_ids=torch.tensor([feed], device=dev), attention_mask=mask.to(dev),
+                position_ids=torch.tensor([[start + d for d in depth]], device=dev), use_cache=True,
+                **{_cache_kwarg(model): session.cache})
+    logits = out.logits[0, k - 1:, : session.vocab_size].float()
+    path, emitted = accept_tree(logits, list(draft.tokens), draft.parents, session.params, draft.seed,
+                                session.vocab_size)
+    idx = torch.tensor(list(range(start + k)) + [start + k + v for v in path], dtype=torch.long, device=dev)
+    for layer in session.cache.layers:
+        layer.keys = layer.keys.index_select(-2, idx)
+        layer.values = layer.values.index_select(-2, idx)
+    session.tokens.extend(emitted)
+    session.pending = [emitted[-1]]
+    return Verdict(len(path), emitted[-1], (time.perf_counter() - t0) * 1e3, path)
+
+
 def verify_tree(target: TreeCache, tree: Tree, tokens: list[int], params: SamplingParams,
                 seed: int) -> tuple[list[int], list[int]]:
     """One target forward over the whole tree, the walk, then compaction to the accepted path.
@@ -206,3 +266,27 @@ def tree_generate(draft_model, target_model, vocab_size: int, prompt: list[int],
         r += 1
     out.tokens = out.tokens[:max_new]
     return out
+
+
+class TreeDraftSession:
+    """The edge's draft model for tree rounds of one request: `propose` drafts a tree (top-c children,
+    one batched forward per depth), `apply` takes the round's emitted tokens. Between rounds the cache
+    covers every context token but the last (as TreeCache); the nodes a round fed are cropped and
+    the emitted path re-fed, so the cache never holds a rejected node."""
+
+    def __init__(self, model, context: list[int], vocab_size: int):
+        self.cache = TreeCache(model, context, vocab_size)
+
+    def propose(self, tree: Tree, seed: int) -> Draft:
+        t0 = time.perf_counter()
+        tokens = draft_tree(self.cache, tree)
+        return Draft(tokens[1:], seed, draft_ms=(time.perf_counter() - t0) * 1e3, parents=list(tree.parents))
+
+    def apply(self, emitted: list[int]) -> None:
+        """The round's new tokens (the accepted path, then the target's): back to the invariant."""
+        c = self.cache
+        base = len(c.tokens) - 1
+        c.crop(base)
+        feed = [c.tokens[-1]] + emitted[:-1]
+        c.feed(feed, [i - 1 for i in range(len(feed))], [base + i for i in range(len(feed))])
+        c.tokens.extend(emitted)

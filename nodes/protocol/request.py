@@ -11,7 +11,8 @@ event and the policy outcome.
 
 Rules (README, "Round protocol"):
   * a verdict is accepted only for the exact request, round and attempt in
-    flight, and only if it fits the draft (accepted <= drafted);
+    flight, and only if it fits the draft (accepted <= drafted; a tree round's
+    path goes down the tree that was sent, nodes/protocol/tree.path_error);
   * a lost reply is retried once on the same verifier (it answers a round it
     already applied from its cache); then, or at once when nobody listens
     there, the full context goes to the verifier queue group, so the request
@@ -35,6 +36,7 @@ from typing import Protocol
 
 from control import Policy, RoundContext, RoundOutcome
 from nodes.protocol.timing import RoundTimes, network_ms, outcome_of
+from nodes.protocol.tree import path_error, round_tokens
 from schemas import subjects
 from schemas.codec import Float32Array, Int32Array
 from schemas.messages import (
@@ -157,6 +159,11 @@ class EdgeRequest:
         self._plan = RoundPlan(length, round_seed(self.req.seed, self.round), ctx, version)
         return self._plan
 
+    @property
+    def tree_parents(self) -> list[int] | None:
+        """The round in flight's tree shape (None: a chain round): its attempts go out as tree drafts."""
+        return None if self._draft is None else self._draft.parents
+
     def place(self, verifier_id: str) -> None:
         """Start the session on this verifier instead of wherever the queue group sends it (the edge's
         placement: the least loaded verifier it knows). Only before the first round."""
@@ -188,6 +195,12 @@ class EdgeRequest:
         if v.accepted > len(self._draft.tokens):
             return Failed(BAD_MESSAGE, f"verifier {v.verifier_id} accepted {v.accepted} tokens of a "
                                        f"{len(self._draft.tokens)}-token draft")
+        parents = self._draft.parents
+        if (parents is None) != (v.path is None):
+            sent, got = ("tree", "chain") if parents is not None else ("chain", "tree")
+            return Failed(BAD_MESSAGE, f"verifier {v.verifier_id} answered a {sent} round with a {got} verdict")
+        if parents is not None and (why := path_error(parents, list(v.path))) is not None:
+            return Failed(BAD_MESSAGE, f"verifier {v.verifier_id}'s verdict on round {self.round}: {why}")
         if self.verifier is not None and self.verifier != v.verifier_id:
             self._leave(self.verifier)
         self.verifier = v.verifier_id
@@ -232,7 +245,7 @@ class EdgeRequest:
         """Apply an accepted verdict: the new tokens, the client's chunk, the timing event."""
         d, plan, m = self._draft, self._plan, self._pending
         assert d is not None and plan is not None and m is not None
-        new = list(d.tokens[:verdict.accepted]) + [verdict.next_token]
+        new = round_tokens(d.tokens, verdict.to_verdict())
         self.context.extend(new)
         before = len(self.out)
         self.finish_reason = finish(new, self.out, self.req.max_new_tokens, self.eos_ids)

@@ -4,11 +4,14 @@ The verifier side (`TreeRounds`): per (edge, request) the next round is computed
 retry of a round in flight waits for that verdict; a retry of the round last finished gets
 the cached verdict (the same accepted path and token, never a second compute, which would
 draw a different sample); any other round answers `resend_context`. The edge side
-(`TreeEdge`) applies a verdict only for the round it has outstanding, once.
+(`TreeEdge`) applies a verdict only for the round it has outstanding, once. The pipeline's tree
+rounds use the chain rounds' machinery for those rules, plus the path rules at the end of this file.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+from schemas.rounds import Draft, Verdict
 
 COMPUTE, WAIT, CACHED, RESEND_CONTEXT = "compute", "wait", "cached", "resend_context"
 
@@ -67,3 +70,51 @@ class TreeEdge:
         self.tokens.extend(verdict.tokens)
         self.outstanding, self.round = False, self.round + 1
         return True
+
+
+# --- tree rounds in the pipeline -------------------------------------------------------
+# The pipeline runs tree rounds through the chain rounds' own exactly-once machinery (EdgeRequest on
+# the edge, SessionTable on the verifier: round, attempt, cached verdicts, context resends), with the
+# tree's parents beside the node tokens. What is new for a tree lives here: which verdict paths are
+# legal for the tree that was sent, and which tokens a path emits (the shape a round drafts is
+# nodes/protocol/tree_shape.py's).
+
+def path_error(parents: list[int], path: list[int]) -> str | None:
+    """Why `path` cannot be an accepted path of the tree `parents` (None: it can): it must start at a
+    child of the root and go down one child at a time."""
+    up = -1
+    for v in path:
+        if type(v) is not int or not 0 <= v < len(parents):
+            return f"path names node {v!r} of a {len(parents)}-node tree"
+        if parents[v] != up:
+            return f"path goes to node {v}, which is not a child of {'the root' if up < 0 else f'node {up}'}"
+        up = v
+    return None
+
+
+def path_tokens(tokens: list[int], path: list[int]) -> list[int]:
+    """The drafted tokens an accepted path emits (the verdict's next token follows them)."""
+    return [tokens[v] for v in path]
+
+
+def round_tokens(drafted: list[int], verdict: Verdict) -> list[int]:
+    """The tokens a verdict emits: the accepted drafts (a chain's prefix or a tree's path), then the
+    target's own token."""
+    kept = drafted[:verdict.accepted] if verdict.path is None else path_tokens(drafted, verdict.path)
+    return list(kept) + [verdict.next_token]
+
+
+def draft_steps(d: Draft) -> int:
+    """Sequential draft forwards a draft took: one per token of a chain, one per depth of a tree."""
+    if d.parents is None:
+        return len(d.tokens)
+    depth: list[int] = []
+    for p in d.parents:
+        depth.append(1 if p < 0 else depth[p] + 1)
+    return max(depth, default=0)
+
+
+def feed_parents(parents: list[int], pending: int = 1) -> list[int]:
+    """Parents over one verify feed `pending tokens + tree nodes`: the pending tokens form a chain and
+    the tree hangs below the last of them (index -1 = sees only the cache)."""
+    return [i - 1 for i in range(pending)] + [p + pending if p >= 0 else pending - 1 for p in parents]

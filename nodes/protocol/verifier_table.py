@@ -49,7 +49,7 @@ from collections import Counter, OrderedDict
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
-from schemas.codec import Limits
+from schemas.codec import Int32Array, Limits
 from schemas.messages import (
     BAD_MESSAGE, CONFLICT, DRAINING, ERROR_CODES, INTERNAL, OVERLOADED, RESEND_CONTEXT, TOO_LONG, AckMsg, DraftMsg,
     ErrorMsg, VerdictMsg,
@@ -102,6 +102,7 @@ class InFlight:
     tokens: tuple[int, ...]
     received: float
     waiters: list[Waiter] = field(default_factory=list)
+    parents: tuple[int, ...] | None = None  # a tree round's shape (None: a chain)
 
 
 @dataclass
@@ -113,7 +114,7 @@ class Session:
     last_used: float
     last_context_len: int = 0             # len(tokens) before the last applied round
     state: Any = None                     # the model's state (a TargetSession), owned by the caller
-    last_tokens: tuple[int, ...] | None = None
+    last_tokens: tuple | None = None      # the last applied round's draft (tokens, with a tree's parents)
     last_verdict: VerdictMsg | None = None
     in_flight: InFlight | None = None
     ending: bool = False
@@ -126,6 +127,7 @@ class Compute:
     session: Session
     msg: DraftMsg
     rebuild: bool
+    parents: tuple[int, ...] | None = None  # a tree round: node i's parent (-1 = the root)
 
 
 @dataclass
@@ -152,6 +154,12 @@ class Outcome:
     verify_ms: float
     queue_ms: float
     verify_real_ms: float | None = None  # when verify_ms is an emulated device's
+    path: list[int] | None = None        # a tree round: the accepted nodes (len = accepted)
+
+
+def _shape(inf: InFlight) -> tuple:
+    """What a retry of this round must repeat: its tokens, and a tree's parents."""
+    return inf.tokens if inf.parents is None else (inf.tokens, inf.parents)
 
 
 def sender_mismatch(sender: str | None, msg: DraftMsg) -> str | None:
@@ -174,8 +182,10 @@ class SessionTable:
         self.edge_rounds: Counter[str] = Counter()  # rounds admitted and not finished, per edge
 
     # --- admission -----------------------------------------------------------------
-    def admit(self, msg: DraftMsg, reply_to: Any, now: float, sender: str | None = None) -> Admission:
-        """`sender`: the edge id in the subject the draft arrived on (None only in-process: no subject)."""
+    def admit(self, msg: DraftMsg, reply_to: Any, now: float, sender: str | None = None,
+              parents: tuple[int, ...] | None = None) -> Admission:
+        """`sender`: the edge id in the subject the draft arrived on (None only in-process: no subject).
+        `parents`: the round is a tree of `msg.tokens` (same rules; a retry must carry the same tree)."""
         refusal = sender_mismatch(sender, msg)
         if refusal is not None:
             return self._error(reply_to, msg, BAD_MESSAGE, refusal)
@@ -187,12 +197,13 @@ class SessionTable:
             return self._error(reply_to, msg, RESEND_CONTEXT, "this session has ended")
         params = (msg.temperature, msg.top_p)
         tokens = tuple(msg.tokens)
+        shape = tokens if parents is None else (tokens, tuple(parents))  # what a retry must repeat
         context = None if msg.context is None else list(msg.context)
         if s is not None:
             if s.params != params:
                 return self._error(reply_to, msg, BAD_MESSAGE, "sampling parameters changed within a session")
             if s.in_flight is not None and s.in_flight.round == msg.round and (context is None or context == s.tokens):
-                if s.in_flight.tokens != tokens:
+                if _shape(s.in_flight) != shape:
                     return self._error(reply_to, msg, CONFLICT, f"round {msg.round} is in flight with another draft")
                 waiters = s.in_flight.waiters
                 if reply_to is not None and all(w.reply_to != reply_to for w in waiters):
@@ -202,7 +213,7 @@ class SessionTable:
                 return Admission("joined_in_flight")
             if s.last_verdict is not None and msg.round == s.next_round - 1 and (
                     context is None or context == s.tokens[:s.last_context_len]):
-                if s.last_tokens != tokens:
+                if s.last_tokens != shape:
                     return self._error(reply_to, msg, CONFLICT, f"round {msg.round} was applied with another draft")
                 s.last_used = now
                 again = replace(s.last_verdict, attempt=msg.attempt)
@@ -222,9 +233,9 @@ class SessionTable:
             if s.in_flight is not None or msg.round != s.next_round:
                 return self._error(reply_to, msg, RESEND_CONTEXT,
                                    f"round {msg.round} is out of order (expected {s.next_round})")
-            return self._start(s, msg, reply_to, tokens, now, rebuild=False)
+            return self._start(s, msg, reply_to, tokens, now, rebuild=False, parents=parents)
         if s is not None and s.in_flight is None and msg.round == s.next_round and context == s.tokens:
-            return self._start(s, msg, reply_to, tokens, now, rebuild=False)  # the cache already holds it
+            return self._start(s, msg, reply_to, tokens, now, rebuild=False, parents=parents)  # the cache holds it
         evicted = None
         if s is None:
             refusal, evicted = self._room_for(msg.edge_id, now)
@@ -234,7 +245,7 @@ class SessionTable:
                 self._release(self.sessions.pop(evicted))
         # a new session object: a round still computing on the old one finishes on its own object
         fresh = Session(key, params, context, msg.round, now)
-        adm = self._start(fresh, msg, reply_to, tokens, now, rebuild=True)
+        adm = self._start(fresh, msg, reply_to, tokens, now, rebuild=True, parents=parents)
         if adm.compute is not None:
             if s is not None and s.in_flight is None:  # replaced while idle (in flight: freed at its finish)
                 self._release(s)
@@ -268,11 +279,13 @@ class SessionTable:
         a = result.accepted
         emulated = result.verify_real_ms is not None
         real = result.verify_real_ms if emulated else result.verify_ms
+        path = None if inf.parents is None else Int32Array(result.path or [])
         verdict = VerdictMsg(rid, inf.round, 0, a, result.next_token, round(result.verify_ms, 3),
-                             round(result.queue_ms, 3), self.cfg.verifier_id, round(real, 3), emulated)
+                             round(result.queue_ms, 3), self.cfg.verifier_id, round(real, 3), emulated, path)
         session.last_context_len = len(session.tokens)
-        session.tokens.extend(inf.tokens[:a] + (result.next_token,))
-        session.next_round, session.last_tokens, session.last_verdict = inf.round + 1, inf.tokens, verdict
+        drafted = inf.tokens[:a] if path is None else tuple(inf.tokens[v] for v in path)
+        session.tokens.extend(drafted + (result.next_token,))
+        session.next_round, session.last_tokens, session.last_verdict = inf.round + 1, _shape(inf), verdict
         if session.state is not state:
             self._release(session)
         session.state, session.last_used = state, now
@@ -316,17 +329,18 @@ class SessionTable:
 
     # --- internals -------------------------------------------------------------------
     def _start(self, s: Session, msg: DraftMsg, reply_to: Any, tokens: tuple[int, ...], now: float,
-               rebuild: bool) -> Admission:
+               rebuild: bool, parents: tuple[int, ...] | None = None) -> Admission:
         if len(s.tokens) + len(tokens) + 1 > self.limits.max_context_tokens:
             err = self._error(reply_to, msg, TOO_LONG, f"context would exceed {self.limits.max_context_tokens} tokens")
             if not rebuild and self.sessions.get(s.key) is s:  # it cannot grow: nothing more to verify on it
                 self._release(self.sessions.pop(s.key))
             return err
         waiters = [Waiter(reply_to, msg.attempt)] if reply_to is not None else []
-        s.in_flight = InFlight(msg.round, tokens, now, waiters)
+        parents = None if parents is None else tuple(parents)
+        s.in_flight = InFlight(msg.round, tokens, now, waiters, parents)
         s.last_used = now
         self.edge_rounds[s.key[0]] += 1
-        return Admission("compute", compute=Compute(s, msg, rebuild))
+        return Admission("compute", compute=Compute(s, msg, rebuild, parents))
 
     def _end(self, key: SessionKey, s: Session | None, msg: DraftMsg, reply_to: Any, now: float) -> Admission:
         if s is not None:

@@ -8,7 +8,7 @@ import time
 
 from control.evaluation import KINDS, evaluate, kind_profiles
 from control.types import ControlError
-from pipeline.cli.args import (batch_sizes, delays, model_args, non_negative_int, positive_float, positive_int,
+from pipeline.cli.args import (batch_sizes, delays, model_args, non_negative_float, non_negative_int, positive_float, positive_int,
                                progress)
 from pipeline.errors import PipelineError
 
@@ -34,6 +34,12 @@ def cmd_bench_engine(a: argparse.Namespace) -> None:
 
 
 def cmd_bench_trees(a: argparse.Namespace) -> None:
+    if a.live:
+        from pipeline.bench.trees_live import bench_trees_live
+
+        res = bench_trees_live(a.delay_ms, a.requests, a.max_new_tokens, a.run_root, a.draft, a.target)
+        print(json.dumps(res) if a.json else json.dumps(res, indent=2))
+        return
     from pipeline.bench.trees import bench_trees
 
     if (a.table_out or a.online_rounds) and not a.optimal_nodes:
@@ -169,6 +175,12 @@ def register(sub) -> None:
                         "(control/tree_shape.py) chooses from no profile, then its final shape measured")
     p.add_argument("--table-out", help="with --optimal-nodes: write the measured acceptance table and round "
                                        "cost here (input of `specstop simulate --trees`)")
+    p.add_argument("--live", action="store_true",
+                   help="instead: the best chain and tree shapes through the real pipeline (broker, cloud and edge "
+                        "processes) at --delay-ms one-way, ms/token from the edge's round logs")
+    p.add_argument("--delay-ms", type=non_negative_float, default=50.0, help="--live: emulated one-way delay")
+    p.add_argument("--requests", type=positive_int, default=6, help="--live: greedy requests per row, one at a time")
+    p.add_argument("--run-root", default="runs", help="--live: parent of the rows' run directories")
     p.add_argument("--json", action="store_true")
     model_args(p)
     p.set_defaults(func=cmd_bench_trees)

@@ -9,7 +9,8 @@ from pathlib import Path
 
 from control import make_policy
 from nodes.link import parse_channel
-from pipeline.cli.args import (device_profile, model_args, nats_arg, positive_int, progress, workload_args)
+from nodes.protocol.tree_shape import parse_tree
+from pipeline.cli.args import (TREE_HELP, device_profile, model_args, nats_arg, positive_int, progress, workload_args)
 from pipeline.errors import PipelineError
 from pipeline.transport import aio
 from pipeline.transport.broker import default_nats_url
@@ -27,7 +28,16 @@ def _run_config(a: argparse.Namespace):
                      target=getattr(a, "target", None), local_policy=getattr(a, "local_policy", True),
                      edge_device=device_profile(getattr(a, "edge_device", None), "draft"),
                      cloud_device=device_profile(getattr(a, "cloud_device", None), "verify"),
-                     node_flags={kind: flags for kind in ("cloud", "edge") if (flags := _model_flags(a))})
+                     node_flags={kind: flags for kind in ("cloud", "edge") if (flags := _model_flags(a) + _tree_flags(a, kind))})
+
+
+def _tree_flags(a: argparse.Namespace, kind: str) -> list[str]:
+    """demo: the edge it starts drafts trees of this shape (checked here, before anything starts)."""
+    tree = getattr(a, "tree", None)
+    if kind != "edge" or tree in (None, "off"):
+        return []
+    parse_tree(tree)
+    return ["--tree", tree]
 
 
 def _model_flags(a: argparse.Namespace) -> list[str]:
@@ -173,6 +183,7 @@ def register(sub) -> None:
     p.add_argument("--cloud-device", metavar="DEVICE", help="emulate this cloud device (e.g. rtx-3090-ti)")
     p.add_argument("--local-policy", action="store_true",
                    help="learn inside the edge instead of starting the control subscriber")
+    p.add_argument("--tree", default="off", help=TREE_HELP)
     model_args(p)
     p.set_defaults(func=cmd_demo)
 

@@ -15,10 +15,11 @@ from nodes.config import MAX_LEARNERS, MAX_LENGTH
 from nodes.link import parse_channel
 from nodes.models.loading import BUNDLED_PROFILE
 from nodes.protocol.admission import EdgeLimits
+from nodes.protocol.tree_shape import parse_tree
 from nodes.protocol.verifier_table import TableConfig
 from pipeline.cli import preflight
-from pipeline.cli.args import (device_profile, log_args, metrics_arg, nats_arg, node_args, node_id, non_negative_float,
-                               non_negative_int, positive_float, positive_int, prefill_chunk)
+from pipeline.cli.args import (TREE_HELP, device_profile, log_args, metrics_arg, nats_arg, node_args, node_id, non_negative_float,
+                               non_negative_int, positive_float, positive_int, prefill_chunk, stop_on_sigterm)
 from pipeline.errors import PipelineError
 from pipeline.orchestration.run_dirs import new_run_dir
 from pipeline.orchestration.signals import interrupt_then_stop_now
@@ -109,13 +110,14 @@ def cmd_edge(a: argparse.Namespace) -> None:
     preflight.check_model(a.draft, "draft")
     profile = load_profile(a.profile) if a.profile else None
     make_policy(a.policy, max_length=a.max_length, profile=profile or _bundled_profile())
+    parse_tree(a.tree)
     _check_device(a, "draft")
     limits = EdgeLimits(a.max_active, a.max_queued, a.max_prompt_tokens, a.max_new_tokens_limit, a.max_request_s)
     aio.run(serve_edge(_node_options(a), EdgeOptions(a.channel, a.policy, a.seed, not a.remote_policy,
                                                      a.request_timeout, a.failover_deadline, limits, a.profile,
                                                      a.draft_max_batch, a.draft_batch_wait_ms,
                                                      not a.no_draft_slot_cache, a.draft_slot_memory_mb,
-                                                     not a.random_placement)))
+                                                     not a.random_placement, a.tree)))
 
 
 def cmd_control(a: argparse.Namespace) -> None:
@@ -200,6 +202,7 @@ def register(sub) -> None:
     p.add_argument("--random-placement", action="store_true",
                    help="start each session wherever the verifier queue group sends it, instead of on the least "
                         "loaded verifier this edge knows (by the queue times in its verdicts)")
+    p.add_argument("--tree", default=e.tree, help=TREE_HELP)
     p.set_defaults(func=cmd_edge)
 
     p = sub.add_parser("control", help="control subscriber: learn from timing events, publish policy updates")

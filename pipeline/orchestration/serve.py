@@ -67,6 +67,7 @@ class EdgeOptions:
     draft_slot_cache: bool = _EDGE.drafting.slot_cache
     draft_slot_memory_mb: int = _EDGE.drafting.memory_mb
     place_sessions: bool = _EDGE.place_sessions
+    tree: str = "off"               # draft trees: DEPTHxWIDTH, auto, or off (chains)
 
 
 @dataclass
@@ -217,7 +218,7 @@ async def serve_edge(opts: NodeOptions, edge: EdgeOptions) -> None:
     cfg = EdgeConfig(edge_id=opts.node_id, default_policy=edge.policy, max_length=opts.max_length,
                      request_timeout_s=edge.request_timeout_s, failover_deadline_s=edge.failover_deadline_s,
                      seed=edge.seed, limits=limits, drain_timeout_s=opts.drain_timeout_s, drafting=drafting,
-                     place_sessions=edge.place_sessions)
+                     place_sessions=edge.place_sessions, tree=edge.tree)
     profile = profile_for(pair, edge.profile)
     book = PolicyBook(opts.max_length, edge.seed, learn_locally=edge.local_policy,
                       fallback=default_policy_for(profile, opts.max_length), profile=profile, pinned=edge.policy)

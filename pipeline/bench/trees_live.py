@@ -1,0 +1,81 @@
+"""`specstop bench trees --live`: chains vs draft trees through the real pipeline at an emulated delay.
+
+Each row starts its own broker, cloud and edge processes (the edge's link emulation sleeps the
+one-way delay each way), sends the same greedy requests one at a time, and reads the edge's round
+log: ms/token is a request's summed round time over the tokens its rounds emitted (medians over
+requests), so it is measured, not modelled. Every row must produce the same tokens (greedy output
+does not depend on the shape); `same_output` says whether they did.
+"""
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+from pipeline.orchestration.local import RunConfig, local_cluster
+from pipeline.orchestration.run_dirs import new_run_dir
+from pipeline.orchestration.workload import workload_prompts
+from pipeline.transport import aio, bus
+from pipeline.transport.client import generate_stream
+from schemas.messages import GenerateRequest
+
+# (label, --policy, --tree): the best chain and tree shapes of `bench trees` at 50 ms (depth 8, 8x3),
+# today's default chain policy, and the tree chosen per round from the measured delay
+ROWS = (("chain fixed:8", "fixed:8", "off"), ("chain auto", "auto", "off"),
+        ("tree 8x3", "auto", "8x3"), ("tree auto", "auto", "auto"))
+
+
+async def _drive(url: str, prompts: list[str], max_new_tokens: int) -> list[list[int]]:
+    nc = await bus.connect(url, "bench-trees", long_lived=False)
+    try:
+        await generate_stream(nc, GenerateRequest("warm-up", prompt=prompts[0], max_new_tokens=8), 120,
+                              wait_for_edge_s=30.0)
+        outs = []
+        for i, p in enumerate(prompts):
+            res = await generate_stream(nc, GenerateRequest(f"live-{i}", prompt=p, max_new_tokens=max_new_tokens), 120)
+            if not res.ok:
+                raise RuntimeError(f"request {i} failed: {res.error}")
+            outs.append(res.token_ids)
+        return outs
+    finally:
+        await nc.close()
+
+
+def _rounds(run_dir: Path) -> list[dict]:
+    lines = (run_dir / "edge-1.jsonl").read_text().splitlines()
+    return [e for e in map(json.loads, lines) if e.get("event") == "round" and e["request_id"].startswith("live-")]
+
+
+def _row(rounds: list[dict]) -> dict:
+    by_req: dict[str, list[dict]] = {}
+    for r in rounds:
+        by_req.setdefault(r["request_id"], []).append(r)
+    per_req = [sum(r["round_ms"] for r in rs) / max(1, sum(r["tokens"] for r in rs)) for rs in by_req.values()]
+    return {"ms_per_token_median": round(statistics.median(per_req), 2),
+            "ms_per_token_per_request": [round(x, 2) for x in per_req],
+            "rounds": len(rounds), "tokens_per_round_mean": round(sum(r["tokens"] for r in rounds) / len(rounds), 3),
+            "round_ms_median": round(statistics.median(r["round_ms"] for r in rounds), 2),
+            "draft_ms_median": round(statistics.median(r["draft_ms"] for r in rounds), 2),
+            "verify_ms_median": round(statistics.median(r["verify_ms"] for r in rounds), 2),
+            "nodes_median": statistics.median(r["draft_length"] for r in rounds)}
+
+
+def bench_trees_live(delay_ms: float = 50.0, requests: int = 6, max_new_tokens: int = 64, run_root: str = "runs",
+                     draft: str | None = None, target: str | None = None) -> dict:
+    prompts = workload_prompts(requests, seed=3)
+    rows, outputs = [], []
+    for label, policy, tree in ROWS:
+        run_dir = new_run_dir(run_root)
+        cfg = RunConfig(channel=f"const:{delay_ms:g}", policy=policy, local_policy=True, draft=draft, target=target,
+                        run_root=run_root, node_flags={"edge": ["--tree", tree]})
+        with local_cluster(run_dir, cfg) as url:
+            outputs.append(aio.run(_drive(url, prompts, max_new_tokens)))
+        rows.append({"row": label, "policy": policy, "tree": tree, "run_dir": str(run_dir), **_row(_rounds(run_dir))})
+    chains = [r for r in rows if r["tree"] == "off"]
+    trees = [r for r in rows if r["tree"] != "off"]
+    best_chain = min(chains, key=lambda r: r["ms_per_token_median"])
+    best_tree = min(trees, key=lambda r: r["ms_per_token_median"])
+    return {"delay_ms": delay_ms, "requests": requests, "max_new_tokens": max_new_tokens, "rows": rows,
+            "same_output": all(o == outputs[0] for o in outputs),
+            "best_chain": best_chain["row"], "best_tree": best_tree["row"],
+            "best_chain_over_best_tree": round(best_chain["ms_per_token_median"] / best_tree["ms_per_token_median"], 3)}
