@@ -399,8 +399,11 @@ def _edge_loop(pair: ModelPair, kv: _TreeKV, prompt: list[int], max_new: int, pa
             continue
         wait = resend_s - (time.perf_counter() - last_progress)
         m = down.recv(max(0.0, wait))
-        if m is None:  # stalled: resend the live tree (also asks the cloud for its verdict)
-            send(tree.all_groups())
+        if m is None:  # stalled: resend the live tree and ask the cloud for its verdict again
+            groups = tree.all_groups()
+            if groups:
+                send(groups)
+            send([])
             res.resends += 1
             last_progress = time.perf_counter()
             continue
