@@ -267,6 +267,8 @@ class _Cloud(threading.Thread):
             else:
                 _, gen = round_generators(round_seed(self.seed, tree.tip_pos + 1))
                 i, x = self.acceptance.choose(target_probs(lg, self.params), cand, self.pair.vocab_size, gen)
+                if i < 0 and x in cand:  # a fallback draw equal to a child is that child: stay on the tree
+                    i = cand.index(x)
             committed.append(tip)
             grew = True
             if i < 0:
