@@ -148,15 +148,6 @@ class _TreeKV:
         self.prefix += len(committed)
         self.rows = {v: self.prefix + i for i, (_, v) in enumerate(live_rows)}
 
-    def feed_causal(self, tokens: list[int]) -> None:
-        """Committed tokens that were never fed as nodes (cropping the tree rows first)."""
-        self.c.crop(self.prefix)
-        self.rows = {}
-        if tokens:
-            pos = self.prefix
-            self.c.feed(tokens, [i - 1 for i in range(len(tokens))], [pos + i for i in range(len(tokens))])
-            self.prefix += len(tokens)
-
 
 class _Cloud(threading.Thread):
     def __init__(self, pair: ModelPair, prompt: list[int], params: SamplingParams, seed: int, up: DelayLink,
@@ -296,7 +287,8 @@ def stream_tree_generate(pair: ModelPair, prompt_ids: list[int], max_new_tokens:
     (fewer once `cumulative` of the draft's mass is covered), `batch` nodes expanded per draft
     forward, new nodes sent every `flush_ms`, at most `limits.max_nodes` in the tree; nodes whose
     draft path probability is below `min_path_prob` are not expanded. Nodes shallower than where the
-    cloud is expected to be when an expansion arrives (the commit rate x 2 x delay) rank `lead_penalty` nats lower per token short of it (0: plain best-first)."""
+    cloud is expected to be when an expansion arrives (the commit rate x 2 x delay) rank `lead_penalty`
+    nats lower per token short of it (0: plain best-first)."""
     if not 1 <= width <= limits.max_width:
         raise ModelError(f"width must be in 1..{limits.max_width}, got {width}")
     if batch < 1 or flush_ms < 0 or one_way_ms < 0:
@@ -366,7 +358,7 @@ def _edge_loop(pair: ModelPair, kv: _TreeKV, prompt: list[int], max_new: int, pa
         chain = [old_root, *c.path] if c.restart else [old_root, *c.path[:-1]]
         if any(v not in kv.rows for v in chain):
             raise ModelError(f"stream tree: a verdict committed a node the edge never expanded ({chain})")
-        if c.restart:
+        if c.restart and len(out) + len(new) <= max_new:  # a miss past the last token cost nothing
             res.misses += 1
         kv.reroot(chain, [] if c.restart else list(tree.nodes))
         reason = finish(new, out, max_new, pair.eos_ids)

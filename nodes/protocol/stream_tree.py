@@ -70,9 +70,10 @@ def check_nodes_msg(msg: NodesMsg, vocab_size: int, limits: Limits) -> None:
     """Refuse a malformed or oversized message before anything is stored."""
     if len(msg.groups) > limits.max_groups_per_msg:
         raise StreamTreeError(f"nodes message has {len(msg.groups)} groups, more than {limits.max_groups_per_msg}")
-    rid, pos, tok = msg.root
+    _, pos, tok = msg.root
     if pos < 0 or not 0 <= tok < vocab_size:
-        raise StreamTreeError(f"nodes message root {msg.root} has a negative position or a token outside the vocabulary")
+        raise StreamTreeError(f"nodes message root {msg.root} has a negative position or a token outside "
+                              "the vocabulary")
     for parent, kids in msg.groups:
         if not 1 <= len(kids) <= limits.max_width:
             raise StreamTreeError(f"node {parent} has {len(kids)} children, not 1..{limits.max_width}")
@@ -191,7 +192,8 @@ class EdgeTree:
         if n.children is not None:
             raise StreamTreeError(f"expand: node {v} is already expanded (a node gets its children once)")
         if len(tokens) != len(probs) or not 1 <= len(tokens) <= self.limits.max_width:
-            raise StreamTreeError(f"expand: {len(tokens)} tokens, {len(probs)} probabilities, width 1..{self.limits.max_width}")
+            raise StreamTreeError(f"expand: {len(tokens)} tokens, {len(probs)} probabilities, "
+                                  f"width 1..{self.limits.max_width}")
         room = self.limits.max_nodes - len(self.nodes)
         if room < len(tokens):  # all children or none: a partial group would change the candidate set
             heapq.heappush(self._heap, (-self.priority(v), v))
