@@ -9,5 +9,6 @@ def test_the_row_names_the_best_chain_the_models_pick_and_the_ratios():
     assert set(row["rows"]) >= {s[0] for s in SHAPES[0.0]}
     assert row["best_chain"]["shape"].startswith("chain")
     assert row["model_choice"]["shape"] in row["rows"]
+    assert "stream tree w2" in row["rows"] and row["stream_tree_choice"]["shape"] in row["rows"]
     assert row["best_overall"]["speedup_vs_best_chain"] > 0
     assert row["cloud_streaming_ms_per_token_modelled"] == row["target_step_ms"]  # no delay to amortise

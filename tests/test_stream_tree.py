@@ -1,0 +1,97 @@
+"""The continuous speculation tree (nodes/models/stream_tree.py) is lossless.
+
+Greedy: the output equals target-only on the bundled pair for three prompts, also when the link
+drops and duplicates node messages and drops, duplicates and reorders verdicts, and with a tree
+bounded to a few nodes. Sampling: on a 4-token vocabulary the joint of the first three tokens passes
+a chi-square test against the target's exact one, and a wrong acceptance (candidates tried against
+the target's distribution without taking the rejected ones out) fails the same test.
+"""
+import pytest
+import torch
+
+from nodes.models.errors import ModelError
+from nodes.models.stream_tree import Acceptance, LinkFaults, stream_tree_generate
+from nodes.protocol.stream_tree import Limits
+from tests.test_pipelined import PARAMS, PROMPT, SAMPLES, TEXTS, chi2, chi2_critical, encode, exact_joint3, target_only
+
+
+@pytest.mark.parametrize("text", TEXTS)
+def test_greedy_output_equals_target_only(pair, text):
+    prompt = encode(pair, text)
+    got = stream_tree_generate(pair, prompt, 24, one_way_ms=2.0)
+    assert got.token_ids == target_only(pair, prompt, 24)
+
+
+def test_a_wider_tree_gives_the_same_output(pair):
+    prompt = encode(pair, TEXTS[2])
+    got = stream_tree_generate(pair, prompt, 24, one_way_ms=2.0, width=3, cumulative=0.9, batch=4)
+    assert got.token_ids == target_only(pair, prompt, 24)
+
+
+def test_lost_duplicated_and_reordered_messages_change_nothing_but_the_time(pair):
+    prompt = encode(pair, TEXTS[0])
+    faults = LinkFaults(drop_up=frozenset({1, 3}), duplicate_up=frozenset({0, 2, 5}),
+                        drop_down=frozenset({1}), duplicate_down=frozenset({0, 2}), late_down=frozenset({3, 4}))
+    got = stream_tree_generate(pair, prompt, 24, one_way_ms=2.0, faults=faults, resend_after_s=0.1)
+    assert got.resends >= 1  # a lost message was made good by resending the live tree
+    assert got.token_ids == target_only(pair, prompt, 24)
+
+
+def test_a_tree_bounded_to_a_few_nodes_still_gives_the_target_output(pair):
+    prompt = encode(pair, TEXTS[1])
+    got = stream_tree_generate(pair, prompt, 24, one_way_ms=2.0, limits=Limits(max_nodes=5), batch=2)
+    assert got.token_ids == target_only(pair, prompt, 24)
+
+
+def test_misses_do_not_depend_on_the_delay(pair):
+    """Each token is decided at a node whose children the draft alone chose, so the misses are the
+    same at any delay (what the cost rule's zero-delay calibration relies on)."""
+    prompt = encode(pair, TEXTS[2])
+    runs = [stream_tree_generate(pair, prompt, 24, one_way_ms=d) for d in (0.0, 5.0)]
+    assert runs[0].misses == runs[1].misses > 0
+
+
+def test_a_width_outside_the_limits_is_refused(pair):
+    with pytest.raises(ModelError, match="width"):
+        stream_tree_generate(pair, [1, 2], 4, 0.0, width=9)
+
+
+# --- sampling ---------------------------------------------------------------------------------------
+
+class NoResidual(Acceptance):
+    """Wrong on purpose: each candidate is tried against the target's distribution itself, and the
+    fallback is drawn from it too, so candidates are counted more than once."""
+
+    def choose(self, p, candidates, vocab, gen):
+        for i, x in enumerate(candidates):
+            if float(torch.rand((), generator=gen)) < float(p[x]):
+                return i, x
+        return -1, int(torch.multinomial(p.float(), 1, generator=gen))
+
+
+def empirical_joint3(tiny_pair, acceptance: Acceptance) -> torch.Tensor:
+    counts = torch.zeros(64)
+    for seed in range(SAMPLES):
+        r = stream_tree_generate(tiny_pair, PROMPT, 3, 0.0, PARAMS, seed=seed, width=2, cumulative=1.0, batch=2,
+                                 acceptance=acceptance)
+        a, b, c = r.token_ids[:3]
+        counts[16 * a + 4 * b + c] += 1
+    return counts
+
+
+@pytest.mark.slow
+def test_sampled_tokens_follow_the_target_distribution(tiny_pair):
+    stat, df = chi2(empirical_joint3(tiny_pair, Acceptance()), exact_joint3(tiny_pair.target))
+    assert stat < chi2_critical(df), f"chi2={stat:.1f} df={df}"
+
+
+@pytest.mark.slow
+def test_acceptance_without_the_residual_fails_the_same_test(tiny_pair):
+    stat, df = chi2(empirical_joint3(tiny_pair, NoResidual()), exact_joint3(tiny_pair.target))
+    assert stat > chi2_critical(df), f"negative control passed: chi2={stat:.1f} df={df}"
+
+
+def test_the_sample_depends_on_the_seed_not_on_the_delay(tiny_pair):
+    runs = [stream_tree_generate(tiny_pair, PROMPT, 24, d, PARAMS, seed=7).token_ids for d in (0.0, 3.0)]
+    assert runs[0] == runs[1]
+    assert stream_tree_generate(tiny_pair, PROMPT, 24, 0.0, PARAMS, seed=8).token_ids != runs[0]
