@@ -158,3 +158,16 @@ def test_a_fixed_tree_is_cut_to_the_tokens_still_wanted():
 def test_a_bad_tree_option_names_the_expected_form():
     with pytest.raises(Exception, match="DEPTHxWIDTH"):
         parse_tree("4by2")
+
+
+def test_a_tree_rounds_timing_event_carries_its_depth_and_is_checked_as_a_tree():
+    from dataclasses import replace
+
+    from schemas.codec import Limits
+    from schemas.messages import TimingEvent
+    ev = TimingEvent("edge-1", "r", 0, 0, 24, 5, 130.0, 12.0, 9.0, 0.1, 108.9, 50.0, "auto", 0, tree_depth=8)
+    assert decode(encode(ev), Limits(max_draft_length=8)) == ev  # 24 nodes: not bound by the chains' limit
+    with pytest.raises(SchemaError, match="tree_depth"):
+        decode(encode(replace(ev, accepted=9, tokens=0)), Limits(max_draft_length=8))  # a path past the depth
+    chain_ev = replace(ev, length=4, accepted=2, tokens=3, tree_depth=None)
+    assert "tree_depth" not in msgpack.unpackb(encode(chain_ev))  # chain events unchanged on the wire
