@@ -98,12 +98,18 @@ class RankTable:
 
 
 class CostFit:
-    """Ridge fit of a round's compute ms on (depth, nodes, 1), shrunk towards `prior`."""
+    """Ridge fit of a round's compute ms on (depth, nodes, 1), shrunk towards `prior`: the slopes
+    firmly (`strength`), the fixed part barely (`fixed_strength`). While few shapes have been
+    played the three terms are not separable (every round of one shape has the same (depth,
+    nodes, 1)), and a uniform shrinkage would spread a round's fixed verify cost over the per-depth
+    and per-node slopes, pricing every larger shape too dear to ever be tried; the fixed part
+    absorbs the level instead, and the slopes move once shapes of other sizes are seen."""
 
-    def __init__(self, prior: tuple[float, float, float] = (1.0, 0.1, 1.0), strength: float = 1e-2):
+    def __init__(self, prior: tuple[float, float, float] = (1.0, 0.1, 1.0), strength: float = 1.0,
+                 fixed_strength: float = 1e-3):
         self.prior = np.asarray(prior, dtype=float)
-        self.A = strength * np.eye(3)
-        self.b = strength * self.prior
+        self.A = np.diag([strength, strength, fixed_strength])
+        self.b = self.A @ self.prior
         self.n = 0
 
     def update(self, depth: int, nodes: int, compute_ms: float) -> None:
@@ -218,10 +224,14 @@ class TreeShapeLearner:
             return self._shapes[int(near[self.rng.integers(len(near))])]
         return self.best(delay_ms, max_depth)
 
-    def observe(self, tree: Tree, path: Sequence[int], compute_ms: float) -> None:
-        """A verified round: the shape sent, its accepted nodes (0-based), its compute ms."""
+    def observe(self, tree: Tree, path: Sequence[int], compute_ms: float | None) -> None:
+        """A verified round: the shape sent, its accepted nodes (0-based), its compute ms (None: a
+        round whose compute is not the shape's, e.g. one whose verify also prefilled the context;
+        its path still counts)."""
         self.table.update(observations(tree, path))
+        self.rounds += 1
+        if compute_ms is None:
+            return
         self.costs.update(tree.depth, tree.nodes, compute_ms)
         n, total = self._seen.get(tree, (0, 0.0))
         self._seen[tree] = (n + 1, total + compute_ms)
-        self.rounds += 1

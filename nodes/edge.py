@@ -522,10 +522,11 @@ class EdgeWorker(WorkerBase):
             if live.tree_session is not None:
                 await self.run_model(live.tree_session.apply, round_tokens(d.tokens, verdict.to_verdict()),
                                      alone=len(self.tasks) <= 1)
-                if d.parents is not None:
-                    self.trees.observe(d.parents, list(verdict.path or []), d.draft_ms, verdict.verify_ms)
             self.timing_seq += 1
             rec = r.complete(verdict, times, sample.state, sample.one_way_ms, self.timing_seq)
+            if d.parents is not None:  # a first round's or a resend's verify also prefilled the context
+                self.trees.observe(d.parents, list(verdict.path or []), d.draft_ms, verdict.verify_ms,
+                                   prefilled=rec.timing.round == 0 or rec.timing.context_resent)
             self.delay.add(one_way_delay_ms(rec.timing.network_ms))
             if self.policies.learn_locally and policy.learns and d.parents is None:  # else the controller learns
                 policy.observe(rec.outcome)

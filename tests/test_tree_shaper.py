@@ -57,3 +57,23 @@ def test_auto_never_drafts_deeper_than_the_tokens_still_wanted_nor_larger_than_t
 def test_auto_with_no_rounds_yet_still_answers_with_a_shape_of_the_edges_depth():
     tree = TreeShaper(AUTO, max_depth=4, seed=0).choose(50.0, wanted=100)
     assert 1 <= tree.depth <= 4
+
+
+def test_a_round_whose_verify_also_prefilled_the_context_teaches_acceptance_but_not_cost():
+    shaper = TreeShaper(AUTO, max_depth=8, seed=0)
+    play(shaper, CHEAP_NODES, 0.0, 50, 0)
+    cost_before, table_before = shaper.learner.costs.cost(), shaper.learner.table.table().copy()
+    shaper.observe(list(chain(8).parents), [0, 1, 2, 3, 4, 5, 6, 7], 8.0, 400.0, prefilled=True)
+    assert shaper.learner.costs.cost() == cost_before
+    assert shaper.learner.table.table()[7, 0] > table_before[7, 0]
+
+
+def test_one_shape_played_alone_does_not_price_larger_shapes_out_of_reach():
+    """Every round of one small shape has the same (depth, nodes, 1): the fixed verify cost it
+    measures must not be read as per-depth or per-node cost, or deeper trees look too dear to try."""
+    shaper = TreeShaper(AUTO, max_depth=8, seed=0)
+    one = chain(1)
+    for _ in range(30):
+        shaper.learner.observe(one, [0], compute_ms=4.0)
+    c = shaper.learner.costs.cost()
+    assert c.verify_ms > 2.0 and c.draft_step_ms + c.draft_node_ms + c.verify_node_ms < 1.5

@@ -60,7 +60,10 @@ class TreeShaper:
             return self.spec if self.spec.depth <= depth else spine(depth, self.spec.width)
         return self.learner.choose(delay_ms, depth)
 
-    def observe(self, parents: list[int], path: list[int], draft_ms: float, verify_ms: float) -> None:
-        """A verified tree round: its shape, accepted nodes (0-based), and measured compute ms."""
+    def observe(self, parents: list[int], path: list[int], draft_ms: float, verify_ms: float,
+                prefilled: bool = False) -> None:
+        """A verified tree round: its shape, accepted nodes (0-based), and measured compute ms.
+        `prefilled`: the verifier also prefilled the context in that round (a request's first
+        round, a resend): its path counts, its compute (several times a round's) does not."""
         if self.learner is not None and parents:
-            self.learner.observe(Tree(tuple(parents)), path, draft_ms + verify_ms)
+            self.learner.observe(Tree(tuple(parents)), path, None if prefilled else draft_ms + verify_ms)
