@@ -78,3 +78,11 @@ def test_compare_runs_each_tree_shape_on_its_own_edge_with_the_same_prompts(tmp_
     for p in ("tree:auto", "tree:3x2"):  # the same three prompts, by the index their ids end in
         ids = trees.filter(trees["policy"] == p)["request_id"].unique().to_list()
         assert sorted(i.rsplit("-", 1)[1] for i in ids) == ["0", "1", "2"]
+
+
+def test_the_report_shows_tree_auto_against_the_best_fixed_tree():
+    from pipeline.experiments.report import _tree_table
+
+    lines = _tree_table(tree_rows(CHAINS, TREES, ["fixed:8", "fixed:2", "auto"]))
+    auto = next(x for x in lines if x.startswith("| 50.0 | tree:auto |"))
+    assert any(x.startswith("| 50.0 | tree:8x3 (**best fixed tree**)") for x in lines) and "fixed:8 (" in auto
