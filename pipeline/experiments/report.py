@@ -137,7 +137,8 @@ def _tree_table(rows: list[dict]) -> list[str]:
         name = r["policy"] + (" (**best fixed tree**)" if r.get("reference") == "best_fixed_tree" else "")
         lines.append(f"| {r['delay']} | {name} | {r['rounds']} | {r['ms_per_token']} | {r['ci']} | {r['mean_nodes']} | "
                      f"{r['mean_depth']} | {r['best_chain']} ({r['best_chain_ms_per_token']}) | "
-                     f"{r['best_chain_over_this']} | {_gap(r.get('vs_best_fixed_tree'))} | {_gap(r.get('vs_best_chain'))} |")
+                     f"{r['best_chain_over_this']} | {_gap(r.get('vs_best_fixed_tree'))} | "
+                     f"{_gap(r.get('vs_best_chain'))} |")
     return lines + [""]
 
 

@@ -74,7 +74,8 @@ def tree_rows(chains: pl.DataFrame, trees: pl.DataFrame, chain_policies: list[st
         for p in sorted(p for p in scored if p.startswith(TREE_PREFIX)):
             sub = g.filter(pl.col("policy") == p)
             j, lo, hi = scored[p]
-            row = {"delay": str(delay), "policy": p, "rounds": sub.height, "ms_per_token": _r(j), "ci": [_r(lo), _r(hi)],
+            row = {"delay": str(delay), "policy": p, "rounds": sub.height, "ms_per_token": _r(j),
+                   "ci": [_r(lo), _r(hi)],
                    "mean_nodes": _r(sub["draft_length"].mean()),
                    "mean_depth": _r(sub["tree_depth"].mean()) if "tree_depth" in sub.columns else None,
                    "best_chain": best_chain, "best_chain_ms_per_token": _r(chain_scores.get(best_chain)),
