@@ -71,7 +71,7 @@ def test_compare_runs_each_tree_shape_on_its_own_edge_with_the_same_prompts(tmp_
     from pipeline.transport import aio
 
     cfg = LabConfig(tmp_path, quick=True, edge_device=None, cloud_device=None, concurrency=4, max_new_tokens=12)
-    trees = aio.run(run_trees(cfg, [20.0], ("auto", "3x2"), lab_prompts(3, seed=0), 3))
+    trees, _ = aio.run(run_trees(cfg, [20.0], ("auto", "3x2"), lab_prompts(3, seed=0), 3))
     assert set(trees["policy"].unique()) == {"tree:auto", "tree:3x2"}
     fixed = trees.filter(trees["policy"] == "tree:3x2")
     assert set(fixed["tree_depth"].drop_nulls()) <= {1, 2, 3} and fixed["tree_depth"].drop_nulls().len() > 0

@@ -177,7 +177,9 @@ async def _compare(cfg: LabConfig, progress=None) -> dict:
         refused.append(Refusal("no_reference", "no fixed length and no threshold could be scored at some delay"))
     # trees: the same prompts and seeds on edges of their own (a shape is an edge's setting)
     shapes = COMPARE_TREES if cfg.trees is None else cfg.trees
-    trees = await run_trees(cfg, delays, shapes, prompts, n, progress) if shapes else pl.DataFrame()
+    trees, tree_refused = (await run_trees(cfg, delays, shapes, prompts, n, progress) if shapes
+                           else (pl.DataFrame(), []))
+    refused += tree_refused
     trows = tree_rows(rounds, trees, [p for p in policies if p != PROBE])
     return {"experiment": "compare", "config": config_dict(cfg), "emulation": emulation, "calibration": cal,
             "delays": list(delays), "policies": policies, "rows": rows, "checks": checks,

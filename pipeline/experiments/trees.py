@@ -14,6 +14,7 @@ import polars as pl
 
 from pipeline.analysis.stats import delay_buckets, ratio_ci
 from pipeline.experiments.lab import Cell, Lab, LabConfig, logged, slug
+from pipeline.experiments.refusals import Refusal, emulation_overruns
 
 TREE_PREFIX = "tree:"
 AUTO_TREE = "tree:auto"
@@ -27,10 +28,12 @@ def tree_edges(delays, shapes) -> dict[str, tuple[float, str]]:
     return {f"edge-d{d:g}-tree-{slug(s)}": (float(d), s) for d in delays for s in shapes}
 
 
-async def run_trees(cfg: LabConfig, delays, shapes, prompts: list[str], n: int, progress=None) -> pl.DataFrame:
+async def run_trees(cfg: LabConfig, delays, shapes, prompts: list[str], n: int, progress=None
+                    ) -> tuple[pl.DataFrame, list[Refusal]]:
     """Every shape at every delay, a lab per delay (its edges, one per shape, share a verifier):
-    the rounds, each labelled with its shape as `policy`."""
-    frames = []
+    the rounds, each labelled with its shape as `policy`, and what the machine did that the
+    numbers cannot carry (rounds computed slower than the emulated devices)."""
+    frames, refused = [], []
     for d in delays:
         edges = {e: s for e, (dd, s) in tree_edges([d], shapes).items()}
         with Lab(cfg, f"compare-trees-d{d:g}", {e: f"const:{d:g}" for e in edges},
@@ -38,8 +41,11 @@ async def run_trees(cfg: LabConfig, delays, shapes, prompts: list[str], n: int, 
             cells = [Cell(e, "auto", n, tag=f"tree-{s}") for e, s in edges.items()]
             results = await lab.run(cells, prompts, progress)
             rounds = await logged(lab.run_dir, results)
+            overrun = emulation_overruns(rounds, lab.emulation())
+        if overrun is not None:
+            refused.append(Refusal(overrun.check, f"trees at {d:g} ms: {overrun.why}"))
         frames.append(label_trees(rounds, edges))
-    return pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame()
+    return (pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame()), refused
 
 
 def label_trees(rounds: pl.DataFrame, edges: dict[str, str]) -> pl.DataFrame:
