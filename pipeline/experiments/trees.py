@@ -10,17 +10,24 @@ delay). `tree:auto` gets a paired gap to both; every tree row its ratio best cha
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import polars as pl
 
 from pipeline.analysis.stats import delay_buckets, ratio_ci
 from pipeline.experiments.lab import Cell, Lab, LabConfig, logged, slug
-from pipeline.experiments.refusals import Refusal, emulation_overruns
+from pipeline.experiments.refusals import Refusal, emulation_overruns, transport_overhead
 
 TREE_PREFIX = "tree:"
 AUTO_TREE = "tree:auto"
 # depth <= the lab's max length (8): a small tree that pays near 0 ms, a medium one, and the
 # best fixed shape of `bench trees` at 50 ms
 COMPARE_TREES = ("auto", "2x2", "4x2", "8x3")
+# Requests in flight in a tree lab: the edge drafts each tree request on its own cache, one request
+# per forward (no batching across requests as for chains), so compare's 40 at once left a median
+# 50 ms per round waiting for this machine's 2 cores, outside the emulated devices. Each request is
+# a virtual device of its own, so fewer at once changes the wall time, not the emulated times.
+TREE_CONCURRENCY = 8
 
 
 def tree_edges(delays, shapes) -> dict[str, tuple[float, str]]:
@@ -34,6 +41,7 @@ async def run_trees(cfg: LabConfig, delays, shapes, prompts: list[str], n: int, 
     the rounds, each labelled with its shape as `policy`, and what the machine did that the
     numbers cannot carry (rounds computed slower than the emulated devices)."""
     frames, refused = [], []
+    cfg = replace(cfg, concurrency=min(cfg.concurrency, TREE_CONCURRENCY))
     for d in delays:
         edges = {e: s for e, (dd, s) in tree_edges([d], shapes).items()}
         with Lab(cfg, f"compare-trees-d{d:g}", {e: f"const:{d:g}" for e in edges},
@@ -41,9 +49,8 @@ async def run_trees(cfg: LabConfig, delays, shapes, prompts: list[str], n: int, 
             cells = [Cell(e, "auto", n, tag=f"tree-{s}") for e, s in edges.items()]
             results = await lab.run(cells, prompts, progress)
             rounds = await logged(lab.run_dir, results)
-            overrun = emulation_overruns(rounds, lab.emulation())
-        if overrun is not None:
-            refused.append(Refusal(overrun.check, f"trees at {d:g} ms: {overrun.why}"))
+            checks = (emulation_overruns(rounds, lab.emulation()), transport_overhead(rounds))
+        refused += [Refusal(x.check, f"trees at {d:g} ms: {x.why}") for x in checks if x is not None]
         frames.append(label_trees(rounds, edges))
     return (pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame()), refused
 
