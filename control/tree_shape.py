@@ -98,12 +98,18 @@ class RankTable:
 
 
 class CostFit:
-    """Ridge fit of a round's compute ms on (depth, nodes, 1), shrunk towards `prior`."""
+    """Ridge fit of a round's compute ms on (depth, nodes, 1), shrunk towards `prior`: the slopes
+    firmly (`strength`), the fixed part barely (`fixed_strength`). While few shapes have been
+    played the three terms are not separable (every round of one shape has the same (depth,
+    nodes, 1)), and a uniform shrinkage would spread a round's fixed verify cost over the per-depth
+    and per-node slopes, pricing every larger shape too dear to ever be tried; the fixed part
+    absorbs the level instead, and the slopes move once shapes of other sizes are seen."""
 
-    def __init__(self, prior: tuple[float, float, float] = (1.0, 0.1, 1.0), strength: float = 1e-2):
+    def __init__(self, prior: tuple[float, float, float] = (1.0, 0.1, 1.0), strength: float = 1.0,
+                 fixed_strength: float = 1e-3):
         self.prior = np.asarray(prior, dtype=float)
-        self.A = strength * np.eye(3)
-        self.b = strength * self.prior
+        self.A = np.diag([strength, strength, fixed_strength])
+        self.b = self.A @ self.prior
         self.n = 0
 
     def update(self, depth: int, nodes: int, compute_ms: float) -> None:
@@ -179,8 +185,9 @@ class TreeShapeLearner:
             self._planned_at = self.rounds
         return self._shapes
 
-    def predict(self, delay_ms: float) -> np.ndarray:
-        """Estimated ms/token of each of `shapes()` at this one-way delay."""
+    def predict(self, delay_ms: float, max_depth: int | None = None) -> np.ndarray:
+        """Estimated ms/token of each of `shapes()` at this one-way delay; shapes deeper than
+        `max_depth` (a request that wants few more tokens) are priced at infinity."""
         shapes = self.shapes()
         flat = np.append(self.table.table().ravel(), 1.0)
         tokens = 1.0 + np.bincount(self._seg, np.prod(flat[self._idx], axis=1), minlength=len(shapes))
@@ -190,31 +197,41 @@ class TreeShapeLearner:
         # the fit is pulled by the large shapes exploration tries
         seen = np.array([self._seen.get(t, (0, 0.0)) for t in shapes], float).reshape(len(shapes), 2)
         compute = (seen[:, 1] + self.own_weight * linear) / (seen[:, 0] + self.own_weight)
-        return (compute + 2.0 * delay_ms) / tokens
+        j = (compute + 2.0 * delay_ms) / tokens
+        if max_depth is not None:
+            if max_depth < 1:
+                raise ControlError(f"tree learner: max depth must be >= 1, got {max_depth}")
+            j[self._depth > max_depth] = np.inf
+        return j
 
-    def best(self, delay_ms: float) -> Tree:
-        """The shape with the least estimated ms/token at this one-way delay (fewest nodes on ties)."""
+    def best(self, delay_ms: float, max_depth: int | None = None) -> Tree:
+        """The shape with the least estimated ms/token at this one-way delay (fewest nodes on ties),
+        no deeper than `max_depth` when given."""
         if not np.isfinite(delay_ms) or delay_ms < 0:
             raise ControlError(f"tree learner: delay must be a finite ms >= 0, got {delay_ms}")
-        j = self.predict(delay_ms)
+        j = self.predict(delay_ms, max_depth)
         shapes = self._shapes
         i = min(range(len(shapes)), key=lambda x: (round(float(j[x]), 9), shapes[x].nodes))
         return shapes[i]
 
-    def choose(self, delay_ms: float) -> Tree:
+    def choose(self, delay_ms: float, max_depth: int | None = None) -> Tree:
         """This round's shape: with probability explore / sqrt(rounds + 1) one drawn uniformly
         among the shapes estimated within `explore_within` (relative) of the best, so costs and
         deeper ranks stay observed without paying for shapes known to be far off; else `best`."""
         if self.rng.random() < min(1.0, self.explore / np.sqrt(self.rounds + 1)):
-            j = self.predict(delay_ms)
+            j = self.predict(delay_ms, max_depth)
             near = np.flatnonzero(j <= (1.0 + self.explore_within) * j.min())
             return self._shapes[int(near[self.rng.integers(len(near))])]
-        return self.best(delay_ms)
+        return self.best(delay_ms, max_depth)
 
-    def observe(self, tree: Tree, path: Sequence[int], compute_ms: float) -> None:
-        """A verified round: the shape sent, its accepted nodes (0-based), its compute ms."""
+    def observe(self, tree: Tree, path: Sequence[int], compute_ms: float | None) -> None:
+        """A verified round: the shape sent, its accepted nodes (0-based), its compute ms (None: a
+        round whose compute is not the shape's, e.g. one whose verify also prefilled the context;
+        its path still counts)."""
         self.table.update(observations(tree, path))
+        self.rounds += 1
+        if compute_ms is None:
+            return
         self.costs.update(tree.depth, tree.nodes, compute_ms)
         n, total = self._seen.get(tree, (0, 0.0))
         self._seen[tree] = (n + 1, total + compute_ms)
-        self.rounds += 1

@@ -15,7 +15,12 @@ and none is lost.
 
 Nothing an event carries can stop the loop: an event that does not decode,
 names another edge than its subject, or names a policy that cannot learn is
-acked, logged and skipped. Learners are bounded (least recently used evicted;
+acked, logged and skipped. Tree rounds (events with `tree_depth`) are acked and
+skipped too, counted in `skipped_trees` and logged once per edge: their length
+is a node count and their accepted count a path's length, so a chain policy fed
+them would learn a chain of that many tokens accepted that far, which was never
+played; tree shapes are learned at the edge (`--tree auto`,
+nodes/protocol/tree_shape.py). Learners are bounded (least recently used evicted;
 its snapshot stays in the bucket and is read back when its edge returns).
 After a broker restart the stream, consumer and bucket are re-created or
 resumed. `stop` finishes the batch in hand and returns within ~2 s.
@@ -61,6 +66,8 @@ class Controller:
         self.applied = 0
         self.skipped_duplicates = 0
         self.malformed = 0
+        self.skipped_trees = 0
+        self._trees_logged: set[str] = set()  # edges whose tree rounds were already reported skipped
         self.evicted = 0
         self.recoveries = 0
         self.task: asyncio.Task | None = None
@@ -107,7 +114,7 @@ class Controller:
             except Exception:
                 pass
         self.log.info("control_stopped", applied=self.applied, duplicates=self.skipped_duplicates,
-                      malformed=self.malformed)
+                      malformed=self.malformed, skipped_trees=self.skipped_trees)
 
     # --- learners --------------------------------------------------------------------
     async def _restore(self) -> None:
@@ -201,6 +208,9 @@ class Controller:
             ev: TimingEvent = decode(m.data, self.limits, expect=(TimingEvent,))
             if m.subject != subjects.timing(ev.edge_id):
                 raise ControlError(f"event names edge {ev.edge_id!r} but arrived on {m.subject}")
+            if ev.tree_depth is not None:
+                self._skip_tree(ev)
+                return None
             spec, learns = self._spec(ev.policy)
             if not learns:
                 return None
@@ -210,6 +220,16 @@ class Controller:
             self.log.warning("bad_event", seq=m.metadata.sequence.stream, subject=m.subject,
                              error=f"{type(exc).__name__}: {str(exc)[:300]}")
             return None
+
+    def _skip_tree(self, ev: TimingEvent) -> None:
+        self.skipped_trees += 1
+        if ev.edge_id not in self._trees_logged:  # once per edge: a tree edge sends one every round
+            if len(self._trees_logged) >= 4096:
+                self._trees_logged.clear()
+            self._trees_logged.add(ev.edge_id)
+            self.log.info("tree_rounds_skipped", edge_id=ev.edge_id, policy=ev.policy,
+                          reason="a tree round's length counts nodes and its accepted count a path: not a chain "
+                                 "round the policy could learn from; the edge learns tree shapes itself")
 
     async def process(self, msgs) -> None:
         touched: dict[tuple[str, str], Learner] = {}

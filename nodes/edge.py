@@ -54,7 +54,7 @@ from nodes.protocol.placement import Placement
 from nodes.protocol.request import Accepted, EdgeRequest, Failed
 from nodes.protocol.resume import RecentStreams, held_state
 from nodes.protocol.tree import draft_steps, round_tokens
-from nodes.protocol.tree_shape import TreeAcceptEstimate, TreeCostEstimate, choose_tree, parse_tree
+from nodes.protocol.tree_shape import TreeShaper
 from nodes.protocol.timing import DelayEstimate, measured_round_times, one_way_delay_ms, round_log_fields, stall_time_ms
 from pipeline.transport.confirm import confirm_sent
 from pipeline.transport.jetstream import bucket_keys, ensure_stream, jetstream_of
@@ -120,8 +120,7 @@ class EdgeWorker(WorkerBase):
         self.live: dict[str, Live] = {}
         self.draining = False
         self.delay = DelayEstimate()
-        self.tree_cost = TreeCostEstimate()  # what `--tree auto` plans with, from this edge's tree rounds
-        self.tree_accept = TreeAcceptEstimate()
+        self.trees = TreeShaper(config.tree, config.max_length, config.seed)  # `--tree auto` learns here
         self.timing_seq = 0
         self.completed = 0
         self.recent = RecentStreams()
@@ -523,11 +522,11 @@ class EdgeWorker(WorkerBase):
             if live.tree_session is not None:
                 await self.run_model(live.tree_session.apply, round_tokens(d.tokens, verdict.to_verdict()),
                                      alone=len(self.tasks) <= 1)
-                if d.parents is not None:
-                    self.tree_cost.add(draft_steps(d), len(d.tokens), d.draft_ms, verdict.verify_ms)
-                    self.tree_accept.add(d.parents, list(verdict.path or []))
             self.timing_seq += 1
             rec = r.complete(verdict, times, sample.state, sample.one_way_ms, self.timing_seq)
+            if d.parents is not None:  # a first round's or a resend's verify also prefilled the context
+                self.trees.observe(d.parents, list(verdict.path or []), d.draft_ms, verdict.verify_ms,
+                                   prefilled=rec.timing.round == 0 or rec.timing.context_resent)
             self.delay.add(one_way_delay_ms(rec.timing.network_ms))
             if self.policies.learn_locally and policy.learns and d.parents is None:  # else the controller learns
                 policy.observe(rec.outcome)
@@ -542,10 +541,9 @@ class EdgeWorker(WorkerBase):
                       finish_reason=r.finish_reason, policy=r.policy_spec, retries=r.retries)
 
     async def _draft_tree(self, r: EdgeRequest, session: TreeDraftSession, seed: int) -> Draft:
-        """A tree round's draft, its shape from `cfg.tree` (nodes/protocol/tree.choose_tree); an empty
-        draft when only the target's own token is still wanted."""
-        shape = choose_tree(self.cfg.tree, self.delay.ms, self.cfg.max_length, r.req.max_new_tokens - len(r.out),
-                            self.tree_accept.table(), self.tree_cost.cost())
+        """A tree round's draft, its shape from `cfg.tree` (nodes/protocol/tree_shape.TreeShaper); an
+        empty draft when only the target's own token is still wanted."""
+        shape = self.trees.choose(self.delay.ms, r.req.max_new_tokens - len(r.out))
         if shape is None:
             return Draft([], seed)
         d, _ = await self.run_model(session.propose, shape, seed, alone=len(self.tasks) <= 1)

@@ -20,6 +20,7 @@ MAX_SPEC_LEN = 64          # policy spec strings
 MAX_STATE_LEN = 64         # channel state labels
 MAX_ROUND = 1 << 31        # rounds and attempts of one request
 MAX_MS = 1e7               # any duration on the wire (~2.8 h)
+MAX_TREE_NODES = 64        # nodes of one draft tree (schemas/trees.py's wire limit)
 MAX_POLICY_VERSION = (1 << 53) - 1  # events applied to one learner; beyond this a version is forged
 MAX_SEQ = (1 << 63) - 1
 MAX_TOP_K = 4096
@@ -260,13 +261,23 @@ class TimingEvent:
     emulated: bool = False
     stop_scores: Float32Array | None = None  # what a per-token stop rule read after each drafted token it was asked about
     told_delay_ms: float | None = None  # the one-way delay the policy was told before the round (None: not sent)
+    # A tree round: the depth of the tree it sent (`length` is then its node count, `accepted` the
+    # accepted path's length: not a chain's). None on chain rounds, and then absent on the wire.
+    tree_depth: int | None = None
+
+    OMIT_WHEN_NONE = ("tree_depth",)  # a chain round's event stays what an older reader decodes
 
     def validate(self, limits: Limits) -> None:
         _check_id(self.edge_id, "edge_id")
         _check_id(self.request_id, "request_id")
         _check_round("timing", self.round, self.attempt)
-        if not 0 <= self.accepted <= self.length <= limits.max_draft_length:
-            raise SchemaError("timing: need 0 <= accepted <= length <= max draft length")
+        if self.tree_depth is None:
+            if not 0 <= self.accepted <= self.length <= limits.max_draft_length:
+                raise SchemaError("timing: need 0 <= accepted <= length <= max draft length")
+        elif type(self.tree_depth) is not int or not (
+                0 <= self.accepted <= self.tree_depth <= self.length <= MAX_TREE_NODES):
+            raise SchemaError(f"timing: a tree round needs 0 <= accepted <= tree_depth <= length (nodes) "
+                              f"<= {MAX_TREE_NODES}")
         if not 0 <= self.tokens <= self.accepted + 1:
             raise SchemaError("timing: tokens must be in [0, accepted + 1]")
         _check_ms("timing", round_ms=self.round_ms, draft_ms=self.draft_ms, verify_ms=self.verify_ms,

@@ -16,11 +16,10 @@ from dataclasses import dataclass
 import msgpack
 
 from schemas.codec import Int32Array, Limits, SchemaError, _short, encode, unpack_map
-from schemas.messages import MAX_ROUND, DraftMsg, _check_sampling, valid_id
+from schemas.messages import MAX_ROUND, MAX_TREE_NODES, DraftMsg, _check_sampling, valid_id
 
 TREE_SCHEMA_VERSION = 2
 TREE_TYPE = "tree_draft"
-MAX_TREE_NODES = 64
 
 
 @dataclass(frozen=True)

@@ -278,3 +278,44 @@ async def test_an_event_with_an_id_no_bucket_key_can_hold_is_skipped_and_learnin
     await wait_for(lambda: ctl.applied == 5 and ctl.malformed == 1)
     await ctl.stop()
     await cnc.close()
+
+
+def tree_event(i: int, nodes: int, depth: int, path: int, edge_id: str = "edge-z") -> TimingEvent:
+    """A tree round's event: `nodes` drafted to `depth`, a path of `path` accepted (round 130 ms)."""
+    return TimingEvent(edge_id, f"t{i}", 0, 0, nodes, path, 130.0, 12.0, 9.0, 0.1, 108.9, 50.0, "auto", 0,
+                       "cloud-1", None, 1000 + i, path + 1, tree_depth=depth)
+
+
+async def test_tree_rounds_are_not_learned_as_chains_of_their_node_count_and_the_skip_is_logged(broker, tmp_path):
+    chains = await publish_events(broker.url, 20)
+    nc = await bus.connect(broker.url, "tree-events", long_lived=False)
+    # 24 nodes of an 8x3 tree is past the controller's 8-token chains: still a valid event, not malformed
+    for i, (nodes, depth, path) in enumerate([(24, 8, 5), (6, 3, 3), (24, 8, 0)]):
+        await nc.jetstream().publish(subjects.timing("edge-z"), encode(tree_event(i, nodes, depth, path)))
+    await nc.close()
+    chains += await publish_events(broker.url, 20, start=20)
+    cnc, ctl = await start_controller(broker.url, tmp_path)
+    await eventually(lambda: _drained(cnc), what="every event, the tree rounds' too, acked")
+    await ctl.stop()
+    await cnc.close()
+    assert (ctl.applied, ctl.skipped_trees, ctl.malformed) == (40, 3, 0)
+    assert ctl.learners[("edge-z", "auto")].policy.snapshot() == reference_state(chains)  # the chains' alone
+    skipped = [e for e in read_log(tmp_path / "control-1.jsonl") if e["event"] == "tree_rounds_skipped"]
+    assert len(skipped) == 1 and skipped[0]["edge_id"] == "edge-z" and "not a chain" in skipped[0]["reason"]
+
+
+async def test_an_edge_drafting_trees_marks_its_rounds_so_the_controller_learns_no_chain_from_them(broker, pair,
+                                                                                                  tmp_path):
+    cnc, ctl = await start_controller(broker.url, tmp_path)
+    async with cluster(broker.url, pair, tmp_path, local_policy=False, tree="3x2") as (client, edge, _):
+        res = await generate_stream(client, GenerateRequest("t", prompt="The for statement", max_new_tokens=24,
+                                                            policy="auto"), 30)
+        assert res.ok
+        rounds = [e for e in read_log(tmp_path / "edge-1.jsonl") if e["event"] == "round"]
+        trees = [r for r in rounds if r.get("tree_depth") is not None]
+        # a last round that only takes the target's own token drafts nothing: a chain round of 0
+        await wait_for(lambda: ctl.skipped_trees == len(trees) and ctl.applied == len(rounds) - len(trees))
+    await ctl.stop()
+    await cnc.close()
+    assert trees and all(r["tree_depth"] == r["draft_length"] // 2 for r in trees)  # spines of width 2
+    assert all(r["draft_length"] == 0 for r in rounds if r.get("tree_depth") is None)

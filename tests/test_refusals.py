@@ -34,6 +34,15 @@ def test_a_few_slow_rounds_are_tolerated():
     assert emulation_overruns(rounds_frame(emulated_rounds(100, slow=4)), JETSON) is None
 
 
+def test_a_tree_round_is_held_to_its_depths_draft_steps_not_its_node_count():
+    """A 2x3 tree (6 nodes) is drafted in 2 batched steps: the device's 142 ms, as a chain of 2."""
+    rows = emulated_rounds(100)
+    trees = [r | {"draft_length": 6, "tree_depth": 2, "verify_ms": 60.0 + 3.0 * 7} for r in rows]
+    assert emulation_overruns(rounds_frame(trees), JETSON) is None
+    slow = [r | {"draft_ms": 170.0} if i < 10 else r for i, r in enumerate(trees)]
+    assert emulation_overruns(rounds_frame(slow), JETSON).check == "machine_load"
+
+
 def test_milliseconds_added_outside_the_devices_and_link_make_the_machine_too_loaded():
     assert transport_overhead(rounds_frame(emulated_rounds(50, overhead_ms=2.0))) is None
     refusal = transport_overhead(rounds_frame(emulated_rounds(50, overhead_ms=9.0)))

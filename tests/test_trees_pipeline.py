@@ -53,6 +53,22 @@ async def test_greedy_output_with_trees_equals_target_only(broker, pair, tmp_pat
     assert any(e["tree"] and e["context_resent"] for e in verified), "no tree round rebuilt a session from its context"
 
 
+@pytest.mark.slow
+async def test_greedy_output_with_the_learned_shapes_equals_target_only(broker, pair, tmp_path):
+    """`--tree auto` at 20 ms one-way: the learner changes the shape from round to round (chains,
+    spines, optimal trees); the output must not change with it."""
+    prompts = _prompts(3)
+    refs = [target_only_generate(pair, pair.tokenizer.encode(p, add_special_tokens=False), 40).token_ids
+            for p in prompts]
+    async with cluster(broker.url, pair, tmp_path, channel="const:20", tree="auto") as (client, edge, _):
+        for i, p in enumerate(prompts):  # one at a time: each request's rounds teach the next one's
+            res = await generate_stream(client, GenerateRequest(f"auto-{i}", prompt=p, max_new_tokens=40), 120)
+            assert res.ok and res.token_ids == refs[i], f"prompt {i} with learned trees differs from target-only"
+    rounds = [e for e in read_log(tmp_path / "edge-1.jsonl") if e["event"] == "round" and e.get("tree_depth")]
+    assert len({(r["tree_depth"], r["draft_length"]) for r in rounds}) > 1, "the learner never changed shape"
+    assert any(r["draft_length"] > r["tree_depth"] for r in rounds), "no round drafted more than a chain"
+
+
 async def test_a_sampled_tree_request_replays_to_the_same_tokens(broker, pair, tmp_path):
     prompt = _prompts(1)[0]
     async with cluster(broker.url, pair, tmp_path, tree="3x2") as (client, edge, clouds):

@@ -8,8 +8,7 @@ from control.trees import spine
 from nodes.protocol.request import Accepted, EdgeRequest, Failed, RoundRules, RoundTimes
 from nodes.protocol.tree import (CACHED, COMPUTE, RESEND_CONTEXT, WAIT, TreeEdge, TreeRounds, TreeVerdict, feed_parents,
                                  path_error)
-from nodes.protocol.tree_shape import (PRIOR_ACCEPT, PRIOR_COST, TreeAcceptEstimate, TreeCostEstimate, choose_tree,
-                                       parse_tree)
+from nodes.protocol.tree_shape import AUTO, TreeShaper, parse_tree
 from nodes.protocol.verifier_table import Outcome, SessionTable, TableConfig
 from schemas.codec import Int32Array, SchemaError, decode, encode
 from schemas.messages import GenerateRequest, VerdictMsg
@@ -150,11 +149,10 @@ def test_the_verify_feed_hangs_the_tree_below_the_pending_token():
     assert path_error([-1, -1, 1], [1, 2]) is None
 
 
-def test_auto_picks_a_wider_deeper_tree_at_50_ms_than_at_0_ms_and_never_past_the_tokens_wanted():
-    near, far = choose_tree("auto", 0.0, 8, 100), choose_tree("auto", 50.0, 8, 100)
-    assert far.nodes > near.nodes and far.width >= 2
-    assert choose_tree("auto", 50.0, 8, 3).depth == 2 and choose_tree(spine(5, 2), 0.0, 8, 4) == spine(3, 2)
-    assert choose_tree(spine(5, 2), 0.0, 8, 1) is None  # the target's own token is the last one wanted
+def test_a_fixed_tree_is_cut_to_the_tokens_still_wanted():
+    shaper = TreeShaper(spine(5, 2), max_depth=8)
+    assert shaper.choose(50.0, 100) == spine(5, 2) and shaper.choose(0.0, 4) == spine(3, 2)
+    assert shaper.choose(0.0, 1) is None  # the target's own token is the last one wanted
 
 
 def test_a_bad_tree_option_names_the_expected_form():
@@ -162,23 +160,14 @@ def test_a_bad_tree_option_names_the_expected_form():
         parse_tree("4by2")
 
 
-def test_auto_plans_with_the_round_costs_the_edge_measured():
-    est = TreeCostEstimate()
-    assert est.cost() == PRIOR_COST
-    for _ in range(3):
-        est.add(depth=4, nodes=8, draft_ms=8.0, verify_ms=6.0 + PRIOR_COST.verify_node_ms * 8)
-    assert (est.cost().draft_step_ms, est.cost().verify_ms) == (2.0, 6.0)
-    # dearer rounds make fewer, bigger rounds pay: the shape chosen at the same delay grows
-    assert choose_tree("auto", 0.0, 8, 100, cost=est.cost()).nodes > choose_tree("auto", 0.0, 8, 100).nodes
+def test_a_tree_rounds_timing_event_carries_its_depth_and_is_checked_as_a_tree():
+    from dataclasses import replace
 
-
-def test_auto_learns_the_acceptance_table_from_the_paths_it_got_back():
-    est = TreeAcceptEstimate(weight=1.0)
-    shape = spine(3, 2)  # nodes 0,1 at depth 1 (rank 1, 2); 2,3 under node 0; 4,5 under node 2
-    est.add(list(shape.parents), [0, 3])  # depth 1: rank 1; depth 2: rank 2 (a leaf): depth 3 not tried
-    est.add(list(shape.parents), [1])     # depth 1: rank 2
-    t = est.table()
-    assert t[0, 0] == pytest.approx((PRIOR_ACCEPT[0, 0] + 1) / 3)
-    assert t[0, 1] == pytest.approx((PRIOR_ACCEPT[0, 1] + 1) / 3)
-    assert t[1, 1] == pytest.approx((PRIOR_ACCEPT[1, 1] + 1) / 2) and t[2, 0] == pytest.approx(PRIOR_ACCEPT[2, 0])
-    assert (t.sum(axis=1) <= 1 + 1e-9).all()
+    from schemas.codec import Limits
+    from schemas.messages import TimingEvent
+    ev = TimingEvent("edge-1", "r", 0, 0, 24, 5, 130.0, 12.0, 9.0, 0.1, 108.9, 50.0, "auto", 0, tree_depth=8)
+    assert decode(encode(ev), Limits(max_draft_length=8)) == ev  # 24 nodes: not bound by the chains' limit
+    with pytest.raises(SchemaError, match="tree_depth"):
+        decode(encode(replace(ev, accepted=9, tokens=0)), Limits(max_draft_length=8))  # a path past the depth
+    chain_ev = replace(ev, length=4, accepted=2, tokens=3, tree_depth=None)
+    assert "tree_depth" not in msgpack.unpackb(encode(chain_ev))  # chain events unchanged on the wire

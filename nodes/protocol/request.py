@@ -36,7 +36,7 @@ from typing import Protocol
 
 from control import Policy, RoundContext, RoundOutcome
 from nodes.protocol.timing import RoundTimes, network_ms, outcome_of
-from nodes.protocol.tree import path_error, round_tokens
+from nodes.protocol.tree import draft_steps, path_error, round_tokens
 from schemas import subjects
 from schemas.codec import Float32Array, Int32Array
 from schemas.messages import (
@@ -267,7 +267,8 @@ class EdgeRequest:
                          _ms(times.draft_ms if times.draft_real_ms is None else times.draft_real_ms),
                          _ms(verdict.verify_real_ms if verdict.emulated else verdict.verify_ms),
                          times.draft_real_ms is not None or verdict.emulated,
-                         Float32Array(d.stop_scores) if d.stop_scores else None, _ms(plan.context.delay_ms))
+                         Float32Array(d.stop_scores) if d.stop_scores else None, _ms(plan.context.delay_ms),
+                         draft_steps(d) if d.parents is not None else None)
         self.round += 1
         self._draft = self._pending = self._plan = None
         return RoundRecord(kept, chunk, ev, outcome_of(ev), done)

@@ -1,23 +1,18 @@
-"""Which tree a round drafts: a fixed DEPTHxWIDTH spine, or under `auto` the spine of least
-modelled ms/token (control.trees) at the delay the edge measured, planned with the round costs
-and acceptance table learned from the edge's own tree rounds (a prior until it has some).
-No transport and no model here."""
+"""Which tree a round drafts: a fixed DEPTHxWIDTH spine, or under `auto` the shape that
+control.tree_shape's online learner (no profile) prices cheapest per token at the delay the edge
+measured, from the edge's own tree rounds. No transport and no model here."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
-import numpy as np
-
-from control.trees import Tree, TreeCost, best_shape, spine
+from control.tree_shape import TREE_SIZES, TreeShapeLearner
+from control.trees import Tree, spine
 from control.types import ControlError
 from schemas.trees import MAX_TREE_NODES
 
-# A prior for `--tree auto` with no profile: the bundled pair's spine measurements (docs/trees.md:
-# a rank-1 candidate accepted ~3 in 4, the second ~1 in 10, the third ~1 in 20 (ranks exclude each other);
-# one batched draft step ~0.75 ms per depth, verify ~1.75 ms plus ~0.07 ms per node on a CPU).
-PRIOR_ACCEPT = np.array([[0.75, 0.10, 0.05]] * 8)
-PRIOR_COST = TreeCost(draft_step_ms=0.75, draft_node_ms=0.0, verify_ms=1.75, verify_node_ms=0.07)
 AUTO = "auto"
+# Exploration at an edge: a live edge sees hundreds of rounds, not the simulator's thousands, so it
+# explores less often (1/sqrt(rounds)) and only among shapes priced within 50 % of the best.
+EDGE_EXPLORE = 1.0
+EDGE_EXPLORE_WITHIN = 0.5
 
 
 def parse_tree(spec: str | None) -> Tree | str | None:
@@ -36,80 +31,39 @@ def parse_tree(spec: str | None) -> Tree | str | None:
     return tree
 
 
-def choose_tree(spec: Tree | str, delay_ms: float, max_depth: int, wanted: int,
-                accept: np.ndarray = PRIOR_ACCEPT, cost: TreeCost = PRIOR_COST) -> Tree | None:
-    """The round's shape: the fixed one, or the spine of least modelled ms/token at this one-way delay
-    (control.trees.best_shape), no deeper than `max_depth` nor than the `wanted` tokens still to come
-    need (the target's own token is the last of them). None: only that token is wanted, the round
-    drafts nothing."""
-    if wanted <= 1:
-        return None
-    depth = max(1, min(max_depth, wanted - 1))
-    if spec != AUTO:
-        assert isinstance(spec, Tree)
-        if spec.depth <= depth:
-            return spec
-        return spine(depth, spec.width)
-    shapes = [spine(d, w) for d in range(1, depth + 1) for w in range(1, accept.shape[1] + 1)]
-    return best_shape(accept[:depth], cost, delay_ms, shapes)[0]
+class TreeShaper:
+    """One edge's tree shapes, round by round: the fixed spine of `--tree DxW`, or under `auto`
+    control.tree_shape's online learner with no profile. The learner is told every tree round of
+    the edge (all its requests: the pair and the machine are the same for all of them): the path
+    the verifier accepted (accepted rank per depth, censored where it stopped) and the compute the
+    round measured (draft, as the device took it when emulated, plus the verdict's verify time). It
+    chooses at the one-way delay the edge measured among chains (a width-1 tree: at 0 ms it falls
+    back to them), spines and the optimal trees of its estimated table, no deeper than the edge's
+    `--max-length` nor larger than the wire takes."""
 
+    def __init__(self, spec: Tree | str | None, max_depth: int, seed: int = 0,
+                 explore: float = EDGE_EXPLORE, explore_within: float = EDGE_EXPLORE_WITHIN):
+        if max_depth < 1:
+            raise ControlError(f"tree shapes: max depth must be >= 1, got {max_depth}")
+        self.spec, self.max_depth = spec, max_depth
+        self.learner = TreeShapeLearner(
+            max_depth=max_depth, max_width=3, max_rank=4, explore=explore, explore_within=explore_within,
+            tree_sizes=[n for n in TREE_SIZES if n <= MAX_TREE_NODES], seed=seed) if spec == AUTO else None
 
-@dataclass
-class TreeCostEstimate:
-    """The round cost `auto` plans with, learned from the edge's own tree rounds (the draft time it
-    measured, the verify time the verdict carries) instead of the prior alone: the machine and the
-    verifier's load set these, and a planner that thinks compute is cheap picks trees too small.
-    Medians of the last `keep` rounds: draft ms per depth step, and the verify time less the prior's
-    per-node share (one fixed shape cannot separate a per-node slope from the base)."""
+    def choose(self, delay_ms: float, wanted: int) -> Tree | None:
+        """The round's shape, or None when only the target's own token is still `wanted`."""
+        if wanted <= 1 or self.spec is None:
+            return None
+        depth = max(1, min(self.max_depth, wanted - 1))
+        if self.learner is None:
+            assert isinstance(self.spec, Tree)
+            return self.spec if self.spec.depth <= depth else spine(depth, self.spec.width)
+        return self.learner.choose(delay_ms, depth)
 
-    prior: TreeCost = PRIOR_COST
-    keep: int = 32
-    _step: list[float] = field(default_factory=list)
-    _verify: list[float] = field(default_factory=list)
-
-    def add(self, depth: int, nodes: int, draft_ms: float, verify_ms: float) -> None:
-        if depth < 1:
-            return
-        self._step = (self._step + [draft_ms / depth])[-self.keep:]
-        self._verify = (self._verify + [max(0.0, verify_ms - self.prior.verify_node_ms * nodes)])[-self.keep:]
-
-    def cost(self) -> TreeCost:
-        if not self._step:
-            return self.prior
-        return TreeCost(float(np.median(self._step)), 0.0, float(np.median(self._verify)), self.prior.verify_node_ms)
-
-
-@dataclass
-class TreeAcceptEstimate:
-    """The acceptance table `auto` plans with, learned from the paths the edge's tree rounds got
-    back: at every depth a round reached (its parent was accepted), which rank was accepted, if
-    any. Counts start from the prior as `weight` pseudo-rounds per depth, so a few rounds move it
-    little and a prior-free table never has an empty row."""
-
-    prior: np.ndarray = field(default_factory=lambda: PRIOR_ACCEPT.copy())
-    weight: float = 8.0
-
-    def __post_init__(self) -> None:
-        self._hits = self.prior * self.weight
-        self._trials = np.full(self.prior.shape[0], self.weight)
-
-    def add(self, parents: list[int], path: list[int]) -> None:
-        """One round's tree and accepted path: depth d+1 was tried iff the path reached depth d."""
-        ranks = Tree(tuple(parents)).ranks()
-        kids_at: dict[int, int] = {}
-        for p in parents:
-            kids_at[p] = kids_at.get(p, 0) + 1
-        up = -1
-        for d in range(self.prior.shape[0]):
-            if up not in kids_at:  # no child to try below here
-                return
-            self._trials[d] += 1
-            if d >= len(path):
-                return
-            v = path[d]
-            if ranks[v] <= self.prior.shape[1]:
-                self._hits[d, ranks[v] - 1] += 1
-            up = v
-
-    def table(self) -> np.ndarray:
-        return self._hits / self._trials[:, None]
+    def observe(self, parents: list[int], path: list[int], draft_ms: float, verify_ms: float,
+                prefilled: bool = False) -> None:
+        """A verified tree round: its shape, accepted nodes (0-based), and measured compute ms.
+        `prefilled`: the verifier also prefilled the context in that round (a request's first
+        round, a resend): its path counts, its compute (several times a round's) does not."""
+        if self.learner is not None and parents:
+            self.learner.observe(Tree(tuple(parents)), path, None if prefilled else draft_ms + verify_ms)

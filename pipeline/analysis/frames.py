@@ -26,6 +26,7 @@ ROUND_SCHEMA: dict[str, pl.DataType] = {
     "stall_ms": pl.Float64, "draft_real_ms": pl.Float64, "verify_real_ms": pl.Float64, "emulated": pl.Boolean,
     "policy": pl.Utf8, "policy_version": pl.Int64, "channel_state": pl.Utf8, "context_resent": pl.Boolean,
     "context_len": pl.Int64, "ts": pl.Utf8, "stop_scores": pl.List(pl.Float64),
+    "tree_depth": pl.Int64,  # tree rounds only (draft_length is then the tree's node count)
 }
 REQUIRED = ("request_id", "draft_length", "accepted", "round_ms", "policy")
 VERIFY_SCHEMA: dict[str, pl.DataType] = {

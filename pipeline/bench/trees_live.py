@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import statistics
+from collections import Counter
 from pathlib import Path
 
 from pipeline.orchestration.local import RunConfig, local_cluster
@@ -19,9 +20,11 @@ from pipeline.transport import aio, bus
 from pipeline.transport.client import generate_stream
 from schemas.messages import GenerateRequest
 
-# (label, --policy, --tree): the best chain and tree shapes of `bench trees` at 50 ms (depth 8, 8x3),
-# today's default chain policy, and the tree chosen per round from the measured delay
+# (label, --policy, --tree): the best chain of `bench trees` at 50 ms (depth 8), today's default
+# chain policy, fixed spines from small to the best at 50 ms (8x3): the best of them in hindsight
+# is tree auto's reference, and the tree the edge's online learner chooses per round
 ROWS = (("chain fixed:8", "fixed:8", "off"), ("chain auto", "auto", "off"),
+        ("tree 2x2", "auto", "2x2"), ("tree 4x2", "auto", "4x2"), ("tree 8x2", "auto", "8x2"),
         ("tree 8x3", "auto", "8x3"), ("tree auto", "auto", "auto"))
 
 
@@ -57,7 +60,15 @@ def _row(rounds: list[dict]) -> dict:
             "round_ms_median": round(statistics.median(r["round_ms"] for r in rounds), 2),
             "draft_ms_median": round(statistics.median(r["draft_ms"] for r in rounds), 2),
             "verify_ms_median": round(statistics.median(r["verify_ms"] for r in rounds), 2),
-            "nodes_median": statistics.median(r["draft_length"] for r in rounds)}
+            "nodes_median": statistics.median(r["draft_length"] for r in rounds),
+            "shapes_last_half": _shapes(rounds[len(rounds) // 2:])}
+
+
+def _shapes(rounds: list[dict]) -> dict[str, int]:
+    """How often each shape (depth x nodes; chains: length) was played, most played first."""
+    seen = Counter(f"depth {r['tree_depth']}, {r['draft_length']} nodes" if r.get("tree_depth") is not None
+                   else f"chain {r['draft_length']}" for r in rounds)
+    return dict(seen.most_common(5))
 
 
 def bench_trees_live(delay_ms: float = 50.0, requests: int = 6, max_new_tokens: int = 64, run_root: str = "runs",
@@ -71,11 +82,21 @@ def bench_trees_live(delay_ms: float = 50.0, requests: int = 6, max_new_tokens: 
         with local_cluster(run_dir, cfg) as url:
             outputs.append(aio.run(_drive(url, prompts, max_new_tokens)))
         rows.append({"row": label, "policy": policy, "tree": tree, "run_dir": str(run_dir), **_row(_rounds(run_dir))})
-    chains = [r for r in rows if r["tree"] == "off"]
-    trees = [r for r in rows if r["tree"] != "off"]
-    best_chain = min(chains, key=lambda r: r["ms_per_token_median"])
-    best_tree = min(trees, key=lambda r: r["ms_per_token_median"])
     return {"delay_ms": delay_ms, "requests": requests, "max_new_tokens": max_new_tokens, "rows": rows,
-            "same_output": all(o == outputs[0] for o in outputs),
-            "best_chain": best_chain["row"], "best_tree": best_tree["row"],
-            "best_chain_over_best_tree": round(best_chain["ms_per_token_median"] / best_tree["ms_per_token_median"], 3)}
+            "same_output": all(o == outputs[0] for o in outputs), **summary(rows)}
+
+
+def summary(rows: list[dict]) -> dict:
+    """The run's own references: the best chain row, the best fixed tree in hindsight (tree auto is
+    not a fixed shape, so never its own reference), and tree auto against both."""
+    j = {r["row"]: r["ms_per_token_median"] for r in rows}
+    chains = [r["row"] for r in rows if r["tree"] == "off"]
+    fixed = [r["row"] for r in rows if r["tree"] not in ("off", "auto")]
+    best_chain, best_fixed = min(chains, key=j.get), min(fixed, key=j.get)
+    best_tree = min([*fixed, *(r["row"] for r in rows if r["tree"] == "auto")], key=j.get)
+    out = {"best_chain": best_chain, "best_fixed_tree": best_fixed, "best_tree": best_tree,
+           "best_chain_over_best_tree": round(j[best_chain] / j[best_tree], 3)}
+    if "tree auto" in j:
+        out |= {"tree_auto_over_best_fixed_tree": round(j["tree auto"] / j[best_fixed], 3),
+                "best_chain_over_tree_auto": round(j[best_chain] / j["tree auto"], 3)}
+    return out

@@ -18,7 +18,8 @@ DEFAULT_DELAYS = "20,55,111,150"
 
 
 TREE_HELP = ("draft trees: DEPTHxWIDTH (e.g. 4x2: width candidates per depth, the best one extended), 'auto' "
-             "(the shape of least modelled ms/token at the measured delay) or 'off' (chains, chosen by --policy)")
+             "(learned online, no profile: the shape of least estimated ms/token at the measured delay, chains "
+             "included) or 'off' (chains, chosen by --policy)")
 
 def _number(kind: type, minimum: float, strict: bool):
     """An argparse type: `kind` (int or float), finite, >= minimum (> minimum when `strict`)."""

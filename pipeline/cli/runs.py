@@ -132,13 +132,26 @@ EXPERIMENT_CONCURRENCY = {"compare": 40}
 REFUSED_EXIT = 3  # an experiment that ran but whose numbers cannot be trusted (see pipeline/experiments/refusals.py)
 
 
+def tree_shapes(text: str | None) -> tuple[str, ...] | None:
+    """`--trees`: None (the experiment's default set), () for 'off', else the shapes, each checked as `--tree`."""
+    if text is None:
+        return None
+    shapes = tuple(s.strip() for s in text.split(",") if s.strip())
+    if shapes in ((), ("off",)):
+        return ()
+    for s in shapes:
+        if parse_tree(s) is None:
+            raise PipelineError(f"--trees: {s!r} is not a tree shape (auto or DEPTHxWIDTH)")
+    return shapes
+
+
 def cmd_experiment(a: argparse.Namespace) -> None:
     from pipeline.experiments.lab import LabConfig
 
     cfg = LabConfig(Path(a.out), quick=a.quick, edge_device=device_profile(a.edge_device, "draft"),
                     cloud_device=device_profile(a.cloud_device, "verify"),
                     concurrency=a.concurrency or EXPERIMENT_CONCURRENCY.get(a.which, 24),
-                    max_new_tokens=a.max_new_tokens, seed=a.seed)
+                    max_new_tokens=a.max_new_tokens, seed=a.seed, trees=tree_shapes(a.trees))
     cfg.out.mkdir(parents=True, exist_ok=True)
     bar, advance = progress(not a.json)
     t0 = time.perf_counter()
@@ -216,6 +229,8 @@ def register(sub) -> None:
                    help="requests in flight, each its own device (default: 40 for compare, 24 for the others)")
     p.add_argument("--max-new-tokens", type=positive_int, default=32)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--trees", help="compare: draft-tree shapes run beside the chains, comma-separated `--tree` "
+                                   "values (default auto,2x2,4x2,8x3), or 'off'")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_experiment)
 

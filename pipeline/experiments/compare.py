@@ -7,7 +7,8 @@ oracle is the best fixed length under the profile calibrated at the start
 assumed. A policy's gap to the oracle carries a paired bootstrap interval
 (requests resampled together for both).
 
-  compare  every policy at several constant delays
+  compare  every policy at several constant delays, and draft trees (tree:auto and fixed
+           spines, pipeline/experiments/trees.py) against the best fixed tree and the best chain
   drift    the delay jumps in wall-clock time (20 -> 150 ms): static tuning vs online
   markov   a two-state channel (20 / 150 ms, states held for seconds of wall-clock time,
            state visible): blind vs contextual
@@ -28,6 +29,7 @@ from pipeline.analysis import calibrate_rounds, load_run
 from pipeline.analysis.hindsight import PROBE, best_fixed, best_threshold
 from pipeline.analysis.stats import delay_buckets, ratio_ci
 from pipeline.experiments.lab import Cell, Lab, LabConfig, config_dict, elapsed, lab_prompts, logged, save
+from pipeline.experiments.trees import COMPARE_TREES, run_trees, tree_rows
 from pipeline.experiments.refusals import (
     Refusal, emulation_overruns, failed_requests, too_few_rounds, transport_overhead,
 )
@@ -173,9 +175,16 @@ async def _compare(cfg: LabConfig, progress=None) -> dict:
     checks = compare_checks(rows, [p for p in rivals if p != "auto"])
     if not checks["reference"]:
         refused.append(Refusal("no_reference", "no fixed length and no threshold could be scored at some delay"))
+    # trees: the same prompts and seeds on edges of their own (a shape is an edge's setting)
+    shapes = COMPARE_TREES if cfg.trees is None else cfg.trees
+    trees, tree_refused = (await run_trees(cfg, delays, shapes, prompts, n, progress) if shapes
+                           else (pl.DataFrame(), []))
+    refused += tree_refused
+    trows = tree_rows(rounds, trees, [p for p in policies if p != PROBE])
     return {"experiment": "compare", "config": config_dict(cfg), "emulation": emulation, "calibration": cal,
             "delays": list(delays), "policies": policies, "rows": rows, "checks": checks,
-            "refused": _with_counts(refused, rows, needs=("auto",)), "wall_s": elapsed(t0)}
+            "trees": list(shapes), "tree_rows": trows,
+            "refused": _with_counts(refused, rows + trows, needs=("auto",)), "wall_s": elapsed(t0)}
 
 
 WITHIN_PCT = 1.0

@@ -15,7 +15,7 @@ import json
 import re
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import polars as pl
@@ -40,6 +40,7 @@ class LabConfig:
     max_new_tokens: int = 32
     seed: int = 0
     profile: str | None = None  # for oracle / static / head-rule policies at the edges
+    trees: tuple[str, ...] | None = None  # compare's tree shapes (`--tree` values); None: its default set, (): none
 
 
 @dataclass(frozen=True)
@@ -68,8 +69,11 @@ def slug(text: str) -> str:
 
 
 class Lab:
-    def __init__(self, cfg: LabConfig, name: str, channels: dict[str, str]):
+    def __init__(self, cfg: LabConfig, name: str, channels: dict[str, str],
+                 edge_flags: dict[str, list[str]] | None = None):
+        """`edge_flags`: extra command-line flags of some edges (e.g. `--tree 4x2`), by edge id."""
         self.cfg = cfg
+        self.edge_flags = edge_flags or {}
         self.run_dir = cfg.out / f"{name}-run"
         self.run_dir.mkdir(parents=True, exist_ok=True)
         for old in self.run_dir.glob("*.jsonl"):
@@ -95,8 +99,9 @@ class Lab:
         (self.run_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         self.nodes.append(start_node("cloud", "cloud-1", self.broker.url, self.run_dir, self.run_cfg, wait=False))
         for edge, channel in self.channels.items():
-            self.nodes.append(start_node("edge", edge, self.broker.url, self.run_dir, self.run_cfg, channel,
-                                         wait=False))
+            cfg = replace(self.run_cfg, node_flags={**self.run_cfg.node_flags, "edge": [
+                *self.run_cfg.node_flags.get("edge", []), *self.edge_flags.get(edge, [])]})
+            self.nodes.append(start_node("edge", edge, self.broker.url, self.run_dir, cfg, channel, wait=False))
         for n in self.nodes:
             n.wait_ready(f"{n.kind}_started", timeout=180)
 

@@ -46,9 +46,12 @@ def emulation_overruns(rounds: pl.DataFrame, emulation: dict | None) -> Refusal 
         return None
     over = np.zeros(rounds.height, dtype=bool)
     L = rounds["draft_length"].to_numpy()
+    # the edge's device drafts a tree in one batched step per depth (nodes/edge.py paces draft_steps)
+    steps = (rounds["tree_depth"].fill_null(rounds["draft_length"]) if "tree_depth" in rounds.columns
+             else rounds["draft_length"]).to_numpy()
     edge, cloud = emulation.get("edge"), emulation.get("cloud")
     if edge and edge.get("draft_ms_per_token") is not None:
-        target = np.where(L > 0, edge.get("draft_ms_fixed", 0.0) + edge["draft_ms_per_token"] * L, 0.0)
+        target = np.where(L > 0, edge.get("draft_ms_fixed", 0.0) + edge["draft_ms_per_token"] * steps, 0.0)
         over |= rounds["draft_ms"].to_numpy() > target * (1 + edge.get("jitter", 0.0)) + SLACK_MS
     if cloud and cloud.get("verify_ms_fixed") is not None and not cloud.get("shared"):
         target = cloud["verify_ms_fixed"] + cloud.get("verify_ms_per_token", 0.0) * (L + 1)

@@ -124,6 +124,24 @@ def _policy_table(rows: list[dict], title: str, res: dict, key: str = "delay") -
     return lines + [""]
 
 
+def _tree_table(rows: list[dict]) -> list[str]:
+    """Compare's draft trees: each shape against the run's best chain, tree:auto against the best
+    fixed tree in hindsight (pipeline/experiments/trees.py)."""
+    if not rows:
+        return []
+    lines = ["### Draft trees (same prompts and seeds, an edge per shape)", "",
+             "| delay | shape | rounds | ms/token | 95 % interval | mean nodes | mean depth | best chain | "
+             "best chain / this | gap to best fixed tree (hindsight) | gap to best chain |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        name = r["policy"] + (" (**best fixed tree**)" if r.get("reference") == "best_fixed_tree" else "")
+        lines.append(f"| {r['delay']} | {name} | {r['rounds']} | {r['ms_per_token']} | {r['ci']} | {r['mean_nodes']} | "
+                     f"{r['mean_depth']} | {r['best_chain']} ({r['best_chain_ms_per_token']}) | "
+                     f"{r['best_chain_over_this']} | {_gap(r.get('vs_best_fixed_tree'))} | "
+                     f"{_gap(r.get('vs_best_chain'))} |")
+    return lines + [""]
+
+
 def _compare_checks(c: dict) -> list[str]:
     within = next((k for k in c if k.startswith("auto_within_")), None)
     lines = [f"Reference: **{(c.get('reference') or 'none').replace('_', ' ')} in hindsight** (same prompts and "
@@ -206,6 +224,7 @@ def report(out_dir: str | Path) -> Path:
         elif name == "compare":
             lines += _policy_table(res["rows"], "## Compare: every policy at constant delays", res)
             lines += [*_compare_checks(res["checks"]), "", _bars(res["rows"], out, "compare"), ""]
+            lines += _tree_table(res.get("tree_rows") or [])
         elif name == "drift":
             lines += _policy_table(res["rows"], f"## Drift: `{res['channel']}` (per phase)", res)
             c = res["checks"]
