@@ -295,7 +295,7 @@ class CloudWorker(WorkerBase):
         await self._publish(replies)
         self.log.debug("verify", request_id=dm.request_id, round=dm.round, attempt=dm.attempt, edge_id=dm.edge_id,
                        verifier_id=self.cfg.verifier_id, draft_length=len(dm.tokens), accepted=v.accepted,
-                       tree=job.parents is not None,
+                       tree=job.parents is not None, ahead=job.ahead,
                        verify_ms=round(emulated_ms, 3), verify_real_ms=round(real_ms, 3), prefill_ms=round(prefill_ms, 3),
                        queue_ms=round(queue_ms, 3),
                        context_resent=job.rebuild and dm.round > 0, context_len=len(s.tokens),

@@ -21,7 +21,7 @@ _R = RoundRules("")  # ... and a round's timing in the round's rules
 DRAIN_TIMEOUT_S = 10.0  # after SIGTERM/SIGINT a worker finishes the work in hand this long, then stops
 MAX_LENGTH = _R.max_length  # longest draft a worker produces or accepts
 MAX_LEARNERS = 1024     # the controller's learners kept in memory (the rest wait in the bucket)
-MAX_ROUNDS_IN_FLIGHT = 8  # --ahead's cap: the verifier holds at most its own max_ahead of them anyway
+MAX_ROUNDS_IN_FLIGHT = 1 + _T.max_ahead  # --ahead's cap: one round computing, the default verifier's max_ahead waiting
 
 
 def check_ahead(value: object) -> int:

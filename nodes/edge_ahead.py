@@ -78,8 +78,7 @@ class AheadRounds:
             while not r.done:
                 if self.live.stop_reason is not None:
                     raise asyncio.CancelledError
-                while self._room():
-                    await self._send_next()
+                while self._room() and await self._send_next():
                     if self.flights[0].answer.done():  # apply a verdict that came while drafting first
                         break
                 await self._apply_oldest()
@@ -118,14 +117,17 @@ class AheadRounds:
             w.log.warning("policy_error", policy=r.policy_spec, error=f"{type(exc).__name__}: {str(exc)[:200]}")
             policy, version = w.policies.fallback, 0
             length = int(policy.choose(ctx))
-        length = max(1, min(w.cfg.max_length, wanted - 1, length)) if wanted >= 2 else 0
+        length = max(0, min(w.cfg.max_length, wanted - 1, length))  # 0: a target-only round, never sent ahead
         return RoundPlan(length, round_seed(r.req.seed, round_no), ctx, version), sample
 
-    async def _send_next(self) -> None:
-        """Draft the next round on the stream's end (and the draft's prediction after it) and send it."""
+    async def _send_next(self) -> bool:
+        """Draft the next round on the stream's end (and the draft's prediction after it) and send it;
+        False when the policy wants a target-only round, which waits until nothing is in flight."""
         w, r, stream = self.w, self.r, self.stream
         round_no = r.round + len(self.flights)
         plan, sample = self._plan(round_no, self._wanted())
+        if plan.length == 0 and self.flights:
+            return False
         began = time.perf_counter()
         n = plan.length + 1 if plan.length else 0  # the extra token: the prediction a round ahead builds on
         (tokens, q_ids, q_probs), _ = await w.run_model(stream.draft, n)
@@ -151,6 +153,7 @@ class AheadRounds:
         task = asyncio.ensure_future(self._fly(subject, data, timeout, sample, before, out))
         self.flights.append(Flight(sent, d, plan, step, msg, to, task, out, began, time.perf_counter(), alone,
                                    sample))
+        return True
 
     async def _fly(self, subject: str, data: bytes, timeout_s: float, sample: Any, before: asyncio.Event | None,
                    out: asyncio.Event) -> tuple[Any, float]:

@@ -146,6 +146,7 @@ class Compute:
     msg: DraftMsg
     rebuild: bool
     parents: tuple[int, ...] | None = None  # a tree round: node i's parent (-1 = the root)
+    ahead: bool = False  # a round drafted ahead, verified because the verdicts kept its basis
 
 
 @dataclass
@@ -357,7 +358,7 @@ class SessionTable:
         if adm.compute is not None:
             assert session.in_flight is not None
             session.in_flight.waiters = head.waiters
-            adm.event = "ahead_started"
+            adm.event, adm.compute.ahead = "ahead_started", True
         else:  # too long: its waiters hear it, and so does every round behind it
             session.ahead.insert(0, head)
             adm = self._void_ahead(session, TOO_LONG, adm.detail)
@@ -404,7 +405,10 @@ class SessionTable:
             return self._error(reply_to, msg, OVERLOADED,
                                f"edge {msg.edge_id} has {busy} rounds in flight on verifier {self.cfg.verifier_id}, "
                                f"its share (max_rounds_per_edge={self.cfg.rounds_per_edge})")
-        return self._start(s, msg, reply_to, tokens, now, rebuild=False)
+        adm = self._start(s, msg, reply_to, tokens, now, rebuild=False)
+        if adm.compute is not None:
+            adm.compute.ahead = True
+        return adm
 
     def _void_ahead(self, session: Session, code: str, why: str) -> Admission:
         """Answer every round waiting ahead on `session` with `code`: none of them is verified."""
