@@ -169,7 +169,10 @@ class CloudWorker(WorkerBase):
                 version = unpack_map(msg.data, self.limits).get("v")
                 if version == AHEAD_SCHEMA_VERSION and self.cfg.max_ahead > 0:
                     ahead = decode_ahead(msg.data, self.limits)
-                    dm, parents, assumed = ahead.draft, None, ahead.assumed_next
+                    if ahead.parents is not None and not self.cfg.trees:
+                        raise SchemaError(f"verifier {self.cfg.verifier_id} takes no tree drafts (schema v2): start "
+                                          f"the edge without --tree", "version")
+                    dm, parents, assumed = ahead.draft, ahead.parents, ahead.assumed_next
                 elif version == TREE_SCHEMA_VERSION and self.cfg.trees:
                     tree = decode_tree(msg.data, self.limits)
                     dm, parents = tree.to_draft_msg(), tuple(tree.parents)

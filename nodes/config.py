@@ -24,6 +24,16 @@ MAX_LEARNERS = 1024     # the controller's learners kept in memory (the rest wai
 MAX_ROUNDS_IN_FLIGHT = 1 + _T.max_ahead  # --ahead's cap: one round computing, the default verifier's max_ahead waiting
 
 
+def _spine_only(tree: Tree) -> bool:
+    """Whether only the first child at each depth has children (DEPTHxWIDTH shapes)."""
+    spine, head = set(), -1
+    for i, p in enumerate(tree.parents):
+        if p == head:
+            spine.add(i)
+            head = i
+    return all(p < 0 or p in spine for p in tree.parents)
+
+
 def check_ahead(value: object) -> int:
     """`--ahead R`: 1..MAX_ROUNDS_IN_FLIGHT rounds in flight per request; ValueError naming the bound."""
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_ROUNDS_IN_FLIGHT:
@@ -95,8 +105,11 @@ class EdgeConfig:
         if isinstance(self.tree, str):  # "4x2" / "auto" / "off" -> a Tree, AUTO or None (ControlError if neither)
             object.__setattr__(self, "tree", parse_tree(self.tree))
         check_ahead(self.ahead)
-        if self.ahead > 1 and self.tree is not None:
-            raise ValueError("--ahead drafts chains ahead; draft trees (--tree) take one round per trip")
+        if self.ahead > 1 and self.tree is not None and not isinstance(self.tree, Tree):
+            raise ValueError("--ahead drafts a fixed tree shape ahead (DEPTHxWIDTH), not --tree auto")
+        if self.ahead > 1 and isinstance(self.tree, Tree) and not _spine_only(self.tree):
+            raise ValueError("--ahead with a tree needs a spine shape (only the rank-1 path has children): a "
+                             "round is kept when its spine is, and no other path may reach the spine's depth")
 
     def rules(self) -> RoundRules:
         return RoundRules(self.edge_id, self.max_length, self.request_timeout_s, self.failover_deadline_s)

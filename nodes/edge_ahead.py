@@ -12,6 +12,11 @@ drops them without compute (nodes/protocol/verifier_table). Round numbers of voi
 again by the rounds drafted in their place: the verifier never verified them, so nothing is on
 record under those numbers.
 
+With a fixed tree shape (`--tree DxW --ahead R`) each round is a draft tree (nodes/models/tree_verify,
+as `--tree` alone); the stream goes on along its spine, and a round is kept when its whole spine and
+the next token hold, so later rounds are built on the spine and the prediction after it. Near the
+request's end, when fewer tokens are wanted than the spine is deep, the round is a chain.
+
 Rounds drafted ahead go to the session's verifier only (they carry no context): before a verifier
 holds the session (its first round went to the queue group) one round is in flight. The draft
 model runs on the worker's model thread, never inline, so verdicts keep arriving while it drafts.
@@ -28,6 +33,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from control import ControlError, RoundContext
+from control.trees import Tree
 from nodes.models.pipelined import DraftStream
 from nodes.protocol.pipelining import EdgeWindow, SentRound
 from nodes.protocol.request import EdgeRequest, RoundPlan, Send
@@ -92,7 +98,8 @@ class AheadRounds:
     # --- sending --------------------------------------------------------------------
     def _wanted(self) -> int:
         """Tokens still wanted if every round in flight is kept (each brings its drafts and one more)."""
-        return self.r.req.max_new_tokens - len(self.r.out) - sum(len(f.draft.tokens) + 1 for f in self.flights)
+        return self.r.req.max_new_tokens - len(self.r.out) - sum(
+            (f.sent.drafted if f.sent is not None else 0) + 1 for f in self.flights)
 
     def _room(self) -> bool:
         if not self.flights:
@@ -129,23 +136,32 @@ class AheadRounds:
         if plan.length == 0 and self.flights:
             return False
         began = time.perf_counter()
-        n = plan.length + 1 if plan.length else 0  # the extra token: the prediction a round ahead builds on
-        (tokens, q_ids, q_probs), _ = await w.run_model(stream.draft, n)
-        draft_ms = (time.perf_counter() - began) * 1e3
-        L = plan.length
-        d = Draft(tokens[:L], plan.seed, None if q_ids is None else q_ids[:L],
-                  None if q_probs is None else q_probs[:L], draft_ms)
-        predicted = tokens[L] if n else -1
+        tree = w.cfg.tree if isinstance(w.cfg.tree, Tree) else None
+        depth = max(tree.depths()) if tree is not None else 0
+        if tree is not None and plan.length and self._wanted() - 1 >= depth:
+            (nodes, _), _ = await w.run_model(stream.draft_tree, tree)
+            (pred, _, _), _ = await w.run_model(stream.draft, 1)
+            d = Draft(nodes[1:], plan.seed, parents=list(tree.parents))
+            L, predicted = depth, pred[0]
+        else:
+            n = plan.length + 1 if plan.length else 0  # the extra token: the prediction a round ahead builds on
+            (tokens, q_ids, q_probs), _ = await w.run_model(stream.draft, n)
+            L = plan.length
+            d = Draft(tokens[:L], plan.seed, None if q_ids is None else q_ids[:L],
+                      None if q_probs is None else q_probs[:L])
+            predicted = tokens[L] if n else -1
+        d.draft_ms = (time.perf_counter() - began) * 1e3
         await w._pace(d, 0.0)
         basis = self.window.next_basis()
         alone = not self.flights
         if alone:  # its basis is known: the request's own round, sent as a chain draft
             step = r.send(d, time.monotonic(), plan)
-            msg, to, data = step.msg, r.verifier, encode_round(step.msg, None)
+            msg, to, data = step.msg, r.verifier, encode_round(step.msg, d.parents)
         else:
             step, msg, to = None, r.ahead_msg(d, round_no), r.verifier
-            data = encode_ahead(AheadDraftMsg(msg, basis.assumed_next))
-        sent = self.window.send(max(1, L), predicted) if L else None
+            parents = None if d.parents is None else tuple(d.parents)
+            data = encode_ahead(AheadDraftMsg(msg, basis.assumed_next, parents))
+        sent = self.window.send(L, predicted) if L else None
         subject = subjects.draft(r.rules.edge_id, to)
         timeout = r.rules.request_timeout_s
         before = self.flights[-1].out if self.flights else None

@@ -39,12 +39,12 @@ def _verified(log_path, request_id: str) -> list[int]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("ahead", [2, 3])
-async def test_greedy_output_with_rounds_in_flight_equals_target_only(broker, pair, tmp_path, ahead):
+@pytest.mark.parametrize("ahead,tree", [(2, None), (3, None), (2, "3x2"), (3, "4x2")])
+async def test_greedy_output_with_rounds_in_flight_equals_target_only(broker, pair, tmp_path, ahead, tree):
     prompts = _prompts(3)
     refs = [target_only_generate(pair, pair.tokenizer.encode(p, add_special_tokens=False), 40).token_ids
             for p in prompts]
-    async with cluster(broker.url, pair, tmp_path, channel="const:20", policy="fixed:3", ahead=ahead) as (
+    async with cluster(broker.url, pair, tmp_path, channel="const:20", policy="fixed:3", ahead=ahead, tree=tree) as (
             client, edge, clouds):
         results = [await generate_stream(client, GenerateRequest(f"ahead-{i}", prompt=p, max_new_tokens=40), 120)
                    for i, p in enumerate(prompts)]
@@ -52,7 +52,8 @@ async def test_greedy_output_with_rounds_in_flight_equals_target_only(broker, pa
         assert res.ok, res.error
         assert res.token_ids == refs[i], f"prompt {i} with {ahead} rounds in flight differs from target-only"
     cloud = read_log(tmp_path / "cloud-1.jsonl")
-    assert any(e["event"] == "verify" and e["ahead"] for e in cloud), "no round drafted ahead was verified"
+    assert any(e["event"] == "verify" and e["ahead"] and e["tree"] == (tree is not None) for e in cloud), \
+        "no round drafted ahead was verified"
     assert any(e["event"] in ("ahead_dropped", "voided") for e in cloud), "no round drafted ahead was voided"
     for i in range(3):  # each round number verified once per request, voided ones never
         rounds = _verified(tmp_path / "cloud-1.jsonl", f"ahead-{i}")

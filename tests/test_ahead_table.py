@@ -112,3 +112,19 @@ def test_a_bad_round_drafted_ahead_is_refused_in_one_line(over, code, words):
     with pytest.raises(SchemaError) as err:
         decode_ahead(_packed(**over), Limits(vocab_size=258))
     assert err.value.code == code and words in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_tree_round_is_kept_when_its_whole_spine_and_the_next_token_hold():
+    t = SessionTable(CFG)
+    tree = (-1, -1, 0, 0)  # 2x2: nodes 0 and 1 under the root, 2 and 3 under node 0 (the spine is 0, 2)
+    adm = t.admit(draft(0, (1, 2, 3, 4), context=(7, 8, 9)), "in0", 0.0, parents=tree)
+    s = adm.compute.session
+    t.admit(draft(1, (5,)), "in1", 0.1, assumed_next=6)
+    t.finish(s, Outcome(2, 6, 1.0, 0.0, path=[0, 2]), "state", 1.0)
+    assert t.take_ahead(s, 1.0).compute is not None and s.tokens == [7, 8, 9, 1, 3, 6]
+
+
+def test_a_tree_round_drafted_ahead_round_trips_with_its_shape():
+    msg = AheadDraftMsg(draft(3, (4, 5, 6)), 9, (-1, -1, 0))
+    back = decode_ahead(encode_ahead(msg), Limits(vocab_size=258))
+    assert back.parents == (-1, -1, 0) and list(back.draft.tokens) == [4, 5, 6] and back.assumed_next == 9

@@ -82,7 +82,8 @@ def test_batching_flags_out_of_range(args, fragment):
 @pytest.mark.parametrize("args, fragment", [
     (("edge", "--ahead", "0"), "--ahead: must be an integer in 1..5, got 0"),
     (("edge", "--ahead", "6"), "--ahead: must be an integer in 1..5, got 6"),
-    (("edge", "--ahead", "2", "--tree", "3x2"), "--ahead 2 drafts chains ahead; it does not combine with --tree 3x2"),
+    (("edge", "--ahead", "2", "--tree", "auto"), "it does not combine with --tree auto"),
+    (("demo", "--ahead", "2", "--tree", "auto"), "it does not combine with --tree auto"),
     (("cloud", "--max-ahead", "-1"), "--max-ahead: must be >= 0"),
     (("cloud", "--max-ahead", "17"), "--max-ahead must be an integer in 0..16"),
     (("bench", "trees", "--live", "--ahead", "1"), "must list rounds in flight in 2..5"),

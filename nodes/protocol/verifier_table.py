@@ -181,6 +181,17 @@ def _shape(inf: InFlight) -> tuple:
     return inf.tokens if inf.parents is None else (inf.tokens, inf.parents)
 
 
+def _depth(inf: InFlight) -> int:
+    """What a round drafts along its stream: a chain's length, a tree's depth (its spine's length: a
+    round drafted ahead on a tree round assumes the whole spine accepted)."""
+    if inf.parents is None:
+        return len(inf.tokens)
+    depth: list[int] = []
+    for p in inf.parents:
+        depth.append(1 if p < 0 else depth[p] + 1)
+    return max(depth, default=0)
+
+
 def sender_mismatch(sender: str | None, msg: DraftMsg) -> str | None:
     """Why a draft cannot be taken from the edge its subject names, or None. The subject's edge id is
     what the broker let the sender publish on; the body's `edge_id` is only what the sender says."""
@@ -318,7 +329,7 @@ class SessionTable:
         session.records[inf.round] = (_shape(inf), verdict, len(session.tokens))
         while len(session.records) > self.cfg.max_ahead + 2:
             session.records.popitem(last=False)
-        session.window.record(inf.round, len(inf.tokens), a, result.next_token)
+        session.window.record(inf.round, _depth(inf), a, result.next_token)
         drafted = inf.tokens[:a] if path is None else tuple(inf.tokens[v] for v in path)
         session.tokens.extend(drafted + (result.next_token,))
         session.next_round, session.last_tokens, session.last_verdict = inf.round + 1, _shape(inf), verdict
@@ -354,7 +365,7 @@ class SessionTable:
                                                        f"the context elsewhere")
         session.ahead.pop(0)
         assert head.msg is not None
-        adm = self._start(session, head.msg, None, head.tokens, now, rebuild=False)
+        adm = self._start(session, head.msg, None, head.tokens, now, rebuild=False, parents=head.parents)
         if adm.compute is not None:
             assert session.in_flight is not None
             session.in_flight.waiters = head.waiters
@@ -371,8 +382,8 @@ class SessionTable:
         if self.cfg.max_ahead < 1:
             return self._error(reply_to, msg, VERSION, f"verifier {self.cfg.verifier_id} takes no rounds drafted "
                                                       f"ahead (max_ahead=0): start the edge without --ahead")
-        if parents is not None or msg.context is not None:
-            return self._error(reply_to, msg, BAD_MESSAGE, "a round drafted ahead is a chain without a context")
+        if msg.context is not None:
+            return self._error(reply_to, msg, BAD_MESSAGE, "a round drafted ahead carries no context")
         if s is None:
             return self._error(reply_to, msg, RESEND_CONTEXT,
                                f"verifier {self.cfg.verifier_id} holds no session for this request")
@@ -386,7 +397,8 @@ class SessionTable:
                                                               f"verifier {self.cfg.verifier_id} "
                                                               f"(max_ahead={self.cfg.max_ahead})")
             waiters = [Waiter(reply_to, msg.attempt)] if reply_to is not None else []
-            s.ahead.append(InFlight(msg.round, tokens, now, waiters, None, assumed_next, msg))
+            s.ahead.append(InFlight(msg.round, tokens, now, waiters, None if parents is None else tuple(parents),
+                                    assumed_next, msg))
             s.last_used = now
             return Admission("queued_ahead")
         if s.in_flight is None and msg.round > s.next_round:  # nothing it could wait behind: its basis was voided
@@ -405,7 +417,7 @@ class SessionTable:
             return self._error(reply_to, msg, OVERLOADED,
                                f"edge {msg.edge_id} has {busy} rounds in flight on verifier {self.cfg.verifier_id}, "
                                f"its share (max_rounds_per_edge={self.cfg.rounds_per_edge})")
-        adm = self._start(s, msg, reply_to, tokens, now, rebuild=False)
+        adm = self._start(s, msg, reply_to, tokens, now, rebuild=False, parents=parents)
         if adm.compute is not None:
             adm.compute.ahead = True
         return adm

@@ -107,10 +107,11 @@ def _bundled_profile():
 
 
 def check_ahead_with_tree(ahead: int, tree: str | None) -> None:
-    """--ahead drafts chains ahead; refused with --tree in one line, before any model loads."""
-    if ahead > 1 and tree not in (None, "off"):
-        raise PipelineError(f"--ahead {ahead} drafts chains ahead; it does not combine with --tree {tree} "
-                            f"(use --tree off, or --ahead 1)")
+    """--ahead drafts chains or a fixed tree shape ahead; with --tree auto it is refused in one line,
+    before any model loads."""
+    if ahead > 1 and tree == "auto":
+        raise PipelineError(f"--ahead {ahead} drafts chains or a fixed tree shape ahead; it does not combine with "
+                            f"--tree auto (name a shape, e.g. --tree 3x2)")
 
 
 def cmd_edge(a: argparse.Namespace) -> None:
