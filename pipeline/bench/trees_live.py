@@ -72,11 +72,12 @@ def _row(rounds: list[dict]) -> dict:
 
 
 def row_specs(ahead: tuple[int, ...] = (), ahead_lengths: tuple[int, ...] = (2, 4),
-              trees: bool = True) -> list[tuple[str, str, str, int]]:
+              trees: bool = True, ahead_trees: tuple[str, ...] = ()) -> list[tuple[str, str, str, int]]:
     """(label, --policy, --tree, --ahead) per row: ROWS (chains only without `trees`), then a chain of
-    each length with each number of rounds in flight."""
+    each length and a tree of each shape in `ahead_trees` with each number of rounds in flight."""
     rows = [(label, policy, tree, 1) for label, policy, tree in ROWS if trees or tree == "off"]
     rows += [(f"chain fixed:{n} ahead {r}", f"fixed:{n}", "off", r) for r in ahead for n in ahead_lengths]
+    rows += [(f"tree {shape} ahead {r}", "fixed:8", shape, r) for r in ahead for shape in ahead_trees]
     return rows
 
 
@@ -86,9 +87,10 @@ def _ratio(a: dict, b: dict, key: str = "ms_per_token_median") -> float:
 
 def bench_trees_live(delay_ms: float = 50.0, requests: int = 6, max_new_tokens: int = 64, run_root: str = "runs",
                      draft: str | None = None, target: str | None = None, ahead: tuple[int, ...] = (),
-                     ahead_lengths: tuple[int, ...] = (2, 4), trees: bool = True, repeats: int = 1) -> dict:
+                     ahead_lengths: tuple[int, ...] = (2, 4), trees: bool = True, repeats: int = 1,
+                     ahead_trees: tuple[str, ...] = ()) -> dict:
     prompts = workload_prompts(requests, seed=3)
-    specs = row_specs(ahead, ahead_lengths, trees)
+    specs = row_specs(ahead, ahead_lengths, trees, ahead_trees)
     runs: dict[str, list[dict]] = {label: [] for label, *_ in specs}
     outputs = []
     for _ in range(repeats):
@@ -114,14 +116,15 @@ def bench_trees_live(delay_ms: float = 50.0, requests: int = 6, max_new_tokens: 
     best_chain = min(chains, key=lambda r: r["ms_per_token_median"])
     out = {"delay_ms": delay_ms, "requests": requests, "max_new_tokens": max_new_tokens, "repeats": repeats,
            "rows": rows, "same_output": all(o == outputs[0] for o in outputs), "best_chain": best_chain["row"]}
-    trees_ = [r for r in rows if r["tree"] != "off"]
-    if trees_:
-        best_tree = min(trees_, key=lambda r: r["ms_per_token_median"])
-        out |= {"best_tree": best_tree["row"], "best_chain_over_best_tree": _ratio(best_chain, best_tree)}
-    aheads = [r for r in rows if r["ahead"] > 1]
-    if aheads:
-        best_ahead = min(aheads, key=lambda r: r["ms_per_token_median"])
-        out |= {"best_ahead": best_ahead["row"], "best_chain_over_best_ahead": _ratio(best_chain, best_ahead),
-                "best_chain_over_best_ahead_wall": _ratio(best_chain, best_ahead, "wall_ms_per_token_median"),
-                "default_row": "chain auto (--ahead 1: rounds in flight are never chosen by default)"}
+    kinds = {"tree": lambda r: r["tree"] != "off" and r["ahead"] == 1,
+             "chain_ahead": lambda r: r["tree"] == "off" and r["ahead"] > 1,
+             "tree_ahead": lambda r: r["tree"] != "off" and r["ahead"] > 1}
+    for kind, is_kind in kinds.items():
+        of_kind = [r for r in rows if is_kind(r)]
+        if of_kind:
+            best = min(of_kind, key=lambda r: r["ms_per_token_median"])
+            out |= {f"best_{kind}": best["row"], f"best_chain_over_best_{kind}": _ratio(best_chain, best),
+                    f"best_chain_over_best_{kind}_wall": _ratio(best_chain, best, "wall_ms_per_token_median")}
+    if any(r["ahead"] > 1 for r in rows):
+        out["default_row"] = "chain auto (--ahead 1 by default: rounds in flight are never chosen unless asked)"
     return out
