@@ -90,7 +90,7 @@ class AheadRounds:
                 await self._apply_oldest()
         finally:
             for f in self.flights:
-                f.answer.cancel()
+                _drop(f.answer)
             self.flights.clear()
         w.log.info("request_done", request_id=r.req.request_id, rounds=r.round, tokens=len(r.out),
                    finish_reason=r.finish_reason, policy=r.policy_spec, retries=r.retries, ahead=w.cfg.ahead)
@@ -212,7 +212,7 @@ class AheadRounds:
         """Drop the rounds in flight (the verifier drops them too, from the same verdicts) and bring the
         draft stream back to the request's context."""
         for f in self.flights:
-            f.answer.cancel()
+            _drop(f.answer)
         self.flights.clear()
         self.window = EdgeWindow(self.w.cfg.ahead)
         stream, context = self.stream, self.r.context
@@ -222,3 +222,12 @@ class AheadRounds:
             n += 1
         stream.truncate(n)
         stream.tokens.extend(context[n:])
+
+
+def _drop(task: asyncio.Task) -> None:
+    """Forget a round's attempt: cancelled, or its outcome read (a timeout nobody awaits is no error)."""
+    if task.done():
+        if not task.cancelled():
+            task.exception()
+    else:
+        task.cancel()
