@@ -60,6 +60,30 @@ async def test_greedy_output_with_rounds_in_flight_equals_target_only(broker, pa
         assert rounds == sorted(set(rounds)), rounds
 
 
+@pytest.mark.slow
+async def test_a_session_lost_with_rounds_in_flight_is_rebuilt_from_the_context(broker, pair, tmp_path):
+    prompt = _prompts(1)[0]
+    ref = target_only_generate(pair, pair.tokenizer.encode(prompt, add_special_tokens=False), 48).token_ids
+    async with cluster(broker.url, pair, tmp_path, channel="const:20", policy="fixed:4", ahead=3) as (
+            client, edge, clouds):
+        async def drop_session():  # the verifier forgets the session between two rounds
+            while True:
+                await asyncio.sleep(0.005)
+                key = next((k for k in clouds[0].sessions if k[:2] == ("edge-1", "lost")), None)
+                s = clouds[0].sessions.get(key)
+                if s is not None and s.next_round >= 3 and s.in_flight is None:
+                    clouds[0].sessions.pop(key)
+                    return
+
+        dropper = asyncio.create_task(drop_session())
+        res = await generate_stream(client, GenerateRequest("lost", prompt=prompt, max_new_tokens=48), 120)
+        await asyncio.wait_for(dropper, 5)
+    assert res.ok, res.error
+    assert res.token_ids == ref
+    verified = [e for e in read_log(tmp_path / "cloud-1.jsonl") if e["event"] == "verify"]
+    assert any(e["context_resent"] for e in verified), "no round rebuilt the session from its context"
+
+
 async def test_a_sampled_request_with_rounds_in_flight_streams_every_token(broker, pair, tmp_path):
     async with cluster(broker.url, pair, tmp_path, channel="const:20", policy="fixed:2", ahead=3) as (
             client, edge, clouds):
