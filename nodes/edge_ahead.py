@@ -40,6 +40,7 @@ from nodes.protocol.request import EdgeRequest, RoundPlan, Send
 from nodes.protocol.timing import measured_round_times
 from schemas import subjects
 from schemas.ahead import AheadDraftMsg, encode_ahead
+from schemas.messages import DraftMsg
 from schemas.rounds import Draft, round_seed
 from schemas.trees import encode_round
 
@@ -55,7 +56,7 @@ class Flight:
     draft: Draft
     plan: RoundPlan
     step: Send | None     # a round sent by `EdgeRequest.send` (the oldest, its basis known); None: sent ahead
-    msg: Any              # its DraftMsg (adopted when it becomes the oldest)
+    msg: DraftMsg         # its first attempt's message (adopted when it becomes the oldest)
     to: str | None        # the verifier it went to (None: the queue group)
     answer: asyncio.Task  # its first attempt: (reply, link ms)
     out: asyncio.Event    # set when its first attempt is on the wire (the next round waits for it)
@@ -63,6 +64,7 @@ class Flight:
     sent_at: float
     alone: bool           # nothing was in flight when it was sent: its round trip measures the link
     sample: Any
+    draft_real_ms: float | None  # with device emulation: what this machine spent (draft_ms is the device's)
 
 
 class AheadRounds:
@@ -151,7 +153,7 @@ class AheadRounds:
                       None if q_probs is None else q_probs[:L])
             predicted = tokens[L] if n else -1
         d.draft_ms = (time.perf_counter() - began) * 1e3
-        await w._pace(d, 0.0)
+        draft_real_ms = await w._pace(d, 0.0)
         basis = self.window.next_basis()
         alone = not self.flights
         if alone:  # its basis is known: the request's own round, sent as a chain draft
@@ -168,7 +170,7 @@ class AheadRounds:
         out = asyncio.Event()
         task = asyncio.ensure_future(self._fly(subject, data, timeout, sample, before, out))
         self.flights.append(Flight(sent, d, plan, step, msg, to, task, out, began, time.perf_counter(), alone,
-                                   sample))
+                                   sample, draft_real_ms))
         return True
 
     async def _fly(self, subject: str, data: bytes, timeout_s: float, sample: Any, before: asyncio.Event | None,
@@ -190,9 +192,8 @@ class AheadRounds:
         step = f.step if f.step is not None else r.adopt(f.draft, f.plan, f.msg, time.monotonic())
         verdict, link_ms, stall_ms = await w._exchange(r, f.draft, f.sample, (step, f.answer, f.sent_at))
         now = time.perf_counter()
-        draft_real_ms = None  # device emulation paced the draft already (`_pace`); this machine's time is draft_ms
         times = measured_round_times((now - max(f.drafting_began, self.last_applied)) * 1e3, f.draft.draft_ms, 0.0,
-                                     link_ms, stall_ms, draft_real_ms)
+                                     link_ms, stall_ms, f.draft_real_ms)
         self.last_applied = now
         if f.alone and not stall_ms:  # a round trip with nothing ahead of it at the verifier: the link's
             w.delay.add(max(0.0, (now - f.sent_at) * 1e3 - verdict.verify_ms - verdict.queue_ms) / 2)
