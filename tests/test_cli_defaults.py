@@ -74,3 +74,13 @@ def test_the_gateways_default_bounds_are_its_edges_bounds():
 
     gateway, edge = GatewayConfig(), EdgeLimits()
     assert (gateway.max_prompt_tokens, gateway.max_tokens_limit) == (edge.max_prompt_tokens, edge.max_new_tokens)
+
+
+def test_demo_passes_rounds_in_flight_on_to_the_edge_it_starts_and_nothing_by_default():
+    from pipeline.cli.runs import _tree_flags
+
+    parse = build_parser().parse_args
+    assert _tree_flags(parse(["demo"]), "edge") == []
+    assert _tree_flags(parse(["demo", "--ahead", "3"]), "edge") == ["--ahead", "3"]
+    assert _tree_flags(parse(["demo", "--ahead", "2", "--tree", "3x3"]), "edge") == ["--tree", "3x3", "--ahead", "2"]
+    assert _tree_flags(parse(["demo", "--ahead", "3"]), "cloud") == []
