@@ -46,9 +46,11 @@ from nodes.protocol.verifier_table import Admission, Compute, Outcome, Reply, Se
 from pipeline.transport.worker_base import WorkerBase
 from schemas import subjects
 from schemas.codec import Limits, SchemaError, decode, encode
-from schemas.messages import OVERLOADED, DraftMsg, ErrorMsg
+from schemas.messages import OVERLOADED, VOIDED, DraftMsg, ErrorMsg
 from schemas.rounds import SamplingParams
-from schemas.trees import decode_tree
+from schemas.ahead import AHEAD_SCHEMA_VERSION, decode_ahead
+from schemas.codec import unpack_map
+from schemas.trees import TREE_SCHEMA_VERSION, decode_tree
 
 
 class CloudWorker(WorkerBase):
@@ -148,36 +150,54 @@ class CloudWorker(WorkerBase):
 
     async def _decode(self, msg: Msg, final_only: bool = False) -> DraftMsg | None:
         """The draft, or None after answering (and logging) why it cannot be used."""
-        dm, _ = await self._decode_round(msg, final_only)
+        dm, _, _ = await self._decode_round(msg, final_only)
         return dm
 
-    async def _decode_round(self, msg: Msg, final_only: bool = False) -> tuple[DraftMsg | None, tuple | None]:
-        """(the draft, a tree's parents or None), or (None, None) after answering (and logging) why it
-        cannot be used. A message the chain codec refuses for its version is read as a tree draft."""
+    async def _decode_round(self, msg: Msg, final_only: bool = False) -> tuple[DraftMsg | None, tuple | None,
+                                                                              int | None]:
+        """(the draft, a tree's parents or None, a round drafted ahead's assumed token or None), or
+        (None, None, None) after answering (and logging) why it cannot be used. A message the chain
+        codec refuses for its version is read as a tree draft or a round drafted ahead, by its version."""
+        assumed = None
         try:
             try:
                 dm: DraftMsg = decode(msg.data, self.limits, expect=(DraftMsg,))
                 parents = None
             except SchemaError as exc:
-                if exc.code != "version" or final_only or not self.cfg.trees:
+                if exc.code != "version" or final_only:
                     raise
-                tree = decode_tree(msg.data, self.limits)
-                dm, parents = tree.to_draft_msg(), tuple(tree.parents)
+                version = unpack_map(msg.data, self.limits).get("v")
+                if version == AHEAD_SCHEMA_VERSION and self.cfg.max_ahead > 0:
+                    ahead = decode_ahead(msg.data, self.limits)
+                    if ahead.parents is not None and not self.cfg.trees:
+                        raise SchemaError(f"verifier {self.cfg.verifier_id} takes no tree drafts (schema v2): start "
+                                          f"the edge without --tree", "version")
+                    dm, parents, assumed = ahead.draft, ahead.parents, ahead.assumed_next
+                elif version == TREE_SCHEMA_VERSION and self.cfg.trees:
+                    tree = decode_tree(msg.data, self.limits)
+                    dm, parents = tree.to_draft_msg(), tuple(tree.parents)
+                else:
+                    raise SchemaError(f"{exc} (verifier {self.cfg.verifier_id} takes chain drafts"
+                                      f"{', tree drafts v2' if self.cfg.trees else ''}"
+                                      f"{f', rounds drafted ahead v{AHEAD_SCHEMA_VERSION}' if self.cfg.max_ahead else ''}"
+                                      f"; start the edge without "
+                                      f"{'--ahead' if version == AHEAD_SCHEMA_VERSION else '--tree'})", "version")
             if final_only and not dm.final:
                 raise SchemaError(f"{subjects.END_PREFIX}.<edge_id> takes final drafts only")
         except SchemaError as exc:
             await self._send(msg.reply, ErrorMsg(exc.code, str(exc)[:1000]))
             self.log.warning("bad_message", code=exc.code, error=str(exc)[:300], replied=bool(msg.reply),
                              subject=msg.subject)
-            return None, None
-        return dm, parents
+            return None, None, None
+        return dm, parents, assumed
 
     async def _handle(self, msg: Msg, received: float) -> None:
-        dm, parents = await self._decode_round(msg)
+        dm, parents, assumed = await self._decode_round(msg)
         if dm is None:
             return
         adm = self.table.admit(dm, msg.reply, time.monotonic(),
-                               sender=self._sender(msg.subject, subjects.DRAFT_PREFIX), parents=parents)
+                               sender=self._sender(msg.subject, subjects.DRAFT_PREFIX), parents=parents,
+                               assumed_next=assumed)
         await self._publish(adm.replies)
         self._log_admission(dm, adm, msg.subject)
         if adm.compute is not None:
@@ -194,6 +214,25 @@ class CloudWorker(WorkerBase):
             await self._verify(job, received)
         finally:
             self.computing -= 1
+        await self._next_ahead(job)
+
+    async def _next_ahead(self, job: Compute) -> None:
+        """The round drafted ahead that waited behind this one: started as its own task (a long run of
+        kept rounds must not nest), or answered `voided` / why not, without compute."""
+        adm = self.table.take_ahead(job.session, time.monotonic())
+        if adm.event == "none":
+            return
+        await self._publish(adm.replies)
+        if adm.compute is None:
+            self.log.debug("ahead_dropped", request_id=job.msg.request_id, code=adm.event, detail=adm.detail[:300],
+                           edge_id=job.msg.edge_id)
+            return
+        self.log.debug("ahead_started", request_id=job.msg.request_id, round=adm.compute.msg.round,
+                       edge_id=job.msg.edge_id)
+        if self.try_spawn(self._compute(adm.compute, time.perf_counter())) is None:
+            # cannot happen below max_in_flight tasks; the session must not stay in flight forever
+            await self._publish(self.table.finish(adm.compute.session, RuntimeError("verifier full"), None,
+                                                  time.monotonic()))
 
     def _more_coming(self) -> bool:
         """Whether a held session has no round in hand (its next draft may arrive any moment)."""
@@ -259,7 +298,7 @@ class CloudWorker(WorkerBase):
         await self._publish(replies)
         self.log.debug("verify", request_id=dm.request_id, round=dm.round, attempt=dm.attempt, edge_id=dm.edge_id,
                        verifier_id=self.cfg.verifier_id, draft_length=len(dm.tokens), accepted=v.accepted,
-                       tree=job.parents is not None,
+                       tree=job.parents is not None, ahead=job.ahead,
                        verify_ms=round(emulated_ms, 3), verify_real_ms=round(real_ms, 3), prefill_ms=round(prefill_ms, 3),
                        queue_ms=round(queue_ms, 3),
                        context_resent=job.rebuild and dm.round > 0, context_len=len(s.tokens),
@@ -279,7 +318,7 @@ class CloudWorker(WorkerBase):
             return
         fields = dict(request_id=dm.request_id, round=dm.round, attempt=dm.attempt, edge_id=dm.edge_id,
                       subject=subject, sessions=len(self.sessions))
-        if adm.event in ("joined_in_flight", "verdict_resent"):
+        if adm.event in ("joined_in_flight", "verdict_resent", "queued_ahead", VOIDED):
             self.log.debug(adm.event, **fields)
         elif adm.event == "session_end":
             self.log.info("session_end", reason="final", held=adm.detail == "held", **fields)

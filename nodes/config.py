@@ -21,6 +21,24 @@ _R = RoundRules("")  # ... and a round's timing in the round's rules
 DRAIN_TIMEOUT_S = 10.0  # after SIGTERM/SIGINT a worker finishes the work in hand this long, then stops
 MAX_LENGTH = _R.max_length  # longest draft a worker produces or accepts
 MAX_LEARNERS = 1024     # the controller's learners kept in memory (the rest wait in the bucket)
+MAX_ROUNDS_IN_FLIGHT = 1 + _T.max_ahead  # --ahead's cap: one round computing, the default verifier's max_ahead waiting
+
+
+def _spine_only(tree: Tree) -> bool:
+    """Whether only the first child at each depth has children (DEPTHxWIDTH shapes)."""
+    spine, head = set(), -1
+    for i, p in enumerate(tree.parents):
+        if p == head:
+            spine.add(i)
+            head = i
+    return all(p < 0 or p in spine for p in tree.parents)
+
+
+def check_ahead(value: object) -> int:
+    """`--ahead R`: 1..MAX_ROUNDS_IN_FLIGHT rounds in flight per request; ValueError naming the bound."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_ROUNDS_IN_FLIGHT:
+        raise ValueError(f"ahead must be an integer in 1..{MAX_ROUNDS_IN_FLIGHT} (rounds in flight), got {value!r}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -43,10 +61,11 @@ class CloudConfig:
     graphs: bool | None = None     # static-shape verify (CUDA graphs); None: on for a CUDA model
     batch_invariant: bool = False  # one forward per round: verdicts independent of the batch
     trees: bool = True             # take tree drafts (schema v2); False: a chain-only verifier, which answers `version`
+    max_ahead: int = _T.max_ahead  # rounds drafted ahead a session may have waiting (schema v3); 0: answers `version`
 
     def table(self) -> TableConfig:
         return TableConfig(self.verifier_id, self.max_sessions, self.session_ttl_s, self.evict_idle_s,
-                           self.max_sessions_per_edge, self.max_rounds_per_edge)
+                           self.max_sessions_per_edge, self.max_rounds_per_edge, self.max_ahead)
 
 
 @dataclass(frozen=True)
@@ -80,10 +99,17 @@ class EdgeConfig:
     heartbeat_s: float = HEARTBEAT_S       # AliveMsg period, and a silent client's keepalive period
     liveness_window_s: float = WINDOW_S    # a verifier not heard from this long is avoided
     tree: Tree | str | None = None  # draft trees: a shape, "DxW", "auto" (best for the told delay), None: chains
+    ahead: int = 1  # rounds in flight per request (proactive drafting, docs/pipelining.md); 1: one round per trip
 
     def __post_init__(self) -> None:
         if isinstance(self.tree, str):  # "4x2" / "auto" / "off" -> a Tree, AUTO or None (ControlError if neither)
             object.__setattr__(self, "tree", parse_tree(self.tree))
+        check_ahead(self.ahead)
+        if self.ahead > 1 and self.tree is not None and not isinstance(self.tree, Tree):
+            raise ValueError("--ahead drafts a fixed tree shape ahead (DEPTHxWIDTH), not --tree auto")
+        if self.ahead > 1 and isinstance(self.tree, Tree) and not _spine_only(self.tree):
+            raise ValueError("--ahead with a tree needs a spine shape (only the rank-1 path has children): a "
+                             "round is kept when its spine is, and no other path may reach the spine's depth")
 
     def rules(self) -> RoundRules:
         return RoundRules(self.edge_id, self.max_length, self.request_timeout_s, self.failover_deadline_s)

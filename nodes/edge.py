@@ -39,6 +39,7 @@ from nodes.detokenize import IncrementalDetokenizer
 from nodes.device import DeviceProfile, Pacer
 from nodes.config import EdgeConfig
 from nodes.draft_batcher import DraftBatcher, Drafted
+from nodes.edge_ahead import AheadRounds
 from nodes.link import Channel, ConstChannel, LinkTimer
 from nodes.liveness import Heartbeat
 from nodes.models.head import head_for
@@ -51,7 +52,7 @@ from nodes.protocol.acting import HeadSlot, plan_round
 from nodes.protocol.admission import EarlyCancels, admit_generate, check_prompt_tokens, deadline_s
 from nodes.protocol.liveness import FORGET_S, HolderWatch, PeerTable, keepalive_due
 from nodes.protocol.placement import Placement
-from nodes.protocol.request import Accepted, EdgeRequest, Failed
+from nodes.protocol.request import Accepted, EdgeRequest, Failed, RoundRecord, Send
 from nodes.protocol.resume import RecentStreams, held_state
 from nodes.protocol.tree import draft_steps, round_tokens
 from nodes.protocol.tree_shape import TreeShaper
@@ -484,7 +485,9 @@ class EdgeWorker(WorkerBase):
             await self.drafter.release(live.draft_session)
 
     async def _round_loop(self, r: EdgeRequest, live: Live) -> None:
-        reply = live.inbox
+        if self.cfg.ahead > 1:  # rounds in flight: nodes/edge_ahead.py drives the same protocol, R rounds at once
+            await AheadRounds(self, r, live).run()
+            return
         draft_model: DraftSession | None = None  # prefilled at the first drafted round (never for target-only)
         while not r.done:
             if live.stop_reason is not None:  # a cancel can be lost: Python 3.11's wait_for (inside nats-py's
@@ -530,15 +533,19 @@ class EdgeWorker(WorkerBase):
             self.delay.add(one_way_delay_ms(rec.timing.network_ms))
             if self.policies.learn_locally and policy.learns and d.parents is None:  # else the controller learns
                 policy.observe(rec.outcome)
-            if rec.done:
-                live.terminal = rec.chunk
-            if reply:
-                live.last_sent = time.monotonic()
-                await self.send_now(reply, encode(rec.chunk))
-            self.log.debug("round", **round_log_fields(rec.timing), **_draft_batch_fields(drafted))
-            self.outbox.put(subjects.timing(self.cfg.edge_id), encode(rec.timing))
+            await self._deliver(live, rec, _draft_batch_fields(drafted))
         self.log.info("request_done", request_id=r.req.request_id, rounds=r.round, tokens=len(r.out),
                       finish_reason=r.finish_reason, policy=r.policy_spec, retries=r.retries)
+
+    async def _deliver(self, live: Live, rec: RoundRecord, log_fields: dict) -> None:
+        """An applied round's chunk to the client, its log line and its timing event."""
+        if rec.done:
+            live.terminal = rec.chunk
+        if live.inbox:
+            live.last_sent = time.monotonic()
+            await self.send_now(live.inbox, encode(rec.chunk))
+        self.log.debug("round", **round_log_fields(rec.timing), **log_fields)
+        self.outbox.put(subjects.timing(self.cfg.edge_id), encode(rec.timing))
 
     async def _draft_tree(self, r: EdgeRequest, session: TreeDraftSession, seed: int) -> Draft:
         """A tree round's draft, its shape from `cfg.tree` (nodes/protocol/tree_shape.TreeShaper); an
@@ -561,17 +568,24 @@ class EdgeWorker(WorkerBase):
             await asyncio.sleep(pad / 1e3)
         return real
 
-    async def _exchange(self, r: EdgeRequest, d: Draft, sample) -> tuple[VerdictMsg, float, float]:
-        """Send the round until the protocol accepts a verdict: (verdict, link ms, stall ms)."""
-        step = r.send(d, time.monotonic())
-        first = time.perf_counter()
+    async def _exchange(self, r: EdgeRequest, d: Draft, sample,
+                        sent: tuple[Send, asyncio.Future, float] | None = None) -> tuple[VerdictMsg, float, float]:
+        """Send the round until the protocol accepts a verdict: (verdict, link ms, stall ms). `sent`: a
+        round whose first attempt is already out (its step, the attempt's (answer, link ms), when it began)."""
+        step = r.send(d, time.monotonic()) if sent is None else sent[0]
+        first = time.perf_counter() if sent is None else sent[2]
         while True:
             if step.wait_s:
                 await asyncio.sleep(step.wait_s)
-            began = time.perf_counter()
-            link_ms = await self.link.sleep(sample.up_ms)
+            began = time.perf_counter() if sent is None else first
             try:
-                answer = await self._ask(r, step)
+                if sent is not None:
+                    attempt, sent = sent[1], None
+                    answer, link_ms = await attempt
+                else:
+                    link_ms = await self.link.sleep(sample.up_ms)
+                    answer = await self._ask(r, step)
+                    link_ms += await self.link.sleep(sample.down_ms)
             except HolderGone as moved:
                 nxt = r.on_holder_gone(time.monotonic(), moved.other)
             except NoRespondersError:
@@ -582,7 +596,6 @@ class EdgeWorker(WorkerBase):
                 now = time.monotonic()
                 nxt = r.on_timeout(now, self.placement.elsewhere(r.verifier, now))
             else:
-                link_ms += await self.link.sleep(sample.down_ms)
                 try:
                     m = decode(answer.data, self.limits, expect=(VerdictMsg, ErrorMsg))
                 except SchemaError as exc:

@@ -30,8 +30,9 @@ BAD_MESSAGE, TOO_LARGE, VERSION = "bad_message", "too_large", "version"
 RESEND_CONTEXT, OVERLOADED, DRAINING, CONFLICT = "resend_context", "overloaded", "draining", "conflict"
 TOO_LONG, DUPLICATE, NO_VERIFIER, DEADLINE = "too_long", "duplicate", "no_verifier", "deadline"
 CANCELLED, UNAVAILABLE, INTERNAL = "cancelled", "unavailable", "internal"
+VOIDED = "voided"  # a round drafted ahead whose basis the verdict before it broke: dropped without compute
 ERROR_CODES = (BAD_MESSAGE, TOO_LARGE, VERSION, RESEND_CONTEXT, OVERLOADED, DRAINING, CONFLICT, TOO_LONG,
-               DUPLICATE, NO_VERIFIER, DEADLINE, CANCELLED, UNAVAILABLE, INTERNAL)
+               DUPLICATE, NO_VERIFIER, DEADLINE, CANCELLED, UNAVAILABLE, INTERNAL, VOIDED)
 
 
 ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")

@@ -77,3 +77,16 @@ def test_model_nice_out_of_range(value):
 ])
 def test_batching_flags_out_of_range(args, fragment):
     one_line_error(run_cli(*args), fragment)
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (("edge", "--ahead", "0"), "--ahead: must be an integer in 1..5, got 0"),
+    (("edge", "--ahead", "6"), "--ahead: must be an integer in 1..5, got 6"),
+    (("edge", "--ahead", "2", "--tree", "auto"), "it does not combine with --tree auto"),
+    (("demo", "--ahead", "2", "--tree", "auto"), "it does not combine with --tree auto"),
+    (("cloud", "--max-ahead", "-1"), "--max-ahead: must be >= 0"),
+    (("cloud", "--max-ahead", "17"), "--max-ahead must be an integer in 0..16"),
+    (("bench", "trees", "--live", "--ahead", "1"), "must list rounds in flight in 2..5"),
+])
+def test_rounds_in_flight_out_of_range(args, fragment):
+    one_line_error(run_cli(*args), fragment)

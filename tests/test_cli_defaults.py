@@ -12,14 +12,14 @@ from pipeline.orchestration.serve import CloudOptions, EdgeOptions
 CLOUD = {"max_sessions": TableConfig.max_sessions, "session_ttl": TableConfig.session_ttl_s,
          "evict_idle": TableConfig.evict_idle_s, "max_context_tokens": CloudOptions.max_context_tokens,
          "max_batch": CloudOptions.max_batch, "batch_wait_ms": CloudOptions.batch_wait_ms,
-         "slot_memory_mb": CloudOptions.slot_memory_mb}
+         "slot_memory_mb": CloudOptions.slot_memory_mb, "max_ahead": CloudOptions.max_ahead}
 EDGE = {"channel": EdgeOptions.channel, "policy": EdgeOptions.policy, "seed": EdgeOptions.seed,
         "request_timeout": EdgeOptions.request_timeout_s, "failover_deadline": EdgeOptions.failover_deadline_s,
         "max_active": EdgeLimits.max_active, "max_queued": EdgeLimits.max_queued,
         "max_prompt_tokens": EdgeLimits.max_prompt_tokens, "max_new_tokens_limit": EdgeLimits.max_new_tokens,
         "max_request_s": EdgeLimits.max_request_s, "draft_max_batch": EdgeOptions.draft_max_batch,
         "draft_batch_wait_ms": EdgeOptions.draft_batch_wait_ms,
-        "draft_slot_memory_mb": EdgeOptions.draft_slot_memory_mb}
+        "draft_slot_memory_mb": EdgeOptions.draft_slot_memory_mb, "ahead": EdgeOptions.ahead}
 
 
 @pytest.mark.parametrize("command,expected", [("cloud", CLOUD), ("edge", EDGE)])
@@ -59,10 +59,11 @@ def test_the_command_line_options_pass_on_the_workers_own_defaults():
     cloud, edge = CloudConfig(), EdgeConfig()
     c, e = CloudOptions(), EdgeOptions()
     shared = ("max_sessions", "session_ttl_s", "evict_idle_s", "max_batch", "batch_wait_ms", "slot_cache",
-              "slot_memory_mb", "max_sessions_per_edge", "max_rounds_per_edge", "batch_invariant")
+              "slot_memory_mb", "max_sessions_per_edge", "max_rounds_per_edge", "batch_invariant", "max_ahead")
     assert {k: getattr(c, k) for k in shared} == {k: getattr(cloud, k) for k in shared}
-    assert (e.policy, e.seed, e.request_timeout_s, e.failover_deadline_s, e.place_sessions) == (
-        edge.default_policy, edge.seed, edge.request_timeout_s, edge.failover_deadline_s, edge.place_sessions)
+    assert (e.policy, e.seed, e.request_timeout_s, e.failover_deadline_s, e.place_sessions, e.ahead) == (
+        edge.default_policy, edge.seed, edge.request_timeout_s, edge.failover_deadline_s, edge.place_sessions,
+        edge.ahead)
     d = edge.drafting
     assert (e.draft_max_batch, e.draft_batch_wait_ms, e.draft_slot_cache, e.draft_slot_memory_mb) == (
         d.max_batch, d.wait_ms, d.slot_cache, d.memory_mb)
@@ -73,3 +74,13 @@ def test_the_gateways_default_bounds_are_its_edges_bounds():
 
     gateway, edge = GatewayConfig(), EdgeLimits()
     assert (gateway.max_prompt_tokens, gateway.max_tokens_limit) == (edge.max_prompt_tokens, edge.max_new_tokens)
+
+
+def test_demo_passes_rounds_in_flight_on_to_the_edge_it_starts_and_nothing_by_default():
+    from pipeline.cli.runs import _tree_flags
+
+    parse = build_parser().parse_args
+    assert _tree_flags(parse(["demo"]), "edge") == []
+    assert _tree_flags(parse(["demo", "--ahead", "3"]), "edge") == ["--ahead", "3"]
+    assert _tree_flags(parse(["demo", "--ahead", "2", "--tree", "3x3"]), "edge") == ["--tree", "3x3", "--ahead", "2"]
+    assert _tree_flags(parse(["demo", "--ahead", "3"]), "cloud") == []

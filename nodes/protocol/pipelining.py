@@ -181,8 +181,10 @@ class Replay:
 class CloudWindow:
     """Cloud side: verify a round only on the basis the verdicts so far left; each round once."""
 
-    def __init__(self, rule: KeepRule = KeepRule()) -> None:
-        self.rule = rule
+    def __init__(self, rule: KeepRule = KeepRule(), keep: int | None = None) -> None:
+        """`keep`: how many recent verdicts are remembered for replays (None: all; a verifier serving
+        for hours bounds it by the rounds an edge may have in flight)."""
+        self.rule, self.keep = rule, keep
         self.last: tuple[int, int, int, int] = (-1, 0, 0, 0)  # round id, drafted, accepted, next token
         self._done: dict[int, tuple[int, int]] = {}
 
@@ -207,3 +209,6 @@ class CloudWindow:
             raise ValueError(f"round {round_id} verified twice")
         self._done[round_id] = (accepted, next_token)
         self.last = (round_id, drafted, accepted, next_token)
+        if self.keep is not None:
+            while len(self._done) > self.keep:
+                del self._done[next(iter(self._done))]

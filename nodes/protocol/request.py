@@ -40,8 +40,8 @@ from nodes.protocol.tree import draft_steps, path_error, round_tokens
 from schemas import subjects
 from schemas.codec import Float32Array, Int32Array
 from schemas.messages import (
-    BAD_MESSAGE, CONFLICT, DRAINING, NO_VERIFIER, OVERLOADED, RESEND_CONTEXT, DraftMsg, ErrorMsg, GenerateRequest,
-    TimingEvent, TokenChunk, VerdictMsg,
+    BAD_MESSAGE, CONFLICT, DRAINING, NO_VERIFIER, OVERLOADED, RESEND_CONTEXT, VOIDED, DraftMsg, ErrorMsg,
+    GenerateRequest, TimingEvent, TokenChunk, VerdictMsg,
 )
 from schemas.rounds import Draft, SamplingParams, round_seed
 
@@ -170,9 +170,12 @@ class EdgeRequest:
         if self.round == 0 and self._pending is None and self.verifier is None:
             self.verifier, self.placed = verifier_id, True
 
-    def send(self, draft: Draft, now: float) -> Send:
+    def send(self, draft: Draft, now: float, plan: RoundPlan | None = None) -> Send:
         """The round's first attempt: to the sticky verifier, or with the context to the queue group
-        (or, for a placed session's first round, to the verifier the edge chose)."""
+        (or, for a placed session's first round, to the verifier the edge chose). `plan`: the round's
+        plan when it was not made by `plan` (rounds in flight plan their own)."""
+        if plan is not None:
+            self._plan = plan
         self._draft, self.attempt, self._failing_since = draft, 0, None
         self._context_resent = False
         opening = self.round == 0 and self.placed and self.verifier is not None
@@ -184,6 +187,21 @@ class EdgeRequest:
         self._context_resent = with_context and not first_round
         self._holder_unknown = self._holder_unknown or self.verifier is None
         self._pending = msg
+        return Send(self._subject(), msg, 0.0, self.rules.request_timeout_s)
+
+    def ahead_msg(self, draft: Draft, round_no: int) -> DraftMsg:
+        """Round `round_no`'s first attempt, drafted ahead of the verdicts before it (nodes/edge_ahead.py):
+        to the sticky verifier, never with a context; it goes out as an ahead_draft with its basis."""
+        return DraftMsg.from_draft(draft, request_id=self.req.request_id, round=round_no, attempt=0,
+                                   edge_id=self.rules.edge_id, params=self.params, session=self.session)
+
+    def adopt(self, draft: Draft, plan: RoundPlan, msg: DraftMsg, now: float) -> Send:
+        """Make a round sent ahead (`ahead_msg`) the round in flight, now that every verdict before it
+        is applied: its answer goes through `on_verdict` / `on_error` / ... like a round's sent by `send`,
+        and a retry goes out as a plain chain draft (its basis is now known to hold)."""
+        assert msg.round == self.round and self._pending is None, f"adopting round {msg.round} at {self.round}"
+        self._draft, self._plan, self._pending = draft, plan, msg
+        self.attempt, self._failing_since, self._context_resent = msg.attempt, None, False
         return Send(self._subject(), msg, 0.0, self.rules.request_timeout_s)
 
     def on_verdict(self, v: VerdictMsg, now: float) -> Accepted | Send | Failed:
@@ -209,7 +227,7 @@ class EdgeRequest:
 
     def on_error(self, e: ErrorMsg, now: float) -> Send | Failed:
         where = self._where()
-        if e.code in (RESEND_CONTEXT, DRAINING):
+        if e.code in (RESEND_CONTEXT, DRAINING, VOIDED):  # voided: the verifier's record disagrees; rebuild it
             return self._retry(now, f"{where} answered {e.code}: {e.message}", to_queue=True, backoff=False)
         if e.code == OVERLOADED:
             return self._retry(now, f"{where} answered {e.code}: {e.message}", to_queue=True, backoff=True)

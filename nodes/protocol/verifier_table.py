@@ -41,7 +41,15 @@ Rules (README, "Round protocol"):
     round finished after it was replaced or dropped, or its compute failed;
   * an edge whose heartbeats stopped (`drop_edge`) loses every session at once,
     not at the TTL; a round in flight still answers its waiters. It is not
-    remembered as ended: if the edge was only slow, its context rebuilds it.
+    remembered as ended: if the edge was only slow, its context rebuilds it;
+  * rounds drafted ahead (`assumed_next` given: the edge drafted round r+1 assuming
+    round r is kept, schemas/ahead.py) wait behind the round before them, at most
+    `max_ahead` per session (past it: `overloaded`), and are decided when that
+    round's verdict exists, by the session's CloudWindow
+    (nodes/protocol/pipelining.py): verified on the basis the verdicts left, or,
+    when the basis broke, answered `voided` without compute, and so is every round
+    waiting behind it. The last `max_ahead + 2` verdicts stay on record, so a resent
+    round whose verdict exists is answered from it, never verified twice.
 """
 from __future__ import annotations
 
@@ -49,16 +57,18 @@ from collections import Counter, OrderedDict
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
+from nodes.protocol.pipelining import Basis, CloudWindow, Replay, Stale
 from schemas.codec import Int32Array, Limits
 from schemas.messages import (
-    BAD_MESSAGE, CONFLICT, DRAINING, ERROR_CODES, INTERNAL, OVERLOADED, RESEND_CONTEXT, TOO_LONG, AckMsg, DraftMsg,
-    ErrorMsg, VerdictMsg,
+    BAD_MESSAGE, CONFLICT, DRAINING, ERROR_CODES, INTERNAL, OVERLOADED, RESEND_CONTEXT, TOO_LONG, VERSION, VOIDED,
+    AckMsg, DraftMsg, ErrorMsg, VerdictMsg,
 )
 
 SessionKey = tuple[str, str, str]  # (edge_id, request_id, session nonce)
 MAX_WAITERS = 16
 ENDED_KEEP = 4096  # recently ended sessions remembered (bounded)
 ENDED_KEEP_S = 60.0
+MAX_AHEAD = 16  # the most rounds drafted ahead any configuration lets one session hold
 
 
 @dataclass(frozen=True)
@@ -71,8 +81,11 @@ class TableConfig:
     evict_idle_s: float = 2.0     # at the cap, a session idle this long may be evicted for a new one
     max_sessions_per_edge: int | None = None  # None: half of max_sessions (an edge's own --max-active default fits)
     max_rounds_per_edge: int | None = None    # None: the session quota (a round per session it may hold)
+    max_ahead: int = 4  # rounds drafted ahead one session may have waiting (0: rounds in flight are refused)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.max_ahead, int) or not 0 <= self.max_ahead <= MAX_AHEAD:
+            raise ValueError(f"max_ahead must be an integer in 0..{MAX_AHEAD}, got {self.max_ahead!r}")
         for name in ("max_sessions", "max_sessions_per_edge", "max_rounds_per_edge"):
             v = getattr(self, name)
             if v is not None and (not isinstance(v, int) or v < 1):
@@ -103,6 +116,8 @@ class InFlight:
     received: float
     waiters: list[Waiter] = field(default_factory=list)
     parents: tuple[int, ...] | None = None  # a tree round's shape (None: a chain)
+    assumed_next: int | None = None  # a round drafted ahead: the token it assumes the round before ends with
+    msg: DraftMsg | None = None      # a round drafted ahead: its draft, started once its basis is decided
 
 
 @dataclass
@@ -118,6 +133,9 @@ class Session:
     last_verdict: VerdictMsg | None = None
     in_flight: InFlight | None = None
     ending: bool = False
+    window: CloudWindow = field(default_factory=lambda: CloudWindow(keep=MAX_AHEAD + 2))  # decides rounds drafted ahead, from the verdicts
+    records: OrderedDict = field(default_factory=OrderedDict)  # round -> (shape, verdict, context length before it)
+    ahead: list[InFlight] = field(default_factory=list)  # rounds drafted ahead, waiting behind the one in flight
 
 
 @dataclass
@@ -128,6 +146,7 @@ class Compute:
     msg: DraftMsg
     rebuild: bool
     parents: tuple[int, ...] | None = None  # a tree round: node i's parent (-1 = the root)
+    ahead: bool = False  # a round drafted ahead, verified because the verdicts kept its basis
 
 
 @dataclass
@@ -162,6 +181,17 @@ def _shape(inf: InFlight) -> tuple:
     return inf.tokens if inf.parents is None else (inf.tokens, inf.parents)
 
 
+def _depth(inf: InFlight) -> int:
+    """What a round drafts along its stream: a chain's length, a tree's depth (its spine's length: a
+    round drafted ahead on a tree round assumes the whole spine accepted)."""
+    if inf.parents is None:
+        return len(inf.tokens)
+    depth: list[int] = []
+    for p in inf.parents:
+        depth.append(1 if p < 0 else depth[p] + 1)
+    return max(depth, default=0)
+
+
 def sender_mismatch(sender: str | None, msg: DraftMsg) -> str | None:
     """Why a draft cannot be taken from the edge its subject names, or None. The subject's edge id is
     what the broker let the sender publish on; the body's `edge_id` is only what the sender says."""
@@ -183,9 +213,10 @@ class SessionTable:
 
     # --- admission -----------------------------------------------------------------
     def admit(self, msg: DraftMsg, reply_to: Any, now: float, sender: str | None = None,
-              parents: tuple[int, ...] | None = None) -> Admission:
+              parents: tuple[int, ...] | None = None, assumed_next: int | None = None) -> Admission:
         """`sender`: the edge id in the subject the draft arrived on (None only in-process: no subject).
-        `parents`: the round is a tree of `msg.tokens` (same rules; a retry must carry the same tree)."""
+        `parents`: the round is a tree of `msg.tokens` (same rules; a retry must carry the same tree).
+        `assumed_next`: the round was drafted ahead, assuming round `msg.round - 1` is kept and ends with it."""
         refusal = sender_mismatch(sender, msg)
         if refusal is not None:
             return self._error(reply_to, msg, BAD_MESSAGE, refusal)
@@ -211,13 +242,25 @@ class SessionTable:
                         return self._error(reply_to, msg, OVERLOADED, f"{MAX_WAITERS} attempts already wait on this round")
                     waiters.append(Waiter(reply_to, msg.attempt))
                 return Admission("joined_in_flight")
-            if s.last_verdict is not None and msg.round == s.next_round - 1 and (
-                    context is None or context == s.tokens[:s.last_context_len]):
-                if s.last_tokens != shape:
-                    return self._error(reply_to, msg, CONFLICT, f"round {msg.round} was applied with another draft")
-                s.last_used = now
-                again = replace(s.last_verdict, attempt=msg.attempt)
-                return Admission("verdict_resent", [Reply(reply_to, again)] if reply_to is not None else [])
+            if msg.round in s.records and msg.round < s.next_round:  # on record: answered from it
+                shape_then, verdict, context_len = s.records[msg.round]
+                if context is None or context == s.tokens[:context_len]:
+                    if shape_then != shape:
+                        return self._error(reply_to, msg, CONFLICT, f"round {msg.round} was applied with another draft")
+                    s.last_used = now
+                    again = replace(verdict, attempt=msg.attempt)
+                    return Admission("verdict_resent", [Reply(reply_to, again)] if reply_to is not None else [])
+            waiting = next((w for w in s.ahead if w.round == msg.round), None)
+            if waiting is not None and context is None:  # drafted ahead, waiting: a retry joins it
+                if _shape(waiting) != shape:
+                    return self._error(reply_to, msg, CONFLICT, f"round {msg.round} waits with another draft")
+                if reply_to is not None and all(w.reply_to != reply_to for w in waiting.waiters):
+                    if len(waiting.waiters) >= MAX_WAITERS:
+                        return self._error(reply_to, msg, OVERLOADED, f"{MAX_WAITERS} attempts already wait on this round")
+                    waiting.waiters.append(Waiter(reply_to, msg.attempt))
+                return Admission("joined_in_flight")
+        if assumed_next is not None:
+            return self._admit_ahead(s, msg, reply_to, now, tokens, assumed_next, parents)
         if self.draining:
             return self._error(reply_to, msg, DRAINING,
                                f"verifier {self.cfg.verifier_id} is shutting down: resend the context elsewhere")
@@ -283,6 +326,10 @@ class SessionTable:
         verdict = VerdictMsg(rid, inf.round, 0, a, result.next_token, round(result.verify_ms, 3),
                              round(result.queue_ms, 3), self.cfg.verifier_id, round(real, 3), emulated, path)
         session.last_context_len = len(session.tokens)
+        session.records[inf.round] = (_shape(inf), verdict, len(session.tokens))
+        while len(session.records) > self.cfg.max_ahead + 2:
+            session.records.popitem(last=False)
+        session.window.record(inf.round, _depth(inf), a, result.next_token)
         drafted = inf.tokens[:a] if path is None else tuple(inf.tokens[v] for v in path)
         session.tokens.extend(drafted + (result.next_token,))
         session.next_round, session.last_tokens, session.last_verdict = inf.round + 1, _shape(inf), verdict
@@ -297,6 +344,91 @@ class SessionTable:
             self._release(session)
             self._remember_end(session.key, now)
         return [Reply(w.reply_to, replace(verdict, attempt=w.attempt)) for w in inf.waiters]
+
+    def take_ahead(self, session: Session, now: float) -> Admission:
+        """After `finish`: the round drafted ahead that waited behind the finished one. Verified (a
+        Compute) when the verdicts left its basis; else answered `voided`, with every round waiting
+        behind it (their basis is the voided round). A session that was dropped, replaced or ended
+        meanwhile answers them `resend_context`: the edge rebuilds it from the context."""
+        if not session.ahead:
+            return Admission("none")
+        current = self.sessions.get(session.key) is session and not session.ending and session.in_flight is None
+        head = session.ahead[0]
+        if not current or head.round != session.next_round:
+            return self._void_ahead(session, RESEND_CONTEXT, f"round {head.round} was drafted ahead on a session "
+                                                             f"verifier {self.cfg.verifier_id} no longer holds")
+        decided = session.window.admit(head.round, Basis(head.round - 1, head.assumed_next))
+        if isinstance(decided, Stale):
+            return self._void_ahead(session, VOIDED, decided.reason)
+        if self.draining:
+            return self._void_ahead(session, DRAINING, f"verifier {self.cfg.verifier_id} is shutting down: resend "
+                                                       f"the context elsewhere")
+        session.ahead.pop(0)
+        assert head.msg is not None
+        adm = self._start(session, head.msg, None, head.tokens, now, rebuild=False, parents=head.parents)
+        if adm.compute is not None:
+            assert session.in_flight is not None
+            session.in_flight.waiters = head.waiters
+            adm.event, adm.compute.ahead = "ahead_started", True
+        else:  # too long: its waiters hear it, and so does every round behind it
+            session.ahead.insert(0, head)
+            adm = self._void_ahead(session, TOO_LONG, adm.detail)
+        return adm
+
+    def _admit_ahead(self, s: Session | None, msg: DraftMsg, reply_to: Any, now: float, tokens: tuple[int, ...],
+                     assumed_next: int, parents: tuple[int, ...] | None) -> Admission:
+        """A round drafted ahead that is neither in flight nor on record: decided now when the round before
+        it is verified, else queued behind it (bounded by `max_ahead`)."""
+        if self.cfg.max_ahead < 1:
+            return self._error(reply_to, msg, VERSION, f"verifier {self.cfg.verifier_id} takes no rounds drafted "
+                                                      f"ahead (max_ahead=0): start the edge without --ahead")
+        if msg.context is not None:
+            return self._error(reply_to, msg, BAD_MESSAGE, "a round drafted ahead carries no context")
+        if s is None:
+            return self._error(reply_to, msg, RESEND_CONTEXT,
+                               f"verifier {self.cfg.verifier_id} holds no session for this request")
+        if self.draining:
+            return self._error(reply_to, msg, DRAINING,
+                               f"verifier {self.cfg.verifier_id} is shutting down: resend the context elsewhere")
+        behind = s.ahead[-1].round if s.ahead else (s.in_flight.round if s.in_flight is not None else None)
+        if behind is not None and msg.round == behind + 1:
+            if len(s.ahead) >= self.cfg.max_ahead:
+                return self._error(reply_to, msg, OVERLOADED, f"session holds {len(s.ahead)} rounds drafted ahead on "
+                                                              f"verifier {self.cfg.verifier_id} "
+                                                              f"(max_ahead={self.cfg.max_ahead})")
+            waiters = [Waiter(reply_to, msg.attempt)] if reply_to is not None else []
+            s.ahead.append(InFlight(msg.round, tokens, now, waiters, None if parents is None else tuple(parents),
+                                    assumed_next, msg))
+            s.last_used = now
+            return Admission("queued_ahead")
+        if s.in_flight is None and msg.round > s.next_round:  # nothing it could wait behind: its basis was voided
+            return self._error(reply_to, msg, VOIDED, f"round {msg.round} continues round {msg.round - 1}, which was "
+                                                      f"not verified (the next round here is {s.next_round})")
+        if s.in_flight is not None or msg.round != s.next_round:
+            return self._error(reply_to, msg, RESEND_CONTEXT,
+                               f"round {msg.round} is out of order (expected {s.next_round})")
+        decided = s.window.admit(msg.round, Basis(msg.round - 1, assumed_next))
+        if isinstance(decided, Stale):
+            return self._error(reply_to, msg, VOIDED, decided.reason)
+        if isinstance(decided, Replay):  # off the record already (cannot happen within max_ahead + 2)
+            return self._error(reply_to, msg, RESEND_CONTEXT, f"round {msg.round} is no longer on record")
+        busy = self.edge_rounds[msg.edge_id]
+        if busy >= self.cfg.rounds_per_edge:
+            return self._error(reply_to, msg, OVERLOADED,
+                               f"edge {msg.edge_id} has {busy} rounds in flight on verifier {self.cfg.verifier_id}, "
+                               f"its share (max_rounds_per_edge={self.cfg.rounds_per_edge})")
+        adm = self._start(s, msg, reply_to, tokens, now, rebuild=False, parents=parents)
+        if adm.compute is not None:
+            adm.compute.ahead = True
+        return adm
+
+    def _void_ahead(self, session: Session, code: str, why: str) -> Admission:
+        """Answer every round waiting ahead on `session` with `code`: none of them is verified."""
+        rid = session.key[1]
+        replies = [Reply(w.reply_to, ErrorMsg(code, why[:1000], rid)) for inf in session.ahead for w in inf.waiters]
+        rounds = [inf.round for inf in session.ahead]
+        session.ahead.clear()
+        return Admission(code, replies, detail=f"rounds {rounds}: {why}")
 
     # --- housekeeping ----------------------------------------------------------------
     def expire(self, now: float) -> list[SessionKey]:

@@ -3,13 +3,21 @@
 Each row starts its own broker, cloud and edge processes (the edge's link emulation sleeps the
 one-way delay each way), sends the same greedy requests one at a time, and reads the edge's round
 log: ms/token is a request's summed round time over the tokens its rounds emitted (medians over
-requests), so it is measured, not modelled. Every row must produce the same tokens (greedy output
-does not depend on the shape); `same_output` says whether they did.
+requests), so it is measured, not modelled; `wall_ms_per_token_median` is the client's own clock
+(a request's whole stream, first round and prefill included) as a cross-check. Every row must
+produce the same tokens (greedy output does not depend on the shape); `same_output` says whether
+they did.
+
+`ahead` adds rows with rounds in flight (`edge --ahead R`, chains of each of `ahead_lengths`): a
+round's `round_ms` there is its share of the critical path (nodes/edge_ahead.py), so the same sum
+over a request is its wall time. With `repeats` > 1 every row runs that many times, the rows
+interleaved (a shared machine's load drifts between rows), and each row reports its median run.
 """
 from __future__ import annotations
 
 import json
 import statistics
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -28,18 +36,21 @@ ROWS = (("chain fixed:8", "fixed:8", "off"), ("chain auto", "auto", "off"),
         ("tree 8x3", "auto", "8x3"), ("tree auto", "auto", "auto"))
 
 
-async def _drive(url: str, prompts: list[str], max_new_tokens: int) -> list[list[int]]:
+async def _drive(url: str, prompts: list[str], max_new_tokens: int) -> tuple[list[list[int]], list[float]]:
+    """The requests' tokens, and each one's wall-clock ms/token at the client."""
     nc = await bus.connect(url, "bench-trees", long_lived=False)
     try:
         await generate_stream(nc, GenerateRequest("warm-up", prompt=prompts[0], max_new_tokens=8), 120,
                               wait_for_edge_s=30.0)
-        outs = []
+        outs, walls = [], []
         for i, p in enumerate(prompts):
+            t0 = time.perf_counter()
             res = await generate_stream(nc, GenerateRequest(f"live-{i}", prompt=p, max_new_tokens=max_new_tokens), 120)
             if not res.ok:
                 raise RuntimeError(f"request {i} failed: {res.error}")
             outs.append(res.token_ids)
-        return outs
+            walls.append((time.perf_counter() - t0) * 1e3 / max(1, len(res.token_ids)))
+        return outs, walls
     finally:
         await nc.close()
 
@@ -71,19 +82,65 @@ def _shapes(rounds: list[dict]) -> dict[str, int]:
     return dict(seen.most_common(5))
 
 
+def row_specs(ahead: tuple[int, ...] = (), ahead_lengths: tuple[int, ...] = (2, 4),
+              trees: bool = True, ahead_trees: tuple[str, ...] = ()) -> list[tuple[str, str, str, int]]:
+    """(label, --policy, --tree, --ahead) per row: ROWS (chains only without `trees`), then a chain of
+    each length and a tree of each shape in `ahead_trees` with each number of rounds in flight."""
+    rows = [(label, policy, tree, 1) for label, policy, tree in ROWS if trees or tree == "off"]
+    rows += [(f"chain fixed:{n} ahead {r}", f"fixed:{n}", "off", r) for r in ahead for n in ahead_lengths]
+    rows += [(f"tree {shape} ahead {r}", "fixed:8", shape, r) for r in ahead for shape in ahead_trees]
+    return rows
+
+
+def _ratio(a: dict, b: dict, key: str = "ms_per_token_median") -> float:
+    return round(a[key] / b[key], 3)
+
+
 def bench_trees_live(delay_ms: float = 50.0, requests: int = 6, max_new_tokens: int = 64, run_root: str = "runs",
-                     draft: str | None = None, target: str | None = None) -> dict:
+                     draft: str | None = None, target: str | None = None, ahead: tuple[int, ...] = (),
+                     ahead_lengths: tuple[int, ...] = (2, 4), trees: bool = True, repeats: int = 1,
+                     ahead_trees: tuple[str, ...] = ()) -> dict:
     prompts = workload_prompts(requests, seed=3)
-    rows, outputs = [], []
-    for label, policy, tree in ROWS:
-        run_dir = new_run_dir(run_root)
-        cfg = RunConfig(channel=f"const:{delay_ms:g}", policy=policy, local_policy=True, draft=draft, target=target,
-                        run_root=run_root, node_flags={"edge": ["--tree", tree]})
-        with local_cluster(run_dir, cfg) as url:
-            outputs.append(aio.run(_drive(url, prompts, max_new_tokens)))
-        rows.append({"row": label, "policy": policy, "tree": tree, "run_dir": str(run_dir), **_row(_rounds(run_dir))})
-    return {"delay_ms": delay_ms, "requests": requests, "max_new_tokens": max_new_tokens, "rows": rows,
-            "same_output": all(o == outputs[0] for o in outputs), **summary(rows)}
+    specs = row_specs(ahead, ahead_lengths, trees, ahead_trees)
+    runs: dict[str, list[dict]] = {label: [] for label, *_ in specs}
+    outputs = []
+    for _ in range(repeats):
+        for label, policy, tree, r in specs:
+            run_dir = new_run_dir(run_root)
+            flags = ["--tree", tree] + (["--ahead", str(r)] if r > 1 else [])
+            cfg = RunConfig(channel=f"const:{delay_ms:g}", policy=policy, local_policy=True, draft=draft,
+                            target=target, run_root=run_root, node_flags={"edge": flags})
+            with local_cluster(run_dir, cfg) as url:
+                outs, walls = aio.run(_drive(url, prompts, max_new_tokens))
+            outputs.append(outs)
+            runs[label].append({"row": label, "policy": policy, "tree": tree, "ahead": r, "run_dir": str(run_dir),
+                                **_row(_rounds(run_dir)),
+                                "wall_ms_per_token_median": round(statistics.median(walls), 2)})
+    rows = []
+    for label, *_ in specs:
+        done = sorted(runs[label], key=lambda x: x["ms_per_token_median"])
+        row = dict(done[(len(done) - 1) // 2])
+        if repeats > 1:
+            row["ms_per_token_runs"] = [x["ms_per_token_median"] for x in runs[label]]
+        rows.append(row)
+    chains = [r for r in rows if r["tree"] == "off" and r["ahead"] == 1]
+    best_chain = min(chains, key=lambda r: r["ms_per_token_median"])
+    out = {"delay_ms": delay_ms, "requests": requests, "max_new_tokens": max_new_tokens, "repeats": repeats,
+           "rows": rows, "same_output": all(o == outputs[0] for o in outputs), "best_chain": best_chain["row"]}
+    kinds = {"tree": lambda r: r["tree"] != "off" and r["ahead"] == 1,
+             "chain_ahead": lambda r: r["tree"] == "off" and r["ahead"] > 1,
+             "tree_ahead": lambda r: r["tree"] != "off" and r["ahead"] > 1}
+    for kind, is_kind in kinds.items():
+        of_kind = [r for r in rows if is_kind(r)]
+        if of_kind:
+            best = min(of_kind, key=lambda r: r["ms_per_token_median"])
+            out |= {f"best_{kind}": best["row"], f"best_chain_over_best_{kind}": _ratio(best_chain, best),
+                    f"best_chain_over_best_{kind}_wall": _ratio(best_chain, best, "wall_ms_per_token_median")}
+    if any(r["tree"] not in ("off", "auto") and r["ahead"] == 1 for r in rows):
+        out |= summary([r for r in rows if r["ahead"] == 1])
+    if any(r["ahead"] > 1 for r in rows):
+        out["default_row"] = "chain auto (--ahead 1 by default: rounds in flight are never chosen unless asked)"
+    return out
 
 
 def summary(rows: list[dict]) -> dict:

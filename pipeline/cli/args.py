@@ -39,6 +39,20 @@ def _number(kind: type, minimum: float, strict: bool):
 
 
 positive_int = _number(int, 1, strict=False)
+AHEAD_HELP = ("rounds in flight per request (proactive drafting, chains): while a round is in flight the edge "
+              "drafts and sends the continuation that assumes it is kept; 1: one round per round trip")
+
+
+def rounds_in_flight(text: str) -> int:
+    """An argparse type for --ahead: 1..MAX_ROUNDS_IN_FLIGHT."""
+    from nodes.config import check_ahead
+
+    try:
+        return check_ahead(int(text))
+    except ValueError:
+        from nodes.config import MAX_ROUNDS_IN_FLIGHT
+
+        raise argparse.ArgumentTypeError(f"must be an integer in 1..{MAX_ROUNDS_IN_FLIGHT}, got {text}") from None
 non_negative_int = _number(int, 0, strict=False)
 positive_float = _number(float, 0, strict=True)
 non_negative_float = _number(float, 0, strict=False)

@@ -13,6 +13,33 @@ from pipeline.cli.args import (batch_sizes, delays, model_args, non_negative_flo
 from pipeline.errors import PipelineError
 
 
+def ahead_list(text: str) -> tuple[int, ...]:
+    """An argparse type: comma-separated rounds in flight, each 2..MAX_ROUNDS_IN_FLIGHT."""
+    from nodes.config import MAX_ROUNDS_IN_FLIGHT
+
+    try:
+        values = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a comma-separated list of integers") from None
+    if not values or not all(2 <= v <= MAX_ROUNDS_IN_FLIGHT for v in values):
+        raise argparse.ArgumentTypeError(f"'{text}' must list rounds in flight in 2..{MAX_ROUNDS_IN_FLIGHT}")
+    return values
+
+
+def tree_shapes(text: str) -> tuple[str, ...]:
+    """An argparse type: comma-separated DEPTHxWIDTH shapes."""
+    from control import ControlError
+    from nodes.protocol.tree_shape import parse_tree
+
+    shapes = tuple(x.strip() for x in text.split(",") if x.strip())
+    try:
+        if not shapes or any(parse_tree(x) in (None, "auto") for x in shapes):
+            raise ControlError(f"'{text}' must list DEPTHxWIDTH shapes")
+    except ControlError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return shapes
+
+
 def node_counts(text: str) -> tuple[int, ...]:
     """An argparse type: comma-separated tree sizes >= 1."""
     try:
@@ -37,7 +64,9 @@ def cmd_bench_trees(a: argparse.Namespace) -> None:
     if a.live:
         from pipeline.bench.trees_live import bench_trees_live
 
-        res = bench_trees_live(a.delay_ms, a.requests, a.max_new_tokens, a.run_root, a.draft, a.target)
+        res = bench_trees_live(a.delay_ms, a.requests, a.max_new_tokens, a.run_root, a.draft, a.target,
+                               tuple(a.ahead), tuple(a.ahead_lengths), not a.no_trees, a.live_repeats,
+                               tuple(a.ahead_trees))
         print(json.dumps(res) if a.json else json.dumps(res, indent=2))
         return
     from pipeline.bench.trees import bench_trees
@@ -181,6 +210,15 @@ def register(sub) -> None:
     p.add_argument("--delay-ms", type=non_negative_float, default=50.0, help="--live: emulated one-way delay")
     p.add_argument("--requests", type=positive_int, default=6, help="--live: greedy requests per row, one at a time")
     p.add_argument("--run-root", default="runs", help="--live: parent of the rows' run directories")
+    p.add_argument("--ahead", type=ahead_list, default=(), metavar="R,R,...",
+                   help="--live: also chains with R rounds in flight (edge --ahead R), one row per R and length")
+    p.add_argument("--ahead-lengths", type=node_counts, default=(2, 4), metavar="L,L,...",
+                   help="--live --ahead: the chain lengths (fixed:L) drafted ahead")
+    p.add_argument("--ahead-trees", type=tree_shapes, default=(), metavar="DxW,DxW,...",
+                   help="--live --ahead: also these tree shapes drafted ahead (edge --tree DxW --ahead R)")
+    p.add_argument("--no-trees", action="store_true", help="--live: no one-round-per-trip tree rows")
+    p.add_argument("--live-repeats", type=positive_int, default=1,
+                   help="--live: run every row this many times, interleaved; each row reports its median run")
     p.add_argument("--json", action="store_true")
     model_args(p)
     p.set_defaults(func=cmd_bench_trees)

@@ -10,7 +10,8 @@ from pathlib import Path
 from control import make_policy
 from nodes.link import parse_channel
 from nodes.protocol.tree_shape import parse_tree
-from pipeline.cli.args import (TREE_HELP, device_profile, model_args, nats_arg, positive_int, progress, workload_args)
+from pipeline.cli.args import (AHEAD_HELP, TREE_HELP, device_profile, model_args, nats_arg, positive_int, progress, rounds_in_flight,
+                               workload_args)
 from pipeline.errors import PipelineError
 from pipeline.transport import aio
 from pipeline.transport.broker import default_nats_url
@@ -32,12 +33,19 @@ def _run_config(a: argparse.Namespace):
 
 
 def _tree_flags(a: argparse.Namespace, kind: str) -> list[str]:
-    """demo: the edge it starts drafts trees of this shape (checked here, before anything starts)."""
-    tree = getattr(a, "tree", None)
-    if kind != "edge" or tree in (None, "off"):
+    """demo: the edge it starts drafts trees of this shape, or rounds ahead (checked here, before
+    anything starts)."""
+    from pipeline.cli.workers import check_ahead_with_tree
+
+    tree, ahead = getattr(a, "tree", None), getattr(a, "ahead", 1)
+    if kind != "edge":
         return []
+    check_ahead_with_tree(ahead, tree)
+    flags = ["--ahead", str(ahead)] if ahead > 1 else []
+    if tree in (None, "off"):
+        return flags
     parse_tree(tree)
-    return ["--tree", tree]
+    return ["--tree", tree, *flags]
 
 
 def _model_flags(a: argparse.Namespace) -> list[str]:
@@ -197,6 +205,7 @@ def register(sub) -> None:
     p.add_argument("--local-policy", action="store_true",
                    help="learn inside the edge instead of starting the control subscriber")
     p.add_argument("--tree", default="off", help=TREE_HELP)
+    p.add_argument("--ahead", type=rounds_in_flight, default=1, help=AHEAD_HELP)
     model_args(p)
     p.set_defaults(func=cmd_demo)
 

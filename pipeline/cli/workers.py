@@ -18,8 +18,9 @@ from nodes.protocol.admission import EdgeLimits
 from nodes.protocol.tree_shape import parse_tree
 from nodes.protocol.verifier_table import TableConfig
 from pipeline.cli import preflight
-from pipeline.cli.args import (TREE_HELP, device_profile, log_args, metrics_arg, nats_arg, node_args, node_id, non_negative_float,
-                               non_negative_int, positive_float, positive_int, prefill_chunk, stop_on_sigterm)
+from pipeline.cli.args import (AHEAD_HELP, TREE_HELP, device_profile, log_args, metrics_arg, nats_arg, node_args, node_id, non_negative_float,
+                               non_negative_int, positive_float, positive_int, prefill_chunk, rounds_in_flight,
+                               stop_on_sigterm)
 from pipeline.errors import PipelineError
 from pipeline.orchestration.run_dirs import new_run_dir
 from pipeline.orchestration.signals import interrupt_then_stop_now
@@ -90,19 +91,27 @@ def cmd_cloud(a: argparse.Namespace) -> None:
     preflight.check_model(a.target, "target")  # a path that cannot load is refused before the broker probe
     try:  # the quotas' own rules (e.g. a share above the cap), before any model loads
         TableConfig(a.id, a.max_sessions, max_sessions_per_edge=a.max_sessions_per_edge,
-                    max_rounds_per_edge=a.max_rounds_per_edge)
+                    max_rounds_per_edge=a.max_rounds_per_edge, max_ahead=a.max_ahead)
     except ValueError as exc:
         raise PipelineError(re.sub(r"\bmax_\w+", lambda m: "--" + m[0].replace("_", "-"), str(exc))) from None
     aio.run(serve_cloud(_node_options(a), CloudOptions(a.max_sessions, a.session_ttl, a.evict_idle,
                                                        a.max_context_tokens, a.max_batch, a.batch_wait_ms,
                                                        not a.no_slot_cache, a.slot_memory_mb,
                                                        a.prefill_chunk or None, a.max_sessions_per_edge,
-                                                       a.max_rounds_per_edge, graphs=a.graphs,
+                                                       a.max_rounds_per_edge, graphs=a.graphs, max_ahead=a.max_ahead,
                                                        batch_invariant=a.batch_invariant)))
 
 
 def _bundled_profile():
     return load_profile(BUNDLED_PROFILE)
+
+
+def check_ahead_with_tree(ahead: int, tree: str | None) -> None:
+    """--ahead drafts chains or a fixed tree shape ahead; with --tree auto it is refused in one line,
+    before any model loads."""
+    if ahead > 1 and tree == "auto":
+        raise PipelineError(f"--ahead {ahead} drafts chains or a fixed tree shape ahead; it does not combine with "
+                            f"--tree auto (name a shape, e.g. --tree 3x2)")
 
 
 def cmd_edge(a: argparse.Namespace) -> None:
@@ -111,13 +120,14 @@ def cmd_edge(a: argparse.Namespace) -> None:
     profile = load_profile(a.profile) if a.profile else None
     make_policy(a.policy, max_length=a.max_length, profile=profile or _bundled_profile())
     parse_tree(a.tree)
+    check_ahead_with_tree(a.ahead, a.tree)
     _check_device(a, "draft")
     limits = EdgeLimits(a.max_active, a.max_queued, a.max_prompt_tokens, a.max_new_tokens_limit, a.max_request_s)
     aio.run(serve_edge(_node_options(a), EdgeOptions(a.channel, a.policy, a.seed, not a.remote_policy,
                                                      a.request_timeout, a.failover_deadline, limits, a.profile,
                                                      a.draft_max_batch, a.draft_batch_wait_ms,
                                                      not a.no_draft_slot_cache, a.draft_slot_memory_mb,
-                                                     not a.random_placement, a.tree)))
+                                                     not a.random_placement, a.tree, a.ahead)))
 
 
 def cmd_control(a: argparse.Namespace) -> None:
@@ -146,6 +156,9 @@ def register(sub) -> None:
     p.add_argument("--max-rounds-per-edge", type=positive_int, default=c.max_rounds_per_edge,
                    help="rounds of one edge waiting or computing at once (default: its session share); "
                         "beyond it 'overloaded'")
+    p.add_argument("--max-ahead", type=non_negative_int, default=c.max_ahead,
+                   help="rounds drafted ahead (edge --ahead) one session may have waiting behind its round in "
+                        "flight; beyond it 'overloaded' (0: such rounds are answered 'version')")
     p.add_argument("--session-ttl", type=positive_float, default=c.session_ttl_s,
                    help="seconds an idle session is kept")
     p.add_argument("--evict-idle", type=positive_float, default=c.evict_idle_s,
@@ -203,6 +216,7 @@ def register(sub) -> None:
                    help="start each session wherever the verifier queue group sends it, instead of on the least "
                         "loaded verifier this edge knows (by the queue times in its verdicts)")
     p.add_argument("--tree", default=e.tree, help=TREE_HELP)
+    p.add_argument("--ahead", type=rounds_in_flight, default=e.ahead, help=AHEAD_HELP)
     p.set_defaults(func=cmd_edge)
 
     p = sub.add_parser("control", help="control subscriber: learn from timing events, publish policy updates")

@@ -68,6 +68,7 @@ class EdgeOptions:
     draft_slot_memory_mb: int = _EDGE.drafting.memory_mb
     place_sessions: bool = _EDGE.place_sessions
     tree: str = "off"               # draft trees: DEPTHxWIDTH, auto, or off (chains)
+    ahead: int = _EDGE.ahead        # rounds in flight per request (1: one per round trip)
 
 
 @dataclass
@@ -85,6 +86,7 @@ class CloudOptions:
     max_rounds_per_edge: int | None = _CLOUD.max_rounds_per_edge      # None: the session share
     graphs: str = "auto"            # static-shape verify as CUDA graphs: auto (on for CUDA), on, off
     batch_invariant: bool = _CLOUD.batch_invariant
+    max_ahead: int = _CLOUD.max_ahead  # rounds drafted ahead one session may have waiting (0: refused, `version`)
 
 
 def limits_for(vocab: int, opts: NodeOptions, max_context_tokens: int = 32768) -> Limits:
@@ -165,7 +167,7 @@ async def serve_cloud(opts: NodeOptions, cloud: CloudOptions) -> None:
                       max_sessions_per_edge=cloud.max_sessions_per_edge,
                       max_rounds_per_edge=cloud.max_rounds_per_edge,
                       graphs={"auto": None, "on": True, "off": False}[cloud.graphs],
-                      batch_invariant=cloud.batch_invariant)
+                      batch_invariant=cloud.batch_invariant, max_ahead=cloud.max_ahead)
     worker = CloudWorker(nc, pair.target, pair.vocab_size, cfg,
                          limits_for(pair.vocab_size, opts, cloud.max_context_tokens), log, model_nice=opts.model_nice,
                          device=_device(opts))
@@ -218,7 +220,7 @@ async def serve_edge(opts: NodeOptions, edge: EdgeOptions) -> None:
     cfg = EdgeConfig(edge_id=opts.node_id, default_policy=edge.policy, max_length=opts.max_length,
                      request_timeout_s=edge.request_timeout_s, failover_deadline_s=edge.failover_deadline_s,
                      seed=edge.seed, limits=limits, drain_timeout_s=opts.drain_timeout_s, drafting=drafting,
-                     place_sessions=edge.place_sessions, tree=edge.tree)
+                     place_sessions=edge.place_sessions, tree=edge.tree, ahead=edge.ahead)
     profile = profile_for(pair, edge.profile)
     book = PolicyBook(opts.max_length, edge.seed, learn_locally=edge.local_policy,
                       fallback=default_policy_for(profile, opts.max_length), profile=profile, pinned=edge.policy)
