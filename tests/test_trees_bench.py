@@ -56,10 +56,10 @@ def test_the_live_row_is_each_requests_round_time_over_its_tokens_then_the_media
 
 
 def test_the_live_rows_with_rounds_in_flight_add_a_chain_per_length_and_a_tree_per_shape_for_each_R():
-    from pipeline.bench.trees_live import row_specs
+    from pipeline.bench.trees_live import ROWS, row_specs
 
     rows = row_specs(ahead=(2, 3), ahead_lengths=(4,), trees=False, ahead_trees=("3x3",))
     assert rows == [("chain fixed:8", "fixed:8", "off", 1), ("chain auto", "auto", "off", 1),
                     ("chain fixed:4 ahead 2", "fixed:4", "off", 2), ("chain fixed:4 ahead 3", "fixed:4", "off", 3),
                     ("tree 3x3 ahead 2", "fixed:8", "3x3", 2), ("tree 3x3 ahead 3", "fixed:8", "3x3", 3)]
-    assert [r[3] for r in row_specs()] == [1, 1, 1, 1]  # without --ahead: today's rows, one round per trip
+    assert [r[3] for r in row_specs()] == [1] * len(ROWS)  # without --ahead: today's rows, one round per trip
