@@ -6,7 +6,6 @@ distribution of the first three tokens (the third comes from a round built on a 
 chi-square test against the target's exact one, and a wrong keep rule (trusting the draft's
 prediction instead of the target's next token) fails the same test.
 """
-import math
 
 import pytest
 import torch
@@ -17,6 +16,7 @@ from nodes.models.sampling import target_probs
 from nodes.models.sessions import TargetSession
 from nodes.protocol.pipelining import AheadDraft, KeepRule
 from schemas.rounds import SamplingParams
+from tests.test_speculative_sampling import chi2, chi2_critical  # one chi-square for every sampling test
 
 TEXTS = ["Once upon a time", "The cat sat on", "def add(a, b):"]
 
@@ -76,11 +76,6 @@ def test_more_rounds_in_flight_without_drafting_ahead_is_refused(pair):
 PROMPT = [1, 3, 0, 2, 2]
 PARAMS = SamplingParams(temperature=1.0, top_k=3)
 SAMPLES = 3000
-ALPHA_Z = 3.090  # alpha = 0.001
-
-
-def chi2_critical(df: int) -> float:
-    return df * (1 - 2 / (9 * df) + ALPHA_Z * math.sqrt(2 / (9 * df))) ** 3
 
 
 def exact_joint3(model) -> torch.Tensor:
@@ -106,16 +101,6 @@ def empirical_joint3(tiny_pair, rule: KeepRule, tree=None) -> torch.Tensor:
         a, b, c = r.token_ids[:3]
         counts[16 * a + 4 * b + c] += 1
     return counts
-
-
-def chi2(counts: torch.Tensor, probs: torch.Tensor) -> tuple[float, int]:
-    expected = probs * counts.sum()
-    keep = expected > 5
-    stat = float((((counts - expected) ** 2) / expected.clamp_min(1e-12))[keep].sum())
-    rest_obs, rest_exp = float(counts[~keep].sum()), float(expected[~keep].sum())
-    if rest_exp > 0:
-        stat += (rest_obs - rest_exp) ** 2 / rest_exp
-    return stat, int(keep.sum()) - (0 if rest_exp > 0 else 1)
 
 
 class TrustThePrediction(KeepRule):
