@@ -51,6 +51,8 @@ from schemas.rounds import SamplingParams
 from schemas.ahead import AHEAD_SCHEMA_VERSION, decode_ahead
 from schemas.codec import unpack_map
 from schemas.trees import TREE_SCHEMA_VERSION, decode_tree
+from nodes.cloud_stream import StreamSessions
+from schemas.stream_tree import STREAM_SCHEMA_VERSION, stream_version
 
 
 class CloudWorker(WorkerBase):
@@ -75,6 +77,8 @@ class CloudWorker(WorkerBase):
                                    lambda: (len(self.table.sessions), self.table.draining, 0), self._on_tick,
                                    self.send_now, config.heartbeat_s)
         self.computing = 0  # rounds whose model compute has not finished (a replaced session's included)
+        self.streams = StreamSessions(model, vocab_size, config.verifier_id, limits, log, self.send_now,  # v4
+                                      config.max_sessions, config.session_ttl_s, enabled=config.stream_tree)
 
     @property
     def sessions(self):
@@ -92,6 +96,7 @@ class CloudWorker(WorkerBase):
         self.subs.append(await self.nc.subscribe(sticky, cb=self._on_msg))
         self.subs.append(await self.nc.subscribe(end, cb=self._on_msg_end))
         self.background.add(asyncio.create_task(self._expire_loop()))
+        self.background.add(asyncio.create_task(self.streams.run_expiry()))
         self.subs.append(await self.heartbeat.subscribe())
         self.background.add(asyncio.create_task(self.heartbeat.run()))
         quota = self.table.cfg
@@ -117,6 +122,7 @@ class CloudWorker(WorkerBase):
         while self.computing and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
         self.batcher.close()
+        self.streams.close_all()
         await super().stop()
         self.log.info("cloud_drained", rounds=self.rounds, sessions=len(self.sessions),
                       batch_sizes=dict(sorted(self.batcher.sizes.items())))
@@ -192,6 +198,9 @@ class CloudWorker(WorkerBase):
         return dm, parents, assumed
 
     async def _handle(self, msg: Msg, received: float) -> None:
+        if stream_version(msg.data, self.limits) == STREAM_SCHEMA_VERSION:  # the stream tree: nodes/cloud_stream.py
+            await self.streams.on_message(msg.data, msg.reply, msg.subject)
+            return
         dm, parents, assumed = await self._decode_round(msg)
         if dm is None:
             return
@@ -329,6 +338,7 @@ class CloudWorker(WorkerBase):
         """Free the sessions of every edge whose heartbeats stopped (never one we never heard)."""
         for edge_id, silent_s in self.edges.newly_gone(now, since):
             keys = self.table.drop_edge(edge_id)
+            self.streams.drop_edge(edge_id)
             for _, rid, _ in keys:
                 self.log.info("session_end", request_id=rid, edge_id=edge_id, reason="edge_gone",
                               sessions=len(self.sessions))
