@@ -62,6 +62,7 @@ class CloudConfig:
     batch_invariant: bool = False  # one forward per round: verdicts independent of the batch
     trees: bool = True             # take tree drafts (schema v2); False: a chain-only verifier, which answers `version`
     max_ahead: int = _T.max_ahead  # rounds drafted ahead a session may have waiting (schema v3); 0: answers `version`
+    stream_tree: bool = True       # hold stream-tree sessions (schema v4, nodes/cloud_stream); False: answers `version`
 
     def table(self) -> TableConfig:
         return TableConfig(self.verifier_id, self.max_sessions, self.session_ttl_s, self.evict_idle_s,
@@ -84,6 +85,24 @@ class DraftBatchConfig:
             raise ValueError("draft max_batch and join_steps must be >= 1, wait_ms >= 0")
 
 
+@dataclass(frozen=True)
+class StreamShape:
+    """The edge's stream-tree knobs (`edge --stream-tree`; the in-process reference's defaults,
+    docs/stream-tree.md)."""
+
+    width: int = 2
+    cumulative: float = 0.8
+    batch: int = 16
+    flush_ms: float = 1.0
+    min_path_prob: float = 1e-4
+    lead_penalty: float = 2.0
+    resend_after_s: float | None = None  # None: max(1 s, 20 x the one-way delay)
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.width <= 4 or self.batch < 1 or self.flush_ms < 0 or not 0 < self.cumulative:
+            raise ValueError(f"stream tree: need width 1..4, batch >= 1, flush_ms >= 0, cumulative > 0: {self}")
+
+
 @dataclass(frozen=True, kw_only=True)
 class EdgeConfig:
     edge_id: str = "edge-1"
@@ -100,6 +119,7 @@ class EdgeConfig:
     liveness_window_s: float = WINDOW_S    # a verifier not heard from this long is avoided
     tree: Tree | str | None = None  # draft trees: a shape, "DxW", "auto" (best for the told delay), None: chains
     ahead: int = 1  # rounds in flight per request (proactive drafting, docs/pipelining.md); 1: one round per trip
+    stream_tree: StreamShape | None = None  # the continuous speculation tree instead of rounds (nodes/edge_stream)
 
     def __post_init__(self) -> None:
         if isinstance(self.tree, str):  # "4x2" / "auto" / "off" -> a Tree, AUTO or None (ControlError if neither)

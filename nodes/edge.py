@@ -40,6 +40,7 @@ from nodes.device import DeviceProfile, Pacer
 from nodes.config import EdgeConfig
 from nodes.draft_batcher import DraftBatcher, Drafted
 from nodes.edge_ahead import AheadRounds
+from nodes.edge_stream import StreamTreeRun
 from nodes.link import Channel, ConstChannel, LinkTimer
 from nodes.liveness import Heartbeat
 from nodes.models.head import head_for
@@ -485,6 +486,11 @@ class EdgeWorker(WorkerBase):
             await self.drafter.release(live.draft_session)
 
     async def _round_loop(self, r: EdgeRequest, live: Live) -> None:
+        if self.cfg.stream_tree is not None:  # no rounds: one streamed tree (nodes/edge_stream.py)
+            await StreamTreeRun(self, r, live, self.cfg.stream_tree).run()
+            self.log.info("request_done", request_id=r.req.request_id, rounds=0, tokens=len(r.out),
+                          finish_reason=r.finish_reason, policy="stream-tree", retries=0)
+            return
         if self.cfg.ahead > 1:  # rounds in flight: nodes/edge_ahead.py drives the same protocol, R rounds at once
             await AheadRounds(self, r, live).run()
             return

@@ -31,6 +31,7 @@ import math
 import threading
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -319,7 +320,11 @@ def stream_tree_generate(pair: ModelPair, prompt_ids: list[int], max_new_tokens:
 def _edge_loop(pair: ModelPair, kv: _TreeKV, prompt: list[int], max_new: int, params: SamplingParams, width: int,
                cumulative: float, batch: int, flush_s: float, limits: Limits, min_path_prob: float,
                lead_penalty: float, delay_s: float, up: DelayLink,
-               down: DelayLink, cloud: _Cloud, resend_s: float) -> StreamTreeResult:
+               down: DelayLink, cloud: _Cloud, resend_s: float,
+               on_commit: Callable[[StreamTreeResult, list[int], list[int], bool, bool], None] | None = None
+               ) -> StreamTreeResult:
+    """The edge's side. `on_commit(result, new tokens, tokens kept for the output, miss, done)` runs after
+    each verdict that committed anything (the edge worker streams and logs it; nodes/edge_stream.py)."""
     t0 = time.perf_counter()
     res = StreamTreeResult([], "length", 0.0)
     out = res.token_ids
@@ -361,9 +366,12 @@ def _edge_loop(pair: ModelPair, kv: _TreeKV, prompt: list[int], max_new: int, pa
         if c.restart and len(out) + len(new) <= max_new:  # a miss past the last token cost nothing
             res.misses += 1
         kv.reroot(chain, [] if c.restart else list(tree.nodes))
+        before = len(out)
         reason = finish(new, out, max_new, pair.eos_ids)
         if reason is not None:
             res.finish_reason, done = reason, True
+        if on_commit is not None:
+            on_commit(res, new, out[before:], c.restart, reason is not None)
 
     while not done:
         if cloud.error is not None:

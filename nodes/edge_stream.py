@@ -1,0 +1,200 @@
+"""The edge's side of the stream tree over NATS (`specstop edge --stream-tree`, docs/stream-tree.md).
+
+A request runs the in-process reference's edge loop (nodes/models/stream_tree._edge_loop: the
+best-first tree, one draft forward per `batch` nodes, pruning and restarts on verdicts, resends
+on a stall) on its own thread; only its two links are replaced. The uplink encodes each nodes
+message as `stream_nodes` (schemas/stream_tree.py, v4), sleeps the emulated one-way delay on the
+event loop and publishes it, with this request's inbox as reply subject, to the verifier that
+answered last (the queue group until one has). The downlink takes the inbox's `stream_verdict`
+messages after the emulated delay back; an `error` message (e.g. `version` from a verifier that
+does not speak the stream tree) fails the request with its code. The committed context goes
+along until a verdict has been heard, on pings and whenever the root's own group is (re)sent, so
+a verifier that lost the session rebuilds it where the edge stands.
+
+Each verdict that commits tokens streams them to the client and writes one `stream_verdict` log
+event (fields in docs/stream-tree.md); the request ends with `stream_done`.
+"""
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+import time
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any
+
+from nats.aio.msg import Msg
+
+from nodes.config import StreamShape
+from nodes.models.stream_tree import StreamTreeResult, _edge_loop, _TreeKV
+from nodes.protocol.stream_tree import Limits, NodesMsg
+from schemas import subjects
+from schemas.codec import Int32Array, SchemaError, decode, encode
+from schemas.messages import ErrorMsg, TokenChunk
+from schemas.stream_tree import STREAM_SCHEMA_VERSION, StreamNodes, decode_verdict, encode_nodes, stream_version
+
+if TYPE_CHECKING:
+    from nodes.edge import EdgeWorker, Live
+    from nodes.protocol.request import EdgeRequest
+
+
+class _Stopped(Exception):
+    """Raised in the edge thread when the request was cancelled or failed from the event loop."""
+
+
+class _Down:
+    """The reference loop's downlink: verdicts (and errors) from the inbox, after the emulated delay."""
+
+    def __init__(self) -> None:
+        self.q: queue.Queue = queue.Queue()
+        self.last: Any = None  # the last stream_verdict taken (the verifier's counters)
+
+    def recv(self, timeout_s: float | None) -> object | None:
+        try:
+            item = self.q.get_nowait() if timeout_s is not None and timeout_s <= 0 else self.q.get(timeout=timeout_s)
+        except queue.Empty:
+            return None
+        if isinstance(item, BaseException):
+            raise item
+        self.last = item
+        return item.verdict
+
+
+class StreamTreeRun:
+    """One request's stream tree through the workers."""
+
+    def __init__(self, worker: "EdgeWorker", r: "EdgeRequest", live: "Live", shape: StreamShape,
+                 limits: Limits = Limits()) -> None:
+        self.w, self.r, self.live, self.shape, self.limits = worker, r, live, shape, limits
+        self.loop = asyncio.get_running_loop()
+        self.down = _Down()
+        self.verifier: str | None = r.verifier
+        self.heard = False
+        self.committed = list(r.context)  # the context the edge holds (edge thread)
+        self.inbox = worker.nc.new_inbox()
+        self.t0 = self.last_t = 0.0
+        self.seq = 0
+        self.pending: list[asyncio.Task] = []  # chunks and log lines not yet delivered, in order
+        self.one_way_ms = worker.channel.sample().one_way_ms  # the emulated link's delay: the lead estimate's d
+
+    # --- uplink: edge thread -> event loop -> NATS ---------------------------------------
+    def send(self, m: NodesMsg) -> None:  # the edge thread
+        root_sent = bool(m.groups) and m.groups[0][0] == m.root[0]
+        ctx = tuple(self.committed[:m.root[1] + 1]) if not self.heard or not m.groups or root_sent else None
+        data = encode_nodes(self._wire(m, ctx))
+        self.loop.call_soon_threadsafe(lambda: self.loop.create_task(self._publish_later(data)))
+
+    def _wire(self, m: NodesMsg, ctx: tuple[int, ...] | None, end: bool = False) -> StreamNodes:
+        req = self.r.req
+        return StreamNodes(self.w.cfg.edge_id, req.request_id, self.r.session, req.seed, m, req.temperature,
+                           req.top_p, ctx, end)
+
+    async def _publish_later(self, data: bytes) -> None:
+        await self.w.link.sleep(self.w.channel.sample().up_ms)
+        try:
+            await self.w.nc.publish(subjects.draft(self.w.cfg.edge_id, self.verifier), data, reply=self.inbox)
+        except Exception as exc:  # a closed connection: the stall resend retries, the deadline ends it
+            self.w.log.warning("publish_failed", error=type(exc).__name__, request_id=self.r.req.request_id)
+
+    # --- downlink: NATS -> event loop -> edge thread --------------------------------------
+    async def _on_reply(self, msg: Msg) -> None:
+        try:
+            if stream_version(msg.data, self.w.limits) == STREAM_SCHEMA_VERSION:
+                item: Any = decode_verdict(msg.data, self.limits, self.w.limits)
+                if item.request_id != self.r.req.request_id or item.session != self.r.session:
+                    raise SchemaError(f"stream_verdict for {item.request_id}/{item.session} on this request's inbox")
+            else:
+                item = decode(msg.data, self.w.limits, expect=(ErrorMsg,))
+        except SchemaError as exc:
+            self.w.log.warning("bad_message", code=exc.code, error=str(exc)[:300], subject=msg.subject,
+                               request_id=self.r.req.request_id, stream_tree=True)
+            return
+        await self.w.link.sleep(self.w.channel.sample().down_ms)
+        if isinstance(item, ErrorMsg):
+            from nodes.edge import RoundFailed
+            self.down.q.put(RoundFailed(item.code, f"verifier refused the stream tree: {item.message}"))
+            return
+        if not self.heard or self.verifier is None:
+            self.verifier = item.verifier_id  # later messages go to the verifier that holds the session
+        self.heard = True
+        self.down.q.put(item)
+
+    # --- the request ---------------------------------------------------------------------
+    async def run(self) -> StreamTreeResult:
+        sub = await self.w.nc.subscribe(self.inbox, cb=self._on_reply)
+        fut = self.loop.run_in_executor(None, self._thread)
+        try:
+            res = await asyncio.shield(fut)
+            await asyncio.gather(*self.pending)  # every chunk out before the request counts as done
+        except asyncio.CancelledError:
+            self.down.q.put(_Stopped())
+            await asyncio.wait({fut}, timeout=10)
+            raise
+        finally:
+            try:
+                await sub.unsubscribe()
+            except Exception:
+                pass
+            root = (1, max(0, len(self.committed) - 1), self.committed[-1])
+            await self.w.send_now(subjects.draft(self.w.cfg.edge_id, self.verifier),
+                                  encode_nodes(self._wire(NodesMsg(root, ()), None, end=True)))
+        self.w.log.info("stream_done", **_done_fields(self.r.req.request_id, res, self.down.last))
+        return res
+
+    def _thread(self) -> StreamTreeResult:
+        s, pair, r = self.shape, self.w.pair, self.r
+        prompt = list(r.context)
+        kv = _TreeKV(pair.draft, prompt, pair.vocab_size)  # prefilled before the clock starts, as a chain's
+        self.t0 = self.last_t = time.perf_counter()
+        resend = s.resend_after_s if s.resend_after_s is not None else max(1.0, 20 * self.one_way_ms / 1e3)
+        return _edge_loop(pair, kv, prompt, r.req.max_new_tokens, r.params, s.width, s.cumulative, s.batch,
+                          s.flush_ms / 1e3, self.limits, s.min_path_prob, s.lead_penalty, self.one_way_ms / 1e3,
+                          self, self.down, SimpleNamespace(error=None), resend, on_commit=self._on_commit)
+
+    def _on_commit(self, res: StreamTreeResult, new: list[int], kept: list[int], miss: bool, done: bool) -> None:
+        """The edge thread, after a verdict committed `new`: stream and log it on the event loop."""
+        self.committed.extend(new)
+        now = time.perf_counter()
+        v = self.down.last
+        fields = {"request_id": self.r.req.request_id, "seq": self.seq, "start": v.verdict.start,
+                  "tokens": len(kept), "committed": len(new), "miss": miss, "out_tokens": len(res.token_ids),
+                  "gap_ms": round((now - self.last_t) * 1e3, 3), "elapsed_ms": round((now - self.t0) * 1e3, 3),
+                  "verifier_id": v.verifier_id, "one_way_ms": self.one_way_ms, "misses": res.misses,
+                  "expansions": res.expansions, "draft_forwards": res.draft_forwards, "nodes_sent": res.nodes_sent,
+                  "messages_sent": res.messages_sent, "resends": res.resends, "draft_ms": round(res.draft_ms, 3),
+                  "cloud_misses": v.misses, "verify_forwards": v.forwards, "nodes_verified": v.verified,
+                  "stale_groups": v.stale, "verify_ms": v.verify_ms, "done": done}
+        self.seq += 1
+        self.last_t = now
+        reason = res.finish_reason
+        self.loop.call_soon_threadsafe(lambda: self.pending.append(self.loop.create_task(
+            self._deliver(fields, kept, done, reason))))
+
+    async def _deliver(self, fields: dict, kept: list[int], done: bool, reason: str) -> None:
+        r, live = self.r, self.live
+        r.out.extend(kept)
+        text = ""
+        full_text = None
+        if r.detok is not None:
+            text = r.detok.feed(kept) + (r.detok.flush() if done else "")
+            full_text = r.detok.flush_all() if done else None
+        if done:
+            r.finish_reason = reason
+        chunk = TokenChunk(r.req.request_id, fields["seq"], Int32Array(kept), text, done, reason if done else None,
+                           fields["seq"] + 1, len(r.out), Int32Array(r.out) if done else None, full_text)
+        if done:
+            live.terminal = chunk
+        if live.inbox:
+            live.last_sent = time.monotonic()
+            await self.w.send_now(live.inbox, encode(chunk))
+        self.w.log.debug("stream_verdict", **fields)
+
+
+def _done_fields(request_id: str, res: StreamTreeResult, last: Any) -> dict:
+    return {"request_id": request_id, "tokens": len(res.token_ids), "finish_reason": res.finish_reason,
+            "wall_ms": round(res.wall_s * 1e3, 3), "ms_per_token": round(res.ms_per_token, 3),
+            "misses": res.misses, "round_trips_per_token": round(res.round_trips_per_token, 4),
+            "expansions": res.expansions, "draft_forwards": res.draft_forwards, "nodes_sent": res.nodes_sent,
+            "messages_sent": res.messages_sent, "resends": res.resends, "draft_ms": round(res.draft_ms, 3),
+            "verify_forwards": getattr(last, "forwards", 0), "nodes_verified": getattr(last, "verified", 0),
+            "stale_groups": getattr(last, "stale", 0), "verify_ms": getattr(last, "verify_ms", 0.0)}

@@ -1,0 +1,114 @@
+"""The stream tree through the real edge and cloud workers over a real nats-server (wire v4)."""
+from __future__ import annotations
+
+import msgpack
+import pytest
+
+import nodes.edge as edge_module
+from nodes.config import StreamShape
+from nodes.edge_stream import StreamTreeRun
+from nodes.models.train_pair import corpus_documents
+from nodes.protocol.stream_tree import NodesMsg
+from nodes.speculative import target_only_generate
+from pipeline.transport.client import generate_stream
+from schemas import subjects
+from schemas.codec import Limits, decode
+from schemas.messages import ErrorMsg, GenerateRequest
+from schemas.stream_tree import StreamNodes, encode_nodes
+from tests.pipeline_fixtures import cluster, read_log
+
+NEW = 40
+
+
+def _prompts(n: int) -> list[str]:
+    docs = corpus_documents()
+    return [docs[7 * i + 3][: 80 + 20 * i] for i in range(n)]
+
+
+def _refs(pair, prompts: list[str]) -> list[list[int]]:
+    return [target_only_generate(pair, pair.tokenizer.encode(p, add_special_tokens=False), NEW).token_ids
+            for p in prompts]
+
+
+async def _generate(client, prompts: list[str], tag: str):
+    return [await generate_stream(client, GenerateRequest(f"{tag}-{i}", prompt=p, max_new_tokens=NEW), 60)
+            for i, p in enumerate(prompts)]
+
+
+async def test_greedy_output_over_the_workers_equals_target_only(broker, pair, tmp_path):
+    prompts = _prompts(3)
+    async with cluster(broker.url, pair, tmp_path, channel="const:10", stream_tree=StreamShape()) as (client, _, _):
+        results = await _generate(client, prompts, "st")
+    for i, (res, ref) in enumerate(zip(results, _refs(pair, prompts))):
+        assert res.ok, res.error
+        assert res.token_ids == ref, f"prompt {i}: the stream tree's output differs from target-only"
+    edge = read_log(tmp_path / "edge-1.jsonl")
+    verdicts = [e for e in edge if e["event"] == "stream_verdict" and e["request_id"] == "st-0"]
+    assert sum(e["tokens"] for e in verdicts) == NEW and verdicts[-1]["done"]
+    cloud = read_log(tmp_path / "cloud-1.jsonl")
+    ends = [e["reason"] for e in cloud if e["event"] == "session_end" and e.get("stream_tree")]
+    assert ends[:2] == ["end", "end"] and len(ends) == 3  # the last end may race the shutdown
+
+
+class FaultyRun(StreamTreeRun):
+    """The edge's run with a lossy link: chosen nodes messages (up) and verdicts (down) are dropped or
+    delivered twice, counted per request in sending order."""
+
+    DROP_UP, DUP_UP, DROP_DOWN, DUP_DOWN = {1, 4, 9}, {2, 6, 12}, {0, 3}, {1, 5}
+
+    def __init__(self, *args, **kw) -> None:
+        super().__init__(*args, **kw)
+        self.up_n = self.down_n = 0
+
+    async def _publish_later(self, data: bytes) -> None:
+        n, self.up_n = self.up_n, self.up_n + 1
+        if n in self.DROP_UP:
+            return
+        for _ in range(2 if n in self.DUP_UP else 1):
+            await super()._publish_later(data)
+
+    async def _on_reply(self, msg) -> None:
+        n, self.down_n = self.down_n, self.down_n + 1
+        if n in self.DROP_DOWN:
+            return
+        for _ in range(2 if n in self.DUP_DOWN else 1):
+            await super()._on_reply(msg)
+
+
+async def test_dropped_and_duplicated_messages_cost_only_time(broker, pair, tmp_path, monkeypatch):
+    prompts = _prompts(2)
+    monkeypatch.setattr(edge_module, "StreamTreeRun", FaultyRun)
+    shape = StreamShape(resend_after_s=0.3)
+    async with cluster(broker.url, pair, tmp_path, channel="const:5", stream_tree=shape) as (client, _, _):
+        results = await _generate(client, prompts, "lossy")
+    for i, (res, ref) in enumerate(zip(results, _refs(pair, prompts))):
+        assert res.ok, res.error
+        assert res.token_ids == ref, f"prompt {i}: a lossy link changed the stream tree's output"
+    done = [e for e in read_log(tmp_path / "edge-1.jsonl") if e["event"] == "stream_done"]
+    assert len(done) == 2 and any(e["resends"] > 0 for e in done), "no stall was resent: the faults did not bite"
+
+
+async def test_a_verifier_without_the_stream_tree_answers_version(broker, pair, tmp_path):
+    async with cluster(broker.url, pair, tmp_path, channel="const:0", stream_tree=StreamShape(),
+                       cloud_options={"stream_tree": False}) as (client, _, _):
+        res = (await _generate(client, _prompts(1), "old"))[0]
+    assert not res.ok and res.error_code == "version", res.error
+    assert "--stream-tree" in res.error
+
+
+async def test_garbage_is_logged_and_the_verifier_keeps_serving(broker, pair, tmp_path):
+    limits = Limits(vocab_size=pair.vocab_size)
+    good = encode_nodes(StreamNodes("edge-1", "g-1", "s1", 0, NodesMsg((1, 2, 5), ((1, ((2, 7),)),)),
+                                    context=(3, 4, 5)))
+    body = msgpack.unpackb(good)
+    body["groups"] = [[1, [2, 7, 3, 7]]]  # repeated child tokens
+    bad = msgpack.packb(body)
+    async with cluster(broker.url, pair, tmp_path, channel="const:0", stream_tree=StreamShape()) as (client, _, _):
+        answer = await client.request(subjects.draft("edge-1"), bad, timeout=10)
+        refusal = decode(answer.data, limits, expect=(ErrorMsg,))
+        await client.publish(subjects.draft("edge-1"), b"\x94\x04garbage")
+        res = (await _generate(client, _prompts(1), "after"))[0]
+    assert refusal.code == "bad_message" and "repeated child tokens" in refusal.message
+    assert res.ok and res.token_ids == _refs(pair, _prompts(1))[0]
+    refused = [e for e in read_log(tmp_path / "cloud-1.jsonl") if e["event"] == "bad_message"]
+    assert any(e.get("stream_tree") for e in refused) and len(refused) >= 2
