@@ -60,6 +60,28 @@ class _Down:
         return item.verdict
 
 
+class _Fifo:
+    """One emulated direction on the event loop: each item is handed on `delay_ms` after it was put, in
+    the order put (per-message sleeps would let a later, shorter sleep overtake an earlier one, and a
+    child's group that overtakes its parent's is dropped by the cloud as stale)."""
+
+    def __init__(self, worker: "EdgeWorker", deliver) -> None:
+        self.w, self.deliver = worker, deliver
+        self.q: asyncio.Queue = asyncio.Queue()
+        self.task = asyncio.get_running_loop().create_task(self._run())
+
+    def put(self, item: Any, delay_ms: float) -> None:
+        self.q.put_nowait((time.perf_counter() + delay_ms / 1e3, item))
+
+    async def _run(self) -> None:
+        while True:
+            due, item = await self.q.get()
+            wait_ms = (due - time.perf_counter()) * 1e3
+            if wait_ms > 0:
+                await self.w.link.sleep(wait_ms)
+            await self.deliver(item)
+
+
 class StreamTreeRun:
     """One request's stream tree through the workers."""
 
@@ -82,15 +104,14 @@ class StreamTreeRun:
         root_sent = bool(m.groups) and m.groups[0][0] == m.root[0]
         ctx = tuple(self.committed[:m.root[1] + 1]) if not self.heard or not m.groups or root_sent else None
         data = encode_nodes(self._wire(m, ctx))
-        self.loop.call_soon_threadsafe(lambda: self.loop.create_task(self._publish_later(data)))
+        self.loop.call_soon_threadsafe(lambda: self.up.put(data, self.w.channel.sample().up_ms))
 
     def _wire(self, m: NodesMsg, ctx: tuple[int, ...] | None, end: bool = False) -> StreamNodes:
         req = self.r.req
         return StreamNodes(self.w.cfg.edge_id, req.request_id, self.r.session, req.seed, m, req.temperature,
                            req.top_p, ctx, end)
 
-    async def _publish_later(self, data: bytes) -> None:
-        await self.w.link.sleep(self.w.channel.sample().up_ms)
+    async def _publish(self, data: bytes) -> None:
         try:
             await self.w.nc.publish(subjects.draft(self.w.cfg.edge_id, self.verifier), data, reply=self.inbox)
         except Exception as exc:  # a closed connection: the stall resend retries, the deadline ends it
@@ -109,7 +130,9 @@ class StreamTreeRun:
             self.w.log.warning("bad_message", code=exc.code, error=str(exc)[:300], subject=msg.subject,
                                request_id=self.r.req.request_id, stream_tree=True)
             return
-        await self.w.link.sleep(self.w.channel.sample().down_ms)
+        self.down_fifo.put(item, self.w.channel.sample().down_ms)
+
+    async def _take(self, item: Any) -> None:
         if isinstance(item, ErrorMsg):
             from nodes.edge import RoundFailed
             self.down.q.put(RoundFailed(item.code, f"verifier refused the stream tree: {item.message}"))
@@ -121,6 +144,7 @@ class StreamTreeRun:
 
     # --- the request ---------------------------------------------------------------------
     async def run(self) -> StreamTreeResult:
+        self.up, self.down_fifo = _Fifo(self.w, self._publish), _Fifo(self.w, self._take)
         sub = await self.w.nc.subscribe(self.inbox, cb=self._on_reply)
         fut = self.loop.run_in_executor(None, self._thread)
         try:
@@ -131,6 +155,8 @@ class StreamTreeRun:
             await asyncio.wait({fut}, timeout=10)
             raise
         finally:
+            self.up.task.cancel()
+            self.down_fifo.task.cancel()
             try:
                 await sub.unsubscribe()
             except Exception:

@@ -60,12 +60,12 @@ class FaultyRun(StreamTreeRun):
         super().__init__(*args, **kw)
         self.up_n = self.down_n = 0
 
-    async def _publish_later(self, data: bytes) -> None:
+    async def _publish(self, data: bytes) -> None:
         n, self.up_n = self.up_n, self.up_n + 1
         if n in self.DROP_UP:
             return
         for _ in range(2 if n in self.DUP_UP else 1):
-            await super()._publish_later(data)
+            await super()._publish(data)
 
     async def _on_reply(self, msg) -> None:
         n, self.down_n = self.down_n, self.down_n + 1

@@ -55,9 +55,27 @@ async def _drive(url: str, prompts: list[str], max_new_tokens: int) -> tuple[lis
         await nc.close()
 
 
-def _rounds(run_dir: Path) -> list[dict]:
+def _rounds(run_dir: Path, event: str = "round") -> list[dict]:
     lines = (run_dir / "edge-1.jsonl").read_text().splitlines()
-    return [e for e in map(json.loads, lines) if e.get("event") == "round" and e["request_id"].startswith("live-")]
+    return [e for e in map(json.loads, lines) if e.get("event") == event and e["request_id"].startswith("live-")]
+
+
+def _stream_row(verdicts: list[dict], done: list[dict]) -> dict:
+    """A stream-tree row from the edge's `stream_verdict` events: a request's ms/token is its summed gaps
+    between verdicts (from the end of the draft's prefill, as a chain's first round) over its tokens."""
+    by_req: dict[str, list[dict]] = {}
+    for v in verdicts:
+        by_req.setdefault(v["request_id"], []).append(v)
+    per_req = [sum(v["gap_ms"] for v in vs) / max(1, sum(v["tokens"] for v in vs)) for vs in by_req.values()]
+    tokens = sum(d["tokens"] for d in done)
+    return {"ms_per_token_median": round(statistics.median(per_req), 2),
+            "ms_per_token_per_request": [round(x, 2) for x in per_req],
+            "rounds": len(verdicts), "tokens_per_round_mean": round(sum(v["tokens"] for v in verdicts) / len(verdicts), 3),
+            "round_ms_median": round(statistics.median(v["gap_ms"] for v in verdicts), 2),
+            "round_trips_per_token": round(sum(d["misses"] for d in done) / max(1, tokens), 4),
+            "expansions_per_token": round(sum(d["expansions"] for d in done) / max(1, tokens), 2),
+            "stale_groups_per_token": round(sum(d["stale_groups"] for d in done) / max(1, tokens), 2),
+            "resends": sum(d["resends"] for d in done)}
 
 
 def _row(rounds: list[dict]) -> dict:
@@ -83,13 +101,26 @@ def _shapes(rounds: list[dict]) -> dict[str, int]:
 
 
 def row_specs(ahead: tuple[int, ...] = (), ahead_lengths: tuple[int, ...] = (2, 4),
-              trees: bool = True, ahead_trees: tuple[str, ...] = ()) -> list[tuple[str, str, str, int]]:
+              trees: bool = True, ahead_trees: tuple[str, ...] = (),
+              stream: tuple[int, ...] = ()) -> list[tuple[str, str, str, int]]:
     """(label, --policy, --tree, --ahead) per row: ROWS (chains only without `trees`), then a chain of
-    each length and a tree of each shape in `ahead_trees` with each number of rounds in flight."""
+    each length and a tree of each shape in `ahead_trees` with each number of rounds in flight, then
+    the stream tree of each width in `stream` (--tree "stream:W": `edge --stream-tree --stream-width W`)."""
     rows = [(label, policy, tree, 1) for label, policy, tree in ROWS if trees or tree == "off"]
     rows += [(f"chain fixed:{n} ahead {r}", f"fixed:{n}", "off", r) for r in ahead for n in ahead_lengths]
     rows += [(f"tree {shape} ahead {r}", "fixed:8", shape, r) for r in ahead for shape in ahead_trees]
+    rows += [(f"stream tree w{w}", "auto", f"stream:{w}", 1) for w in stream]
     return rows
+
+
+def _is_stream(tree: str) -> bool:
+    return tree.startswith("stream:")
+
+
+def _edge_flags(tree: str, ahead: int) -> list[str]:
+    if _is_stream(tree):
+        return ["--stream-tree", "--stream-width", tree.split(":", 1)[1]]
+    return ["--tree", tree] + (["--ahead", str(ahead)] if ahead > 1 else [])
 
 
 def _ratio(a: dict, b: dict, key: str = "ms_per_token_median") -> float:
@@ -99,22 +130,24 @@ def _ratio(a: dict, b: dict, key: str = "ms_per_token_median") -> float:
 def bench_trees_live(delay_ms: float = 50.0, requests: int = 6, max_new_tokens: int = 64, run_root: str = "runs",
                      draft: str | None = None, target: str | None = None, ahead: tuple[int, ...] = (),
                      ahead_lengths: tuple[int, ...] = (2, 4), trees: bool = True, repeats: int = 1,
-                     ahead_trees: tuple[str, ...] = ()) -> dict:
+                     ahead_trees: tuple[str, ...] = (), stream: tuple[int, ...] = ()) -> dict:
     prompts = workload_prompts(requests, seed=3)
-    specs = row_specs(ahead, ahead_lengths, trees, ahead_trees)
+    specs = row_specs(ahead, ahead_lengths, trees, ahead_trees, stream)
     runs: dict[str, list[dict]] = {label: [] for label, *_ in specs}
     outputs = []
     for _ in range(repeats):
         for label, policy, tree, r in specs:
             run_dir = new_run_dir(run_root)
-            flags = ["--tree", tree] + (["--ahead", str(r)] if r > 1 else [])
+            flags = _edge_flags(tree, r)
             cfg = RunConfig(channel=f"const:{delay_ms:g}", policy=policy, local_policy=True, draft=draft,
                             target=target, run_root=run_root, node_flags={"edge": flags})
             with local_cluster(run_dir, cfg) as url:
                 outs, walls = aio.run(_drive(url, prompts, max_new_tokens))
             outputs.append(outs)
+            measured = (_stream_row(_rounds(run_dir, "stream_verdict"), _rounds(run_dir, "stream_done"))
+                        if _is_stream(tree) else _row(_rounds(run_dir)))
             runs[label].append({"row": label, "policy": policy, "tree": tree, "ahead": r, "run_dir": str(run_dir),
-                                **_row(_rounds(run_dir)),
+                                **measured,
                                 "wall_ms_per_token_median": round(statistics.median(walls), 2)})
     rows = []
     for label, *_ in specs:
@@ -127,7 +160,8 @@ def bench_trees_live(delay_ms: float = 50.0, requests: int = 6, max_new_tokens: 
     best_chain = min(chains, key=lambda r: r["ms_per_token_median"])
     out = {"delay_ms": delay_ms, "requests": requests, "max_new_tokens": max_new_tokens, "repeats": repeats,
            "rows": rows, "same_output": all(o == outputs[0] for o in outputs), "best_chain": best_chain["row"]}
-    kinds = {"tree": lambda r: r["tree"] != "off" and r["ahead"] == 1,
+    kinds = {"tree": lambda r: r["tree"] != "off" and not _is_stream(r["tree"]) and r["ahead"] == 1,
+             "stream_tree": lambda r: _is_stream(r["tree"]),
              "chain_ahead": lambda r: r["tree"] == "off" and r["ahead"] > 1,
              "tree_ahead": lambda r: r["tree"] != "off" and r["ahead"] > 1}
     for kind, is_kind in kinds.items():
@@ -136,8 +170,9 @@ def bench_trees_live(delay_ms: float = 50.0, requests: int = 6, max_new_tokens: 
             best = min(of_kind, key=lambda r: r["ms_per_token_median"])
             out |= {f"best_{kind}": best["row"], f"best_chain_over_best_{kind}": _ratio(best_chain, best),
                     f"best_chain_over_best_{kind}_wall": _ratio(best_chain, best, "wall_ms_per_token_median")}
-    if any(r["tree"] not in ("off", "auto") and r["ahead"] == 1 for r in rows):
-        out |= summary([r for r in rows if r["ahead"] == 1])
+    rounds = [r for r in rows if r["ahead"] == 1 and not _is_stream(r["tree"])]
+    if any(r["tree"] not in ("off", "auto") for r in rounds):
+        out |= summary(rounds)
     if any(r["ahead"] > 1 for r in rows):
         out["default_row"] = "chain auto (--ahead 1 by default: rounds in flight are never chosen unless asked)"
     return out

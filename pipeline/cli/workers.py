@@ -11,7 +11,7 @@ from pathlib import Path
 
 from control import load_profile, make_policy
 from pipeline.transport.jetstream import StreamLimits
-from nodes.config import MAX_LEARNERS, MAX_LENGTH
+from nodes.config import MAX_LEARNERS, MAX_LENGTH, StreamShape
 from nodes.link import parse_channel
 from nodes.models.loading import BUNDLED_PROFILE
 from nodes.protocol.admission import EdgeLimits
@@ -27,6 +27,17 @@ from pipeline.orchestration.signals import interrupt_then_stop_now
 from pipeline.orchestration.serve import CloudOptions, EdgeOptions, NodeOptions, serve_cloud, serve_control, serve_edge
 from pipeline.transport import aio
 from pipeline.transport.broker import EmbeddedBroker, ServerLogRelay, broker_log, default_nats_url
+
+STREAM_WIDTH = StreamShape().width
+
+
+def stream_tree_args(p) -> None:
+    p.add_argument("--stream-tree", action="store_true",
+                   help="no rounds: stream one growing draft tree and take the verifier's verdicts as they come "
+                        "(the continuous speculation tree, docs/stream-tree.md; wire schema v4)")
+    p.add_argument("--stream-width", type=int, default=STREAM_WIDTH,
+                   help="--stream-tree: the draft's top tokens a node gets as children (1..4)")
+
 
 def _kill_server(broker: EmbeddedBroker) -> None:
     """SIGKILL the nats-server and reap it, from a signal handler: no Popen.wait (its lock may be held by
@@ -114,6 +125,19 @@ def check_ahead_with_tree(ahead: int, tree: str | None) -> None:
                             f"--tree auto (name a shape, e.g. --tree 3x2)")
 
 
+def check_stream_tree(a: argparse.Namespace) -> None:
+    """--stream-tree replaces rounds, so it takes no tree shape and no rounds in flight (one line, before
+    any model loads); --stream-width needs it."""
+    if not getattr(a, "stream_tree", False):
+        if getattr(a, "stream_width", None) not in (None, STREAM_WIDTH):
+            raise PipelineError("--stream-width sets the stream tree's width: add --stream-tree")
+        return
+    if a.ahead > 1 or a.tree not in (None, "off"):
+        raise PipelineError("--stream-tree streams one tree instead of rounds: drop --tree and --ahead")
+    if not 1 <= a.stream_width <= 4:
+        raise PipelineError(f"--stream-width must be 1..4 (children per node), got {a.stream_width}")
+
+
 def cmd_edge(a: argparse.Namespace) -> None:
     parse_channel(a.channel)  # refuse a bad spec before loading anything
     preflight.check_model(a.draft, "draft")
@@ -121,13 +145,15 @@ def cmd_edge(a: argparse.Namespace) -> None:
     make_policy(a.policy, max_length=a.max_length, profile=profile or _bundled_profile())
     parse_tree(a.tree)
     check_ahead_with_tree(a.ahead, a.tree)
+    check_stream_tree(a)
     _check_device(a, "draft")
     limits = EdgeLimits(a.max_active, a.max_queued, a.max_prompt_tokens, a.max_new_tokens_limit, a.max_request_s)
     aio.run(serve_edge(_node_options(a), EdgeOptions(a.channel, a.policy, a.seed, not a.remote_policy,
                                                      a.request_timeout, a.failover_deadline, limits, a.profile,
                                                      a.draft_max_batch, a.draft_batch_wait_ms,
                                                      not a.no_draft_slot_cache, a.draft_slot_memory_mb,
-                                                     not a.random_placement, a.tree, a.ahead)))
+                                                     not a.random_placement, a.tree, a.ahead,
+                                                     a.stream_width if a.stream_tree else None)))
 
 
 def cmd_control(a: argparse.Namespace) -> None:
@@ -217,6 +243,7 @@ def register(sub) -> None:
                         "loaded verifier this edge knows (by the queue times in its verdicts)")
     p.add_argument("--tree", default=e.tree, help=TREE_HELP)
     p.add_argument("--ahead", type=rounds_in_flight, default=e.ahead, help=AHEAD_HELP)
+    stream_tree_args(p)
     p.set_defaults(func=cmd_edge)
 
     p = sub.add_parser("control", help="control subscriber: learn from timing events, publish policy updates")

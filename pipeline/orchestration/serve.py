@@ -20,7 +20,7 @@ from nodes.device import load_device
 from pipeline.transport.jetstream import StreamLimits
 from nodes.models.loading import BUNDLED_DRAFT, BUNDLED_PROFILE, BUNDLED_TARGET, load_pair, set_threads
 from nodes.policy_book import PolicyBook
-from nodes.config import DRAIN_TIMEOUT_S, MAX_LEARNERS, MAX_LENGTH, CloudConfig, EdgeConfig
+from nodes.config import DRAIN_TIMEOUT_S, MAX_LEARNERS, MAX_LENGTH, CloudConfig, EdgeConfig, StreamShape
 from nodes.link import parse_channel
 from nodes.protocol.admission import EdgeLimits
 from pipeline.transport import bus
@@ -69,6 +69,7 @@ class EdgeOptions:
     place_sessions: bool = _EDGE.place_sessions
     tree: str = "off"               # draft trees: DEPTHxWIDTH, auto, or off (chains)
     ahead: int = _EDGE.ahead        # rounds in flight per request (1: one per round trip)
+    stream_width: int | None = None  # the continuous speculation tree with this width (None: rounds)
 
 
 @dataclass
@@ -220,7 +221,8 @@ async def serve_edge(opts: NodeOptions, edge: EdgeOptions) -> None:
     cfg = EdgeConfig(edge_id=opts.node_id, default_policy=edge.policy, max_length=opts.max_length,
                      request_timeout_s=edge.request_timeout_s, failover_deadline_s=edge.failover_deadline_s,
                      seed=edge.seed, limits=limits, drain_timeout_s=opts.drain_timeout_s, drafting=drafting,
-                     place_sessions=edge.place_sessions, tree=edge.tree, ahead=edge.ahead)
+                     place_sessions=edge.place_sessions, tree=edge.tree, ahead=edge.ahead,
+                     stream_tree=None if edge.stream_width is None else StreamShape(width=edge.stream_width))
     profile = profile_for(pair, edge.profile)
     book = PolicyBook(opts.max_length, edge.seed, learn_locally=edge.local_policy,
                       fallback=default_policy_for(profile, opts.max_length), profile=profile, pinned=edge.policy)
