@@ -486,7 +486,7 @@ class EdgeWorker(WorkerBase):
             await self.drafter.release(live.draft_session)
 
     async def _round_loop(self, r: EdgeRequest, live: Live) -> None:
-        if self.cfg.stream_tree is not None:  # no rounds: one streamed tree (nodes/edge_stream.py)
+        if self.cfg.stream_tree is not None and r.policy_spec != "target-only":  # one streamed tree, no rounds
             await StreamTreeRun(self, r, live, self.cfg.stream_tree).run()
             self.log.info("request_done", request_id=r.req.request_id, rounds=0, tokens=len(r.out),
                           finish_reason=r.finish_reason, policy="stream-tree", retries=0)

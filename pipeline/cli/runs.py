@@ -41,10 +41,6 @@ def _tree_flags(a: argparse.Namespace, kind: str) -> list[str]:
     if kind != "edge":
         return []
     check_ahead_with_tree(ahead, tree)
-    if getattr(a, "stream_tree", False):
-        from pipeline.cli.workers import check_stream_tree
-        check_stream_tree(a)
-        return ["--stream-tree", "--stream-width", str(a.stream_width)]
     flags = ["--ahead", str(ahead)] if ahead > 1 else []
     if tree in (None, "off"):
         return flags
@@ -210,8 +206,6 @@ def register(sub) -> None:
                    help="learn inside the edge instead of starting the control subscriber")
     p.add_argument("--tree", default="off", help=TREE_HELP)
     p.add_argument("--ahead", type=rounds_in_flight, default=1, help=AHEAD_HELP)
-    from pipeline.cli.workers import stream_tree_args
-    stream_tree_args(p)
     model_args(p)
     p.set_defaults(func=cmd_demo)
 
