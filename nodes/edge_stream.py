@@ -151,8 +151,10 @@ class StreamTreeRun:
             res = await asyncio.shield(fut)
             await asyncio.gather(*self.pending)  # every chunk out before the request counts as done
         except asyncio.CancelledError:
-            self.down.q.put(_Stopped())
+            self.down.q.put(_Stopped())  # the edge thread raises it at its next look at the downlink
             await asyncio.wait({fut}, timeout=10)
+            if fut.done() and not fut.cancelled():
+                fut.exception()  # _Stopped, expected: retrieved so it is not reported as lost
             raise
         finally:
             self.up.task.cancel()

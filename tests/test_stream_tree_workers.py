@@ -1,6 +1,8 @@
 """The stream tree through the real edge and cloud workers over a real nats-server (wire v4)."""
 from __future__ import annotations
 
+import asyncio
+
 import msgpack
 import pytest
 
@@ -15,7 +17,7 @@ from schemas import subjects
 from schemas.codec import Limits, decode
 from schemas.messages import ErrorMsg, GenerateRequest
 from schemas.stream_tree import StreamNodes, encode_nodes
-from tests.pipeline_fixtures import cluster, read_log
+from tests.pipeline_fixtures import cluster, read_log, wait_for
 
 NEW = 40
 
@@ -112,3 +114,16 @@ async def test_garbage_is_logged_and_the_verifier_keeps_serving(broker, pair, tm
     assert res.ok and res.token_ids == _refs(pair, _prompts(1))[0]
     refused = [e for e in read_log(tmp_path / "cloud-1.jsonl") if e["event"] == "bad_message"]
     assert any(e.get("stream_tree") for e in refused) and len(refused) >= 2
+
+
+async def test_a_client_that_goes_away_stops_the_stream_and_frees_the_verifier(broker, pair, tmp_path):
+    async with cluster(broker.url, pair, tmp_path, channel="const:10", stream_tree=StreamShape()) as (client, edge,
+                                                                                                     clouds):
+        req = GenerateRequest("gone", prompt=_prompts(1)[0], max_new_tokens=1500)
+        task = asyncio.create_task(generate_stream(client, req, 30))
+        await wait_for(lambda: clouds[0].streams.sessions and "gone" in edge.live)
+        task.cancel()
+        await wait_for(lambda: not edge.live)
+        await wait_for(lambda: not clouds[0].streams.sessions)
+    ends = [e for e in read_log(tmp_path / "cloud-1.jsonl") if e["event"] == "session_end" and e.get("stream_tree")]
+    assert [e["reason"] for e in ends] == ["end"]
