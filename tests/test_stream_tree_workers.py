@@ -52,6 +52,20 @@ async def test_greedy_output_over_the_workers_equals_target_only(broker, pair, t
     assert ends[:2] == ["end", "end"] and len(ends) == 3  # the last end may race the shutdown
 
 
+async def test_concurrent_streams_each_equal_target_only(broker, pair, tmp_path):
+    prompts = _prompts(3)
+    async with cluster(broker.url, pair, tmp_path, channel="const:10", stream_tree=StreamShape()) as (client, _,
+                                                                                                     clouds):
+        results = await asyncio.gather(*(generate_stream(client, GenerateRequest(f"c-{i}", prompt=p,
+                                                                                 max_new_tokens=NEW), 60)
+                                         for i, p in enumerate(prompts)))
+        opened = clouds[0].streams.counters.opened
+    for i, (res, ref) in enumerate(zip(results, _refs(pair, prompts))):
+        assert res.ok, res.error
+        assert res.token_ids == ref, f"prompt {i}: concurrent streams changed the output"
+    assert opened == 3  # one session per request: none lost and reopened
+
+
 class FaultyRun(StreamTreeRun):
     """The edge's run with a lossy link: chosen nodes messages (up) and verdicts (down) are dropped or
     delivered twice, counted per request in sending order."""
