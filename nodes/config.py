@@ -97,6 +97,7 @@ class StreamShape:
     min_path_prob: float = 1e-4
     lead_penalty: float = 2.0
     resend_after_s: float | None = None  # None: max(1 s, 20 x the one-way delay)
+    auto: bool = False  # per request, the stream tree or rounds by the cost rule (control/stream_choice.py)
 
     def __post_init__(self) -> None:
         if not 1 <= self.width <= 4 or self.batch < 1 or self.flush_ms < 0 or not 0 < self.cumulative:

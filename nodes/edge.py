@@ -34,13 +34,14 @@ from nats.errors import Error as NatsError, NoRespondersError, TimeoutError as N
 from nats.js.errors import KeyDeletedError, KeyNotFoundError
 
 from control import ControlError, RoundContext
+from control.stream_choice import StreamChoice
 from control.trees import Tree
 from nodes.detokenize import IncrementalDetokenizer
 from nodes.device import DeviceProfile, Pacer
 from nodes.config import EdgeConfig
 from nodes.draft_batcher import DraftBatcher, Drafted
 from nodes.edge_ahead import AheadRounds
-from nodes.edge_stream import StreamTreeRun
+from nodes.edge_stream import observe_rounds, run_stream_tree
 from nodes.link import Channel, ConstChannel, LinkTimer
 from nodes.liveness import Heartbeat
 from nodes.models.head import head_for
@@ -137,6 +138,7 @@ class EdgeWorker(WorkerBase):
         self.heartbeat = Heartbeat(nc, log, limits, "edge", config.edge_id, "verifier", self.verifiers,
                                    self._alive_status, self._on_tick, self.send_now, config.heartbeat_s)
         self.holders: HolderWatch[asyncio.Future] = HolderWatch()  # rounds waiting, by who holds them
+        self.stream_choice = StreamChoice() if config.stream_tree is not None and config.stream_tree.auto else None
 
     # --- lifecycle -----------------------------------------------------------------
     async def start(self) -> None:
@@ -486,11 +488,9 @@ class EdgeWorker(WorkerBase):
             await self.drafter.release(live.draft_session)
 
     async def _round_loop(self, r: EdgeRequest, live: Live) -> None:
-        if self.cfg.stream_tree is not None and r.policy_spec != "target-only":  # one streamed tree, no rounds
-            await StreamTreeRun(self, r, live, self.cfg.stream_tree).run()
-            self.log.info("request_done", request_id=r.req.request_id, rounds=0, tokens=len(r.out),
-                          finish_reason=r.finish_reason, policy="stream-tree", retries=0)
+        if self.cfg.stream_tree is not None and await run_stream_tree(self, r, live):  # nodes/edge_stream.py
             return
+        chain_ms = 0.0  # the rounds' summed time (edge --stream-tree auto learns the chain's cost from it)
         if self.cfg.ahead > 1:  # rounds in flight: nodes/edge_ahead.py drives the same protocol, R rounds at once
             await AheadRounds(self, r, live).run()
             return
@@ -525,6 +525,7 @@ class EdgeWorker(WorkerBase):
             verdict, link_ms, stall_ms = await self._exchange(r, d, sample)
             times = measured_round_times((time.perf_counter() - t0) * 1e3, d.draft_ms, edge_queue_ms, link_ms,
                                          stall_ms, draft_real_ms)
+            chain_ms += times.round_ms
             self.placement.observe(verdict.verifier_id, verdict.queue_ms, time.monotonic())
             if draft_model is not None:
                 await self.drafter.apply(draft_model, verdict.to_verdict())
@@ -540,6 +541,7 @@ class EdgeWorker(WorkerBase):
             if self.policies.learn_locally and policy.learns and d.parents is None:  # else the controller learns
                 policy.observe(rec.outcome)
             await self._deliver(live, rec, _draft_batch_fields(drafted))
+        observe_rounds(self, r, chain_ms)
         self.log.info("request_done", request_id=r.req.request_id, rounds=r.round, tokens=len(r.out),
                       finish_reason=r.finish_reason, policy=r.policy_spec, retries=r.retries)
 

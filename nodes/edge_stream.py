@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from nats.aio.msg import Msg
 
+from control.stream_choice import CHAIN, STREAM
 from nodes.config import StreamShape
 from nodes.models.stream_tree import StreamTreeResult, _edge_loop, _TreeKV
 from nodes.protocol.stream_tree import Limits, NodesMsg
@@ -216,6 +217,39 @@ class StreamTreeRun:
             live.last_sent = time.monotonic()
             await self.w.send_now(live.inbox, encode(chunk))
         self.w.log.debug("stream_verdict", **fields)
+
+
+async def run_stream_tree(worker: "EdgeWorker", r: "EdgeRequest", live: "Live") -> bool:
+    """Serve the request as a stream tree, unless it asks for `target-only` (a baseline) or, with
+    `--stream-tree auto`, the cost rule on this edge's own measurements prefers rounds
+    (control/stream_choice.py). True when it ran here."""
+    if r.policy_spec == "target-only":
+        return False
+    one_way = worker.channel.sample().one_way_ms
+    choice = worker.stream_choice
+    mode = STREAM if choice is None else choice.choose(one_way, r.req.max_new_tokens)
+    if choice is not None:
+        worker.log.debug("stream_choice", request_id=r.req.request_id, mode=mode, one_way_ms=one_way,
+                         chain_ms_per_token=_ms(choice.modelled(CHAIN, one_way, r.req.max_new_tokens)),
+                         stream_ms_per_token=_ms(choice.modelled(STREAM, one_way, r.req.max_new_tokens)))
+    if mode != STREAM:
+        return False
+    res = await StreamTreeRun(worker, r, live, worker.cfg.stream_tree).run()
+    if choice is not None:
+        choice.observe(STREAM, res.wall_s * 1e3, len(res.token_ids), res.misses, one_way)
+    worker.log.info("request_done", request_id=r.req.request_id, rounds=0, tokens=len(r.out),
+                    finish_reason=r.finish_reason, policy="stream-tree", retries=0)
+    return True
+
+
+def observe_rounds(worker: "EdgeWorker", r: "EdgeRequest", rounds_ms: float) -> None:
+    """A request served by rounds: its cost, for `--stream-tree auto` (at the delay its rounds measured)."""
+    if worker.stream_choice is not None and r.policy_spec != "target-only":
+        worker.stream_choice.observe(CHAIN, rounds_ms, len(r.out), r.round, worker.delay.ms)
+
+
+def _ms(x: float | None) -> float | None:
+    return None if x is None else round(x, 3)
 
 
 def _done_fields(request_id: str, res: StreamTreeResult, last: Any) -> dict:

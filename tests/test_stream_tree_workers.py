@@ -6,7 +6,7 @@ import asyncio
 import msgpack
 import pytest
 
-import nodes.edge as edge_module
+import nodes.edge_stream as edge_stream_module
 from nodes.config import StreamShape
 from nodes.edge_stream import StreamTreeRun
 from nodes.models.train_pair import corpus_documents
@@ -66,6 +66,20 @@ async def test_concurrent_streams_each_equal_target_only(broker, pair, tmp_path)
     assert opened == 3  # one session per request: none lost and reopened
 
 
+async def test_auto_tries_rounds_then_the_stream_tree_and_both_equal_target_only(broker, pair, tmp_path):
+    prompts = _prompts(3)
+    async with cluster(broker.url, pair, tmp_path, channel="const:5", stream_tree=StreamShape(auto=True)) as (
+            client, _, _):
+        results = await _generate(client, prompts, "auto")
+    for i, (res, ref) in enumerate(zip(results, _refs(pair, prompts))):
+        assert res.ok, res.error
+        assert res.token_ids == ref, f"prompt {i} under --stream-tree auto differs from target-only"
+    edge = read_log(tmp_path / "edge-1.jsonl")
+    modes = [e["mode"] for e in edge if e["event"] == "stream_choice"]
+    assert modes[:2] == ["chain", "stream"] and len(modes) == 3
+    assert any(e["event"] == "stream_done" and e["request_id"] == "auto-1" for e in edge)
+
+
 class FaultyRun(StreamTreeRun):
     """The edge's run with a lossy link: chosen nodes messages (up) and verdicts (down) are dropped or
     delivered twice, counted per request in sending order."""
@@ -93,7 +107,7 @@ class FaultyRun(StreamTreeRun):
 
 async def test_dropped_and_duplicated_messages_cost_only_time(broker, pair, tmp_path, monkeypatch):
     prompts = _prompts(2)
-    monkeypatch.setattr(edge_module, "StreamTreeRun", FaultyRun)
+    monkeypatch.setattr(edge_stream_module, "StreamTreeRun", FaultyRun)
     shape = StreamShape(resend_after_s=0.3)
     async with cluster(broker.url, pair, tmp_path, channel="const:5", stream_tree=shape) as (client, _, _):
         results = await _generate(client, prompts, "lossy")

@@ -60,22 +60,27 @@ def _rounds(run_dir: Path, event: str = "round") -> list[dict]:
     return [e for e in map(json.loads, lines) if e.get("event") == event and e["request_id"].startswith("live-")]
 
 
-def _stream_row(verdicts: list[dict], done: list[dict]) -> dict:
+def _stream_row(verdicts: list[dict], done: list[dict], rounds: list[dict] = ()) -> dict:
     """A stream-tree row from the edge's `stream_verdict` events: a request's ms/token is its summed gaps
-    between verdicts (from the end of the draft's prefill, as a chain's first round) over its tokens."""
-    by_req: dict[str, list[dict]] = {}
+    between verdicts (from the end of the draft's prefill, as a chain's first round) over its tokens.
+    Under `--stream-tree auto` a request served by rounds counts by its rounds, as a chain row's."""
+    by_req: dict[str, list[tuple[float, int]]] = {}
     for v in verdicts:
-        by_req.setdefault(v["request_id"], []).append(v)
-    per_req = [sum(v["gap_ms"] for v in vs) / max(1, sum(v["tokens"] for v in vs)) for vs in by_req.values()]
+        by_req.setdefault(v["request_id"], []).append((v["gap_ms"], v["tokens"]))
+    for r in rounds:
+        by_req.setdefault(r["request_id"], []).append((r["round_ms"], r["tokens"]))
+    per_req = [sum(ms for ms, _ in xs) / max(1, sum(n for _, n in xs)) for xs in by_req.values()]
     tokens = sum(d["tokens"] for d in done)
     return {"ms_per_token_median": round(statistics.median(per_req), 2),
             "ms_per_token_per_request": [round(x, 2) for x in per_req],
-            "rounds": len(verdicts), "tokens_per_round_mean": round(sum(v["tokens"] for v in verdicts) / len(verdicts), 3),
-            "round_ms_median": round(statistics.median(v["gap_ms"] for v in verdicts), 2),
+            "rounds": len(verdicts),
+            "tokens_per_round_mean": round(sum(v["tokens"] for v in verdicts) / max(1, len(verdicts)), 3),
+            "round_ms_median": round(statistics.median(v["gap_ms"] for v in verdicts), 2) if verdicts else None,
             "round_trips_per_token": round(sum(d["misses"] for d in done) / max(1, tokens), 4),
             "expansions_per_token": round(sum(d["expansions"] for d in done) / max(1, tokens), 2),
             "stale_groups_per_token": round(sum(d["stale_groups"] for d in done) / max(1, tokens), 2),
-            "resends": sum(d["resends"] for d in done)}
+            "resends": sum(d["resends"] for d in done), "stream_requests": len(done),
+            "round_requests": len({r["request_id"] for r in rounds})}
 
 
 def _row(rounds: list[dict]) -> dict:
@@ -102,14 +107,17 @@ def _shapes(rounds: list[dict]) -> dict[str, int]:
 
 def row_specs(ahead: tuple[int, ...] = (), ahead_lengths: tuple[int, ...] = (2, 4),
               trees: bool = True, ahead_trees: tuple[str, ...] = (),
-              stream: tuple[int, ...] = ()) -> list[tuple[str, str, str, int]]:
+              stream: tuple[int, ...] = (), stream_auto: tuple[int, ...] = ()) -> list[tuple[str, str, str, int]]:
     """(label, --policy, --tree, --ahead) per row: ROWS (chains only without `trees`), then a chain of
     each length and a tree of each shape in `ahead_trees` with each number of rounds in flight, then
-    the stream tree of each width in `stream` (--tree "stream:W": `edge --stream-tree --stream-width W`)."""
+    the stream tree of each width in `stream` (--tree "stream:W": `edge --stream-tree --stream-width W`)
+    and in `stream_auto` ("stream:W:auto": `edge --stream-tree auto`, the stream tree or rounds per
+    request by the cost rule on the edge's own measurements)."""
     rows = [(label, policy, tree, 1) for label, policy, tree in ROWS if trees or tree == "off"]
     rows += [(f"chain fixed:{n} ahead {r}", f"fixed:{n}", "off", r) for r in ahead for n in ahead_lengths]
     rows += [(f"tree {shape} ahead {r}", "fixed:8", shape, r) for r in ahead for shape in ahead_trees]
     rows += [(f"stream tree w{w}", "auto", f"stream:{w}", 1) for w in stream]
+    rows += [(f"stream tree auto w{w}", "auto", f"stream:{w}:auto", 1) for w in stream_auto]
     return rows
 
 
@@ -119,7 +127,8 @@ def _is_stream(tree: str) -> bool:
 
 def _edge_flags(tree: str, ahead: int) -> list[str]:
     if _is_stream(tree):
-        return ["--stream-tree", "--stream-width", tree.split(":", 1)[1]]
+        _, width, *auto = tree.split(":")
+        return ["--stream-tree", "auto" if auto else "on", "--stream-width", width]
     return ["--tree", tree] + (["--ahead", str(ahead)] if ahead > 1 else [])
 
 
@@ -130,9 +139,10 @@ def _ratio(a: dict, b: dict, key: str = "ms_per_token_median") -> float:
 def bench_trees_live(delay_ms: float = 50.0, requests: int = 6, max_new_tokens: int = 64, run_root: str = "runs",
                      draft: str | None = None, target: str | None = None, ahead: tuple[int, ...] = (),
                      ahead_lengths: tuple[int, ...] = (2, 4), trees: bool = True, repeats: int = 1,
-                     ahead_trees: tuple[str, ...] = (), stream: tuple[int, ...] = ()) -> dict:
+                     ahead_trees: tuple[str, ...] = (), stream: tuple[int, ...] = (),
+                     stream_auto: tuple[int, ...] = ()) -> dict:
     prompts = workload_prompts(requests, seed=3)
-    specs = row_specs(ahead, ahead_lengths, trees, ahead_trees, stream)
+    specs = row_specs(ahead, ahead_lengths, trees, ahead_trees, stream, stream_auto)
     runs: dict[str, list[dict]] = {label: [] for label, *_ in specs}
     outputs = []
     for _ in range(repeats):
@@ -144,7 +154,8 @@ def bench_trees_live(delay_ms: float = 50.0, requests: int = 6, max_new_tokens: 
             with local_cluster(run_dir, cfg) as url:
                 outs, walls = aio.run(_drive(url, prompts, max_new_tokens))
             outputs.append(outs)
-            measured = (_stream_row(_rounds(run_dir, "stream_verdict"), _rounds(run_dir, "stream_done"))
+            measured = (_stream_row(_rounds(run_dir, "stream_verdict"), _rounds(run_dir, "stream_done"),
+                                    _rounds(run_dir))
                         if _is_stream(tree) else _row(_rounds(run_dir)))
             runs[label].append({"row": label, "policy": policy, "tree": tree, "ahead": r, "run_dir": str(run_dir),
                                 **measured,
@@ -161,7 +172,8 @@ def bench_trees_live(delay_ms: float = 50.0, requests: int = 6, max_new_tokens: 
     out = {"delay_ms": delay_ms, "requests": requests, "max_new_tokens": max_new_tokens, "repeats": repeats,
            "rows": rows, "same_output": all(o == outputs[0] for o in outputs), "best_chain": best_chain["row"]}
     kinds = {"tree": lambda r: r["tree"] != "off" and not _is_stream(r["tree"]) and r["ahead"] == 1,
-             "stream_tree": lambda r: _is_stream(r["tree"]),
+             "stream_tree": lambda r: _is_stream(r["tree"]) and not r["tree"].endswith(":auto"),
+             "stream_tree_auto": lambda r: r["tree"].endswith(":auto"),
              "chain_ahead": lambda r: r["tree"] == "off" and r["ahead"] > 1,
              "tree_ahead": lambda r: r["tree"] != "off" and r["ahead"] > 1}
     for kind, is_kind in kinds.items():

@@ -66,7 +66,7 @@ def cmd_bench_trees(a: argparse.Namespace) -> None:
 
         res = bench_trees_live(a.delay_ms, a.requests, a.max_new_tokens, a.run_root, a.draft, a.target,
                                tuple(a.ahead), tuple(a.ahead_lengths), not a.no_trees, a.live_repeats,
-                               tuple(a.ahead_trees), tuple(a.stream))
+                               tuple(a.ahead_trees), tuple(a.stream), tuple(a.stream_auto))
         print(json.dumps(res) if a.json else json.dumps(res, indent=2))
         return
     from pipeline.bench.trees import bench_trees
@@ -219,6 +219,8 @@ def register(sub) -> None:
     p.add_argument("--no-trees", action="store_true", help="--live: no one-round-per-trip tree rows")
     p.add_argument("--stream", type=node_counts, default=(), metavar="W,W,...",
                    help="--live: also the stream tree (edge --stream-tree) of each width, interleaved with the rows")
+    p.add_argument("--stream-auto", type=node_counts, default=(), metavar="W,W,...",
+                   help="--live: also `edge --stream-tree auto` of each width (the stream tree or rounds per request)")
     p.add_argument("--live-repeats", type=positive_int, default=1,
                    help="--live: run every row this many times, interleaved; each row reports its median run")
     p.add_argument("--json", action="store_true")

@@ -32,9 +32,10 @@ STREAM_WIDTH = StreamShape().width
 
 
 def stream_tree_args(p) -> None:
-    p.add_argument("--stream-tree", action="store_true",
+    p.add_argument("--stream-tree", nargs="?", const="on", choices=("on", "auto"), default=None,
                    help="no rounds: stream one growing draft tree and take the verifier's verdicts as they come "
-                        "(the continuous speculation tree, docs/stream-tree.md; wire schema v4)")
+                        "(the continuous speculation tree, docs/stream-tree.md; wire schema v4); 'auto': per "
+                        "request, the stream tree or rounds, whichever this edge's measurements model cheaper")
     p.add_argument("--stream-width", type=int, default=STREAM_WIDTH,
                    help="--stream-tree: the draft's top tokens a node gets as children (1..4)")
 
@@ -153,7 +154,8 @@ def cmd_edge(a: argparse.Namespace) -> None:
                                                      a.draft_max_batch, a.draft_batch_wait_ms,
                                                      not a.no_draft_slot_cache, a.draft_slot_memory_mb,
                                                      not a.random_placement, a.tree, a.ahead,
-                                                     a.stream_width if a.stream_tree else None)))
+                                                     a.stream_width if a.stream_tree else None,
+                                                     a.stream_tree == "auto")))
 
 
 def cmd_control(a: argparse.Namespace) -> None:

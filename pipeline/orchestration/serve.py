@@ -70,6 +70,7 @@ class EdgeOptions:
     tree: str = "off"               # draft trees: DEPTHxWIDTH, auto, or off (chains)
     ahead: int = _EDGE.ahead        # rounds in flight per request (1: one per round trip)
     stream_width: int | None = None  # the continuous speculation tree with this width (None: rounds)
+    stream_auto: bool = False        # ... or rounds, per request, by the cost rule (control/stream_choice.py)
 
 
 @dataclass
@@ -222,7 +223,8 @@ async def serve_edge(opts: NodeOptions, edge: EdgeOptions) -> None:
                      request_timeout_s=edge.request_timeout_s, failover_deadline_s=edge.failover_deadline_s,
                      seed=edge.seed, limits=limits, drain_timeout_s=opts.drain_timeout_s, drafting=drafting,
                      place_sessions=edge.place_sessions, tree=edge.tree, ahead=edge.ahead,
-                     stream_tree=None if edge.stream_width is None else StreamShape(width=edge.stream_width))
+                     stream_tree=None if edge.stream_width is None else StreamShape(width=edge.stream_width,
+                                                                                       auto=edge.stream_auto))
     profile = profile_for(pair, edge.profile)
     book = PolicyBook(opts.max_length, edge.seed, learn_locally=edge.local_policy,
                       fallback=default_policy_for(profile, opts.max_length), profile=profile, pinned=edge.policy)
