@@ -40,14 +40,15 @@ class ModeCost:
 @dataclass
 class StreamChoice:
     weight: float = 0.3  # of the newest request in the averages
+    min_tokens: int = 16  # shorter requests teach nothing: their prefill and one cold round are most of them
     modes: dict[str, ModeCost] = field(default_factory=lambda: {CHAIN: ModeCost(), STREAM: ModeCost()})
 
     def observe(self, mode: str, ms: float, tokens: int, round_trips: int, one_way_ms: float) -> None:
         """A finished request: `ms` its time, `round_trips` its rounds (chain) or misses (stream)."""
         if mode not in self.modes:
             raise ValueError(f"stream choice: unknown mode {mode!r} (chain or stream)")
-        if tokens < 1 or ms < 0 or round_trips < 0 or one_way_ms < 0:
-            return  # nothing to learn from (an empty or failed request)
+        if tokens < self.min_tokens or ms < 0 or round_trips < 0 or one_way_ms < 0:
+            return  # nothing to learn from (a short, empty or failed request)
         extra = 1 if mode == STREAM else 0  # the stream's first round trip (the 1/new_tokens term)
         compute = max(0.0, (ms - (round_trips + extra) * 2 * one_way_ms) / tokens)
         self.modes[mode].add(compute, round_trips / tokens, self.weight)

@@ -49,9 +49,9 @@ def test_the_averages_follow_newer_requests():
     assert c.choose(50.0, 64) == CHAIN
 
 
-def test_an_empty_request_teaches_nothing_and_a_bad_mode_is_refused():
+def test_a_short_request_teaches_nothing_and_a_bad_mode_is_refused():
     c = StreamChoice()
-    c.observe(CHAIN, 10.0, 0, 0, 50.0)
-    assert c.modes[CHAIN].n == 0
+    c.observe(CHAIN, 80.0, 8, 1, 0.0)  # a cold 8-token warm-up: its prefill would pass for compute
+    assert c.modes[CHAIN].n == 0 and c.choose(0.0, 64) == CHAIN
     with pytest.raises(ValueError, match="unknown mode 'tree'"):
         c.observe("tree", 1.0, 1, 0, 0.0)
