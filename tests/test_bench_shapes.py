@@ -57,3 +57,19 @@ def test_a_bad_value_is_one_line(capsys, argv, fragment) -> None:
     rc, _, err = run(capsys, *argv)
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert rc == 2 and len(lines) == 1 and fragment in lines[0]
+
+
+def test_simulate_shapes_reports_the_hindsight_best_the_pick_and_the_online_chooser_per_delay(capsys) -> None:
+    rc = main(["simulate", "--shapes", "--json", "--delays", "0,50", "--seeds", "1", "--requests", "12",
+               "--max-nodes", "8"])
+    res = json.loads(capsys.readouterr().out)
+    assert rc in (0, None) and [r["delay_ms"] for r in res["rows"]] == [0.0, 50.0]
+    for row in res["rows"]:
+        fixed = {f["shape"]: f["ms_per_token"] for f in row["fixed"]}
+        assert row["best_in_hindsight"]["ms_per_token"] == min(fixed.values())
+        assert sum(row["online"]["requests_per_family"].values()) == 12
+
+
+def test_simulate_refuses_shapes_and_trees_together(capsys) -> None:
+    assert main(["simulate", "--shapes", "--trees"]) == 2
+    assert "give one" in capsys.readouterr().err

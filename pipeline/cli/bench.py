@@ -8,8 +8,8 @@ import time
 
 from control.evaluation import KINDS, evaluate, kind_profiles
 from control.types import ControlError
-from pipeline.cli.args import (batch_sizes, delays, emit, model_args, non_negative_float, non_negative_int, positive_float,
-                               positive_int, progress)
+from pipeline.cli.args import (batch_sizes, delays, emit, model_args, non_negative_float,
+                               non_negative_int, positive_float, positive_int, progress, shape_calibration_args)
 from pipeline.errors import PipelineError
 
 
@@ -51,34 +51,14 @@ def node_counts(text: str) -> tuple[int, ...]:
     return sizes
 
 
-# the bundled pair's stream tree at zero delay, in-process (docs/shapes.md: compute ms per token, misses per token)
-STREAM_TREE_BUNDLED = "4.5,0.083"
-
-
-def stream_calibration(text: str) -> tuple[float, float] | None:
-    """An argparse type for --stream-tree: 'C0,M' (zero-delay ms per token, misses per token) or 'off'."""
-    if text == "off":
-        return None
-    try:
-        c0, m = (float(x) for x in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not 'C0,M' (ms per token, misses per token) or 'off'") from None
-    if not (0 <= c0 < float("inf") and 0 <= m <= 1):
-        raise argparse.ArgumentTypeError(f"'{text}': need 0 <= C0 (ms per token) and 0 <= M (misses per token) <= 1")
-    return c0, m
-
-
 def cmd_bench_shapes(a: argparse.Namespace) -> None:
-    from control.shape_choice import Calibration, StreamTreeCalibration, candidates, choose
-    from control.tree_sim import load_tree_table
-    from nodes.models.loading import BUNDLED_TREES
+    from control.shape_choice import candidates, choose
+    from pipeline.cli.args import shape_calibration
 
-    accept, cost = load_tree_table(a.table or BUNDLED_TREES)
-    stream = None if a.stream_tree is None else StreamTreeCalibration(*a.stream_tree, a.new_tokens)
-    cal = Calibration(accept, cost, stream, shared_compute=a.compute == "shared")
+    cal = shape_calibration(a)
     shapes = candidates(cal, max_nodes=a.max_nodes, max_rounds=a.max_rounds)
-    res = {"table": a.table or "bundled", "compute": a.compute, "margin": a.margin, "cost": cost.__dict__,
-           "stream_tree": None if stream is None else stream.__dict__, "candidates": len(shapes),
+    res = {"table": a.table or "bundled", "compute": a.compute, "margin": a.margin, "cost": cal.cost.__dict__,
+           "stream_tree": None if cal.stream is None else cal.stream.__dict__, "candidates": len(shapes),
            "rows": [choose(cal, d, shapes, a.margin).row() for d in a.delays]}
 
     def render(r: dict) -> str:
@@ -270,19 +250,7 @@ def register(sub) -> None:
     p.add_argument("--table", help="depth x rank acceptance and round cost from `bench trees --table-out` "
                                    "(default: the bundled pair's)")
     p.add_argument("--delays", type=delays, default=delays("0,2,5,10,20,50,100,200"), help="one-way delays (ms)")
-    p.add_argument("--stream-tree", type=stream_calibration, default=stream_calibration(STREAM_TREE_BUNDLED),
-                   metavar="C0,M", help="the stream tree's zero-delay ms per token and misses per token, or 'off' "
-                                        f"(default: {STREAM_TREE_BUNDLED}, the bundled pair in-process)")
-    p.add_argument("--new-tokens", type=positive_int, default=64, help="tokens per request (the stream tree's first "
-                                                                       "token waits a round trip)")
-    p.add_argument("--compute", choices=("shared", "separate"), default="shared",
-                   help="shared: draft and verify take turns on one compute (one process or one small machine); "
-                        "separate: an edge and a cloud, drafting ahead hides the draft")
-    p.add_argument("--margin", type=non_negative_float, default=0.1,
-                   help="another family displaces the best plain chain only when modelled this much (relative) "
-                        "below it")
-    p.add_argument("--max-nodes", type=positive_int, default=64, help="largest tree weighed")
-    p.add_argument("--max-rounds", type=positive_int, default=5, help="most rounds in flight weighed")
+    shape_calibration_args(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench_shapes)
     p = bsub.add_parser("pipeline", help="round overhead, tokens/s at 1-64 streams (0 and 20 ms), batch sizes, "
