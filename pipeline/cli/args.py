@@ -39,7 +39,8 @@ def _number(kind: type, minimum: float, strict: bool):
 
 
 positive_int = _number(int, 1, strict=False)
-AHEAD_HELP = ("rounds in flight per request (proactive drafting, chains): while a round is in flight the edge "
+AHEAD_HELP = ("rounds in flight per request (proactive drafting; chains, a --tree spine, or with --tree auto the "
+              "spine the edge's learner prices cheapest with R in flight): while a round is in flight the edge "
               "drafts and sends the continuation that assumes it is kept; 1: one round per round trip")
 
 
