@@ -39,7 +39,8 @@ def optimal_tree_set(accept: np.ndarray, sizes: Iterable[int]) -> dict[int, tupl
     for d in range(depth_max - 1, -1, -1):
         G_next = np.zeros(m_max + 1)  # ranks past the table: no more children
         for k in range(width_max - 1, -1, -1):
-            child = np.where(np.isfinite(F[d + 1]), a[d, k] * F[d + 1], -np.inf)
+            finite = np.isfinite(F[d + 1])  # 0 x -inf would be nan: price a missing subtree -inf directly
+            child = np.where(finite, a[d, k] * np.where(finite, F[d + 1], 0.0), -np.inf)
             vals = np.where(valid, child[None, :] + G_next[rest_idx], -np.inf)
             best_j = np.argmax(vals, axis=1)
             best_v = vals[m, best_j]

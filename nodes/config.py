@@ -126,8 +126,6 @@ class EdgeConfig:
         if isinstance(self.tree, str):  # "4x2" / "auto" / "off" -> a Tree, AUTO or None (ControlError if neither)
             object.__setattr__(self, "tree", parse_tree(self.tree))
         check_ahead(self.ahead)
-        if self.ahead > 1 and self.tree is not None and not isinstance(self.tree, Tree):
-            raise ValueError("--ahead drafts a fixed tree shape ahead (DEPTHxWIDTH), not --tree auto")
         if self.ahead > 1 and isinstance(self.tree, Tree) and not _spine_only(self.tree):
             raise ValueError("--ahead with a tree needs a spine shape (only the rank-1 path has children): a "
                              "round is kept when its spine is, and no other path may reach the spine's depth")

@@ -15,7 +15,10 @@ record under those numbers.
 With a fixed tree shape (`--tree DxW --ahead R`) each round is a draft tree (nodes/models/tree_verify,
 as `--tree` alone); the stream goes on along its spine, and a round is kept when its whole spine and
 the next token hold, so later rounds are built on the spine and the prediction after it. Near the
-request's end, when fewer tokens are wanted than the spine is deep, the round is a chain.
+request's end, when fewer tokens are wanted than the spine is deep, the round is a chain. Under
+`--tree auto --ahead R` each round's shape is a spine (chains included) that the edge's learner
+(nodes/protocol/tree_shape.TreeShaper.choose_ahead) prices cheapest with R rounds in flight, and
+every verified tree round teaches it, as one-round-per-trip tree rounds do.
 
 Rounds drafted ahead go to the session's verifier only (they carry no context): before a verifier
 holds the session (its first round went to the queue group) one round is in flight. The draft
@@ -37,6 +40,7 @@ from control.trees import Tree
 from nodes.models.pipelined import DraftStream
 from nodes.protocol.pipelining import EdgeWindow, SentRound
 from nodes.protocol.request import EdgeRequest, RoundPlan, Send
+from nodes.protocol.tree_shape import AUTO
 from nodes.protocol.timing import measured_round_times
 from schemas import subjects
 from schemas.ahead import AheadDraftMsg, encode_ahead
@@ -139,6 +143,8 @@ class AheadRounds:
             return False
         began = time.perf_counter()
         tree = w.cfg.tree if isinstance(w.cfg.tree, Tree) else None
+        if w.cfg.tree == AUTO and plan.length and self._wanted() >= 2:
+            tree = w.trees.choose_ahead(w.delay.ms, self._wanted() - 1, w.cfg.ahead)
         depth = max(tree.depths()) if tree is not None else 0
         if tree is not None and plan.length and self._wanted() - 1 >= depth:
             (nodes, _), _ = await w.run_model(stream.draft_tree, tree)
@@ -204,6 +210,10 @@ class AheadRounds:
             kept = bool(applied) and applied[-1].kept
         w.timing_seq += 1
         rec = r.complete(verdict, times, f.sample.state, f.sample.one_way_ms, w.timing_seq)
+        if f.draft.parents is not None:  # --tree auto learns from every verified tree round; its draft
+            # time includes the prediction's step, as every round drafted ahead pays it
+            w.trees.observe(f.draft.parents, list(verdict.path or []), f.draft.draft_ms, verdict.verify_ms,
+                            prefilled=rec.timing.round == 0 or rec.timing.context_resent)
         in_flight = len(self.flights) + 1  # this round and the ones sent after it
         if not kept or (self.flights and self.flights[0].to != r.verifier):
             self._void()

@@ -61,6 +61,25 @@ async def test_greedy_output_with_rounds_in_flight_equals_target_only(broker, pa
 
 
 @pytest.mark.slow
+async def test_tree_auto_with_rounds_in_flight_learns_its_spines_and_equals_target_only(broker, pair, tmp_path):
+    prompts = _prompts(3)
+    refs = [target_only_generate(pair, pair.tokenizer.encode(p, add_special_tokens=False), 40).token_ids
+            for p in prompts]
+    async with cluster(broker.url, pair, tmp_path, channel="const:20", policy="fixed:3", ahead=3, tree="auto") as (
+            client, edge, clouds):
+        results = [await generate_stream(client, GenerateRequest(f"auto-{i}", prompt=p, max_new_tokens=40), 120)
+                   for i, p in enumerate(prompts)]
+        learned = edge.trees.learner.rounds
+    for i, res in enumerate(results):
+        assert res.ok, res.error
+        assert res.token_ids == refs[i], f"prompt {i} under --tree auto --ahead 3 differs from target-only"
+    verified = [e for e in read_log(tmp_path / "cloud-1.jsonl") if e["event"] == "verify"]
+    assert any(e["ahead"] and e["tree"] for e in verified), "no tree round drafted ahead was verified"
+    assert learned >= sum(e["tree"] for e in verified) > 0  # every verified tree round taught the learner
+    assert len({e["draft_length"] for e in verified if e["tree"]}) > 1, "the learner drafted one shape only"
+
+
+@pytest.mark.slow
 async def test_a_session_lost_with_rounds_in_flight_is_rebuilt_from_the_context(broker, pair, tmp_path):
     prompt = _prompts(1)[0]
     ref = target_only_generate(pair, pair.tokenizer.encode(prompt, add_special_tokens=False), 48).token_ids

@@ -82,8 +82,6 @@ def test_batching_flags_out_of_range(args, fragment):
 @pytest.mark.parametrize("args, fragment", [
     (("edge", "--ahead", "0"), "--ahead: must be an integer in 1..5, got 0"),
     (("edge", "--ahead", "6"), "--ahead: must be an integer in 1..5, got 6"),
-    (("edge", "--ahead", "2", "--tree", "auto"), "it does not combine with --tree auto"),
-    (("demo", "--ahead", "2", "--tree", "auto"), "it does not combine with --tree auto"),
     (("cloud", "--max-ahead", "-1"), "--max-ahead: must be >= 0"),
     (("cloud", "--max-ahead", "17"), "--max-ahead must be an integer in 0..16"),
     (("bench", "trees", "--live", "--ahead", "1"), "must list rounds in flight in 2..5"),

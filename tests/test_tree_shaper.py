@@ -77,3 +77,45 @@ def test_one_shape_played_alone_does_not_price_larger_shapes_out_of_reach():
         shaper.learner.observe(one, [0], compute_ms=4.0)
     c = shaper.learner.costs.cost()
     assert c.verify_ms > 2.0 and c.draft_step_ms + c.draft_node_ms + c.verify_node_ms < 1.5
+
+
+def _is_spine(tree) -> bool:
+    spine_nodes = {-1}
+    for i, p in enumerate(tree.parents):
+        if p in spine_nodes and tree.parents.index(p) == i:  # the first child of a spine node extends it
+            spine_nodes.add(i)
+    return all(p in spine_nodes for p in tree.parents)
+
+
+def play_ahead(shaper: TreeShaper, cost: TreeCost, delay_ms: float, rounds: int, seed: int, r: int) -> list:
+    """As `play`, with the shapes a round drafted ahead may take (`--tree auto --ahead r`)."""
+    rng = np.random.default_rng(seed)
+    shapes = []
+    for _ in range(rounds):
+        tree = shaper.choose_ahead(delay_ms, 100, r)
+        shapes.append(tree)
+        path = walk(tree, draw_ranks(ACCEPT, rng.random(ACCEPT.shape[0])))
+        compute = cost.round_ms(tree.depth + 1, tree.nodes + 1)
+        shaper.observe(list(tree.parents), path, 0.4 * compute, 0.6 * compute)
+    return shapes
+
+
+def test_rounds_drafted_ahead_under_auto_are_spines_short_of_the_table_and_the_request() -> None:
+    shaper = TreeShaper(AUTO, max_depth=8, seed=0)
+    shapes = play_ahead(shaper, CHEAP_NODES, 50.0, 300, 0, 3)
+    assert all(_is_spine(t) and t.depth <= 7 for t in shapes)  # the table must reach the prediction's depth
+    assert all(shaper.choose_ahead(50.0, 2, 3).depth <= 2 for _ in range(20))
+    assert shaper.learner.rounds == 300
+
+
+def test_rounds_drafted_ahead_under_auto_go_deeper_on_a_long_link() -> None:
+    near, far = TreeShaper(AUTO, max_depth=8, seed=0), TreeShaper(AUTO, max_depth=8, seed=0)
+    play_ahead(near, CHEAP_NODES, 0.0, 400, 1, 3)
+    play_ahead(far, CHEAP_NODES, 100.0, 400, 1, 3)
+    late = lambda s, d: [s.choose_ahead(d, 100, 3) for _ in range(50)]
+    assert np.median([t.depth for t in late(far, 100.0)]) > np.median([t.depth for t in late(near, 0.0)])
+
+
+def test_choose_ahead_is_for_auto_only() -> None:
+    with pytest.raises(Exception, match="choose_ahead is for --tree auto"):
+        TreeShaper(chain(3), max_depth=8).choose_ahead(10.0, 100, 2)

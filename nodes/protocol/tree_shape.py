@@ -3,8 +3,11 @@ control.tree_shape's online learner (no profile) prices cheapest per token at th
 measured, from the edge's own tree rounds. No transport and no model here."""
 from __future__ import annotations
 
+import numpy as np
+
+from control.shape_choice import Calibration, Shape, shape_ms_per_token
 from control.tree_shape import TREE_SIZES, TreeShapeLearner
-from control.trees import Tree, spine
+from control.trees import Tree, chain, spine
 from control.types import ControlError
 from schemas.trees import MAX_TREE_NODES
 
@@ -59,6 +62,33 @@ class TreeShaper:
             assert isinstance(self.spec, Tree)
             return self.spec if self.spec.depth <= depth else spine(depth, self.spec.width)
         return self.learner.choose(delay_ms, depth)
+
+    def choose_ahead(self, delay_ms: float, max_depth: int, rounds: int) -> Tree:
+        """A round drafted ahead under `auto` (`--tree auto --ahead R`): a spine or a chain no deeper
+        than `max_depth` (a kept round needs its whole spine, so only spines are drafted ahead), the
+        one control.shape_choice prices cheapest per token with `rounds` in flight, on the learner's
+        estimated acceptance table and round cost; explored as `choose` explores. Re-priced when the
+        learner re-plans, or the delay moves by more than a millisecond."""
+        if self.learner is None:
+            raise ControlError("tree shapes: choose_ahead is for --tree auto")
+        if self.max_depth < 2:  # no table row for the prediction after a spine: one draft, chain-like
+            return chain(1)
+        lrn = self.learner
+        depth = max(1, min(self.max_depth - 1, max_depth))  # the table must reach the prediction's depth
+        key = (round(delay_ms), depth, rounds, lrn.rounds // lrn.replan_every)
+        if getattr(self, "_ahead_key", None) != key:
+            cal = Calibration(lrn.table.table(), lrn.costs.cost())
+            shapes = [chain(d) if w == 1 else spine(d, w) for d in range(1, depth + 1) for w in range(1, 4)
+                      if d * w <= MAX_TREE_NODES]
+            family = {1: "chain-ahead"}
+            costs = np.array([shape_ms_per_token(Shape(family.get(t.width, "tree-ahead"), t, rounds), cal, delay_ms)
+                              for t in shapes])
+            self._ahead_key, self._ahead = key, (shapes, costs)
+        shapes, costs = self._ahead
+        if lrn.rng.random() < min(1.0, lrn.explore / np.sqrt(lrn.rounds + 1)):
+            near = np.flatnonzero(costs <= (1.0 + lrn.explore_within) * costs.min())
+            return shapes[int(near[lrn.rng.integers(len(near))])]
+        return shapes[int(np.argmin(costs))]
 
     def observe(self, parents: list[int], path: list[int], draft_ms: float, verify_ms: float,
                 prefilled: bool = False) -> None:

@@ -39,7 +39,8 @@ def _number(kind: type, minimum: float, strict: bool):
 
 
 positive_int = _number(int, 1, strict=False)
-AHEAD_HELP = ("rounds in flight per request (proactive drafting, chains): while a round is in flight the edge "
+AHEAD_HELP = ("rounds in flight per request (proactive drafting; chains, a --tree spine, or with --tree auto the "
+              "spine the edge's learner prices cheapest with R in flight): while a round is in flight the edge "
               "drafts and sends the continuation that assumes it is kept; 1: one round per round trip")
 
 
@@ -66,6 +67,51 @@ def delays(text: str) -> list[float]:
     if not vals or any(v < 0 for v in vals):
         raise argparse.ArgumentTypeError(f"'{text}' must list delays >= 0")
     return vals
+
+
+# the bundled pair's stream tree at zero delay, in-process (docs/shapes.md: compute ms per token, misses per token)
+STREAM_TREE_BUNDLED = "4.5,0.083"
+
+
+def stream_calibration(text: str) -> tuple[float, float] | None:
+    """An argparse type for --stream-tree: 'C0,M' (zero-delay ms per token, misses per token) or 'off'."""
+    if text == "off":
+        return None
+    try:
+        c0, m = (float(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not 'C0,M' (ms per token, misses per token) or 'off'") from None
+    if not (0 <= c0 < float("inf") and 0 <= m <= 1):
+        raise argparse.ArgumentTypeError(f"'{text}': need 0 <= C0 (ms per token) and 0 <= M (misses per token) <= 1")
+    return c0, m
+
+
+def shape_calibration_args(p: argparse.ArgumentParser) -> None:
+    """The shape chooser's calibration flags (`bench shapes`, `simulate --shapes`)."""
+    p.add_argument("--stream-tree", type=stream_calibration, default=stream_calibration(STREAM_TREE_BUNDLED),
+                   metavar="C0,M", help="the stream tree's zero-delay ms per token and misses per token, or 'off' "
+                                        f"(default: {STREAM_TREE_BUNDLED}, the bundled pair in-process)")
+    p.add_argument("--new-tokens", type=positive_int, default=64, help="tokens per request (the stream tree's first "
+                                                                       "token waits a round trip)")
+    p.add_argument("--compute", choices=("shared", "separate"), default="shared",
+                   help="shared: draft and verify take turns on one compute (one process or one small machine); "
+                        "separate: an edge and a cloud, drafting ahead hides the draft")
+    p.add_argument("--max-nodes", type=positive_int, default=64, help="largest tree weighed")
+    p.add_argument("--max-rounds", type=positive_int, default=5, help="most rounds in flight weighed")
+    p.add_argument("--margin", type=non_negative_float, default=0.1,
+                   help="another family displaces the best plain chain only when modelled this much (relative) "
+                        "below it")
+
+
+def shape_calibration(a: argparse.Namespace):
+    """The chooser's Calibration from --table (or the bundled pair's), --stream-tree and --compute."""
+    from control.shape_choice import Calibration, StreamTreeCalibration
+    from control.tree_sim import load_tree_table
+    from nodes.models.loading import BUNDLED_TREES
+
+    accept, cost = load_tree_table(a.table if a.table not in (None, "bundled") else BUNDLED_TREES)
+    stream = None if a.stream_tree is None else StreamTreeCalibration(*a.stream_tree, a.new_tokens)
+    return Calibration(accept, cost, stream, shared_compute=a.compute == "shared")
 
 
 class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):

@@ -8,8 +8,8 @@ import time
 
 from control.evaluation import KINDS, evaluate, kind_profiles
 from control.types import ControlError
-from pipeline.cli.args import (batch_sizes, delays, model_args, non_negative_float, non_negative_int, positive_float, positive_int,
-                               progress)
+from pipeline.cli.args import (batch_sizes, delays, emit, model_args, non_negative_float,
+                               non_negative_int, positive_float, positive_int, progress, shape_calibration_args)
 from pipeline.errors import PipelineError
 
 
@@ -49,6 +49,29 @@ def node_counts(text: str) -> tuple[int, ...]:
     if not sizes or min(sizes) < 1:
         raise argparse.ArgumentTypeError(f"'{text}' must list tree sizes >= 1")
     return sizes
+
+
+def cmd_bench_shapes(a: argparse.Namespace) -> None:
+    from control.shape_choice import candidates, choose
+    from pipeline.cli.args import shape_calibration
+
+    cal = shape_calibration(a)
+    shapes = candidates(cal, max_nodes=a.max_nodes, max_rounds=a.max_rounds)
+    res = {"table": a.table or "bundled", "compute": a.compute, "margin": a.margin, "cost": cal.cost.__dict__,
+           "stream_tree": None if cal.stream is None else cal.stream.__dict__, "candidates": len(shapes),
+           "rows": [choose(cal, d, shapes, a.margin).row() for d in a.delays]}
+
+    def render(r: dict) -> str:
+        fams = [f for f in ("chain", "tree", "chain-ahead", "tree-ahead", "stream-tree") if f in r["rows"][0]["families"]]
+        lines = [f"shapes on {r['table']} ({r['compute']} compute, margin {r['margin']:g}): modelled ms/token",
+                 f"{'delay':>6} {'pick':>20} {'ms/tok':>7} " + " ".join(f"{f:>20}" for f in fams)]
+        for row in r["rows"]:
+            cells = " ".join(f"{row['families'][f]['shape'] + ' ' + format(row['families'][f]['ms_per_token'], '.2f'):>20}"
+                             for f in fams)
+            lines.append(f"{row['delay_ms']:>6g} {row['pick']:>20} {row['ms_per_token']:>7.2f} {cells}")
+        return "\n".join(lines)
+
+    emit(res, a.json, render)
 
 
 def cmd_bench_engine(a: argparse.Namespace) -> None:
@@ -226,6 +249,14 @@ def register(sub) -> None:
     p.add_argument("--json", action="store_true")
     model_args(p)
     p.set_defaults(func=cmd_bench_trees)
+    p = bsub.add_parser("shapes", help="the shape chooser (control/shape_choice.py): per delay, the pick among chains, "
+                        "trees, rounds in flight and the stream tree by modelled ms/token, and each family's best")
+    p.add_argument("--table", help="depth x rank acceptance and round cost from `bench trees --table-out` "
+                                   "(default: the bundled pair's)")
+    p.add_argument("--delays", type=delays, default=delays("0,2,5,10,20,50,100,200"), help="one-way delays (ms)")
+    shape_calibration_args(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_bench_shapes)
     p = bsub.add_parser("pipeline", help="round overhead, tokens/s at 1-64 streams (0 and 20 ms), batch sizes, "
                                          "50 ms comparison")
     p.add_argument("--requests", type=positive_int, default=32)

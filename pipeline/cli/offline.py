@@ -17,7 +17,7 @@ from nodes.models.loading import BUNDLED_PROFILE, load_pair, set_threads
 from schemas.rounds import SamplingParams
 from pipeline.cli import preflight
 from pipeline.cli.args import (DEFAULT_DELAYS, stop_on_sigterm, delays, emit, model_args, non_negative_float, positive_float,
-                               positive_int, progress)
+                               positive_int, progress, shape_calibration_args)
 
 def cmd_train_pair(a: argparse.Namespace) -> None:
     from nodes.models.train_pair import BUNDLED_DIR, TrainConfig, train_pair
@@ -138,7 +138,34 @@ def cmd_simulate_trees(a: argparse.Namespace) -> None:
     emit(res, a.json, render)
 
 
+def cmd_simulate_shapes(a: argparse.Namespace) -> None:
+    from control.shape_sim import compare
+    from pipeline.cli.args import shape_calibration
+
+    a.table = a.shapes
+    cal = shape_calibration(a)
+    res = compare(cal, a.delays, requests=a.requests, new_tokens=a.new_tokens, seeds=a.seeds, max_nodes=a.max_nodes,
+                  max_rounds=a.max_rounds, explore=a.explore, margin=a.margin)
+    res["table"] = a.shapes
+
+    def render(r: dict) -> str:
+        lines = [f"shapes on {r['table']} ({r['seeds']} seeds x {r['requests']} requests of {r['new_tokens']} tokens)",
+                 f"{'delay':>6} {'hindsight best':>18} {'ms/tok':>7} {'model pick':>18} {'ms/tok':>7} {'online':>7} "
+                 f"{'gap %':>6}"]
+        for row in r["rows"]:
+            b, m, o = row["best_in_hindsight"], row["model_pick"], row["online"]
+            lines.append(f"{row['delay_ms']:>6g} {b['shape']:>18} {b['ms_per_token']:>7.2f} {m['shape']:>18} "
+                         f"{m['ms_per_token']:>7.2f} {o['ms_per_token']:>7.2f} {o['gap_to_hindsight_pct']:>6.2f}")
+        return "\n".join(lines)
+
+    emit(res, a.json, render)
+
+
 def cmd_simulate(a: argparse.Namespace) -> None:
+    if a.shapes and a.trees:
+        raise ControlError("simulate: --shapes and --trees are two simulations; give one")
+    if a.shapes:
+        return cmd_simulate_shapes(a)
     if a.trees:
         return cmd_simulate_trees(a)
     if not a.profile:
@@ -220,6 +247,14 @@ def register(sub) -> None:
                    help="simulate draft-tree shapes instead: the online shape learner vs the oracle shape and "
                         "the best chain per delay, on a table from `bench trees --table-out` (default: the "
                         "bundled pair's)")
+    p.add_argument("--shapes", nargs="?", const="bundled", metavar="TABLE",
+                   help="simulate every speculation shape instead (chains, trees, rounds in flight, the stream tree) "
+                        "in an edge-link-cloud event simulation: per delay the best fixed shape in hindsight, the "
+                        "shape chooser's pick and its online form, on the same seeds; TABLE as for --trees")
+    p.add_argument("--requests", type=positive_int, default=100, help="--shapes: requests per seed and shape")
+    p.add_argument("--explore", type=non_negative_float, default=1.0,
+                   help="--shapes: the online chooser tries another family's best with probability explore/sqrt(n)")
+    shape_calibration_args(p)
     p.add_argument("--policies", default="auto,ucb-specstop,naive-ucb,hf-heuristic")
     p.add_argument("--delays", type=delays, default=delays(DEFAULT_DELAYS))
     p.add_argument("--rounds", type=positive_int, default=1000)

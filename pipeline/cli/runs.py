@@ -35,12 +35,9 @@ def _run_config(a: argparse.Namespace):
 def _tree_flags(a: argparse.Namespace, kind: str) -> list[str]:
     """demo: the edge it starts drafts trees of this shape, or rounds ahead (checked here, before
     anything starts)."""
-    from pipeline.cli.workers import check_ahead_with_tree
-
     tree, ahead = getattr(a, "tree", None), getattr(a, "ahead", 1)
     if kind != "edge":
         return []
-    check_ahead_with_tree(ahead, tree)
     flags = ["--ahead", str(ahead)] if ahead > 1 else []
     if tree in (None, "off"):
         return flags

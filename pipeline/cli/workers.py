@@ -118,14 +118,6 @@ def _bundled_profile():
     return load_profile(BUNDLED_PROFILE)
 
 
-def check_ahead_with_tree(ahead: int, tree: str | None) -> None:
-    """--ahead drafts chains or a fixed tree shape ahead; with --tree auto it is refused in one line,
-    before any model loads."""
-    if ahead > 1 and tree == "auto":
-        raise PipelineError(f"--ahead {ahead} drafts chains or a fixed tree shape ahead; it does not combine with "
-                            f"--tree auto (name a shape, e.g. --tree 3x2)")
-
-
 def check_stream_tree(a: argparse.Namespace) -> None:
     """--stream-tree replaces rounds, so it takes no tree shape and no rounds in flight (one line, before
     any model loads); --stream-width needs it."""
@@ -145,7 +137,6 @@ def cmd_edge(a: argparse.Namespace) -> None:
     profile = load_profile(a.profile) if a.profile else None
     make_policy(a.policy, max_length=a.max_length, profile=profile or _bundled_profile())
     parse_tree(a.tree)
-    check_ahead_with_tree(a.ahead, a.tree)
     check_stream_tree(a)
     _check_device(a, "draft")
     limits = EdgeLimits(a.max_active, a.max_queued, a.max_prompt_tokens, a.max_new_tokens_limit, a.max_request_s)
