@@ -41,6 +41,9 @@ POOL_STRENGTH_MAX = 30.0  # at most this many pseudo-rounds of the pool behind a
 POOL_PRIOR = 4.0  # pseudo-rounds behind the pooled later-position acceptance
 OPTIMISM_MIN = 60.0  # the position after the choice, reached by fewer rounds, is judged optimistically ...
 OPTIMISM_Z = 2.0     # ... at the posterior mean + this many standard deviations (AutoPolicy._optimistic_next)
+OPTIMISM_STOP_Z = None  # ... and not once its own rounds' upper bound at this z is below what it needs (_clearly_short)
+OPTIMISM_STOP_MIN = 0  # ... once at least this many rounds reached it (off: z 1, min 20 helped families,
+# jitter and short but raised a non-affine and a streaky seed, docs/policies/auto-issue23.md)
 COMPUTE_SPREAD_FLOOR = 0.02  # compute draws spread at least this fraction of the mean compute
 SLOPE_PRIOR_ROUNDS = 3.0  # rounds away from the most played length before the fitted slope outweighs the guess
 SHRINK_ROUNDS = 30.0  # per-length compute means need this many rounds to outweigh the affine fit
@@ -50,6 +53,8 @@ TEMPER = 0.6  # posterior deviations are scaled by this: less dithering among ne
 RECENT_ROUNDS = 100.0  # the stop rule's lambda: ms/token of about this many recent rounds (a moving average)
 DELAY_ROUNDS = 200.0  # realized - told delay: a moving mean over about this many rounds (AutoPolicy.delay_bias)
 EXPLORE_AFTER = 40  # rounds before _explore: earlier, every bound is loose and the leader itself unsettled
+EXPLORE_PLAYS = None  # _explore tries a length only while played fewer times than this (None: always; off,
+# docs/policies/auto-issue23.md: 8 helped short and non-affine but raised a families seed)
 EXPLORE_Z = 2.0  # a length off the leader's neighbours is tried while its lower bound beats the leader (_explore)
 STREAK_PRIOR = 8.0  # pseudo-rounds of the pooled acceptance behind each streak state's own (AutoPolicy._posterior)
 PERSIST_Z = 3.0  # the streak states are used once they differ from the pool by this many deviations (_persists)
@@ -280,7 +285,32 @@ class AutoPolicy(Policy):
         up = h.copy()
         up[L] = max(h[L], min(a[L] / (a[L] + b[L]) + OPTIMISM_Z * sd, 0.99))
         tokens = 1.0 + np.cumsum(np.cumprod(up))
-        return L + 1 if cost[L] / tokens[L] < cost[L - 1] / tokens[L - 1] else L
+        if not cost[L] / tokens[L] < cost[L - 1] / tokens[L - 1]:
+            return L
+        if OPTIMISM_STOP_Z is not None and self._clearly_short(L, h, cost):
+            return L
+        return L + 1
+
+    def _needed(self, L: int, h: np.ndarray, cost: np.ndarray) -> float:
+        """The acceptance h(L + 1) (0-based index L) at which L + 1 tokens cost what L do, for the
+        other positions at `h` and lengths at `cost`: above it, the longer length is faster."""
+        reach = float(np.prod(h[:L]))  # P(positions 1..L accepted): the share of rounds that reach L + 1
+        tokens = 1.0 + float(np.sum(np.cumprod(h[:L])))
+        if reach <= 0:
+            return np.inf
+        return (cost[L] * tokens / cost[L - 1] - tokens) / reach
+
+    def _clearly_short(self, L: int, h: np.ndarray, cost: np.ndarray) -> bool:
+        """Whether position L + 1's own rounds (no prior: the pooled prior is what optimism doubts)
+        already place its acceptance below what L + 1 needs, by OPTIMISM_STOP_Z deviations of a
+        one-sided Wilson bound. A count of reaches ends optimism late where acceptance is low: at
+        0.34 first-token acceptance, 60 reaches of position 2 took ~175 rounds of length 2."""
+        n = float(self.at_risk[L])
+        if n < max(OPTIMISM_STOP_MIN, 1):
+            return False
+        p, z = float(self.accepted[L]) / n, OPTIMISM_STOP_Z
+        upper = (p + z * z / (2 * n) + z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))) / (1 + z * z / n)
+        return upper < self._needed(L, h, cost)
 
     # --- acting ------------------------------------------------------------
     def _stopping(self) -> bool:
@@ -398,6 +428,8 @@ class AutoPolicy(Policy):
         bar = (estimate[lead] + 2.0 * delay_ms) / mean_b[lead]
         j_low = (low + 2.0 * delay_ms) / mean_b
         j_low[max(lead - 1, 0):lead + 2] = np.inf
+        if EXPLORE_PLAYS is not None:
+            j_low[self.arm_n >= EXPLORE_PLAYS] = np.inf
         i = int(np.argmin(j_low))
         return i if j_low[i] < bar else None
 
