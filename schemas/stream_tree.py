@@ -95,7 +95,14 @@ def stream_version(payload: bytes, limits: CodecLimits = CodecLimits()) -> int |
     return v if type(v) is int else None
 
 
-def _body(payload: bytes, kind: str, codec: CodecLimits) -> dict:
+_NODES_FIELDS = frozenset({"v", "t", "edge_id", "request_id", "session", "seed", "temperature", "top_p", "root",
+                           "groups", "context", "end"})
+_VERDICT_FIELDS = frozenset({"v", "t", "request_id", "session", "verifier_id", "start", "tokens", "misses",
+                             "forwards", "verified", "stale", "verify_ms"})
+
+
+def _body(payload: bytes, kind: str, codec: CodecLimits, known: frozenset[str]) -> dict:
+    """The message's map, of this schema and type, with no field outside `known`."""
     body = unpack_map(payload, codec)
     v = body.get("v")
     if type(v) is not int or v != STREAM_SCHEMA_VERSION:
@@ -103,6 +110,9 @@ def _body(payload: bytes, kind: str, codec: CodecLimits) -> dict:
                           f"(the stream tree speaks {STREAM_SCHEMA_VERSION})", "version")
     if body.get("t") != kind:
         raise SchemaError(f"expected a {kind} message, got {_short(body.get('t'))}")
+    extra = set(body) - known
+    if extra:
+        raise SchemaError(f"{kind}: unknown fields {_short(sorted(map(str, extra)))}")
     return body
 
 
@@ -167,12 +177,7 @@ def decode_nodes(payload: bytes, limits: Limits = Limits(), codec: CodecLimits =
     """A stream_nodes message, every bound checked; SchemaError (code `version` for another schema)
     naming the first thing that is wrong."""
     kind = NODES_TYPE
-    body = _body(payload, kind, codec)
-    known = {"v", "t", "edge_id", "request_id", "session", "seed", "temperature", "top_p", "root", "groups",
-             "context", "end"}
-    extra = set(body) - known
-    if extra:
-        raise SchemaError(f"{kind}: unknown fields {_short(sorted(map(str, extra)))}")
+    body = _body(payload, kind, codec, _NODES_FIELDS)
     edge_id, request_id = _ident(body, "edge_id", kind), _ident(body, "request_id", kind)
     session = _ident(body, "session", kind)
     seed = _int(body, "seed", kind, 0, 1 << 63)
@@ -200,12 +205,7 @@ def decode_nodes(payload: bytes, limits: Limits = Limits(), codec: CodecLimits =
 def decode_verdict(payload: bytes, limits: Limits = Limits(), codec: CodecLimits = CodecLimits()) -> StreamVerdict:
     """A stream_verdict message, bounded (at most `max_verdict_tokens` tokens)."""
     kind = VERDICT_TYPE
-    body = _body(payload, kind, codec)
-    known = {"v", "t", "request_id", "session", "verifier_id", "start", "tokens", "misses", "forwards", "verified",
-             "stale", "verify_ms"}
-    extra = set(body) - known
-    if extra:
-        raise SchemaError(f"{kind}: unknown fields {_short(sorted(map(str, extra)))}")
+    body = _body(payload, kind, codec, _VERDICT_FIELDS)
     request_id, session = _ident(body, "request_id", kind), _ident(body, "session", kind)
     verifier_id = _ident(body, "verifier_id", kind)
     start = _int(body, "start", kind, 0, codec.max_context_tokens + 1)
