@@ -78,7 +78,8 @@ class CloudWorker(WorkerBase):
                                    self.send_now, config.heartbeat_s)
         self.computing = 0  # rounds whose model compute has not finished (a replaced session's included)
         self.streams = StreamSessions(model, vocab_size, config.verifier_id, limits, log, self.send_now,  # v4
-                                      config.max_sessions, config.session_ttl_s, enabled=config.stream_tree)
+                                      config.max_sessions, config.session_ttl_s, enabled=config.stream_tree,
+                                      device=self.device)
 
     @property
     def sessions(self):

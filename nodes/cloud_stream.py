@@ -15,15 +15,21 @@ one), each for `ttl_s` after its last message, and each tree is bounded by `Limi
 message is refused with a one-line `bad_message` (logged, counted, answered when it has a reply
 inbox) and the verifier keeps serving; messages are idempotent, so a duplicate, reordered or
 lost one costs only time.
+
+With a device profile (`specstop cloud --emulate`), each session's target forwards are padded to
+the emulated device's time (a device per session, as the chain verifier's; a `shared` profile makes
+every session's forwards take turns on one device).
 """
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any, Awaitable, Callable
 
+from nodes.device import DeviceProfile, Pacer
 from nodes.models.pipelined import CLOSE, DelayLink
 from nodes.models.stream_tree import Acceptance, _Cloud
 from nodes.protocol.stream_tree import Limits, VerdictMsg
@@ -92,11 +98,14 @@ class StreamSessions:
     """Every stream-tree session this verifier holds, driven from the worker's event loop."""
 
     def __init__(self, model: Any, vocab_size: int, verifier_id: str, codec: CodecLimits, log: Any, publish: Publish,
-                 max_sessions: int, ttl_s: float, limits: Limits = Limits(), enabled: bool = True) -> None:
+                 max_sessions: int, ttl_s: float, limits: Limits = Limits(), enabled: bool = True,
+                 device: DeviceProfile | None = None) -> None:
         self.pair = SimpleNamespace(target=model, vocab_size=vocab_size)
         self.verifier_id, self.codec, self.log, self.publish = verifier_id, codec, log, publish
         self.max_sessions, self.ttl_s, self.limits, self.enabled = max_sessions, ttl_s, limits, enabled
         self.sessions: dict[tuple[str, str, str], Session] = {}
+        self.device = device if device is not None and device.emulates_verify else None
+        self.device_lock = threading.Lock() if self.device is not None and self.device.shared else None
         self.counters = StreamCounters()
 
     async def on_message(self, data: bytes, reply: str | None, subject: str) -> None:
@@ -147,8 +156,9 @@ class StreamSessions:
             loop.call_soon_threadsafe(lambda: loop.create_task(self._failed(s, exc)))
 
         params = SamplingParams(m.temperature, m.top_p)
+        pacer = Pacer(self.device, m.seed) if self.device is not None else None
         s.cloud = _SessionCloud(self.pair, list(m.context), params, m.seed, DelayLink(0.0),
-                                None, self.limits, Acceptance(), on_error=failed)
+                                None, self.limits, Acceptance(), pacer, self.device_lock, on_error=failed)
         s.cloud.down = _VerdictLink(s, self.verifier_id, loop, self.publish)
         s.cloud.name = f"stream-{m.request_id[:40]}"
         s.cloud.start()
@@ -177,6 +187,7 @@ class StreamSessions:
         self.log.info("session_end", request_id=s.key[1], edge_id=s.key[0], reason=reason, stream_tree=True,
                       messages=s.messages, misses=c.misses, verify_forwards=c.forwards, nodes_verified=c.verified,
                       stale_groups=c.stale, refused=c.refused, verify_ms=round(c.verify_ms, 3),
+                      verify_real_ms=round(c.verify_real_ms, 3), verify_overruns=c.overruns,
                       wait_ms=round(c.wait_ms, 3), sessions=len(self.sessions))
 
     def expire(self, now: float) -> None:

@@ -64,9 +64,14 @@ class DeviceProfile:
 
     def verify_ms(self, length: int) -> float:
         """Emulated time of one verify forward over `length` drafts plus the bonus position."""
+        return self.forward_ms(length + 1)
+
+    def forward_ms(self, positions: int) -> float:
+        """Emulated time of one target forward over `positions` new positions (a stream-tree verify
+        feeds its new nodes, with no bonus position of its own)."""
         if not self.emulates_verify:
             return 0.0
-        return self.verify_ms_fixed + (self.verify_ms_per_token or 0.0) * (length + 1)
+        return self.verify_ms_fixed + (self.verify_ms_per_token or 0.0) * positions
 
     def to_dict(self) -> dict:
         return {"name": self.name, "provenance": self.provenance,
@@ -137,7 +142,11 @@ class Pacer:
         return max(target, real_ms), max(0.0, target - real_ms)
 
     def verify(self, length: int, real_ms: float) -> tuple[float, float]:
+        return self.forward(length + 1, real_ms)
+
+    def forward(self, positions: int, real_ms: float) -> tuple[float, float]:
+        """(emulated ms, pad ms to wait) for a target forward over `positions` new positions."""
         if not self.profile.emulates_verify:
             return real_ms, 0.0
-        target = self._jittered(self.profile.verify_ms(length))
+        target = self._jittered(self.profile.forward_ms(positions))
         return max(target, real_ms), max(0.0, target - real_ms)

@@ -178,7 +178,8 @@ class StreamTreeRun:
         resend = s.resend_after_s if s.resend_after_s is not None else max(1.0, 20 * self.one_way_ms / 1e3)
         return _edge_loop(pair, kv, prompt, r.req.max_new_tokens, r.params, s.width, s.cumulative, s.batch,
                           s.flush_ms / 1e3, self.limits, s.min_path_prob, s.lead_penalty, self.one_way_ms / 1e3,
-                          self, self.down, SimpleNamespace(error=None), resend, on_commit=self._on_commit)
+                          self, self.down, SimpleNamespace(error=None), resend, on_commit=self._on_commit,
+                          pacer=self.w.pacer)  # the emulated edge device, if any: each draft forward padded
 
     def _on_commit(self, res: StreamTreeResult, new: list[int], kept: list[int], miss: bool, done: bool) -> None:
         """The edge thread, after a verdict committed `new`: stream and log it on the event loop."""
@@ -258,5 +259,6 @@ def _done_fields(request_id: str, res: StreamTreeResult, last: Any) -> dict:
             "misses": res.misses, "round_trips_per_token": round(res.round_trips_per_token, 4),
             "expansions": res.expansions, "draft_forwards": res.draft_forwards, "nodes_sent": res.nodes_sent,
             "messages_sent": res.messages_sent, "resends": res.resends, "draft_ms": round(res.draft_ms, 3),
+            "draft_real_ms": round(res.draft_real_ms, 3), "draft_overruns": res.draft_overruns,
             "verify_forwards": getattr(last, "forwards", 0), "nodes_verified": getattr(last, "verified", 0),
             "stale_groups": getattr(last, "stale", 0), "verify_ms": getattr(last, "verify_ms", 0.0)}

@@ -23,6 +23,11 @@ depends on the seed only, not on the delay or timing).
 Faults as in nodes/models/pipelined.py, on both directions: dropped and duplicated messages (and
 reordered verdicts). Every message is idempotent (nodes/protocol/stream_tree.py); a stall longer
 than `resend_after_s` makes the edge resend its live tree, which also asks the cloud for the verdict.
+
+Device emulation (nodes/device.py), on either side: each draft forward is padded to the edge device's
+time for one drafting step (its nodes go in one batched forward, as a round tree drafts one step per
+depth), each target forward to the cloud device's time for its new positions; the pad is a sleep
+of the side's own thread, so a verdict that arrives meanwhile waits for the forward, as on a device.
 """
 from __future__ import annotations
 
@@ -35,6 +40,7 @@ from typing import Callable
 
 import torch
 
+from nodes.device import Pacer
 from nodes.models.errors import ModelError
 from nodes.models.loading import ModelPair
 from nodes.models.pipelined import CLOSE, DelayLink
@@ -107,8 +113,12 @@ class StreamTreeResult:
     stale_groups: int = 0  # groups the cloud dropped (void tree, or parent not arrived)
     refused_msgs: int = 0
     cloud_wait_ms: float = 0.0  # the cloud idle with an unexpanded tip (waiting for nodes)
-    verify_ms: float = 0.0
-    draft_ms: float = 0.0
+    verify_ms: float = 0.0  # with device emulation: the device's time (verify_real_ms: this machine's)
+    draft_ms: float = 0.0   # likewise
+    verify_real_ms: float = 0.0
+    draft_real_ms: float = 0.0
+    draft_overruns: int = 0   # emulated draft forwards whose real compute took longer than the device's
+    verify_overruns: int = 0  # likewise for target forwards
 
     @property
     def ms_per_token(self) -> float:
@@ -151,15 +161,21 @@ class _TreeKV:
 
 
 class _Cloud(threading.Thread):
+    """The cloud's side. With `pacer`, each target forward after the root's (which belongs to the
+    prefill, not emulated, as a chain's) is padded to the cloud device's time; `device_lock` makes the
+    forwards of every session holding it take turns (one shared device: waiting for it is not device time)."""
+
     def __init__(self, pair: ModelPair, prompt: list[int], params: SamplingParams, seed: int, up: DelayLink,
-                 down: DelayLink, limits: Limits, acceptance: Acceptance) -> None:
+                 down: DelayLink, limits: Limits, acceptance: Acceptance, pacer: Pacer | None = None,
+                 device_lock: threading.Lock | None = None) -> None:
         super().__init__(daemon=True, name="stream-tree-cloud")
         self.pair, self.prompt, self.params, self.seed = pair, prompt, params, seed
         self.up, self.down, self.limits, self.acceptance = up, down, limits, acceptance
+        self.pacer, self.device_lock = pacer, device_lock
         self.ready = threading.Event()
         self.error: BaseException | None = None
-        self.forwards = self.verified = self.stale = self.refused = self.misses = 0
-        self.verify_ms = self.wait_ms = 0.0
+        self.forwards = self.verified = self.stale = self.refused = self.misses = self.overruns = 0
+        self.verify_ms = self.verify_real_ms = self.wait_ms = 0.0
 
     def run(self) -> None:
         try:
@@ -172,7 +188,7 @@ class _Cloud(threading.Thread):
         tree = CloudTree(self.prompt, self.limits)
         kv = _TreeKV(self.pair.target, self.prompt, self.pair.vocab_size)
         logits: dict[int, torch.Tensor] = {}
-        logits[OFF] = self._feed(kv, [OFF], [self.prompt[-1]], [-1], [len(self.prompt) - 1], [[]])[0]
+        logits[OFF] = self._feed(kv, [OFF], [self.prompt[-1]], [-1], [len(self.prompt) - 1], [[]], paced=False)[0]
         self.ready.set()
         ack = len(self.prompt)
         pos_of: dict[int, int] = {}  # context position of each live node
@@ -238,12 +254,28 @@ class _Cloud(threading.Thread):
                 return out
             p = tree.nodes[p].parent
 
-    def _feed(self, kv: _TreeKV, nodes, tokens, parents, positions, anc) -> torch.Tensor:
+    def _feed(self, kv: _TreeKV, nodes, tokens, parents, positions, anc, paced: bool = True) -> torch.Tensor:
+        pacer = self.pacer if paced else None
+        if pacer is not None and self.device_lock is not None:
+            with self.device_lock:
+                return self._forward(kv, nodes, tokens, parents, positions, anc, pacer)
+        return self._forward(kv, nodes, tokens, parents, positions, anc, pacer)
+
+    def _forward(self, kv: _TreeKV, nodes, tokens, parents, positions, anc, pacer: Pacer | None) -> torch.Tensor:
         t = time.perf_counter()
         with torch.inference_mode():
             out = kv.feed(nodes, tokens, parents, positions, anc)
+        real = (time.perf_counter() - t) * 1e3
+        ms = real
+        if pacer is not None:
+            ms, pad = pacer.forward(len(nodes), real)
+            if pad > 0:
+                time.sleep(pad / 1e3)
+            elif pacer.profile.forward_ms(len(nodes)) > 0:
+                self.overruns += 1
         self.forwards += 1
-        self.verify_ms += (time.perf_counter() - t) * 1e3
+        self.verify_ms += ms
+        self.verify_real_ms += real
         return out
 
     def _walk(self, tree: CloudTree, kv: _TreeKV, logits: dict[int, torch.Tensor]) -> bool:
@@ -283,13 +315,15 @@ def stream_tree_generate(pair: ModelPair, prompt_ids: list[int], max_new_tokens:
                          cumulative: float = 0.8, batch: int = 16, flush_ms: float = 1.0,
                          limits: Limits = Limits(), min_path_prob: float = 1e-4, faults: LinkFaults = LinkFaults(),
                          resend_after_s: float | None = None, acceptance: Acceptance = Acceptance(),
-                         lead_penalty: float = 2.0) -> StreamTreeResult:
+                         lead_penalty: float = 2.0, edge_pacer: Pacer | None = None,
+                         cloud_pacer: Pacer | None = None) -> StreamTreeResult:
     """Generate with the continuous speculation tree: `width` children per expanded node at most
     (fewer once `cumulative` of the draft's mass is covered), `batch` nodes expanded per draft
     forward, new nodes sent every `flush_ms`, at most `limits.max_nodes` in the tree; nodes whose
     draft path probability is below `min_path_prob` are not expanded. Nodes shallower than where the
     cloud is expected to be when an expansion arrives (the commit rate x 2 x delay) rank `lead_penalty`
-    nats lower per token short of it (0: plain best-first)."""
+    nats lower per token short of it (0: plain best-first). `edge_pacer` / `cloud_pacer`: emulated
+    devices (nodes/device.py) for the draft's and the target's forwards."""
     if not 1 <= width <= limits.max_width:
         raise ModelError(f"width must be in 1..{limits.max_width}, got {width}")
     if batch < 1 or flush_ms < 0 or one_way_ms < 0:
@@ -299,7 +333,7 @@ def stream_tree_generate(pair: ModelPair, prompt_ids: list[int], max_new_tokens:
     resend = resend_after_s if resend_after_s is not None else max(1.0, 20 * one_way_ms / 1e3)
     up = FaultyLink(one_way_ms, faults.drop_up, faults.duplicate_up)
     down = FaultyLink(one_way_ms, faults.drop_down, faults.duplicate_down, faults.late_down, faults.late_ms)
-    cloud = _Cloud(pair, prompt_ids, params, seed, up, down, limits, acceptance)
+    cloud = _Cloud(pair, prompt_ids, params, seed, up, down, limits, acceptance, cloud_pacer)
     cloud.start()
     try:
         kv = _TreeKV(pair.draft, prompt_ids, pair.vocab_size)
@@ -307,13 +341,15 @@ def stream_tree_generate(pair: ModelPair, prompt_ids: list[int], max_new_tokens:
         if cloud.error is not None:
             raise cloud.error
         res = _edge_loop(pair, kv, prompt_ids, max_new_tokens, params, width, cumulative, batch, flush_ms / 1e3,
-                         limits, min_path_prob, lead_penalty, one_way_ms / 1e3, up, down, cloud, resend)
+                         limits, min_path_prob, lead_penalty, one_way_ms / 1e3, up, down, cloud, resend,
+                         pacer=edge_pacer)
     finally:
         up.send(CLOSE)
         cloud.join(timeout=30)
     res.verify_forwards, res.nodes_verified = cloud.forwards, cloud.verified
     res.stale_groups, res.refused_msgs = cloud.stale, cloud.refused
     res.cloud_wait_ms, res.verify_ms = cloud.wait_ms, cloud.verify_ms
+    res.verify_real_ms, res.verify_overruns = cloud.verify_real_ms, cloud.overruns
     return res
 
 
@@ -321,10 +357,11 @@ def _edge_loop(pair: ModelPair, kv: _TreeKV, prompt: list[int], max_new: int, pa
                cumulative: float, batch: int, flush_s: float, limits: Limits, min_path_prob: float,
                lead_penalty: float, delay_s: float, up: DelayLink,
                down: DelayLink, cloud: _Cloud, resend_s: float,
-               on_commit: Callable[[StreamTreeResult, list[int], list[int], bool, bool], None] | None = None
-               ) -> StreamTreeResult:
+               on_commit: Callable[[StreamTreeResult, list[int], list[int], bool, bool], None] | None = None,
+               pacer: Pacer | None = None) -> StreamTreeResult:
     """The edge's side. `on_commit(result, new tokens, tokens kept for the output, miss, done)` runs after
-    each verdict that committed anything (the edge worker streams and logs it; nodes/edge_stream.py)."""
+    each verdict that committed anything (the edge worker streams and logs it; nodes/edge_stream.py).
+    With `pacer`, each draft forward is padded to the edge device's time for one drafting step."""
     t0 = time.perf_counter()
     res = StreamTreeResult([], "length", 0.0)
     out = res.token_ids
@@ -391,7 +428,16 @@ def _edge_loop(pair: ModelPair, kv: _TreeKV, prompt: list[int], max_new: int, pa
         if vs_ok:
             t = time.perf_counter()
             _expand(tree, kv, vs_ok, params, width, cumulative)
-            res.draft_ms += (time.perf_counter() - t) * 1e3
+            real = (time.perf_counter() - t) * 1e3
+            ms = real
+            if pacer is not None:  # one batched forward: one step of the device, as a round tree's depth
+                ms, pad = pacer.draft(1, real)
+                if pad > 0:
+                    time.sleep(pad / 1e3)
+                elif pacer.profile.draft_ms(1) > 0:
+                    res.draft_overruns += 1
+            res.draft_ms += ms
+            res.draft_real_ms += real
             res.draft_forwards += 1
             res.expansions += len(vs_ok)
             continue
