@@ -12,6 +12,12 @@ they did.
 round's `round_ms` there is its share of the critical path (nodes/edge_ahead.py), so the same sum
 over a request is its wall time. With `repeats` > 1 every row runs that many times, the rows
 interleaved (a shared machine's load drifts between rows), and each row reports its median run.
+
+`edge_device` / `cloud_device` emulate devices (nodes/device.py) on every row, the stream tree's
+forwards included; `chain_lengths` adds a chain row per fixed length, so the best fixed length in
+hindsight is among them (under a slow emulated edge it is short, not 8). With stream rows the output
+adds the stream tree against the best fixed chain and chain auto, its ratio to the cloud streaming
+(modelled on the emulated cloud), checks against the goal and refusals (pipeline/bench/stream_vs_chain.py).
 """
 from __future__ import annotations
 
@@ -21,7 +27,9 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from pipeline.orchestration.local import RunConfig, local_cluster
+from pipeline.bench.stream_vs_chain import (chain_overruns, refusals, stream_overrun_share,
+                                             stream_summary)
+from pipeline.orchestration.local import RunConfig, devices_of, local_cluster
 from pipeline.orchestration.run_dirs import new_run_dir
 from pipeline.orchestration.workload import workload_prompts
 from pipeline.transport import aio, bus
@@ -55,9 +63,22 @@ async def _drive(url: str, prompts: list[str], max_new_tokens: int) -> tuple[lis
         await nc.close()
 
 
-def _rounds(run_dir: Path, event: str = "round") -> list[dict]:
-    lines = (run_dir / "edge-1.jsonl").read_text().splitlines()
-    return [e for e in map(json.loads, lines) if e.get("event") == event and e["request_id"].startswith("live-")]
+def _rounds(run_dir: Path, event: str = "round", node: str = "edge-1") -> list[dict]:
+    lines = (run_dir / f"{node}.jsonl").read_text().splitlines()
+    return [e for e in map(json.loads, lines)
+            if e.get("event") == event and e.get("request_id", "").startswith("live-")]
+
+
+def _emulation_fields(run_dir: Path, stream: bool, emulation: dict | None) -> dict:
+    """Whether this machine kept up with the emulated devices in a row (refused in the output when not)."""
+    if emulation is None:
+        return {}
+    if stream:
+        ends = [e for e in _rounds(run_dir, "session_end", "cloud-1") if e.get("stream_tree")]
+        share = stream_overrun_share(_rounds(run_dir, "stream_done"), ends)
+        return {"emulation_overrun_share": None if share is None else round(share, 4)}
+    refused = chain_overruns(_rounds(run_dir), emulation)
+    return {"emulation_refusal": refused.why} if refused else {}
 
 
 def _stream_row(verdicts: list[dict], done: list[dict], rounds: list[dict] = ()) -> dict:
@@ -107,13 +128,17 @@ def _shapes(rounds: list[dict]) -> dict[str, int]:
 
 def row_specs(ahead: tuple[int, ...] = (), ahead_lengths: tuple[int, ...] = (2, 4),
               trees: bool = True, ahead_trees: tuple[str, ...] = (),
-              stream: tuple[int, ...] = (), stream_auto: tuple[int, ...] = ()) -> list[tuple[str, str, str, int]]:
+              stream: tuple[int, ...] = (), stream_auto: tuple[int, ...] = (),
+              chain_lengths: tuple[int, ...] = ()) -> list[tuple[str, str, str, int]]:
     """(label, --policy, --tree, --ahead) per row: ROWS (chains only without `trees`), then a chain of
     each length and a tree of each shape in `ahead_trees` with each number of rounds in flight, then
     the stream tree of each width in `stream` (--tree "stream:W": `edge --stream-tree --stream-width W`)
     and in `stream_auto` ("stream:W:auto": `edge --stream-tree auto`, the stream tree or rounds per
-    request by the cost rule on the edge's own measurements)."""
+    request by the cost rule on the edge's own measurements). `chain_lengths`: a chain row per fixed length
+    (beside ROWS' fixed:8)."""
     rows = [(label, policy, tree, 1) for label, policy, tree in ROWS if trees or tree == "off"]
+    have = {policy for _, policy, tree, _ in rows if tree == "off"}
+    rows[:0] = [(f"chain fixed:{n}", f"fixed:{n}", "off", 1) for n in chain_lengths if f"fixed:{n}" not in have]
     rows += [(f"chain fixed:{n} ahead {r}", f"fixed:{n}", "off", r) for r in ahead for n in ahead_lengths]
     rows += [(f"tree {shape} ahead {r}", "fixed:8", shape, r) for r in ahead for shape in ahead_trees]
     rows += [(f"stream tree w{w}", "auto", f"stream:{w}", 1) for w in stream]
@@ -140,9 +165,10 @@ def bench_trees_live(delay_ms: float = 50.0, requests: int = 6, max_new_tokens: 
                      draft: str | None = None, target: str | None = None, ahead: tuple[int, ...] = (),
                      ahead_lengths: tuple[int, ...] = (2, 4), trees: bool = True, repeats: int = 1,
                      ahead_trees: tuple[str, ...] = (), stream: tuple[int, ...] = (),
-                     stream_auto: tuple[int, ...] = ()) -> dict:
+                     stream_auto: tuple[int, ...] = (), edge_device: str | None = None,
+                     cloud_device: str | None = None, chain_lengths: tuple[int, ...] = ()) -> dict:
     prompts = workload_prompts(requests, seed=3)
-    specs = row_specs(ahead, ahead_lengths, trees, ahead_trees, stream, stream_auto)
+    specs = row_specs(ahead, ahead_lengths, trees, ahead_trees, stream, stream_auto, chain_lengths)
     runs: dict[str, list[dict]] = {label: [] for label, *_ in specs}
     outputs = []
     for _ in range(repeats):
@@ -150,7 +176,9 @@ def bench_trees_live(delay_ms: float = 50.0, requests: int = 6, max_new_tokens: 
             run_dir = new_run_dir(run_root)
             flags = _edge_flags(tree, r)
             cfg = RunConfig(channel=f"const:{delay_ms:g}", policy=policy, local_policy=True, draft=draft,
-                            target=target, run_root=run_root, node_flags={"edge": flags})
+                            target=target, run_root=run_root, node_flags={"edge": flags},
+                            edge_device=edge_device, cloud_device=cloud_device)
+            emulation = devices_of(cfg)
             with local_cluster(run_dir, cfg) as url:
                 outs, walls = aio.run(_drive(url, prompts, max_new_tokens))
             outputs.append(outs)
@@ -158,7 +186,7 @@ def bench_trees_live(delay_ms: float = 50.0, requests: int = 6, max_new_tokens: 
                                     _rounds(run_dir))
                         if _is_stream(tree) else _row(_rounds(run_dir)))
             runs[label].append({"row": label, "policy": policy, "tree": tree, "ahead": r, "run_dir": str(run_dir),
-                                **measured,
+                                **measured, **_emulation_fields(run_dir, _is_stream(tree), emulation),
                                 "wall_ms_per_token_median": round(statistics.median(walls), 2)})
     rows = []
     for label, *_ in specs:
@@ -169,8 +197,10 @@ def bench_trees_live(delay_ms: float = 50.0, requests: int = 6, max_new_tokens: 
         rows.append(row)
     chains = [r for r in rows if r["tree"] == "off" and r["ahead"] == 1]
     best_chain = min(chains, key=lambda r: r["ms_per_token_median"])
+    same = all(o == outputs[0] for o in outputs)
+    emulation = devices_of(RunConfig(edge_device=edge_device, cloud_device=cloud_device))
     out = {"delay_ms": delay_ms, "requests": requests, "max_new_tokens": max_new_tokens, "repeats": repeats,
-           "rows": rows, "same_output": all(o == outputs[0] for o in outputs), "best_chain": best_chain["row"]}
+           "emulation": emulation, "rows": rows, "same_output": same, "best_chain": best_chain["row"]}
     kinds = {"tree": lambda r: r["tree"] != "off" and not _is_stream(r["tree"]) and r["ahead"] == 1,
              "stream_tree": lambda r: _is_stream(r["tree"]) and not r["tree"].endswith(":auto"),
              "stream_tree_auto": lambda r: r["tree"].endswith(":auto"),
@@ -187,6 +217,8 @@ def bench_trees_live(delay_ms: float = 50.0, requests: int = 6, max_new_tokens: 
         out |= summary(rounds)
     if any(r["ahead"] > 1 for r in rows):
         out["default_row"] = "chain auto (--ahead 1 by default: rounds in flight are never chosen unless asked)"
+    out |= stream_summary(rows, delay_ms, emulation)
+    out["refused"] = refusals(rows, same)
     return out
 
 

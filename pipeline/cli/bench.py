@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import sys
 import time
 
 from control.evaluation import KINDS, evaluate, kind_profiles
@@ -84,13 +85,23 @@ def cmd_bench_engine(a: argparse.Namespace) -> None:
 
 
 def cmd_bench_trees(a: argparse.Namespace) -> None:
+    if not a.live and (a.edge_device or a.cloud_device or a.chain_lengths):
+        raise PipelineError("bench trees: --edge-device, --cloud-device and --chain-lengths need --live")
     if a.live:
         from pipeline.bench.trees_live import bench_trees_live
+        from pipeline.cli.args import device_profile
+        from pipeline.cli.runs import REFUSED_EXIT
 
+        edge, cloud = device_profile(a.edge_device, "draft"), device_profile(a.cloud_device, "verify")
         res = bench_trees_live(a.delay_ms, a.requests, a.max_new_tokens, a.run_root, a.draft, a.target,
                                tuple(a.ahead), tuple(a.ahead_lengths), not a.no_trees, a.live_repeats,
-                               tuple(a.ahead_trees), tuple(a.stream), tuple(a.stream_auto))
+                               tuple(a.ahead_trees), tuple(a.stream), tuple(a.stream_auto), edge, cloud,
+                               tuple(a.chain_lengths))
         print(json.dumps(res) if a.json else json.dumps(res, indent=2))
+        if res.get("refused"):  # the numbers are printed, but they are not a result
+            print("specstop: bench trees --live: refused: " + "; ".join(f"{r['check']}: {r['why']}"
+                                                                        for r in res["refused"]), file=sys.stderr)
+            raise SystemExit(REFUSED_EXIT)
         return
     from pipeline.bench.trees import bench_trees
 
@@ -246,6 +257,13 @@ def register(sub) -> None:
                    help="--live: also `edge --stream-tree auto` of each width (the stream tree or rounds per request)")
     p.add_argument("--live-repeats", type=positive_int, default=1,
                    help="--live: run every row this many times, interleaved; each row reports its median run")
+    p.add_argument("--chain-lengths", type=node_counts, default=(), metavar="L,L,...",
+                   help="--live: also a chain row of each fixed length (the best fixed length in hindsight is "
+                        "the stream tree's reference)")
+    p.add_argument("--edge-device", metavar="DEVICE",
+                   help="--live: emulate this edge device on every row (e.g. jetson-orin-nano; stream tree included)")
+    p.add_argument("--cloud-device", metavar="DEVICE",
+                   help="--live: emulate this cloud device on every row (e.g. rtx-3090-ti)")
     p.add_argument("--json", action="store_true")
     model_args(p)
     p.set_defaults(func=cmd_bench_trees)
