@@ -150,13 +150,32 @@ def tree_shapes(text: str | None) -> tuple[str, ...] | None:
     return shapes
 
 
+def stream_widths(text: str | None, which: str) -> tuple[int, ...]:
+    """`--stream`: () when absent, else the widths (each 1..the stream tree's child bound), compare only."""
+    from nodes.protocol.stream_tree import Limits
+
+    if text is None:
+        return ()
+    if which != "compare":
+        raise PipelineError(f"--stream: only `experiment compare` runs the stream tree, not {which}")
+    try:
+        widths = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise PipelineError(f"--stream: {text!r} is not a comma-separated list of widths") from None
+    top = Limits().max_width
+    if not widths or not all(1 <= w <= top for w in widths):
+        raise PipelineError(f"--stream: {text!r} must list stream-tree widths in 1..{top}")
+    return widths
+
+
 def cmd_experiment(a: argparse.Namespace) -> None:
     from pipeline.experiments.lab import LabConfig
 
     cfg = LabConfig(Path(a.out), quick=a.quick, edge_device=device_profile(a.edge_device, "draft"),
                     cloud_device=device_profile(a.cloud_device, "verify"),
                     concurrency=a.concurrency or EXPERIMENT_CONCURRENCY.get(a.which, 24),
-                    max_new_tokens=a.max_new_tokens, seed=a.seed, trees=tree_shapes(a.trees))
+                    max_new_tokens=a.max_new_tokens, seed=a.seed, trees=tree_shapes(a.trees),
+                    stream=stream_widths(a.stream, a.which))
     cfg.out.mkdir(parents=True, exist_ok=True)
     bar, advance = progress(not a.json)
     t0 = time.perf_counter()
@@ -237,6 +256,9 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--trees", help="compare: draft-tree shapes run beside the chains, comma-separated `--tree` "
                                    "values (default auto,2x2,4x2,8x3), or 'off'")
+    p.add_argument("--stream", metavar="W,W,...",
+                   help="compare: also the stream tree (edge --stream-tree) of each width, on the same prompts, seeds "
+                        "and devices, against the best fixed chain in hindsight, auto and the cloud streaming")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_experiment)
 

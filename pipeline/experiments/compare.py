@@ -8,7 +8,9 @@ assumed. A policy's gap to the oracle carries a paired bootstrap interval
 (requests resampled together for both).
 
   compare  every policy at several constant delays, and draft trees (tree:auto and fixed
-           spines, pipeline/experiments/trees.py) against the best fixed tree and the best chain
+           spines, pipeline/experiments/trees.py) against the best fixed tree and the best chain;
+           with `stream`, the stream tree of each width (pipeline/experiments/stream.py) against
+           the best fixed chain in hindsight, `auto` and the modelled cloud streaming
   drift    the delay jumps in wall-clock time (20 -> 150 ms): static tuning vs online
   markov   a two-state channel (20 / 150 ms, states held for seconds of wall-clock time,
            state visible): blind vs contextual
@@ -29,6 +31,7 @@ from pipeline.analysis import calibrate_rounds, load_run
 from pipeline.analysis.hindsight import PROBE, best_fixed, best_threshold
 from pipeline.analysis.stats import delay_buckets, ratio_ci
 from pipeline.experiments.lab import Cell, Lab, LabConfig, config_dict, elapsed, lab_prompts, logged, save
+from pipeline.experiments.stream import run_streams, stream_checks, stream_rows
 from pipeline.experiments.trees import COMPARE_TREES, run_trees, tree_rows
 from pipeline.experiments.refusals import (
     Refusal, emulation_overruns, failed_requests, too_few_rounds, transport_overhead,
@@ -181,9 +184,15 @@ async def _compare(cfg: LabConfig, progress=None) -> dict:
                            else (pl.DataFrame(), []))
     refused += tree_refused
     trows = tree_rows(rounds, trees, [p for p in policies if p != PROBE])
+    # the stream tree: the same prompts and seeds on edges of their own (an edge's setting, as a shape)
+    streams, stream_refused = (await run_streams(cfg, delays, cfg.stream, prompts, n, progress) if cfg.stream
+                               else (pl.DataFrame(), []))
+    refused += stream_refused
+    srows = stream_rows(rounds, streams, lengths, emulation)
     return {"experiment": "compare", "config": config_dict(cfg), "emulation": emulation, "calibration": cal,
             "delays": list(delays), "policies": policies, "rows": rows, "checks": checks,
-            "trees": list(shapes), "tree_rows": trows,
+            "trees": list(shapes), "tree_rows": trows, "stream": list(cfg.stream), "stream_rows": srows,
+            "stream_checks": stream_checks(srows),
             "refused": _with_counts(refused, rows + trows, needs=("auto",)), "wall_s": elapsed(t0)}
 
 

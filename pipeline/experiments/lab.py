@@ -41,6 +41,7 @@ class LabConfig:
     seed: int = 0
     profile: str | None = None  # for oracle / static / head-rule policies at the edges
     trees: tuple[str, ...] | None = None  # compare's tree shapes (`--tree` values); None: its default set, (): none
+    stream: tuple[int, ...] = ()  # compare's stream-tree widths (`edge --stream-tree --stream-width W`); (): none
 
 
 @dataclass(frozen=True)

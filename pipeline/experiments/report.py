@@ -142,6 +142,26 @@ def _tree_table(rows: list[dict]) -> list[str]:
     return lines + [""]
 
 
+def _stream_table(rows: list[dict], checks: list[dict]) -> list[str]:
+    """Compare's stream tree: each width against the best fixed chain in hindsight, auto and the
+    modelled cloud streaming (pipeline/experiments/stream.py), then the goal per delay."""
+    if not rows:
+        return []
+    lines = ["### Stream tree (same prompts, seeds and devices, an edge per width)", "",
+             "| delay | width | verdicts | ms/token | 95 % interval | misses/token | best fixed chain | "
+             "best fixed chain / this | auto / this | this / cloud streaming (modelled) | gap to best fixed chain |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['delay']} | {r['policy']} | {r['verdicts']} | {r['ms_per_token']} | {r['ci']} | "
+                     f"{r['misses_per_token']} | {r['best_fixed_chain']} ({r['best_fixed_chain_ms_per_token']}) | "
+                     f"{r['best_fixed_chain_over_this']} | {r['auto_over_this']} | {r['this_vs_cloud_streaming']} | "
+                     f"{_gap(r.get('vs_best_fixed_chain'))} |")
+    lines.append("")
+    lines += [f"- {c['delay']} ms, {c['stream']} vs {c['reference'].replace('_', ' ')} ({c['reference_policy']}): "
+              f"{c['ratio']}x, goal {c['goal']:g}x: {'met' if c['met'] else 'missed'}" for c in checks]
+    return lines + [""]
+
+
 def _compare_checks(c: dict) -> list[str]:
     within = next((k for k in c if k.startswith("auto_within_")), None)
     lines = [f"Reference: **{(c.get('reference') or 'none').replace('_', ' ')} in hindsight** (same prompts and "
@@ -225,6 +245,7 @@ def report(out_dir: str | Path) -> Path:
             lines += _policy_table(res["rows"], "## Compare: every policy at constant delays", res)
             lines += [*_compare_checks(res["checks"]), "", _bars(res["rows"], out, "compare"), ""]
             lines += _tree_table(res.get("tree_rows") or [])
+            lines += _stream_table(res.get("stream_rows") or [], res.get("stream_checks") or [])
         elif name == "drift":
             lines += _policy_table(res["rows"], f"## Drift: `{res['channel']}` (per phase)", res)
             c = res["checks"]

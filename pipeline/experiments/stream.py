@@ -1,0 +1,144 @@
+"""The stream tree in `experiment compare --stream W,...`: beside the chains, same prompts and seeds,
+same emulated devices, at the same delays.
+
+The stream tree is an edge's setting (`edge --stream-tree on --stream-width W`), so each width runs
+on edges of its own (one per delay). It has no rounds: its requests are timed by the edge's
+`stream_verdict` events, a request's ms/token being its summed `gap_ms` (from the end of the draft's
+prefill, as a chain's first round) over its tokens; each verdict is one row of the frame here
+(`round_ms` := gap_ms), so the chains' interval and paired-gap code applies unchanged. The references
+come from the run itself, at each delay: the best fixed length in hindsight (the chain `fixed:L` of
+least ms/token: the best single-chain policy a chain learner is measured against) and `auto`. Each
+stream row carries its ratio to both (reference / stream: > 1 is the stream tree faster), paired
+gaps with intervals, and its ratio to the cloud streaming its own generation, modelled on the
+emulated cloud (one single-position forward per token). The checks name their reference and hold
+either way: the goal (1.5x the best chain at a delay, never worse than today at 0 ms) is met or
+missed, never dropped.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import polars as pl
+
+from pipeline.analysis.hindsight import best_fixed
+from pipeline.analysis.stats import delay_buckets, ratio_ci
+from pipeline.bench.stream_vs_chain import GOAL_AT_DELAY, GOAL_AT_ZERO, cloud_streaming_ms, stream_overrun_share
+from pipeline.experiments.lab import WARMUP_PREFIX, Cell, Lab, LabConfig
+from pipeline.experiments.refusals import MAX_OVERRUN_SHARE, Refusal, failed_requests
+from pipeline.experiments.trees import TREE_CONCURRENCY
+
+STREAM_PREFIX = "stream:w"
+
+
+def stream_edges(delays, widths) -> dict[str, tuple[float, int]]:
+    """edge id -> (one-way delay, width) for every delay and width."""
+    return {f"edge-d{d:g}-stream-w{w}": (float(d), w) for d in delays for w in widths}
+
+
+def stream_flags(width: int) -> list[str]:
+    return ["--stream-tree", "on", "--stream-width", str(width)]
+
+
+async def run_streams(cfg: LabConfig, delays, widths, prompts: list[str], n: int, progress=None
+                      ) -> tuple[pl.DataFrame, list[Refusal]]:
+    """Every width at every delay, a lab per delay (its edges share a verifier): one row per verdict,
+    labelled `stream:wW`, and what the machine did that the numbers cannot carry."""
+    frames, refused = [], []
+    cfg = replace(cfg, concurrency=min(cfg.concurrency, TREE_CONCURRENCY))  # one edge thread per request
+    for d in delays:
+        edges = {e: w for e, (_, w) in stream_edges([d], widths).items()}
+        with Lab(cfg, f"compare-stream-d{d:g}", {e: f"const:{d:g}" for e in edges},
+                 edge_flags={e: stream_flags(w) for e, w in edges.items()}) as lab:
+            cells = [Cell(e, "auto", n, tag=f"stream-w{w}") for e, w in edges.items()]
+            results = await lab.run(cells, prompts, progress)
+            run_dir = lab.run_dir
+        events = {e: _events(run_dir / f"{e}.jsonl") for e in edges}
+        ends = [x for x in _events(run_dir / "cloud-1.jsonl") if x.get("event") == "session_end" and x.get("stream_tree")]
+        share = stream_overrun_share([x for es in events.values() for x in es if x.get("event") == "stream_done"], ends)
+        if lab.emulation() and share is not None and share > MAX_OVERRUN_SHARE:
+            refused.append(Refusal("machine_load", f"stream tree at {d:g} ms: {100 * share:.1f} % of forwards computed "
+                                                   f"slower than the emulated devices (at most {100 * MAX_OVERRUN_SHARE:g} %)"))
+        failed = failed_requests(sum(len(r.failed) for r in results), sum(len(r.streams) for r in results))
+        if failed is not None:
+            refused.append(Refusal(failed.check, f"stream tree at {d:g} ms: {failed.why}"))
+        frames.append(stream_frame(events, edges))
+    return (pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame()), refused
+
+
+def _events(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def stream_frame(events: dict[str, list[dict]], widths: dict[str, int]) -> pl.DataFrame:
+    """One row per `stream_verdict` that committed tokens (warm-up requests left out): request_id,
+    policy `stream:wW` of the edge that served it, round_ms (its gap), tokens (kept), delay_ms."""
+    rows = [{"request_id": x["request_id"], "policy": f"{STREAM_PREFIX}{widths[e]}", "edge_id": e,
+             "round_ms": float(x["gap_ms"]), "tokens": int(x["tokens"]), "delay_ms": float(x["one_way_ms"]),
+             "miss": bool(x["miss"])}
+            for e, es in events.items() for x in es
+            if x.get("event") == "stream_verdict" and not x["request_id"].startswith(WARMUP_PREFIX)]
+    schema = {"request_id": pl.Utf8, "policy": pl.Utf8, "edge_id": pl.Utf8, "round_ms": pl.Float64,
+              "tokens": pl.Int64, "delay_ms": pl.Float64, "miss": pl.Boolean}
+    return pl.DataFrame(rows, schema=schema)
+
+
+def stream_rows(chains: pl.DataFrame, streams: pl.DataFrame, lengths, emulation: dict | None) -> list[dict]:
+    """Per delay and width: ms/token with its interval, misses per token, and against the best fixed
+    chain in hindsight and `auto` (ratios and paired gaps) and the modelled cloud streaming."""
+    from pipeline.experiments.compare import paired_gap
+
+    if streams.is_empty():
+        return []
+    streaming = cloud_streaming_ms(emulation)
+    both = pl.concat([chains.select("request_id", "policy", "round_ms", "tokens", "delay_ms"),
+                      streams.select("request_id", "policy", "round_ms", "tokens", "delay_ms")], how="vertical_relaxed")
+    keyed = both.with_columns(delay_buckets(both["delay_ms"].fill_null(0.0)))
+    rows = []
+    for (delay,), g in keyed.group_by(["delay"], maintain_order=True):
+        ref, ref_ms = best_fixed(g, lengths)
+        auto = g.filter(pl.col("policy") == "auto")
+        auto_ms = ratio_ci(auto)[0]
+        for p in sorted(x for x in g["policy"].unique().to_list() if x.startswith(STREAM_PREFIX)):
+            sub = g.filter(pl.col("policy") == p)
+            j, lo, hi = ratio_ci(sub)
+            if j is None:
+                continue
+            misses = streams.filter(pl.col("request_id").is_in(sub["request_id"].unique().implode()))["miss"].sum()
+            row = {"delay": str(delay), "policy": p, "verdicts": sub.height, "ms_per_token": _r(j),
+                   "ci": [_r(lo), _r(hi)], "misses_per_token": _r(misses / max(1, int(sub["tokens"].sum())), 4),
+                   "best_fixed_chain": ref, "best_fixed_chain_ms_per_token": _r(ref_ms),
+                   "best_fixed_chain_over_this": _r(ref_ms / j, 3) if ref else None,
+                   "auto_ms_per_token": _r(auto_ms), "auto_over_this": _r(auto_ms / j, 3) if auto_ms else None,
+                   "cloud_streaming_ms_per_token_modelled": streaming,
+                   "this_vs_cloud_streaming": _r(j / streaming, 3) if streaming else None}
+            if ref:
+                row["vs_best_fixed_chain"] = paired_gap(sub, g.filter(pl.col("policy") == ref))
+            if not auto.is_empty():
+                row["vs_auto"] = paired_gap(sub, auto)
+            rows.append(row)
+    return rows
+
+
+def stream_checks(rows: list[dict]) -> list[dict]:
+    """Per delay, the best stream width against each reference: the goal met or missed, the reference named."""
+    by_delay: dict[str, list[dict]] = {}
+    for r in rows:
+        by_delay.setdefault(r["delay"], []).append(r)
+    out = []
+    for d, rs in by_delay.items():
+        best = min(rs, key=lambda r: r["ms_per_token"])
+        goal = GOAL_AT_DELAY if float(d) > 0 else GOAL_AT_ZERO
+        for name, key, ref in (("best_fixed_chain", "best_fixed_chain_over_this", best["best_fixed_chain"]),
+                               ("auto", "auto_over_this", "auto")):
+            ratio = best.get(key)
+            out.append({"delay": d, "stream": best["policy"], "reference": name, "reference_policy": ref,
+                        "ratio": ratio, "goal": goal, "met": ratio is not None and ratio >= goal})
+    return out
+
+
+def _r(x, digits: int = 2):
+    return None if x is None else round(float(x), digits)

@@ -1,0 +1,87 @@
+"""`experiment compare --stream W,...`: the stream tree's rows beside the chains (pipeline/experiments/stream.py):
+timed by its verdicts, against the best fixed chain in hindsight, auto and the modelled cloud streaming."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import polars as pl
+import pytest
+
+from pipeline.experiments.report import _stream_table
+from pipeline.experiments.stream import stream_checks, stream_edges, stream_flags, stream_frame, stream_rows
+from pipeline.orchestration.local import RunConfig, devices_of
+
+EMULATED = devices_of(RunConfig(edge_device="jetson-orin-nano", cloud_device="rtx-3090-ti"))
+EDGE = "edge-d50-stream-w2"
+
+
+def _verdict(request_id: str, gap_ms: float, tokens: int, miss: bool = False, delay: float = 50.0) -> dict:
+    return {"event": "stream_verdict", "request_id": request_id, "gap_ms": gap_ms, "tokens": tokens,
+            "one_way_ms": delay, "miss": miss}
+
+
+def _chain_rounds(policy: str, ms_per_token: float, prompts: int = 4, delay: float = 50.0) -> list[dict]:
+    return [{"request_id": f"{policy.replace(':', '-')}-edge-d50-{k}", "policy": policy, "round_ms": ms_per_token * 4,
+             "tokens": 4, "delay_ms": delay} for k in range(prompts) for _ in range(3)]
+
+
+def _stream_events(ms_per_token: float, prompts: int = 4) -> dict[str, list[dict]]:
+    es = [_verdict(f"stream-w2-{EDGE}-{k}", ms_per_token * 2, 2, miss=(i == 0)) for k in range(prompts) for i in range(6)]
+    return {EDGE: es + [_verdict(f"warmup-{EDGE}-0", 1.0, 8), {"event": "stream_done", "request_id": "x"}]}
+
+
+def test_each_width_runs_on_an_edge_of_its_own_per_delay_with_the_stream_tree_on():
+    assert stream_edges([0, 50], [2, 3]) == {"edge-d0-stream-w2": (0.0, 2), "edge-d0-stream-w3": (0.0, 3),
+                                             "edge-d50-stream-w2": (50.0, 2), "edge-d50-stream-w3": (50.0, 3)}
+    assert stream_flags(3) == ["--stream-tree", "on", "--stream-width", "3"]
+
+
+def test_the_frame_has_a_row_per_verdict_labelled_by_width_without_warm_up_requests():
+    f = stream_frame(_stream_events(90.0), {EDGE: 2})
+    assert f.height == 24 and set(f["policy"]) == {"stream:w2"}
+    assert f["round_ms"].sum() / f["tokens"].sum() == pytest.approx(90.0) and set(f["delay_ms"]) == {50.0}
+    assert stream_frame({EDGE: []}, {EDGE: 2}).is_empty()
+
+
+def test_a_stream_row_is_measured_against_the_best_fixed_chain_in_hindsight_auto_and_the_cloud_streaming():
+    chains = pl.DataFrame(_chain_rounds("fixed:1", 160.0) + _chain_rounds("fixed:2", 150.0)
+                          + _chain_rounds("auto", 155.0))
+    (row,) = stream_rows(chains, stream_frame(_stream_events(90.0), {EDGE: 2}), [1, 2], EMULATED)
+    assert row["delay"] == "50.0" and row["policy"] == "stream:w2" and row["ms_per_token"] == 90.0
+    assert row["best_fixed_chain"] == "fixed:2" and row["best_fixed_chain_over_this"] == round(150 / 90, 3)
+    assert row["auto_over_this"] == round(155 / 90, 3)
+    assert row["this_vs_cloud_streaming"] == round(90 / 63, 3) and row["misses_per_token"] == round(4 / 48, 4)
+    assert row["vs_best_fixed_chain"]["pairs"] == 4 and row["vs_best_fixed_chain"]["gap_pct"] == -40.0
+
+
+def test_the_checks_name_their_reference_and_report_a_missed_goal():
+    chains = pl.DataFrame(_chain_rounds("fixed:2", 120.0) + _chain_rounds("auto", 200.0))
+    rows = stream_rows(chains, stream_frame(_stream_events(100.0), {EDGE: 2}), [2], EMULATED)
+    fixed, auto = stream_checks(rows)
+    assert fixed | {"reference": "best_fixed_chain", "reference_policy": "fixed:2", "ratio": 1.2, "goal": 1.5,
+                    "met": False} == fixed
+    assert auto["reference_policy"] == "auto" and auto["ratio"] == 2.0 and auto["met"]
+    page = "\n".join(_stream_table(rows, [fixed, auto]))
+    assert "stream:w2" in page and "goal 1.5x: missed" in page and "goal 1.5x: met" in page
+
+
+def test_no_stream_rows_without_the_stream_tree():
+    assert stream_rows(pl.DataFrame(_chain_rounds("fixed:2", 120.0)), stream_frame({}, {}), [2], EMULATED) == []
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pipeline.cli", "experiment", *args],
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("which, value, fragment", [
+    ("compare", "0", "must list stream-tree widths in 1..4"),
+    ("compare", "2,9", "must list stream-tree widths in 1..4"),
+    ("compare", "two", "is not a comma-separated list of widths"),
+    ("drift", "2", "only `experiment compare` runs the stream tree"),
+])
+def test_bad_stream_widths_are_refused_in_one_line(tmp_path, which, value, fragment):
+    r = _cli(which, "--out", str(tmp_path / "out"), "--stream", value)
+    assert r.returncode != 0 and fragment in r.stderr and r.stderr.strip().count("\n") == 0
+    assert not (tmp_path / "out").exists()  # refused before anything ran
