@@ -17,6 +17,9 @@ device for all sessions, as a real cloud GPU is: its batches run one after
 another, each holding the device for the emulated time of its longest row, so a
 verifier has a capacity and queueing for it is real (how verifier scaling is
 measured on a machine whose CPU is not the bottleneck a GPU would be). Prefill runs at this machine's speed (not emulated).
+The stream tree (nodes/models/stream_tree.py) is paced the same way: each of its batched draft
+forwards is one drafting step of the edge device, each target forward costs the cloud device's
+fixed time plus its per-position time for the new nodes it feeds (`forward_ms`).
 
 Profiles: `nodes/devices/<name>.json` (shipped, with their provenance) or any
 JSON file with the same fields; a worker uses the half it needs.
