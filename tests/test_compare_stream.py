@@ -27,7 +27,8 @@ def _chain_rounds(policy: str, ms_per_token: float, prompts: int = 4, delay: flo
 
 
 def _stream_events(ms_per_token: float, prompts: int = 4) -> dict[str, list[dict]]:
-    es = [_verdict(f"stream-w2-{EDGE}-{k}", ms_per_token * 2, 2, miss=(i == 0)) for k in range(prompts) for i in range(6)]
+    es = [_verdict(f"stream-w2-{EDGE}-{k}", ms_per_token * 2, 2, miss=(i == 0))
+          for k in range(prompts) for i in range(6)]
     return {EDGE: es + [_verdict(f"warmup-{EDGE}-0", 1.0, 8), {"event": "stream_done", "request_id": "x"}]}
 
 

@@ -55,11 +55,14 @@ async def run_streams(cfg: LabConfig, delays, widths, prompts: list[str], n: int
             results = await lab.run(cells, prompts, progress)
             run_dir = lab.run_dir
         events = {e: _events(run_dir / f"{e}.jsonl") for e in edges}
-        ends = [x for x in _events(run_dir / "cloud-1.jsonl") if x.get("event") == "session_end" and x.get("stream_tree")]
-        share = stream_overrun_share([x for es in events.values() for x in es if x.get("event") == "stream_done"], ends)
+        ends = [x for x in _events(run_dir / "cloud-1.jsonl")
+                if x.get("event") == "session_end" and x.get("stream_tree")]
+        done = [x for es in events.values() for x in es if x.get("event") == "stream_done"]
+        share = stream_overrun_share(done, ends)
         if lab.emulation() and share is not None and share > MAX_OVERRUN_SHARE:
-            refused.append(Refusal("machine_load", f"stream tree at {d:g} ms: {100 * share:.1f} % of forwards computed "
-                                                   f"slower than the emulated devices (at most {100 * MAX_OVERRUN_SHARE:g} %)"))
+            refused.append(Refusal("machine_load", f"stream tree at {d:g} ms: {100 * share:.1f} % of forwards "
+                                                   "computed slower than the emulated devices (at most "
+                                                   f"{100 * MAX_OVERRUN_SHARE:g} %)"))
         failed = failed_requests(sum(len(r.failed) for r in results), sum(len(r.streams) for r in results))
         if failed is not None:
             refused.append(Refusal(failed.check, f"stream tree at {d:g} ms: {failed.why}"))
