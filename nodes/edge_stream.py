@@ -24,7 +24,7 @@ import queue
 import threading
 import time
 from types import SimpleNamespace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from nats.aio.msg import Msg
 
@@ -103,6 +103,9 @@ class StreamTreeRun:
         self.pending: list[asyncio.Task] = []  # chunks and log lines not yet delivered, in order
         self.one_way_ms = one_way_ms  # the lead estimate's d: what the edge measured before this request
         self.link_ms = {"up": [0.0, 0], "down": [0.0, 0]}  # the delays this request's messages paid: sum, count
+        # called on the event loop with (ms, tokens, misses, one-way ms paid) before the last chunk goes out,
+        # so the client's next request is decided on this one's cost
+        self.on_finish: Callable[[float, int, int, float], None] | None = None
 
     # --- uplink: edge thread -> event loop -> NATS ---------------------------------------
     def send(self, m: NodesMsg) -> None:  # the edge thread
@@ -213,6 +216,9 @@ class StreamTreeRun:
         self.seq += 1
         self.last_t = now
         reason = res.finish_reason
+        if done and self.on_finish is not None:
+            cost = ((now - self.t0) * 1e3, len(res.token_ids), res.misses)
+            self.loop.call_soon_threadsafe(lambda: self.on_finish(*cost, self.measured_one_way_ms()))
         self.loop.call_soon_threadsafe(lambda: self.pending.append(self.loop.create_task(
             self._deliver(fields, kept, done, reason))))
 
@@ -254,11 +260,14 @@ async def run_stream_tree(worker: "EdgeWorker", r: "EdgeRequest", live: "Live") 
     if decision.mode != STREAM:
         return False
     run = StreamTreeRun(worker, r, live, worker.cfg.stream_tree, one_way)
-    res = await run.run()
-    paid = run.measured_one_way_ms()
-    worker.delay.add(paid)
-    if choice is not None:
-        choice.observe(STREAM, res.wall_s * 1e3, len(res.token_ids), res.misses, paid)
+
+    def finished(ms: float, tokens: int, misses: int, paid_ms: float) -> None:
+        worker.delay.add(paid_ms)
+        if choice is not None:
+            choice.observe(STREAM, ms, tokens, misses, paid_ms)
+
+    run.on_finish = finished
+    await run.run()
     worker.log.info("request_done", request_id=r.req.request_id, rounds=0, tokens=len(r.out),
                     finish_reason=r.finish_reason, policy="stream-tree", retries=0)
     return True

@@ -78,6 +78,7 @@ async def test_auto_tries_rounds_then_the_stream_tree_and_both_equal_target_only
     choices = [e for e in edge if e["event"] == "stream_choice"]
     assert [(e["mode"], e["reason"]) for e in choices[:2]] == [("chain", "untried"), ("stream", "trial")]
     assert len(choices) == 3 and choices[1]["one_way_ms"] >= 20.0  # measured by the chain's rounds
+    assert choices[2]["stream_ms_per_token"] is not None  # learned before the trial's last chunk went out
     assert any(e["event"] == "stream_done" and e["request_id"] == "auto-1" for e in edge)
 
 
