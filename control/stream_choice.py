@@ -25,8 +25,10 @@ from tight and the margin is for the delay's noise. At 50 ms the term is ~85 % o
 
 Re-exploration. The mode not in use is run once more when the delay moved materially since it
 was last measured (by `delay_change_ms` and by a factor `delay_change`), or, while its modelled
-cost is within `retry_margin` of the used one's, on a doubling schedule: after 2, 4, 8, ...
-such requests (the count restarts when the cheaper mode changes). Never the stream tree where the
+cost is within `retry_margin` of the used one's, on a doubling schedule: after 1, 2, 4, 8, ...
+such requests (the count restarts when the cheaper mode changes). The first re-try comes at once
+because a mode's first measurement is one prompt's: live, the stream tree's trial fell on the
+prompt that costs both modes the most, and it looked dearer than the chain measured on another. Never the stream tree where the
 bound says it cannot pay.
 """
 from __future__ import annotations
@@ -77,7 +79,7 @@ class StreamChoice:
     modes: dict[str, ModeCost] = field(default_factory=lambda: {CHAIN: ModeCost(), STREAM: ModeCost()})
     best: str | None = None  # the cheaper modelled mode at the last decision
     skipped: int = 0  # requests since the last scheduled re-try with the other mode within the margin
-    backoff: int = 1  # the next scheduled re-try comes after 2**backoff such requests
+    backoff: int = 0  # the next scheduled re-try comes after 2**backoff such requests
 
     def observe(self, mode: str, ms: float, tokens: int, round_trips: int, one_way_ms: float) -> None:
         """A finished request: `ms` its time, `round_trips` its rounds (chain) or misses (stream),
@@ -130,7 +132,7 @@ class StreamChoice:
         use, stream = prefer_stream_tree(chain, s.compute_ms, s.trips, one_way_ms, new_tokens)
         best, other = (STREAM, CHAIN) if use else (CHAIN, STREAM)
         if best != self.best:
-            self.best, self.skipped, self.backoff = best, 0, 1
+            self.best, self.skipped, self.backoff = best, 0, 0
         if self._moved(self.modes[other].one_way_ms, one_way_ms):
             return Decision(other, "delay_changed")
         best_ms, other_ms = (stream, chain) if use else (chain, stream)

@@ -39,7 +39,8 @@ def test_over_a_long_link_the_stream_tree_runs_and_at_zero_delay_the_chain():
 
 def test_a_stream_tree_that_misses_as_often_as_the_chain_rounds_is_never_chosen():
     c = _measured(chain_trips=0.25, stream_misses=0.25)
-    assert c.choose(50.0, 64) == CHAIN
+    decisions = [c.decide(50.0, 64) for _ in range(16)]
+    assert all(d.mode == CHAIN or d.reason == "scheduled" for d in decisions)  # only ever re-tried
 
 
 def test_the_averages_follow_newer_requests():
@@ -114,7 +115,7 @@ def test_a_close_rival_is_retried_on_a_doubling_schedule():
     c = _measured(stream_compute=3.0, stream_misses=0.27)  # chain 28 ms/token, stream 31.1: within 25 %
     modes = [c.choose(50.0, 64) for _ in range(30)]
     retries = [i + 1 for i, m in enumerate(modes) if m == STREAM]
-    assert retries == [2, 6, 14, 30]  # after 2, 4, 8, 16 requests on the chain
+    assert retries == [1, 3, 7, 15]  # after 1, 2, 4, 8 requests on the chain
 
 
 def test_a_far_rival_is_never_retried_at_a_steady_delay():
@@ -124,9 +125,9 @@ def test_a_far_rival_is_never_retried_at_a_steady_delay():
 
 def test_the_schedule_restarts_when_the_cheaper_mode_changes():
     c = _measured(stream_compute=3.0, stream_misses=0.27)
-    assert [c.choose(50.0, 64) for _ in range(6)] == [CHAIN, STREAM, CHAIN, CHAIN, CHAIN, STREAM]
+    assert [c.choose(50.0, 64) for _ in range(4)] == [STREAM, CHAIN, STREAM, CHAIN]
     c.observe(STREAM, 64 * 1.0 + 9 * 2 * 50.0, 64, 8, 50.0)  # the stream tree got cheaper: now it leads
-    assert [c.choose(50.0, 64) for _ in range(2)] == [STREAM, CHAIN]
+    assert [c.choose(50.0, 64) for _ in range(4)] == [CHAIN, STREAM, CHAIN, STREAM]
 
 
 def test_a_negative_delay_is_refused():
