@@ -7,8 +7,8 @@ compute cost per token plus round trips per token times the round trip:
     stream tree: ms/token(d) = c_stream + (misses_per_token + 1/N) * 2d   (control/stream_tree_cost)
 
 each term measured on this edge's own finished requests (the compute term is what is left of a
-request's time after its round trips at the delay it ran at; exponential averages, so load drift
-is followed). The chain is tried first, then the cheaper modelled mode runs (ties: the chain).
+request's time after its round trips at the delay it ran at; plain means of the first few, then
+exponential averages, so load drift is followed). The chain is tried first, then the cheaper modelled mode runs (ties: the chain).
 
 The bound that gates the stream tree. It runs the same two models as the chain and must draft
 every token on the accepted path (plus siblings) and have the target verify every committed token,
@@ -51,7 +51,7 @@ class ModeCost:
     one_way_ms: float = 0.0
 
     def add(self, compute_ms: float, trips: float, weight: float, one_way_ms: float) -> None:
-        w = 1.0 if self.n == 0 else weight
+        w = max(weight, 1.0 / (self.n + 1))  # a plain mean while few: the first prompt must not dominate
         self.compute_ms += w * (compute_ms - self.compute_ms)
         self.trips += w * (trips - self.trips)
         self.one_way_ms = one_way_ms

@@ -133,3 +133,10 @@ def test_the_schedule_restarts_when_the_cheaper_mode_changes():
 def test_a_negative_delay_is_refused():
     with pytest.raises(ValueError, match="delay >= 0"):
         StreamChoice().decide(-1.0, 64)
+
+
+def test_the_first_few_requests_count_equally():
+    c = StreamChoice()
+    for compute in (30.0, 12.0, 12.0):  # a hard first prompt, then two ordinary ones
+        c.observe(CHAIN, 64 * compute, 64, 0, 0.0)
+    assert c.modes[CHAIN].compute_ms == pytest.approx(18.0)
