@@ -18,10 +18,11 @@ are >= 0 and its first token waits a whole round trip. So, from the chain's meas
     stream(d) >= floor * c_chain + 2d/N,    gain(d) = chain(d) - stream(d) <= (t_chain - 1/N) * 2d  (floor 1)
 
 i.e. the stream tree can at most remove the chain's round-trip term. Where that best case is below
-`trial_margin` (20 %) of the chain's modelled ms/token, the stream tree is neither tried nor run:
-at 0 ms the only round trip left is the broker's (~0.4 ms one way live, 7-8 % of a 2-3 ms/token
-chain), and live the stream tree measured 1.5-2.3x the chain's compute there, so the floor is far
-from tight and the margin is for the delay's noise. At 50 ms the term is ~85 % of the chain.
+`trial_margin` (30 %) of the chain's modelled ms/token, the stream tree is neither tried nor run:
+at 0 ms the only round trip left is the broker's (~0.35 ms one way live, a best case of 7 % of a
+2-3 ms/token chain, 17 % at worst on a loaded machine), and live the stream tree measured 1.5-2.3x
+the chain's compute there, so the floor is far from tight and the margin is for the delay's
+noise. At 50 ms the term is ~85 % of the chain.
 
 Re-exploration. The mode not in use is run once more when the delay moved materially since it
 was last measured (by `delay_change_ms` and by a factor `delay_change`), or, while its modelled
@@ -72,7 +73,7 @@ class StreamChoice:
     weight: float = 0.3  # of the newest request in the averages
     min_tokens: int = 16  # shorter requests teach nothing: their prefill and one cold round are most of them
     compute_floor: float = 1.0  # stream compute per token >= this x the chain's (module docstring)
-    trial_margin: float = 0.2  # least best-case gain, as a share of the chain's ms/token, worth a stream request
+    trial_margin: float = 0.3  # least best-case gain, as a share of the chain's ms/token, worth a stream request
     retry_margin: float = 0.25  # the unused mode within this share of the used one's cost is re-tried on schedule
     delay_change: float = 2.0  # a delay this factor away from the unused mode's measurement ...
     delay_change_ms: float = 2.0  # ... and this far (ms) re-tries it
