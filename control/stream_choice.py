@@ -8,7 +8,8 @@ compute cost per token plus round trips per token times the round trip:
 
 each term measured on this edge's own finished requests (the compute term is what is left of a
 request's time after its round trips at the delay it ran at; plain means of the first few, then
-exponential averages, so load drift is followed). The chain is tried first, then the cheaper modelled mode runs (ties: the chain).
+exponential averages, so load drift is followed). The chain is tried first, then the cheaper
+modelled mode runs (ties: the chain).
 
 The bound that gates the stream tree. It runs the same two models as the chain and must draft
 every token on the accepted path (plus siblings) and have the target verify every committed token,
@@ -20,7 +21,7 @@ are >= 0 and its first token waits a whole round trip. So, from the chain's meas
 i.e. the stream tree can at most remove the chain's round-trip term. Where that best case is below
 `trial_margin` (30 %) of the chain's modelled ms/token, the stream tree is neither tried nor run:
 at 0 ms the only round trip left is the broker's (~0.35 ms one way live, a best case of 7 % of a
-2-3 ms/token chain, 17 % at worst on a loaded machine), and live the stream tree measured 1.5-2.3x
+2-3 ms/token chain, 22 % at worst on a loaded machine), and live the stream tree measured 1.5-2.3x
 the chain's compute there, so the floor is far from tight and the margin is for the delay's
 noise. At 50 ms the term is ~85 % of the chain.
 
@@ -29,8 +30,9 @@ was last measured (by `delay_change_ms` and by a factor `delay_change`), or, whi
 cost is within `retry_margin` of the used one's, on a doubling schedule: after 1, 2, 4, 8, ...
 such requests (the count restarts when the cheaper mode changes). The first re-try comes at once
 because a mode's first measurement is one prompt's: live, the stream tree's trial fell on the
-prompt that costs both modes the most, and it looked dearer than the chain measured on another. Never the stream tree where the
-bound says it cannot pay.
+prompt that costs both modes the most, and it looked dearer than the chain measured on another.
+Never the stream tree where the bound says it cannot pay. Concurrent requests decided before a
+trial finishes may all take the trial (no in-flight bookkeeping).
 """
 from __future__ import annotations
 
