@@ -13,6 +13,9 @@ a verifier that lost the session rebuilds it where the edge stands.
 
 Each verdict that commits tokens streams them to the client and writes one `stream_verdict` log
 event (fields in docs/stream-tree.md); the request ends with `stream_done`.
+
+The delay the lead estimate (and `--stream-tree auto`) uses is the one the edge measured before the
+request (`edge_delay_ms`); each stream request adds the delay its messages paid to that estimate.
 """
 from __future__ import annotations
 
@@ -21,11 +24,11 @@ import queue
 import threading
 import time
 from types import SimpleNamespace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from nats.aio.msg import Msg
 
-from control.stream_choice import CHAIN, STREAM
+from control.stream_choice import CHAIN, STREAM, Decision
 from nodes.config import StreamShape
 from nodes.models.stream_tree import StreamTreeResult, _edge_loop, _TreeKV
 from nodes.protocol.stream_tree import Limits, NodesMsg
@@ -87,7 +90,7 @@ class StreamTreeRun:
     """One request's stream tree through the workers."""
 
     def __init__(self, worker: "EdgeWorker", r: "EdgeRequest", live: "Live", shape: StreamShape,
-                 limits: Limits = Limits()) -> None:
+                 one_way_ms: float, limits: Limits = Limits()) -> None:
         self.w, self.r, self.live, self.shape, self.limits = worker, r, live, shape, limits
         self.loop = asyncio.get_running_loop()
         self.down = _Down()
@@ -98,14 +101,31 @@ class StreamTreeRun:
         self.t0 = self.last_t = 0.0
         self.seq = 0
         self.pending: list[asyncio.Task] = []  # chunks and log lines not yet delivered, in order
-        self.one_way_ms = worker.channel.sample().one_way_ms  # the emulated link's delay: the lead estimate's d
+        self.one_way_ms = one_way_ms  # the lead estimate's d: what the edge measured before this request
+        self.link_ms = {"up": [0.0, 0], "down": [0.0, 0]}  # the delays this request's messages paid: sum, count
+        # called on the event loop with (ms, tokens, misses, one-way ms paid) before the last chunk goes out,
+        # so the client's next request is decided on this one's cost
+        self.on_finish: Callable[[float, int, int, float], None] | None = None
 
     # --- uplink: edge thread -> event loop -> NATS ---------------------------------------
     def send(self, m: NodesMsg) -> None:  # the edge thread
         root_sent = bool(m.groups) and m.groups[0][0] == m.root[0]
         ctx = tuple(self.committed[:m.root[1] + 1]) if not self.heard or not m.groups or root_sent else None
         data = encode_nodes(self._wire(m, ctx))
-        self.loop.call_soon_threadsafe(lambda: self.up.put(data, self.w.channel.sample().up_ms))
+        self.loop.call_soon_threadsafe(lambda: self.up.put(data, self._paid("up", self.w.channel.sample().up_ms)))
+
+    def _paid(self, direction: str, ms: float) -> float:
+        """The event loop: count one message's emulated delay towards the request's measured delay."""
+        acc = self.link_ms[direction]
+        acc[0] += ms
+        acc[1] += 1
+        return ms
+
+    def measured_one_way_ms(self) -> float:
+        """The one-way delay this request's messages paid (each direction's mean, halved sum); the
+        estimate it started with where a direction carried nothing."""
+        (up, nu), (down, nd) = self.link_ms["up"], self.link_ms["down"]
+        return 0.5 * (up / nu + down / nd) if nu and nd else self.one_way_ms
 
     def _wire(self, m: NodesMsg, ctx: tuple[int, ...] | None, end: bool = False) -> StreamNodes:
         req = self.r.req
@@ -131,7 +151,7 @@ class StreamTreeRun:
             self.w.log.warning("bad_message", code=exc.code, error=str(exc)[:300], subject=msg.subject,
                                request_id=self.r.req.request_id, stream_tree=True)
             return
-        self.down_fifo.put(item, self.w.channel.sample().down_ms)
+        self.down_fifo.put(item, self._paid("down", self.w.channel.sample().down_ms))
 
     async def _take(self, item: Any) -> None:
         if isinstance(item, ErrorMsg):
@@ -197,6 +217,9 @@ class StreamTreeRun:
         self.seq += 1
         self.last_t = now
         reason = res.finish_reason
+        if done and self.on_finish is not None:
+            cost = ((now - self.t0) * 1e3, len(res.token_ids), res.misses)
+            self.loop.call_soon_threadsafe(lambda: self.on_finish(*cost, self.measured_one_way_ms()))
         self.loop.call_soon_threadsafe(lambda: self.pending.append(self.loop.create_task(
             self._deliver(fields, kept, done, reason))))
 
@@ -226,21 +249,35 @@ async def run_stream_tree(worker: "EdgeWorker", r: "EdgeRequest", live: "Live") 
     (control/stream_choice.py). True when it ran here."""
     if r.policy_spec == "target-only":
         return False
-    one_way = worker.channel.sample().one_way_ms
+    one_way = edge_delay_ms(worker)
     choice = worker.stream_choice
-    mode = STREAM if choice is None else choice.choose(one_way, r.req.max_new_tokens)
+    decision = Decision(STREAM, "on") if choice is None else choice.decide(one_way, r.req.max_new_tokens)
     if choice is not None:
-        worker.log.debug("stream_choice", request_id=r.req.request_id, mode=mode, one_way_ms=one_way,
+        worker.log.debug("stream_choice", request_id=r.req.request_id, mode=decision.mode, reason=decision.reason,
+                         one_way_ms=round(one_way, 3),
                          chain_ms_per_token=_ms(choice.modelled(CHAIN, one_way, r.req.max_new_tokens)),
-                         stream_ms_per_token=_ms(choice.modelled(STREAM, one_way, r.req.max_new_tokens)))
-    if mode != STREAM:
+                         stream_ms_per_token=_ms(choice.modelled(STREAM, one_way, r.req.max_new_tokens)),
+                         stream_floor_ms_per_token=_ms(choice.stream_floor(one_way, r.req.max_new_tokens)))
+    if decision.mode != STREAM:
         return False
-    res = await StreamTreeRun(worker, r, live, worker.cfg.stream_tree).run()
-    if choice is not None:
-        choice.observe(STREAM, res.wall_s * 1e3, len(res.token_ids), res.misses, one_way)
+    run = StreamTreeRun(worker, r, live, worker.cfg.stream_tree, one_way)
+
+    def finished(ms: float, tokens: int, misses: int, paid_ms: float) -> None:
+        worker.delay.add(paid_ms)
+        if choice is not None:
+            choice.observe(STREAM, ms, tokens, misses, paid_ms)
+
+    run.on_finish = finished
+    await run.run()
     worker.log.info("request_done", request_id=r.req.request_id, rounds=0, tokens=len(r.out),
                     finish_reason=r.finish_reason, policy="stream-tree", retries=0)
     return True
+
+
+def edge_delay_ms(worker: "EdgeWorker") -> float:
+    """The one-way delay the edge measured (the median of its last rounds' network time and stream
+    requests' message delays, `worker.delay`); before any measurement, the link's configured delay."""
+    return worker.delay.ms if worker.delay.known else worker.channel.sample().one_way_ms
 
 
 def observe_rounds(worker: "EdgeWorker", r: "EdgeRequest", rounds_ms: float) -> None:

@@ -7,7 +7,7 @@ import pytest
 
 from control import Policy, RoundContext, RoundOutcome, make_policy
 from nodes.protocol.request import Accepted, EdgeRequest, RoundRules
-from nodes.protocol.timing import measured_round_times, modeled_round_times, network_ms, outcome_of, stall_time_ms
+from nodes.protocol.timing import DelayEstimate, measured_round_times, modeled_round_times, network_ms, outcome_of, stall_time_ms
 from nodes.speculative import speculative_generate
 from schemas.codec import SchemaError, decode, encode
 from schemas.messages import GenerateRequest, TimingEvent, VerdictMsg
@@ -106,3 +106,11 @@ def test_auto_learns_from_the_events_how_much_longer_the_paid_delay_is_than_the_
         paid = 60.0 if i % 5 == 0 else 10.0
         p.observe(outcome_of(one_round(told_ms=10.0, round_ms=13.5 + 2 * paid)))
     assert p.delay_bias() == pytest.approx(10.0, abs=1.0)  # the mean paid (20 ms) minus the told 10
+
+
+def test_a_delay_estimate_says_whether_anything_was_measured():
+    d = DelayEstimate()
+    assert not d.known and d.ms == 0.0  # a placeholder: the edge falls back to the configured link
+    for ms in (50.0, 51.0, 400.0):
+        d.add(ms)
+    assert d.known and d.ms == 51.0

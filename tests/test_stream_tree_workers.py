@@ -68,16 +68,30 @@ async def test_concurrent_streams_each_equal_target_only(broker, pair, tmp_path)
 
 async def test_auto_tries_rounds_then_the_stream_tree_and_both_equal_target_only(broker, pair, tmp_path):
     prompts = _prompts(3)
-    async with cluster(broker.url, pair, tmp_path, channel="const:5", stream_tree=StreamShape(auto=True)) as (
+    async with cluster(broker.url, pair, tmp_path, channel="const:20", stream_tree=StreamShape(auto=True)) as (
             client, _, _):
         results = await _generate(client, prompts, "auto")
     for i, (res, ref) in enumerate(zip(results, _refs(pair, prompts))):
         assert res.ok, res.error
         assert res.token_ids == ref, f"prompt {i} under --stream-tree auto differs from target-only"
     edge = read_log(tmp_path / "edge-1.jsonl")
-    modes = [e["mode"] for e in edge if e["event"] == "stream_choice"]
-    assert modes[:2] == ["chain", "stream"] and len(modes) == 3
+    choices = [e for e in edge if e["event"] == "stream_choice"]
+    assert [(e["mode"], e["reason"]) for e in choices[:2]] == [("chain", "untried"), ("stream", "trial")]
+    assert len(choices) == 3 and choices[1]["one_way_ms"] >= 20.0  # measured by the chain's rounds
+    assert choices[2]["stream_ms_per_token"] is not None  # learned before the trial's last chunk went out
     assert any(e["event"] == "stream_done" and e["request_id"] == "auto-1" for e in edge)
+
+
+async def test_auto_at_zero_delay_never_tries_the_stream_tree(broker, pair, tmp_path):
+    prompts = _prompts(3)
+    async with cluster(broker.url, pair, tmp_path, channel="const:0", stream_tree=StreamShape(auto=True)) as (
+            client, _, _):
+        results = await _generate(client, prompts, "zero")
+    assert all(res.ok for res in results)
+    edge = read_log(tmp_path / "edge-1.jsonl")
+    assert [(e["mode"], e["reason"]) for e in edge if e["event"] == "stream_choice"] == [
+        ("chain", "untried"), ("chain", "bound"), ("chain", "bound")]
+    assert not any(e["event"] == "stream_done" for e in edge)
 
 
 class FaultyRun(StreamTreeRun):

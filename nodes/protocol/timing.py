@@ -83,6 +83,11 @@ class DelayEstimate:
     def ms(self) -> float:
         return statistics.median(self._last) if self._last else 0.0
 
+    @property
+    def known(self) -> bool:
+        """Whether anything was measured yet (before that, `ms` is a placeholder 0)."""
+        return bool(self._last)
+
 
 def outcome_of(ev: TimingEvent) -> RoundOutcome:
     """The policy outcome of one round, as the edge (local learning) and the controller see it. Its
