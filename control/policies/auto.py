@@ -44,6 +44,7 @@ OPTIMISM_Z = 2.0     # ... at the posterior mean + this many standard deviations
 OPTIMISM_STOP_Z = None  # ... and not once its own rounds' upper bound at this z is below what it needs (_clearly_short)
 OPTIMISM_STOP_MIN = 0  # ... once at least this many rounds reached it (off: z 1, min 20 helped families,
 # jitter and short but raised a non-affine and a streaky seed, docs/policies/auto-issue23.md)
+OPTIMISM_STOP_STREAKS = False  # ... and that stop is suspended while acceptance persists by streak (_streaky)
 COMPUTE_SPREAD_FLOOR = 0.02  # compute draws spread at least this fraction of the mean compute
 SLOPE_PRIOR_ROUNDS = 3.0  # rounds away from the most played length before the fitted slope outweighs the guess
 SHRINK_ROUNDS = 30.0  # per-length compute means need this many rounds to outweigh the affine fit
@@ -264,6 +265,15 @@ class AutoPolicy(Policy):
         stat = float((((sa - sn * p) ** 2)[used] / (sn * p * (1 - p))[used]).sum())
         return stat > k + PERSIST_Z * np.sqrt(2.0 * k)
 
+    def _streaky(self) -> bool:
+        """Whether the rounds after some streak state accept differently from all rounds (_persists):
+        then position L + 1's own rounds come from whichever stretch happened to reach it, and a hard
+        stretch's handful says little about the easy stretches' (streaky/cheap-draft#1 at 5 ms: the stop
+        on a hard stretch's evidence raised a seed 3.22 -> 3.47 %)."""
+        a, b = self._posterior()
+        pooled = a / (a + b)
+        return any(self._persists(s, pooled) for s in range(STREAKS))
+
     def hazard_sample(self, rng: np.random.Generator | None, streak: int = -1) -> np.ndarray:
         """h(1..K): a tempered posterior draw (posterior means when rng is None), after a round in
         streak state `streak` (-1: whatever the last round was)."""
@@ -306,7 +316,7 @@ class AutoPolicy(Policy):
         one-sided Wilson bound. A count of reaches ends optimism late where acceptance is low: at
         0.34 first-token acceptance, 60 reaches of position 2 took ~175 rounds of length 2."""
         n = float(self.at_risk[L])
-        if n < max(OPTIMISM_STOP_MIN, 1):
+        if n < max(OPTIMISM_STOP_MIN, 1) or (OPTIMISM_STOP_STREAKS and self._streaky()):
             return False
         p, z = float(self.accepted[L]) / n, OPTIMISM_STOP_Z
         upper = (p + z * z / (2 * n) + z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))) / (1 + z * z / n)
