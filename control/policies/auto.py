@@ -50,12 +50,14 @@ SLOPE_PRIOR_ROUNDS = 3.0  # rounds away from the most played length before the f
 SHRINK_ROUNDS = 30.0  # per-length compute means need this many rounds to outweigh the affine fit
 DEFAULT_ACCEPT = 0.7
 NEIGHBOUR_MIN = 3  # rounds each neighbour of the leader is played before draws alone decide (AutoPolicy._leader)
+NEIGHBOUR_CLEAR = None  # ... unless, played once, its J is this fraction above the leader's (None: off; choose)
 TEMPER = 0.6  # posterior deviations are scaled by this: less dithering among near-equal lengths
 RECENT_ROUNDS = 100.0  # the stop rule's lambda: ms/token of about this many recent rounds (a moving average)
 DELAY_ROUNDS = 200.0  # realized - told delay: a moving mean over about this many rounds (AutoPolicy.delay_bias)
 EXPLORE_AFTER = 40  # rounds before _explore: earlier, every bound is loose and the leader itself unsettled
 EXPLORE_PLAYS = None  # _explore tries a length only while played fewer times than this (None: always; off,
 # docs/policies/auto-issue23.md: 8 helped short and non-affine but raised a families seed)
+OPENING_MIDDLE = False  # the first round at the middle length, the second at the leader it gives (choose)
 EXPLORE_Z = 2.0  # a length off the leader's neighbours is tried while its lower bound beats the leader (_explore)
 STREAK_PRIOR = 8.0  # pseudo-rounds of the pooled acceptance behind each streak state's own (AutoPolicy._posterior)
 PERSIST_Z = 3.0  # the streak states are used once they differ from the pool by this many deviations (_persists)
@@ -266,10 +268,13 @@ class AutoPolicy(Policy):
         return stat > k + PERSIST_Z * np.sqrt(2.0 * k)
 
     def _streaky(self) -> bool:
-        """Whether the rounds after some streak state accept differently from all rounds (_persists):
+        """Whether acceptance looks streaky: the two-regime fit is half-way to evident (control.streaks)
+        or the rounds after some streak state accept differently from all rounds (_persists):
         then position L + 1's own rounds come from whichever stretch happened to reach it, and a hard
         stretch's handful says little about the easy stretches' (streaky/cheap-draft#1 at 5 ms: the stop
         on a hard stretch's evidence raised a seed 3.22 -> 3.47 %)."""
+        if self.regimes.hinted:  # the two-regime fit beats the pooled one by half the margin it needs
+            return True
         a, b = self._posterior()
         pooled = a / (a + b)
         return any(self._persists(s, pooled) for s in range(STREAKS))
@@ -346,9 +351,9 @@ class AutoPolicy(Policy):
     def choose(self, ctx: RoundContext) -> int:
         if ctx.stops and self._stopping():
             return self.max_length  # the stop rule cuts it
-        if self.n_obs == 0:
-            return 1
         middle = self.max_length // 2 + 1
+        if self.n_obs == 0:
+            return middle if OPENING_MIDDLE else 1
         if self.n_obs == 1 and self.arm_n[middle - 1] == 0:
             return middle  # a second round at another length pins the compute slope (a middle one costs
             # less than the longest and still shows positions past the first few)
@@ -371,14 +376,23 @@ class AutoPolicy(Policy):
             return int(table[int(round(self.regimes.belief * (len(table) - 1)))])
         mean_b = 1.0 + np.cumsum(np.cumprod(self.hazard_sample(None, streak)))
         lead = self._leader(delay, estimate, mean_b)
+        cost_mean = np.maximum(estimate, 1e-6) + 2.0 * delay
         lo, hi = max(lead - 1, 0), min(lead + 2, self.max_length)
         for near in (lead + 1, lead - 1):  # the longer neighbour first: it also shows one more position
-            if lo <= near < hi and self.arm_n[near] < NEIGHBOUR_MIN:
+            if lo <= near < hi and self.arm_n[near] < NEIGHBOUR_MIN and not self._clearly_worse(near, lead, cost_mean, mean_b):
                 return near + 1
         far = self._explore(delay, estimate, mean_b, lead)
         if far is not None:
             return far + 1
         return self._optimistic_next(lo + int(np.argmin((cost / b)[lo:hi])) + 1, h, cost)
+
+    def _clearly_worse(self, near: int, lead: int, cost: np.ndarray, mean_b: np.ndarray) -> bool:
+        """Whether a neighbour played at least once is judged NEIGHBOUR_CLEAR slower than the leader at
+        the posterior means: its remaining opening plays would only confirm it (short horizons: the
+        three plays of each neighbour were 0.24 of the short kind's 1.06 % expected gap)."""
+        if NEIGHBOUR_CLEAR is None or self.arm_n[near] < 1:
+            return False
+        return bool(cost[near] / mean_b[near] > (1.0 + NEIGHBOUR_CLEAR) * cost[lead] / mean_b[lead])
 
     def _regime_table(self, delay_ms: float, estimate: np.ndarray) -> np.ndarray | None:
         """Where acceptance runs in hidden easy/hard streaks (the learned two-regime model explains the
