@@ -44,20 +44,23 @@ OPTIMISM_Z = 2.0     # ... at the posterior mean + this many standard deviations
 OPTIMISM_STOP_Z = None  # ... and not once its own rounds' upper bound at this z is below what it needs (_clearly_short)
 OPTIMISM_STOP_MIN = 0  # ... once at least this many rounds reached it (off: z 1, min 20 helped families,
 # jitter and short but raised a non-affine and a streaky seed, docs/policies/auto-issue23.md)
-OPTIMISM_STOP_STREAKS = False  # ... and that stop is suspended while acceptance persists by streak (_streaky)
+OPTIMISM_STOP_STREAKS = False  # ... and that stop is suspended while acceptance persists by streak (_streaky;
+# off: streaky's worst seed is not moved, the streaks are not visible yet where the stop acts)
 COMPUTE_SPREAD_FLOOR = 0.02  # compute draws spread at least this fraction of the mean compute
 SLOPE_PRIOR_ROUNDS = 3.0  # rounds away from the most played length before the fitted slope outweighs the guess
 SHRINK_ROUNDS = 30.0  # per-length compute means need this many rounds to outweigh the affine fit
 DEFAULT_ACCEPT = 0.7
 NEIGHBOUR_MIN = 3  # rounds each neighbour of the leader is played before draws alone decide (AutoPolicy._leader)
-NEIGHBOUR_CLEAR = None  # ... unless, played once, its J is this fraction above the leader's (None: off; choose)
+NEIGHBOUR_CLEAR = None  # ... unless, played once, its J is this fraction above the leader's (None: off;
+# 0.2 cleared short and streaky but locked two non-affine seeds on length 1, docs/policies/auto-issue23.md)
 TEMPER = 0.6  # posterior deviations are scaled by this: less dithering among near-equal lengths
 RECENT_ROUNDS = 100.0  # the stop rule's lambda: ms/token of about this many recent rounds (a moving average)
 DELAY_ROUNDS = 200.0  # realized - told delay: a moving mean over about this many rounds (AutoPolicy.delay_bias)
 EXPLORE_AFTER = 40  # rounds before _explore: earlier, every bound is loose and the leader itself unsettled
 EXPLORE_PLAYS = None  # _explore tries a length only while played fewer times than this (None: always; off,
 # docs/policies/auto-issue23.md: 8 helped short and non-affine but raised a families seed)
-OPENING_MIDDLE = False  # the first round at the middle length, the second at the leader it gives (choose)
+OPENING_MIDDLE = False  # the first round at the middle length, the second at the leader it gives (choose;
+# off: the guessed slope misleads expensive drafters at low delay, short's worst seed 4.41 -> 7.16 %)
 EXPLORE_Z = 2.0  # a length off the leader's neighbours is tried while its lower bound beats the leader (_explore)
 STREAK_PRIOR = 8.0  # pseudo-rounds of the pooled acceptance behind each streak state's own (AutoPolicy._posterior)
 PERSIST_Z = 3.0  # the streak states are used once they differ from the pool by this many deviations (_persists)
