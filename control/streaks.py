@@ -199,6 +199,7 @@ class RegimeLearner:
         self.accepted: list[int] = []
         self.model: RegimeFit | None = None
         self.active = False  # the two-regime model is clearly better than the pooled one
+        self.hinted = False  # ... or better by half the margin: regimes likely, not yet shown (auto._streaky)
         self.belief = 0.5
         self.next_fit = first_fit
 
@@ -217,7 +218,9 @@ class RegimeLearner:
             lens, accs = np.array(self.lengths), np.array(self.accepted)
             self.model = fit(lens, accs, self.k, self.model)
             self.belief = self.model.belief
-            self.active = evident(gain_over_pooled(self.model, lens, accs, self.k), n, self.active)
+            gain = gain_over_pooled(self.model, lens, accs, self.k)
+            self.active = evident(gain, n, self.active)
+            self.hinted = evident(gain, n, True)
 
     def expected_tokens(self) -> np.ndarray | None:
         """Expected tokens of lengths 1..K next round under the belief, or None while no regimes are evident."""
@@ -261,3 +264,4 @@ class RegimeLearner:
             model = RegimeFit(hazard, stay, ll, fb)
         self.lengths, self.accepted, self.model = lengths, accepted, model
         self.active, self.belief, self.next_fit = bool(s["active"]) and model is not None, belief, next_fit
+        self.hinted = self.active  # not kept: the next refit says again

@@ -44,17 +44,23 @@ OPTIMISM_Z = 2.0     # ... at the posterior mean + this many standard deviations
 OPTIMISM_STOP_Z = None  # ... and not once its own rounds' upper bound at this z is below what it needs (_clearly_short)
 OPTIMISM_STOP_MIN = 0  # ... once at least this many rounds reached it (off: z 1, min 20 helped families,
 # jitter and short but raised a non-affine and a streaky seed, docs/policies/auto-issue23.md)
+OPTIMISM_STOP_STREAKS = False  # ... and that stop is suspended while acceptance persists by streak (_streaky;
+# off: streaky's worst seed is not moved, the streaks are not visible yet where the stop acts)
 COMPUTE_SPREAD_FLOOR = 0.02  # compute draws spread at least this fraction of the mean compute
 SLOPE_PRIOR_ROUNDS = 3.0  # rounds away from the most played length before the fitted slope outweighs the guess
 SHRINK_ROUNDS = 30.0  # per-length compute means need this many rounds to outweigh the affine fit
 DEFAULT_ACCEPT = 0.7
 NEIGHBOUR_MIN = 3  # rounds each neighbour of the leader is played before draws alone decide (AutoPolicy._leader)
+NEIGHBOUR_CLEAR = None  # ... unless, played once, its J is this fraction above the leader's (None: off;
+# 0.2 cleared short and streaky but locked two non-affine seeds on length 1, docs/policies/auto-issue23.md)
 TEMPER = 0.6  # posterior deviations are scaled by this: less dithering among near-equal lengths
 RECENT_ROUNDS = 100.0  # the stop rule's lambda: ms/token of about this many recent rounds (a moving average)
 DELAY_ROUNDS = 200.0  # realized - told delay: a moving mean over about this many rounds (AutoPolicy.delay_bias)
 EXPLORE_AFTER = 40  # rounds before _explore: earlier, every bound is loose and the leader itself unsettled
 EXPLORE_PLAYS = None  # _explore tries a length only while played fewer times than this (None: always; off,
 # docs/policies/auto-issue23.md: 8 helped short and non-affine but raised a families seed)
+OPENING_MIDDLE = False  # the first round at the middle length, the second at the leader it gives (choose;
+# off: the guessed slope misleads expensive drafters at low delay, short's worst seed 4.41 -> 7.16 %)
 EXPLORE_Z = 2.0  # a length off the leader's neighbours is tried while its lower bound beats the leader (_explore)
 STREAK_PRIOR = 8.0  # pseudo-rounds of the pooled acceptance behind each streak state's own (AutoPolicy._posterior)
 PERSIST_Z = 3.0  # the streak states are used once they differ from the pool by this many deviations (_persists)
@@ -264,6 +270,18 @@ class AutoPolicy(Policy):
         stat = float((((sa - sn * p) ** 2)[used] / (sn * p * (1 - p))[used]).sum())
         return stat > k + PERSIST_Z * np.sqrt(2.0 * k)
 
+    def _streaky(self) -> bool:
+        """Whether acceptance looks streaky: the two-regime fit is half-way to evident (control.streaks)
+        or the rounds after some streak state accept differently from all rounds (_persists):
+        then position L + 1's own rounds come from whichever stretch happened to reach it, and a hard
+        stretch's handful says little about the easy stretches' (streaky/cheap-draft#1 at 5 ms: the stop
+        on a hard stretch's evidence raised a seed 3.22 -> 3.47 %)."""
+        if self.regimes.hinted:  # the two-regime fit beats the pooled one by half the margin it needs
+            return True
+        a, b = self._posterior()
+        pooled = a / (a + b)
+        return any(self._persists(s, pooled) for s in range(STREAKS))
+
     def hazard_sample(self, rng: np.random.Generator | None, streak: int = -1) -> np.ndarray:
         """h(1..K): a tempered posterior draw (posterior means when rng is None), after a round in
         streak state `streak` (-1: whatever the last round was)."""
@@ -306,7 +324,7 @@ class AutoPolicy(Policy):
         one-sided Wilson bound. A count of reaches ends optimism late where acceptance is low: at
         0.34 first-token acceptance, 60 reaches of position 2 took ~175 rounds of length 2."""
         n = float(self.at_risk[L])
-        if n < max(OPTIMISM_STOP_MIN, 1):
+        if n < max(OPTIMISM_STOP_MIN, 1) or (OPTIMISM_STOP_STREAKS and self._streaky()):
             return False
         p, z = float(self.accepted[L]) / n, OPTIMISM_STOP_Z
         upper = (p + z * z / (2 * n) + z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))) / (1 + z * z / n)
@@ -336,9 +354,9 @@ class AutoPolicy(Policy):
     def choose(self, ctx: RoundContext) -> int:
         if ctx.stops and self._stopping():
             return self.max_length  # the stop rule cuts it
-        if self.n_obs == 0:
-            return 1
         middle = self.max_length // 2 + 1
+        if self.n_obs == 0:
+            return middle if OPENING_MIDDLE else 1
         if self.n_obs == 1 and self.arm_n[middle - 1] == 0:
             return middle  # a second round at another length pins the compute slope (a middle one costs
             # less than the longest and still shows positions past the first few)
@@ -361,14 +379,23 @@ class AutoPolicy(Policy):
             return int(table[int(round(self.regimes.belief * (len(table) - 1)))])
         mean_b = 1.0 + np.cumsum(np.cumprod(self.hazard_sample(None, streak)))
         lead = self._leader(delay, estimate, mean_b)
+        cost_mean = np.maximum(estimate, 1e-6) + 2.0 * delay
         lo, hi = max(lead - 1, 0), min(lead + 2, self.max_length)
         for near in (lead + 1, lead - 1):  # the longer neighbour first: it also shows one more position
-            if lo <= near < hi and self.arm_n[near] < NEIGHBOUR_MIN:
+            if lo <= near < hi and self.arm_n[near] < NEIGHBOUR_MIN and not self._clearly_worse(near, lead, cost_mean, mean_b):
                 return near + 1
         far = self._explore(delay, estimate, mean_b, lead)
         if far is not None:
             return far + 1
         return self._optimistic_next(lo + int(np.argmin((cost / b)[lo:hi])) + 1, h, cost)
+
+    def _clearly_worse(self, near: int, lead: int, cost: np.ndarray, mean_b: np.ndarray) -> bool:
+        """Whether a neighbour played at least once is judged NEIGHBOUR_CLEAR slower than the leader at
+        the posterior means: its remaining opening plays would only confirm it (short horizons: the
+        three plays of each neighbour were 0.24 of the short kind's 1.06 % expected gap)."""
+        if NEIGHBOUR_CLEAR is None or self.arm_n[near] < 1:
+            return False
+        return bool(cost[near] / mean_b[near] > (1.0 + NEIGHBOUR_CLEAR) * cost[lead] / mean_b[lead])
 
     def _regime_table(self, delay_ms: float, estimate: np.ndarray) -> np.ndarray | None:
         """Where acceptance runs in hidden easy/hard streaks (the learned two-regime model explains the
