@@ -3,8 +3,6 @@ drafting step and each target forward the cloud device's for its new positions (
 in-process and through the real workers, and the output stays the target's."""
 from __future__ import annotations
 
-import pytest
-
 from nodes.config import StreamShape
 from nodes.device import DeviceProfile, Pacer
 from nodes.models.stream_tree import stream_tree_generate
@@ -17,15 +15,23 @@ from tests.test_stream_tree_workers import NEW, _prompts, _refs
 EDGE = DeviceProfile("slow-edge", draft_ms_fixed=5.0, draft_ms_per_token=25.0)      # 30 ms per drafting step
 CLOUD = DeviceProfile("slow-cloud", verify_ms_fixed=20.0, verify_ms_per_token=1.0)  # 20 ms + 1 ms per position
 SLACK_MS = 1.0
+# Each forward reports max(the device's time, this machine's): a busy machine can only add, and only
+# on the forwards it made overrun, by at most what they really took. So the checks below are exact
+# when nothing overran and bounded by the real time when something did; load cannot fail them.
+
+
+def spill(real_ms: float, overruns: int) -> float:
+    """What overrunning forwards can add above the device's time: at most their real time."""
+    return real_ms if overruns else 0.0
 
 
 def test_each_draft_forward_takes_the_edge_devices_step_time(pair):
     prompt = encode(pair, TEXTS[0])
     got = stream_tree_generate(pair, prompt, 16, one_way_ms=2.0, edge_pacer=Pacer(EDGE))
     assert got.token_ids == target_only(pair, prompt, 16)
-    assert got.draft_forwards > 0 and got.draft_overruns == 0
-    assert got.draft_ms == pytest.approx(30.0 * got.draft_forwards)  # one step per batched forward, no jitter
-    assert got.draft_real_ms < got.draft_ms
+    assert got.draft_forwards > 0
+    step = 30.0 * got.draft_forwards  # one step per batched forward (not per node), no jitter
+    assert step - 1e-6 <= got.draft_ms <= step + spill(got.draft_real_ms, got.draft_overruns) + 1e-6
     assert got.wall_s * 1e3 >= got.draft_ms - SLACK_MS  # the device's time was spent, not only reported
 
 
@@ -35,11 +41,11 @@ def test_each_target_forward_takes_the_cloud_devices_time_for_its_new_positions(
     assert got.token_ids == target_only(pair, prompt, 16)
     paced = got.verify_forwards - 1  # the root's forward is the prefill's last position: not emulated
     # every paced forward costs 20 ms plus 1 ms per position it fed: the nodes verified, and after a
-    # miss the target's own token (one position, at most one per forward)
+    # miss the target's own token (one position, at most one per forward); the root's forward counts
+    # its real time, a part of verify_real_ms, as does any overrun's spill
     floor = 20.0 * paced + got.nodes_verified
-    assert paced > 0 and got.verify_overruns == 0
-    assert floor <= got.verify_ms <= floor + paced
-    assert got.verify_real_ms < got.verify_ms
+    assert paced > 0
+    assert floor <= got.verify_ms <= floor + paced + got.verify_real_ms
 
 
 def test_without_a_device_the_times_are_this_machines(pair):
@@ -56,9 +62,12 @@ async def test_the_workers_pad_the_stream_tree_to_both_emulated_devices(broker, 
     assert res.ok, res.error
     assert res.token_ids == _refs(pair, prompts)[0]
     done = next(e for e in read_log(tmp_path / "edge-1.jsonl") if e["event"] == "stream_done")
-    assert done["draft_overruns"] == 0 and done["draft_ms"] == pytest.approx(30.0 * done["draft_forwards"], abs=0.01)
+    step = 30.0 * done["draft_forwards"]
+    assert done["draft_forwards"] > 0
+    assert step - 0.01 <= done["draft_ms"] <= step + spill(done["draft_real_ms"], done["draft_overruns"]) + 0.01
     assert done["wall_ms"] >= done["draft_ms"] - SLACK_MS
     end = next(e for e in read_log(tmp_path / "cloud-1.jsonl") if e["event"] == "session_end" and e.get("stream_tree"))
-    assert end["verify_overruns"] == 0
-    assert end["verify_ms"] >= 20.0 * (end["verify_forwards"] - 1) + end["nodes_verified"]
-    assert end["verify_real_ms"] < end["verify_ms"]
+    paced = end["verify_forwards"] - 1
+    floor = 20.0 * paced + end["nodes_verified"]
+    assert paced > 0
+    assert floor - 0.01 <= end["verify_ms"] <= floor + paced + end["verify_real_ms"] + 0.01  # the root's: real

@@ -129,20 +129,23 @@ def _shapes(rounds: list[dict]) -> dict[str, int]:
 def row_specs(ahead: tuple[int, ...] = (), ahead_lengths: tuple[int, ...] = (2, 4),
               trees: bool = True, ahead_trees: tuple[str, ...] = (),
               stream: tuple[int, ...] = (), stream_auto: tuple[int, ...] = (),
-              chain_lengths: tuple[int, ...] = ()) -> list[tuple[str, str, str, int]]:
+              chain_lengths: tuple[int, ...] = (), stream_batch: int | None = None) -> list[tuple[str, str, str, int]]:
     """(label, --policy, --tree, --ahead) per row: ROWS (chains only without `trees`), then a chain of
     each length and a tree of each shape in `ahead_trees` with each number of rounds in flight, then
     the stream tree of each width in `stream` (--tree "stream:W": `edge --stream-tree --stream-width W`)
     and in `stream_auto` ("stream:W:auto": `edge --stream-tree auto`, the stream tree or rounds per
     request by the cost rule on the edge's own measurements). `chain_lengths`: a chain row per fixed length
-    (beside ROWS' fixed:8)."""
+    (beside ROWS' fixed:8). `stream_batch`: nodes per draft forward on every stream row ("stream:W:bN",
+    labelled "bN"; None: the edge's default)."""
     rows = [(label, policy, tree, 1) for label, policy, tree in ROWS if trees or tree == "off"]
     have = {policy for _, policy, tree, _ in rows if tree == "off"}
     rows[:0] = [(f"chain fixed:{n}", f"fixed:{n}", "off", 1) for n in chain_lengths if f"fixed:{n}" not in have]
     rows += [(f"chain fixed:{n} ahead {r}", f"fixed:{n}", "off", r) for r in ahead for n in ahead_lengths]
     rows += [(f"tree {shape} ahead {r}", "fixed:8", shape, r) for r in ahead for shape in ahead_trees]
-    rows += [(f"stream tree w{w}", "auto", f"stream:{w}", 1) for w in stream]
-    rows += [(f"stream tree auto w{w}", "auto", f"stream:{w}:auto", 1) for w in stream_auto]
+    b = "" if stream_batch is None else f":b{stream_batch}"
+    lb = "" if stream_batch is None else f" b{stream_batch}"
+    rows += [(f"stream tree w{w}{lb}", "auto", f"stream:{w}{b}", 1) for w in stream]
+    rows += [(f"stream tree auto w{w}{lb}", "auto", f"stream:{w}{b}:auto", 1) for w in stream_auto]
     return rows
 
 
@@ -152,8 +155,9 @@ def _is_stream(tree: str) -> bool:
 
 def _edge_flags(tree: str, ahead: int) -> list[str]:
     if _is_stream(tree):
-        _, width, *auto = tree.split(":")
-        return ["--stream-tree", "auto" if auto else "on", "--stream-width", width]
+        _, width, *rest = tree.split(":")
+        batch = [f"--stream-batch={x[1:]}" for x in rest if x.startswith("b")]
+        return ["--stream-tree", "auto" if "auto" in rest else "on", "--stream-width", width, *batch]
     return ["--tree", tree] + (["--ahead", str(ahead)] if ahead > 1 else [])
 
 
@@ -166,9 +170,10 @@ def bench_trees_live(delay_ms: float = 50.0, requests: int = 6, max_new_tokens: 
                      ahead_lengths: tuple[int, ...] = (2, 4), trees: bool = True, repeats: int = 1,
                      ahead_trees: tuple[str, ...] = (), stream: tuple[int, ...] = (),
                      stream_auto: tuple[int, ...] = (), edge_device: str | None = None,
-                     cloud_device: str | None = None, chain_lengths: tuple[int, ...] = ()) -> dict:
+                     cloud_device: str | None = None, chain_lengths: tuple[int, ...] = (),
+                     stream_batch: int | None = None) -> dict:
     prompts = workload_prompts(requests, seed=3)
-    specs = row_specs(ahead, ahead_lengths, trees, ahead_trees, stream, stream_auto, chain_lengths)
+    specs = row_specs(ahead, ahead_lengths, trees, ahead_trees, stream, stream_auto, chain_lengths, stream_batch)
     runs: dict[str, list[dict]] = {label: [] for label, *_ in specs}
     outputs = []
     for _ in range(repeats):

@@ -84,9 +84,25 @@ def cmd_bench_engine(a: argparse.Namespace) -> None:
     print(json.dumps(res) if a.json else json.dumps(res, indent=2))
 
 
+def check_stream_rows(a: argparse.Namespace) -> None:
+    """The stream rows' shapes, refused in one line before any row runs (a bad one would otherwise
+    fail only when its row's edge starts, after the rows before it)."""
+    from pipeline.cli.workers import MAX_STREAM_BATCH
+
+    for w in (*a.stream, *a.stream_auto):
+        if not 1 <= w <= 4:
+            raise PipelineError(f"bench trees: stream width must be 1..4 (children per node), got {w}")
+    if a.stream_batch is not None:
+        if not (a.stream or a.stream_auto):
+            raise PipelineError("bench trees: --stream-batch is the stream rows' batch: add --stream or --stream-auto")
+        if not 1 <= a.stream_batch <= MAX_STREAM_BATCH:
+            raise PipelineError(f"bench trees: --stream-batch must be 1..{MAX_STREAM_BATCH}, got {a.stream_batch}")
+
+
 def cmd_bench_trees(a: argparse.Namespace) -> None:
     if not a.live and (a.edge_device or a.cloud_device or a.chain_lengths):
         raise PipelineError("bench trees: --edge-device, --cloud-device and --chain-lengths need --live")
+    check_stream_rows(a)
     if a.live:
         from pipeline.bench.trees_live import bench_trees_live
         from pipeline.cli.args import device_profile
@@ -96,7 +112,7 @@ def cmd_bench_trees(a: argparse.Namespace) -> None:
         res = bench_trees_live(a.delay_ms, a.requests, a.max_new_tokens, a.run_root, a.draft, a.target,
                                tuple(a.ahead), tuple(a.ahead_lengths), not a.no_trees, a.live_repeats,
                                tuple(a.ahead_trees), tuple(a.stream), tuple(a.stream_auto), edge, cloud,
-                               tuple(a.chain_lengths))
+                               tuple(a.chain_lengths), a.stream_batch)
         print(json.dumps(res) if a.json else json.dumps(res, indent=2))
         if res.get("refused"):  # the numbers are printed, but they are not a result
             print("specstop: bench trees --live: refused: " + "; ".join(f"{r['check']}: {r['why']}"
@@ -255,6 +271,8 @@ def register(sub) -> None:
                    help="--live: also the stream tree (edge --stream-tree) of each width, interleaved with the rows")
     p.add_argument("--stream-auto", type=node_counts, default=(), metavar="W,W,...",
                    help="--live: also `edge --stream-tree auto` of each width (the stream tree or rounds per request)")
+    p.add_argument("--stream-batch", type=int, default=None, metavar="N",
+                   help="--live: frontier nodes expanded per draft forward on every stream row (edge --stream-batch)")
     p.add_argument("--live-repeats", type=positive_int, default=1,
                    help="--live: run every row this many times, interleaved; each row reports its median run")
     p.add_argument("--chain-lengths", type=node_counts, default=(), metavar="L,L,...",

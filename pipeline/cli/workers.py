@@ -29,6 +29,8 @@ from pipeline.transport import aio
 from pipeline.transport.broker import EmbeddedBroker, ServerLogRelay, broker_log, default_nats_url
 
 STREAM_WIDTH = StreamShape().width
+STREAM_BATCH = StreamShape().batch
+MAX_STREAM_BATCH = 256  # the live tree's node bound (nodes/protocol/stream_tree.Limits): no more to expand
 
 
 def stream_tree_args(p) -> None:
@@ -38,6 +40,9 @@ def stream_tree_args(p) -> None:
                         "request, the stream tree or rounds, whichever this edge's measurements model cheaper")
     p.add_argument("--stream-width", type=int, default=STREAM_WIDTH,
                    help="--stream-tree: the draft's top tokens a node gets as children (1..4)")
+    p.add_argument("--stream-batch", type=int, default=STREAM_BATCH,
+                   help=f"--stream-tree: frontier nodes expanded per draft forward (1..{MAX_STREAM_BATCH}; an "
+                        "emulated edge device charges one drafting step per forward, whatever the count)")
 
 
 def _kill_server(broker: EmbeddedBroker) -> None:
@@ -120,15 +125,20 @@ def _bundled_profile():
 
 def check_stream_tree(a: argparse.Namespace) -> None:
     """--stream-tree replaces rounds, so it takes no tree shape and no rounds in flight (one line, before
-    any model loads); --stream-width needs it."""
+    any model loads); --stream-width and --stream-batch need it."""
     if not getattr(a, "stream_tree", False):
         if getattr(a, "stream_width", None) not in (None, STREAM_WIDTH):
             raise PipelineError("--stream-width sets the stream tree's width: add --stream-tree")
+        if getattr(a, "stream_batch", None) not in (None, STREAM_BATCH):
+            raise PipelineError("--stream-batch sets the stream tree's nodes per draft forward: add --stream-tree")
         return
     if a.ahead > 1 or a.tree not in (None, "off"):
         raise PipelineError("--stream-tree streams one tree instead of rounds: drop --tree and --ahead")
     if not 1 <= a.stream_width <= 4:
         raise PipelineError(f"--stream-width must be 1..4 (children per node), got {a.stream_width}")
+    batch = getattr(a, "stream_batch", STREAM_BATCH)
+    if not 1 <= batch <= MAX_STREAM_BATCH:
+        raise PipelineError(f"--stream-batch must be 1..{MAX_STREAM_BATCH} (nodes per draft forward), got {batch}")
 
 
 def cmd_edge(a: argparse.Namespace) -> None:
@@ -146,7 +156,7 @@ def cmd_edge(a: argparse.Namespace) -> None:
                                                      not a.no_draft_slot_cache, a.draft_slot_memory_mb,
                                                      not a.random_placement, a.tree, a.ahead,
                                                      a.stream_width if a.stream_tree else None,
-                                                     a.stream_tree == "auto")))
+                                                     a.stream_tree == "auto", a.stream_batch)))
 
 
 def cmd_control(a: argparse.Namespace) -> None:

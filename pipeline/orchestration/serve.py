@@ -71,6 +71,7 @@ class EdgeOptions:
     ahead: int = _EDGE.ahead        # rounds in flight per request (1: one per round trip)
     stream_width: int | None = None  # the continuous speculation tree with this width (None: rounds)
     stream_auto: bool = False        # ... or rounds, per request, by the cost rule (control/stream_choice.py)
+    stream_batch: int = StreamShape().batch  # frontier nodes expanded per draft forward
 
 
 @dataclass
@@ -224,6 +225,7 @@ async def serve_edge(opts: NodeOptions, edge: EdgeOptions) -> None:
                      seed=edge.seed, limits=limits, drain_timeout_s=opts.drain_timeout_s, drafting=drafting,
                      place_sessions=edge.place_sessions, tree=edge.tree, ahead=edge.ahead,
                      stream_tree=None if edge.stream_width is None else StreamShape(width=edge.stream_width,
+                                                                                       batch=edge.stream_batch,
                                                                                        auto=edge.stream_auto))
     profile = profile_for(pair, edge.profile)
     book = PolicyBook(opts.max_length, edge.seed, learn_locally=edge.local_policy,
