@@ -65,7 +65,8 @@ REVEAL_RATE = None  # a short choice (length <= REVEAL_LEADER) is lengthened by 
 REVEAL_LEADER = 2   # past it number fewer than this times sqrt(rounds), at most REVEAL_MAX (_reveal; None: off)
 REVEAL_STEP = 2     # ... so positions past 2 are seen before the regime fit must decide (streaky's worst seed
 REVEAL_MAX = 40     # played lengths 1-2 for ~300 rounds: nothing could see its streaks), and only where the
-REVEAL_COST = 0.1   # longer round costs at most this fraction more, every drafted token rejected (cheap)
+REVEAL_COST = 0.1   # longer round costs at most this fraction more, every drafted token rejected (cheap),
+REVEAL_AFTER = 0    # and only after this many rounds (the budget counts from here)
 EXPLORE_Z = 2.0  # a length off the leader's neighbours is tried while its lower bound beats the leader (_explore)
 STREAK_PRIOR = 8.0  # pseudo-rounds of the pooled acceptance behind each streak state's own (AutoPolicy._posterior)
 PERSIST_Z = 3.0  # the streak states are used once they differ from the pool by this many deviations (_persists)
@@ -401,13 +402,13 @@ class AutoPolicy(Policy):
         budget grows as sqrt(rounds), capped, so its share of the rounds decays and stays small where
         the short length is right; only where the longer round costs little even if every token it
         adds is rejected (forced onto an expensive drafter at 0 ms, short's worst seed 4.41 -> 7.31 %)."""
-        if REVEAL_RATE is None or L > REVEAL_LEADER or L >= self.max_length:
+        if REVEAL_RATE is None or L > REVEAL_LEADER or L >= self.max_length or self.n_obs < REVEAL_AFTER:
             return L
         longer = min(L + REVEAL_STEP, self.max_length)
         if cost[longer - 1] > (1.0 + REVEAL_COST) * cost[L - 1]:
             return L
         past = float(self.arm_n[L + REVEAL_STEP - 1:].sum())  # rounds that reached past L + 1, if accepted
-        if past >= min(REVEAL_RATE * np.sqrt(self.n_obs), REVEAL_MAX):
+        if past >= min(REVEAL_RATE * np.sqrt(self.n_obs - REVEAL_AFTER), REVEAL_MAX):
             return L
         return longer
 
