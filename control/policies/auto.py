@@ -61,6 +61,12 @@ EXPLORE_PLAYS = None  # _explore tries a length only while played fewer times th
 # docs/policies/auto-issue23.md: 8 helped short and non-affine but raised a families seed)
 OPENING_MIDDLE = False  # the first round at the middle length, the second at the leader it gives (choose;
 # off: the guessed slope misleads expensive drafters at low delay, short's worst seed 4.41 -> 7.16 %)
+REVEAL_RATE = None  # a short choice (length <= REVEAL_LEADER) is lengthened by REVEAL_STEP while the rounds played
+REVEAL_LEADER = 2   # past it number fewer than this times sqrt(rounds), at most REVEAL_MAX (_reveal; None: off)
+REVEAL_STEP = 2     # ... so positions past 2 are seen before the regime fit must decide (streaky's worst seed
+REVEAL_MAX = 40     # played lengths 1-2 for ~300 rounds: nothing could see its streaks), and only where the
+REVEAL_COST = 0.1   # longer round costs at most this fraction more, every drafted token rejected (cheap),
+REVEAL_AFTER = 0    # and only after this many rounds (the budget counts from here)
 EXPLORE_Z = 2.0  # a length off the leader's neighbours is tried while its lower bound beats the leader (_explore)
 STREAK_PRIOR = 8.0  # pseudo-rounds of the pooled acceptance behind each streak state's own (AutoPolicy._posterior)
 PERSIST_Z = 3.0  # the streak states are used once they differ from the pool by this many deviations (_persists)
@@ -387,7 +393,24 @@ class AutoPolicy(Policy):
         far = self._explore(delay, estimate, mean_b, lead)
         if far is not None:
             return far + 1
-        return self._optimistic_next(lo + int(np.argmin((cost / b)[lo:hi])) + 1, h, cost)
+        return self._reveal(self._optimistic_next(lo + int(np.argmin((cost / b)[lo:hi])) + 1, h, cost), cost_mean)
+
+    def _reveal(self, L: int, cost: np.ndarray) -> int:
+        """L, or L + REVEAL_STEP where L is short and few rounds were played past it: a length-1-2
+        learner never reaches the positions whose acceptance would show easy stretches (streaky
+        acceptance) or a longer length's worth, and optimism looks one position ahead only. The
+        budget grows as sqrt(rounds), capped, so its share of the rounds decays and stays small where
+        the short length is right; only where the longer round costs little even if every token it
+        adds is rejected (forced onto an expensive drafter at 0 ms, short's worst seed 4.41 -> 7.31 %)."""
+        if REVEAL_RATE is None or L > REVEAL_LEADER or L >= self.max_length or self.n_obs < REVEAL_AFTER:
+            return L
+        longer = min(L + REVEAL_STEP, self.max_length)
+        if cost[longer - 1] > (1.0 + REVEAL_COST) * cost[L - 1]:
+            return L
+        past = float(self.arm_n[L + REVEAL_STEP - 1:].sum())  # rounds that reached past L + 1, if accepted
+        if past >= min(REVEAL_RATE * np.sqrt(self.n_obs - REVEAL_AFTER), REVEAL_MAX):
+            return L
+        return longer
 
     def _clearly_worse(self, near: int, lead: int, cost: np.ndarray, mean_b: np.ndarray) -> bool:
         """Whether a neighbour played at least once is judged NEIGHBOUR_CLEAR slower than the leader at
