@@ -67,6 +67,9 @@ REVEAL_STEP = 2     # ... so positions past 2 are seen before the regime fit mus
 REVEAL_MAX = 40     # played lengths 1-2 for ~300 rounds: nothing could see its streaks), and only where the
 REVEAL_COST = 0.1   # longer round costs at most this fraction more, every drafted token rejected (cheap),
 REVEAL_AFTER = 0    # and only after this many rounds (the budget counts from here)
+REVEAL_BOUND = "cost"  # "cost": the REVEAL_COST bound above; "loss": instead, the longer length's ms/token
+REVEAL_MARGIN = 0.05   # with positions L+1.. at their upper quantile (OPTIMISM_Z) is within this fraction
+                       # of L's at the posterior means (_reveal_pays: a bound on the expected loss)
 EXPLORE_Z = 2.0  # a length off the leader's neighbours is tried while its lower bound beats the leader (_explore)
 STREAK_PRIOR = 8.0  # pseudo-rounds of the pooled acceptance behind each streak state's own (AutoPolicy._posterior)
 PERSIST_Z = 3.0  # the streak states are used once they differ from the pool by this many deviations (_persists)
@@ -405,12 +408,32 @@ class AutoPolicy(Policy):
         if REVEAL_RATE is None or L > REVEAL_LEADER or L >= self.max_length or self.n_obs < REVEAL_AFTER:
             return L
         longer = min(L + REVEAL_STEP, self.max_length)
-        if cost[longer - 1] > (1.0 + REVEAL_COST) * cost[L - 1]:
+        if REVEAL_BOUND == "loss":
+            if not self._reveal_pays(L, longer, cost):
+                return L
+        elif REVEAL_BOUND != "cost":
+            raise ValueError(f"REVEAL_BOUND must be 'cost' or 'loss', not {REVEAL_BOUND!r}")
+        elif cost[longer - 1] > (1.0 + REVEAL_COST) * cost[L - 1]:
             return L
         past = float(self.arm_n[L + REVEAL_STEP - 1:].sum())  # rounds that reached past L + 1, if accepted
         if past >= min(REVEAL_RATE * np.sqrt(self.n_obs - REVEAL_AFTER), REVEAL_MAX):
             return L
         return longer
+
+    def _reveal_pays(self, L: int, longer: int, cost: np.ndarray) -> bool:
+        """Whether `longer` could cost at most REVEAL_MARGIN more per token than L: positions L + 1 ..
+        longer judged at their posterior mean + OPTIMISM_Z deviations (as _optimistic_next does for
+        one position), L at the posterior means. A bound on the round's extra compute is loose at high
+        delay (200 ms made an expensive drafter's two tokens "cheap"); this one asks what the longer
+        round could earn, so where positions past L accept poorly (low-flat) it stays at L."""
+        a, b = self._posterior()
+        mean = a / (a + b)
+        sd = np.sqrt(a * b / ((a + b) ** 2 * (a + b + 1)))
+        up = mean.copy()
+        up[L:longer] = np.minimum(mean[L:longer] + OPTIMISM_Z * sd[L:longer], 0.99)
+        j_short = cost[L - 1] / (1.0 + float(np.sum(np.cumprod(mean[:L]))))
+        j_long = cost[longer - 1] / (1.0 + float(np.sum(np.cumprod(up[:longer]))))
+        return j_long <= (1.0 + REVEAL_MARGIN) * j_short
 
     def _clearly_worse(self, near: int, lead: int, cost: np.ndarray, mean_b: np.ndarray) -> bool:
         """Whether a neighbour played at least once is judged NEIGHBOUR_CLEAR slower than the leader at
