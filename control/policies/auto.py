@@ -69,7 +69,8 @@ REVEAL_COST = 0.1   # longer round costs at most this fraction more, every draft
 REVEAL_AFTER = 0    # and only after this many rounds (the budget counts from here)
 REVEAL_BOUND = "cost"  # "cost": the REVEAL_COST bound above; "loss": instead, the longer length's ms/token
 REVEAL_MARGIN = 0.05   # with positions L+1.. at their upper quantile (OPTIMISM_Z) is within this fraction
-                       # of L's at the posterior means (_reveal_pays: a bound on the expected loss)
+                       # of L's at the posterior means (_reveal_pays: a bound on the expected loss); "both":
+                       # the two together (the loss bound alone lets expensive drafters at 0-20 ms reveal)
 EXPLORE_Z = 2.0  # a length off the leader's neighbours is tried while its lower bound beats the leader (_explore)
 STREAK_PRIOR = 8.0  # pseudo-rounds of the pooled acceptance behind each streak state's own (AutoPolicy._posterior)
 PERSIST_Z = 3.0  # the streak states are used once they differ from the pool by this many deviations (_persists)
@@ -408,12 +409,11 @@ class AutoPolicy(Policy):
         if REVEAL_RATE is None or L > REVEAL_LEADER or L >= self.max_length or self.n_obs < REVEAL_AFTER:
             return L
         longer = min(L + REVEAL_STEP, self.max_length)
-        if REVEAL_BOUND == "loss":
-            if not self._reveal_pays(L, longer, cost):
-                return L
-        elif REVEAL_BOUND != "cost":
-            raise ValueError(f"REVEAL_BOUND must be 'cost' or 'loss', not {REVEAL_BOUND!r}")
-        elif cost[longer - 1] > (1.0 + REVEAL_COST) * cost[L - 1]:
+        if REVEAL_BOUND not in ("cost", "loss", "both"):
+            raise ValueError(f"REVEAL_BOUND must be 'cost', 'loss' or 'both', not {REVEAL_BOUND!r}")
+        if REVEAL_BOUND != "loss" and cost[longer - 1] > (1.0 + REVEAL_COST) * cost[L - 1]:
+            return L
+        if REVEAL_BOUND != "cost" and not self._reveal_pays(L, longer, cost):
             return L
         past = float(self.arm_n[L + REVEAL_STEP - 1:].sum())  # rounds that reached past L + 1, if accepted
         if past >= min(REVEAL_RATE * np.sqrt(self.n_obs - REVEAL_AFTER), REVEAL_MAX):
