@@ -51,3 +51,25 @@ def test_an_unknown_bound_is_refused(reveal, monkeypatch):
     monkeypatch.setattr(auto, "REVEAL_BOUND", "worst")
     with pytest.raises(ValueError, match="REVEAL_BOUND"):
         _streaky_lengths()
+
+
+def _high_flat_lengths(seed: int) -> np.ndarray:
+    prof = family("high-flat", "expensive-draft", 1)[0]
+    return run_policy(auto.AutoPolicy(8, seed=seed), prof, const_scenario(prof, 0.0, 200), seed).lengths
+
+
+def test_the_loss_bound_alone_lengthens_a_well_accepting_expensive_drafter_at_0_ms(reveal, monkeypatch):
+    # early, the added positions' upper quantile makes a near-tie look within the margin: why "both" exists
+    monkeypatch.setattr(auto, "REVEAL_BOUND", "loss")
+    on = int(np.sum(_high_flat_lengths(3) >= 3))
+    monkeypatch.setattr(auto, "REVEAL_RATE", None)
+    assert on > int(np.sum(_high_flat_lengths(3) >= 3)) + 3  # 9 against 3
+
+
+@pytest.mark.parametrize("lengths, seed", [(_high_flat_lengths, 3), (_low_flat_lengths, 1)],
+                         ids=["expensive-0ms", "low-flat-200ms"])
+def test_both_bounds_leave_each_failure_of_a_single_bound_alone(reveal, monkeypatch, lengths, seed):
+    monkeypatch.setattr(auto, "REVEAL_BOUND", "both")
+    on = lengths(seed)
+    monkeypatch.setattr(auto, "REVEAL_RATE", None)
+    assert np.array_equal(on, lengths(seed))
