@@ -99,3 +99,24 @@ def test_the_sample_depends_on_the_seed_not_on_the_delay(tiny_pair):
     runs = [stream_tree_generate(tiny_pair, PROMPT, 24, d, PARAMS, seed=7).token_ids for d in (0.0, 3.0)]
     assert runs[0] == runs[1]
     assert stream_tree_generate(tiny_pair, PROMPT, 24, 0.0, PARAMS, seed=8).token_ids != runs[0]
+
+
+# --- the cloud fills its idle time --------------------------------------------------------------------
+
+FILL_FAULTS = LinkFaults(drop_up=frozenset({0, 3}), duplicate_up=frozenset({1, 2, 5}),
+                         drop_down=frozenset({1}), duplicate_down=frozenset({0, 2}), late_down=frozenset({3, 4}))
+
+
+@pytest.mark.parametrize("text", TEXTS)
+def test_greedy_output_with_fill_equals_target_only_under_link_faults(pair, text):
+    """Over a 10 ms link the cloud runs out of nodes and fills; late groups are then walked along what it
+    filled. Lost, duplicated and reordered messages must change nothing but the time."""
+    prompt = encode(pair, text)
+    got = stream_tree_generate(pair, prompt, 24, one_way_ms=10.0, faults=FILL_FAULTS, resend_after_s=0.1, fill=True)
+    assert got.fills > 0
+    assert got.token_ids == target_only(pair, prompt, 24)
+
+
+def test_fill_is_off_by_default(pair):
+    prompt = encode(pair, TEXTS[0])
+    assert stream_tree_generate(pair, prompt, 8, one_way_ms=10.0).fills == 0
