@@ -73,13 +73,17 @@ class NoResidual(Acceptance):
         return -1, int(torch.multinomial(p.float(), 1, generator=gen))
 
 
-def empirical_joint3(tiny_pair, acceptance: Acceptance) -> torch.Tensor:
+def empirical_joint3(tiny_pair, acceptance: Acceptance, fill: bool = False, one_way_ms: float = 0.0,
+                     stats: dict | None = None) -> torch.Tensor:
     counts = torch.zeros(64)
     for seed in range(SAMPLES):
-        r = stream_tree_generate(tiny_pair, PROMPT, 3, 0.0, PARAMS, seed=seed, width=2, cumulative=1.0, batch=2,
-                                 acceptance=acceptance)
+        r = stream_tree_generate(tiny_pair, PROMPT, 3, one_way_ms, PARAMS, seed=seed, width=2, cumulative=1.0,
+                                 batch=2, acceptance=acceptance, fill=fill)
         a, b, c = r.token_ids[:3]
         counts[16 * a + 4 * b + c] += 1
+        if stats is not None:
+            stats["fills"] = stats.get("fills", 0) + r.fills
+            stats["followed"] = stats.get("followed", 0) + r.followed
     return counts
 
 
@@ -120,3 +124,21 @@ def test_greedy_output_with_fill_equals_target_only_under_link_faults(pair, text
 def test_fill_is_off_by_default(pair):
     prompt = encode(pair, TEXTS[0])
     assert stream_tree_generate(pair, prompt, 8, one_way_ms=10.0).fills == 0
+
+
+@pytest.mark.slow
+def test_sampled_tokens_with_fill_follow_the_target_distribution(tiny_pair):
+    """Over a 1 ms link some positions are drawn directly by the idle cloud and others decided by
+    rejection over the draft's children; which one depends on timing only, never on the draw."""
+    stats: dict = {}
+    stat, df = chi2(empirical_joint3(tiny_pair, Acceptance(), fill=True, one_way_ms=1.0, stats=stats),
+                    exact_joint3(tiny_pair.target))
+    assert stats["fills"] > SAMPLES // 10 and stats["followed"] > 0, stats
+    assert stat < chi2_critical(df), f"chi2={stat:.1f} df={df}"
+
+
+@pytest.mark.slow
+def test_with_fill_acceptance_without_the_residual_still_fails_the_same_test(tiny_pair):
+    stat, df = chi2(empirical_joint3(tiny_pair, NoResidual(), fill=True, one_way_ms=1.0),
+                    exact_joint3(tiny_pair.target))
+    assert stat > chi2_critical(df), f"negative control passed: chi2={stat:.1f} df={df}"
