@@ -169,11 +169,12 @@ class _Cloud(threading.Thread):
 
     def __init__(self, pair: ModelPair, prompt: list[int], params: SamplingParams, seed: int, up: DelayLink,
                  down: DelayLink, limits: Limits, acceptance: Acceptance, pacer: Pacer | None = None,
-                 device_lock: threading.Lock | None = None, fill: bool = False) -> None:
+                 device_lock: threading.Lock | None = None, fill: bool = False, fill_until: int | None = None) -> None:
         super().__init__(daemon=True, name="stream-tree-cloud")
         self.pair, self.prompt, self.params, self.seed = pair, prompt, params, seed
         self.up, self.down, self.limits, self.acceptance = up, down, limits, acceptance
         self.pacer, self.device_lock, self.fill = pacer, device_lock, fill
+        self.fill_until = fill_until  # context length past which the cloud does not fill (the request's end)
         self.ready = threading.Event()
         self.error: BaseException | None = None
         self.forwards = self.verified = self.stale = self.refused = self.misses = self.overruns = 0
@@ -197,7 +198,8 @@ class _Cloud(threading.Thread):
         pos_of: dict[int, int] = {}  # context position of each live node
         while True:
             m = None
-            if self.fill and tree.idle and len(tree.context) - ack < self.limits.max_verdict_tokens:
+            if (self.fill and tree.idle and len(tree.context) - ack < self.limits.max_verdict_tokens
+                    and (self.fill_until is None or len(tree.context) < self.fill_until)):
                 m = self.up.recv(0)
                 if m is None:  # nothing to verify and nothing arrived: decide the next position directly
                     self._fill(tree, kv, logits)
@@ -360,7 +362,8 @@ def stream_tree_generate(pair: ModelPair, prompt_ids: list[int], max_new_tokens:
     resend = resend_after_s if resend_after_s is not None else max(1.0, 20 * one_way_ms / 1e3)
     up = FaultyLink(one_way_ms, faults.drop_up, faults.duplicate_up)
     down = FaultyLink(one_way_ms, faults.drop_down, faults.duplicate_down, faults.late_down, faults.late_ms)
-    cloud = _Cloud(pair, prompt_ids, params, seed, up, down, limits, acceptance, cloud_pacer, fill=fill)
+    cloud = _Cloud(pair, prompt_ids, params, seed, up, down, limits, acceptance, cloud_pacer, fill=fill,
+                   fill_until=len(prompt_ids) + max_new_tokens)
     cloud.start()
     try:
         kv = _TreeKV(pair.draft, prompt_ids, pair.vocab_size)
