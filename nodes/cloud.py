@@ -79,7 +79,7 @@ class CloudWorker(WorkerBase):
         self.computing = 0  # rounds whose model compute has not finished (a replaced session's included)
         self.streams = StreamSessions(model, vocab_size, config.verifier_id, limits, log, self.send_now,  # v4
                                       config.max_sessions, config.session_ttl_s, enabled=config.stream_tree,
-                                      device=self.device)
+                                      device=self.device, fill=config.stream_fill)
 
     @property
     def sessions(self):

@@ -16,6 +16,10 @@ message is refused with a one-line `bad_message` (logged, counted, answered when
 inbox) and the verifier keeps serving; messages are idempotent, so a duplicate, reordered or
 lost one costs only time.
 
+With `specstop cloud --stream-fill` a session with nothing to verify decides positions itself (the
+reference's fill; it does not know the request's end, so it fills at most `max_verdict_tokens` past
+what the edge holds, until the edge's end message closes the session).
+
 With a device profile (`specstop cloud --emulate`), each session's target forwards are padded to
 the emulated device's time (a device per session, as the chain verifier's; a `shared` profile makes
 every session's forwards take turns on one device).
@@ -99,7 +103,7 @@ class StreamSessions:
 
     def __init__(self, model: Any, vocab_size: int, verifier_id: str, codec: CodecLimits, log: Any, publish: Publish,
                  max_sessions: int, ttl_s: float, limits: Limits = Limits(), enabled: bool = True,
-                 device: DeviceProfile | None = None) -> None:
+                 device: DeviceProfile | None = None, fill: bool = False) -> None:
         self.pair = SimpleNamespace(target=model, vocab_size=vocab_size)
         self.verifier_id, self.codec, self.log, self.publish = verifier_id, codec, log, publish
         self.max_sessions, self.ttl_s, self.limits, self.enabled = max_sessions, ttl_s, limits, enabled
@@ -107,6 +111,7 @@ class StreamSessions:
         self.device = device if device is not None and device.emulates_verify else None
         self.device_lock = threading.Lock() if self.device is not None and self.device.shared else None
         self.counters = StreamCounters()
+        self.fill = fill  # the cloud fills its idle time (docs/stream-tree.md): bounded by max_verdict_tokens past the edge
 
     async def on_message(self, data: bytes, reply: str | None, subject: str) -> None:
         """One `stream_nodes` message (already known to be schema v4)."""
@@ -158,7 +163,8 @@ class StreamSessions:
         params = SamplingParams(m.temperature, m.top_p)
         pacer = Pacer(self.device, m.seed) if self.device is not None else None
         s.cloud = _SessionCloud(self.pair, list(m.context), params, m.seed, DelayLink(0.0),
-                                None, self.limits, Acceptance(), pacer, self.device_lock, on_error=failed)
+                                None, self.limits, Acceptance(), pacer, self.device_lock, on_error=failed,
+                                fill=self.fill)
         s.cloud.down = _VerdictLink(s, self.verifier_id, loop, self.publish)
         s.cloud.name = f"stream-{m.request_id[:40]}"
         s.cloud.start()
@@ -188,7 +194,7 @@ class StreamSessions:
                       messages=s.messages, misses=c.misses, verify_forwards=c.forwards, nodes_verified=c.verified,
                       stale_groups=c.stale, refused=c.refused, verify_ms=round(c.verify_ms, 3),
                       verify_real_ms=round(c.verify_real_ms, 3), verify_overruns=c.overruns,
-                      wait_ms=round(c.wait_ms, 3), sessions=len(self.sessions))
+                      wait_ms=round(c.wait_ms, 3), fills=c.fills, followed=c.followed, sessions=len(self.sessions))
 
     def expire(self, now: float) -> None:
         for s in [s for s in self.sessions.values() if now - s.last_heard > self.ttl_s]:

@@ -63,6 +63,7 @@ class CloudConfig:
     trees: bool = True             # take tree drafts (schema v2); False: a chain-only verifier, which answers `version`
     max_ahead: int = _T.max_ahead  # rounds drafted ahead a session may have waiting (schema v3); 0: answers `version`
     stream_tree: bool = True       # hold stream-tree sessions (schema v4, nodes/cloud_stream); False: answers `version`
+    stream_fill: bool = False      # a stream-tree session with nothing to verify decides positions itself (one forward each)
 
     def table(self) -> TableConfig:
         return TableConfig(self.verifier_id, self.max_sessions, self.session_ttl_s, self.evict_idle_s,

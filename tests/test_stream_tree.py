@@ -73,13 +73,17 @@ class NoResidual(Acceptance):
         return -1, int(torch.multinomial(p.float(), 1, generator=gen))
 
 
-def empirical_joint3(tiny_pair, acceptance: Acceptance) -> torch.Tensor:
+def empirical_joint3(tiny_pair, acceptance: Acceptance, fill: bool = False, one_way_ms: float = 0.0,
+                     stats: dict | None = None) -> torch.Tensor:
     counts = torch.zeros(64)
     for seed in range(SAMPLES):
-        r = stream_tree_generate(tiny_pair, PROMPT, 3, 0.0, PARAMS, seed=seed, width=2, cumulative=1.0, batch=2,
-                                 acceptance=acceptance)
+        r = stream_tree_generate(tiny_pair, PROMPT, 3, one_way_ms, PARAMS, seed=seed, width=2, cumulative=1.0,
+                                 batch=2, acceptance=acceptance, fill=fill)
         a, b, c = r.token_ids[:3]
         counts[16 * a + 4 * b + c] += 1
+        if stats is not None:
+            stats["fills"] = stats.get("fills", 0) + r.fills
+            stats["followed"] = stats.get("followed", 0) + r.followed
     return counts
 
 
@@ -99,3 +103,42 @@ def test_the_sample_depends_on_the_seed_not_on_the_delay(tiny_pair):
     runs = [stream_tree_generate(tiny_pair, PROMPT, 24, d, PARAMS, seed=7).token_ids for d in (0.0, 3.0)]
     assert runs[0] == runs[1]
     assert stream_tree_generate(tiny_pair, PROMPT, 24, 0.0, PARAMS, seed=8).token_ids != runs[0]
+
+
+# --- the cloud fills its idle time --------------------------------------------------------------------
+
+FILL_FAULTS = LinkFaults(drop_up=frozenset({0, 3}), duplicate_up=frozenset({1, 2, 5}),
+                         drop_down=frozenset({1}), duplicate_down=frozenset({0, 2}), late_down=frozenset({3, 4}))
+
+
+@pytest.mark.parametrize("text", TEXTS)
+def test_greedy_output_with_fill_equals_target_only_under_link_faults(pair, text):
+    """Over a 10 ms link the cloud runs out of nodes and fills; late groups are then walked along what it
+    filled. Lost, duplicated and reordered messages must change nothing but the time."""
+    prompt = encode(pair, text)
+    got = stream_tree_generate(pair, prompt, 24, one_way_ms=10.0, faults=FILL_FAULTS, resend_after_s=0.1, fill=True)
+    assert got.fills > 0
+    assert got.token_ids == target_only(pair, prompt, 24)
+
+
+def test_fill_is_off_by_default(pair):
+    prompt = encode(pair, TEXTS[0])
+    assert stream_tree_generate(pair, prompt, 8, one_way_ms=10.0).fills == 0
+
+
+@pytest.mark.slow
+def test_sampled_tokens_with_fill_follow_the_target_distribution(tiny_pair):
+    """Over a 1 ms link some positions are drawn directly by the idle cloud and others decided by
+    rejection over the draft's children; which one depends on timing only, never on the draw."""
+    stats: dict = {}
+    stat, df = chi2(empirical_joint3(tiny_pair, Acceptance(), fill=True, one_way_ms=1.0, stats=stats),
+                    exact_joint3(tiny_pair.target))
+    assert stats["fills"] > SAMPLES // 10 and stats["followed"] > 0, stats
+    assert stat < chi2_critical(df), f"chi2={stat:.1f} df={df}"
+
+
+@pytest.mark.slow
+def test_with_fill_acceptance_without_the_residual_still_fails_the_same_test(tiny_pair):
+    stat, df = chi2(empirical_joint3(tiny_pair, NoResidual(), fill=True, one_way_ms=1.0),
+                    exact_joint3(tiny_pair.target))
+    assert stat > chi2_critical(df), f"negative control passed: chi2={stat:.1f} df={df}"

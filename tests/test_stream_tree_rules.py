@@ -75,10 +75,11 @@ def test_a_verdict_ending_outside_the_tree_restarts_it_at_that_token():
     assert t.root not in n.values()  # ids are never reused
 
 
-def test_a_verdict_that_leaves_the_tree_before_its_last_token_is_refused():
-    t, _ = grown()
-    with pytest.raises(StreamTreeError, match="left the tree"):
-        t.commit([4, 1])
+def test_a_verdict_that_leaves_the_tree_before_its_last_token_restarts_at_the_last():
+    t, n = grown()
+    c = t.commit([7, 4, 3, 6])  # the cloud filled past the tree after a
+    assert c.restart and c.path == [n["a"]]
+    assert t.root_pos == 13 and t.nodes[t.root].token == 6 and len(t.nodes) == 1
 
 
 def test_nodes_short_of_the_clouds_lead_rank_below_deeper_ones():
@@ -189,3 +190,67 @@ def test_the_chain_is_kept_at_zero_delay_and_the_tree_taken_over_a_long_link():
     # at 0 ms the tree's compute (extra draft work) exceeds the chain's cost
     assert prefer_stream_tree(2.0, 3.0, 0.05, 0.0, 64)[0] is False
     assert prefer_stream_tree(22.0, 3.0, 0.05, 50.0, 64)[0] is True
+
+
+def filled_cloud(fills: list[int]) -> tuple[EdgeTree, dict[str, int], CloudTree]:
+    """The cloud adopts the edge's root r (token 5 at position 9) before any group, then fills."""
+    t, n = grown()
+    cloud = CloudTree([0] * 9 + [5])
+    cloud.admit(msg(t, []))
+    for x in fills:
+        cloud.fill(x)
+    return t, n, cloud
+
+
+def test_an_idle_tip_is_filled_with_the_targets_token_and_kept_behind():
+    _, n, cloud = filled_cloud([7])
+    assert cloud.context[-1] == 7 and cloud.tip is None
+    assert cloud.behind == n["r"] and cloud.behind_pos == 9
+
+
+def test_a_tip_with_children_is_not_filled():
+    t, n = grown()
+    cloud = CloudTree([0] * 9 + [5])
+    cloud.admit(msg(t, t.take_outbox()))
+    with pytest.raises(StreamTreeError, match="has children to decide"):
+        cloud.fill(7)
+
+
+def test_late_groups_are_followed_along_the_filled_tokens_unjudged_to_the_tip():
+    t, n, cloud = filled_cloud([7])
+    adm = cloud.admit(msg(t, t.take_outbox()))
+    assert adm.followed == 1 and cloud.tip == n["a"] and cloud.behind is None
+    assert adm.new == [n["c"], n["d"]]  # only nodes under the tip are left to feed and judge
+    assert cloud.context[-1] == 7  # following commits nothing more
+
+
+def test_a_walk_stops_behind_the_tip_where_groups_have_not_arrived():
+    t, n, cloud = filled_cloud([7, 1, 3])
+    adm = cloud.admit(msg(t, t.take_outbox()))
+    assert adm.followed == 2 and cloud.tip is None and cloud.behind == n["c"] and cloud.behind_pos == 11
+    assert adm.new == [] and set(cloud.nodes) == {n["c"]}
+
+
+def test_a_child_set_without_the_filled_token_is_void():
+    t, n, cloud = filled_cloud([8 + 1])  # 9 is neither a nor b
+    adm = cloud.admit(msg(t, t.take_outbox()))
+    assert adm.void and cloud.nodes == {} and cloud.tip is None and cloud.behind is None and adm.new == []
+
+
+def test_a_restarted_root_behind_the_tip_is_walked_along_the_filled_tokens():
+    t, _, cloud = filled_cloud([8 + 1])
+    assert cloud.admit(msg(t, t.take_outbox())).void
+    cloud.fill(2)
+    cloud.fill(6)  # context: ... 5 @9, 9 @10, 2 @11, 6 @12
+    restarted = EdgeTree(10, 9)  # the edge restarted at the first fill's token
+    r = restarted.best(1)[0]
+    (x,) = restarted.expand(r, [2], [0.9])
+    y, z = restarted.expand(x, [6, 1], [0.5, 0.4])
+    adm = cloud.admit(msg(restarted, restarted.take_outbox()))
+    assert cloud.tip == y and adm.followed == 2 and adm.new == []
+
+
+def test_a_root_off_the_committed_path_is_not_adopted():
+    _, _, cloud = filled_cloud([7, 1])
+    cloud.admit(NodesMsg((50, 10, 8), ()))  # position 10 holds 7
+    assert cloud.behind != 50 and 50 not in cloud.nodes

@@ -171,3 +171,26 @@ async def test_a_client_that_goes_away_stops_the_stream_and_frees_the_verifier(b
         await wait_for(lambda: not clouds[0].streams.sessions)
     ends = [e for e in read_log(tmp_path / "cloud-1.jsonl") if e["event"] == "session_end" and e.get("stream_tree")]
     assert [e["reason"] for e in ends] == ["end"]
+
+
+async def test_with_stream_fill_the_workers_output_equals_target_only(broker, pair, tmp_path):
+    """`specstop cloud --stream-fill`: over a 10 ms link the verifier's sessions fill their idle time;
+    the edge restarts behind what was filled and the output is still the target's."""
+    prompts = _prompts(3)
+    async with cluster(broker.url, pair, tmp_path, channel="const:10", stream_tree=StreamShape(),
+                       cloud_options={"stream_fill": True}) as (client, _, _):
+        results = await _generate(client, prompts, "fill")
+    for i, (res, ref) in enumerate(zip(results, _refs(pair, prompts))):
+        assert res.ok, res.error
+        assert res.token_ids == ref, f"prompt {i}: the stream tree with fill differs from target-only"
+    cloud = read_log(tmp_path / "cloud-1.jsonl")
+    ends = [e for e in cloud if e["event"] == "session_end" and e.get("stream_tree")]
+    assert ends and sum(e["fills"] for e in ends) > 0
+
+
+def test_stream_fill_is_off_by_default():
+    from nodes.config import CloudConfig
+    from pipeline.cli import build_parser
+    assert not CloudConfig().stream_fill
+    assert build_parser().parse_args(["cloud", "--stream-fill"]).stream_fill
+    assert not build_parser().parse_args(["cloud"]).stream_fill

@@ -119,6 +119,8 @@ class StreamTreeResult:
     draft_real_ms: float = 0.0
     draft_overruns: int = 0   # emulated draft forwards whose real compute took longer than the device's
     verify_overruns: int = 0  # likewise for target forwards
+    fills: int = 0  # positions the cloud decided directly while idle (fill on), one target forward each
+    followed: int = 0  # tree nodes the cloud walked along filled tokens without judging
 
     @property
     def ms_per_token(self) -> float:
@@ -167,14 +169,16 @@ class _Cloud(threading.Thread):
 
     def __init__(self, pair: ModelPair, prompt: list[int], params: SamplingParams, seed: int, up: DelayLink,
                  down: DelayLink, limits: Limits, acceptance: Acceptance, pacer: Pacer | None = None,
-                 device_lock: threading.Lock | None = None) -> None:
+                 device_lock: threading.Lock | None = None, fill: bool = False, fill_until: int | None = None) -> None:
         super().__init__(daemon=True, name="stream-tree-cloud")
         self.pair, self.prompt, self.params, self.seed = pair, prompt, params, seed
         self.up, self.down, self.limits, self.acceptance = up, down, limits, acceptance
-        self.pacer, self.device_lock = pacer, device_lock
+        self.pacer, self.device_lock, self.fill = pacer, device_lock, fill
+        self.fill_until = fill_until  # context length past which the cloud does not fill (the request's end)
         self.ready = threading.Event()
         self.error: BaseException | None = None
         self.forwards = self.verified = self.stale = self.refused = self.misses = self.overruns = 0
+        self.fills = self.followed = 0
         self.verify_ms = self.verify_real_ms = self.wait_ms = 0.0
 
     def run(self) -> None:
@@ -192,17 +196,25 @@ class _Cloud(threading.Thread):
         self.ready.set()
         ack = len(self.prompt)
         pos_of: dict[int, int] = {}  # context position of each live node
-        idle_since: float | None = None
         while True:
-            m = self.up.recv(None)
+            m = None
+            if (self.fill and tree.idle and len(tree.context) - ack < self.limits.max_verdict_tokens
+                    and (self.fill_until is None or len(tree.context) < self.fill_until)):
+                m = self.up.recv(0)
+                if m is None:  # nothing to verify and nothing arrived: decide the next position directly
+                    self._fill(tree, kv, logits)
+                    self.down.send(tree.verdict(ack))
+                    continue
+            if m is None:
+                idle_since = time.perf_counter() if tree.idle else None
+                m = self.up.recv(None)
+                if idle_since is not None:
+                    self.wait_ms += (time.perf_counter() - idle_since) * 1e3
             msgs = [m]
             while (m := self.up.recv(0)) is not None:
                 msgs.append(m)
             if any(x is CLOSE for x in msgs):
                 return
-            if idle_since is not None:
-                self.wait_ms += (time.perf_counter() - idle_since) * 1e3
-                idle_since = None
             ping, new = False, []
             for m in msgs:
                 assert isinstance(m, NodesMsg)
@@ -215,12 +227,14 @@ class _Cloud(threading.Thread):
                 ping |= not m.groups
                 was_off = tree.tip is None
                 adm = tree.admit(m)
-                if was_off and tree.tip is not None:  # the edge's restarted root is the token fed last
+                if was_off and tree.tip is not None:  # the edge's root (or a node walked to) is the token fed last
                     kv.rows[tree.tip] = kv.rows.pop(OFF)
                     logits[tree.tip] = logits.pop(OFF)
                     pos_of[tree.tip] = tree.tip_pos
                 self.stale += adm.stale + adm.over_limit
+                self.followed += adm.followed
                 new += adm.new
+            new = [v for v in new if v in tree.nodes and v != tree.tip]  # a later walk may have passed them
             grew = False
             if new:
                 idx = {v: j for j, v in enumerate(new)}
@@ -238,8 +252,22 @@ class _Cloud(threading.Thread):
                     del pos_of[v]
             if grew or ping:
                 self.down.send(tree.verdict(ack))
-            if tree.tip is None or tree.children(tree.tip) is None:
-                idle_since = time.perf_counter()
+
+    def _fill(self, tree: CloudTree, kv: _TreeKV, logits: dict[int, torch.Tensor]) -> None:
+        """Commit the target's own token at the idle tip (greedy: the argmax; sampling: a draw from the
+        target's distribution on the position's stream) and feed it, one target forward per token."""
+        key = tree.tip if tree.tip is not None else OFF
+        lg = logits[key]
+        if self.params.greedy:
+            x = int(torch.argmax(lg))
+        else:
+            _, gen = round_generators(round_seed(self.seed, tree.tip_pos + 1))
+            x = int(torch.multinomial(target_probs(lg, self.params), 1, generator=gen))
+        tree.fill(x)
+        self.fills += 1
+        kv.reroot([key], [])
+        logits.clear()
+        logits[OFF] = self._feed(kv, [OFF], [x], [-1], [tree.tip_pos], [[]])[0]
 
     @staticmethod
     def _cached_ancestors(tree: CloudTree, p: int, in_block: dict[int, int]) -> list[int]:
@@ -316,14 +344,15 @@ def stream_tree_generate(pair: ModelPair, prompt_ids: list[int], max_new_tokens:
                          limits: Limits = Limits(), min_path_prob: float = 1e-4, faults: LinkFaults = LinkFaults(),
                          resend_after_s: float | None = None, acceptance: Acceptance = Acceptance(),
                          lead_penalty: float = 2.0, edge_pacer: Pacer | None = None,
-                         cloud_pacer: Pacer | None = None) -> StreamTreeResult:
+                         cloud_pacer: Pacer | None = None, fill: bool = False) -> StreamTreeResult:
     """Generate with the continuous speculation tree: `width` children per expanded node at most
     (fewer once `cumulative` of the draft's mass is covered), `batch` nodes expanded per draft
     forward, new nodes sent every `flush_ms`, at most `limits.max_nodes` in the tree; nodes whose
     draft path probability is below `min_path_prob` are not expanded. Nodes shallower than where the
     cloud is expected to be when an expansion arrives (the commit rate x 2 x delay) rank `lead_penalty`
     nats lower per token short of it (0: plain best-first). `edge_pacer` / `cloud_pacer`: emulated
-    devices (nodes/device.py) for the draft's and the target's forwards."""
+    devices (nodes/device.py) for the draft's and the target's forwards. `fill`: the cloud decides
+    positions itself while it has nothing to verify (one target forward per filled token)."""
     if not 1 <= width <= limits.max_width:
         raise ModelError(f"width must be in 1..{limits.max_width}, got {width}")
     if batch < 1 or flush_ms < 0 or one_way_ms < 0:
@@ -333,7 +362,8 @@ def stream_tree_generate(pair: ModelPair, prompt_ids: list[int], max_new_tokens:
     resend = resend_after_s if resend_after_s is not None else max(1.0, 20 * one_way_ms / 1e3)
     up = FaultyLink(one_way_ms, faults.drop_up, faults.duplicate_up)
     down = FaultyLink(one_way_ms, faults.drop_down, faults.duplicate_down, faults.late_down, faults.late_ms)
-    cloud = _Cloud(pair, prompt_ids, params, seed, up, down, limits, acceptance, cloud_pacer)
+    cloud = _Cloud(pair, prompt_ids, params, seed, up, down, limits, acceptance, cloud_pacer, fill=fill,
+                   fill_until=len(prompt_ids) + max_new_tokens)
     cloud.start()
     try:
         kv = _TreeKV(pair.draft, prompt_ids, pair.vocab_size)
@@ -350,6 +380,7 @@ def stream_tree_generate(pair: ModelPair, prompt_ids: list[int], max_new_tokens:
     res.stale_groups, res.refused_msgs = cloud.stale, cloud.refused
     res.cloud_wait_ms, res.verify_ms = cloud.wait_ms, cloud.verify_ms
     res.verify_real_ms, res.verify_overruns = cloud.verify_real_ms, cloud.overruns
+    res.fills, res.followed = cloud.fills, cloud.followed
     return res
 
 
@@ -368,7 +399,7 @@ def _edge_loop(pair: ModelPair, kv: _TreeKV, prompt: list[int], max_new: int, pa
     tree = EdgeTree(len(prompt) - 1, prompt[-1], limits, lead_penalty)
     rate = 0.0  # committed tokens per second, smoothed over about a round trip
     last_verdict = time.perf_counter()
-    known = len(prompt)  # context length the edge holds
+    ctx = list(prompt)  # the committed context the edge holds
     min_logp = math.log(min_path_prob) if min_path_prob > 0 else -math.inf
     last_flush = last_progress = time.perf_counter()
     done = False
@@ -381,9 +412,9 @@ def _edge_loop(pair: ModelPair, kv: _TreeKV, prompt: list[int], max_new: int, pa
             res.nodes_sent += sum(len(k) for _, k in chunk)
 
     def receive(m: object) -> None:
-        nonlocal known, done, last_progress, rate, last_verdict
+        nonlocal done, last_progress, rate, last_verdict
         assert isinstance(m, VerdictMsg)
-        new = unseen_part(known, m)
+        new = unseen_part(len(ctx), m)
         if not new:
             return
         now = time.perf_counter()
@@ -392,17 +423,23 @@ def _edge_loop(pair: ModelPair, kv: _TreeKV, prompt: list[int], max_new: int, pa
         w = min(1.0, dt / max(2 * delay_s, 0.01))
         rate = (1 - w) * rate + w * len(new) / dt
         last_verdict = now
-        known += len(new)
+        ctx.extend(new)
         old_root = tree.root
         c = tree.commit(new)
         # every committed node but the last had children, so it was fed; after a miss the last one
-        # had children too (the cloud waits at a node without any)
+        # had children too (the cloud judges only nodes with children). A verdict the cloud filled past
+        # the tree may commit nodes never expanded, and tokens never in it: those are fed as a chain.
         chain = [old_root, *c.path] if c.restart else [old_root, *c.path[:-1]]
-        if any(v not in kv.rows for v in chain):
+        fed = 0
+        while fed < len(chain) and chain[fed] in kv.rows:
+            fed += 1
+        if fed < len(chain) and not c.restart:
             raise ModelError(f"stream tree: a verdict committed a node the edge never expanded ({chain})")
         if c.restart and len(out) + len(new) <= max_new:  # a miss past the last token cost nothing
             res.misses += 1
-        kv.reroot(chain, [] if c.restart else list(tree.nodes))
+        kv.reroot(chain[:fed], [] if c.restart else list(tree.nodes))
+        if c.restart and kv.prefix < len(ctx) - 1:
+            _catch_up(kv, ctx)
         before = len(out)
         reason = finish(new, out, max_new, pair.eos_ids)
         if reason is not None:
@@ -458,6 +495,16 @@ def _edge_loop(pair: ModelPair, kv: _TreeKV, prompt: list[int], max_new: int, pa
         receive(m)
     res.wall_s = time.perf_counter() - t0
     return res
+
+
+def _catch_up(kv: _TreeKV, ctx: list[int]) -> None:
+    """Feed committed tokens the edge's cache lacks (the cloud filled past its tree) as one chain, so
+    the cache holds the whole committed context before the new root."""
+    toks = ctx[kv.prefix:len(ctx) - 1]
+    ids = [-10 - i for i in range(len(toks))]
+    with torch.inference_mode():
+        kv.feed(ids, toks, list(range(-1, len(toks) - 1)), list(range(kv.prefix, len(ctx) - 1)), [[]] * len(toks))
+    kv.reroot(ids, [])
 
 
 def _expand(tree: EdgeTree, kv: _TreeKV, vs: list[int], params: SamplingParams, width: int, cumulative: float) -> None:

@@ -234,16 +234,15 @@ class EdgeTree:
 
     def commit(self, tokens: list[int]) -> Commit:
         """Committed tokens after the root: follow them down the tree; the tree keeps only the last
-        one's subtree, or restarts at it when it is not a child (the miss costs a round trip)."""
+        one's subtree, or restarts at the last one when any of them is not a child there (a miss costs
+        a round trip; with the cloud filling its idle time, the verdict may run past the tree)."""
         v, path = self.root, []
-        for i, t in enumerate(tokens):
+        for t in tokens:
             kids = self.nodes[v].children or []
             nxt = next((c for c in kids if self.nodes[c].token == t), None)
-            if nxt is None:
-                if i != len(tokens) - 1:
-                    raise StreamTreeError(f"commit: token {i} of {len(tokens)} left the tree before the last one")
+            if nxt is None:  # a miss, or the cloud filled past the tree (CloudTree.fill): restart at the last
                 self.restarts += 1
-                self._new_root(self.root_pos + len(tokens), t)
+                self._new_root(self.root_pos + len(tokens), tokens[-1])
                 return Commit(path, True, list(tokens))
             v = nxt
             path.append(v)
@@ -286,11 +285,15 @@ class Admitted:
     stale: int = 0
     duplicate: int = 0
     over_limit: int = 0
+    followed: int = 0  # nodes walked along tokens the cloud filled, never judged
+    void: bool = False  # a walk met a child set without the filled token: the tree behind is void
 
 
 class CloudTree:
     """The cloud's copy: the committed context, its tip (a tree node id, or None off the tree after a
-    miss) and the live tree under the tip."""
+    miss or a fill) and the live tree under the tip. After fills, `behind` is the tree node at context
+    position `behind_pos` < the tip's whose subtree is kept: late groups are walked down it along the
+    filled tokens (context[behind_pos + 1:]) until a node reaches the tip, which becomes the tip again."""
 
     def __init__(self, context: list[int], limits: Limits = Limits()) -> None:
         if not context:
@@ -299,17 +302,72 @@ class CloudTree:
         self.context = list(context)
         self.tip: int | None = None
         self.nodes: dict[int, CloudNode] = {}
+        self.behind: int | None = None
+        self.behind_pos = -1
 
     @property
     def tip_pos(self) -> int:
         return len(self.context) - 1
 
+    @property
+    def idle(self) -> bool:
+        """Nothing to decide at the tip: off the tree, or the tip has no children yet."""
+        return self.tip is None or self.nodes[self.tip].children is None
+
+    def fill(self, token: int) -> None:
+        """Commit the target's own token at an idle tip (its argmax, or a draw from its distribution):
+        the position is decided here, once; the tree under the old tip is kept behind to walk late
+        groups along what was filled."""
+        if not self.idle:
+            raise StreamTreeError(f"fill: the tip {self.tip} has children to decide")
+        if self.tip is not None:
+            self.behind, self.behind_pos, self.tip = self.tip, self.tip_pos, None
+        self.context.append(token)
+
+    def _adopt(self, rid: int, pos: int, tok: int) -> None:
+        """Root the tree at the edge's root when the cloud is off the tree and the root lies on the
+        committed path: at the tip (a restart after a miss), or behind it (after fills) and deeper
+        than the node already kept behind."""
+        if self.tip is not None or rid in self.nodes or not 0 <= pos <= self.tip_pos or self.context[pos] != tok:
+            return
+        if pos == self.tip_pos:
+            self.tip, self.behind = rid, None
+        elif self.behind is None or pos > self.behind_pos:
+            self.behind, self.behind_pos = rid, pos
+        else:
+            return
+        self.nodes = {rid: CloudNode(ROOT_PARENT, tok)}
+
+    def _walk_behind(self, out: Admitted) -> None:
+        """Follow the kept tree along the filled tokens while its groups have arrived: a child equal to
+        the committed token is followed unjudged (that position was decided by the fill); a child set
+        without it voids the tree; the node at the tip position becomes the tip."""
+        while self.behind is not None and (kids := self.nodes[self.behind].children) is not None:
+            want = self.context[self.behind_pos + 1]
+            nxt = next((c for c in kids if self.nodes[c].token == want), None)
+            if nxt is None:
+                self.nodes, self.behind, out.void = {}, None, True
+                return
+            self._prune_to(nxt)
+            self.behind, self.behind_pos = nxt, self.behind_pos + 1
+            out.followed += 1
+            if self.behind_pos == self.tip_pos:
+                self.tip, self.behind = nxt, None
+
+    def _prune_to(self, v: int) -> None:
+        keep: dict[int, CloudNode] = {}
+        stack = [v]
+        while stack:
+            u = stack.pop()
+            keep[u] = self.nodes[u]
+            stack.extend(keep[u].children or [])
+        keep[v].parent = ROOT_PARENT
+        self.nodes = keep
+
     def admit(self, msg: NodesMsg) -> Admitted:
+        """Add the message's groups under the tip (or behind it, then walk them along the filled tokens)."""
         out = Admitted()
-        rid, pos, tok = msg.root
-        if self.tip is None and pos == self.tip_pos and tok == self.context[-1]:
-            self.tip = rid  # the edge's restarted tree is rooted at the token the cloud committed last
-            self.nodes = {rid: CloudNode(ROOT_PARENT, tok)}
+        self._adopt(*msg.root)
         for parent, kids in msg.groups:
             p = self.nodes.get(parent)
             if p is None:
@@ -329,6 +387,9 @@ class CloudTree:
                 self.nodes[cid] = CloudNode(parent, t)
                 p.children.append(cid)
                 out.new.append(cid)
+        self._walk_behind(out)
+        if out.followed or out.void:  # nodes walked past or voided are not under the tip: not new
+            out.new = [v for v in out.new if v in self.nodes and v != self.tip and self.tip is not None]
         return out
 
     def children(self, v: int) -> list[int] | None:
@@ -338,19 +399,13 @@ class CloudTree:
         """Commit a child of the tip and move there; prune everything not under it."""
         assert self.tip is not None and child in (self.nodes[self.tip].children or [])
         self.context.append(self.nodes[child].token)
-        keep: dict[int, CloudNode] = {}
-        stack = [child]
-        while stack:
-            u = stack.pop()
-            keep[u] = self.nodes[u]
-            stack.extend(keep[u].children or [])
-        keep[child].parent = ROOT_PARENT
-        self.nodes, self.tip = keep, child
+        self._prune_to(child)
+        self.tip = child
 
     def miss(self, token: int) -> None:
         """Commit the target's token where no child was accepted: off the tree until the edge restarts."""
         self.context.append(token)
-        self.nodes, self.tip = {}, None
+        self.nodes, self.tip, self.behind = {}, None, None
 
     def verdict(self, start: int) -> VerdictMsg:
         """The committed context from `start` (what the edge holds) on, bounded."""

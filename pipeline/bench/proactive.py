@@ -54,6 +54,11 @@ STREAM: dict[float, list[tuple[str, dict]]] = {
     0.0: [("stream tree w2", {})],
     50.0: [("stream tree w2", {}), ("stream tree w3", {"width": 3, "cumulative": 0.9})],
 }
+# the same with the cloud filling its idle time (docs/stream-tree.md, "The cloud fills its idle time")
+FILL: dict[float, list[tuple[str, dict]]] = {
+    0.0: [("stream tree w2 fill", {"fill": True})],
+    50.0: [("stream tree w2 fill", {"fill": True})],
+}
 
 
 def _target_step_ms(pair, prompt: list[int], n: int) -> float:
@@ -88,7 +93,9 @@ def _stream_row(runs) -> dict:
             "round_trips_per_token": round(sum(r.misses for r in runs) / tokens, 3),
             "draft_expansions_per_token": round(sum(r.expansions for r in runs) / tokens, 2),
             "cloud_wait_share": round(sum(r.cloud_wait_ms for r in runs) / sum(r.wall_s * 1e3 for r in runs), 3),
-            "stale_groups_per_token": round(sum(r.stale_groups for r in runs) / tokens, 2)}
+            "stale_groups_per_token": round(sum(r.stale_groups for r in runs) / tokens, 2),
+            "target_forwards_per_token": round(sum(r.verify_forwards for r in runs) / tokens, 3),
+            "filled_per_token": round(sum(r.fills for r in runs) / tokens, 3)}
 
 
 def _model_inputs(chain_runs) -> tuple[float, float, float]:
@@ -120,6 +127,7 @@ def bench_proactive(delays_ms: tuple[float, ...] = (50.0, 0.0), max_new_tokens: 
     for delay in delays_ms:
         shapes = list(SHAPES.get(delay, SHAPES[0.0]))
         streams = list(STREAM.get(delay, STREAM[0.0]))
+        fills = list(FILL.get(delay, FILL[0.0]))
         calibration = [(s[1], _run(pair, p, max_new_tokens, s, delay)) for p in prompts for s in shapes
                        if s[0].startswith("chain")]
         per_tok, verify, alpha = _model_inputs(calibration)
@@ -129,14 +137,14 @@ def bench_proactive(delays_ms: tuple[float, ...] = (50.0, 0.0), max_new_tokens: 
                               model_r, model_ahead)
         shapes.append(model_shape)
         runs: dict[str, list] = {s[0]: [] for s in shapes}
-        st_runs: dict[str, list] = {name: [] for name, _ in streams}
+        st_runs: dict[str, list] = {name: [] for name, _ in streams + fills}
         steps: list[float] = []
         for _ in range(repeats):  # interleaved: each shape once per prompt, in turn
             for p in prompts:
                 steps.append(_target_step_ms(pair, p, max_new_tokens))
                 for s in shapes:
                     runs[s[0]].append(_run(pair, p, max_new_tokens, s, delay))
-                for name, kw in streams:
+                for name, kw in streams + fills:
                     st_runs[name].append(stream_tree_generate(pair, p, max_new_tokens, delay, **kw))
         step_ms = statistics.median(steps)
         rows = {name: _row(rs) for name, rs in runs.items()}
@@ -157,7 +165,8 @@ def bench_proactive(delays_ms: tuple[float, ...] = (50.0, 0.0), max_new_tokens: 
         def vs(name: str) -> float:
             return round(chain_ms / rows[name]["ms_per_token"], 3)
 
-        best_stream = min(st_runs, key=lambda n: rows[n]["ms_per_token"])
+        best_stream = min((n for n, _ in streams), key=lambda n: rows[n]["ms_per_token"])
+        best_fill = min((n for n, _ in fills), key=lambda n: rows[n]["ms_per_token"])
         use_stream, st_model_ms = prefer_stream_tree(model_ms, st_compute, st_misses, delay, max_new_tokens)
         chosen = streams[0][0] if use_stream else model_shape[0]
         out[f"delay_{int(delay)}ms"] = {
@@ -173,6 +182,12 @@ def bench_proactive(delays_ms: tuple[float, ...] = (50.0, 0.0), max_new_tokens: 
                             "speedup_vs_best_chain": vs(best_stream),
                             "round_trips_per_token": rows[best_stream]["round_trips_per_token"],
                             "best_chain_round_trips_per_token": rows[best_chain]["round_trips_per_token"]},
+            "stream_tree_fill": {"shape": best_fill, "ms_per_token": rows[best_fill]["ms_per_token"],
+                                 "speedup_vs_best_chain": vs(best_fill),
+                                 "vs_cloud_streaming": round(rows[best_fill]["ms_per_token"] / streaming, 3),
+                                 "target_forwards_per_token": rows[best_fill]["target_forwards_per_token"],
+                                 "without_fill_target_forwards_per_token":
+                                     rows[best_stream]["target_forwards_per_token"]},
             "stream_tree_choice": {"shape": chosen, "stream_tree_modelled_ms_per_token": round(st_model_ms, 2),
                                    "chain_modelled_ms_per_token": round(model_ms, 2),
                                    "measured_ms_per_token": rows[chosen]["ms_per_token"],

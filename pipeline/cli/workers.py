@@ -116,7 +116,8 @@ def cmd_cloud(a: argparse.Namespace) -> None:
                                                        not a.no_slot_cache, a.slot_memory_mb,
                                                        a.prefill_chunk or None, a.max_sessions_per_edge,
                                                        a.max_rounds_per_edge, graphs=a.graphs, max_ahead=a.max_ahead,
-                                                       batch_invariant=a.batch_invariant)))
+                                                       batch_invariant=a.batch_invariant,
+                                                       stream_fill=a.stream_fill)))
 
 
 def _bundled_profile():
@@ -210,6 +211,9 @@ def register(sub) -> None:
     p.add_argument("--batch-invariant", action="store_true",
                    help="one forward per round, so no verdict depends on which rounds share a batch (costs "
                         "about one batch-1 step per round)")
+    p.add_argument("--stream-fill", action="store_true",
+                   help="a stream-tree session with nothing to verify commits the target's own next token "
+                        "(exact; one target forward per filled token: costs a shared cloud throughput)")
     p.set_defaults(func=cmd_cloud)
 
     p = sub.add_parser("edge", help="serve generate requests with the draft model")

@@ -90,6 +90,7 @@ class CloudOptions:
     graphs: str = "auto"            # static-shape verify as CUDA graphs: auto (on for CUDA), on, off
     batch_invariant: bool = _CLOUD.batch_invariant
     max_ahead: int = _CLOUD.max_ahead  # rounds drafted ahead one session may have waiting (0: refused, `version`)
+    stream_fill: bool = _CLOUD.stream_fill  # stream-tree sessions fill their idle time (docs/stream-tree.md)
 
 
 def limits_for(vocab: int, opts: NodeOptions, max_context_tokens: int = 32768) -> Limits:
@@ -170,7 +171,8 @@ async def serve_cloud(opts: NodeOptions, cloud: CloudOptions) -> None:
                       max_sessions_per_edge=cloud.max_sessions_per_edge,
                       max_rounds_per_edge=cloud.max_rounds_per_edge,
                       graphs={"auto": None, "on": True, "off": False}[cloud.graphs],
-                      batch_invariant=cloud.batch_invariant, max_ahead=cloud.max_ahead)
+                      batch_invariant=cloud.batch_invariant, max_ahead=cloud.max_ahead,
+                      stream_fill=cloud.stream_fill)
     worker = CloudWorker(nc, pair.target, pair.vocab_size, cfg,
                          limits_for(pair.vocab_size, opts, cloud.max_context_tokens), log, model_nice=opts.model_nice,
                          device=_device(opts))
