@@ -11,4 +11,6 @@ def test_the_row_names_the_best_chain_the_models_pick_and_the_ratios():
     assert row["model_choice"]["shape"] in row["rows"]
     assert "stream tree w2" in row["rows"] and row["stream_tree_choice"]["shape"] in row["rows"]
     assert row["best_overall"]["speedup_vs_best_chain"] > 0
+    assert "fill" not in row["best_overall"]["shape"]  # the cloud alone is not a speculation shape
+    assert row["stream_tree_fill"]["shape"] in row["rows"]
     assert row["cloud_streaming_ms_per_token_modelled"] == row["target_step_ms"]  # no delay to amortise
