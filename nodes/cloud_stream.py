@@ -164,7 +164,7 @@ class StreamSessions:
         pacer = Pacer(self.device, m.seed) if self.device is not None else None
         s.cloud = _SessionCloud(self.pair, list(m.context), params, m.seed, DelayLink(0.0),
                                 None, self.limits, Acceptance(), pacer, self.device_lock, on_error=failed,
-                                fill=self.fill)
+                                fill=self.fill, fill_until=self.codec.max_context_tokens)
         s.cloud.down = _VerdictLink(s, self.verifier_id, loop, self.publish)
         s.cloud.name = f"stream-{m.request_id[:40]}"
         s.cloud.start()

@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 
 from pipeline.experiments.report import _stream_table
-from pipeline.experiments.stream import stream_checks, stream_edges, stream_flags, stream_frame, stream_rows
+from pipeline.experiments.stream import missing_stream_cells, stream_checks, stream_edges, stream_flags, stream_frame, stream_rows
 from pipeline.orchestration.local import RunConfig, devices_of
 
 EMULATED = devices_of(RunConfig(edge_device="jetson-orin-nano", cloud_device="rtx-3090-ti"))
@@ -65,6 +65,13 @@ def test_the_checks_name_their_reference_and_report_a_missed_goal():
     assert auto["reference_policy"] == "auto" and auto["ratio"] == 2.0 and auto["met"]
     page = "\n".join(_stream_table(rows, [fixed, auto]))
     assert "stream:w2" in page and "goal 1.5x: missed" in page and "goal 1.5x: met" in page
+
+
+def test_a_stream_cell_without_verdicts_is_refused_not_reported_as_a_success():
+    assert missing_stream_cells([], 2, (2, 3)) and missing_stream_cells([], 2, (2, 3))[0].check == "too_few_rounds"
+    assert "1 of 4" in missing_stream_cells([{}] * 3, 2, (2, 3))[0].why
+    assert missing_stream_cells([{}] * 4, 2, (2, 3)) == []
+    assert missing_stream_cells([], 2, ()) == []  # not asked for: nothing missing
 
 
 def test_no_stream_rows_without_the_stream_tree():

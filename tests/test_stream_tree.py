@@ -126,6 +126,33 @@ def test_fill_is_off_by_default(pair):
     assert stream_tree_generate(pair, prompt, 8, one_way_ms=10.0).fills == 0
 
 
+def test_a_root_position_past_the_clouds_tip_cannot_make_it_fill_on(pair):
+    """A peer names its root's context position; one far past what the cloud committed must not move
+    the cloud's idea of what the edge holds, or fill would run on for thousands of forwards."""
+    import time
+
+    from nodes.models.pipelined import CLOSE, DelayLink
+    from nodes.models.stream_tree import _Cloud
+    from nodes.protocol.stream_tree import NodesMsg
+    from nodes.speculative import SamplingParams
+
+    prompt = encode(pair, TEXTS[0])
+    up, down = DelayLink(0.0), DelayLink(0.0)
+    cloud = _Cloud(pair, prompt, SamplingParams(temperature=0.0), 0, up, down, Limits(max_verdict_tokens=8),
+                   Acceptance(), fill=True)
+    up.send(NodesMsg(root=(1, 5000, prompt[-1]), groups=()))  # waiting before the cloud's first look
+    cloud.start()
+    assert cloud.ready.wait(30)
+    deadline = time.monotonic() + 3.0
+    while cloud.fills < 8 and time.monotonic() < deadline:  # it fills what it may at once
+        time.sleep(0.01)
+    time.sleep(0.5)  # and would go on here if the made-up position counted
+    up.send(CLOSE)
+    cloud.join(30)
+    assert cloud.error is None
+    assert 1 <= cloud.fills <= 8  # at most max_verdict_tokens past what the edge is known to hold
+
+
 @pytest.mark.slow
 def test_sampled_tokens_with_fill_follow_the_target_distribution(tiny_pair):
     """Over a 1 ms link some positions are drawn directly by the idle cloud and others decided by

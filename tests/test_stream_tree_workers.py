@@ -6,6 +6,8 @@ import asyncio
 import msgpack
 import pytest
 
+from control.stream_choice import StreamChoice
+
 import nodes.edge_stream as edge_stream_module
 from nodes.config import StreamShape
 from nodes.edge_stream import StreamTreeRun
@@ -89,9 +91,17 @@ async def test_auto_at_zero_delay_never_tries_the_stream_tree(broker, pair, tmp_
         results = await _generate(client, prompts, "zero")
     assert all(res.ok for res in results)
     edge = read_log(tmp_path / "edge-1.jsonl")
-    assert [(e["mode"], e["reason"]) for e in edge if e["event"] == "stream_choice"] == [
-        ("chain", "untried"), ("chain", "bound"), ("chain", "bound")]
-    assert not any(e["event"] == "stream_done" for e in edge)
+    choices = [e for e in edge if e["event"] == "stream_choice"]
+    assert len(choices) == 3 and (choices[0]["mode"], choices[0]["reason"]) == ("chain", "untried")
+    # Loopback delay is ~0.1 ms quiet but can reach a few ms on a loaded machine, so the test asserts
+    # the rule on the numbers the edge logged: no stream trial unless the bound allowed one.
+    margin = StreamChoice().trial_margin
+    for e in choices[1:]:
+        if e["chain_ms_per_token"] - e["stream_floor_ms_per_token"] <= margin * e["chain_ms_per_token"]:
+            assert (e["mode"], e["reason"]) == ("chain", "bound"), e
+    if all(e["one_way_ms"] < 0.5 for e in choices):  # a quiet machine: the bound forbids every trial
+        assert [e["mode"] for e in choices] == ["chain"] * 3
+        assert not any(e["event"] == "stream_done" for e in edge)
 
 
 class FaultyRun(StreamTreeRun):

@@ -18,7 +18,8 @@ here a miss needs the target's token outside the draft's top-w at a node on the 
 boundary ends speculation: the edge keeps the cloud supplied for as long as the path stays in the
 tree. The output is the target's in both modes (every token is decided once, at its position, on a
 candidate set fixed by the draft alone; the sampling stream is keyed by position, so a sample
-depends on the seed only, not on the delay or timing).
+depends on the seed only, not on the delay or timing, while fill is off; with fill a position may be
+drawn directly or by rejection as timing has it, so samples differ by timing, their distribution not).
 
 Faults as in nodes/models/pipelined.py, on both directions: dropped and duplicated messages (and
 reordered verdicts). Every message is idempotent (nodes/protocol/stream_tree.py); a stall longer
@@ -223,7 +224,9 @@ class _Cloud(threading.Thread):
                 except StreamTreeError:
                     self.refused += 1
                     continue
-                ack = max(ack, m.root[1] + 1)
+                # what the edge holds, never past our own tip: an honest root is never ahead of it, and a
+                # made-up position must not let fill run on unbounded
+                ack = max(ack, min(m.root[1] + 1, len(tree.context)))
                 ping |= not m.groups
                 was_off = tree.tip is None
                 adm = tree.admit(m)

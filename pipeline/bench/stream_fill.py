@@ -21,6 +21,7 @@ from nodes.device import Pacer, load_device
 from nodes.models.loading import load_pair
 from nodes.models.stream_tree import stream_tree_generate
 from pipeline.bench.proactive import PROMPTS
+from pipeline.experiments.refusals import MAX_OVERRUN_SHARE
 
 ROWS: list[tuple[str, dict]] = [("w2", {}), ("w2 fill", {"fill": True}), ("w3", {"width": 3, "cumulative": 0.9}),
                                 ("w3 fill", {"width": 3, "cumulative": 0.9, "fill": True})]
@@ -32,12 +33,20 @@ def bench_stream_fill(delays_ms: tuple[float, ...] = (50.0, 0.0), max_new_tokens
     pair = load_pair()
     prompts = [list(pair.tokenizer.encode(t)) for t in PROMPTS]
     out: dict = {"edge_device": edge_device, "cloud_device": cloud_device, "max_new_tokens": max_new_tokens}
+    refused: list[str] = []
     for delay in delays_ms:
+        outputs: dict[str, list[list[int]]] = {}
         for name, kw in ROWS:
             rs = [stream_tree_generate(pair, p, max_new_tokens, delay, edge_pacer=Pacer(load_device(edge_device), i),
                                        cloud_pacer=Pacer(load_device(cloud_device), i), **kw)
                   for i, p in enumerate(prompts)]
             tok = sum(len(r.token_ids) for r in rs)
+            outputs[name] = [r.token_ids for r in rs]
+            forwards = sum(r.verify_forwards + r.draft_forwards for r in rs)
+            over = sum(r.draft_overruns + r.verify_overruns for r in rs)
+            if over > MAX_OVERRUN_SHARE * max(1, forwards):
+                refused.append(f"{int(delay)}ms {name}: {over} of {forwards} forwards outran the emulated devices "
+                               "(machine too loaded to emulate them)")
             out[f"{int(delay)}ms {name}"] = {
                 "ms_per_token": round(statistics.median(r.ms_per_token for r in rs), 2),
                 "runs": [round(r.ms_per_token, 2) for r in rs],
@@ -45,7 +54,10 @@ def bench_stream_fill(delays_ms: tuple[float, ...] = (50.0, 0.0), max_new_tokens
                 "filled_per_token": round(sum(r.fills for r in rs) / tok, 3),
                 "round_trips_per_token": round(sum(r.misses for r in rs) / tok, 3),
                 "cloud_wait_share": round(sum(r.cloud_wait_ms for r in rs) / sum(r.wall_s * 1e3 for r in rs), 3),
-                "overruns": sum(r.draft_overruns + r.verify_overruns for r in rs)}
+                "overruns": over}
+        if any(o != outputs[ROWS[0][0]] for o in outputs.values()):
+            refused.append(f"{int(delay)}ms: greedy outputs differ between rows (fill must not change the tokens)")
+    out["refused"] = refused
     return out
 
 
@@ -55,3 +67,6 @@ if __name__ == "__main__":
     if len(sys.argv) > 1:
         open(sys.argv[1], "w").write(text)
     print(text)
+    if res["refused"]:
+        print("stream fill bench refused: " + "; ".join(res["refused"]), file=sys.stderr)
+        sys.exit(3)

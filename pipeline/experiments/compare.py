@@ -31,7 +31,7 @@ from pipeline.analysis import calibrate_rounds, load_run
 from pipeline.analysis.hindsight import PROBE, best_fixed, best_threshold
 from pipeline.analysis.stats import delay_buckets, ratio_ci
 from pipeline.experiments.lab import Cell, Lab, LabConfig, config_dict, elapsed, lab_prompts, logged, save
-from pipeline.experiments.stream import run_streams, stream_checks, stream_rows
+from pipeline.experiments.stream import missing_stream_cells, run_streams, stream_checks, stream_rows
 from pipeline.experiments.trees import COMPARE_TREES, run_trees, tree_rows
 from pipeline.experiments.refusals import (
     Refusal, emulation_overruns, failed_requests, too_few_rounds, transport_overhead,
@@ -189,6 +189,7 @@ async def _compare(cfg: LabConfig, progress=None) -> dict:
                                else (pl.DataFrame(), []))
     refused += stream_refused
     srows = stream_rows(rounds, streams, lengths, emulation)
+    refused += missing_stream_cells(srows, len(delays), cfg.stream)
     return {"experiment": "compare", "config": config_dict(cfg), "emulation": emulation, "calibration": cal,
             "delays": list(delays), "policies": policies, "rows": rows, "checks": checks,
             "trees": list(shapes), "tree_rows": trows, "stream": list(cfg.stream), "stream_rows": srows,

@@ -89,6 +89,15 @@ def stream_frame(events: dict[str, list[dict]], widths: dict[str, int]) -> pl.Da
     return pl.DataFrame(rows, schema=schema)
 
 
+def missing_stream_cells(srows: list[dict], n_delays: int, widths) -> list[Refusal]:
+    """A refusal when the stream tree was asked for and some (delay, width) cell has no row: an empty
+    or partial comparison must not read as a success."""
+    want = n_delays * len(widths)
+    if not widths or len(srows) >= want:
+        return []
+    return [Refusal("too_few_rounds", f"stream tree: {want - len(srows)} of {want} (delay, width) cells have no verdicts")]
+
+
 def stream_rows(chains: pl.DataFrame, streams: pl.DataFrame, lengths, emulation: dict | None) -> list[dict]:
     """Per delay and width: ms/token with its interval, misses per token, and against the best fixed
     chain in hindsight and `auto` (ratios and paired gaps) and the modelled cloud streaming."""
