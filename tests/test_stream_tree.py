@@ -165,7 +165,23 @@ def test_sampled_tokens_with_fill_follow_the_target_distribution(tiny_pair):
 
 
 @pytest.mark.slow
-def test_with_fill_acceptance_without_the_residual_still_fails_the_same_test(tiny_pair):
-    stat, df = chi2(empirical_joint3(tiny_pair, NoResidual(), fill=True, one_way_ms=1.0),
+def test_with_fill_a_fill_that_takes_the_argmax_fails_the_same_test(tiny_pair, monkeypatch):
+    """The negative control of the test above: over a 1 ms link the idle cloud fills most positions
+    (97 % here, quiet or loaded), so the control that has power at any load is a wrong fill draw."""
+    import nodes.models.stream_tree as st
+
+    def argmax_fill(self, tree, kv, logits):
+        key = tree.tip if tree.tip is not None else st.OFF
+        x = int(torch.argmax(logits[key]))
+        tree.fill(x)
+        self.fills += 1
+        kv.reroot([key], [])
+        logits.clear()
+        logits[st.OFF] = self._feed(kv, [st.OFF], [x], [-1], [tree.tip_pos], [[]])[0]
+
+    monkeypatch.setattr(st._Cloud, "_fill", argmax_fill)
+    stats: dict = {}
+    stat, df = chi2(empirical_joint3(tiny_pair, Acceptance(), fill=True, one_way_ms=1.0, stats=stats),
                     exact_joint3(tiny_pair.target))
+    assert stats["fills"] > SAMPLES // 10, stats
     assert stat > chi2_critical(df), f"negative control passed: chi2={stat:.1f} df={df}"
