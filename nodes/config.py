@@ -12,6 +12,7 @@ from control.trees import Tree
 from nodes.protocol.admission import EdgeLimits
 from nodes.protocol.liveness import HEARTBEAT_S, WINDOW_S
 from nodes.protocol.request import RoundRules
+from nodes.protocol.stream_tree import Limits as StreamLimits
 from nodes.protocol.tree_shape import parse_tree
 from nodes.protocol.verifier_table import TableConfig
 
@@ -101,8 +102,9 @@ class StreamShape:
     auto: bool = False  # per request, the stream tree or rounds by the cost rule (control/stream_choice.py)
 
     def __post_init__(self) -> None:
-        if not 1 <= self.width <= 4 or self.batch < 1 or self.flush_ms < 0 or not 0 < self.cumulative:
-            raise ValueError(f"stream tree: need width 1..4, batch >= 1, flush_ms >= 0, cumulative > 0: {self}")
+        top = StreamLimits().max_width
+        if not 1 <= self.width <= top or self.batch < 1 or self.flush_ms < 0 or not 0 < self.cumulative:
+            raise ValueError(f"stream tree: need width 1..{top}, batch >= 1, flush_ms >= 0, cumulative > 0: {self}")
 
 
 @dataclass(frozen=True, kw_only=True)

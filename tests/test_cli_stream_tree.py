@@ -27,8 +27,8 @@ def test_plain_stream_tree_is_accepted():
 @pytest.mark.parametrize("kw,words", [
     ({"tree": "3x2"}, "drop --tree and --ahead"),
     ({"ahead": 3}, "drop --tree and --ahead"),
-    ({"stream_width": 5}, "must be 1..4"),
-    ({"stream_width": 0}, "must be 1..4"),
+    ({"stream_width": 9}, "must be 1..8"),
+    ({"stream_width": 0}, "must be 1..8"),
     ({"stream_tree": False, "stream_width": 3}, "add --stream-tree"),
     ({"stream_batch": 0}, "--stream-batch must be 1..256"),
     ({"stream_batch": 257}, "--stream-batch must be 1..256"),
@@ -47,8 +47,8 @@ def test_the_batch_reaches_the_edges_stream_shape():
 
 
 @pytest.mark.parametrize("argv,words", [
-    (["--stream", "3,5"], "stream width must be 1..4"),
-    (["--stream-auto", "5"], "stream width must be 1..4"),
+    (["--stream", "3,9"], "stream width must be 1..8"),
+    (["--stream-auto", "9"], "stream width must be 1..8"),
     (["--stream-batch", "32"], "add --stream or --stream-auto"),
     (["--stream", "3", "--stream-batch", "0"], "--stream-batch must be 1..256"),
 ])

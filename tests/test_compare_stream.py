@@ -84,8 +84,8 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize("which, value, fragment", [
-    ("compare", "0", "must list stream-tree widths in 1..4"),
-    ("compare", "2,9", "must list stream-tree widths in 1..4"),
+    ("compare", "0", "must list stream-tree widths in 1..8"),
+    ("compare", "2,9", "must list stream-tree widths in 1..8"),
     ("compare", "two", "is not a comma-separated list of widths"),
     ("drift", "2", "only `experiment compare` runs the stream tree"),
 ])

@@ -74,8 +74,8 @@ def _raw(**changes) -> bytes:
 
 @pytest.mark.parametrize("changes,words", [
     ({"groups": [[1, [2, 10]]] * (LIMITS.max_groups_per_msg + 1)}, "at most 256 groups"),
-    ({"groups": [[1, [2, 10, 3, 11, 4, 12, 5, 13, 6, 14]]]}, "children, not 1..4"),
-    ({"groups": [[1, []]]}, "children, not 1..4"),
+    ({"groups": [[1, [x for c in range(2, 2 + LIMITS.max_width + 1) for x in (c, 8 + c)]]]}, "children, not 1..8"),
+    ({"groups": [[1, []]]}, "children, not 1..8"),
     ({"groups": [[1, [2, 10, 3, 10]]]}, "repeated child tokens"),
     ({"groups": [[5, [4, 10]]]}, "not above its parent"),
     ({"groups": [[1, [2, VOCAB]]]}, "outside 0..257"),

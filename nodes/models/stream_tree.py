@@ -238,23 +238,38 @@ class _Cloud(threading.Thread):
                 self.followed += adm.followed
                 new += adm.new
             new = [v for v in new if v in tree.nodes and v != tree.tip]  # a later walk may have passed them
-            grew = False
+            for v in new:
+                pos_of[v] = pos_of[tree.nodes[v].parent] + 1
+            # Judge first with what is already fed (the tip's logits came with an earlier forward), then
+            # feed what is still live: a verdict never waits for a forward it does not need, and the
+            # siblings of a committed child are pruned before they cost the device anything.
+            sent = self._walk_and_send(tree, kv, logits, ack)
+            new = [v for v in new if v in tree.nodes and v not in logits]  # the tip too, if the walk reached it
             if new:
                 idx = {v: j for j, v in enumerate(new)}
                 par = [tree.nodes[v].parent for v in new]
-                for v, p in zip(new, par):
-                    pos_of[v] = pos_of[p] + 1
-                anc = [self._cached_ancestors(tree, p, idx) for p in par]
-                out = self._feed(kv, new, [tree.nodes[v].token for v in new], [idx.get(p, -1) for p in par],
+                anc = [[] if v == tree.tip else self._cached_ancestors(tree, p, idx) for v, p in zip(new, par)]
+                out = self._feed(kv, new, [tree.nodes[v].token for v in new],
+                                 [-1 if v == tree.tip else idx.get(p, -1) for v, p in zip(new, par)],
                                  [pos_of[v] for v in new], anc)
                 for j, v in enumerate(new):
                     logits[v] = out[j]
                 self.verified += len(new)
-                grew = self._walk(tree, kv, logits)
-                for v in [v for v in pos_of if v not in tree.nodes]:
-                    del pos_of[v]
-            if grew or ping:
+                sent |= self._walk_and_send(tree, kv, logits, ack)
+            for v in [v for v in pos_of if v not in tree.nodes]:
+                del pos_of[v]
+            if ping and not sent:
                 self.down.send(tree.verdict(ack))
+
+    def _walk_and_send(self, tree: CloudTree, kv: _TreeKV, logits: dict[int, torch.Tensor], ack: int) -> bool:
+        """Walk; send the verdict if anything was committed, and only then, after a miss, feed the
+        target's token (the edge restarts from it one way later: the forward runs meanwhile)."""
+        if not self._walk(tree, kv, logits):
+            return False
+        self.down.send(tree.verdict(ack))
+        if tree.tip is None:
+            logits[OFF] = self._feed(kv, [OFF], [tree.context[-1]], [-1], [tree.tip_pos], [[]])[0]
+        return True
 
     def _fill(self, tree: CloudTree, kv: _TreeKV, logits: dict[int, torch.Tensor]) -> None:
         """Commit the target's own token at the idle tip (greedy: the argmax; sampling: a draw from the
@@ -277,6 +292,8 @@ class _Cloud(threading.Thread):
         """Ancestors of a new node that were fed before this block: from the first one outside the
         block up to the tip (the tip's own row is a tree row until the tip moves)."""
         while p in in_block:
+            if p == tree.tip:  # the tip itself is in this block (fed with the prefix only)
+                return []
             p = tree.nodes[p].parent
         out = []
         while True:
@@ -313,7 +330,7 @@ class _Cloud(threading.Thread):
         """Decide at the tip while it has children; True when anything was committed."""
         committed: list[int] = []
         grew = False
-        while tree.tip is not None and (kids := tree.children(tree.tip)) is not None:
+        while tree.tip is not None and tree.tip in logits and (kids := tree.children(tree.tip)) is not None:
             tip, lg = tree.tip, logits[tree.tip]
             cand = [tree.nodes[c].token for c in kids]
             if self.params.greedy:
@@ -330,8 +347,7 @@ class _Cloud(threading.Thread):
                 tree.miss(x)
                 self.misses += 1
                 kv.reroot(committed, [])
-                logits.clear()
-                logits[OFF] = self._feed(kv, [OFF], [x], [-1], [tree.tip_pos], [[]])[0]
+                logits.clear()  # the caller feeds the target's token once the verdict is out
                 return True
             tree.advance(kids[i])
         if committed:

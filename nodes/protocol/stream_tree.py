@@ -36,7 +36,7 @@ class Limits:
     """Bounds on what a peer can make either side hold."""
 
     max_nodes: int = 256  # live tree nodes, the root included
-    max_width: int = 4  # children per node
+    max_width: int = 8  # children per node (a miss needs the target's token outside them)
     max_groups_per_msg: int = 256
     max_verdict_tokens: int = 512
 

@@ -89,9 +89,12 @@ def check_stream_rows(a: argparse.Namespace) -> None:
     fail only when its row's edge starts, after the rows before it)."""
     from pipeline.cli.workers import MAX_STREAM_BATCH
 
+    from nodes.protocol.stream_tree import Limits
+
+    top = Limits().max_width
     for w in (*a.stream, *a.stream_auto):
-        if not 1 <= w <= 4:
-            raise PipelineError(f"bench trees: stream width must be 1..4 (children per node), got {w}")
+        if not 1 <= w <= top:
+            raise PipelineError(f"bench trees: stream width must be 1..{top} (children per node), got {w}")
     if a.stream_batch is not None:
         if not (a.stream or a.stream_auto):
             raise PipelineError("bench trees: --stream-batch is the stream rows' batch: add --stream or --stream-auto")

@@ -15,6 +15,7 @@ from nodes.config import MAX_LEARNERS, MAX_LENGTH, StreamShape
 from nodes.link import parse_channel
 from nodes.models.loading import BUNDLED_PROFILE
 from nodes.protocol.admission import EdgeLimits
+from nodes.protocol.stream_tree import Limits as StreamTreeLimits
 from nodes.protocol.tree_shape import parse_tree
 from nodes.protocol.verifier_table import TableConfig
 from pipeline.cli import preflight
@@ -39,7 +40,7 @@ def stream_tree_args(p) -> None:
                         "(the continuous speculation tree, docs/stream-tree.md; wire schema v4); 'auto': per "
                         "request, the stream tree or rounds, whichever this edge's measurements model cheaper")
     p.add_argument("--stream-width", type=int, default=STREAM_WIDTH,
-                   help="--stream-tree: the draft's top tokens a node gets as children (1..4)")
+                   help=f"--stream-tree: the draft's top tokens a node gets as children (1..{StreamTreeLimits().max_width})")
     p.add_argument("--stream-batch", type=int, default=STREAM_BATCH,
                    help=f"--stream-tree: frontier nodes expanded per draft forward (1..{MAX_STREAM_BATCH}; an "
                         "emulated edge device charges one drafting step per forward, whatever the count)")
@@ -135,8 +136,9 @@ def check_stream_tree(a: argparse.Namespace) -> None:
         return
     if a.ahead > 1 or a.tree not in (None, "off"):
         raise PipelineError("--stream-tree streams one tree instead of rounds: drop --tree and --ahead")
-    if not 1 <= a.stream_width <= 4:
-        raise PipelineError(f"--stream-width must be 1..4 (children per node), got {a.stream_width}")
+    top = StreamTreeLimits().max_width
+    if not 1 <= a.stream_width <= top:
+        raise PipelineError(f"--stream-width must be 1..{top} (children per node), got {a.stream_width}")
     batch = getattr(a, "stream_batch", STREAM_BATCH)
     if not 1 <= batch <= MAX_STREAM_BATCH:
         raise PipelineError(f"--stream-batch must be 1..{MAX_STREAM_BATCH} (nodes per draft forward), got {batch}")
