@@ -185,3 +185,37 @@ def test_with_fill_a_fill_that_takes_the_argmax_fails_the_same_test(tiny_pair, m
                     exact_joint3(tiny_pair.target))
     assert stats["fills"] > SAMPLES // 10, stats
     assert stat > chi2_critical(df), f"negative control passed: chi2={stat:.1f} df={df}"
+
+
+def test_a_verdict_never_waits_for_a_forward_it_does_not_need(pair):
+    """The cloud judges with the logits it already has before feeding what just arrived, and sends a
+    miss before feeding the target's token: on a device whose forwards take 0.8 s, each verdict is out
+    while the forward after it is still running (before, each waited for it: a miss cost a whole
+    extra target forward on the critical path)."""
+    from nodes.device import DeviceProfile, Pacer
+    from nodes.models.pipelined import CLOSE, DelayLink
+    from nodes.models.stream_tree import _Cloud
+    from nodes.protocol.stream_tree import NodesMsg
+    from nodes.speculative import SamplingParams
+
+    prompt = encode(pair, TEXTS[0])
+    want = target_only(pair, prompt, 2)
+    wrong = next(t for t in range(pair.vocab_size) if t != want[1])
+    up, down = DelayLink(0.0), DelayLink(0.0)
+    slow = Pacer(DeviceProfile("slow", verify_ms_fixed=800.0))
+    cloud = _Cloud(pair, prompt, SamplingParams(temperature=0.0), 0, up, down, Limits(), Acceptance(), slow)
+    cloud.start()
+    try:
+        assert cloud.ready.wait(30)
+        root = (0, len(prompt) - 1, prompt[-1])
+        up.send(NodesMsg(root, ((0, ((1, want[0]),)),)))  # the root's logits came with the prefill
+        first = down.recv(30)
+        assert first.tokens[-1:] == (want[0],) and cloud.forwards == 1  # node 1's forward still running
+        up.send(NodesMsg(root, ((1, ((2, wrong),)),)))  # judged once node 1 is fed: a miss
+        second = down.recv(30)
+        assert second.tokens[-1] == want[1] and cloud.misses == 1
+        assert cloud.forwards == 2  # the miss token's forward comes after its verdict
+    finally:
+        up.send(CLOSE)
+        cloud.join(30)
+    assert cloud.error is None and cloud.forwards == 3
