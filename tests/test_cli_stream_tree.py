@@ -7,7 +7,7 @@ import argparse
 import pytest
 
 from nodes.config import StreamShape
-from pipeline.bench.trees_live import _edge_flags, row_specs
+from pipeline.bench.trees_live import _edge_flags, _node_flags, row_specs
 from pipeline.cli import build_parser
 from pipeline.cli.bench import check_stream_rows
 from pipeline.cli.workers import check_stream_tree
@@ -49,7 +49,8 @@ def test_the_batch_reaches_the_edges_stream_shape():
 @pytest.mark.parametrize("argv,words", [
     (["--stream", "3,9"], "stream width must be 1..8"),
     (["--stream-auto", "9"], "stream width must be 1..8"),
-    (["--stream-batch", "32"], "add --stream or --stream-auto"),
+    (["--stream-fill", "9"], "stream width must be 1..8"),
+    (["--stream-batch", "32"], "add --stream, --stream-auto or --stream-fill"),
     (["--stream", "3", "--stream-batch", "0"], "--stream-batch must be 1..256"),
 ])
 def test_bench_trees_refuses_stream_rows_that_cannot_run_before_any_row(argv, words):
@@ -66,3 +67,12 @@ def test_a_bench_stream_row_with_a_batch_asks_the_edge_for_it():
     assert _edge_flags("stream:3:b32", 1) == ["--stream-tree", "on", "--stream-width", "3", "--stream-batch=32"]
     assert _edge_flags("stream:4:b32:auto", 1)[:2] == ["--stream-tree", "auto"]
     assert _edge_flags("stream:2", 1) == ["--stream-tree", "on", "--stream-width", "2"]  # no batch: the default
+
+
+def test_a_bench_fill_row_asks_the_cloud_to_fill_and_the_edge_for_the_same_stream_tree():
+    rows = row_specs(trees=False, stream=(3,), stream_fill=(3,))
+    assert [(label, tree) for label, _, tree, _ in rows][-2:] == [("stream tree w3", "stream:3"),
+                                                                   ("stream tree w3 fill", "stream:3:fill")]
+    assert _node_flags("stream:3:fill", 1) == {"edge": ["--stream-tree", "on", "--stream-width", "3"],
+                                               "cloud": ["--stream-fill"]}
+    assert "cloud" not in _node_flags("stream:3", 1)  # speculation rows: the cloud's default, no fill

@@ -38,6 +38,17 @@ def test_the_stream_tree_is_measured_against_the_best_fixed_chain_in_hindsight_a
     assert by_ref["chain_auto"]["ratio"] == 1.778 and by_ref["chain_auto"]["met"]
 
 
+def test_a_fill_row_is_checked_apart_and_never_counted_as_the_best_speculation():
+    rows = [*ROWS_50, _row("stream tree w3 fill", "auto", "stream:3:fill", 64.0, filled_per_token=1.0)]
+    out = stream_summary(rows, 50.0, EMULATED)
+    assert out["best_stream_tree"] == "stream tree w2"  # faster, but the cloud generating on its own
+    assert out["best_stream_tree_fill"] == "stream tree w3 fill"
+    by_ref = {c["reference"]: c for c in out["stream_fill_checks"]}
+    assert by_ref["chain_auto"]["ratio"] == 2.5 and by_ref["best_fixed_chain"]["reference_row"] == "chain fixed:2"
+    assert out["best_stream_tree_fill_filled_per_token"] == 1.0
+    assert out["best_stream_tree_fill_vs_cloud_streaming"] == round(64.0 / 63.0, 3)
+
+
 def test_a_stream_tree_short_of_the_goal_is_reported_as_missed_not_dropped():
     rows = [_row("chain fixed:2", "fixed:2", "off", 120.0), _row("stream tree w2", "auto", "stream:2", 100.0)]
     (check,) = stream_summary(rows, 50.0, EMULATED)["stream_checks"]

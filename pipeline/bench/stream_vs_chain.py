@@ -45,24 +45,37 @@ def stream_summary(rows: list[dict], delay_ms: float, emulation: dict | None) ->
     """The stream-tree rows against the best fixed chain in hindsight and chain auto, and the
     cloud streaming (modelled on the emulated cloud; None without one); the checks against the goal."""
     ms = {r["row"]: r["ms_per_token_median"] for r in rows}
-    is_stream = [r["row"] for r in rows if r["tree"].startswith("stream:") and not r["tree"].endswith(":auto")]
+    streams = [r for r in rows if r["tree"].startswith("stream:") and not r["tree"].endswith(":auto")]
+    is_stream = [r["row"] for r in streams if not r["tree"].endswith(":fill")]
+    is_fill = [r["row"] for r in streams if r["tree"].endswith(":fill")]
     fixed = [r["row"] for r in rows if r["tree"] == "off" and r["ahead"] == 1 and r["policy"].startswith("fixed:")]
-    if not is_stream or not fixed:
+    if not streams or not fixed:
         return {}
-    best_stream, best_fixed = min(is_stream, key=ms.get), min(fixed, key=ms.get)
+    best_fixed = min(fixed, key=ms.get)
     goal = GOAL_AT_DELAY if delay_ms > 0 else GOAL_AT_ZERO
     refs = {"best_fixed_chain": best_fixed, **({"chain_auto": "chain auto"} if "chain auto" in ms else {})}
-    checks = []
-    for name, ref in refs.items():
-        ratio = round(ms[ref] / ms[best_stream], 3)
-        checks.append({"check": f"{ref} / {best_stream} >= {goal:g}", "reference": name, "reference_row": ref,
-                       "ratio": ratio, "goal": goal, "met": ratio >= goal})
+
+    def checks(row: str) -> list[dict]:
+        return [{"check": f"{ref} / {row} >= {goal:g}", "reference": name, "reference_row": ref,
+                 "ratio": round(ms[ref] / ms[row], 3), "goal": goal, "met": ms[ref] / ms[row] >= goal}
+                for name, ref in refs.items()]
+
     streaming = cloud_streaming_ms(emulation)
-    out = {"best_stream_tree": best_stream, "best_fixed_chain": best_fixed, "stream_checks": checks,
-           "cloud_streaming_ms_per_token_modelled": streaming}
+    out: dict = {"best_fixed_chain": best_fixed, "cloud_streaming_ms_per_token_modelled": streaming}
     if streaming is not None:
-        out |= {"best_stream_tree_vs_cloud_streaming": round(ms[best_stream] / streaming, 3),
-                "best_fixed_chain_vs_cloud_streaming": round(ms[best_fixed] / streaming, 3)}
+        out["best_fixed_chain_vs_cloud_streaming"] = round(ms[best_fixed] / streaming, 3)
+    if is_stream:  # speculation: the edge's tree verified as it grows
+        best_stream = min(is_stream, key=ms.get)
+        out |= {"best_stream_tree": best_stream, "stream_checks": checks(best_stream)}
+        if streaming is not None:
+            out["best_stream_tree_vs_cloud_streaming"] = round(ms[best_stream] / streaming, 3)
+    if is_fill:  # the cloud also decides positions itself while idle: apart, since it is not speculation
+        best_fill = min(is_fill, key=ms.get)
+        row = next(r for r in rows if r["row"] == best_fill)
+        out |= {"best_stream_tree_fill": best_fill, "stream_fill_checks": checks(best_fill),
+                "best_stream_tree_fill_filled_per_token": row.get("filled_per_token")}
+        if streaming is not None:
+            out["best_stream_tree_fill_vs_cloud_streaming"] = round(ms[best_fill] / streaming, 3)
     return out
 
 

@@ -129,14 +129,16 @@ def _shapes(rounds: list[dict]) -> dict[str, int]:
 def row_specs(ahead: tuple[int, ...] = (), ahead_lengths: tuple[int, ...] = (2, 4),
               trees: bool = True, ahead_trees: tuple[str, ...] = (),
               stream: tuple[int, ...] = (), stream_auto: tuple[int, ...] = (),
-              chain_lengths: tuple[int, ...] = (), stream_batch: int | None = None) -> list[tuple[str, str, str, int]]:
+              chain_lengths: tuple[int, ...] = (), stream_batch: int | None = None,
+              stream_fill: tuple[int, ...] = ()) -> list[tuple[str, str, str, int]]:
     """(label, --policy, --tree, --ahead) per row: ROWS (chains only without `trees`), then a chain of
     each length and a tree of each shape in `ahead_trees` with each number of rounds in flight, then
     the stream tree of each width in `stream` (--tree "stream:W": `edge --stream-tree --stream-width W`)
     and in `stream_auto` ("stream:W:auto": `edge --stream-tree auto`, the stream tree or rounds per
     request by the cost rule on the edge's own measurements). `chain_lengths`: a chain row per fixed length
     (beside ROWS' fixed:8). `stream_batch`: nodes per draft forward on every stream row ("stream:W:bN",
-    labelled "bN"; None: the edge's default)."""
+    labelled "bN"; None: the edge's default). `stream_fill`: the stream tree of each width with the cloud
+    filling its idle time ("stream:W:fill": `cloud --stream-fill`), reported apart from speculation."""
     rows = [(label, policy, tree, 1) for label, policy, tree in ROWS if trees or tree == "off"]
     have = {policy for _, policy, tree, _ in rows if tree == "off"}
     rows[:0] = [(f"chain fixed:{n}", f"fixed:{n}", "off", 1) for n in chain_lengths if f"fixed:{n}" not in have]
@@ -146,11 +148,31 @@ def row_specs(ahead: tuple[int, ...] = (), ahead_lengths: tuple[int, ...] = (2, 
     lb = "" if stream_batch is None else f" b{stream_batch}"
     rows += [(f"stream tree w{w}{lb}", "auto", f"stream:{w}{b}", 1) for w in stream]
     rows += [(f"stream tree auto w{w}{lb}", "auto", f"stream:{w}{b}:auto", 1) for w in stream_auto]
+    rows += [(f"stream tree w{w}{lb} fill", "auto", f"stream:{w}{b}:fill", 1) for w in stream_fill]
     return rows
 
 
 def _is_stream(tree: str) -> bool:
     return tree.startswith("stream:")
+
+
+def is_fill(tree: str) -> bool:
+    """A stream row whose cloud fills its idle time (the cloud generating on its own, not speculation)."""
+    return _is_stream(tree) and tree.endswith(":fill")
+
+
+def _node_flags(tree: str, ahead: int) -> dict[str, list[str]]:
+    return {"edge": _edge_flags(tree, ahead), **({"cloud": ["--stream-fill"]} if is_fill(tree) else {})}
+
+
+def _fill_fields(run_dir: Path, tree: str) -> dict:
+    """A fill row's cloud work per token: target forwards and tokens it decided on its own (session_end)."""
+    if not is_fill(tree):
+        return {}
+    ends = [e for e in _rounds(run_dir, "session_end", "cloud-1") if e.get("stream_tree")]
+    tokens = sum(d["tokens"] for d in _rounds(run_dir, "stream_done"))
+    return {"filled_per_token": round(sum(e.get("fills", 0) for e in ends) / max(1, tokens), 3),
+            "target_forwards_per_token": round(sum(e.get("verify_forwards", 0) for e in ends) / max(1, tokens), 3)}
 
 
 def _edge_flags(tree: str, ahead: int) -> list[str]:
@@ -171,17 +193,17 @@ def bench_trees_live(delay_ms: float = 50.0, requests: int = 6, max_new_tokens: 
                      ahead_trees: tuple[str, ...] = (), stream: tuple[int, ...] = (),
                      stream_auto: tuple[int, ...] = (), edge_device: str | None = None,
                      cloud_device: str | None = None, chain_lengths: tuple[int, ...] = (),
-                     stream_batch: int | None = None) -> dict:
+                     stream_batch: int | None = None, stream_fill: tuple[int, ...] = ()) -> dict:
     prompts = workload_prompts(requests, seed=3)
-    specs = row_specs(ahead, ahead_lengths, trees, ahead_trees, stream, stream_auto, chain_lengths, stream_batch)
+    specs = row_specs(ahead, ahead_lengths, trees, ahead_trees, stream, stream_auto, chain_lengths, stream_batch,
+                      stream_fill)
     runs: dict[str, list[dict]] = {label: [] for label, *_ in specs}
     outputs = []
     for _ in range(repeats):
         for label, policy, tree, r in specs:
             run_dir = new_run_dir(run_root)
-            flags = _edge_flags(tree, r)
             cfg = RunConfig(channel=f"const:{delay_ms:g}", policy=policy, local_policy=True, draft=draft,
-                            target=target, run_root=run_root, node_flags={"edge": flags},
+                            target=target, run_root=run_root, node_flags=_node_flags(tree, r),
                             edge_device=edge_device, cloud_device=cloud_device)
             emulation = devices_of(cfg)
             with local_cluster(run_dir, cfg) as url:
@@ -191,7 +213,8 @@ def bench_trees_live(delay_ms: float = 50.0, requests: int = 6, max_new_tokens: 
                                     _rounds(run_dir))
                         if _is_stream(tree) else _row(_rounds(run_dir)))
             runs[label].append({"row": label, "policy": policy, "tree": tree, "ahead": r, "run_dir": str(run_dir),
-                                **measured, **_emulation_fields(run_dir, _is_stream(tree), emulation),
+                                **measured, **_fill_fields(run_dir, tree),
+                                **_emulation_fields(run_dir, _is_stream(tree), emulation),
                                 "wall_ms_per_token_median": round(statistics.median(walls), 2)})
     rows = []
     for label, *_ in specs:
@@ -203,7 +226,8 @@ def bench_trees_live(delay_ms: float = 50.0, requests: int = 6, max_new_tokens: 
     out = {"delay_ms": delay_ms, "requests": requests, "max_new_tokens": max_new_tokens, "repeats": repeats,
            "emulation": emulation, "rows": rows, "same_output": same, "best_chain": best_chain["row"]}
     kinds = {"tree": lambda r: r["tree"] != "off" and not _is_stream(r["tree"]) and r["ahead"] == 1,
-             "stream_tree": lambda r: _is_stream(r["tree"]) and not r["tree"].endswith(":auto"),
+             "stream_tree": lambda r: _is_stream(r["tree"]) and not r["tree"].endswith((":auto", ":fill")),
+             "stream_tree_fill": lambda r: is_fill(r["tree"]),
              "stream_tree_auto": lambda r: r["tree"].endswith(":auto"),
              "chain_ahead": lambda r: r["tree"] == "off" and r["ahead"] > 1,
              "tree_ahead": lambda r: r["tree"] != "off" and r["ahead"] > 1}

@@ -92,12 +92,13 @@ def check_stream_rows(a: argparse.Namespace) -> None:
     from nodes.protocol.stream_tree import Limits
 
     top = Limits().max_width
-    for w in (*a.stream, *a.stream_auto):
+    for w in (*a.stream, *a.stream_auto, *a.stream_fill):
         if not 1 <= w <= top:
             raise PipelineError(f"bench trees: stream width must be 1..{top} (children per node), got {w}")
     if a.stream_batch is not None:
-        if not (a.stream or a.stream_auto):
-            raise PipelineError("bench trees: --stream-batch is the stream rows' batch: add --stream or --stream-auto")
+        if not (a.stream or a.stream_auto or a.stream_fill):
+            raise PipelineError("bench trees: --stream-batch is the stream rows' batch: add --stream, --stream-auto "
+                                "or --stream-fill")
         if not 1 <= a.stream_batch <= MAX_STREAM_BATCH:
             raise PipelineError(f"bench trees: --stream-batch must be 1..{MAX_STREAM_BATCH}, got {a.stream_batch}")
 
@@ -115,7 +116,7 @@ def cmd_bench_trees(a: argparse.Namespace) -> None:
         res = bench_trees_live(a.delay_ms, a.requests, a.max_new_tokens, a.run_root, a.draft, a.target,
                                tuple(a.ahead), tuple(a.ahead_lengths), not a.no_trees, a.live_repeats,
                                tuple(a.ahead_trees), tuple(a.stream), tuple(a.stream_auto), edge, cloud,
-                               tuple(a.chain_lengths), a.stream_batch)
+                               tuple(a.chain_lengths), a.stream_batch, tuple(a.stream_fill))
         print(json.dumps(res) if a.json else json.dumps(res, indent=2))
         if res.get("refused"):  # the numbers are printed, but they are not a result
             print("specstop: bench trees --live: refused: " + "; ".join(f"{r['check']}: {r['why']}"
@@ -274,6 +275,9 @@ def register(sub) -> None:
                    help="--live: also the stream tree (edge --stream-tree) of each width, interleaved with the rows")
     p.add_argument("--stream-auto", type=node_counts, default=(), metavar="W,W,...",
                    help="--live: also `edge --stream-tree auto` of each width (the stream tree or rounds per request)")
+    p.add_argument("--stream-fill", type=node_counts, default=(), metavar="W,W,...",
+                   help="--live: also the stream tree of each width with `cloud --stream-fill` (the cloud decides "
+                        "positions itself while idle; reported apart from speculation)")
     p.add_argument("--stream-batch", type=int, default=None, metavar="N",
                    help="--live: frontier nodes expanded per draft forward on every stream row (edge --stream-batch)")
     p.add_argument("--live-repeats", type=positive_int, default=1,
