@@ -115,3 +115,14 @@ def test_a_device_without_the_half_it_emulates_is_refused_before_any_run():
 def test_a_chain_length_below_one_is_refused():
     r = _cli("--live", "--chain-lengths", "2,0")
     assert r.returncode == 2 and "--chain-lengths" in r.stderr
+
+
+def test_a_stream_row_without_verdicts_or_rounds_is_refused_in_one_line():
+    import pytest
+
+    from pipeline.bench.trees_live import _stream_row
+    from pipeline.errors import PipelineError
+
+    with pytest.raises(PipelineError, match="logged no verdict and no round") as exc:
+        _stream_row([], [], [])
+    assert "\n" not in str(exc.value)

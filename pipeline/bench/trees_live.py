@@ -29,6 +29,7 @@ from pathlib import Path
 
 from pipeline.bench.stream_vs_chain import (chain_overruns, refusals, stream_overrun_share,
                                              stream_summary)
+from pipeline.errors import PipelineError
 from pipeline.orchestration.local import RunConfig, devices_of, local_cluster
 from pipeline.orchestration.run_dirs import new_run_dir
 from pipeline.orchestration.workload import workload_prompts
@@ -91,6 +92,9 @@ def _stream_row(verdicts: list[dict], done: list[dict], rounds: list[dict] = ())
     for r in rounds:
         by_req.setdefault(r["request_id"], []).append((r["round_ms"], r["tokens"]))
     per_req = [sum(ms for ms, _ in xs) / max(1, sum(n for _, n in xs)) for xs in by_req.values()]
+    if not per_req:  # nothing was measured: a row without a time is not a result
+        raise PipelineError("bench trees: a stream row logged no verdict and no round (see its run directory's "
+                            "edge-1.jsonl)")
     tokens = sum(d["tokens"] for d in done)
     return {"ms_per_token_median": round(statistics.median(per_req), 2),
             "ms_per_token_per_request": [round(x, 2) for x in per_req],
