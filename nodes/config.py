@@ -100,6 +100,8 @@ class StreamShape:
     lead_penalty: float = 2.0
     resend_after_s: float | None = None  # None: max(1 s, 20 x the one-way delay)
     auto: bool = False  # per request, the stream tree or rounds by the cost rule (control/stream_choice.py)
+    width_auto: bool = False  # per request, the width learned from this edge's requests (control/stream_width.py),
+    # starting at `width`
 
     def __post_init__(self) -> None:
         top = StreamLimits().max_width

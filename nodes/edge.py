@@ -35,6 +35,7 @@ from nats.js.errors import KeyDeletedError, KeyNotFoundError
 
 from control import ControlError, RoundContext
 from control.stream_choice import StreamChoice
+from control.stream_width import WidthChoice
 from control.trees import Tree
 from nodes.detokenize import IncrementalDetokenizer
 from nodes.device import DeviceProfile, Pacer
@@ -138,7 +139,9 @@ class EdgeWorker(WorkerBase):
         self.heartbeat = Heartbeat(nc, log, limits, "edge", config.edge_id, "verifier", self.verifiers,
                                    self._alive_status, self._on_tick, self.send_now, config.heartbeat_s)
         self.holders: HolderWatch[asyncio.Future] = HolderWatch()  # rounds waiting, by who holds them
-        self.stream_choice = StreamChoice() if config.stream_tree is not None and config.stream_tree.auto else None
+        shape = config.stream_tree
+        self.stream_choice = StreamChoice() if shape is not None and shape.auto else None
+        self.width_choice = WidthChoice(start=shape.width) if shape is not None and shape.width_auto else None
 
     # --- lifecycle -----------------------------------------------------------------
     async def start(self) -> None:

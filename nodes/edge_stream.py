@@ -23,12 +23,14 @@ import asyncio
 import queue
 import threading
 import time
+from dataclasses import replace
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, Callable
 
 from nats.aio.msg import Msg
 
 from control.stream_choice import CHAIN, STREAM, Decision
+from control.stream_width import WidthChoice
 from nodes.config import StreamShape
 from nodes.models.stream_tree import StreamTreeResult, _edge_loop, _TreeKV
 from nodes.protocol.stream_tree import Limits, NodesMsg
@@ -103,9 +105,9 @@ class StreamTreeRun:
         self.pending: list[asyncio.Task] = []  # chunks and log lines not yet delivered, in order
         self.one_way_ms = one_way_ms  # the lead estimate's d: what the edge measured before this request
         self.link_ms = {"up": [0.0, 0], "down": [0.0, 0]}  # the delays this request's messages paid: sum, count
-        # called on the event loop with (ms, tokens, misses, one-way ms paid) before the last chunk goes out,
-        # so the client's next request is decided on this one's cost
-        self.on_finish: Callable[[float, int, int, float], None] | None = None
+        # called on the event loop with the request's result and the one-way ms its messages paid, before the
+        # last chunk goes out, so the client's next request is decided on this one's cost
+        self.on_finish: Callable[[float, StreamTreeResult, float], None] | None = None
 
     # --- uplink: edge thread -> event loop -> NATS ---------------------------------------
     def send(self, m: NodesMsg) -> None:  # the edge thread
@@ -187,7 +189,8 @@ class StreamTreeRun:
             root = (1, max(0, len(self.committed) - 1), self.committed[-1])
             await self.w.send_now(subjects.draft(self.w.cfg.edge_id, self.verifier),
                                   encode_nodes(self._wire(NodesMsg(root, ()), None, end=True)))
-        self.w.log.info("stream_done", **_done_fields(self.r.req.request_id, res, self.down.last))
+        self.w.log.info("stream_done", width=self.shape.width,
+                        **_done_fields(self.r.req.request_id, res, self.down.last))
         return res
 
     def _thread(self) -> StreamTreeResult:
@@ -218,8 +221,8 @@ class StreamTreeRun:
         self.last_t = now
         reason = res.finish_reason
         if done and self.on_finish is not None:
-            cost = ((now - self.t0) * 1e3, len(res.token_ids), res.misses)
-            self.loop.call_soon_threadsafe(lambda: self.on_finish(*cost, self.measured_one_way_ms()))
+            ms = (now - self.t0) * 1e3
+            self.loop.call_soon_threadsafe(lambda: self.on_finish(ms, res, self.measured_one_way_ms()))
         self.loop.call_soon_threadsafe(lambda: self.pending.append(self.loop.create_task(
             self._deliver(fields, kept, done, reason))))
 
@@ -260,12 +263,22 @@ async def run_stream_tree(worker: "EdgeWorker", r: "EdgeRequest", live: "Live") 
                          stream_floor_ms_per_token=_ms(choice.stream_floor(one_way, r.req.max_new_tokens)))
     if decision.mode != STREAM:
         return False
-    run = StreamTreeRun(worker, r, live, worker.cfg.stream_tree, one_way)
+    shape = worker.cfg.stream_tree
+    widths = worker.width_choice
+    if widths is not None:
+        pick = widths.decide(one_way, r.req.max_new_tokens)
+        shape = replace(shape, width=pick.width)
+        worker.log.debug("stream_width", request_id=r.req.request_id, width=pick.width, reason=pick.reason,
+                         one_way_ms=round(one_way, 3), **width_table(widths, one_way, r.req.max_new_tokens))
+    run = StreamTreeRun(worker, r, live, shape, one_way)
 
-    def finished(ms: float, tokens: int, misses: int, paid_ms: float) -> None:
+    def finished(ms: float, res: StreamTreeResult, paid_ms: float) -> None:
         worker.delay.add(paid_ms)
+        tokens = len(res.token_ids)
         if choice is not None:
-            choice.observe(STREAM, ms, tokens, misses, paid_ms)
+            choice.observe(STREAM, ms, tokens, res.misses, paid_ms)
+        if widths is not None:
+            widths.observe(shape.width, ms, tokens, paid_ms, res.judged, res.covered)
 
     run.on_finish = finished
     await run.run()
@@ -286,6 +299,12 @@ def observe_rounds(worker: "EdgeWorker", r: "EdgeRequest", rounds_ms: float) -> 
         worker.stream_choice.observe(CHAIN, rounds_ms, len(r.out), r.round, worker.delay.ms)
 
 
+def width_table(choice: WidthChoice, one_way_ms: float, new_tokens: int) -> dict[str, dict[str, float | None]]:
+    """The `stream_width` event's model per width: ms/token (None: not run yet) and misses per token."""
+    return {"ms_per_token": {str(w): _ms(choice.modelled(w, one_way_ms, new_tokens)) for w in choice.widths},
+            "misses_per_token": {str(w): _ms(choice.misses_per_token(w)) for w in choice.widths}}
+
+
 def _ms(x: float | None) -> float | None:
     return None if x is None else round(x, 3)
 
@@ -294,6 +313,7 @@ def _done_fields(request_id: str, res: StreamTreeResult, last: Any) -> dict:
     return {"request_id": request_id, "tokens": len(res.token_ids), "finish_reason": res.finish_reason,
             "wall_ms": round(res.wall_s * 1e3, 3), "ms_per_token": round(res.ms_per_token, 3),
             "misses": res.misses, "round_trips_per_token": round(res.round_trips_per_token, 4),
+            "judged": res.judged, "covered": list(res.covered),
             "expansions": res.expansions, "draft_forwards": res.draft_forwards, "nodes_sent": res.nodes_sent,
             "messages_sent": res.messages_sent, "resends": res.resends, "draft_ms": round(res.draft_ms, 3),
             "draft_real_ms": round(res.draft_real_ms, 3), "draft_overruns": res.draft_overruns,

@@ -46,11 +46,22 @@ def test_the_batch_reaches_the_edges_stream_shape():
     assert a.stream_batch == 32 and EdgeOptions().stream_batch == StreamShape().batch == 16
 
 
+def test_width_auto_parses_and_needs_the_stream_tree(capsys):
+    a = build_parser().parse_args(["edge", "--stream-tree", "--stream-width", "auto"])
+    check_stream_tree(a)
+    assert a.stream_width == "auto"
+    with pytest.raises(PipelineError, match="add --stream-tree"):
+        check_stream_tree(build_parser().parse_args(["edge", "--stream-width", "auto"]))
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["edge", "--stream-tree", "--stream-width", "wide"])
+    assert "expected a width (1..8) or 'auto', got 'wide'" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("argv,words", [
     (["--stream", "3,9"], "stream width must be 1..8"),
     (["--stream-auto", "9"], "stream width must be 1..8"),
     (["--stream-fill", "9"], "stream width must be 1..8"),
-    (["--stream-batch", "32"], "add --stream, --stream-auto or --stream-fill"),
+    (["--stream-batch", "32"], "add --stream, --stream-auto, --stream-fill or --stream-width-auto"),
     (["--stream", "3", "--stream-batch", "0"], "--stream-batch must be 1..256"),
 ])
 def test_bench_trees_refuses_stream_rows_that_cannot_run_before_any_row(argv, words):
@@ -76,3 +87,15 @@ def test_a_bench_fill_row_asks_the_cloud_to_fill_and_the_edge_for_the_same_strea
     assert _node_flags("stream:3:fill", 1) == {"edge": ["--stream-tree", "on", "--stream-width", "3"],
                                                "cloud": ["--stream-fill"]}
     assert "cloud" not in _node_flags("stream:3", 1)  # speculation rows: the cloud's default, no fill
+
+
+def test_the_learned_width_row_asks_the_edge_for_width_auto():
+    specs = row_specs(trees=False, stream_width_auto=True)
+    label, _, tree, _ = specs[-1]
+    assert label == "stream tree w-auto" and _edge_flags(tree, 1) == ["--stream-tree", "on", "--stream-width", "auto"]
+
+
+def test_bench_trees_refuses_the_learned_width_row_without_live():
+    a = build_parser().parse_args(["bench", "trees", "--stream-width-auto"])
+    with pytest.raises(PipelineError, match="need --live"):
+        a.func(a)

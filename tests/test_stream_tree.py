@@ -55,6 +55,20 @@ def test_misses_do_not_depend_on_the_delay(pair):
     assert runs[0].misses == runs[1].misses > 0
 
 
+def test_the_misses_every_width_would_have_had_are_counted_by_any_width(pair):
+    """The edge keeps the draft's top tokens of each node it expands, so from one request it knows how
+    many committed tokens each width's children would have missed (control/stream_width.py): at the
+    width it ran, exactly its misses; the same counts whichever width ran."""
+    prompt = encode(pair, TEXTS[2])
+    runs = {w: stream_tree_generate(pair, prompt, 24, one_way_ms=2.0, width=w) for w in (1, 2, 8)}
+    for w, r in runs.items():
+        assert r.judged == len(r.token_ids)  # every token was decided at a node the edge expanded
+        assert r.judged - r.covered[w - 1] == r.misses, f"width {w}"
+        assert r.covered == sorted(r.covered)  # more children never cover less
+        assert (r.judged, r.covered) == (runs[1].judged, runs[1].covered)
+    assert runs[1].misses > runs[8].misses
+
+
 def test_a_width_outside_the_limits_is_refused(pair):
     with pytest.raises(ModelError, match="width"):
         stream_tree_generate(pair, [1, 2], 4, 0.0, width=9)

@@ -84,6 +84,26 @@ async def test_auto_tries_rounds_then_the_stream_tree_and_both_equal_target_only
     assert any(e["event"] == "stream_done" and e["request_id"] == "auto-1" for e in edge)
 
 
+async def test_width_auto_starts_at_the_default_then_models_every_width_and_equals_target_only(broker, pair,
+                                                                                                tmp_path):
+    prompts = _prompts(3)
+    async with cluster(broker.url, pair, tmp_path, channel="const:20",
+                       stream_tree=StreamShape(width_auto=True)) as (client, _, _):
+        results = await _generate(client, prompts, "wa")
+    for i, (res, ref) in enumerate(zip(results, _refs(pair, prompts))):
+        assert res.ok, res.error
+        assert res.token_ids == ref, f"prompt {i} under --stream-width auto differs from target-only"
+    edge = read_log(tmp_path / "edge-1.jsonl")
+    picks = [e for e in edge if e["event"] == "stream_width"]
+    assert len(picks) == 3 and (picks[0]["width"], picks[0]["reason"]) == (StreamShape().width, "start")
+    # after one request the misses of every width are known, the compute only of the width that ran
+    assert all(m is not None for m in picks[1]["misses_per_token"].values())
+    assert [w for w, ms in picks[1]["ms_per_token"].items() if ms is not None] == [str(StreamShape().width)]
+    done = {e["request_id"]: e for e in edge if e["event"] == "stream_done"}
+    assert [done[f"wa-{i}"]["width"] for i in range(3)] == [p["width"] for p in picks]
+    assert all(done[f"wa-{i}"]["judged"] == NEW and len(done[f"wa-{i}"]["covered"]) == 8 for i in range(3))
+
+
 async def test_auto_at_zero_delay_never_tries_the_stream_tree(broker, pair, tmp_path):
     prompts = _prompts(3)
     async with cluster(broker.url, pair, tmp_path, channel="const:0", stream_tree=StreamShape(auto=True)) as (

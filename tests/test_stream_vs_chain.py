@@ -104,7 +104,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
 def test_the_emulation_flags_without_live_are_refused_in_one_line():
     r = _cli("--edge-device", "jetson-orin-nano")
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0
-    assert "--edge-device, --cloud-device and --chain-lengths need --live" in r.stderr
+    assert "--edge-device, --cloud-device, --chain-lengths and --stream-width-auto need --live" in r.stderr
 
 
 def test_a_device_without_the_half_it_emulates_is_refused_before_any_run():

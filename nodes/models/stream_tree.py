@@ -36,7 +36,7 @@ import bisect
 import math
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -122,6 +122,10 @@ class StreamTreeResult:
     verify_overruns: int = 0  # likewise for target forwards
     fills: int = 0  # positions the cloud decided directly while idle (fill on), one target forward each
     followed: int = 0  # tree nodes the cloud walked along filled tokens without judging
+    # committed tokens judged at a node the edge expanded, and of those, the ones within the children
+    # each width 1..Limits.max_width would have given that node (control/stream_width.py)
+    judged: int = 0
+    covered: list[int] = field(default_factory=list)
 
     @property
     def ms_per_token(self) -> float:
@@ -413,8 +417,9 @@ def _edge_loop(pair: ModelPair, kv: _TreeKV, prompt: list[int], max_new: int, pa
     each verdict that committed anything (the edge worker streams and logs it; nodes/edge_stream.py).
     With `pacer`, each draft forward is padded to the edge device's time for one drafting step."""
     t0 = time.perf_counter()
-    res = StreamTreeResult([], "length", 0.0)
+    res = StreamTreeResult([], "length", 0.0, covered=[0] * limits.max_width)
     out = res.token_ids
+    tops: dict[int, tuple[list[int], list[float]]] = {}  # expanded node -> the draft's top tokens and probs
     tree = EdgeTree(len(prompt) - 1, prompt[-1], limits, lead_penalty)
     rate = 0.0  # committed tokens per second, smoothed over about a round trip
     last_verdict = time.perf_counter()
@@ -445,6 +450,9 @@ def _edge_loop(pair: ModelPair, kv: _TreeKV, prompt: list[int], max_new: int, pa
         ctx.extend(new)
         old_root = tree.root
         c = tree.commit(new)
+        _count_cover(res, tops, [old_root, *c.path], new[:max_new - len(out)], cumulative)
+        for v in [v for v in tops if v not in tree.nodes]:
+            del tops[v]
         # every committed node but the last had children, so it was fed; after a miss the last one
         # had children too (the cloud judges only nodes with children). A verdict the cloud filled past
         # the tree may commit nodes never expanded, and tokens never in it: those are fed as a chain.
@@ -483,7 +491,7 @@ def _edge_loop(pair: ModelPair, kv: _TreeKV, prompt: list[int], max_new: int, pa
         vs_ok = tree.best(min(batch, (limits.max_nodes - len(tree.nodes)) // width), min_logp)
         if vs_ok:
             t = time.perf_counter()
-            _expand(tree, kv, vs_ok, params, width, cumulative)
+            _expand(tree, kv, vs_ok, params, width, cumulative, tops, limits.max_width)
             real = (time.perf_counter() - t) * 1e3
             ms = real
             if pacer is not None:  # one batched forward: one step of the device, as a round tree's depth
@@ -516,6 +524,22 @@ def _edge_loop(pair: ModelPair, kv: _TreeKV, prompt: list[int], max_new: int, pa
     return res
 
 
+def _count_cover(res: StreamTreeResult, tops: dict[int, tuple[list[int], list[float]]], parents: list[int],
+                 tokens: list[int], cumulative: float) -> None:
+    """Count each committed token judged at a node the edge expanded (`parents[i]`: token i's parent,
+    as far as the tree reached) and, per width, whether that width's children held it."""
+    for parent, t in zip(parents, tokens):
+        top = tops.get(parent)
+        if top is None:
+            continue
+        ids, probs = top
+        res.judged += 1
+        rank = ids.index(t) if t in ids else len(ids)
+        for w in range(1, len(res.covered) + 1):
+            if rank < children_count(probs, w, cumulative):
+                res.covered[w - 1] += 1
+
+
 def _catch_up(kv: _TreeKV, ctx: list[int]) -> None:
     """Feed committed tokens the edge's cache lacks (the cloud filled past its tree) as one chain, so
     the cache holds the whole committed context before the new root."""
@@ -526,8 +550,10 @@ def _catch_up(kv: _TreeKV, ctx: list[int]) -> None:
     kv.reroot(ids, [])
 
 
-def _expand(tree: EdgeTree, kv: _TreeKV, vs: list[int], params: SamplingParams, width: int, cumulative: float) -> None:
-    """One draft forward over frontier nodes vs; each gets its children (the draft's top tokens)."""
+def _expand(tree: EdgeTree, kv: _TreeKV, vs: list[int], params: SamplingParams, width: int, cumulative: float,
+            tops: dict[int, tuple[list[int], list[float]]] | None = None, track: int = 0) -> None:
+    """One draft forward over frontier nodes vs; each gets its children (the draft's top tokens).
+    `tops`: also keep each node's `track` top tokens and probabilities (for the misses of other widths)."""
     toks, pos, anc = [], [], []
     for v in vs:
         n = tree.nodes[v]
@@ -541,12 +567,15 @@ def _expand(tree: EdgeTree, kv: _TreeKV, vs: list[int], params: SamplingParams, 
     with torch.inference_mode():
         logits = kv.feed(vs, toks, [-1] * len(vs), pos, anc)
     for j, v in enumerate(vs):
+        top = max(width, track)
         if params.greedy:
             probs = torch.softmax(logits[j], -1)
-            p, ids = torch.topk(probs, min(width, probs.shape[-1]))
+            p, ids = torch.topk(probs, min(top, probs.shape[-1]))
         else:
             ids, p = draft_distribution(logits[j], params)
-            ids, p = ids[:width], p[:width]
-        pl = p.tolist()
+            ids, p = ids[:top], p[:top]
+        pl, il = p.tolist(), ids.tolist()
         k = children_count(pl, width, cumulative)
-        tree.expand(v, ids[:k].tolist(), pl[:k])
+        tree.expand(v, il[:k], pl[:k])
+        if tops is not None:
+            tops[v] = (il, pl)

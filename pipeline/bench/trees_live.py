@@ -96,8 +96,12 @@ def _stream_row(verdicts: list[dict], done: list[dict], rounds: list[dict] = ())
         raise PipelineError("bench trees: a stream row logged no verdict and no round (see its run directory's "
                             "edge-1.jsonl)")
     tokens = sum(d["tokens"] for d in done)
+    all_ms = sum(ms for xs in by_req.values() for ms, _ in xs)
+    all_tokens = sum(n for xs in by_req.values() for _, n in xs)
     return {"ms_per_token_median": round(statistics.median(per_req), 2),
             "ms_per_token_per_request": [round(x, 2) for x in per_req],
+            "ms_per_token_mean": round(all_ms / max(1, all_tokens), 2),  # what the mix of requests paid
+            "widths": [d.get("width") for d in done],  # per stream request (`--stream-width auto`: learned)
             "rounds": len(verdicts),
             "tokens_per_round_mean": round(sum(v["tokens"] for v in verdicts) / max(1, len(verdicts)), 3),
             "round_ms_median": round(statistics.median(v["gap_ms"] for v in verdicts), 2) if verdicts else None,
@@ -134,7 +138,7 @@ def row_specs(ahead: tuple[int, ...] = (), ahead_lengths: tuple[int, ...] = (2, 
               trees: bool = True, ahead_trees: tuple[str, ...] = (),
               stream: tuple[int, ...] = (), stream_auto: tuple[int, ...] = (),
               chain_lengths: tuple[int, ...] = (), stream_batch: int | None = None,
-              stream_fill: tuple[int, ...] = ()) -> list[tuple[str, str, str, int]]:
+              stream_fill: tuple[int, ...] = (), stream_width_auto: bool = False) -> list[tuple[str, str, str, int]]:
     """(label, --policy, --tree, --ahead) per row: ROWS (chains only without `trees`), then a chain of
     each length and a tree of each shape in `ahead_trees` with each number of rounds in flight, then
     the stream tree of each width in `stream` (--tree "stream:W": `edge --stream-tree --stream-width W`)
@@ -142,7 +146,9 @@ def row_specs(ahead: tuple[int, ...] = (), ahead_lengths: tuple[int, ...] = (2, 
     request by the cost rule on the edge's own measurements). `chain_lengths`: a chain row per fixed length
     (beside ROWS' fixed:8). `stream_batch`: nodes per draft forward on every stream row ("stream:W:bN",
     labelled "bN"; None: the edge's default). `stream_fill`: the stream tree of each width with the cloud
-    filling its idle time ("stream:W:fill": `cloud --stream-fill`), reported apart from speculation."""
+    filling its idle time ("stream:W:fill": `cloud --stream-fill`), reported apart from speculation.
+    `stream_width_auto`: the stream tree with its width learned per request ("stream:learn": `edge
+    --stream-width auto`; its edge keeps one learner over the row's requests)."""
     rows = [(label, policy, tree, 1) for label, policy, tree in ROWS if trees or tree == "off"]
     have = {policy for _, policy, tree, _ in rows if tree == "off"}
     rows[:0] = [(f"chain fixed:{n}", f"fixed:{n}", "off", 1) for n in chain_lengths if f"fixed:{n}" not in have]
@@ -153,7 +159,12 @@ def row_specs(ahead: tuple[int, ...] = (), ahead_lengths: tuple[int, ...] = (2, 
     rows += [(f"stream tree w{w}{lb}", "auto", f"stream:{w}{b}", 1) for w in stream]
     rows += [(f"stream tree auto w{w}{lb}", "auto", f"stream:{w}{b}:auto", 1) for w in stream_auto]
     rows += [(f"stream tree w{w}{lb} fill", "auto", f"stream:{w}{b}:fill", 1) for w in stream_fill]
+    if stream_width_auto:
+        rows.append((f"stream tree w-auto{lb}", "auto", f"stream:{LEARN}{b}", 1))
     return rows
+
+
+LEARN = "learn"  # the width in a stream row's spec when the edge learns it (`--stream-width auto`)
 
 
 def _is_stream(tree: str) -> bool:
@@ -183,7 +194,8 @@ def _edge_flags(tree: str, ahead: int) -> list[str]:
     if _is_stream(tree):
         _, width, *rest = tree.split(":")
         batch = [f"--stream-batch={x[1:]}" for x in rest if x.startswith("b")]
-        return ["--stream-tree", "auto" if "auto" in rest else "on", "--stream-width", width, *batch]
+        return ["--stream-tree", "auto" if "auto" in rest else "on",
+                "--stream-width", "auto" if width == LEARN else width, *batch]
     return ["--tree", tree] + (["--ahead", str(ahead)] if ahead > 1 else [])
 
 
@@ -197,10 +209,11 @@ def bench_trees_live(delay_ms: float = 50.0, requests: int = 6, max_new_tokens: 
                      ahead_trees: tuple[str, ...] = (), stream: tuple[int, ...] = (),
                      stream_auto: tuple[int, ...] = (), edge_device: str | None = None,
                      cloud_device: str | None = None, chain_lengths: tuple[int, ...] = (),
-                     stream_batch: int | None = None, stream_fill: tuple[int, ...] = ()) -> dict:
+                     stream_batch: int | None = None, stream_fill: tuple[int, ...] = (),
+                     stream_width_auto: bool = False) -> dict:
     prompts = workload_prompts(requests, seed=3)
     specs = row_specs(ahead, ahead_lengths, trees, ahead_trees, stream, stream_auto, chain_lengths, stream_batch,
-                      stream_fill)
+                      stream_fill, stream_width_auto)
     runs: dict[str, list[dict]] = {label: [] for label, *_ in specs}
     outputs = []
     for _ in range(repeats):

@@ -96,16 +96,17 @@ def check_stream_rows(a: argparse.Namespace) -> None:
         if not 1 <= w <= top:
             raise PipelineError(f"bench trees: stream width must be 1..{top} (children per node), got {w}")
     if a.stream_batch is not None:
-        if not (a.stream or a.stream_auto or a.stream_fill):
-            raise PipelineError("bench trees: --stream-batch is the stream rows' batch: add --stream, --stream-auto "
-                                "or --stream-fill")
+        if not (a.stream or a.stream_auto or a.stream_fill or a.stream_width_auto):
+            raise PipelineError("bench trees: --stream-batch is the stream rows' batch: add --stream, --stream-auto, "
+                                "--stream-fill or --stream-width-auto")
         if not 1 <= a.stream_batch <= MAX_STREAM_BATCH:
             raise PipelineError(f"bench trees: --stream-batch must be 1..{MAX_STREAM_BATCH}, got {a.stream_batch}")
 
 
 def cmd_bench_trees(a: argparse.Namespace) -> None:
-    if not a.live and (a.edge_device or a.cloud_device or a.chain_lengths):
-        raise PipelineError("bench trees: --edge-device, --cloud-device and --chain-lengths need --live")
+    if not a.live and (a.edge_device or a.cloud_device or a.chain_lengths or a.stream_width_auto):
+        raise PipelineError("bench trees: --edge-device, --cloud-device, --chain-lengths and --stream-width-auto "
+                            "need --live")
     check_stream_rows(a)
     if a.live:
         from pipeline.bench.trees_live import bench_trees_live
@@ -116,7 +117,8 @@ def cmd_bench_trees(a: argparse.Namespace) -> None:
         res = bench_trees_live(a.delay_ms, a.requests, a.max_new_tokens, a.run_root, a.draft, a.target,
                                tuple(a.ahead), tuple(a.ahead_lengths), not a.no_trees, a.live_repeats,
                                tuple(a.ahead_trees), tuple(a.stream), tuple(a.stream_auto), edge, cloud,
-                               tuple(a.chain_lengths), a.stream_batch, tuple(a.stream_fill))
+                               tuple(a.chain_lengths), a.stream_batch, tuple(a.stream_fill),
+                               a.stream_width_auto)
         print(json.dumps(res) if a.json else json.dumps(res, indent=2))
         if res.get("refused"):  # the numbers are printed, but they are not a result
             print("specstop: bench trees --live: refused: " + "; ".join(f"{r['check']}: {r['why']}"
@@ -278,6 +280,8 @@ def register(sub) -> None:
     p.add_argument("--stream-fill", type=node_counts, default=(), metavar="W,W,...",
                    help="--live: also the stream tree of each width with `cloud --stream-fill` (the cloud decides "
                         "positions itself while idle; reported apart from speculation)")
+    p.add_argument("--stream-width-auto", action="store_true",
+                   help="--live: also the stream tree with its width learned per request (edge --stream-width auto)")
     p.add_argument("--stream-batch", type=int, default=None, metavar="N",
                    help="--live: frontier nodes expanded per draft forward on every stream row (edge --stream-batch)")
     p.add_argument("--live-repeats", type=positive_int, default=1,

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from control import load_profile, make_policy
+from control.stream_width import DEFAULT_WIDTHS
 from pipeline.transport.jetstream import StreamLimits
 from nodes.config import MAX_LEARNERS, MAX_LENGTH, StreamShape
 from nodes.link import parse_channel
@@ -39,11 +40,24 @@ def stream_tree_args(p) -> None:
                    help="no rounds: stream one growing draft tree and take the verifier's verdicts as they come "
                         "(the continuous speculation tree, docs/stream-tree.md; wire schema v4); 'auto': per "
                         "request, the stream tree or rounds, whichever this edge's measurements model cheaper")
-    p.add_argument("--stream-width", type=int, default=STREAM_WIDTH,
-                   help=f"--stream-tree: the draft's top tokens a node gets as children (1..{StreamTreeLimits().max_width})")
+    p.add_argument("--stream-width", type=_stream_width, default=STREAM_WIDTH,
+                   help=f"--stream-tree: the draft's top tokens a node gets as children (1..{StreamTreeLimits().max_width}), "
+                        f"or 'auto': learned per request from this edge's own requests, starting at {STREAM_WIDTH} "
+                        f"(widths {','.join(map(str, DEFAULT_WIDTHS))}; control/stream_width.py)")
     p.add_argument("--stream-batch", type=int, default=STREAM_BATCH,
                    help=f"--stream-tree: frontier nodes expanded per draft forward (1..{MAX_STREAM_BATCH}; an "
                         "emulated edge device charges one drafting step per forward, whatever the count)")
+
+
+def _stream_width(text: str) -> int | str:
+    """`--stream-width`: a whole number (its range is checked with the other stream-tree flags) or 'auto'."""
+    if text == "auto":
+        return "auto"
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a width (1..{StreamTreeLimits().max_width}) or 'auto', "
+                                         f"got {text!r}") from None
 
 
 def _kill_server(broker: EmbeddedBroker) -> None:
@@ -137,11 +151,16 @@ def check_stream_tree(a: argparse.Namespace) -> None:
     if a.ahead > 1 or a.tree not in (None, "off"):
         raise PipelineError("--stream-tree streams one tree instead of rounds: drop --tree and --ahead")
     top = StreamTreeLimits().max_width
-    if not 1 <= a.stream_width <= top:
+    if a.stream_width != "auto" and not 1 <= a.stream_width <= top:
         raise PipelineError(f"--stream-width must be 1..{top} (children per node), got {a.stream_width}")
     batch = getattr(a, "stream_batch", STREAM_BATCH)
     if not 1 <= batch <= MAX_STREAM_BATCH:
         raise PipelineError(f"--stream-batch must be 1..{MAX_STREAM_BATCH} (nodes per draft forward), got {batch}")
+
+
+def _fixed_width(width: int | str) -> int:
+    """The stream tree's (first) width: `auto` starts at the default."""
+    return STREAM_WIDTH if width == "auto" else int(width)
 
 
 def cmd_edge(a: argparse.Namespace) -> None:
@@ -158,8 +177,9 @@ def cmd_edge(a: argparse.Namespace) -> None:
                                                      a.draft_max_batch, a.draft_batch_wait_ms,
                                                      not a.no_draft_slot_cache, a.draft_slot_memory_mb,
                                                      not a.random_placement, a.tree, a.ahead,
-                                                     a.stream_width if a.stream_tree else None,
-                                                     a.stream_tree == "auto", a.stream_batch)))
+                                                     _fixed_width(a.stream_width) if a.stream_tree else None,
+                                                     a.stream_tree == "auto", a.stream_batch,
+                                                     a.stream_width == "auto")))
 
 
 def cmd_control(a: argparse.Namespace) -> None:

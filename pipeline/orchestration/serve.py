@@ -72,6 +72,7 @@ class EdgeOptions:
     stream_width: int | None = None  # the continuous speculation tree with this width (None: rounds)
     stream_auto: bool = False        # ... or rounds, per request, by the cost rule (control/stream_choice.py)
     stream_batch: int = StreamShape().batch  # frontier nodes expanded per draft forward
+    stream_width_auto: bool = False  # the width learned per request, starting at stream_width (control/stream_width.py)
 
 
 @dataclass
@@ -228,7 +229,8 @@ async def serve_edge(opts: NodeOptions, edge: EdgeOptions) -> None:
                      place_sessions=edge.place_sessions, tree=edge.tree, ahead=edge.ahead,
                      stream_tree=None if edge.stream_width is None else StreamShape(width=edge.stream_width,
                                                                                        batch=edge.stream_batch,
-                                                                                       auto=edge.stream_auto))
+                                                                                       auto=edge.stream_auto,
+                                                                                       width_auto=edge.stream_width_auto))
     profile = profile_for(pair, edge.profile)
     book = PolicyBook(opts.max_length, edge.seed, learn_locally=edge.local_policy,
                       fallback=default_policy_for(profile, opts.max_length), profile=profile, pinned=edge.policy)
