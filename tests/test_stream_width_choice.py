@@ -88,7 +88,8 @@ def test_widths_modelled_close_to_the_cheapest_are_retried_on_a_doubling_schedul
     (50.0, lambda w: 0.5 + 1.0 * w, 4),      # nodes cost the edge a little: w4 balances it with the misses
     (50.0, lambda w: 0.5 + 4.0 * w, 2),      # nodes cost the edge much (this CPU): w2
     (50.0, lambda w: 70.0, 8),               # children free (device emulation): widest
-    (0.0, lambda w: 3.0 + 0.2 * w, 2),       # no delay: the narrowest
+    (0.0, lambda w: 3.0 + 0.2 * w, 2),       # no delay: the narrowest ...
+    (0.0, lambda w: 12.0 - w, 8),            # ... unless wider is cheaper there too: found on the schedule
 ])
 def test_the_learner_settles_on_the_cheapest_width_under_noise(one_way_ms, cost, best):
     rng = random.Random(7)
@@ -135,8 +136,8 @@ def test_a_miss_that_costs_less_than_a_round_trip_is_fitted_so():
     for k in range(6):
         i = k % 3
         c.observe(2, cpu_ms_per_token(2, i, 50.0) * N, N, 50.0, N, PROMPTS[i])
-    a, b = c.fitted(2)
-    assert a == pytest.approx(7.2, abs=0.5) and b == pytest.approx(0.77, abs=0.1)
+    a, s = c.fitted(2)
+    assert a == pytest.approx(7.2, abs=0.5) and s / 100 == pytest.approx(0.77, abs=0.1)  # of a 100 ms round trip
 
 
 @pytest.mark.parametrize("kwargs,words", [({"widths": ()}, "need widths"), ({"widths": (0, 2)}, "need widths")])
@@ -157,3 +158,38 @@ def test_a_short_request_teaches_nothing():
     c = WidthChoice(start=2)
     c.observe(2, 10.0, 4, 50.0, 4, [4] * 8)
     assert c.decide(50.0, N).reason == "start"
+
+
+def test_a_fit_starts_afresh_when_the_delay_moved():
+    c = WidthChoice(start=2)
+    for _ in range(4):
+        observe(c, 2, 30.0, 200.0)  # at 200 ms the compute per token is high
+    observe(c, 2, 8.0, 50.0)
+    assert c.fitted(2)[0] == pytest.approx(8.0, abs=0.5)  # nothing of the 200 ms requests is left
+
+
+def test_concurrent_requests_send_one_width_on_trial_at_a_time():
+    c = WidthChoice(start=2, widths=(2, 8))
+    observe(c, 2, 5.0, 50.0)
+    picks = [c.decide(50.0, N) for _ in range(4)]  # four requests decided before any reports
+    assert [p.reason for p in picks].count("trial") == 1 and picks[0] == WidthDecision(8, "trial")
+    observe(c, 8, 5.0, 50.0)
+    assert 8 not in c.trying
+
+
+def test_a_trial_that_never_reports_may_be_issued_again():
+    c = WidthChoice(start=2, widths=(2, 8), trial_expiry=3)
+    observe(c, 2, 5.0, 50.0)
+    picks = [c.decide(50.0, N).reason for _ in range(5)]
+    assert picks.count("trial") == 2  # the first one's request failed: after 3 decisions it is re-issued
+
+
+def test_a_request_the_cloud_mostly_filled_teaches_nothing():
+    c = WidthChoice(start=2)
+    c.observe(2, 3000.0, N, 50.0, 2, [2] * 8)  # 64 tokens, only 2 judged at a node of the tree
+    assert c.costs == {} and c.judged == 0
+
+
+def test_widths_past_what_the_edge_counts_are_refused():
+    with pytest.raises(ValueError, match="need widths in 1..8"):
+        WidthChoice(widths=(2, 16))

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import statistics
 import sys
@@ -43,7 +44,8 @@ def _summary(runs: list) -> dict:
             "runs": [round(r.ms_per_token, 2) for r in runs],
             "misses_per_token": round(sum(r.misses for r in runs) / tokens, 4),
             "expansions_per_token": round(sum(r.expansions for r in runs) / tokens, 2),
-            "target_forwards_per_token": round(sum(r.verify_forwards for r in runs) / tokens, 3)}
+            "target_forwards_per_token": round(sum(r.verify_forwards for r in runs) / tokens, 3),
+            "overruns": sum(r.draft_overruns + r.verify_overruns for r in runs)}  # emulated forwards the CPU outran
 
 
 def bench_stream_widths(widths: tuple[int, ...] = (2, 3, 4, 8), delays_ms: tuple[float, ...] = (50.0, 0.0),
@@ -59,7 +61,8 @@ def bench_stream_widths(widths: tuple[int, ...] = (2, 3, 4, 8), delays_ms: tuple
                 "cloud_pacer": Pacer(load_device(cloud_device), i) if cloud_device else None}
 
     out: dict = {"widths": list(widths), "repeats": repeats, "max_new_tokens": max_new_tokens,
-                 "edge_device": edge_device, "cloud_device": cloud_device, "refused": []}
+                 "edge_device": edge_device, "cloud_device": cloud_device, "refused": [],
+                 "load_average_before": round(os.getloadavg()[0], 2)}
     for delay in delays_ms:
         runs: dict[int | str, list] = {w: [] for w in widths} | ({"auto": []} if auto else {})
         learner, picks, rng = WidthChoice(), [], random.Random(0)
@@ -85,6 +88,7 @@ def bench_stream_widths(widths: tuple[int, ...] = (2, 3, 4, 8), delays_ms: tuple
                              "second_half_mean_ms_per_token":
                              round(sum(r.wall_s for r in late) * 1e3 / sum(len(r.token_ids) for r in late), 2)}
         fixed = [k for k in rows if k != "auto"]
+        out["load_average_after"] = round(os.getloadavg()[0], 2)
         out[f"delay_{delay:g}ms"] = {"rows": rows, "best": min(fixed, key=lambda k: rows[k]["ms_per_token"]),
                                      "best_by_mean": min(fixed, key=lambda k: rows[k]["mean_ms_per_token"])}
     return out
