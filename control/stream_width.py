@@ -64,13 +64,11 @@ class WidthFit:
     sy: float = 0.0
     suu: float = 0.0
     suy: float = 0.0
-    n: int = 0
     one_way_ms: float = 0.0  # the delay its newest request measured
 
     def add(self, u: float, y: float, decay: float, one_way_ms: float) -> None:
         self.s0, self.su, self.sy = decay * self.s0 + 1, decay * self.su + u, decay * self.sy + y
         self.suu, self.suy = decay * self.suu + u * u, decay * self.suy + u * y
-        self.n += 1
         self.one_way_ms = one_way_ms
 
     def coef(self, prior: float, b_range: tuple[float, float], extra_ms: float) -> tuple[float, float]:
