@@ -147,5 +147,12 @@ class StreamChoice:
         return Decision(best, "cheaper")
 
     def _moved(self, measured_ms: float, now_ms: float) -> bool:
-        lo, hi = sorted((measured_ms, now_ms))
-        return hi - lo > self.delay_change_ms and hi > self.delay_change * lo
+        return delay_moved(measured_ms, now_ms, self.delay_change, self.delay_change_ms)
+
+
+def delay_moved(measured_ms: float, now_ms: float, factor: float, min_ms: float) -> bool:
+    """Whether a cost measured at one-way delay `measured_ms` is stale now: the delay moved by more
+    than `factor` and by more than `min_ms` (both, so neither a tiny delay's jitter nor a small
+    relative drift at a long one counts)."""
+    lo, hi = sorted((measured_ms, now_ms))
+    return hi - lo > min_ms and hi > factor * lo

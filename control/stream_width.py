@@ -47,6 +47,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from control.stream_choice import delay_moved
+
 
 # 1 left out: on this CPU it was slower than 2 at 0, 50 and 200 ms (5.39 / 20.75 / 77.37 against 4.34 /
 # 10.91 / 39.05 ms/token, docs/stream-widths-w1-cpu.json), and below the start nothing bounds its compute
@@ -213,5 +215,4 @@ class WidthChoice:
         return WidthDecision(best, "cheaper")
 
     def _moved(self, measured_ms: float, now_ms: float) -> bool:
-        lo, hi = sorted((measured_ms, now_ms))
-        return hi - lo > self.delay_change_ms and hi > self.delay_change * lo
+        return delay_moved(measured_ms, now_ms, self.delay_change, self.delay_change_ms)
