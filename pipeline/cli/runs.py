@@ -150,21 +150,25 @@ def tree_shapes(text: str | None) -> tuple[str, ...] | None:
     return shapes
 
 
-def stream_widths(text: str | None, which: str) -> tuple[int, ...]:
-    """`--stream`: () when absent, else the widths (each 1..the stream tree's child bound), compare only."""
+def stream_widths(text: str | None, which: str) -> tuple[int | str, ...]:
+    """`--stream`: () when absent, else the widths (each 1..the stream tree's child bound, or `auto`: the
+    width learned per request, `edge --stream-width auto`), compare only."""
     from nodes.protocol.stream_tree import Limits
 
     if text is None:
         return ()
     if which != "compare":
         raise PipelineError(f"--stream: only `experiment compare` runs the stream tree, not {which}")
+    items = [x.strip() for x in text.split(",") if x.strip()]
     try:
-        widths = tuple(int(x) for x in text.split(",") if x.strip())
+        widths = tuple(x if x == "auto" else int(x) for x in items)
     except ValueError:
-        raise PipelineError(f"--stream: {text!r} is not a comma-separated list of widths") from None
+        raise PipelineError(f"--stream: {text!r} is not a comma-separated list of widths (or auto)") from None
     top = Limits().max_width
-    if not widths or not all(1 <= w <= top for w in widths):
-        raise PipelineError(f"--stream: {text!r} must list stream-tree widths in 1..{top}")
+    if not widths or not all(w == "auto" or 1 <= w <= top for w in widths):
+        raise PipelineError(f"--stream: {text!r} must list stream-tree widths in 1..{top} (or auto)")
+    if len(set(widths)) != len(widths):
+        raise PipelineError(f"--stream: {text!r} lists a width twice")
     return widths
 
 
@@ -258,7 +262,8 @@ def register(sub) -> None:
                                    "values (default auto,2x2,4x2,8x3), or 'off'")
     p.add_argument("--stream", metavar="W,W,...",
                    help="compare: also the stream tree (edge --stream-tree) of each width, on the same prompts, seeds "
-                        "and devices, against the best fixed chain in hindsight, auto and the cloud streaming")
+                        "and devices, against the best fixed chain in hindsight, auto and the cloud streaming; "
+                        "`auto` is the width learned per request, also against the best fixed width in hindsight")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_experiment)
 

@@ -41,7 +41,8 @@ class LabConfig:
     seed: int = 0
     profile: str | None = None  # for oracle / static / head-rule policies at the edges
     trees: tuple[str, ...] | None = None  # compare's tree shapes (`--tree` values); None: its default set, (): none
-    stream: tuple[int, ...] = ()  # compare's stream-tree widths (`edge --stream-tree --stream-width W`); (): none
+    stream: tuple[int | str, ...] = ()  # compare's stream-tree widths (`edge --stream-tree --stream-width W`, W
+    # may be `auto`); (): none
 
 
 @dataclass(frozen=True)

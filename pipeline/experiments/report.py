@@ -157,6 +157,11 @@ def _stream_table(rows: list[dict], checks: list[dict]) -> list[str]:
                      f"{r['best_fixed_chain_over_this']} | {r['auto_over_this']} | {r['this_vs_cloud_streaming']} | "
                      f"{_gap(r.get('vs_best_fixed_chain'))} |")
     lines.append("")
+    lines += [f"- {r['delay']} ms, {r['policy']} (width learned per request) ran widths "
+              + (", ".join(f"{w} ({n} requests)" for w, n in r["widths"].items()) or "none recorded")
+              + (f"; best fixed width in hindsight {r['best_fixed_width']} ({r['best_fixed_width_ms_per_token']} "
+                 f"ms/token), gap {_gap(r.get('vs_best_fixed_width'))}" if r.get("best_fixed_width") else "")
+              for r in rows if "widths" in r]
     lines += [f"- {c['delay']} ms, {c['stream']} vs {c['reference'].replace('_', ' ')} ({c['reference_policy']}): "
               f"{c['ratio']}x, goal {c['goal']:g}x: {'met' if c['met'] else 'missed'}" for c in checks]
     return lines + [""]

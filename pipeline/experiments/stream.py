@@ -13,6 +13,11 @@ gaps with intervals, and its ratio to the cloud streaming its own generation, mo
 emulated cloud (one single-position forward per token). The checks name their reference and hold
 either way: the goal (1.5x the best chain at a delay, never worse than today at 0 ms) is met or
 missed, never dropped.
+
+Width `auto` (`edge --stream-width auto`: the width learned per request, control/stream_width.py) is one
+more row, `stream:wauto`, with the widths its requests ran at, and is also measured against its own
+oracle: the best fixed width in hindsight among the run's other stream rows at that delay (a check of its
+own: within AUTO_WIDTH_WITHIN of it, met or missed).
 """
 from __future__ import annotations
 
@@ -30,14 +35,16 @@ from pipeline.experiments.refusals import MAX_OVERRUN_SHARE, Refusal, failed_req
 from pipeline.experiments.trees import TREE_CONCURRENCY
 
 STREAM_PREFIX = "stream:w"
+AUTO = "auto"
+AUTO_WIDTH_WITHIN = 0.05  # the learned width's goal: at most this much slower than the best fixed width
 
 
-def stream_edges(delays, widths) -> dict[str, tuple[float, int]]:
+def stream_edges(delays, widths) -> dict[str, tuple[float, int | str]]:
     """edge id -> (one-way delay, width) for every delay and width."""
     return {f"edge-d{d:g}-stream-w{w}": (float(d), w) for d in delays for w in widths}
 
 
-def stream_flags(width: int) -> list[str]:
+def stream_flags(width: int | str) -> list[str]:
     return ["--stream-tree", "on", "--stream-width", str(width)]
 
 
@@ -76,16 +83,20 @@ def _events(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def stream_frame(events: dict[str, list[dict]], widths: dict[str, int]) -> pl.DataFrame:
+def stream_frame(events: dict[str, list[dict]], widths: dict[str, int | str]) -> pl.DataFrame:
     """One row per `stream_verdict` that committed tokens (warm-up requests left out): request_id,
-    policy `stream:wW` of the edge that served it, round_ms (its gap), tokens (kept), delay_ms."""
+    policy `stream:wW` of the edge that served it, round_ms (its gap), tokens (kept), delay_ms, and the
+    width the request ran at (its `stream_done`; a fixed width's own where that event is missing)."""
+    ran = {x["request_id"]: x["width"] for es in events.values() for x in es
+           if x.get("event") == "stream_done" and isinstance(x.get("width"), int) and "request_id" in x}
     rows = [{"request_id": x["request_id"], "policy": f"{STREAM_PREFIX}{widths[e]}", "edge_id": e,
              "round_ms": float(x["gap_ms"]), "tokens": int(x["tokens"]), "delay_ms": float(x["one_way_ms"]),
-             "miss": bool(x["miss"])}
+             "miss": bool(x["miss"]),
+             "width": ran.get(x["request_id"], widths[e] if isinstance(widths[e], int) else None)}
             for e, es in events.items() for x in es
             if x.get("event") == "stream_verdict" and not x["request_id"].startswith(WARMUP_PREFIX)]
     schema = {"request_id": pl.Utf8, "policy": pl.Utf8, "edge_id": pl.Utf8, "round_ms": pl.Float64,
-              "tokens": pl.Int64, "delay_ms": pl.Float64, "miss": pl.Boolean}
+              "tokens": pl.Int64, "delay_ms": pl.Float64, "miss": pl.Boolean, "width": pl.Int64}
     return pl.DataFrame(rows, schema=schema)
 
 
@@ -131,8 +142,34 @@ def stream_rows(chains: pl.DataFrame, streams: pl.DataFrame, lengths, emulation:
                 row["vs_best_fixed_chain"] = paired_gap(sub, g.filter(pl.col("policy") == ref))
             if not auto.is_empty():
                 row["vs_auto"] = paired_gap(sub, auto)
+            if p == STREAM_PREFIX + AUTO:
+                row.update(_against_best_width(g, sub, streams, j))
             rows.append(row)
     return rows
+
+
+def _against_best_width(g: pl.DataFrame, sub: pl.DataFrame, streams: pl.DataFrame, j: float) -> dict:
+    """The learned width's row: the widths its requests ran at, and its oracle, the best fixed width in
+    hindsight at this delay (None where no fixed width ran beside it)."""
+    from pipeline.experiments.compare import paired_gap
+
+    mine = streams.filter(pl.col("request_id").is_in(sub["request_id"].unique().implode()))
+    per_request = mine.group_by("request_id").agg(pl.col("width").first()).drop_nulls("width")
+    counts = per_request.group_by("width").len().sort("width")
+    out: dict = {"widths": {str(w): int(n) for w, n in zip(counts["width"], counts["len"])},
+                 "best_fixed_width": None, "best_fixed_width_ms_per_token": None, "best_fixed_width_over_this": None}
+    fixed = {}
+    for p in g["policy"].unique().to_list():
+        if p.startswith(STREAM_PREFIX) and p != STREAM_PREFIX + AUTO:
+            ms = ratio_ci(g.filter(pl.col("policy") == p))[0]
+            if ms is not None:
+                fixed[p] = ms
+    if fixed:
+        best = min(fixed, key=fixed.get)
+        out.update(best_fixed_width=best, best_fixed_width_ms_per_token=_r(fixed[best]),
+                   best_fixed_width_over_this=_r(fixed[best] / j, 3),
+                   vs_best_fixed_width=paired_gap(sub, g.filter(pl.col("policy") == best)))
+    return out
 
 
 def stream_checks(rows: list[dict]) -> list[dict]:
@@ -149,6 +186,13 @@ def stream_checks(rows: list[dict]) -> list[dict]:
             ratio = best.get(key)
             out.append({"delay": d, "stream": best["policy"], "reference": name, "reference_policy": ref,
                         "ratio": ratio, "goal": goal, "met": ratio is not None and ratio >= goal})
+        learned = next((r for r in rs if r["policy"] == STREAM_PREFIX + AUTO and r.get("best_fixed_width")), None)
+        if learned is not None:  # the learned width against its own oracle (reported either way)
+            goal = round(1.0 / (1.0 + AUTO_WIDTH_WITHIN), 3)
+            ratio = learned["best_fixed_width_over_this"]
+            out.append({"delay": d, "stream": learned["policy"], "reference": "best_fixed_width",
+                        "reference_policy": learned["best_fixed_width"], "ratio": ratio, "goal": goal,
+                        "met": ratio is not None and ratio >= goal})
     return out
 
 
