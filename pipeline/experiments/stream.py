@@ -145,7 +145,7 @@ def stream_rows(chains: pl.DataFrame, streams: pl.DataFrame, lengths, emulation:
             if p == STREAM_PREFIX + AUTO:
                 row.update(_against_best_width(g, sub, streams, j))
             rows.append(row)
-    return rows
+    return sorted(rows, key=lambda r: float(r["delay"]))  # stable: widths keep their order within a delay
 
 
 def _against_best_width(g: pl.DataFrame, sub: pl.DataFrame, streams: pl.DataFrame, j: float) -> dict:
