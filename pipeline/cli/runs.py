@@ -159,11 +159,12 @@ def stream_widths(text: str | None, which: str) -> tuple[int | str, ...]:
         return ()
     if which != "compare":
         raise PipelineError(f"--stream: only `experiment compare` runs the stream tree, not {which}")
-    items = [x.strip() for x in text.split(",") if x.strip()]
-    try:
-        widths = tuple(x if x == "auto" else int(x) for x in items)
-    except ValueError:
-        raise PipelineError(f"--stream: {text!r} is not a comma-separated list of widths (or auto)") from None
+    items = [x.strip().lower() for x in text.split(",") if x.strip()]
+    bad = [x for x in items if x != "auto" and not x.lstrip("-").isdigit()]
+    if bad:
+        raise PipelineError(f"--stream: {bad[0]!r} in {text!r} is not a width: a comma-separated list of widths "
+                            "(or auto)")
+    widths = tuple(x if x == "auto" else int(x) for x in items)
     top = Limits().max_width
     if not widths or not all(w == "auto" or 1 <= w <= top for w in widths):
         raise PipelineError(f"--stream: {text!r} must list stream-tree widths in 1..{top} (or auto)")

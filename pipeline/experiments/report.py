@@ -158,7 +158,7 @@ def _stream_table(rows: list[dict], checks: list[dict]) -> list[str]:
                      f"{_gap(r.get('vs_best_fixed_chain'))} |")
     lines.append("")
     lines += [f"- {r['delay']} ms, {r['policy']} (width learned per request) ran widths "
-              + (", ".join(f"{w} ({n} requests)" for w, n in r["widths"].items()) or "none recorded")
+              + (", ".join(f"{w} ({n} request{'s' if n != 1 else ''})" for w, n in r["widths"].items()) or "none recorded")
               + (f"; best fixed width in hindsight {r['best_fixed_width']} ({r['best_fixed_width_ms_per_token']} "
                  f"ms/token), gap {_gap(r.get('vs_best_fixed_width'))}" if r.get("best_fixed_width") else "")
               for r in rows if "widths" in r]
