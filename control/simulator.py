@@ -33,6 +33,7 @@ Every outcome carries the round's measured compute (what the nodes time), as liv
 """
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -43,6 +44,7 @@ from control.policies import make_policy
 from control.profile import Profile
 from control.regimes import BeliefOracle, HiddenRegimes, solve_belief
 from control.theory import best_length, expected_tokens
+from control.token_signal import TokenSignal
 from control.types import ControlError, RoundContext, RoundOutcome
 
 SCENARIOS = ("const", "drift", "markov", "drift-rounds", "markov-rounds", "jitter", "streaky")
@@ -278,11 +280,15 @@ class _RoundNumbers:
 
 
 def run_policy(policy, profile: Profile, sc: Scenario, seed: int, jitter: float = 0.1,
-               fixed_lengths: np.ndarray | None = None) -> RunTrace:
+               fixed_lengths: np.ndarray | None = None, signal: TokenSignal | None = None) -> RunTrace:
     """One seed. `fixed_lengths` replays a given length per segment (the oracle). The policy is told
     the scenario's delay (under delay jitter: the median of the last five realized ones) and learns
     from the round's time, its measured compute (what the nodes time: the compute alone) and the
-    context it was told."""
+    context it was told. With a per-token `signal` (control.token_signal) every round's tokens are
+    drawn one by one, and a policy with a stop rule drafts up to the length it chose, stopping after
+    any token its rule says to (on a copy of itself per round, as the edge's StopRule does)."""
+    if signal is not None and sc.regimes is not None:
+        raise ControlError("a per-token signal is not modelled under hidden acceptance regimes")
     cap = _max_rounds(profile, sc, jitter)
     numbers = _RoundNumbers(profile, sc, seed, jitter, cap)
     lengths, times, tokens, segs, regimes = (np.empty(cap, dtype=np.int64), np.empty(cap), np.empty(cap),
@@ -298,9 +304,15 @@ def run_policy(policy, profile: Profile, sc: Scenario, seed: int, jitter: float 
             told = float(np.median(told_window)) if told_window else 0.0
             delay *= factor
             told_window = (told_window + [delay])[-TOLD_WINDOW:]
-        ctx = RoundContext(told, None if sc.states is None else int(sc.states[i]))
+        stops = signal is not None and policy is not None and getattr(policy, "stop_signal", None) is not None
+        ctx = RoundContext(told, None if sc.states is None else int(sc.states[i]), stops)
         L = int(fixed_lengths[i]) if fixed_lengths is not None else policy.choose(ctx)
         L = max(1, min(L, profile.max_length))
+        if signal is not None:
+            tokens_r = signal.draws(profile.survival, seed, r)
+            if stops:
+                L = _stopped_length(copy.copy(policy), ctx, tokens_r.signal, L)
+            a_full = tokens_r.accepted_of(profile.max_length)
         a = int(min(a_full, L))
         compute = float(profile.compute_ms[L - 1] * (1.0 + jitter * u_jitter))
         t = compute + 2.0 * delay
@@ -310,6 +322,15 @@ def run_policy(policy, profile: Profile, sc: Scenario, seed: int, jitter: float 
         r += 1
         elapsed += t
     return RunTrace(lengths[:r], times[:r], tokens[:r], segs[:r], regimes[:r])
+
+
+def _stopped_length(rule, ctx: RoundContext, signal: np.ndarray, cap: int) -> int:
+    """Tokens drafted of a round capped at `cap` whose stop rule reads `signal` after each token (never
+    after the last: the cap ends the round anyway)."""
+    for n in range(1, cap):
+        if rule.should_stop(ctx, n, float(signal[n - 1])):
+            return n
+    return cap
 
 
 def expected_ms_per_token(trace: RunTrace, sc: Scenario, profile: Profile) -> float:
