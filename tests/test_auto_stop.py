@@ -83,17 +83,59 @@ def test_auto_drafts_the_cap_only_where_the_round_can_stop():
     assert p.choose(RoundContext(0.0)) <= 2               # without the signal: a short fixed length
 
 
-def test_a_longer_delay_lowers_the_stop_bar_and_the_rule_stops_exactly_below_it():
+def look_ahead_stop(policy, bar: float, probs) -> int:
+    """Where the rule should stop, computed here from its learned hazard: after token n once no k more
+    tokens, each predicted at its position's hazard shifted in logits by token n's deviation from its
+    own, earn lambda * P(1..n+j accepted) above their cost a (sums over j <= k, in units of lambda)."""
+    logit = lambda q: np.log(np.clip(q, 1e-3, 1 - 1e-3) / (1 - np.clip(q, 1e-3, 1 - 1e-3)))
+    hazard = logit(policy.hazard_sample(None))
+    alive = 1.0
+    for n in range(1, K):
+        alive *= probs[n - 1]
+        future = 1 / (1 + np.exp(-(hazard[n:] + logit(probs[n - 1]) - hazard[n - 1])))
+        gains = np.cumsum(alive * np.cumprod(future) - bar)
+        if not gains.max() > 0:
+            return n
+    return K
+
+
+def test_a_longer_delay_lowers_the_stop_bar_and_the_rule_stops_where_no_more_tokens_pay():
     p = make_policy("auto", max_length=K, seed=0)
     pa, acc = draw_rounds(60, seed=1)
     play(p, pa, acc, 50.0)
     bars = [p.stop_bar(d) for d in (0.0, 20.0, 150.0, 1000.0)]
     assert all(0 < b1 < b0 < 1 for b0, b1 in zip(bars, bars[1:])), bars
+    rng = np.random.default_rng(5)
+    stops = []
+    for d in (0.0, 20.0, 150.0):
+        ctx = RoundContext(d, stops=True)
+        for _ in range(30):
+            probs = rng.uniform(0.2, 1.0, K) if rng.random() < 0.5 else rng.uniform(0.9, 1.0, K)
+            stops.append(stop_after(p, ctx, K, probs))
+            assert stops[-1] == look_ahead_stop(p, p.stop_bar(d), probs)
+    assert 1 in stops and K in stops  # the draws span the rule: rounds cut at once and rounds drafted out
+
+
+def test_a_hard_first_token_does_not_stop_a_draft_whose_later_positions_are_easy():
+    p = make_policy("auto", max_length=K, seed=0)
+    rng = np.random.default_rng(6)
+    for _ in range(200):  # heavy-head acceptance: the first token 0.4, every later one 0.95
+        ok = rng.random(K) < np.r_[0.4, np.full(K - 1, 0.95)]
+        a = K if ok.all() else int(np.argmin(ok))
+        ctx = RoundContext(150.0, stops=True)
+        n = stop_after(p, ctx, p.choose(ctx), np.r_[0.4, np.full(K - 1, 0.95)])
+        p.observe(RoundOutcome(n, min(a, n), compute_ms(n) + 300.0, RoundContext(150.0)))
     ctx = RoundContext(150.0, stops=True)
-    bar = p.stop_bar(150.0)
-    probs = [0.99, 0.97, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4]
-    product = np.cumprod(probs) * probs
-    assert stop_after(p, ctx, K, probs) == next(n for n in range(1, K) if product[n - 1] < bar)
+    probs = [0.25] + [0.95] * (K - 1)  # this round's first token is harder than its position's usual
+    assert 0.25 * 0.25 < p.stop_bar(150.0)  # the one-step rule (next token as hard as this one) stops ...
+    assert stop_after(p, ctx, K, probs) > 1  # ... but the later positions are easy, and the rule drafts on
+
+
+def test_a_token_as_hard_as_the_hardest_position_stops_the_draft():
+    p = make_policy("auto", max_length=K, seed=0)
+    pa, acc = draw_rounds(60, seed=1)
+    play(p, pa, acc, 0.0)
+    assert stop_after(p, RoundContext(0.0, stops=True), K, [0.02] * K) == 1
 
 
 def test_the_stop_rule_waits_for_two_rounds():
