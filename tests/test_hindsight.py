@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from pipeline.analysis.frames import rounds_frame
-from pipeline.analysis.hindsight import PROBE, best_fixed, best_threshold, stop_length
+from pipeline.analysis.hindsight import PROBE, best_fixed, best_threshold, round_costs, stop_length
 from pipeline.experiments.compare import compare_checks, policy_rows
 from tests.test_analysis import rnd
 
@@ -45,6 +45,32 @@ def test_the_best_threshold_in_hindsight_stops_hard_drafts_early_and_lets_easy_o
     assert 1 - 0.95 ** 3 < best["threshold"] < 0.8 and best["rounds"] == 20
 
 
+def with_first_and_cut_rounds(rows: list[dict]) -> list[dict]:
+    """Every request of every policy opens with a cheap target-only round (draft 0, 40 ms), and fixed:4's
+    last round is cut by the budget to 2 tokens (150 ms): what a live cell's rounds look like."""
+    out = list(rows)
+    for rid, policy in {(r["request_id"], r["policy"]) for r in rows}:
+        out.append(rnd(rid, 9, 0, 0, 40.0, delay=10.0, policy=policy))
+        if policy == "fixed:4":
+            out.append(rnd(rid, 10, 2, 2, 150.0, delay=10.0, policy=policy))
+    return out
+
+
+def test_a_replayed_round_costs_what_fixed_rounds_of_its_length_cost_not_their_cells_cheaper_rounds():
+    rounds = rounds_frame(with_first_and_cut_rounds(one_delay()))
+    assert round_costs(rounds, range(1, 5)) == COST
+    best = best_threshold(rounds, range(1, 5))  # an easy draft of 4 (250 ms, 5 tokens), a hard one cut at 1
+    assert best["ms_per_token"] == pytest.approx((250.0 + 100.0) / (5 + 1)) and best["rounds"] == 20
+
+
+def test_a_policy_meets_the_replay_on_its_drafted_rounds_only():
+    rows = policy_rows(rounds_frame(with_first_and_cut_rounds(one_delay())), ["auto", "fixed:1", "fixed:4", PROBE],
+                       ["delay"], references=True, lengths=range(1, 5))
+    auto = next(r for r in rows if r["policy"] == "auto")
+    assert auto["vs_best_threshold"]["gap_pct"] == pytest.approx(0.0)  # auto plays the best threshold's rounds
+    assert auto["ms_per_token"] == pytest.approx(430.0 / 8)  # its target-only openings count in its ms/token
+
+
 def test_no_threshold_reference_without_probe_scores():
     rows = [r for r in one_delay() if r["policy"] != PROBE]
     assert best_threshold(rounds_frame(rows), range(1, 5)) is None
@@ -75,3 +101,17 @@ def test_a_rival_clearly_ahead_of_auto_fails_the_check_and_is_named():
     checks = compare_checks(rows, ["fixed:1", "fixed:4"])
     assert not checks["auto_ahead_where_clear"]
     assert {d["rival"] for d in checks["detail"] if d.get("clear") and not d["auto_ahead"]} == {"fixed:1"}
+
+
+def test_auto_is_checked_against_the_faster_reference_where_one_token_a_round_beats_every_threshold():
+    # one token a round at 40 ms; the head is sure of every easy draft, so no threshold stops it early
+    rows = [{**r, "round_ms": 40.0} if r["policy"] == "fixed:1" else
+            {**r, "stop_scores": [1.0, 1.0, 1.0]} if r["policy"] == PROBE and r["accepted"] else r for r in one_delay()]
+    prows = policy_rows(rounds_frame(rows), ["auto", "fixed:1", "fixed:4", PROBE], ["delay"], references=True,
+                        lengths=range(1, 5))
+    checks = compare_checks(prows, ["fixed:4"])
+    (within,) = [d for d in checks["detail"] if "check" in d]
+    assert checks["reference"] == "best_fixed" and within["reference"] == "fixed:1"
+    assert within["auto_gap_pct"] > 100 and not checks["auto_within_1pct"]  # 58.3 ms/token against 26.7
+    threshold = next(r for r in prows if r.get("reference") == "best_threshold")
+    assert threshold["ms_per_token"] == pytest.approx(48.33)  # (250 + 40) / 6

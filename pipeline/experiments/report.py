@@ -172,6 +172,10 @@ def _compare_checks(c: dict) -> list[str]:
     lines = [f"Reference: **{(c.get('reference') or 'none').replace('_', ' ')} in hindsight** (same prompts and "
              f"seeds). {within}: {'yes' if within and c[within] else 'no'}; no rival ahead of auto where the paired "
              f"interval is clear: {'yes' if c.get('auto_ahead_where_clear') else 'no'}.", ""]
+    for d in c.get("detail", []):
+        if "check" in d:
+            gap = "no gap" if d.get("auto_gap_pct") is None else f"{d['auto_gap_pct']:+.2f} % {d.get('ci')}"
+            lines.append(f"- {d['delay']} ms: auto {gap} vs {d.get('reference') or 'no reference'}")
     losses = [d for d in c.get("detail", []) if "rival_vs_auto_pct" in d and d["clear"] and not d["auto_ahead"]]
     if losses:
         lines.append("Clearly ahead of auto: " + ", ".join(f"{d['rival']} at {d['delay']} ms "
