@@ -83,6 +83,19 @@ def test_auto_drafts_the_cap_only_where_the_round_can_stop():
     assert p.choose(RoundContext(0.0)) <= 2               # without the signal: a short fixed length
 
 
+def test_a_longer_delay_lowers_the_stop_bar_and_the_rule_stops_exactly_below_it():
+    p = make_policy("auto", max_length=K, seed=0)
+    pa, acc = draw_rounds(60, seed=1)
+    play(p, pa, acc, 50.0)
+    bars = [p.stop_bar(d) for d in (0.0, 20.0, 150.0, 1000.0)]
+    assert all(0 < b1 < b0 < 1 for b0, b1 in zip(bars, bars[1:])), bars
+    ctx = RoundContext(150.0, stops=True)
+    bar = p.stop_bar(150.0)
+    probs = [0.99, 0.97, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4]
+    product = np.cumprod(probs) * probs
+    assert stop_after(p, ctx, K, probs) == next(n for n in range(1, K) if product[n - 1] < bar)
+
+
 def look_ahead_stop(policy, bar: float, probs) -> int:
     """Where the rule should stop, computed here from its learned hazard: after token n once no k more
     tokens, each predicted at its position's hazard shifted in logits by token n's deviation from its
@@ -99,7 +112,14 @@ def look_ahead_stop(policy, bar: float, probs) -> int:
     return K
 
 
-def test_a_longer_delay_lowers_the_stop_bar_and_the_rule_stops_where_no_more_tokens_pay():
+@pytest.fixture
+def look_ahead(monkeypatch):
+    """auto's look-ahead stop rule (off by default: measured slower live on the bundled pair)."""
+    import control.policies.auto as auto_module
+    monkeypatch.setattr(auto_module, "STOP_LOOKAHEAD", True)
+
+
+def test_the_look_ahead_rule_stops_where_no_more_tokens_pay(look_ahead):
     p = make_policy("auto", max_length=K, seed=0)
     pa, acc = draw_rounds(60, seed=1)
     play(p, pa, acc, 50.0)
@@ -116,7 +136,8 @@ def test_a_longer_delay_lowers_the_stop_bar_and_the_rule_stops_where_no_more_tok
     assert 1 in stops and K in stops  # the draws span the rule: rounds cut at once and rounds drafted out
 
 
-def test_a_hard_first_token_does_not_stop_a_draft_whose_later_positions_are_easy():
+def test_under_the_look_ahead_rule_a_hard_first_token_does_not_stop_a_draft_whose_later_positions_are_easy(
+        look_ahead):
     p = make_policy("auto", max_length=K, seed=0)
     rng = np.random.default_rng(6)
     for _ in range(200):  # heavy-head acceptance: the first token 0.4, every later one 0.95
@@ -131,7 +152,10 @@ def test_a_hard_first_token_does_not_stop_a_draft_whose_later_positions_are_easy
     assert stop_after(p, ctx, K, probs) > 1  # ... but the later positions are easy, and the rule drafts on
 
 
-def test_a_token_as_hard_as_the_hardest_position_stops_the_draft():
+@pytest.mark.parametrize("rule", ["one-step", "look-ahead"])
+def test_a_token_as_hard_as_the_hardest_position_stops_the_draft(rule, monkeypatch):
+    import control.policies.auto as auto_module
+    monkeypatch.setattr(auto_module, "STOP_LOOKAHEAD", rule == "look-ahead")
     p = make_policy("auto", max_length=K, seed=0)
     pa, acc = draw_rounds(60, seed=1)
     play(p, pa, acc, 0.0)

@@ -18,12 +18,13 @@ within a round or two (control.markov), with the same one step of optimism.
 
 Where the drafter has an acceptance head (RoundContext.stops), `auto` also stops per token: one
 length per round cannot draft far on an easy stretch and stop at once on a hard one (live, with
-the bundled pair's head, the rule is 9-13 % below the best fixed length at 50-150 ms). It drafts up
+the bundled pair's head, the rule is 5.7-8.5 % below the best fixed length at 50-150 ms). It drafts up
 to the maximum and stops after token n once lambda * P(1..n accepted) * p_n < a (DESIGN.md
 section 2's Dinkelbach rule, the next token's acceptance predicted by this one's: acceptance runs
 in streaks), with a its learned compute per drafted token and lambda the ms/token its own recent
 rounds would take at this round's delay -- each round a Dinkelbach step, so it settles at the
-rule's optimum without a profile. SpecDec++ with the delay-aware threshold needs the profile.
+rule's optimum without a profile. STOP_LOOKAHEAD (off) looks past the next token instead
+(_drafting_on_pays). SpecDec++ with the delay-aware threshold needs the profile.
 """
 from __future__ import annotations
 
@@ -76,7 +77,9 @@ STREAK_PRIOR = 8.0  # pseudo-rounds of the pooled acceptance behind each streak 
 PERSIST_Z = 3.0  # the streak states are used once they differ from the pool by this many deviations (_persists)
 STREAKS = 3  # the last round: first token rejected, a later one rejected, all accepted
 REGIME_GRID = 51  # beliefs the learned belief-MDP is solved on (AutoPolicy._regime_table)
-STOP_LOOKAHEAD = True  # the stop rule looks past the next token, predicting by the learned hazard (_drafting_on_pays)
+STOP_LOOKAHEAD = False  # the stop rule looks past the next token, predicting by the learned hazard (_drafting_on_pays;
+# off: 0.54 -> 0.33 % on the simulated token signal, but 0.3-1.8 % slower live on the bundled pair in two runs,
+# docs/policies/auto-issue23.md "Seventh session")
 RESOLVE_DELAY = 0.05  # the belief-MDP is solved again once the delay moves this fraction (or a refit)
 
 

@@ -5,7 +5,8 @@ control.token_signal gives every drafted token its own acceptance probability ar
 hazard and the drafter a noisy reading of it, so a rule that stops on a token's signal has something to
 read and can beat every fixed length. Per (profile, delay) cell, on the same seeds and tokens:
 
-* `auto` (its Dinkelbach stop rule on the signal, no profile) and `auto` without a head (its fixed-length
+* `auto` (its Dinkelbach stop rule on the signal, no profile), the same with its look-ahead stop rule
+  (`control.policies.auto.STOP_LOOKAHEAD`, off by default) and `auto` without a head (its fixed-length
   path on the same tokens);
 * `specdec++-delay` (the delay-aware threshold from the profile), `hf-confidence` (threshold 0.4, reading
   the same signal: generous to it, whose live signal is the draft's own probability);
@@ -24,6 +25,7 @@ from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 
+import control.policies.auto as auto_module
 from control.evaluation import kind_profiles
 from control.families import DELAYS
 from control.policies import make_policy
@@ -32,7 +34,7 @@ from control.simulator import const_scenario, run_policy
 from control.token_signal import TokenSignal
 
 THRESHOLDS = tuple(round(float(h), 2) for h in np.linspace(0.05, 0.95, 19)) + (0.99,)
-RULES = ("auto", "auto (no head)", "specdec++-delay", "hf-confidence")
+RULES = ("auto", "auto (look-ahead)", "auto (no head)", "specdec++-delay", "hf-confidence")
 REFERENCES = ("best fixed length", "best threshold in hindsight")
 
 
@@ -47,6 +49,14 @@ def _ms(profile: Profile, spec: str, sc, seeds: int, signal: TokenSignal, head: 
     return float(np.mean(out))
 
 
+def _look_ahead_ms(profile: Profile, sc, seeds: int, signal: TokenSignal) -> float:
+    saved, auto_module.STOP_LOOKAHEAD = auto_module.STOP_LOOKAHEAD, True
+    try:
+        return _ms(profile, "auto", sc, seeds, signal)
+    finally:
+        auto_module.STOP_LOOKAHEAD = saved
+
+
 def _cells(args) -> dict:
     profile, delays, rounds, seeds, signal = args
     cells = {}
@@ -58,6 +68,7 @@ def _cells(args) -> dict:
         by_h = {h: _ms(profile, f"specdec++:{h:g}", sc, seeds, signal) for h in THRESHOLDS}
         best_h = min(by_h, key=by_h.get)
         ms = {"auto": _ms(profile, "auto", sc, seeds, signal),
+              "auto (look-ahead)": _look_ahead_ms(profile, sc, seeds, signal),
               "auto (no head)": _ms(profile, "auto", sc, seeds, signal, head=False),
               "specdec++-delay": _ms(profile, "specdec++-delay", sc, seeds, signal),
               "hf-confidence": _ms(profile, "hf-confidence", sc, seeds, signal),
@@ -85,10 +96,11 @@ def bench(seeds: int = 5, rounds: int = 1000, delays=DELAYS, workers: int = 2, s
     for name in RULES + REFERENCES:
         gaps = [c["gap_pct"][name] for c in cells]
         summary[name] = {"mean_gap_pct": round(float(np.mean(gaps)), 3), "worst_gap_pct": round(max(gaps), 3)}
-    summary["auto"]["cells_behind_a_rule"] = sum(
-        any(c["gap_pct"][r] < c["gap_pct"]["auto"] for r in ("specdec++-delay", "hf-confidence")) for c in cells)
-    summary["auto"]["cells_behind_the_threshold_in_hindsight"] = sum(
-        c["gap_pct"]["auto"] > c["gap_pct"]["best threshold in hindsight"] for c in cells)
+    for name in ("auto", "auto (look-ahead)"):
+        summary[name]["cells_behind_a_rule"] = sum(
+            any(c["gap_pct"][r] < c["gap_pct"][name] for r in ("specdec++-delay", "hf-confidence")) for c in cells)
+        summary[name]["cells_behind_the_threshold_in_hindsight"] = sum(
+            c["gap_pct"][name] > c["gap_pct"]["best threshold in hindsight"] for c in cells)
     return {"signal": {"spread": signal.spread, "persistence": signal.persistence, "noise": signal.noise}, "seeds": seeds,
             "rounds": rounds, "delays": list(delays), "profiles": len(per), "cells": len(cells),
             "thresholds": list(THRESHOLDS), "summary": summary, "per_profile": per}
