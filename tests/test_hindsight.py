@@ -45,30 +45,49 @@ def test_the_best_threshold_in_hindsight_stops_hard_drafts_early_and_lets_easy_o
     assert 1 - 0.95 ** 3 < best["threshold"] < 0.8 and best["rounds"] == 20
 
 
-def with_first_and_cut_rounds(rows: list[dict]) -> list[dict]:
-    """Every request of every policy opens with a cheap target-only round (draft 0, 40 ms), and fixed:4's
-    last round is cut by the budget to 2 tokens (150 ms): what a live cell's rounds look like."""
+def with_last_and_cut_rounds(rows: list[dict]) -> list[dict]:
+    """Every request of every policy ends with a target-only round (the budget left one token: draft 0, 40
+    ms), and fixed:4's next-to-last round is cut by the budget to 2 tokens (150 ms): a live cell's rounds."""
     out = list(rows)
     for rid, policy in {(r["request_id"], r["policy"]) for r in rows}:
         out.append(rnd(rid, 9, 0, 0, 40.0, delay=10.0, policy=policy))
         if policy == "fixed:4":
-            out.append(rnd(rid, 10, 2, 2, 150.0, delay=10.0, policy=policy))
+            out.append(rnd(rid, 8, 2, 2, 150.0, delay=10.0, policy=policy))
     return out
 
 
 def test_a_replayed_round_costs_what_fixed_rounds_of_its_length_cost_not_their_cells_cheaper_rounds():
-    rounds = rounds_frame(with_first_and_cut_rounds(one_delay()))
-    assert round_costs(rounds, range(1, 5)) == COST
+    rounds = rounds_frame(with_last_and_cut_rounds(one_delay()))
+    assert round_costs(rounds, range(1, 5)) == {(L, True): c for L, c in COST.items()}
     best = best_threshold(rounds, range(1, 5))  # an easy draft of 4 (250 ms, 5 tokens), a hard one cut at 1
     assert best["ms_per_token"] == pytest.approx((250.0 + 100.0) / (5 + 1)) and best["rounds"] == 20
 
 
+def test_a_requests_first_round_is_costed_apart_from_its_later_ones():
+    rows = [rnd("f-0", 0, 2, 2, 130.0, policy="fixed:2"), rnd("f-0", 1, 2, 2, 100.0, policy="fixed:2"),
+            rnd("f-0", 2, 2, 2, 110.0, policy="fixed:2"), rnd("f-0", 3, 1, 1, 60.0, policy="fixed:2")]
+    assert round_costs(rounds_frame(rows), [1, 2]) == {(2, True): 130.0, (2, False): 105.0}
+
+
+def test_a_missing_gap_of_auto_to_a_reference_neither_crashes_the_check_nor_passes_it():
+    rows = policy_rows(rounds_frame(one_delay()), ["auto", "fixed:1", "fixed:4", PROBE], ["delay"], references=True,
+                       lengths=range(1, 5))
+    for r in rows:
+        if r["policy"] == "auto":
+            r["vs_best_threshold"] = {"gap_pct": None, "ci": [None, None], "pairs": 0}
+    checks = compare_checks(rows, ["fixed:4"])
+    (within,) = [d for d in checks["detail"] if "check" in d]
+    assert within["reference"] == "fixed:1"  # the one reference auto has a gap to
+    rows = [{**r, "vs_best_fixed": {"gap_pct": None, "ci": [None, None]}} if r["policy"] == "auto" else r for r in rows]
+    assert not compare_checks(rows, ["fixed:4"])["auto_within_1pct"]
+
+
 def test_a_policy_meets_the_replay_on_its_drafted_rounds_only():
-    rows = policy_rows(rounds_frame(with_first_and_cut_rounds(one_delay())), ["auto", "fixed:1", "fixed:4", PROBE],
+    rows = policy_rows(rounds_frame(with_last_and_cut_rounds(one_delay())), ["auto", "fixed:1", "fixed:4", PROBE],
                        ["delay"], references=True, lengths=range(1, 5))
     auto = next(r for r in rows if r["policy"] == "auto")
     assert auto["vs_best_threshold"]["gap_pct"] == pytest.approx(0.0)  # auto plays the best threshold's rounds
-    assert auto["ms_per_token"] == pytest.approx(430.0 / 8)  # its target-only openings count in its ms/token
+    assert auto["ms_per_token"] == pytest.approx(430.0 / 8)  # its target-only last rounds count in its ms/token
 
 
 def test_no_threshold_reference_without_probe_scores():

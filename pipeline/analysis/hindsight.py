@@ -8,12 +8,13 @@ K every round and never stops, while its stop rule records the acceptance head's
 drafted token, `stop_scores` in the round's log line) gives, per round, the head's scores and the
 verified accepted count A of the whole draft. A threshold rule h (stop after token n once
 1 - prod_{i<=n} p̂_i > h) would have drafted n_h <= K tokens of that same draft and kept min(A, n_h)
-of them plus the target's token; its round costs what a `fixed:n_h` round that drafted n_h tokens cost
-in the same run at the same delay (their mean round time: a cell's target-only first round and its
-budget-cut last rounds are cheaper, and charging n_h-token rounds the whole cell's mean made the
-reference 6-10 % too fast for 5-8 tokens at 50 ms). Only drafted rounds are replayed, and a policy is
-compared with the replay on its drafted rounds (compare.policy_rows): every request's target-only
-first round is the same for all, and a replay that keeps fewer tokens per request would weigh it more. Its ms/token is sum T(n_h) / sum tokens, minimised over a
+of them plus the target's token; its round costs what the run's `fixed:n_h` rounds that drafted n_h
+tokens cost at the same delay, a request's first round apart from the others (their mean round times:
+a cell also holds budget-cut rounds, shorter and cheaper, and target-only last rounds where the budget
+left one token, and its first rounds carry the prefill; charging n_h-token rounds the whole cell's mean
+made the reference 6-10 % too fast for 5-8 tokens at 50 ms). Only drafted rounds are replayed, and a
+policy is compared with the replay on its drafted rounds (compare.policy_rows): how many target-only
+last rounds a policy's requests end with depends on its own trajectory, which a replay cannot follow. Its ms/token is sum T(n_h) / sum tokens, minimised over a
 grid of h. Rounds are replayed one by one (a shorter round would have changed the next round's
 context): the usual offline evaluation of a stop rule, and why the reference is called "in hindsight".
 """
@@ -41,10 +42,17 @@ def best_fixed(rounds: pl.DataFrame, lengths) -> tuple[str | None, float | None]
     return p, j
 
 
-def round_costs(rounds: pl.DataFrame, lengths) -> dict[int, float]:
-    """L -> mean round time of the `fixed:L` rounds that drafted exactly L tokens (one delay's rounds)."""
-    return {L: float(g["round_ms"].mean()) for L in lengths
-            if (g := rounds.filter((pl.col("policy") == f"fixed:{L}") & (pl.col("draft_length") == L))).height}
+def round_costs(rounds: pl.DataFrame, lengths) -> dict[tuple[int, bool], float]:
+    """(L, first) -> mean round time of the `fixed:L` rounds that drafted exactly L tokens (one delay's
+    rounds), a request's first round (first: its prefill) apart from its later ones."""
+    out = {}
+    for L in lengths:
+        g = rounds.filter((pl.col("policy") == f"fixed:{L}") & (pl.col("draft_length") == L))
+        for first in (True, False):
+            part = g.filter((pl.col("round") == 0) == first)
+            if part.height:
+                out[(L, first)] = float(part["round_ms"].mean())
+    return out
 
 
 def stop_length(scores, k: int, h: float) -> int:
@@ -57,17 +65,17 @@ def stop_length(scores, k: int, h: float) -> int:
     return k
 
 
-def replay(probe: pl.DataFrame, round_ms: dict[int, float], h: float) -> pl.DataFrame | None:
+def replay(probe: pl.DataFrame, round_ms: dict[tuple[int, bool], float], h: float) -> pl.DataFrame | None:
     """The probe's rounds as threshold h would have played them: (request_id, round_ms, tokens); None when
     some round would have drafted a length the run has no cost for (dropping those rounds would bias it)."""
     ids, times, tokens = [], [], []
-    for rid, k, a, kept, scores in probe.select("request_id", "draft_length", "accepted", "tokens",
-                                                "stop_scores").iter_rows():
+    for rid, r, k, a, kept, scores in probe.select("request_id", "round", "draft_length", "accepted", "tokens",
+                                                   "stop_scores").iter_rows():
         n = stop_length(scores or [], k, h)
-        if n not in round_ms:
+        if (n, r == 0) not in round_ms:
             return None
         ids.append(rid)
-        times.append(round_ms[n])
+        times.append(round_ms[(n, r == 0)])
         tokens.append(min(min(a, n) + 1, kept))  # a round cut by EOS or the budget keeps its cut
     return pl.DataFrame({"request_id": ids, "round_ms": times, "tokens": tokens},
                         schema={"request_id": pl.Utf8, "round_ms": pl.Float64, "tokens": pl.Int64})

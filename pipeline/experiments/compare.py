@@ -140,6 +140,15 @@ def policy_rows(rounds: pl.DataFrame, policies: list[str], by: list[str], oracle
 
 
 HINDSIGHT = "hindsight-threshold"
+
+
+def _numeric(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
 REFERENCES = ("best_threshold", "best_fixed")  # the run's own references; on a tie the threshold is named
 
 
@@ -214,13 +223,16 @@ def compare_checks(rows: list[dict], rivals: list[str]) -> dict:
     within = f"auto_within_{WITHIN_PCT:g}pct"
     checks = {"reference": None, within: True, "auto_ahead_where_clear": True, "detail": []}
     kinds = []
-    for d, rs in by_delay.items():
+    for d, rs in sorted(by_delay.items(), key=lambda x: float(x[0]) if _numeric(x[0]) else float("inf")):
         auto = rs.get("auto")
         # the faster reference is the one auto's paired gap is larger to (each gap on like rounds: a replay
-        # holds drafted rounds only, so the references' own ms/token are not comparable); without auto, theirs
-        refs = [(-(auto or {}).get(f"vs_{r['reference']}", {}).get("gap_pct", 0.0) if auto else r["ms_per_token"],
-                 REFERENCES.index(r["reference"]), r["reference"], p) for p, r in rs.items()
-                if r.get("reference") in REFERENCES and r.get("ms_per_token") is not None]
+        # holds drafted rounds only, so the references' own ms/token are not comparable); where auto has no
+        # gap to any, by their ms/token (the check fails then anyway)
+        named = [(r["reference"], p, r["ms_per_token"]) for p, r in rs.items()
+                 if r.get("reference") in REFERENCES and r.get("ms_per_token") is not None]
+        gaps = [(-g, REFERENCES.index(k), k, p) for k, p, _ in named
+                if (g := ((auto or {}).get(f"vs_{k}") or {}).get("gap_pct")) is not None]
+        refs = gaps or [(j, REFERENCES.index(k), k, p) for k, p, j in named]
         _, _, kind, ref = min(refs) if refs else (None, None, None, None)
         kinds.append(kind)
         gap = (auto or {}).get(f"vs_{kind}", {}) if kind else {}
