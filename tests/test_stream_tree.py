@@ -29,12 +29,13 @@ def test_a_wider_tree_gives_the_same_output(pair):
 
 
 def test_lost_duplicated_and_reordered_messages_change_nothing_but_the_time(pair):
-    """The first nodes message always carries the root's expansion (the root is the only node on the
-    frontier when the edge starts, and nothing is sent before it), and the cloud can decide nothing
-    without it: dropping it forces a stall that only the edge's resend can end, whatever the timing.
-    The other faults land wherever the timing puts them; the output must not depend on where."""
+    """The edge's first message is the context alone (it opens the cloud's session); the second always
+    carries the root's expansion (the root is the only node on the frontier when the edge starts), and
+    the cloud can decide nothing without it: dropping it forces a stall that only the edge's resend can
+    end, whatever the timing. The other faults land wherever the timing puts them; the output must not
+    depend on where."""
     prompt = encode(pair, TEXTS[0])
-    faults = LinkFaults(drop_up=frozenset({0, 3}), duplicate_up=frozenset({1, 2, 5}),
+    faults = LinkFaults(drop_up=frozenset({1, 4}), duplicate_up=frozenset({0, 2, 3, 6}),
                         drop_down=frozenset({1}), duplicate_down=frozenset({0, 2}), late_down=frozenset({3, 4}))
     got = stream_tree_generate(pair, prompt, 24, one_way_ms=2.0, faults=faults, resend_after_s=0.1)
     assert got.resends >= 1  # the lost root expansion was made good by resending the live tree
@@ -67,6 +68,19 @@ def test_the_misses_every_width_would_have_had_are_counted_by_any_width(pair):
         assert r.covered == sorted(r.covered)  # more children never cover less
         assert (r.judged, r.covered) == (runs[1].judged, runs[1].covered)
     assert runs[1].misses > runs[8].misses
+
+
+@pytest.mark.parametrize("new", [1, 3])
+def test_the_edge_drafts_nothing_past_the_requests_end(pair, new):
+    """While the last verdict is on its way the edge has nothing left to propose: over a 20 ms link it
+    would otherwise draft levels past the end (a device's forward for nothing, and one it would be busy
+    with when the verdict lands). Every expansion proposes a position inside the request, and each
+    forward expands at least one node, so a request without misses takes at most `new` forwards."""
+    prompt = encode(pair, TEXTS[0])
+    got = stream_tree_generate(pair, prompt, new, one_way_ms=20.0, width=8)
+    assert got.token_ids == target_only(pair, prompt, new)
+    assert got.misses == 0
+    assert 1 <= got.draft_forwards <= new
 
 
 def test_a_width_outside_the_limits_is_refused(pair):
@@ -121,7 +135,7 @@ def test_the_sample_depends_on_the_seed_not_on_the_delay(tiny_pair):
 
 # --- the cloud fills its idle time --------------------------------------------------------------------
 
-FILL_FAULTS = LinkFaults(drop_up=frozenset({0, 3}), duplicate_up=frozenset({1, 2, 5}),
+FILL_FAULTS = LinkFaults(drop_up=frozenset({1, 4}), duplicate_up=frozenset({0, 2, 3, 6}),
                          drop_down=frozenset({1}), duplicate_down=frozenset({0, 2}), late_down=frozenset({3, 4}))
 
 

@@ -96,6 +96,19 @@ def test_nodes_below_the_minimum_path_probability_wait_but_the_root_never_does()
     assert fresh.best(1, min_logp=0.0) == [fresh.root]
 
 
+def test_a_node_at_the_requests_last_position_is_never_expanded():
+    t, n = grown()  # b at position 10; c, d at 11
+    assert t.best(5, last_pos=11) == [n["b"]]  # c and d would only propose position 12, past the end
+    assert t.best(5, last_pos=11) == []
+
+
+def test_the_end_is_a_context_position_whatever_the_root():
+    t, n = grown()
+    t.commit([7])  # the root moves to a (position 10): c and d are at depth 1, still position 11
+    assert t.best(5, last_pos=11) == []
+    assert t.best(5, last_pos=12) == [n["c"], n["d"]]
+
+
 def test_a_resend_lists_every_expansion_parents_first():
     t, n = grown()
     assert [g[0] for g in t.all_groups()] == [n["r"], n["a"]]

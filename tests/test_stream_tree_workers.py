@@ -18,7 +18,7 @@ from pipeline.transport.client import generate_stream
 from schemas import subjects
 from schemas.codec import Limits, decode
 from schemas.messages import ErrorMsg, GenerateRequest
-from schemas.stream_tree import StreamNodes, encode_nodes
+from schemas.stream_tree import StreamNodes, decode_nodes, encode_nodes
 from tests.pipeline_fixtures import cluster, read_log, wait_for
 
 NEW = 40
@@ -126,11 +126,12 @@ async def test_auto_at_zero_delay_never_tries_the_stream_tree(broker, pair, tmp_
 
 class FaultyRun(StreamTreeRun):
     """The edge's run with a lossy link: chosen nodes messages (up) and verdicts (down) are dropped or
-    delivered twice, counted per request in sending order. Up message 0 always carries the root's
-    expansion, without which the verifier decides nothing: each request must stall and resend, at any
-    timing; where the other faults land depends on the timing."""
+    delivered twice, counted per request in sending order. Up message 0 is the context alone (it opens
+    the verifier's session) and message 1 always carries the root's expansion, without which the
+    verifier decides nothing: each request must stall and resend, at any timing; where the other
+    faults land depends on the timing."""
 
-    DROP_UP, DUP_UP, DROP_DOWN, DUP_DOWN = {0, 4, 9}, {2, 6, 12}, {0, 3}, {1, 5}
+    DROP_UP, DUP_UP, DROP_DOWN, DUP_DOWN = {0, 1, 4, 9}, {2, 6, 12}, {0, 3}, {1, 5}
 
     def __init__(self, *args, **kw) -> None:
         super().__init__(*args, **kw)
@@ -224,3 +225,27 @@ def test_stream_fill_is_off_by_default():
     assert not CloudConfig().stream_fill
     assert build_parser().parse_args(["cloud", "--stream-fill"]).stream_fill
     assert not build_parser().parse_args(["cloud"]).stream_fill
+
+
+async def test_the_context_goes_out_before_the_first_draft_forward(broker, pair, tmp_path):
+    """The cloud opens the session and prefills the prompt while the edge drafts its first level: a
+    request's first message carries the context and no groups; its first groups come after it."""
+    import nats
+
+    seen: list[StreamNodes] = []
+
+    async def sniff(m) -> None:
+        seen.append(decode_nodes(m.data))
+
+    nc = await nats.connect(broker.url)
+    try:
+        sub = await nc.subscribe(f"{subjects.DRAFT_PREFIX}.>", cb=sniff)
+        async with cluster(broker.url, pair, tmp_path, channel="const:10", stream_tree=StreamShape()) as (client, _, _):
+            res = await generate_stream(client, GenerateRequest("open-0", prompt=_prompts(1)[0], max_new_tokens=8), 60)
+        await sub.unsubscribe()
+    finally:
+        await nc.close()
+    assert res.ok, res.error
+    mine = [m for m in seen if m.request_id == "open-0" and not m.end]
+    assert mine[0].nodes.groups == () and mine[0].context is not None
+    assert any(m.nodes.groups for m in mine[1:])

@@ -427,6 +427,7 @@ def _edge_loop(pair: ModelPair, kv: _TreeKV, prompt: list[int], max_new: int, pa
     min_logp = math.log(min_path_prob) if min_path_prob > 0 else -math.inf
     last_flush = last_progress = time.perf_counter()
     done = False
+    last_pos = len(prompt) - 1 + max_new  # the context position of the request's last token
 
     def send(groups) -> None:
         for i in range(0, max(1, len(groups)), limits.max_groups_per_msg):
@@ -474,6 +475,10 @@ def _edge_loop(pair: ModelPair, kv: _TreeKV, prompt: list[int], max_new: int, pa
         if on_commit is not None:
             on_commit(res, new, out[before:], c.restart, reason is not None)
 
+    # The context goes out before the first draft forward: the cloud opens the session and prefills
+    # the prompt while the edge drafts, instead of after the first group arrives (a target's prefill
+    # of a long prompt is the larger part of the first token's time).
+    send([])
     while not done:
         if cloud.error is not None:
             raise cloud.error
@@ -488,7 +493,7 @@ def _edge_loop(pair: ModelPair, kv: _TreeKV, prompt: list[int], max_new: int, pa
             continue
         if lead_penalty > 0:
             tree.set_lead(round(rate * (2 * delay_s + flush_s)))
-        vs_ok = tree.best(min(batch, (limits.max_nodes - len(tree.nodes)) // width), min_logp)
+        vs_ok = tree.best(min(batch, (limits.max_nodes - len(tree.nodes)) // width), min_logp, last_pos)
         if vs_ok:
             t = time.perf_counter()
             _expand(tree, kv, vs_ok, params, width, cumulative, tops, limits.max_width)

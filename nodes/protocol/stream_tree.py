@@ -167,16 +167,22 @@ class EdgeTree:
             self._heap = [(-self.priority(u), u) for u, n in self.nodes.items() if n.children is None]
             heapq.heapify(self._heap)
 
-    def best(self, k: int, min_logp: float = -math.inf) -> list[int]:
+    def best(self, k: int, min_logp: float = -math.inf, last_pos: int | None = None) -> list[int]:
         """Up to k unexpanded nodes of highest priority whose path log-probability is at least
         `min_logp`, best first (taken off the frontier: the caller must expand each of them). The
-        root always qualifies, so the cloud's tip is expanded once the edge knows it."""
+        root always qualifies, so the cloud's tip is expanded once the edge knows it. A node at
+        context position `last_pos` (the request's last token) or deeper never qualifies: its children
+        would lie past the end, a forward of the edge's device for nothing, which also keeps the edge
+        busy when the last verdict arrives."""
         out: list[int] = []
         skipped: list[tuple[float, int]] = []
         while self._heap and len(out) < k:
             item = heapq.heappop(self._heap)
             n = self.nodes.get(item[1])
             if n is None or n.children is not None:
+                continue
+            if last_pos is not None and self.root_pos + n.depth >= last_pos:
+                skipped.append(item)  # back on the frontier: the end is the caller's to move
                 continue
             (out if n.logp >= min_logp else skipped).append(item[1] if n.logp >= min_logp else item)
         for item in skipped:
