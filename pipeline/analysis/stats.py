@@ -6,6 +6,8 @@ context), so the bootstrap resamples requests, not rounds.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import polars as pl
 
@@ -77,4 +79,17 @@ def delay_buckets(delays: pl.Series, max_distinct: int = 12) -> pl.Expr:
     if rounded.n_unique() <= max_distinct:
         return pl.col("delay_ms").round(1).alias("delay")
     edges = sorted(set(float(x) for x in np.quantile(delays.to_numpy(), [0.2, 0.4, 0.6, 0.8])))
-    return pl.col("delay_ms").cut(edges).cast(pl.Utf8).alias("delay")
+    return right_closed_bins(pl.col("delay_ms"), edges).alias("delay")
+
+
+def right_closed_bins(col: pl.Expr, edges: list[float]) -> pl.Expr:
+    """Label each value with its bin "(lo, hi]" among ascending `edges` (null stays null), as polars'
+    `cut` did (bounds in Python's float repr: "20.0" where `cut` wrote "20"). Built from `when` chains
+    because `cut` is deprecated in polars 2 and its replacement (`bin_intervals`) is experimental and
+    absent from the polars 1.x the project also supports."""
+    bounds = [-math.inf, *edges, math.inf]
+    labels = [f"({lo}, {hi}]" for lo, hi in zip(bounds, bounds[1:])]
+    expr = pl.when(col.is_null()).then(pl.lit(None, pl.Utf8))
+    for hi, label in zip(edges, labels):
+        expr = expr.when(col <= hi).then(pl.lit(label))
+    return expr.otherwise(pl.lit(labels[-1]))
