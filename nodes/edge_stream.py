@@ -11,8 +11,9 @@ does not speak the stream tree) fails the request with its code. The committed c
 along until a verdict has been heard, on pings and whenever the root's own group is (re)sent, so
 a verifier that lost the session rebuilds it where the edge stands.
 
-Each verdict that commits tokens streams them to the client and writes one `stream_verdict` log
-event (fields in docs/stream-tree.md); the request ends with `stream_done`.
+Each verdict that commits tokens streams them to the client as it arrives (on the event loop, not
+after the draft forward the edge thread is in) and writes one `stream_verdict` log event when the
+edge thread has taken it (fields in docs/stream-tree.md); the request ends with `stream_done`.
 
 The delay the lead estimate (and `--stream-tree auto`) uses is the one the edge measured before the
 request (`edge_delay_ms`); each stream request adds the delay its messages paid to that estimate.
@@ -33,7 +34,8 @@ from control.stream_choice import CHAIN, STREAM, Decision
 from control.stream_width import WidthChoice
 from nodes.config import StreamShape
 from nodes.models.stream_tree import StreamTreeResult, _edge_loop, _TreeKV
-from nodes.protocol.stream_tree import Limits, NodesMsg
+from nodes.protocol.request import finish
+from nodes.protocol.stream_tree import Limits, NodesMsg, unseen_part
 from schemas import subjects
 from schemas.codec import Int32Array, SchemaError, decode, encode
 from schemas.messages import ErrorMsg, TokenChunk
@@ -99,6 +101,13 @@ class StreamTreeRun:
         self.verifier: str | None = r.verifier
         self.heard = False
         self.committed = list(r.context)  # the context the edge holds (edge thread)
+        # What the event loop has streamed: a verdict's tokens go to the client on receipt, not after the
+        # draft forward the edge thread is in (up to one device step sooner); the thread, seeing the same
+        # verdicts in the same order, sends the last chunk (after `on_finish`) and logs every verdict.
+        self.known = len(r.context)
+        self.streamed: list[int] = []
+        self.chunks = 0
+        self.final_seen = False
         self.inbox = worker.nc.new_inbox()
         self.t0 = self.last_t = 0.0
         self.seq = 0
@@ -163,7 +172,23 @@ class StreamTreeRun:
         if not self.heard or self.verifier is None:
             self.verifier = item.verifier_id  # later messages go to the verifier that holds the session
         self.heard = True
+        self._stream_on_receipt(item.verdict)
         self.down.q.put(item)
+
+    def _stream_on_receipt(self, v) -> None:
+        """The event loop: stream what a verdict commits now, by the rules the edge thread applies to
+        the same verdicts in the same order (`unseen_part`, then `finish`), so both cut the output at
+        the same token; the verdict that ends the request is left to the thread."""
+        new = unseen_part(self.known, v)
+        if not new or self.final_seen:
+            return
+        self.known += len(new)
+        before = len(self.streamed)
+        if finish(new, self.streamed, self.r.req.max_new_tokens, self.w.pair.eos_ids) is not None:
+            self.final_seen = True
+            return
+        seq, self.chunks = self.chunks, self.chunks + 1
+        self.pending.append(self.loop.create_task(self._send_chunk(seq, self.streamed[before:], False, "")))
 
     # --- the request ---------------------------------------------------------------------
     async def run(self) -> StreamTreeResult:
@@ -205,7 +230,8 @@ class StreamTreeRun:
                           pacer=self.w.pacer)  # the emulated edge device, if any: each draft forward padded
 
     def _on_commit(self, res: StreamTreeResult, new: list[int], kept: list[int], miss: bool, done: bool) -> None:
-        """The edge thread, after a verdict committed `new`: stream and log it on the event loop."""
+        """The edge thread, after a verdict committed `new`: log it on the event loop, and send the last
+        chunk there once `on_finish` has the request's cost (the others went out on receipt)."""
         self.committed.extend(new)
         now = time.perf_counter()
         v = self.down.last
@@ -227,6 +253,12 @@ class StreamTreeRun:
             self._deliver(fields, kept, done, reason))))
 
     async def _deliver(self, fields: dict, kept: list[int], done: bool, reason: str) -> None:
+        """The last chunk (the others went out on receipt), then the verdict's log line."""
+        if done:
+            await self._send_chunk(self.chunks, kept, True, reason)  # the loop counted every chunk before it
+        self.w.log.debug("stream_verdict", **fields)
+
+    async def _send_chunk(self, seq: int, kept: list[int], done: bool, reason: str) -> None:
         r, live = self.r, self.live
         r.out.extend(kept)
         text = ""
@@ -236,14 +268,13 @@ class StreamTreeRun:
             full_text = r.detok.flush_all() if done else None
         if done:
             r.finish_reason = reason
-        chunk = TokenChunk(r.req.request_id, fields["seq"], Int32Array(kept), text, done, reason if done else None,
-                           fields["seq"] + 1, len(r.out), Int32Array(r.out) if done else None, full_text)
+        chunk = TokenChunk(r.req.request_id, seq, Int32Array(kept), text, done, reason if done else None,
+                           seq + 1, len(r.out), Int32Array(r.out) if done else None, full_text)
         if done:
             live.terminal = chunk
         if live.inbox:
             live.last_sent = time.monotonic()
             await self.w.send_now(live.inbox, encode(chunk))
-        self.w.log.debug("stream_verdict", **fields)
 
 
 async def run_stream_tree(worker: "EdgeWorker", r: "EdgeRequest", live: "Live") -> bool:

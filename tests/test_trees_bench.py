@@ -58,10 +58,11 @@ def test_the_live_row_is_each_requests_round_time_over_its_tokens_then_the_media
 def test_a_repeated_live_row_reports_the_true_median_of_its_runs_not_the_faster_middle_one():
     from pipeline.bench.trees_live import median_row
 
-    runs = [{"ms_per_token_median": 89.8, "wall_ms_per_token_median": 95.0, "run_dir": "slow"},
-            {"ms_per_token_median": 81.9, "wall_ms_per_token_median": 85.0, "run_dir": "fast"}]
+    runs = [{"ms_per_token_median": 89.8, "wall_ms_per_token_median": 95.0, "ttft_ms_median": 300.0, "run_dir": "slow"},
+            {"ms_per_token_median": 81.9, "wall_ms_per_token_median": 85.0, "ttft_ms_median": 200.0, "run_dir": "fast"}]
     row = median_row(runs)
     assert row["ms_per_token_median"] == 85.85 and row["wall_ms_per_token_median"] == 90.0
+    assert row["ttft_ms_median"] == 250.0
     assert row["ms_per_token_runs"] == [89.8, 81.9]
     assert median_row(runs[:1])["ms_per_token_median"] == 89.8
 

@@ -4,7 +4,8 @@ Each row starts its own broker, cloud and edge processes (the edge's link emulat
 one-way delay each way), sends the same greedy requests one at a time, and reads the edge's round
 log: ms/token is a request's summed round time over the tokens its rounds emitted (medians over
 requests), so it is measured, not modelled; `wall_ms_per_token_median` is the client's own clock
-(a request's whole stream, first round and prefill included) as a cross-check. Every row must
+(a request's whole stream, first round and prefill included) as a cross-check, and `ttft_ms_median`
+the client's time to its first chunk. Every row must
 produce the same tokens (greedy output does not depend on the shape); `same_output` says whether
 they did.
 
@@ -45,13 +46,14 @@ ROWS = (("chain fixed:8", "fixed:8", "off"), ("chain auto", "auto", "off"),
         ("tree 8x3", "auto", "8x3"), ("tree auto", "auto", "auto"))
 
 
-async def _drive(url: str, prompts: list[str], max_new_tokens: int) -> tuple[list[list[int]], list[float]]:
-    """The requests' tokens, and each one's wall-clock ms/token at the client."""
+async def _drive(url: str, prompts: list[str], max_new_tokens: int
+                 ) -> tuple[list[list[int]], list[float], list[float]]:
+    """The requests' tokens, and each one's wall-clock ms/token and time to first token at the client."""
     nc = await bus.connect(url, "bench-trees", long_lived=False)
     try:
         await generate_stream(nc, GenerateRequest("warm-up", prompt=prompts[0], max_new_tokens=8), 120,
                               wait_for_edge_s=30.0)
-        outs, walls = [], []
+        outs, walls, ttfts = [], [], []
         for i, p in enumerate(prompts):
             t0 = time.perf_counter()
             res = await generate_stream(nc, GenerateRequest(f"live-{i}", prompt=p, max_new_tokens=max_new_tokens), 120)
@@ -59,7 +61,8 @@ async def _drive(url: str, prompts: list[str], max_new_tokens: int) -> tuple[lis
                 raise RuntimeError(f"request {i} failed: {res.error}")
             outs.append(res.token_ids)
             walls.append((time.perf_counter() - t0) * 1e3 / max(1, len(res.token_ids)))
-        return outs, walls
+            ttfts.append(res.chunk_times_s[0] * 1e3 if res.chunk_times_s else float("nan"))
+        return outs, walls, ttfts
     finally:
         await nc.close()
 
@@ -224,7 +227,7 @@ def bench_trees_live(delay_ms: float = 50.0, requests: int = 6, max_new_tokens: 
                             edge_device=edge_device, cloud_device=cloud_device)
             emulation = devices_of(cfg)
             with local_cluster(run_dir, cfg) as url:
-                outs, walls = aio.run(_drive(url, prompts, max_new_tokens))
+                outs, walls, ttfts = aio.run(_drive(url, prompts, max_new_tokens))
             outputs.append(outs)
             measured = (_stream_row(_rounds(run_dir, "stream_verdict"), _rounds(run_dir, "stream_done"),
                                     _rounds(run_dir))
@@ -232,7 +235,8 @@ def bench_trees_live(delay_ms: float = 50.0, requests: int = 6, max_new_tokens: 
             runs[label].append({"row": label, "policy": policy, "tree": tree, "ahead": r, "run_dir": str(run_dir),
                                 **measured, **_fill_fields(run_dir, tree),
                                 **_emulation_fields(run_dir, _is_stream(tree), emulation),
-                                "wall_ms_per_token_median": round(statistics.median(walls), 2)})
+                                "wall_ms_per_token_median": round(statistics.median(walls), 2),
+                                "ttft_ms_median": round(statistics.median(ttfts), 2)})
     rows = []
     for label, *_ in specs:
         rows.append(median_row(runs[label]))
@@ -274,6 +278,8 @@ def median_row(runs: list[dict]) -> dict:
         row["ms_per_token_runs"] = [x["ms_per_token_median"] for x in runs]
         row["ms_per_token_median"] = round(statistics.median(row["ms_per_token_runs"]), 2)
         row["wall_ms_per_token_median"] = round(statistics.median(x["wall_ms_per_token_median"] for x in runs), 2)
+        if all("ttft_ms_median" in x for x in runs):
+            row["ttft_ms_median"] = round(statistics.median(x["ttft_ms_median"] for x in runs), 2)
     return row
 
 
