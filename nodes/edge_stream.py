@@ -108,6 +108,7 @@ class StreamTreeRun:
         self.streamed: list[int] = []
         self.chunks = 0
         self.final_seen = False
+        self.stopped = False  # failed or cancelled: nothing more goes to the client from here
         self.inbox = worker.nc.new_inbox()
         self.t0 = self.last_t = 0.0
         self.seq = 0
@@ -167,28 +168,35 @@ class StreamTreeRun:
     async def _take(self, item: Any) -> None:
         if isinstance(item, ErrorMsg):
             from nodes.edge import RoundFailed
+            self.stopped = True
             self.down.q.put(RoundFailed(item.code, f"verifier refused the stream tree: {item.message}"))
             return
-        if not self.heard or self.verifier is None:
+        # Only a verdict that commits something names the verifier that holds the live tree: with several
+        # verifiers in the queue group, the opening ping's empty answer may come from one that never saw
+        # a group, and pinning to it would leave every later message stale there.
+        if self._stream_on_receipt(item.verdict) and (not self.heard or self.verifier is None):
             self.verifier = item.verifier_id  # later messages go to the verifier that holds the session
-        self.heard = True
-        self._stream_on_receipt(item.verdict)
+            self.heard = True
         self.down.q.put(item)
 
-    def _stream_on_receipt(self, v) -> None:
+    def _stream_on_receipt(self, v) -> bool:
         """The event loop: stream what a verdict commits now, by the rules the edge thread applies to
         the same verdicts in the same order (`unseen_part`, then `finish`), so both cut the output at
-        the same token; the verdict that ends the request is left to the thread."""
+        the same token; the verdict that ends the request is left to the thread. True when it
+        committed tokens past what the edge held."""
         new = unseen_part(self.known, v)
-        if not new or self.final_seen:
-            return
+        if not new:
+            return False
         self.known += len(new)
+        if self.final_seen or self.stopped:
+            return True
         before = len(self.streamed)
         if finish(new, self.streamed, self.r.req.max_new_tokens, self.w.pair.eos_ids) is not None:
             self.final_seen = True
-            return
+            return True
         seq, self.chunks = self.chunks, self.chunks + 1
         self.pending.append(self.loop.create_task(self._send_chunk(seq, self.streamed[before:], False, "")))
+        return True
 
     # --- the request ---------------------------------------------------------------------
     async def run(self) -> StreamTreeResult:
@@ -199,6 +207,7 @@ class StreamTreeRun:
             res = await asyncio.shield(fut)
             await asyncio.gather(*self.pending)  # every chunk out before the request counts as done
         except asyncio.CancelledError:
+            self.stopped = True
             self.down.q.put(_Stopped())  # the edge thread raises it at its next look at the downlink
             await asyncio.wait({fut}, timeout=10)
             if fut.done() and not fut.cancelled():

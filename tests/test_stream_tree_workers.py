@@ -240,6 +240,7 @@ async def test_the_context_goes_out_before_the_first_draft_forward(broker, pair,
     nc = await nats.connect(broker.url)
     try:
         sub = await nc.subscribe(f"{subjects.DRAFT_PREFIX}.>", cb=sniff)
+        await nc.flush()  # the server has the subscription before the first request
         async with cluster(broker.url, pair, tmp_path, channel="const:10", stream_tree=StreamShape()) as (client, _, _):
             res = await generate_stream(client, GenerateRequest("open-0", prompt=_prompts(1)[0], max_new_tokens=8), 60)
         await sub.unsubscribe()
@@ -249,3 +250,22 @@ async def test_the_context_goes_out_before_the_first_draft_forward(broker, pair,
     mine = [m for m in seen if m.request_id == "open-0" and not m.end]
     assert mine[0].nodes.groups == () and mine[0].context is not None
     assert any(m.nodes.groups for m in mine[1:])
+
+
+async def test_two_verifiers_in_the_queue_group_serve_every_request_exactly(broker, pair, tmp_path):
+    """The opening ping and the root's expansion may land on different verifiers; only a verdict that
+    commits something may pin the request, or it could be pinned to a verifier whose session never
+    saw a group, every later message stale there until the deadline."""
+    prompts = _prompts(6)
+    async with cluster(broker.url, pair, tmp_path, channel="const:20", clouds=2, stream_tree=StreamShape()) as (
+            client, _, _):
+        results = [await generate_stream(client, GenerateRequest(f"two-{i}", prompt=p, max_new_tokens=16), 20)
+                   for i, p in enumerate(prompts)]
+    refs = [target_only_generate(pair, pair.tokenizer.encode(p, add_special_tokens=False), 16).token_ids
+            for p in prompts]
+    for i, (res, ref) in enumerate(zip(results, refs)):
+        assert res.ok, f"prompt {i}: {res.error}"
+        assert res.token_ids == ref, f"prompt {i}: two verifiers changed the output"
+    opened = [e for c in ("cloud-1", "cloud-2") for e in read_log(tmp_path / f"{c}.jsonl")
+              if e["event"] == "stream_opened"]
+    assert {e["node"] for e in opened} == {"cloud-1", "cloud-2"}  # both verifiers took part
