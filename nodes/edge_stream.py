@@ -8,7 +8,8 @@ event loop and publishes it, with this request's inbox as reply subject, to the 
 answered last (the queue group until one has). The downlink takes the inbox's `stream_verdict`
 messages after the emulated delay back; an `error` message (e.g. `version` from a verifier that
 does not speak the stream tree) fails the request with its code. The committed context goes
-along until a verdict has been heard, on pings and whenever the root's own group is (re)sent, so
+along until a verdict that commits tokens has been heard (the first message, before any draft
+forward, is the context alone: the verifier opens the session and prefills meanwhile), on pings and whenever the root's own group is (re)sent, so
 a verifier that lost the session rebuilds it where the edge stands.
 
 Each verdict that commits tokens streams them to the client as it arrives (on the event loop, not
