@@ -5,12 +5,13 @@ best-first tree, one draft forward per `batch` nodes, pruning and restarts on ve
 on a stall) on its own thread; only its two links are replaced. The uplink encodes each nodes
 message as `stream_nodes` (schemas/stream_tree.py, v4), sleeps the emulated one-way delay on the
 event loop and publishes it, with this request's inbox as reply subject, to the verifier that
-answered last (the queue group until one has). The downlink takes the inbox's `stream_verdict`
-messages after the emulated delay back; an `error` message (e.g. `version` from a verifier that
-does not speak the stream tree) fails the request with its code. The committed context goes
-along until a verdict that commits tokens has been heard (the first message, before any draft
-forward, is the context alone: the verifier opens the session and prefills meanwhile), on pings and whenever the root's own group is (re)sent, so
-a verifier that lost the session rebuilds it where the edge stands.
+answered last with tokens (the queue group until one has). The downlink takes the inbox's
+`stream_verdict` messages after the emulated delay back; an `error` message (e.g. `version` from a
+verifier that does not speak the stream tree) fails the request with its code. The first message,
+before any draft forward, is the context alone (the verifier opens the session and prefills
+meanwhile); the context goes along until a verdict that commits tokens has been heard, on pings and
+whenever the root's own group is (re)sent, so a verifier that lost the session rebuilds it where the
+edge stands.
 
 Each verdict that commits tokens streams them to the client as it arrives (on the event loop, not
 after the draft forward the edge thread is in) and writes one `stream_verdict` log event when the
