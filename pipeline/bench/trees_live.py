@@ -61,7 +61,8 @@ async def _drive(url: str, prompts: list[str], max_new_tokens: int
                 raise RuntimeError(f"request {i} failed: {res.error}")
             outs.append(res.token_ids)
             walls.append((time.perf_counter() - t0) * 1e3 / max(1, len(res.token_ids)))
-            ttfts.append(res.chunk_times_s[0] * 1e3 if res.chunk_times_s else float("nan"))
+            if res.chunk_times_s:  # a stream that succeeded has its final chunk at least
+                ttfts.append(res.chunk_times_s[0] * 1e3)
         return outs, walls, ttfts
     finally:
         await nc.close()
@@ -236,7 +237,7 @@ def bench_trees_live(delay_ms: float = 50.0, requests: int = 6, max_new_tokens: 
                                 **measured, **_fill_fields(run_dir, tree),
                                 **_emulation_fields(run_dir, _is_stream(tree), emulation),
                                 "wall_ms_per_token_median": round(statistics.median(walls), 2),
-                                "ttft_ms_median": round(statistics.median(ttfts), 2)})
+                                "ttft_ms_median": round(statistics.median(ttfts), 2) if ttfts else None})
     rows = []
     for label, *_ in specs:
         rows.append(median_row(runs[label]))
@@ -278,7 +279,7 @@ def median_row(runs: list[dict]) -> dict:
         row["ms_per_token_runs"] = [x["ms_per_token_median"] for x in runs]
         row["ms_per_token_median"] = round(statistics.median(row["ms_per_token_runs"]), 2)
         row["wall_ms_per_token_median"] = round(statistics.median(x["wall_ms_per_token_median"] for x in runs), 2)
-        if all("ttft_ms_median" in x for x in runs):
+        if all(x.get("ttft_ms_median") is not None for x in runs):
             row["ttft_ms_median"] = round(statistics.median(x["ttft_ms_median"] for x in runs), 2)
     return row
 
