@@ -92,6 +92,17 @@ class _Fifo:
             await self.deliver(item)
 
 
+def _first_verifier(worker: "EdgeWorker") -> str | None:
+    """Where a stream request goes when session placement left it to the queue group. Its first groups
+    go out before any verdict says which verifier holds the session, and a group the queue group hands
+    to another verifier is lost there until a stall's resend (a second of nothing), so every message
+    goes to one verifier from the start: one at random, as the group would pick, among those whose
+    heartbeats are fresh and that are not draining. None (the queue group) when none is heard yet."""
+    p = worker.placement
+    usable = sorted(p.peers.usable(time.monotonic(), p.since))
+    return p.rng.choice(usable) if usable else None
+
+
 class StreamTreeRun:
     """One request's stream tree through the workers."""
 
@@ -100,7 +111,7 @@ class StreamTreeRun:
         self.w, self.r, self.live, self.shape, self.limits = worker, r, live, shape, limits
         self.loop = asyncio.get_running_loop()
         self.down = _Down()
-        self.verifier: str | None = r.verifier
+        self.verifier: str | None = r.verifier if r.verifier is not None else _first_verifier(worker)
         self.heard = False
         self.committed = list(r.context)  # the context the edge holds (edge thread)
         # What the event loop has streamed: a verdict's tokens go to the client on receipt, not after the

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import msgpack
 import pytest
@@ -252,10 +253,12 @@ async def test_the_context_goes_out_before_the_first_draft_forward(broker, pair,
     assert any(m.nodes.groups for m in mine[1:])
 
 
-async def test_two_verifiers_in_the_queue_group_serve_every_request_exactly(broker, pair, tmp_path):
-    """The opening ping and the root's expansion may land on different verifiers; only a verdict that
-    commits something may pin the request, or it could be pinned to a verifier whose session never
-    saw a group, every later message stale there until the deadline."""
+async def test_two_verifiers_in_the_queue_group_serve_every_request_exactly(broker, pair, tmp_path, monkeypatch):
+    """With no verifier heard yet (the queue group picks), the opening ping and the root's expansion
+    may land on different verifiers; only a verdict that commits something may pin the request, or it
+    could be pinned to a verifier whose session never saw a group, every later message stale there
+    until the deadline."""
+    monkeypatch.setattr(edge_stream_module, "_first_verifier", lambda worker: None)
     prompts = _prompts(6)
     async with cluster(broker.url, pair, tmp_path, channel="const:20", clouds=2, stream_tree=StreamShape()) as (
             client, _, _):
@@ -269,3 +272,23 @@ async def test_two_verifiers_in_the_queue_group_serve_every_request_exactly(brok
     opened = [e for c in ("cloud-1", "cloud-2") for e in read_log(tmp_path / f"{c}.jsonl")
               if e["event"] == "stream_opened"]
     assert {e["node"] for e in opened} == {"cloud-1", "cloud-2"}  # both verifiers took part
+
+
+async def test_a_stream_request_goes_to_one_heard_verifier_from_its_first_message(broker, pair, tmp_path):
+    """Groups sent before the first verdict must not be split by the queue group (one lost there costs
+    a stall and a resend): with both verifiers heard, each request's session opens on one of them only."""
+    prompts = _prompts(4)
+    async with cluster(broker.url, pair, tmp_path, channel="const:20", clouds=2, stream_tree=StreamShape()) as (
+            client, edge, _):
+        p = edge.placement
+        await wait_for(lambda: len(p.peers.usable(time.monotonic(), p.since)) == 2, 15.0)
+        results = [await generate_stream(client, GenerateRequest(f"one-{i}", prompt=q, max_new_tokens=16), 20)
+                   for i, q in enumerate(prompts)]
+    assert all(r.ok for r in results), [r.error for r in results]
+    opened: dict[str, set[str]] = {}
+    for c in ("cloud-1", "cloud-2"):
+        for e in read_log(tmp_path / f"{c}.jsonl"):
+            if e["event"] == "stream_opened":
+                opened.setdefault(e["request_id"], set()).add(e["node"])
+    assert sorted(opened) == [f"one-{i}" for i in range(4)]
+    assert all(len(nodes) == 1 for nodes in opened.values()), opened
