@@ -248,6 +248,7 @@ async def test_the_context_goes_out_before_the_first_draft_forward(broker, pair,
     finally:
         await nc.close()
     assert res.ok, res.error
+    assert res.token_ids == _refs(pair, _prompts(1))[0][:8]
     mine = [m for m in seen if m.request_id == "open-0" and not m.end]
     assert mine[0].nodes.groups == () and mine[0].context is not None
     assert any(m.nodes.groups for m in mine[1:])
@@ -285,6 +286,9 @@ async def test_a_stream_request_goes_to_one_heard_verifier_from_its_first_messag
         results = [await generate_stream(client, GenerateRequest(f"one-{i}", prompt=q, max_new_tokens=16), 20)
                    for i, q in enumerate(prompts)]
     assert all(r.ok for r in results), [r.error for r in results]
+    refs = [target_only_generate(pair, pair.tokenizer.encode(q, add_special_tokens=False), 16).token_ids
+            for q in prompts]
+    assert [r.token_ids for r in results] == refs
     opened: dict[str, set[str]] = {}
     for c in ("cloud-1", "cloud-2"):
         for e in read_log(tmp_path / f"{c}.jsonl"):
