@@ -198,3 +198,76 @@ def test_a_learned_width_request_without_stream_done_is_left_out_of_the_width_co
     (row,) = stream_rows(pl.DataFrame(_chain_rounds("auto", 140.0)), frame, [], EMULATED)
     assert row["widths"] == {}
     assert "ran widths none recorded" in "\n".join(_stream_table([row], []))
+
+
+FILL_EDGE = "edge-d50-stream-w8-fill"
+
+
+def _fill_events(ms_per_token: float, prompts: int = 4) -> tuple[dict[str, list[dict]], list[dict]]:
+    """A fill edge's verdicts, and the cloud's `session_end` per request (8 tokens: 7 filled, 9 forwards)."""
+    rids = [f"stream-w8-fill-{FILL_EDGE}-{k}" for k in range(prompts)]
+    events = {FILL_EDGE: [_verdict(rid, ms_per_token * 2, 2) for rid in rids for _ in range(4)]}
+    ends = [{"event": "session_end", "request_id": rid, "stream_tree": True, "fills": 7, "verify_forwards": 9}
+            for rid in rids]
+    return events, ends
+
+
+def test_a_fill_width_runs_on_an_edge_of_its_own_labelled_apart_from_speculation():
+    from pipeline.experiments.stream import is_fill, stream_label
+
+    assert stream_edges([50], [8], fill=True) == {FILL_EDGE: (50.0, 8)}
+    assert stream_label(8, fill=True) == "stream:w8:fill" and is_fill("stream:w8:fill")
+    assert stream_label(8) == "stream:w8" and not is_fill("stream:w8")
+
+
+def test_the_lab_of_a_fill_row_runs_its_verifier_with_stream_fill(tmp_path):
+    from pipeline.experiments.lab import Lab, LabConfig
+    from pipeline.orchestration.local import node_args
+
+    lab = Lab(LabConfig(tmp_path), "x", {FILL_EDGE: "const:50"}, cloud_flags=["--stream-fill"])
+    assert node_args("cloud", "nats://127.0.0.1:1", lab.run_cfg)[-1] == "--stream-fill"
+    plain = Lab(LabConfig(tmp_path), "y", {EDGE: "const:50"})
+    assert "--stream-fill" not in node_args("cloud", "nats://127.0.0.1:1", plain.run_cfg)
+
+
+def test_a_fill_row_carries_the_clouds_work_per_token_counted_once_per_request():
+    events, ends = _fill_events(60.0)
+    frame = stream_frame(events, {FILL_EDGE: 8}, fill=True, cloud_ends=ends)
+    assert set(frame["policy"]) == {"stream:w8:fill"} and frame["filled"].sum() == 28
+    chains = pl.DataFrame(_chain_rounds("fixed:2", 120.0) + _chain_rounds("auto", 110.0))
+    (row,) = stream_rows(chains, frame, [2], EMULATED)
+    assert row["fill"] and row["filled_per_token"] == round(7 / 8, 3) and row["target_forwards_per_token"] == round(9 / 8, 3)
+    assert row["auto_over_this"] == round(110 / 60, 3)
+    assert "0.875 tokens filled by the cloud and 1.125 target forwards per token" in "\n".join(_stream_table([row], []))
+
+
+def test_a_faster_fill_row_is_checked_apart_and_is_never_the_learned_widths_oracle():
+    events, ends = _fill_events(60.0)
+    frame = pl.concat([stream_frame({**_auto_events(80.0, [8, 8, 8, 8]), **_fixed_events(W8_EDGE, 8, 76.0)},
+                                    {AUTO_EDGE: "auto", W8_EDGE: 8}),
+                       stream_frame(events, {FILL_EDGE: 8}, fill=True, cloud_ends=ends)], how="diagonal_relaxed")
+    rows = stream_rows(pl.DataFrame(_chain_rounds("fixed:2", 120.0) + _chain_rounds("auto", 110.0)), frame, [2], EMULATED)
+    (learned,) = [r for r in rows if r["policy"] == "stream:wauto"]
+    assert learned["best_fixed_width"] == "stream:w8"  # not the faster fill row
+    checks = stream_checks(rows)
+    spec = [c for c in checks if c["reference"] == "auto" and not c["fill"]]
+    fill = [c for c in checks if c["reference"] == "auto" and c["fill"]]
+    assert [c["stream"] for c in spec] == ["stream:w8"] and not spec[0]["met"]  # 110 / 76 = 1.45x
+    assert [c["stream"] for c in fill] == ["stream:w8:fill"] and fill[0]["met"]  # 110 / 60 = 1.83x
+    assert "goal 1.5x: met (with fill)" in "\n".join(_stream_table(rows, checks))
+
+
+def test_a_missing_fill_cell_is_refused_apart_from_the_speculation_cells():
+    (r,) = missing_stream_cells([{"fill": False}] * 2, 2, (8,), (8,))
+    assert r.check == "too_few_rounds" and r.why.startswith("stream tree with fill: 2 of 2")
+    assert missing_stream_cells([{"fill": False}] * 2 + [{"fill": True}] * 2, 2, (8,), (8,)) == []
+
+
+@pytest.mark.parametrize("which, value, fragment", [
+    ("compare", "9", "--stream-fill: '9' must list stream-tree widths in 1..8"),
+    ("drift", "8", "--stream-fill: only `experiment compare` runs the stream tree"),
+])
+def test_bad_fill_widths_are_refused_in_one_line(tmp_path, which, value, fragment):
+    r = _cli(which, "--out", str(tmp_path / "out"), "--stream-fill", value)
+    assert r.returncode != 0 and fragment in r.stderr and r.stderr.strip().count("\n") == 0
+    assert not (tmp_path / "out").exists()

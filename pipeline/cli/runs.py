@@ -150,26 +150,26 @@ def tree_shapes(text: str | None) -> tuple[str, ...] | None:
     return shapes
 
 
-def stream_widths(text: str | None, which: str) -> tuple[int | str, ...]:
-    """`--stream`: () when absent, else the widths (each 1..the stream tree's child bound, or `auto`: the
-    width learned per request, `edge --stream-width auto`), compare only."""
+def stream_widths(text: str | None, which: str, flag: str = "--stream") -> tuple[int | str, ...]:
+    """`--stream` (`--stream-fill`): () when absent, else the widths (each 1..the stream tree's child bound,
+    or `auto`: the width learned per request, `edge --stream-width auto`), compare only."""
     from nodes.protocol.stream_tree import Limits
 
     if text is None:
         return ()
     if which != "compare":
-        raise PipelineError(f"--stream: only `experiment compare` runs the stream tree, not {which}")
+        raise PipelineError(f"{flag}: only `experiment compare` runs the stream tree, not {which}")
     items = [x.strip().lower() for x in text.split(",") if x.strip()]
     bad = [x for x in items if x != "auto" and not x.lstrip("-").isdigit()]
     if bad:
-        raise PipelineError(f"--stream: {bad[0]!r} in {text!r} is not a width: a comma-separated list of widths "
+        raise PipelineError(f"{flag}: {bad[0]!r} in {text!r} is not a width: a comma-separated list of widths "
                             "(or auto)")
     widths = tuple(x if x == "auto" else int(x) for x in items)
     top = Limits().max_width
     if not widths or not all(w == "auto" or 1 <= w <= top for w in widths):
-        raise PipelineError(f"--stream: {text!r} must list stream-tree widths in 1..{top} (or auto)")
+        raise PipelineError(f"{flag}: {text!r} must list stream-tree widths in 1..{top} (or auto)")
     if len(set(widths)) != len(widths):
-        raise PipelineError(f"--stream: {text!r} lists a width twice")
+        raise PipelineError(f"{flag}: {text!r} lists a width twice")
     return widths
 
 
@@ -180,7 +180,8 @@ def cmd_experiment(a: argparse.Namespace) -> None:
                     cloud_device=device_profile(a.cloud_device, "verify"),
                     concurrency=a.concurrency or EXPERIMENT_CONCURRENCY.get(a.which, 24),
                     max_new_tokens=a.max_new_tokens, seed=a.seed, trees=tree_shapes(a.trees),
-                    stream=stream_widths(a.stream, a.which))
+                    stream=stream_widths(a.stream, a.which),
+                    stream_fill=stream_widths(a.stream_fill, a.which, "--stream-fill"))
     cfg.out.mkdir(parents=True, exist_ok=True)
     bar, advance = progress(not a.json)
     t0 = time.perf_counter()
@@ -265,6 +266,10 @@ def register(sub) -> None:
                    help="compare: also the stream tree (edge --stream-tree) of each width, on the same prompts, seeds "
                         "and devices, against the best fixed chain in hindsight, auto and the cloud streaming; "
                         "`auto` is the width learned per request, also against the best fixed width in hindsight")
+    p.add_argument("--stream-fill", metavar="W,W,...",
+                   help="compare: the stream tree of each width once more, its cloud filling its idle time "
+                        "(cloud --stream-fill: the cloud generating what the edge has not offered; exact, one "
+                        "target forward per filled token), reported and checked apart from speculation")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_experiment)
 

@@ -10,7 +10,8 @@ assumed. A policy's gap to the oracle carries a paired bootstrap interval
   compare  every policy at several constant delays, and draft trees (tree:auto and fixed
            spines, pipeline/experiments/trees.py) against the best fixed tree and the best chain;
            with `stream`, the stream tree of each width (pipeline/experiments/stream.py) against
-           the best fixed chain in hindsight, `auto` and the modelled cloud streaming
+           the best fixed chain in hindsight, `auto` and the modelled cloud streaming (with
+           `stream_fill`, once more on a cloud that fills its idle time, checked apart)
   drift    the delay jumps in wall-clock time (20 -> 150 ms): static tuning vs online
   markov   a two-state channel (20 / 150 ms, states held for seconds of wall-clock time,
            state visible): blind vs contextual
@@ -196,14 +197,19 @@ async def _compare(cfg: LabConfig, progress=None) -> dict:
     refused += tree_refused
     trows = tree_rows(rounds, trees, [p for p in policies if p != PROBE])
     # the stream tree: the same prompts and seeds on edges of their own (an edge's setting, as a shape)
-    streams, stream_refused = (await run_streams(cfg, delays, cfg.stream, prompts, n, progress) if cfg.stream
-                               else (pl.DataFrame(), []))
-    refused += stream_refused
+    frames = []
+    for widths, fill in ((cfg.stream, False), (cfg.stream_fill, True)):  # with fill: a cloud of its own
+        if widths:
+            frame, stream_refused = await run_streams(cfg, delays, widths, prompts, n, progress, fill=fill)
+            frames.append(frame)
+            refused += stream_refused
+    streams = pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame()
     srows = stream_rows(rounds, streams, lengths, emulation)
-    refused += missing_stream_cells(srows, len(delays), cfg.stream)
+    refused += missing_stream_cells(srows, len(delays), cfg.stream, cfg.stream_fill)
     return {"experiment": "compare", "config": config_dict(cfg), "emulation": emulation, "calibration": cal,
             "delays": list(delays), "policies": policies, "rows": rows, "checks": checks,
-            "trees": list(shapes), "tree_rows": trows, "stream": list(cfg.stream), "stream_rows": srows,
+            "trees": list(shapes), "tree_rows": trows, "stream": list(cfg.stream),
+            "stream_fill": list(cfg.stream_fill), "stream_rows": srows,
             "stream_checks": stream_checks(srows),
             "refused": _with_counts(refused, rows + trows, needs=("auto",)), "wall_s": elapsed(t0)}
 

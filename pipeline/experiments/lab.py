@@ -43,6 +43,7 @@ class LabConfig:
     trees: tuple[str, ...] | None = None  # compare's tree shapes (`--tree` values); None: its default set, (): none
     stream: tuple[int | str, ...] = ()  # compare's stream-tree widths (`edge --stream-tree --stream-width W`, W
     # may be `auto`); (): none
+    stream_fill: tuple[int | str, ...] = ()  # compare's stream-tree widths run once more under `cloud --stream-fill`
 
 
 @dataclass(frozen=True)
@@ -72,8 +73,9 @@ def slug(text: str) -> str:
 
 class Lab:
     def __init__(self, cfg: LabConfig, name: str, channels: dict[str, str],
-                 edge_flags: dict[str, list[str]] | None = None):
-        """`edge_flags`: extra command-line flags of some edges (e.g. `--tree 4x2`), by edge id."""
+                 edge_flags: dict[str, list[str]] | None = None, cloud_flags: list[str] | None = None):
+        """`edge_flags`: extra command-line flags of some edges (e.g. `--tree 4x2`), by edge id;
+        `cloud_flags`: of the verifier (e.g. `--stream-fill`)."""
         self.cfg = cfg
         self.edge_flags = edge_flags or {}
         self.run_dir = cfg.out / f"{name}-run"
@@ -86,7 +88,8 @@ class Lab:
         self.run_cfg = RunConfig(policy="auto", local_policy=True, max_length=cfg.max_length, seed=cfg.seed,
                                  edge_device=cfg.edge_device, cloud_device=cfg.cloud_device,
                                  node_flags={"edge": [*(["--profile", cfg.profile] if cfg.profile else []),
-                                                      "--max-active", "256", "--request-timeout", "30"]})
+                                                      "--max-active", "256", "--request-timeout", "30"],
+                                             **({"cloud": list(cloud_flags)} if cloud_flags else {})})
         self.launcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lab-launcher")  # children's parent
 
     def __enter__(self) -> "Lab":

@@ -162,8 +162,12 @@ def _stream_table(rows: list[dict], checks: list[dict]) -> list[str]:
               + (f"; best fixed width in hindsight {r['best_fixed_width']} ({r['best_fixed_width_ms_per_token']} "
                  f"ms/token), gap {_gap(r.get('vs_best_fixed_width'))}" if r.get("best_fixed_width") else "")
               for r in rows if "widths" in r]
+    lines += [f"- {r['delay']} ms, {r['policy']} (the cloud filling its idle time, not speculation): "
+              f"{r['filled_per_token']} tokens filled by the cloud and {r['target_forwards_per_token']} target "
+              "forwards per token" for r in rows if r.get("fill")]
     lines += [f"- {c['delay']} ms, {c['stream']} vs {c['reference'].replace('_', ' ')} ({c['reference_policy']}): "
-              f"{c['ratio']}x, goal {c['goal']:g}x: {'met' if c['met'] else 'missed'}" for c in checks]
+              f"{c['ratio']}x, goal {c['goal']:g}x: {'met' if c['met'] else 'missed'}"
+              + (" (with fill)" if c.get("fill") else "") for c in checks]
     return lines + [""]
 
 

@@ -18,6 +18,12 @@ Width `auto` (`edge --stream-width auto`: the width learned per request, control
 more row, `stream:wauto`, with the widths its requests ran at, and is also measured against its own
 oracle: the best fixed width in hindsight among the run's other stream rows at that delay (a check of its
 own: within AUTO_WIDTH_WITHIN of it, met or missed).
+
+`--stream-fill W,...` runs the stream tree of each width once more on a lab whose cloud fills its idle
+time (`cloud --stream-fill`: the cloud decides the tokens the edge has not offered yet, exact, one target
+forward per filled token). Its rows (`stream:wW:fill`) carry the cloud's work per token (tokens it
+filled, target forwards) and are checked apart (`"fill": true`): the cloud generating is not
+speculation, so a fill row is never the best width nor the learned width's oracle.
 """
 from __future__ import annotations
 
@@ -36,30 +42,43 @@ from pipeline.experiments.refusals import MAX_OVERRUN_SHARE, Refusal, failed_req
 from pipeline.experiments.trees import TREE_CONCURRENCY
 
 STREAM_PREFIX = "stream:w"
+FILL_SUFFIX = ":fill"
 AUTO = "auto"
 AUTO_WIDTH_WITHIN = 0.05  # the learned width's goal: at most this much slower than the best fixed width
 
 
-def stream_edges(delays, widths) -> dict[str, tuple[float, int | str]]:
-    """edge id -> (one-way delay, width) for every delay and width."""
-    return {f"edge-d{d:g}-stream-w{w}": (float(d), w) for d in delays for w in widths}
+def stream_edges(delays, widths, fill: bool = False) -> dict[str, tuple[float, int | str]]:
+    """edge id -> (one-way delay, width) for every delay and width (`-fill`: on a filling cloud)."""
+    return {f"edge-d{d:g}-stream-w{w}{'-fill' if fill else ''}": (float(d), w) for d in delays for w in widths}
+
+
+def stream_label(width: int | str, fill: bool = False) -> str:
+    """A row's policy label: `stream:wW`, `stream:wW:fill` where the cloud fills its idle time."""
+    return f"{STREAM_PREFIX}{width}{FILL_SUFFIX if fill else ''}"
+
+
+def is_fill(policy: str) -> bool:
+    return policy.startswith(STREAM_PREFIX) and policy.endswith(FILL_SUFFIX)
 
 
 def stream_flags(width: int | str) -> list[str]:
     return ["--stream-tree", "on", "--stream-width", str(width)]
 
 
-async def run_streams(cfg: LabConfig, delays, widths, prompts: list[str], n: int, progress=None
-                      ) -> tuple[pl.DataFrame, list[Refusal]]:
-    """Every width at every delay, a lab per delay (its edges share a verifier): one row per verdict,
-    labelled `stream:wW`, and what the machine did that the numbers cannot carry."""
+async def run_streams(cfg: LabConfig, delays, widths, prompts: list[str], n: int, progress=None,
+                      fill: bool = False) -> tuple[pl.DataFrame, list[Refusal]]:
+    """Every width at every delay, a lab per delay (its edges share a verifier, filling its idle time
+    with `fill`): one row per verdict, labelled `stream:wW` (`stream:wW:fill`), and what the machine did
+    that the numbers cannot carry."""
     frames, refused = [], []
     cfg = replace(cfg, concurrency=min(cfg.concurrency, TREE_CONCURRENCY))  # one edge thread per request
+    what = "stream tree with fill" if fill else "stream tree"
     for d in delays:
-        edges = {e: w for e, (_, w) in stream_edges([d], widths).items()}
-        with Lab(cfg, f"compare-stream-d{d:g}", {e: f"const:{d:g}" for e in edges},
-                 edge_flags={e: stream_flags(w) for e, w in edges.items()}) as lab:
-            cells = [Cell(e, "auto", n, tag=f"stream-w{w}") for e, w in edges.items()]
+        edges = {e: w for e, (_, w) in stream_edges([d], widths, fill).items()}
+        with Lab(cfg, f"compare-stream{'-fill' if fill else ''}-d{d:g}", {e: f"const:{d:g}" for e in edges},
+                 edge_flags={e: stream_flags(w) for e, w in edges.items()},
+                 cloud_flags=["--stream-fill"] if fill else None) as lab:
+            cells = [Cell(e, "auto", n, tag=f"stream-w{w}{'-fill' if fill else ''}") for e, w in edges.items()]
             results = await lab.run(cells, prompts, progress)
             run_dir = lab.run_dir
         events = {e: _events(run_dir / f"{e}.jsonl") for e in edges}
@@ -68,13 +87,13 @@ async def run_streams(cfg: LabConfig, delays, widths, prompts: list[str], n: int
         done = [x for es in events.values() for x in es if x.get("event") == "stream_done"]
         share = stream_overrun_share(done, ends)
         if lab.emulation() and share is not None and share > MAX_OVERRUN_SHARE:
-            refused.append(Refusal("machine_load", f"stream tree at {d:g} ms: {100 * share:.1f} % of forwards "
+            refused.append(Refusal("machine_load", f"{what} at {d:g} ms: {100 * share:.1f} % of forwards "
                                                    "computed slower than the emulated devices (at most "
                                                    f"{100 * MAX_OVERRUN_SHARE:g} %)"))
         failed = failed_requests(sum(len(r.failed) for r in results), sum(len(r.streams) for r in results))
         if failed is not None:
-            refused.append(Refusal(failed.check, f"stream tree at {d:g} ms: {failed.why}"))
-        frames.append(stream_frame(events, edges))
+            refused.append(Refusal(failed.check, f"{what} at {d:g} ms: {failed.why}"))
+        frames.append(stream_frame(events, edges, fill, ends))
     return (pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame()), refused
 
 
@@ -84,30 +103,45 @@ def _events(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def stream_frame(events: dict[str, list[dict]], widths: dict[str, int | str]) -> pl.DataFrame:
+def stream_frame(events: dict[str, list[dict]], widths: dict[str, int | str], fill: bool = False,
+                 cloud_ends: list[dict] = ()) -> pl.DataFrame:
     """One row per `stream_verdict` that committed tokens (warm-up requests left out): request_id,
-    policy `stream:wW` of the edge that served it, round_ms (its gap), tokens (kept), delay_ms, and the
-    width the request ran at (its `stream_done`; a fixed width's own where that event is missing)."""
+    policy `stream:wW` (`stream:wW:fill`) of the edge that served it, round_ms (its gap), tokens (kept),
+    delay_ms, the width the request ran at (its `stream_done`; a fixed width's own where that event is
+    missing), and on a request's first verdict the cloud's work for the whole request (`filled`,
+    `target_forwards`, from its `session_end` in `cloud_ends`; 0 where there is none)."""
     ran = {x["request_id"]: x["width"] for es in events.values() for x in es
            if x.get("event") == "stream_done" and isinstance(x.get("width"), int) and "request_id" in x}
-    rows = [{"request_id": x["request_id"], "policy": f"{STREAM_PREFIX}{widths[e]}", "edge_id": e,
-             "round_ms": float(x["gap_ms"]), "tokens": int(x["tokens"]), "delay_ms": float(x["one_way_ms"]),
-             "miss": bool(x["miss"]),
-             "width": ran.get(x["request_id"], widths[e] if isinstance(widths[e], int) else None)}
-            for e, es in events.items() for x in es
-            if x.get("event") == "stream_verdict" and not x["request_id"].startswith(WARMUP_PREFIX)]
+    work = {x["request_id"]: (int(x.get("fills", 0)), int(x.get("verify_forwards", 0)))
+            for x in cloud_ends if "request_id" in x}
+    rows, seen = [], set()
+    for e, es in events.items():
+        for x in es:
+            rid = x.get("request_id", "")
+            if x.get("event") != "stream_verdict" or rid.startswith(WARMUP_PREFIX):
+                continue
+            filled, forwards = work.get(rid, (0, 0)) if rid not in seen else (0, 0)
+            seen.add(rid)
+            rows.append({"request_id": rid, "policy": stream_label(widths[e], fill), "edge_id": e,
+                         "round_ms": float(x["gap_ms"]), "tokens": int(x["tokens"]),
+                         "delay_ms": float(x["one_way_ms"]), "miss": bool(x["miss"]),
+                         "width": ran.get(rid, widths[e] if isinstance(widths[e], int) else None),
+                         "filled": filled, "target_forwards": forwards})
     schema = {"request_id": pl.Utf8, "policy": pl.Utf8, "edge_id": pl.Utf8, "round_ms": pl.Float64,
-              "tokens": pl.Int64, "delay_ms": pl.Float64, "miss": pl.Boolean, "width": pl.Int64}
+              "tokens": pl.Int64, "delay_ms": pl.Float64, "miss": pl.Boolean, "width": pl.Int64,
+              "filled": pl.Int64, "target_forwards": pl.Int64}
     return pl.DataFrame(rows, schema=schema)
 
 
-def missing_stream_cells(srows: list[dict], n_delays: int, widths) -> list[Refusal]:
+def missing_stream_cells(srows: list[dict], n_delays: int, widths, fill_widths=()) -> list[Refusal]:
     """A refusal when the stream tree was asked for and some (delay, width) cell has no row: an empty
     or partial comparison must not read as a success."""
-    want = n_delays * len(widths)
-    if not widths or len(srows) >= want:
-        return []
-    return [Refusal("too_few_rounds", f"stream tree: {want - len(srows)} of {want} (delay, width) cells have no verdicts")]
+    out = []
+    for what, asked, fill in (("stream tree", widths, False), ("stream tree with fill", fill_widths, True)):
+        want, got = n_delays * len(asked), sum(1 for r in srows if bool(r.get("fill")) == fill)
+        if asked and got < want:
+            out.append(Refusal("too_few_rounds", f"{what}: {want - got} of {want} (delay, width) cells have no verdicts"))
+    return out
 
 
 def stream_rows(chains: pl.DataFrame, streams: pl.DataFrame, lengths, emulation: dict | None) -> list[dict]:
@@ -140,6 +174,11 @@ def stream_rows(chains: pl.DataFrame, streams: pl.DataFrame, lengths, emulation:
                    "auto_ms_per_token": _r(auto_ms), "auto_over_this": _r(auto_ms / j, 3) if auto_ms else None,
                    "cloud_streaming_ms_per_token_modelled": streaming,
                    "this_vs_cloud_streaming": _r(j / streaming, 3) if streaming else None}
+            if is_fill(p):  # the cloud's own work per token: how much of this row is the cloud generating
+                mine = streams.filter(pl.col("request_id").is_in(sub["request_id"].unique().implode()))
+                tokens = max(1, int(mine["tokens"].sum()))
+                row.update(fill=True, filled_per_token=_r(mine["filled"].sum() / tokens, 3),
+                           target_forwards_per_token=_r(mine["target_forwards"].sum() / tokens, 3))
             if ref:
                 row["vs_best_fixed_chain"] = paired_gap(sub, g.filter(pl.col("policy") == ref))
             if not auto.is_empty():
@@ -162,7 +201,7 @@ def _against_best_width(g: pl.DataFrame, sub: pl.DataFrame, streams: pl.DataFram
                  "best_fixed_width": None, "best_fixed_width_ms_per_token": None, "best_fixed_width_over_this": None}
     fixed = {}
     for p in g["policy"].unique().to_list():
-        if p.startswith(STREAM_PREFIX) and p != STREAM_PREFIX + AUTO:
+        if p.startswith(STREAM_PREFIX) and p != STREAM_PREFIX + AUTO and not is_fill(p):
             ms = ratio_ci(g.filter(pl.col("policy") == p))[0]
             if ms is not None:
                 fixed[p] = ms
@@ -175,22 +214,28 @@ def _against_best_width(g: pl.DataFrame, sub: pl.DataFrame, streams: pl.DataFram
 
 
 def stream_checks(rows: list[dict]) -> list[dict]:
-    """Per delay, the best stream width against each reference: the goal met or missed, the reference named."""
+    """Per delay, the best stream width against each reference: the goal met or missed, the reference
+    named; the best fill row the same way, apart (`fill`: the cloud generating, not speculation)."""
     by_delay: dict[str, list[dict]] = {}
     for r in rows:
         by_delay.setdefault(r["delay"], []).append(r)
     out = []
     for d, rs in by_delay.items():
-        best = min(rs, key=lambda r: r["ms_per_token"])
         goal = GOAL_AT_DELAY if _above_zero(d) else GOAL_AT_ZERO
-        for name, key, ref in (("best_fixed_chain", "best_fixed_chain_over_this", best["best_fixed_chain"]),
-                               ("auto", "auto_over_this", "auto")):
-            ratio = best.get(key)
-            out.append({"delay": d, "stream": best["policy"], "reference": name, "reference_policy": ref,
-                        "ratio": ratio, "goal": goal, "met": ratio is not None and ratio >= goal})
+        for fill in (False, True):
+            kind = [r for r in rs if bool(r.get("fill")) == fill]
+            if not kind:
+                continue
+            best = min(kind, key=lambda r: r["ms_per_token"])
+            for name, key, ref in (("best_fixed_chain", "best_fixed_chain_over_this", best["best_fixed_chain"]),
+                                   ("auto", "auto_over_this", "auto")):
+                ratio = best.get(key)
+                out.append({"delay": d, "stream": best["policy"], "fill": fill, "reference": name,
+                            "reference_policy": ref, "ratio": ratio, "goal": goal,
+                            "met": ratio is not None and ratio >= goal})
         learned = next((r for r in rs if r["policy"] == STREAM_PREFIX + AUTO and r.get("best_fixed_width")), None)
         if learned is not None:  # the learned width against its own oracle (reported either way)
-            out.append({"delay": d, "stream": learned["policy"], "reference": "best_fixed_width",
+            out.append({"delay": d, "stream": learned["policy"], "fill": False, "reference": "best_fixed_width",
                         "reference_policy": learned["best_fixed_width"], "ratio": learned["best_fixed_width_over_this"],
                         "goal": round(1.0 / (1.0 + AUTO_WIDTH_WITHIN), 3),
                         "met": learned["ms_per_token"] <= (1.0 + AUTO_WIDTH_WITHIN) * learned["best_fixed_width_ms_per_token"]})
