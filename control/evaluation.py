@@ -75,10 +75,10 @@ def scenarios(profile: Profile, delays, rounds: int, changing: bool = True) -> l
 
 
 def _one(args) -> dict:
-    profile, policies, delays, rounds, seeds, tuned, changing, kind = args
+    profile, policies, delays, rounds, seeds, tuned, changing, kind, calibration = args
     specs = list(policies) + ([f"{name}:{b:g}" for name in TUNED for b in BETAS] if tuned else [])
     scs = kind_scenarios(kind, profile, delays, rounds, changing)
-    res = simulate(profile, specs, scs, seeds)
+    res = simulate(profile, specs, scs, seeds, calibration=calibration)
     rows = {}
     for sc in res["scenarios"]:
         for spec, v in sc["policies"].items():
@@ -125,14 +125,15 @@ def _behind(per: list, spec: str, gap: str) -> int:
 def evaluate(profiles: list[Profile] | None = None, policies=("auto", "ucb-specstop", "naive-ucb"),
              delays=DELAYS, rounds: int = 1000, seeds: int = 20, workers: int = 2, tuned: bool = True,
              changing: bool = True, kinds=("families",), members: int = 3, family_seed: int = 0,
-             progress: Callable[[], None] | None = None) -> dict:
+             progress: Callable[[], None] | None = None, calibration: int = 0) -> dict:
     """Every kind's profiles x scenarios; `profiles` replaces the "families" kind's members; `progress` is
-    called once per profile done (in the order they finish)."""
+    called once per profile done (in the order they finish); `calibration`: start-up calibration rounds
+    per length every policy gets first (control.simulator.calibrate_policy)."""
     jobs = []
     for kind in kinds:
         ps = profiles if (profiles is not None and kind == "families") else kind_profiles(kind, members, family_seed)
         specs = tuple(policies) + (tuple(r for r in RIVALS_NEW if r not in policies) if kind != "families" else ())
-        jobs += [(p, specs, tuple(delays), rounds, seeds, tuned, changing, kind) for p in ps]
+        jobs += [(p, specs, tuple(delays), rounds, seeds, tuned, changing, kind, calibration) for p in ps]
     per: list[dict] = []
     if workers > 1:
         with ProcessPoolExecutor(workers) as pool:
@@ -145,7 +146,7 @@ def evaluate(profiles: list[Profile] | None = None, policies=("auto", "ucb-specs
             per.append(_one(j))
             if progress:
                 progress()
-    out = {"profiles": len(per), "delays": list(delays), "rounds": rounds, "seeds": seeds,
+    out = {"profiles": len(per), "delays": list(delays), "rounds": rounds, "seeds": seeds, "calibration": calibration,
            "scenarios": "const per delay" + (f", drift {DRIFT}, markov {MARKOV}" if changing else ""),
            "kinds": list(kinds), "by_kind": {}, "per_profile": per}
     for kind in kinds:

@@ -279,16 +279,33 @@ class _RoundNumbers:
         return int(a_full[k]), float(u_jitter[k]), float(factor[k]), int(regime[k])
 
 
+CALIBRATION_STREAM = 7919  # the calibration's own random stream (never the rounds' common numbers)
+
+
+def calibrate_policy(policy, profile: Profile, seed: int, jitter: float, rounds: int) -> None:
+    """A start-up calibration (`edge --calibrate-rounds`): `rounds` timed rounds of every length, each
+    at the length's compute with the rounds' jitter, given to `policy.calibrate` before round 1. Their
+    time is the worker's start-up, not a request's, so no run counts it."""
+    rng = np.random.default_rng([int(seed) & 0x7FFF_FFFF, CALIBRATION_STREAM])
+    for _ in range(rounds):
+        for L in range(1, profile.max_length + 1):
+            policy.calibrate(L, float(profile.compute_ms[L - 1] * (1.0 + jitter * rng.uniform(-1.0, 1.0))))
+
+
 def run_policy(policy, profile: Profile, sc: Scenario, seed: int, jitter: float = 0.1,
-               fixed_lengths: np.ndarray | None = None, signal: TokenSignal | None = None) -> RunTrace:
+               fixed_lengths: np.ndarray | None = None, signal: TokenSignal | None = None,
+               calibration: int = 0) -> RunTrace:
     """One seed. `fixed_lengths` replays a given length per segment (the oracle). The policy is told
     the scenario's delay (under delay jitter: the median of the last five realized ones) and learns
     from the round's time, its measured compute (what the nodes time: the compute alone) and the
     context it was told. With a per-token `signal` (control.token_signal) every round's tokens are
     drawn one by one, and a policy with a stop rule drafts up to the length it chose, stopping after
-    any token its rule says to (on a copy of itself per round, as the edge's StopRule does)."""
+    any token its rule says to (on a copy of itself per round, as the edge's StopRule does). With
+    `calibration` > 0 the policy first gets that many calibration rounds per length (calibrate_policy)."""
     if signal is not None and sc.regimes is not None:
         raise ControlError("a per-token signal is not modelled under hidden acceptance regimes")
+    if policy is not None and calibration > 0:
+        calibrate_policy(policy, profile, seed, jitter, calibration)
     cap = _max_rounds(profile, sc, jitter)
     numbers = _RoundNumbers(profile, sc, seed, jitter, cap)
     lengths, times, tokens, segs, regimes = (np.empty(cap, dtype=np.int64), np.empty(cap), np.empty(cap),
@@ -370,12 +387,14 @@ def loglog_slope(curve: np.ndarray, start: int = 50) -> float | None:
 
 def simulate(profile: Profile, policies: list[str], scenarios: list[Scenario], seeds: int,
              max_length: int | None = None, jitter: float = 0.1, checkpoints: int = 20,
-             progress: Callable[[str], None] | None = None) -> dict:
+             progress: Callable[[str], None] | None = None, calibration: int = 0) -> dict:
     """Every policy (and the scenario's oracle) over `seeds` seeds per scenario; `progress(label)` is
-    called after each scenario x policy cell (the CLI draws its bar from it)."""
+    called after each scenario x policy cell (the CLI draws its bar from it). `calibration`: start-up
+    calibration rounds per length given to every policy first (only those that model compute use them)."""
     k = min(max_length or profile.max_length, profile.max_length)
     profile = profile.truncated(k)
-    out = {"profile": profile.name, "max_length": k, "seeds": seeds, "jitter": jitter, "scenarios": []}
+    out = {"profile": profile.name, "max_length": k, "seeds": seeds, "jitter": jitter, "calibration": calibration,
+           "scenarios": []}
     for sc in scenarios:
         oracle = [run_policy(sc.oracle_policy(), profile, sc, s, jitter,
                              None if sc.oracle_table is not None else sc.oracle_lengths) for s in range(seeds)]
@@ -388,8 +407,8 @@ def simulate(profile: Profile, policies: list[str], scenarios: list[Scenario], s
                             "lengths": sorted({int(x) for x in sc.oracle_lengths})},
                  "policies": {}, **sc.info}
         for spec in policies:
-            traces = [run_policy(make_policy(spec, max_length=k, seed=s, profile=profile), profile, sc, s, jitter)
-                      for s in range(seeds)]
+            traces = [run_policy(make_policy(spec, max_length=k, seed=s, profile=profile), profile, sc, s, jitter,
+                                 calibration=calibration) for s in range(seeds)]
             if progress is not None:
                 progress(f"{sc.label}: {spec}")
             j = np.array([t.ms_per_token for t in traces])

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from control.trees import Tree
 from nodes.protocol.admission import EdgeLimits
+from nodes.protocol.calibration import MAX_CALIBRATION_ROUNDS
 from nodes.protocol.liveness import HEARTBEAT_S, WINDOW_S
 from nodes.protocol.request import RoundRules
 from nodes.protocol.stream_tree import Limits as StreamLimits
@@ -109,6 +110,15 @@ class StreamShape:
             raise ValueError(f"stream tree: need width 1..{top}, batch >= 1, flush_ms >= 0, cumulative > 0: {self}")
 
 
+def check_calibration(rounds: int, other_shape: bool) -> None:
+    """--calibrate-rounds: 0..MAX_CALIBRATION_ROUNDS, and chain rounds only (a tree's, a pipelined or a
+    streamed round's time is not a chain length's)."""
+    if type(rounds) is not int or not 0 <= rounds <= MAX_CALIBRATION_ROUNDS:
+        raise ValueError(f"--calibrate-rounds must be in 0..{MAX_CALIBRATION_ROUNDS}, got {rounds!r}")
+    if rounds and other_shape:
+        raise ValueError("--calibrate-rounds times chain rounds: not with --tree, --ahead or --stream-tree")
+
+
 @dataclass(frozen=True, kw_only=True)
 class EdgeConfig:
     edge_id: str = "edge-1"
@@ -126,11 +136,13 @@ class EdgeConfig:
     tree: Tree | str | None = None  # draft trees: a shape, "DxW", "auto" (best for the told delay), None: chains
     ahead: int = 1  # rounds in flight per request (proactive drafting, docs/pipelining.md); 1: one round per trip
     stream_tree: StreamShape | None = None  # the continuous speculation tree instead of rounds (nodes/edge_stream)
+    calibrate_rounds: int = 0  # timed start-up rounds per draft length (nodes/protocol/calibration.py); 0: none
 
     def __post_init__(self) -> None:
         if isinstance(self.tree, str):  # "4x2" / "auto" / "off" -> a Tree, AUTO or None (ControlError if neither)
             object.__setattr__(self, "tree", parse_tree(self.tree))
         check_ahead(self.ahead)
+        check_calibration(self.calibrate_rounds, self.tree is not None or self.ahead > 1 or self.stream_tree is not None)
         if self.ahead > 1 and isinstance(self.tree, Tree) and not _spine_only(self.tree):
             raise ValueError("--ahead with a tree needs a spine shape (only the rank-1 path has children): a "
                              "round is kept when its spine is, and no other path may reach the spine's depth")

@@ -5,7 +5,8 @@ size) through a durable pull consumer with explicit acks. Per (edge, policy)
 one learner runs the policy's `observe` on `outcome_of(event)` (the same
 function the edge acts on), told the delay the edge's policy was told
 (`told_delay_ms`) and paying the one the round paid, so a policy that
-corrects the told delay (`auto`'s delay bias) learns it live; after each batch its snapshot is written to a KV
+corrects the told delay (`auto`'s delay bias) learns it live (an edge's start-up calibration rounds,
+`calibration` set, feed its `calibrate` instead: their lengths were not the policy's choice); after each batch its snapshot is written to a KV
 bucket together with the stream sequence of the last event it applied, then
 published as a versioned update to that edge, and only then are the events
 acked. A restarted controller restores the learners from the bucket (each
@@ -42,6 +43,7 @@ from control import ControlError, Policy, make_policy
 from pipeline.transport.confirm import confirm_sent
 from pipeline.transport.jetstream import StreamLimits, bucket_keys, ensure_stream, policy_bucket
 from nodes.config import MAX_LEARNERS, MAX_LENGTH
+from nodes.protocol.calibration import usable as calibration_usable
 from nodes.protocol.timing import outcome_of
 from schemas import subjects
 from schemas.codec import Limits, SchemaError, decode, encode
@@ -245,7 +247,10 @@ class Controller:
                 self.skipped_duplicates += 1
                 continue
             try:
-                ln.policy.observe(outcome_of(ev))
+                if not ev.calibration:
+                    ln.policy.observe(outcome_of(ev))
+                elif calibration_usable(ev):  # an edge's start-up round: its compute only, not its length's choice
+                    ln.policy.calibrate(ev.length, outcome_of(ev).compute_ms)
             except Exception as exc:  # a learner must never take the loop down
                 self.malformed += 1
                 self.log.warning("bad_event", seq=seq, subject=m.subject, error=f"observe failed: {exc!r}"[:300])

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,6 +53,8 @@ from nodes.models.tree_verify import TreeDraftSession
 from nodes.policy_book import PolicyBook
 from nodes.protocol import policy_sync
 from nodes.protocol.acting import HeadSlot, plan_round
+from nodes.protocol.calibration import PROMPT as CALIBRATION_PROMPT, REQUEST_PREFIX as CALIBRATION_PREFIX
+from nodes.protocol.calibration import CalibrationSweep, usable as calibration_usable
 from nodes.protocol.admission import EarlyCancels, admit_generate, check_prompt_tokens, deadline_s
 from nodes.protocol.liveness import FORGET_S, HolderWatch, PeerTable, keepalive_due
 from nodes.protocol.placement import Placement
@@ -102,8 +105,10 @@ class Live:
     tree_session: TreeDraftSession | None = field(default=None, repr=False)  # tree rounds' draft cache
     terminal: TokenChunk | ErrorMsg | None = None  # the stream's last message, kept to answer `resume`
     last_sent: float = field(default_factory=time.monotonic)  # the client last got something from us
+    calibration: CalibrationSweep | None = field(default=None, repr=False)  # the edge's own start-up rounds
 
 
+CALIBRATION_REQUESTS = 8  # start-up calibration requests at most (one usually times every length)
 UNSUBSCRIBE_CONFIRM_S = 10.0  # Edge.stop waits this long for the broker to confirm it routes no request here
 
 
@@ -158,6 +163,8 @@ class EdgeWorker(WorkerBase):
             self.subs.append(await self.nc.subscribe(subjects.policy(self.cfg.edge_id), cb=self._on_policy))
             await self._restore_from_bucket()
             self.background.add(asyncio.create_task(self._resync_after_reconnect()))
+        if self.cfg.calibrate_rounds:
+            self.background.add(asyncio.create_task(self._calibrate()))
         self.log.info("edge_started", edge_id=self.cfg.edge_id, channel=self.channel.spec,
                       policy=self.cfg.default_policy, model_nice=self.model_nice,
                       max_active=self.cfg.limits.max_active, max_queued=self.cfg.limits.max_queued,
@@ -180,6 +187,8 @@ class EdgeWorker(WorkerBase):
         for live in self.live.values():  # queued, not started: nothing to finish
             if not live.started and live.task is not None:
                 self._stop_request(live, UNAVAILABLE, "edge shut down before the request started: send it again")
+            elif live.calibration is not None:  # the edge's own start-up request: nobody waits for it
+                self._stop_request(live, CANCELLED, "edge shut down during its calibration")
         tasks = [lv.task for lv in self.live.values() if lv.task is not None]
         if tasks:
             await asyncio.wait(tasks, timeout=self.cfg.drain_timeout_s)
@@ -502,8 +511,9 @@ class EdgeWorker(WorkerBase):
             if live.stop_reason is not None:  # a cancel can be lost: Python 3.11's wait_for (inside nats-py's
                 raise asyncio.CancelledError  # request) swallows one that races its reply; the reason is not lost
             sample = self.channel.sample()
-            acting = plan_round(r, *self.policies.acting(r.policy_spec), RoundContext(self.delay.ms, sample.state),
-                                self.heads, self.policies.fallback)
+            acting = plan_round(r, *((live.calibration, 0) if live.calibration is not None
+                                     else self.policies.acting(r.policy_spec)),
+                                RoundContext(self.delay.ms, sample.state), self.heads, self.policies.fallback)
             if acting.error is not None:  # a policy that cannot choose must not fail the request
                 self.log.warning("policy_error", policy=r.policy_spec, error=acting.error)
             policy, plan = acting.policy, acting.plan
@@ -541,7 +551,9 @@ class EdgeWorker(WorkerBase):
                 self.trees.observe(d.parents, list(verdict.path or []), d.draft_ms, verdict.verify_ms,
                                    prefilled=rec.timing.round == 0 or rec.timing.context_resent)
             self.delay.add(one_way_delay_ms(rec.timing.network_ms))
-            if self.policies.learn_locally and policy.learns and d.parents is None:  # else the controller learns
+            if live.calibration is not None:
+                self._calibrated(live.calibration, rec)
+            elif self.policies.learn_locally and policy.learns and d.parents is None:  # else the controller learns
                 policy.observe(rec.outcome)
             await self._deliver(live, rec, _draft_batch_fields(drafted))
         observe_rounds(self, r, chain_ms)
@@ -555,8 +567,37 @@ class EdgeWorker(WorkerBase):
         if live.inbox:
             live.last_sent = time.monotonic()
             await self.send_now(live.inbox, encode(rec.chunk))
-        self.log.debug("round", **round_log_fields(rec.timing), **log_fields)
+        self.log.debug("calibration_round" if rec.timing.calibration else "round",  # analysis reads served rounds
+                       **round_log_fields(rec.timing), **log_fields)
         self.outbox.put(subjects.timing(self.cfg.edge_id), encode(rec.timing))
+
+    def _calibrated(self, sweep: CalibrationSweep, rec: RoundRecord) -> None:
+        """A calibration round: its event says so (the controller then calibrates instead of observing);
+        a usable one counts toward the sweep and, learning locally, goes to every policy."""
+        rec.timing.calibration = True
+        if calibration_usable(rec.timing):
+            sweep.record(rec.timing.length, rec.outcome.compute_ms)
+            if self.policies.learn_locally:
+                self.policies.calibrate(rec.timing.length, rec.outcome.compute_ms)
+
+    async def _calibrate(self) -> None:
+        """The start-up calibration (nodes/protocol/calibration.py): requests of the edge's own, served
+        beside clients' (no inbox), until every length has its timed rounds or the attempts run out."""
+        sweep = CalibrationSweep(self.cfg.max_length, self.cfg.calibrate_rounds)
+        spec = self.policies.canonical(self.cfg.default_policy)
+        t0, requests = time.monotonic(), 0
+        while not sweep.done and not self.draining and requests < CALIBRATION_REQUESTS:
+            rid = f"{CALIBRATION_PREFIX}{self.cfg.edge_id}-{uuid.uuid4().hex[:12]}"
+            req = GenerateRequest(rid, prompt=CALIBRATION_PROMPT, seed=self.cfg.seed + requests, policy=spec,
+                                  max_new_tokens=min(sweep.tokens_left(), self.cfg.limits.max_new_tokens))
+            live = Live(None, task=asyncio.current_task(), calibration=sweep)
+            self.live[rid] = live
+            requests += 1
+            await self._serve(req, live, spec)
+        self.log.info("calibration_done", complete=sweep.done, rounds_per_length=sweep.timed,
+                      compute_ms=sweep.means(), requests=requests, policy=spec,
+                      learned_by="edge" if self.policies.learn_locally else "controller",
+                      elapsed_s=round(time.monotonic() - t0, 3))
 
     async def _draft_tree(self, r: EdgeRequest, session: TreeDraftSession, seed: int) -> Draft:
         """A tree round's draft, its shape from `cfg.tree` (nodes/protocol/tree_shape.TreeShaper); an

@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections import OrderedDict
 
 from control import ControlError, Policy, Profile, make_policy
+from nodes.protocol.calibration import MAX_CALIBRATION_ROUNDS
 
 
 class PolicyBook:
@@ -31,6 +32,7 @@ class PolicyBook:
         self.fallback = fallback or make_policy(f"fixed:{min(4, max_length)}", max_length=max_length)
         self.max_policies, self.max_version_step = max_policies, max_version_step
         self.policies: OrderedDict[str, Policy] = OrderedDict()
+        self.calibration: list[tuple[int, float]] = []  # start-up compute samples, for policies made later too
         self.versions: dict[str, int] = {}
         self.evicted = 0
         if pinned is not None:
@@ -45,6 +47,8 @@ class PolicyBook:
             self.policies.move_to_end(spec)
             return self.policies[spec]
         pol = self._make(spec)
+        for length, ms in self.calibration:
+            pol.calibrate(length, ms)
         self.policies[pol.spec] = pol
         self.versions.setdefault(pol.spec, 0)
         while len(self.policies) > self.max_policies:
@@ -53,6 +57,14 @@ class PolicyBook:
             self.versions.pop(old, None)
             self.evicted += 1
         return pol
+
+    def calibrate(self, length: int, compute_ms: float) -> None:
+        """A start-up calibration round's compute (nodes/protocol/calibration.py), learned locally: by
+        every policy held now and every one made later (bounded: the sweep's rounds of every length)."""
+        if len(self.calibration) < self.max_length * MAX_CALIBRATION_ROUNDS:
+            self.calibration.append((length, compute_ms))
+        for pol in self.policies.values():
+            pol.calibrate(length, compute_ms)
 
     def acting(self, spec: str) -> tuple[Policy, int]:
         """The policy object to act on now, and the version it stands for."""

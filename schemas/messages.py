@@ -265,8 +265,11 @@ class TimingEvent:
     # A tree round: the depth of the tree it sent (`length` is then its node count, `accepted` the
     # accepted path's length: not a chain's). None on chain rounds, and then absent on the wire.
     tree_depth: int | None = None
+    # True: a start-up calibration round (edge --calibrate-rounds): its length was not the policy's
+    # choice, so a learner takes only its compute (Policy.calibrate). None on served rounds, then absent.
+    calibration: bool | None = None
 
-    OMIT_WHEN_NONE = ("tree_depth",)  # a chain round's event stays what an older reader decodes
+    OMIT_WHEN_NONE = ("tree_depth", "calibration")  # a chain round's event stays what an older reader decodes
 
     def validate(self, limits: Limits) -> None:
         _check_id(self.edge_id, "edge_id")
@@ -293,6 +296,8 @@ class TimingEvent:
         if not (0 <= self.policy_version <= MAX_POLICY_VERSION and 0 <= self.seq <= MAX_SEQ
                 and 0 <= self.context_len <= limits.max_context_tokens):
             raise SchemaError("timing: policy_version, seq or context_len out of range")
+        if self.calibration is not None and type(self.calibration) is not bool:
+            raise SchemaError("timing: calibration must be a boolean")
         if self.stop_scores is not None and (len(self.stop_scores) > self.length
                                              or not all(0.0 <= p <= 1.0 for p in self.stop_scores)):
             raise SchemaError("timing: stop_scores must be at most `length` values in [0, 1]")

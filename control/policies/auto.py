@@ -35,7 +35,7 @@ from control.policies import checks
 from control.policies.base import Policy
 from control.regimes import HiddenRegimes, solve_belief
 from control.streaks import RegimeLearner
-from control.types import RoundContext, RoundOutcome
+from control.types import ControlError, RoundContext, RoundOutcome
 
 PRIOR_STRENGTH = 2.0
 POOL_STRENGTH_MAX = 30.0  # at most this many pseudo-rounds of the pool behind a later position (_pool_strength)
@@ -80,6 +80,7 @@ REGIME_GRID = 51  # beliefs the learned belief-MDP is solved on (AutoPolicy._reg
 STOP_LOOKAHEAD = False  # the stop rule looks past the next token, predicting by the learned hazard (_drafting_on_pays;
 # off: 0.54 -> 0.33 % on the simulated token signal, but 0.3-1.8 % slower live on the bundled pair in two runs,
 # docs/policies/auto-issue23.md "Seventh session")
+CALIBRATE_MAX = 20  # compute samples of a length beyond which a calibration round adds nothing (calibrate)
 RESOLVE_DELAY = 0.05  # the belief-MDP is solved again once the delay moves this fraction (or a refit)
 
 
@@ -151,6 +152,26 @@ class AutoPolicy(Policy):
                 row = self.transitions.setdefault(self.prev_state, {})
                 row[key] = row.get(key, 0.0) + 1
             self.prev_state = key
+
+    def calibrate(self, length: int, compute_ms: float) -> None:
+        """A compute sample of `length` timed before serving, counted as a played round's compute (not
+        once the length has CALIBRATE_MAX samples: a calibration never outweighs served rounds).
+        Once every length has one, the opening (two rounds that exist to pin the compute slope) is
+        skipped: told C(L) by 3 such rounds per length, the short horizon's mean gap fell 1.25 -> 0.74 %
+        (docs/policies/auto-issue23.md, "Eighth session")."""
+        c = float(compute_ms)
+        if not 1 <= int(length) <= self.max_length or not np.isfinite(c) or c < 0:
+            raise ControlError(f"calibrate: length must be in 1..{self.max_length} and compute a finite ms >= 0, "
+                               f"got {length!r}, {compute_ms!r}")
+        if self.arm_n[int(length) - 1] >= CALIBRATE_MAX:  # known already: calibration only fills in the unknown
+            return
+        self.arm_n[int(length) - 1] += 1
+        self.arm_sum[int(length) - 1] += c
+        self.arm_sq[int(length) - 1] += c * c
+
+    def compute_known(self) -> bool:
+        """Every length's compute has been seen (played or calibrated): no opening needed."""
+        return bool((self.arm_n > 0).all())
 
     # --- estimates ---------------------------------------------------------
     def compute_estimate(self) -> np.ndarray:
@@ -386,7 +407,7 @@ class AutoPolicy(Policy):
         if ctx.stops and self._stopping():
             return self.max_length  # the stop rule cuts it
         middle = self.max_length // 2 + 1
-        if self.n_obs == 0:
+        if self.n_obs == 0 and not self.compute_known():
             return middle if OPENING_MIDDLE else 1
         if self.n_obs == 1 and self.arm_n[middle - 1] == 0:
             return middle  # a second round at another length pins the compute slope (a middle one costs

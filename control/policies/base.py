@@ -35,6 +35,11 @@ class Policy:
     def observe(self, outcome: RoundOutcome) -> None:
         """Default: nothing to learn."""
 
+    def calibrate(self, length: int, compute_ms: float) -> None:
+        """A round's compute timed before serving (a start-up calibration round of `length` tokens):
+        compute does not depend on the traffic, acceptance does, so only the compute is learned.
+        Default: nothing to learn (only a policy that models C(L) uses it)."""
+
     def should_stop(self, ctx: RoundContext, position: int, confidence: float) -> bool:
         """Called after each drafted token (1-based position) but the last, only when `ctx.stops` (the
         drafter has the signal `stop_signal` names); `confidence` is that signal's value for the token.

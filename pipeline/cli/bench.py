@@ -214,12 +214,13 @@ def cmd_bench_policies(a: argparse.Namespace) -> None:
     with bar or contextlib.nullcontext():
         res = evaluate(None, policies=policies, rounds=a.rounds, seeds=seeds, workers=a.workers,
                        tuned=not a.no_tuned, kinds=kinds, members=members, family_seed=a.family_seed,
-                       progress=advance)
+                       progress=advance, calibration=a.calibrate)
     res["wall_s"] = round(time.perf_counter() - t0, 1)
     if a.json:
         print(json.dumps(res))
         return
-    print(f"{res['profiles']} generated profiles, {res['rounds']} rounds, {res['seeds']} seeds; "
+    print(f"{res['profiles']} generated profiles, {res['rounds']} rounds, {res['seeds']} seeds"
+          + (f", {res['calibration']} calibration rounds per length" if res["calibration"] else "") + "; "
           f"gaps in % over each scenario's oracle ({res['wall_s']} s)")
     for kind, summary in res["by_kind"].items():
         print(f"== {kind}" + (f" (scenarios: {res['scenarios']})" if kind == "families" else ""))
@@ -372,5 +373,8 @@ def register(sub) -> None:
     p.add_argument("--kinds", default="all", help="comma-separated: families (the acceptance x compute shapes), "
                    "non-affine, jitter, streaky, short (issue 23's kinds), or all")
     p.add_argument("--quick", action="store_true", help="one profile per family, 5 seeds")
+    p.add_argument("--calibrate", type=non_negative_int, default=0, metavar="M",
+                   help="every policy first gets M start-up calibration rounds per length (edge --calibrate-rounds; "
+                        "only auto uses them)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench_policies)

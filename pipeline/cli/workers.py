@@ -12,7 +12,8 @@ from pathlib import Path
 from control import load_profile, make_policy
 from control.stream_width import DEFAULT_WIDTHS
 from pipeline.transport.jetstream import StreamLimits
-from nodes.config import MAX_LEARNERS, MAX_LENGTH, StreamShape
+from nodes.config import MAX_LEARNERS, MAX_LENGTH, StreamShape, check_calibration
+from nodes.protocol.calibration import MAX_CALIBRATION_ROUNDS
 from nodes.link import parse_channel
 from nodes.models.loading import BUNDLED_PROFILE
 from nodes.protocol.admission import EdgeLimits
@@ -170,6 +171,10 @@ def cmd_edge(a: argparse.Namespace) -> None:
     make_policy(a.policy, max_length=a.max_length, profile=profile or _bundled_profile())
     parse_tree(a.tree)
     check_stream_tree(a)
+    try:
+        check_calibration(a.calibrate_rounds, a.tree not in (None, "off") or a.ahead > 1 or bool(a.stream_tree))
+    except ValueError as exc:
+        raise PipelineError(str(exc)) from None
     _check_device(a, "draft")
     limits = EdgeLimits(a.max_active, a.max_queued, a.max_prompt_tokens, a.max_new_tokens_limit, a.max_request_s)
     aio.run(serve_edge(_node_options(a), EdgeOptions(a.channel, a.policy, a.seed, not a.remote_policy,
@@ -179,7 +184,7 @@ def cmd_edge(a: argparse.Namespace) -> None:
                                                      not a.random_placement, a.tree, a.ahead,
                                                      _fixed_width(a.stream_width) if a.stream_tree else None,
                                                      a.stream_tree == "auto", a.stream_batch,
-                                                     a.stream_width == "auto")))
+                                                     a.stream_width == "auto", a.calibrate_rounds)))
 
 
 def cmd_control(a: argparse.Namespace) -> None:
@@ -272,6 +277,10 @@ def register(sub) -> None:
                         "loaded verifier this edge knows (by the queue times in its verdicts)")
     p.add_argument("--tree", default=e.tree, help=TREE_HELP)
     p.add_argument("--ahead", type=rounds_in_flight, default=e.ahead, help=AHEAD_HELP)
+    p.add_argument("--calibrate-rounds", type=non_negative_int, default=e.calibrate_rounds, metavar="M",
+                   help=f"at start-up, time M rounds of every draft length on a prompt of the edge's own and give "
+                        f"their compute to its policies (auto then skips learning C(L) from served rounds; "
+                        f"0..{MAX_CALIBRATION_ROUNDS}, chains only; 0: none)")
     stream_tree_args(p)
     p.set_defaults(func=cmd_edge)
 

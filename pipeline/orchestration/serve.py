@@ -73,6 +73,7 @@ class EdgeOptions:
     stream_auto: bool = False        # ... or rounds, per request, by the cost rule (control/stream_choice.py)
     stream_batch: int = StreamShape().batch  # frontier nodes expanded per draft forward
     stream_width_auto: bool = False  # the width learned per request, starting at stream_width (control/stream_width.py)
+    calibrate_rounds: int = _EDGE.calibrate_rounds  # timed start-up rounds per length (nodes/protocol/calibration.py)
 
 
 @dataclass
@@ -230,7 +231,8 @@ async def serve_edge(opts: NodeOptions, edge: EdgeOptions) -> None:
                      stream_tree=None if edge.stream_width is None else StreamShape(width=edge.stream_width,
                                                                                        batch=edge.stream_batch,
                                                                                        auto=edge.stream_auto,
-                                                                                       width_auto=edge.stream_width_auto))
+                                                                                       width_auto=edge.stream_width_auto),
+                     calibrate_rounds=edge.calibrate_rounds)
     profile = profile_for(pair, edge.profile)
     book = PolicyBook(opts.max_length, edge.seed, learn_locally=edge.local_policy,
                       fallback=default_policy_for(profile, opts.max_length), profile=profile, pinned=edge.policy)
