@@ -109,6 +109,7 @@ class Live:
 
 
 CALIBRATION_REQUESTS = 8  # start-up calibration requests at most (one usually times every length)
+CALIBRATION_WAIT_S = 0.5  # the calibration's poll for a verifier heard (and for room beside clients' requests)
 UNSUBSCRIBE_CONFIRM_S = 10.0  # Edge.stop waits this long for the broker to confirm it routes no request here
 
 
@@ -445,7 +446,7 @@ class EdgeWorker(WorkerBase):
                     live.started = True
                     live.request = await self._open(req, spec)
                     await self._rounds(live.request, live)
-            self.completed += 1
+            self.completed += live.calibration is None
         except TimeoutError as exc:
             if not deadline.expired():
                 await self._fail(req, live, INTERNAL, f"request failed: {type(exc).__name__}")
@@ -470,7 +471,8 @@ class EdgeWorker(WorkerBase):
             self.log.info("stopped_after_done", request_id=req.request_id, code=code)
             return
         if code != CANCELLED:  # the client's cancel was logged when it came (request_cancelled / _finished)
-            self.log.warning("request_failed", request_id=req.request_id, code=code, error=text[:300])
+            self.log.warning("calibration_request_failed" if live.calibration is not None else "request_failed",
+                             request_id=req.request_id, code=code, error=text[:300])
         live.terminal = ErrorMsg(code, text[:1000], req.request_id)
         if live.inbox:
             live.last_sent = time.monotonic()
@@ -510,6 +512,8 @@ class EdgeWorker(WorkerBase):
         while not r.done:
             if live.stop_reason is not None:  # a cancel can be lost: Python 3.11's wait_for (inside nats-py's
                 raise asyncio.CancelledError  # request) swallows one that races its reply; the reason is not lost
+            if live.calibration is not None and live.calibration.done:
+                break  # its token budget assumed every draft accepted: the sweep ends before it, mostly
             sample = self.channel.sample()
             acting = plan_round(r, *((live.calibration, 0) if live.calibration is not None
                                      else self.policies.acting(r.policy_spec)),
@@ -557,7 +561,9 @@ class EdgeWorker(WorkerBase):
                 policy.observe(rec.outcome)
             await self._deliver(live, rec, _draft_batch_fields(drafted))
         observe_rounds(self, r, chain_ms)
-        self.log.info("request_done", request_id=r.req.request_id, rounds=r.round, tokens=len(r.out),
+        # a calibration request is not a served one (the metrics count `request_done`)
+        self.log.info("calibration_request_done" if live.calibration is not None else "request_done",
+                      request_id=r.req.request_id, rounds=r.round, tokens=len(r.out),
                       finish_reason=r.finish_reason, policy=r.policy_spec, retries=r.retries)
 
     async def _deliver(self, live: Live, rec: RoundRecord, log_fields: dict) -> None:
@@ -582,20 +588,34 @@ class EdgeWorker(WorkerBase):
 
     async def _calibrate(self) -> None:
         """The start-up calibration (nodes/protocol/calibration.py): requests of the edge's own, served
-        beside clients' (no inbox), until every length has its timed rounds or the attempts run out."""
+        beside clients' (no inbox, each a worker task as theirs are), once a verifier is heard, until every
+        length has its timed rounds or CALIBRATION_REQUESTS requests were tried."""
         sweep = CalibrationSweep(self.cfg.max_length, self.cfg.calibrate_rounds)
         spec = self.policies.canonical(self.cfg.default_policy)
-        t0, requests = time.monotonic(), 0
-        while not sweep.done and not self.draining and requests < CALIBRATION_REQUESTS:
+        prompt_len = len(self.pair.tokenizer.encode(CALIBRATION_PROMPT, add_special_tokens=False))
+        room = self.cfg.limits.max_context_tokens
+        t0, requests, why = time.monotonic(), 0, ""
+        while not sweep.done and requests < CALIBRATION_REQUESTS:
+            while not self.draining and not self.verifiers.usable(time.monotonic()):  # a verifier that starts
+                await asyncio.sleep(CALIBRATION_WAIT_S)  # later still gets a calibration: none is tried before
+            budget = min(sweep.tokens_left(), self.cfg.limits.max_new_tokens,
+                         room - prompt_len if room is not None else sweep.tokens_left())
+            if self.draining or budget < 2:
+                why = "draining" if self.draining else "no room in the model's context"
+                break
             rid = f"{CALIBRATION_PREFIX}{self.cfg.edge_id}-{uuid.uuid4().hex[:12]}"
             req = GenerateRequest(rid, prompt=CALIBRATION_PROMPT, seed=self.cfg.seed + requests, policy=spec,
-                                  max_new_tokens=min(sweep.tokens_left(), self.cfg.limits.max_new_tokens))
-            live = Live(None, task=asyncio.current_task(), calibration=sweep)
+                                  max_new_tokens=budget)
+            live = Live(None, calibration=sweep)
+            live.task = self.try_spawn(self._serve(req, live, spec))
+            if live.task is None:  # the edge is full of clients' requests: try again later
+                await asyncio.sleep(CALIBRATION_WAIT_S)
+                continue
             self.live[rid] = live
             requests += 1
-            await self._serve(req, live, spec)
+            await asyncio.wait([live.task])
         self.log.info("calibration_done", complete=sweep.done, rounds_per_length=sweep.timed,
-                      compute_ms=sweep.means(), requests=requests, policy=spec,
+                      compute_ms=sweep.means(), requests=requests, policy=spec, stopped=why or None,
                       learned_by="edge" if self.policies.learn_locally else "controller",
                       elapsed_s=round(time.monotonic() - t0, 3))
 

@@ -2,6 +2,8 @@
 learn from served rounds, locally or through the controller, and analysis sees only served rounds."""
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from pipeline.analysis import load_run
@@ -18,16 +20,20 @@ async def test_an_edge_times_every_length_at_start_up_and_its_auto_learns_only_t
     async with cluster(broker.url, pair, tmp_path, calibrate_rounds=1) as (client, edge, _):
         await wait_for(lambda: _done(tmp_path / "edge-1.jsonl"), timeout=60)
         auto = edge.policies.get("auto")
+        assert auto.compute_known() and auto.n_obs == 0 and auto.at_risk.sum() == 0  # compute only
         res = await generate_stream(client, GenerateRequest("served", prompt="The for statement", max_new_tokens=12), 30)
         assert res.ok
     (done,) = _done(tmp_path / "edge-1.jsonl")
     assert done["complete"] and min(done["rounds_per_length"]) >= 1 and done["learned_by"] == "edge"
     assert all(ms is not None and ms > 0 for ms in done["compute_ms"])
-    assert auto.compute_known() and auto.at_risk.sum() > 0  # the served request's rounds, not the calibration's
+    assert auto.at_risk.sum() > 0 and edge.completed == 1  # the served request's rounds; it alone completed
     log = read_log(tmp_path / "edge-1.jsonl")
     cal = [e for e in log if e.get("event") == "calibration_round"]
     assert cal and all(e["calibration"] and e["request_id"].startswith("calibration-edge-1-") for e in cal)
     assert {e["draft_length"] for e in cal} == set(range(1, 9))
+    # the sweep ends the request once every length is timed, not at its token budget
+    assert len(cal) <= 1 + max(done["rounds_per_length"]) * 8
+    assert not [e for e in log if e.get("event") == "request_done" and e["request_id"].startswith("calibration-")]
     rounds = load_run(tmp_path).rounds  # analysis reads served rounds only
     assert set(rounds["request_id"]) == {"served"}
 
@@ -84,3 +90,34 @@ async def test_an_edge_stopped_during_its_calibration_stops_it_at_once(broker, p
     (done,) = _done(tmp_path / "edge-1.jsonl")
     assert not done["complete"] and took < 10.0  # not the drain a client's request may take
     assert not [e for e in read_log(tmp_path / "edge-1.jsonl") if e.get("event") == "request_failed"]
+
+
+async def test_a_calibration_waits_for_a_verifier_that_starts_after_the_edge(broker, pair, tmp_path):
+    from tests.pipeline_fixtures import start_cloud
+
+    async with cluster(broker.url, pair, tmp_path, clouds=0, calibrate_rounds=1, failover_deadline_s=1.0,
+                       request_timeout_s=1.0) as (client, edge, _):
+        await asyncio.sleep(1.5)  # longer than a round would wait for a verifier
+        assert not _done(tmp_path / "edge-1.jsonl")
+        nc, cloud = await start_cloud(broker.url, pair, tmp_path)
+        try:
+            await wait_for(lambda: _done(tmp_path / "edge-1.jsonl"), timeout=60)
+        finally:
+            await cloud.stop()
+            await nc.close()
+    (done,) = _done(tmp_path / "edge-1.jsonl")
+    assert done["complete"] and done["requests"] == 1
+    assert not [e for e in read_log(tmp_path / "edge-1.jsonl") if "failed" in e.get("event", "")]
+
+
+async def test_a_workload_summary_counts_its_own_rounds_not_the_edges_calibration(broker, pair, tmp_path):
+    from pipeline.orchestration.workload import run_workload
+
+    log = tmp_path / "edge-1.jsonl"
+    async with cluster(broker.url, pair, tmp_path, channel="const:20", calibrate_rounds=5) as (client, edge, _):
+        await wait_for(lambda: any(e.get("event") == "calibration_round" for e in read_log(log)), timeout=60)
+        res = await run_workload(client, ["The for statement", "A list is"], 12, 2, "auto", timeout_s=60)
+        await wait_for(lambda: _done(log), timeout=120)
+    ours = {e["request_id"] for e in read_log(log) if e.get("event") == "round"}
+    assert {ev.request_id for ev in res.timing_events} == ours and len(ours) == 2
+    assert not any(ev.calibration for ev in res.timing_events)

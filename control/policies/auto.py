@@ -157,7 +157,7 @@ class AutoPolicy(Policy):
         """A compute sample of `length` timed before serving, counted as a played round's compute (not
         once the length has CALIBRATE_MAX samples: a calibration never outweighs served rounds).
         Once every length has one, the opening (two rounds that exist to pin the compute slope) is
-        skipped: told C(L) by 3 such rounds per length, the short horizon's mean gap fell 1.25 -> 0.74 %
+        skipped: told C(L) by 3 such rounds per length, the short horizon's mean gap fell 1.25 -> 0.80 %
         (docs/policies/auto-issue23.md, "Eighth session")."""
         c = float(compute_ms)
         if not 1 <= int(length) <= self.max_length or not np.isfinite(c) or c < 0:

@@ -4,7 +4,7 @@ real verifier, and gives each round's measured compute to its policies (`Policy.
 
 Why: compute C(L) is the devices', not the traffic's, while acceptance is the traffic's. `auto` learns
 both from scratch, and on a new edge over its first 200 rounds learning the compute is about half of
-its gap to the oracle (told the compute: 1.25 -> 0.69 %; three calibration rounds per length: 0.74 %,
+its gap to the oracle (told the compute: 1.25 -> 0.69 %; three calibration rounds per length: 0.80 %,
 docs/policies/auto-issue23.md). The calibration's acceptance is not learned (its prompt is not the
 traffic), and its first round is not used (it also prefilled the context on the verifier), nor a round
 with a retry (its time is not the length's).

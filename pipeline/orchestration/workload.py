@@ -38,16 +38,18 @@ async def run_workload(nc: Client, prompts: list[str], max_new_tokens: int, conc
                        temperature: float = 0.0, seed: int = 0, timeout_s: float = 120.0,
                        progress=None) -> WorkloadResult:
     events: list[TimingEvent] = []
+    tag = uuid.uuid4().hex[:8]
 
     async def on_timing(msg):
         try:
-            events.append(decode(msg.data, Limits(), expect=(TimingEvent,)))
+            ev = decode(msg.data, Limits(), expect=(TimingEvent,))
         except SchemaError:
-            pass
+            return
+        if ev.request_id.startswith(f"req-{tag}-"):  # this workload's rounds: not an edge's calibration,
+            events.append(ev)                        # nor another client's on a shared hub
 
     sub = await nc.subscribe(f"{subjects.TIMING_PREFIX}.>", cb=on_timing)
     gate = asyncio.Semaphore(concurrency)
-    tag = uuid.uuid4().hex[:8]
 
     async def one(i: int, prompt: str) -> StreamResult:
         async with gate:
