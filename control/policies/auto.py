@@ -76,6 +76,9 @@ EXPLORE_Z = 2.0  # a length off the leader's neighbours is tried while its lower
 STREAK_PRIOR = 8.0  # pseudo-rounds of the pooled acceptance behind each streak state's own (AutoPolicy._posterior)
 PERSIST_Z = 3.0  # the streak states are used once they differ from the pool by this many deviations (_persists)
 STREAKS = 3  # the last round: first token rejected, a later one rejected, all accepted
+REGIME_OPTIMISM = True  # the belief-MDP's length also gets the one step of optimism (_optimistic_next): the
+# table is solved for the fitted regimes, whose hazards past the lengths played are guesses, so without it a
+# streaky seed locked on length 3 where the easy regime's best is 7 (+6.4 %; docs/policies/auto-issue23.md)
 REGIME_GRID = 51  # beliefs the learned belief-MDP is solved on (AutoPolicy._regime_table)
 STOP_LOOKAHEAD = False  # the stop rule looks past the next token, predicting by the learned hazard (_drafting_on_pays;
 # off: 0.54 -> 0.33 % on the simulated token signal, but 0.3-1.8 % slower live on the bundled pair in two runs,
@@ -428,7 +431,8 @@ class AutoPolicy(Policy):
         cost = c + 2.0 * delay
         table = self._regime_table(delay, estimate)
         if table is not None:
-            return int(table[int(round(self.regimes.belief * (len(table) - 1)))])
+            L = int(table[int(round(self.regimes.belief * (len(table) - 1)))])
+            return self._optimistic_next(L, h, cost) if REGIME_OPTIMISM else L
         mean_b = 1.0 + np.cumsum(np.cumprod(self.hazard_sample(None, streak)))
         lead = self._leader(delay, estimate, mean_b)
         cost_mean = np.maximum(estimate, 1e-6) + 2.0 * delay

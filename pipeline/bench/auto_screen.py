@@ -28,10 +28,10 @@ def _apply(overrides: dict) -> None:
 
 
 def _one(args) -> dict:
-    kind, profile, rounds, seeds, labels, overrides = args
+    kind, profile, rounds, seeds, labels, overrides, calibration = args
     _apply(overrides)
     scs = [sc for sc in kind_scenarios(kind, profile, DELAYS, rounds) if not labels or any(x in sc.label for x in labels)]
-    res = simulate(profile, ["auto"], scs, seeds)
+    res = simulate(profile, ["auto"], scs, seeds, calibration=calibration)
     rows = {}
     for sc in res["scenarios"]:
         v = sc["policies"]["auto"]
@@ -51,7 +51,8 @@ def _value(text: str):
 def screen(base: dict, kinds: list[str], overrides: dict, profiles: list[str], labels: list[str],
            workers: int = 2) -> dict:
     rounds, seeds = base["rounds"], base["seeds"]
-    jobs = [(k, p, rounds, seeds, labels, overrides) for k in kinds for p in kind_profiles(k, 1, 0)
+    calibration = int(base.get("calibration") or 0)  # a calibrated base is screened calibrated, as it ran
+    jobs = [(k, p, rounds, seeds, labels, overrides, calibration) for k in kinds for p in kind_profiles(k, 1, 0)
             if not profiles or any(x in p.name for x in profiles)]
     with ProcessPoolExecutor(workers) as pool:
         new = list(pool.map(_one, jobs))
