@@ -1,0 +1,36 @@
+"""`pipeline.bench.auto_screen` reproduces the bench's `auto` rows, and can rerun them on more seeds (issue 23:
+five seeds hid a lock-in one seed in 20 has)."""
+import pytest
+
+from control.evaluation import evaluate
+from pipeline.bench.auto_screen import screen
+
+PROFILE, LABEL = "steep/expensive-draft#1", "const 0 ms"
+
+
+@pytest.fixture(scope="module")
+def base() -> dict:
+    return evaluate(policies=("auto",), delays=(0.0,), rounds=200, seeds=2, workers=1, tuned=False,
+                    kinds=("short",), members=1)
+
+
+def test_a_screen_without_overrides_reproduces_the_bench_row_and_its_rivals(base):
+    out = screen(base, ["short"], {}, [PROFILE], [LABEL], workers=1)
+    kind = out["by_kind"]["short"]
+    assert kind["new"]["mean_gap_pct"] == kind["base"]["mean_gap_pct"]
+    assert kind["new"]["behind"] == kind["base"]["behind"] is not None
+    assert out["seeds"] == 2
+
+
+def test_more_seeds_rerun_the_unchanged_auto_too_and_leave_rivals_out(base):
+    out = screen(base, ["short"], {}, [PROFILE], [LABEL], workers=1, seeds=4)
+    kind = out["by_kind"]["short"]
+    assert out["seeds"] == 4 and kind["new"]["behind"] is None
+    assert kind["new"]["worst_seed_pct"] == kind["base"]["worst_seed_pct"]  # both on the same 4 seeds
+    row = next(r for r in base["per_profile"] if r["profile"] == PROFILE)
+    assert kind["base"]["worst_seed_pct"] >= round(row["policies"]["auto"][LABEL]["worst"], 3)  # seeds 0-1 among them
+
+
+def test_an_unknown_constant_is_refused_in_one_line(base):
+    with pytest.raises(SystemExit, match="has no NOT_A_CONSTANT"):
+        screen(base, ["short"], {"NOT_A_CONSTANT": 1}, [PROFILE], [LABEL], workers=1)
