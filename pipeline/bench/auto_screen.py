@@ -112,6 +112,8 @@ def main() -> None:
     p.add_argument("--out", help="also write the result JSON here")
     p.add_argument("--top", type=int, default=6, help="print this many most-changed cells")
     a = p.parse_args()
+    if a.seeds is not None and not 1 <= a.seeds <= 1000:
+        p.error(f"--seeds must be 1..1000, got {a.seeds}")
     base = json.load(open(a.base))
     kinds = base["kinds"] if a.kinds == "all" else a.kinds.split(",")
     overrides = {k: _value(v) for k, v in (s.split("=", 1) for s in a.set)}
