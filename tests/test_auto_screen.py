@@ -34,3 +34,11 @@ def test_more_seeds_rerun_the_unchanged_auto_too_and_leave_rivals_out(base):
 def test_an_unknown_constant_is_refused_in_one_line(base):
     with pytest.raises(SystemExit, match="has no NOT_A_CONSTANT"):
         screen(base, ["short"], {"NOT_A_CONSTANT": 1}, [PROFILE], [LABEL], workers=1)
+
+
+def test_the_unchanged_rerun_is_not_run_with_the_change_a_worker_applied_before(base):
+    # one worker runs the changed auto, then the unchanged one: the override must not stay behind
+    changed = screen(base, ["short"], {"OPTIMISM_MIN": 0}, [PROFILE], [LABEL], workers=1, seeds=3)["by_kind"]["short"]
+    plain = screen(base, ["short"], {}, [PROFILE], [LABEL], workers=1, seeds=3)["by_kind"]["short"]
+    assert changed["base"]["mean_gap_pct"] == plain["new"]["mean_gap_pct"]
+    assert changed["new"]["mean_gap_pct"] != plain["new"]["mean_gap_pct"]  # the override does change this cell

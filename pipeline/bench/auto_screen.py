@@ -20,11 +20,19 @@ from control.families import DELAYS
 from control.simulator import simulate
 
 
+_DEFAULTS: dict = {}  # a worker's constants as the module set them, before any override
+
+
 def _apply(overrides: dict) -> None:
+    """Set `overrides` on control.policies.auto in this process, every earlier override undone first: a
+    pool's worker runs the changed and the unchanged `auto` in turn (--seeds)."""
     import control.policies.auto as auto
+    for name, value in _DEFAULTS.items():
+        setattr(auto, name, value)
     for name, value in overrides.items():
         if not hasattr(auto, name):
             raise SystemExit(f"--set: control.policies.auto has no {name}")
+        _DEFAULTS.setdefault(name, getattr(auto, name))
         setattr(auto, name, value)
 
 
