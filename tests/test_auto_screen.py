@@ -42,3 +42,11 @@ def test_the_unchanged_rerun_is_not_run_with_the_change_a_worker_applied_before(
     plain = screen(base, ["short"], {}, [PROFILE], [LABEL], workers=1, seeds=3)["by_kind"]["short"]
     assert changed["base"]["mean_gap_pct"] == plain["new"]["mean_gap_pct"]
     assert changed["new"]["mean_gap_pct"] != plain["new"]["mean_gap_pct"]  # the override does change this cell
+
+
+def test_a_dotted_name_overrides_another_control_module_and_an_unknown_module_is_refused(base):
+    from control import streaks
+    screen(base, ["short"], {"streaks.RESTART": False}, [PROFILE], [LABEL], workers=1)
+    assert streaks.RESTART is True  # the worker's override stayed in the worker
+    with pytest.raises(SystemExit, match="no module control.nope"):
+        screen(base, ["short"], {"nope.X": 1}, [PROFILE], [LABEL], workers=1)

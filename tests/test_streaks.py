@@ -68,6 +68,52 @@ def test_rounds_without_regimes_keep_the_pooled_rule(seed):
         assert not ever, p.name
 
 
+def test_regimes_that_start_after_a_stretch_without_them_are_found(monkeypatch):
+    # 120 hard rounds fit two near-equal regimes; EM warm-started from that fit stays there for good, so
+    # each refit also starts afresh and keeps the likelier fit
+    reg, hard = regimes(0.92, 0.25, 0.90, 0.97), regimes(0.25, 0.25, 0.5, 0.5)
+    l0, a0, _ = rounds(hard, 120, 2, lengths=(1, 2))
+    l1, a1, _ = rounds(reg, 400, 102, lengths=(1, 3))
+
+    def ever_active() -> bool:
+        learner = streaks.RegimeLearner(K)
+        for L, a in zip(np.r_[l0, l1], np.r_[a0, a1]):
+            learner.observe(int(L), int(a))
+        return learner.active
+
+    assert ever_active()
+    monkeypatch.setattr(streaks, "RESTART", False)
+    assert not ever_active()  # what the restart is for
+
+
+def test_a_learner_whose_window_is_full_keeps_refitting():
+    # a long-lived edge: streaks that begin after the window filled are still learned
+    rng = np.random.default_rng(0)
+    learner = streaks.RegimeLearner(K, window=200)
+    for _ in range(250):
+        L = int(rng.integers(1, K + 1))
+        learner.observe(L, int((0.7 ** np.arange(1, L + 1) >= rng.random()).sum()))
+    assert not learner.active and learner.seen == 250 and len(learner.lengths) == 200
+    lengths, accepted, _ = rounds(regimes(0.95, 0.20, 0.95, 0.95), 400, 7)
+    for L, a in zip(lengths, accepted):
+        learner.observe(int(L), int(a))
+    assert learner.active
+    assert learner.next_fit - learner.seen <= 200 // 4 + 5
+
+
+def test_a_snapshot_keeps_the_round_count_past_the_window():
+    learner = streaks.RegimeLearner(K, window=50)
+    lengths, accepted, _ = rounds(regimes(0.95, 0.20, 0.95, 0.95), 80, 1)
+    for L, a in zip(lengths, accepted):
+        learner.observe(int(L), int(a))
+    clone = streaks.RegimeLearner(K, window=50)
+    clone.load(msgpack.unpackb(msgpack.packb(learner.state())))
+    assert (clone.seen, clone.next_fit, len(clone.lengths)) == (80, learner.next_fit, 50)
+    old = {k: v for k, v in learner.state().items() if k != "seen"}  # a snapshot from before the count
+    clone.load(old)
+    assert clone.seen == 50
+
+
 def test_fit_refuses_an_outcome_longer_than_its_round():
     with pytest.raises(ValueError, match="accepted <= length"):
         streaks.fit([3, 2], [1, 3], K)

@@ -3,7 +3,8 @@
 `auto`'s runs do not depend on which other policies run (the seeds are paired), so re-running `auto`
 alone on a kind's cells and swapping its rows into the saved run gives exactly what the full bench
 would print for it, rivals included. Module constants of control.policies.auto can be overridden
-(NAME=value) in each worker, so a constant or a switch is screened without editing the file.
+(NAME=value) in each worker, so a constant or a switch is screened without editing the file; a dotted
+name reaches another module of control (streaks.RESTART=false is control.streaks.RESTART).
 
     python -m pipeline.bench.auto_screen base.json --kinds short --set OPTIMISM_Z=1.5
     python -m pipeline.bench.auto_screen base.json --kinds streaky --seeds 20 --set OPTIMISM_Z=1.0
@@ -11,6 +12,7 @@ would print for it, rivals included. Module constants of control.policies.auto c
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -24,16 +26,22 @@ _DEFAULTS: dict = {}  # a worker's constants as the module set them, before any 
 
 
 def _apply(overrides: dict) -> None:
-    """Set `overrides` on control.policies.auto in this process, every earlier override undone first: a
-    pool's worker runs the changed and the unchanged `auto` in turn (--seeds)."""
-    import control.policies.auto as auto
-    for name, value in _DEFAULTS.items():
-        setattr(auto, name, value)
-    for name, value in overrides.items():
-        if not hasattr(auto, name):
-            raise SystemExit(f"--set: control.policies.auto has no {name}")
-        _DEFAULTS.setdefault(name, getattr(auto, name))
-        setattr(auto, name, value)
+    """Set `overrides` on control.policies.auto (or, for a dotted name, the control module it names) in
+    this process, every earlier override undone first: a pool's worker runs the changed and the unchanged
+    `auto` in turn (--seeds)."""
+    for (module, name), value in _DEFAULTS.items():
+        setattr(module, name, value)
+    for dotted, value in overrides.items():
+        where, _, name = dotted.rpartition(".")
+        path = f"control.{where}" if where else "control.policies.auto"
+        try:
+            module = importlib.import_module(path)
+        except ImportError:
+            raise SystemExit(f"--set: no module {path} for {dotted}") from None
+        if not hasattr(module, name):
+            raise SystemExit(f"--set: {path} has no {name}")
+        _DEFAULTS.setdefault((module, name), getattr(module, name))
+        setattr(module, name, value)
 
 
 def _one(args) -> dict:
@@ -112,7 +120,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("base", help="a `specstop bench policies --quick --json` output")
     p.add_argument("--kinds", default="short", help="comma-separated kinds, or all")
-    p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="override a constant of auto")
+    p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="override a constant of auto (or, dotted, of a control module)")
     p.add_argument("--profiles", default="", help="comma-separated substrings: only profiles whose name has one")
     p.add_argument("--labels", default="", help="comma-separated substrings: only scenarios whose label has one")
     p.add_argument("--workers", type=int, default=2)
