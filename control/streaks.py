@@ -22,7 +22,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-PSEUDO = 1.0  # pseudo-rounds of the regime's other positions behind each of its per-position estimates
+# pseudo-rounds of the regime's own mean behind each of its per-position estimates: two free curves of K
+# hazards gain several nats over one by chance (log n + 8.3 on auto's own rounds of a family at 1), so
+# each position leans on its regime's mean until it is reached often (log n + 3.7 at 12, under the bar)
+PSEUDO = 12.0
 FLOOR = 1e-4  # acceptance stays in [FLOOR, 1 - FLOOR]: a log-likelihood is never -inf
 LR_BASE = 4.0  # nats: the two regimes are used once they beat one by this + log n (evident)
 MIN_STAY = 0.5  # a regime kept less often than this is no streak (and would swap the regimes' meaning)
@@ -31,6 +34,8 @@ MIN_STAY = 0.5  # a regime kept less often than this is no streak (and would swa
 # good -- a streaky seed never switched its model on in 1,000 rounds while a fresh fit beat the pooled
 # one by 20 nats at round 213 (docs/policies/auto-issue23.md, tenth session)
 RESTART = True
+EARLY_EVERY = 10  # refit every this many rounds while fewer than EARLY_UNTIL were seen (None: geometric only):
+EARLY_UNTIL = 300  # the rounds before the regimes are found cost a streaky run 7-26 % each
 
 
 @dataclass
@@ -186,10 +191,10 @@ def gain_over_pooled(fitted: RegimeFit, lengths, accepted, k: int) -> float:
 
 
 def evident(gain: float, n: int, active: bool = False) -> bool:
-    """Whether a gain of `gain` nats over n rounds shows two regimes: above LR_BASE + log n (on rounds
-    without regimes -- every family shape, 432 fits of 30-1,000 rounds -- the largest gain was 7 nats,
-    while streaky rounds pass 10 within ~100 rounds; BIC's half a log n per parameter waited 200-500
-    rounds, most of a short run). Once shown, the regimes stay until the gain falls below half of it
+    """Whether a gain of `gain` nats over n rounds shows two regimes: above LR_BASE + log n (on `auto`'s
+    own rounds without regimes -- one run per cell of families, jitter and non-affine, 232 runs of 1,000
+    rounds fitted every 10th -- the largest gain was log n + 3.7 nats, while streaky rounds pass the bar
+    within ~80 rounds (median); BIC's half a log n per parameter waited 200-500 rounds, most of a short run). Once shown, the regimes stay until the gain falls below half of it
     (a refit that merely dips does not flip the rule back and forth)."""
     bar = LR_BASE + np.log(max(n, 2))
     return bool(gain > (0.5 * bar if active else bar))
@@ -224,6 +229,8 @@ class RegimeLearner:
             # geometric while the window fills, then every quarter window: a long-lived edge keeps refitting
             # (a schedule on the window's own length would stop once it is full)
             self.next_fit = max(self.seen + 5, min(int(self.seen * self.growth), self.seen + self.window // 4))
+            if EARLY_EVERY is not None and self.seen < EARLY_UNTIL:
+                self.next_fit = min(self.next_fit, self.seen + EARLY_EVERY)
             lens, accs = np.array(self.lengths), np.array(self.accepted)
             model = fit(lens, accs, self.k, self.model)
             if RESTART and self.model is not None:

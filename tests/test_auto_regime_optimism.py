@@ -12,6 +12,7 @@ import pytest
 
 from control.evaluation import kind_profiles, kind_scenarios
 from control.families import DELAYS
+from control import streaks
 from control.policies import auto, make_policy
 from control.simulator import expected_ms_per_token, run_policy
 
@@ -20,6 +21,10 @@ SEED = 15
 
 def _run(monkeypatch, regime_optimism: bool):
     monkeypatch.setattr(auto, "REGIME_OPTIMISM", regime_optimism)
+    # the fit this seed was found with (looser per-position hazards, geometric refits): it guesses the easy
+    # regime's deep positions low, the case optimism exists for; the leaner fit happens not to on this seed
+    monkeypatch.setattr(streaks, "PSEUDO", 1.0)
+    monkeypatch.setattr(streaks, "EARLY_EVERY", None)
     profile = next(p for p in kind_profiles("streaky", 1, 0) if p.name == "streaky/expensive-draft#1")
     sc = next(s for s in kind_scenarios("streaky", profile, DELAYS, 1000) if s.label == "streaky 55 ms")
     policy = make_policy("auto", profile.max_length, seed=SEED)

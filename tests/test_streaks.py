@@ -72,8 +72,8 @@ def test_regimes_that_start_after_a_stretch_without_them_are_found(monkeypatch):
     # 120 hard rounds fit two near-equal regimes; EM warm-started from that fit stays there for good, so
     # each refit also starts afresh and keeps the likelier fit
     reg, hard = regimes(0.92, 0.25, 0.90, 0.97), regimes(0.25, 0.25, 0.5, 0.5)
-    l0, a0, _ = rounds(hard, 120, 2, lengths=(1, 2))
-    l1, a1, _ = rounds(reg, 400, 102, lengths=(1, 3))
+    l0, a0, _ = rounds(hard, 120, 28, lengths=(1, 2))
+    l1, a1, _ = rounds(reg, 400, 128, lengths=(1, 3))
 
     def ever_active() -> bool:
         learner = streaks.RegimeLearner(K)
