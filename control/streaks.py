@@ -194,8 +194,9 @@ def evident(gain: float, n: int, active: bool = False) -> bool:
     """Whether a gain of `gain` nats over n rounds shows two regimes: above LR_BASE + log n (on `auto`'s
     own rounds without regimes -- one run per cell of families, jitter and non-affine, 232 runs of 1,000
     rounds fitted every 10th -- the largest gain was log n + 3.7 nats, while streaky rounds pass the bar
-    within ~80 rounds (median); BIC's half a log n per parameter waited 200-500 rounds, most of a short run). Once shown, the regimes stay until the gain falls below half of it
-    (a refit that merely dips does not flip the rule back and forth)."""
+    within ~80 rounds (median); BIC's half a log n per parameter waited 200-500 rounds, most of a short
+    run). Once shown, the regimes stay until the gain falls below half of it (a refit that merely dips
+    does not flip the rule back and forth)."""
     bar = LR_BASE + np.log(max(n, 2))
     return bool(gain > (0.5 * bar if active else bar))
 
@@ -253,7 +254,8 @@ class RegimeLearner:
     def state(self) -> dict:
         m = self.model
         return {"rounds": [L * (self.k + 1) + a for L, a in zip(self.lengths, self.accepted)],
-                "active": bool(self.active), "belief": float(self.belief), "next_fit": self.next_fit, "seen": self.seen,
+                "active": bool(self.active), "belief": float(self.belief), "next_fit": self.next_fit,
+                "seen": self.seen,
                 "fit": None if m is None else {"hazard": m.hazard.ravel().tolist(), "stay": m.stay.tolist(),
                                                "loglik": m.loglik, "belief": m.belief}}
 
@@ -271,7 +273,8 @@ class RegimeLearner:
             accepted.append(c % (self.k + 1))
         belief, next_fit = float(s["belief"]), int(s["next_fit"])
         seen = int(s.get("seen", len(lengths)))  # older snapshots: the rounds they kept
-        if not 0.0 <= belief <= 1.0 or not len(lengths) <= seen <= 10 ** 12 or not 0 <= next_fit <= seen + self.window:
+        if not 0.0 <= belief <= 1.0 or not len(lengths) <= seen <= 10 ** 12 \
+                or not 0 <= next_fit <= seen + self.window:
             raise ValueError("regimes.belief must be in [0, 1], regimes.seen a count of at least the rounds kept "
                              "and regimes.next_fit within a window of it")
         model = None
