@@ -271,8 +271,10 @@ class RegimeLearner:
                 raise ValueError(f"regimes.rounds: {c!r} is no round code of max length {self.k}")
             lengths.append(c // (self.k + 1))
             accepted.append(c % (self.k + 1))
-        belief, next_fit = float(s["belief"]), int(s["next_fit"])
-        seen = int(s.get("seen", len(lengths)))  # older snapshots: the rounds they kept
+        try:  # older snapshots have no `seen`: the rounds they kept
+            belief, next_fit, seen = float(s["belief"]), int(s["next_fit"]), int(s.get("seen", len(lengths)))
+        except (TypeError, ValueError, OverflowError):
+            raise ValueError("regimes.belief, regimes.next_fit and regimes.seen must be numbers") from None
         if not 0.0 <= belief <= 1.0 or not len(lengths) <= seen <= 10 ** 12 \
                 or not 0 <= next_fit <= seen + self.window:
             raise ValueError("regimes.belief must be in [0, 1], regimes.seen a count of at least the rounds kept "

@@ -160,3 +160,12 @@ def test_a_snapshot_with_an_impossible_round_is_refused():
     snap["state"]["regimes"]["rounds"] = [2 * (K + 1) + 5]  # 5 accepted in a round of 2
     with pytest.raises(ControlError, match="regimes.rounds"):
         make_policy("auto", max_length=K).restore(snap)
+
+
+@pytest.mark.parametrize("field,value", [("seen", "many"), ("next_fit", None), ("belief", [1])])
+def test_a_snapshot_whose_counts_are_not_numbers_is_refused_naming_them(field, value):
+    p = AutoPolicy(K)
+    snap = p.snapshot()
+    snap["state"]["regimes"][field] = value
+    with pytest.raises(ControlError, match="regimes.belief, regimes.next_fit and regimes.seen must be numbers"):
+        make_policy("auto", max_length=K).restore(snap)
