@@ -50,3 +50,11 @@ def test_a_dotted_name_overrides_another_control_module_and_an_unknown_module_is
     assert streaks.RESTART is True  # the worker's override stayed in the worker
     with pytest.raises(SystemExit, match="no module control.nope"):
         screen(base, ["short"], {"nope.X": 1}, [PROFILE], [LABEL], workers=1)
+
+
+def test_a_set_without_a_value_is_refused_in_one_line(monkeypatch, capsys, tmp_path):
+    from pipeline.bench import auto_screen
+    monkeypatch.setattr("sys.argv", ["auto_screen", str(tmp_path / "base.json"), "--set", "OPTIMISM_Z"])
+    with pytest.raises(SystemExit) as e:
+        auto_screen.main()
+    assert e.value.code == 2 and "--set takes NAME=VALUE, got 'OPTIMISM_Z'" in capsys.readouterr().err

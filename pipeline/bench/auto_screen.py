@@ -132,6 +132,9 @@ def main() -> None:
         p.error(f"--seeds must be 1..1000, got {a.seeds}")
     base = json.load(open(a.base))
     kinds = base["kinds"] if a.kinds == "all" else a.kinds.split(",")
+    bad = [s for s in a.set if "=" not in s]
+    if bad:
+        p.error(f"--set takes NAME=VALUE, got {bad[0]!r}")
     overrides = {k: _value(v) for k, v in (s.split("=", 1) for s in a.set)}
     t0 = time.perf_counter()
     res = screen(base, kinds, overrides, [x for x in a.profiles.split(",") if x], [x for x in a.labels.split(",") if x],
