@@ -130,12 +130,16 @@ def main() -> None:
     a = p.parse_args()
     if a.seeds is not None and not 1 <= a.seeds <= 1000:
         p.error(f"--seeds must be 1..1000, got {a.seeds}")
-    base = json.load(open(a.base))
-    kinds = base["kinds"] if a.kinds == "all" else a.kinds.split(",")
     bad = [s for s in a.set if "=" not in s]
     if bad:
         p.error(f"--set takes NAME=VALUE, got {bad[0]!r}")
     overrides = {k: _value(v) for k, v in (s.split("=", 1) for s in a.set)}
+    try:
+        with open(a.base) as f:
+            base = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        p.error(f"base {a.base}: {e}")
+    kinds = base["kinds"] if a.kinds == "all" else a.kinds.split(",")
     t0 = time.perf_counter()
     res = screen(base, kinds, overrides, [x for x in a.profiles.split(",") if x], [x for x in a.labels.split(",") if x],
                  a.workers, a.seeds)
