@@ -55,8 +55,10 @@ async def test_the_controller_gives_an_edges_calibration_rounds_to_its_learner_a
             await wait_for(lambda: ("edge-1", "auto") in ctl.learners
                            and ctl.learners[("edge-1", "auto")].policy.compute_known(), timeout=30)
             learner = ctl.learners[("edge-1", "auto")]
-            await wait_for(lambda: edge.policies.versions.get("auto", 0) >= 1, timeout=30)  # published to the edge
-            assert edge.policies.get("auto").compute_known()
+            # published to the edge: a batch holding only some lengths' rounds publishes a version before
+            # the one that knows every length's compute, so wait for that one, not for the first version
+            await wait_for(lambda: edge.policies.versions.get("auto", 0) >= 1
+                           and edge.policies.get("auto").compute_known(), timeout=30)
     finally:
         await ctl.stop()
         await nc.close()
