@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -385,54 +386,80 @@ def loglog_slope(curve: np.ndarray, start: int = 50) -> float | None:
     return float(np.polyfit(np.log(n[keep]), np.log(curve[keep]), 1)[0])
 
 
+def _seed_trace(job: tuple) -> RunTrace:
+    """One seed of one cell (a process pool's unit of work): `spec` None is the scenario's oracle."""
+    spec, profile, sc, seed, jitter, calibration = job
+    if spec is None:
+        return run_policy(sc.oracle_policy(), profile, sc, seed, jitter,
+                          None if sc.oracle_table is not None else sc.oracle_lengths)
+    policy = make_policy(spec, max_length=profile.max_length, seed=seed, profile=profile)
+    return run_policy(policy, profile, sc, seed, jitter, calibration=calibration)
+
+
 def simulate(profile: Profile, policies: list[str], scenarios: list[Scenario], seeds: int,
              max_length: int | None = None, jitter: float = 0.1, checkpoints: int = 20,
-             progress: Callable[[str], None] | None = None, calibration: int = 0) -> dict:
+             progress: Callable[[str], None] | None = None, calibration: int = 0, workers: int = 1) -> dict:
     """Every policy (and the scenario's oracle) over `seeds` seeds per scenario; `progress(label)` is
     called after each scenario x policy cell (the CLI draws its bar from it). `calibration`: start-up
-    calibration rounds per length given to every policy first (only those that model compute use them)."""
+    calibration rounds per length given to every policy first (only those that model compute use them).
+    `workers` > 1 runs a cell's seeds in that many processes: each seed is its own random stream, so
+    the result is the same as with one."""
+    if workers < 1:
+        raise ControlError("simulate: workers must be >= 1")
     k = min(max_length or profile.max_length, profile.max_length)
     profile = profile.truncated(k)
     out = {"profile": profile.name, "max_length": k, "seeds": seeds, "jitter": jitter, "calibration": calibration,
            "scenarios": []}
-    for sc in scenarios:
-        oracle = [run_policy(sc.oracle_policy(), profile, sc, s, jitter,
-                             None if sc.oracle_table is not None else sc.oracle_lengths) for s in range(seeds)]
-        rounds = int(np.median([len(t.lengths) for t in oracle]))
-        oracle_j = np.array([t.ms_per_token for t in oracle])
-        oracle_e = np.array([expected_ms_per_token(t, sc, profile) for t in oracle])
-        entry = {"scenario": sc.kind, "label": sc.label, "rounds": rounds,
-                 "oracle": {"ms_per_token": float(oracle_j.mean()),
-                            "expected_ms_per_token": float(np.mean(sc.oracle_lambda)),
-                            "lengths": sorted({int(x) for x in sc.oracle_lengths})},
-                 "policies": {}, **sc.info}
-        for spec in policies:
-            traces = [run_policy(make_policy(spec, max_length=k, seed=s, profile=profile), profile, sc, s, jitter,
-                                 calibration=calibration) for s in range(seeds)]
-            if progress is not None:
-                progress(f"{sc.label}: {spec}")
-            j = np.array([t.ms_per_token for t in traces])
-            gaps = 100.0 * (j / oracle_j - 1.0)
-            expected = 100.0 * (np.array([expected_ms_per_token(t, sc, profile) for t in traces]) / oracle_e - 1.0)
-            n = min(len(t.lengths) for t in traces)  # wall-clock scenarios: policies play different numbers
-            curves = np.mean([regret_curve(t, sc, profile)[:n] for t in traces], axis=0)
-            marks = np.unique(np.geomspace(1, n, checkpoints).astype(int)) - 1
-            hist = np.bincount(np.concatenate([t.lengths for t in traces]), minlength=k + 1)[1:]
-            entry["policies"][spec] = {
-                "ms_per_token": float(j.mean()),
-                "gap_pct": float(gaps.mean()),
-                "gap_pct_stderr": float(gaps.std(ddof=1) / np.sqrt(seeds)) if seeds > 1 else 0.0,
-                "gap_pct_p90": float(np.percentile(gaps, 90)),
-                "gap_pct_worst": float(gaps.max()),
-                "expected_gap_pct": float(expected.mean()),
-                "expected_gap_pct_p90": float(np.percentile(expected, 90)),
-                "expected_gap_pct_worst": float(expected.max()),
-                "regret_slope": loglog_slope(curves),
-                "regret_curve": [[int(m) + 1, float(curves[m])] for m in marks],
-                "length_share": [round(float(x), 4) for x in hist / hist.sum()],
-            }
-        out["scenarios"].append(entry)
+    pool = ProcessPoolExecutor(workers) if workers > 1 and seeds > 1 else None
+    try:
+        for sc in scenarios:
+            out["scenarios"].append(_simulate_scenario(profile, policies, sc, seeds, jitter, checkpoints, progress,
+                                                       calibration, map if pool is None else pool.map))
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
     return out
+
+
+def _simulate_scenario(profile: Profile, policies: list[str], sc: Scenario, seeds: int, jitter: float,
+                       checkpoints: int, progress: Callable[[str], None] | None, calibration: int,
+                       mapper: Callable) -> dict:
+    """One scenario's entry: its oracle and every policy, each over `seeds` seeds run through `mapper`."""
+    k = profile.max_length
+    oracle = list(mapper(_seed_trace, [(None, profile, sc, s, jitter, calibration) for s in range(seeds)]))
+    rounds = int(np.median([len(t.lengths) for t in oracle]))
+    oracle_j = np.array([t.ms_per_token for t in oracle])
+    oracle_e = np.array([expected_ms_per_token(t, sc, profile) for t in oracle])
+    entry = {"scenario": sc.kind, "label": sc.label, "rounds": rounds,
+             "oracle": {"ms_per_token": float(oracle_j.mean()),
+                        "expected_ms_per_token": float(np.mean(sc.oracle_lambda)),
+                        "lengths": sorted({int(x) for x in sc.oracle_lengths})},
+             "policies": {}, **sc.info}
+    for spec in policies:
+        traces = list(mapper(_seed_trace, [(spec, profile, sc, s, jitter, calibration) for s in range(seeds)]))
+        if progress is not None:
+            progress(f"{sc.label}: {spec}")
+        j = np.array([t.ms_per_token for t in traces])
+        gaps = 100.0 * (j / oracle_j - 1.0)
+        expected = 100.0 * (np.array([expected_ms_per_token(t, sc, profile) for t in traces]) / oracle_e - 1.0)
+        n = min(len(t.lengths) for t in traces)  # wall-clock scenarios: policies play different numbers
+        curves = np.mean([regret_curve(t, sc, profile)[:n] for t in traces], axis=0)
+        marks = np.unique(np.geomspace(1, n, checkpoints).astype(int)) - 1
+        hist = np.bincount(np.concatenate([t.lengths for t in traces]), minlength=k + 1)[1:]
+        entry["policies"][spec] = {
+            "ms_per_token": float(j.mean()),
+            "gap_pct": float(gaps.mean()),
+            "gap_pct_stderr": float(gaps.std(ddof=1) / np.sqrt(seeds)) if seeds > 1 else 0.0,
+            "gap_pct_p90": float(np.percentile(gaps, 90)),
+            "gap_pct_worst": float(gaps.max()),
+            "expected_gap_pct": float(expected.mean()),
+            "expected_gap_pct_p90": float(np.percentile(expected, 90)),
+            "expected_gap_pct_worst": float(expected.max()),
+            "regret_slope": loglog_slope(curves),
+            "regret_curve": [[int(m) + 1, float(curves[m])] for m in marks],
+            "length_share": [round(float(x), 4) for x in hist / hist.sum()],
+        }
+    return entry
 
 
 def build_scenarios(profile: Profile, kind: str, delays: list[float], rounds: int, stay: float = 0.9,

@@ -25,7 +25,8 @@ def profile(request):
 
 @pytest.fixture(scope="module")
 def const_results(profile):
-    return simulate(profile, ["auto", "ucb-specstop"], build_scenarios(profile, "const", DELAYS, 1000), seeds=10)
+    return simulate(profile, ["auto", "ucb-specstop"], build_scenarios(profile, "const", DELAYS, 1000), seeds=10,
+                    workers=2)
 
 
 @pytest.mark.slow
@@ -42,7 +43,8 @@ def test_auto_is_never_worse_than_ucb_specstop(const_results):
 
 @pytest.mark.slow
 def test_auto_is_within_three_percent_under_drift(profile):
-    res = simulate(profile, ["auto"], build_scenarios(profile, "drift", [20, 55, 111, 150], 1000), seeds=10)
+    res = simulate(profile, ["auto"], build_scenarios(profile, "drift", [20, 55, 111, 150], 1000), seeds=10,
+                   workers=2)
     assert res["scenarios"][0]["policies"]["auto"]["gap_pct"] < 3.0
 
 
@@ -167,3 +169,16 @@ def test_the_streaky_oracle_plays_the_belief_optimum_and_beats_every_fixed_lengt
     trace = run_policy(sc.oracle_policy(), prof, sc, seed=0)
     assert trace.ms_per_token == pytest.approx(sc.oracle_lambda[0], rel=0.02)
     assert len(set(trace.lengths.tolist())) >= 3  # short after rejections, long after full acceptance
+
+
+def test_a_pool_of_workers_gives_the_same_result_as_one_process():
+    prof = load_profile(PROFILES[0])
+    scs = build_scenarios(prof, "const", [20.0, 150.0], 120)
+    one = simulate(prof, ["auto", "ucb-specstop"], scs, seeds=3)
+    assert simulate(prof, ["auto", "ucb-specstop"], scs, seeds=3, workers=2) == one
+
+
+def test_a_worker_count_below_one_is_refused():
+    prof = load_profile(PROFILES[0])
+    with pytest.raises(ControlError, match="workers must be >= 1"):
+        simulate(prof, ["auto"], [const_scenario(prof, 20.0, 10)], seeds=2, workers=0)

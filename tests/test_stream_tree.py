@@ -12,7 +12,7 @@ import torch
 from nodes.models.errors import ModelError
 from nodes.models.stream_tree import Acceptance, LinkFaults, stream_tree_generate
 from nodes.protocol.stream_tree import Limits
-from tests.test_pipelined import PARAMS, PROMPT, SAMPLES, TEXTS, chi2, chi2_critical, encode, exact_joint3, target_only
+from tests.test_pipelined import CONTROL_SAMPLES, PARAMS, PROMPT, SAMPLES, TEXTS, chi2, chi2_critical, encode, exact_joint3, target_only
 
 
 @pytest.mark.parametrize("text", TEXTS)
@@ -102,9 +102,9 @@ class NoResidual(Acceptance):
 
 
 def empirical_joint3(tiny_pair, acceptance: Acceptance, fill: bool = False, one_way_ms: float = 0.0,
-                     stats: dict | None = None) -> torch.Tensor:
+                     stats: dict | None = None, samples: int = SAMPLES) -> torch.Tensor:
     counts = torch.zeros(64)
-    for seed in range(SAMPLES):
+    for seed in range(samples):
         r = stream_tree_generate(tiny_pair, PROMPT, 3, one_way_ms, PARAMS, seed=seed, width=2, cumulative=1.0,
                                  batch=2, acceptance=acceptance, fill=fill)
         a, b, c = r.token_ids[:3]
@@ -123,7 +123,7 @@ def test_sampled_tokens_follow_the_target_distribution(tiny_pair):
 
 @pytest.mark.slow
 def test_acceptance_without_the_residual_fails_the_same_test(tiny_pair):
-    stat, df = chi2(empirical_joint3(tiny_pair, NoResidual()), exact_joint3(tiny_pair.target))
+    stat, df = chi2(empirical_joint3(tiny_pair, NoResidual(), samples=CONTROL_SAMPLES), exact_joint3(tiny_pair.target))
     assert stat > chi2_critical(df), f"negative control passed: chi2={stat:.1f} df={df}"
 
 
@@ -209,9 +209,9 @@ def test_with_fill_a_fill_that_takes_the_argmax_fails_the_same_test(tiny_pair, m
 
     monkeypatch.setattr(st._Cloud, "_fill", argmax_fill)
     stats: dict = {}
-    stat, df = chi2(empirical_joint3(tiny_pair, Acceptance(), fill=True, one_way_ms=1.0, stats=stats),
-                    exact_joint3(tiny_pair.target))
-    assert stats["fills"] > SAMPLES // 10, stats
+    stat, df = chi2(empirical_joint3(tiny_pair, Acceptance(), fill=True, one_way_ms=1.0, stats=stats,
+                                     samples=CONTROL_SAMPLES), exact_joint3(tiny_pair.target))
+    assert stats["fills"] > CONTROL_SAMPLES // 10, stats
     assert stat > chi2_critical(df), f"negative control passed: chi2={stat:.1f} df={df}"
 
 
