@@ -156,7 +156,8 @@ def _prefix_products(m: np.ndarray) -> np.ndarray:
     return p
 
 
-def _forward_backward_scan(like: np.ndarray, stay: np.ndarray, start: float) -> tuple[np.ndarray, np.ndarray, float, float]:
+def _forward_backward_scan(like: np.ndarray, stay: np.ndarray,
+                           start: float) -> tuple[np.ndarray, np.ndarray, float, float]:
     """_forward_backward with both recursions written as products of 2x2 matrices: the predicted prior
     u(t + 1) = T' diag(like t) u(t), the backward message b(t - 1) = T diag(like t) b(t)."""
     n = len(like)

@@ -16,6 +16,7 @@ from nodes.models.sampling import target_probs
 from nodes.models.sessions import TargetSession
 from nodes.protocol.pipelining import AheadDraft, KeepRule
 from schemas.rounds import SamplingParams
+from tests.sample_pool import count_cells
 from tests.test_speculative_sampling import chi2, chi2_critical  # one chi-square for every sampling test
 
 TEXTS = ["Once upon a time", "The cat sat on", "def add(a, b):"]
@@ -98,12 +99,12 @@ def exact_joint3(model) -> torch.Tensor:
 
 
 def empirical_joint3(tiny_pair, rule: KeepRule, tree=None, samples: int = SAMPLES) -> torch.Tensor:
-    counts = torch.zeros(64)
-    for seed in range(samples):
+    def cell(seed: int) -> int:
         r = pipelined_generate(tiny_pair, PROMPT, 3, 1, 2, 0.0, PARAMS, seed=seed, rule=rule, tree=tree)
         a, b, c = r.token_ids[:3]
-        counts[16 * a + 4 * b + c] += 1
-    return counts
+        return (16 * a + 4 * b + c,)
+
+    return torch.tensor(count_cells(cell, samples)[0], dtype=torch.float32)
 
 
 class TrustThePrediction(KeepRule):

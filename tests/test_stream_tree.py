@@ -12,7 +12,9 @@ import torch
 from nodes.models.errors import ModelError
 from nodes.models.stream_tree import Acceptance, LinkFaults, stream_tree_generate
 from nodes.protocol.stream_tree import Limits
-from tests.test_pipelined import CONTROL_SAMPLES, PARAMS, PROMPT, SAMPLES, TEXTS, chi2, chi2_critical, encode, exact_joint3, target_only
+from tests.sample_pool import count_cells
+from tests.test_pipelined import (CONTROL_SAMPLES, PARAMS, PROMPT, SAMPLES, TEXTS, chi2, chi2_critical, encode,
+                                  exact_joint3, target_only)
 
 
 @pytest.mark.parametrize("text", TEXTS)
@@ -103,16 +105,16 @@ class NoResidual(Acceptance):
 
 def empirical_joint3(tiny_pair, acceptance: Acceptance, fill: bool = False, one_way_ms: float = 0.0,
                      stats: dict | None = None, samples: int = SAMPLES) -> torch.Tensor:
-    counts = torch.zeros(64)
-    for seed in range(samples):
+    def cell(seed: int) -> tuple[int, int, int]:
         r = stream_tree_generate(tiny_pair, PROMPT, 3, one_way_ms, PARAMS, seed=seed, width=2, cumulative=1.0,
                                  batch=2, acceptance=acceptance, fill=fill)
         a, b, c = r.token_ids[:3]
-        counts[16 * a + 4 * b + c] += 1
-        if stats is not None:
-            stats["fills"] = stats.get("fills", 0) + r.fills
-            stats["followed"] = stats.get("followed", 0) + r.followed
-    return counts
+        return 16 * a + 4 * b + c, r.fills, r.followed
+
+    counts, (fills, followed) = count_cells(cell, samples)
+    if stats is not None:
+        stats["fills"], stats["followed"] = fills, followed
+    return torch.tensor(counts, dtype=torch.float32)
 
 
 @pytest.mark.slow
