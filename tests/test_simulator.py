@@ -182,3 +182,24 @@ def test_a_worker_count_below_one_is_refused():
     prof = load_profile(PROFILES[0])
     with pytest.raises(ControlError, match="workers must be >= 1"):
         simulate(prof, ["auto"], [const_scenario(prof, 20.0, 10)], seeds=2, workers=0)
+
+
+def test_the_simulate_command_gives_the_same_json_with_two_workers(capsys):
+    from pipeline.cli import main
+
+    argv = ["simulate", "--profile", str(PROFILES[0]), "--policies", "auto,naive-ucb", "--delays", "20,150",
+            "--rounds", "80", "--seeds", "3", "--json"]
+    assert main(argv) in (0, None)
+    one = capsys.readouterr().out
+    assert main(argv + ["--workers", "2"]) in (0, None)
+    assert capsys.readouterr().out == one
+
+
+def test_the_simulate_command_refuses_zero_workers_in_one_line(capsys):
+    from pipeline.cli import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(["simulate", "--profile", str(PROFILES[0]), "--workers", "0"])
+    assert stop.value.code == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(err) == 1 and "--workers" in err[0]

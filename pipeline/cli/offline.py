@@ -179,9 +179,10 @@ def cmd_simulate(a: argparse.Namespace) -> None:
     bar, advance = progress(not a.json, "simulating", len(scenarios) * len(policies))
     if bar:
         with bar:
-            res = simulate(prof, policies, scenarios, a.seeds, max_length=k, jitter=a.jitter, progress=advance)
+            res = simulate(prof, policies, scenarios, a.seeds, max_length=k, jitter=a.jitter, progress=advance,
+                           workers=a.workers)
     else:
-        res = simulate(prof, policies, scenarios, a.seeds, max_length=k, jitter=a.jitter)
+        res = simulate(prof, policies, scenarios, a.seeds, max_length=k, jitter=a.jitter, workers=a.workers)
     if a.plots:
         from pipeline.analysis.plots import plot_simulation
 
@@ -268,6 +269,8 @@ def register(sub) -> None:
     p.add_argument("--jitter", type=non_negative_float, default=0.1, help="relative delay jitter per round")
     p.add_argument("--seed", type=int, default=0, help="seed of the channel's state path")
     p.add_argument("--max-length", type=positive_int)
+    p.add_argument("--workers", type=positive_int, default=1,
+                   help="processes a cell's seeds run in (the result does not depend on it)")
     p.add_argument("--plots", help="write PNG plots to this folder")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_simulate)
