@@ -87,18 +87,11 @@ def pooled_loglik(lengths: np.ndarray, accepted: np.ndarray, k: int) -> float:
     return float(a @ np.log(h) + r @ np.log1p(-h))
 
 
-SCAN_FROM = 128  # rounds from which the forward-backward runs as a prefix-product scan, not a Python loop
-
-
 def _forward_backward(like: np.ndarray, stay: np.ndarray, start: float) -> tuple[np.ndarray, np.ndarray, float, float]:
     """Posteriors of a two-state chain: (gamma (n, 2), expected switch counts (2, 2) [from, to], log-likelihood,
-    filtered P(state 0) predicted for the round after the last). Plain floats below SCAN_FROM rounds: with
-    two states a Python loop beats numpy's per-call overhead there; above it the scan is 1.5-3x faster
-    and agrees to ~1e-12 (tests/test_streaks.py), and EM refits on hundreds of rounds are most of
-    `auto`'s simulated time."""
+    filtered P(state 0) predicted for the round after the last). Plain floats: with two states a Python
+    loop is faster than numpy's per-call overhead."""
     n = len(like)
-    if n >= SCAN_FROM:
-        return _forward_backward_scan(like, stay, start)
     l0, l1 = like[:, 0].tolist(), like[:, 1].tolist()
     s0, s1 = float(stay[0]), float(stay[1])
     alpha = [0.0] * n
@@ -139,51 +132,6 @@ def _forward_backward(like: np.ndarray, stay: np.ndarray, start: float) -> tuple
         zb = max(nb0, nb1)
         b0, b1 = (nb0 / zb, nb1 / zb) if zb > 0 else (1.0, 1.0)
     return gamma, xi, loglik, p
-
-
-def _prefix_products(m: np.ndarray) -> np.ndarray:
-    """m: (4, n), the entries (a, b, c, d) of 2x2 matrices [[a, b], [c, d]]. The inclusive prefix products
-    m[t] @ ... @ m[0] in log2(n) vectorized steps (Hillis-Steele), each rescaled to sum 1: the chain's
-    messages are ratios, so a scale never matters and the products never underflow."""
-    p = m.copy()
-    n, d = p.shape[1], 1
-    while d < n:
-        a1, b1, c1, d1 = p[:, d:]
-        a2, b2, c2, d2 = p[:, :-d]
-        q = np.stack([a1 * a2 + b1 * c2, a1 * b2 + b1 * d2, c1 * a2 + d1 * c2, c1 * b2 + d1 * d2])
-        p[:, d:] = q / q.sum(axis=0)
-        d *= 2
-    return p
-
-
-def _forward_backward_scan(like: np.ndarray, stay: np.ndarray,
-                           start: float) -> tuple[np.ndarray, np.ndarray, float, float]:
-    """_forward_backward with both recursions written as products of 2x2 matrices: the predicted prior
-    u(t + 1) = T' diag(like t) u(t), the backward message b(t - 1) = T diag(like t) b(t)."""
-    n = len(like)
-    s0, s1 = float(stay[0]), float(stay[1])
-    l0, l1 = like[:, 0], like[:, 1]
-    p = np.empty(n)  # predicted P(state 0) before each round
-    p[0] = start
-    if n > 1:
-        fwd = _prefix_products(np.stack([s0 * l0[:-1], (1 - s1) * l1[:-1], (1 - s0) * l0[:-1], s1 * l1[:-1]]))
-        v0, v1 = fwd[0] * start + fwd[1] * (1 - start), fwd[2] * start + fwd[3] * (1 - start)
-        p[1:] = v0 / (v0 + v1)
-    z = p * l0 + (1 - p) * l1
-    f = p * l0 / z  # filtered P(state 0) after each round
-    loglik = float(np.sum(np.log(np.maximum(z, 1e-300))))
-    b0, b1 = np.ones(n), np.ones(n)
-    if n > 1:
-        r0, r1 = l0[:0:-1], l1[:0:-1]
-        bwd = _prefix_products(np.stack([s0 * r0, (1 - s0) * r1, (1 - s1) * r0, s1 * r1]))
-        w0, w1 = bwd[0] + bwd[1], bwd[2] + bwd[3]
-        b0[-2::-1], b1[-2::-1] = w0 / (w0 + w1), w1 / (w0 + w1)
-    g0, g1 = f * b0, (1 - f) * b1
-    gamma = np.stack([g0, g1], axis=1) / (g0 + g1)[:, None]
-    e0, e1, fp = l0[1:] * b0[1:], l1[1:] * b1[1:], f[:-1]
-    x = np.stack([fp * s0 * e0, fp * (1 - s0) * e1, (1 - fp) * (1 - s1) * e0, (1 - fp) * s1 * e1])
-    xi = (x / x.sum(axis=0)).sum(axis=1).reshape(2, 2)
-    return gamma, xi, loglik, float(f[-1] * s0 + (1 - f[-1]) * (1 - s1))
 
 
 def initial_fit(lengths: np.ndarray, accepted: np.ndarray, k: int) -> RegimeFit:

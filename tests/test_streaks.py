@@ -170,21 +170,3 @@ def test_a_snapshot_whose_counts_are_not_numbers_is_refused_naming_them(field, v
     with pytest.raises(ControlError, match="regimes.belief, regimes.next_fit and regimes.seen must be numbers"):
         make_policy("auto", max_length=K).restore(snap)
 
-
-@pytest.mark.parametrize("n", [1, 2, 3, streaks.SCAN_FROM - 1, streaks.SCAN_FROM, 1000, 2000])
-def test_the_scanned_forward_backward_agrees_with_the_loop(n):
-    """Long windows run the forward-backward as a prefix-product scan; it is the loop's result, and the
-    loop's own answer is what the short windows keep."""
-    rng = np.random.default_rng(n)
-    like = np.exp(rng.normal(-3.0, 2.0, size=(n, 2)))
-    stay = rng.uniform(0.5, 0.999, 2)
-    loop = streaks._forward_backward(like, stay, 0.3) if n < streaks.SCAN_FROM else None
-    scan = streaks._forward_backward_scan(like, stay, 0.3)
-    if loop is None:  # above the switch the public path is the scan: compare with the loop written out
-        saved, streaks.SCAN_FROM = streaks.SCAN_FROM, 10 ** 9
-        try:
-            loop = streaks._forward_backward(like, stay, 0.3)
-        finally:
-            streaks.SCAN_FROM = saved
-    for a, b in zip(loop, scan):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-9, atol=1e-9)
