@@ -34,3 +34,17 @@ def test_an_interrupted_json_generate_prints_its_tokens_with_stopped_by_signal()
     assert p.returncode == 130, err
     obj = json.loads(out)
     assert obj["stopped_by_signal"] is True and len(obj["token_ids"]) < 4000
+
+
+def test_a_json_generate_interrupted_while_loading_still_prints_its_object(monkeypatch, capsys):
+    """A signal before the first token (the models still loading) leaves an empty answer, not an empty stdout."""
+    from pipeline import cli
+    from pipeline.cli import offline
+
+    def interrupted_load(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(offline, "_pair", interrupted_load)
+    assert cli.main(ARGS[3:] + ["--json"]) == 130
+    obj = json.loads(capsys.readouterr().out)
+    assert obj == {"token_ids": [], "text": "", "stopped_by_signal": True}

@@ -60,34 +60,35 @@ def cmd_generate(a: argparse.Namespace) -> None:
     if sys.stderr.isatty():  # a person waits: say what the seconds go to (never in piped or --json use)
         print(f"generate: loading {'the target' if a.policy == TARGET_ONLY else 'the draft and target'} "
               f"model{'' if a.policy == TARGET_ONLY else 's'} ...", file=sys.stderr, flush=True)
-    pair = _pair(a, load_draft=a.policy != TARGET_ONLY)
-    ids = pair.tokenizer.encode(a.prompt, add_special_tokens=False)
-    preflight.check_fits_context(len(ids), a.max_new_tokens, context)
-    from nodes.detokenize import IncrementalDetokenizer
-
     produced: list[int] = []  # the tokens so far: what a signal leaves us to print
-    det = IncrementalDetokenizer(pair.tokenizer)  # as `decode`, so streamed text equals the JSON text
-    # the token count on stderr, unless the text itself streams to a terminal (it shows the progress)
-    bar, advance = progress(a.json or not sys.stdout.isatty(), "tokens", a.max_new_tokens)
-
-    def on_round(out: list[int]) -> None:
-        new = out[len(produced):]
-        produced.extend(new)
-        if not a.json:  # stream the text as it is produced
-            print(det.feed(new), end="", flush=True)
-        for _ in new if advance else ():
-            advance()
-
+    pair = det = None
     stop_on_sigterm()  # SIGTERM, like Ctrl-C, keeps what was produced
-    try:
+    try:  # from the load on: a --json caller gets its object even when the signal comes before the first token
+        pair = _pair(a, load_draft=a.policy != TARGET_ONLY)
+        ids = pair.tokenizer.encode(a.prompt, add_special_tokens=False)
+        preflight.check_fits_context(len(ids), a.max_new_tokens, context)
+        from nodes.detokenize import IncrementalDetokenizer
+
+        det = IncrementalDetokenizer(pair.tokenizer)  # as `decode`, so streamed text equals the JSON text
+        # the token count on stderr, unless the text itself streams to a terminal (it shows the progress)
+        bar, advance = progress(a.json or not sys.stdout.isatty(), "tokens", a.max_new_tokens)
+
+        def on_round(out: list[int]) -> None:
+            new = out[len(produced):]
+            produced.extend(new)
+            if not a.json:  # stream the text as it is produced
+                print(det.feed(new), end="", flush=True)
+            for _ in new if advance else ():
+                advance()
+
         with bar or contextlib.nullcontext():
             res = speculative_generate(pair, ids, a.max_new_tokens, policy, params, a.seed, delay_ms=a.delay_ms,
                                        on_round=on_round)
     except KeyboardInterrupt:
         if a.json:
-            print(json.dumps({"token_ids": produced, "text": pair.tokenizer.decode(produced),
-                              "stopped_by_signal": True}))
-        else:
+            text = pair.tokenizer.decode(produced) if pair is not None else ""
+            print(json.dumps({"token_ids": produced, "text": text, "stopped_by_signal": True}))
+        elif det is not None:
             print(det.flush(), flush=True)
         raise  # main() answers an interrupt with exit status 130
     if not a.json:
