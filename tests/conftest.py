@@ -9,7 +9,17 @@ import sys
 import pytest
 import torch
 
-torch.set_num_threads(int(os.environ.get("SPECSTOP_TEST_THREADS", "1")))
+TEST_THREADS = int(os.environ.get("SPECSTOP_TEST_THREADS", "1"))
+torch.set_num_threads(TEST_THREADS)
+
+
+@pytest.fixture(autouse=True)
+def _torch_threads_as_the_suite_set_them():
+    """An in-process CLI test runs `set_threads(--threads)`; the tests after it, and the processes they fork,
+    must not inherit that thread count (two spinning threads per process oversubscribe two shared cores)."""
+    yield
+    if torch.get_num_threads() != TEST_THREADS:
+        torch.set_num_threads(TEST_THREADS)
 
 
 def pytest_asyncio_loop_factories(config, item):

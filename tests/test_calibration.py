@@ -14,6 +14,7 @@ from nodes.policy_book import PolicyBook
 from nodes.protocol.calibration import MAX_CALIBRATION_ROUNDS, CalibrationSweep, usable
 from schemas.codec import Limits, SchemaError, decode, encode
 from schemas.messages import TimingEvent
+from tests.sample_pool import WORKERS
 
 
 def _event(**kw) -> TimingEvent:
@@ -138,6 +139,6 @@ def test_on_the_short_horizon_a_calibrated_auto_is_closer_to_the_oracle_on_avera
     for profile in all_families(members=1, seed=0):
         scenarios = [const_scenario(profile, d, SHORT_ROUNDS) for d in (0.0, 100.0)]
         for m in gaps:
-            res = simulate(profile, ["auto"], scenarios, seeds=3, calibration=m, workers=2)
+            res = simulate(profile, ["auto"], scenarios, seeds=3, calibration=m, workers=WORKERS)
             gaps[m] += [sc["policies"]["auto"]["expected_gap_pct"] for sc in res["scenarios"]]
     assert np.mean(gaps[3]) < np.mean(gaps[0])

@@ -13,6 +13,7 @@ from control.profile import load_profile
 from control.simulator import build_scenarios, const_scenario, run_policy, simulate
 from control.theory import best_length, ms_per_token
 from control.types import ControlError
+from tests.sample_pool import WORKERS
 
 PROFILES = sorted(Path("control/profiles").glob("*.json")) + [Path("nodes/models/bundled/profile.json")]
 DELAYS = [20.0, 55.0, 111.0, 150.0]
@@ -26,7 +27,7 @@ def profile(request):
 @pytest.fixture(scope="module")
 def const_results(profile):
     return simulate(profile, ["auto", "ucb-specstop"], build_scenarios(profile, "const", DELAYS, 1000), seeds=10,
-                    workers=2)
+                    workers=WORKERS)
 
 
 @pytest.mark.slow
@@ -44,7 +45,7 @@ def test_auto_is_never_worse_than_ucb_specstop(const_results):
 @pytest.mark.slow
 def test_auto_is_within_three_percent_under_drift(profile):
     res = simulate(profile, ["auto"], build_scenarios(profile, "drift", [20, 55, 111, 150], 1000), seeds=10,
-                   workers=2)
+                   workers=WORKERS)
     assert res["scenarios"][0]["policies"]["auto"]["gap_pct"] < 3.0
 
 
