@@ -85,7 +85,8 @@ def _one(args) -> dict:
             rows.setdefault(spec, {})[sc["label"]] = {
                 "mean": v["gap_pct"], "p90": v["gap_pct_p90"], "worst": v["gap_pct_worst"],
                 "expected_mean": v["expected_gap_pct"], "expected_p90": v["expected_gap_pct_p90"],
-                "expected_worst": v["expected_gap_pct_worst"]}
+                "expected_worst": v["expected_gap_pct_worst"],
+                "seeds": v["gap_pct_seeds"], "expected_seeds": v["expected_gap_pct_seeds"]}
     out = {"profile": profile.name, "kind": kind, "policies": {p: rows[p] for p in policies}, "best_beta": {}}
     labels = [sc["label"] for sc in res["scenarios"]]
     for name in TUNED if tuned else ():
@@ -111,14 +112,36 @@ def _summary(cells: list, gap: str = "") -> dict:
             "cells_over_3pct_worst_seed": sum(c[worst] > 3.0 for _, _, c in cells)}
 
 
-def _behind(per: list, spec: str, gap: str) -> int:
-    """Cells where some other policy's mean gap (`gap`: "mean" or "expected_mean") is below `spec`'s."""
+# two-sided 95 % Student t quantiles by degrees of freedom (numpy has none); past 30, the normal's
+T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+        2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+
+
+def clearly_above(diffs) -> bool:
+    """Whether paired differences are above zero beyond their 95 % interval (mean - t * stderr > 0)."""
+    d = np.asarray(diffs, float)
+    if len(d) < 2:
+        return False
+    t = T975[len(d) - 2] if len(d) - 1 <= len(T975) else 1.96
+    return bool(d.mean() - t * d.std(ddof=1) / np.sqrt(len(d)) > 0)
+
+
+def _behind(per: list, spec: str, gap: str, clear: bool = False) -> int | None:
+    """Cells where some other policy's mean gap (`gap`: "mean" or "expected_mean") is below `spec`'s; with
+    `clear`, only where the paired per-seed difference is above zero beyond its 95 % interval (five seeds
+    put a rival 0.02 % ahead by luck; None where a row has no per-seed gaps, e.g. an older saved run)."""
+    seeds = "seeds" if gap == "mean" else "expected_seeds"
     n = 0
     for r in per:
         mine = r["policies"][spec]
         for label, c in mine.items():
-            if any(v[label][gap] < c[gap] for other, v in r["policies"].items() if other != spec):
-                n += 1
+            rivals = [v[label] for other, v in r["policies"].items() if other != spec]
+            if clear:
+                if seeds not in c or any(seeds not in v for v in rivals):
+                    return None
+                n += any(clearly_above(np.subtract(c[seeds], v[seeds])) for v in rivals)
+            else:
+                n += any(v[gap] < c[gap] for v in rivals)
     return n
 
 
@@ -156,7 +179,9 @@ def evaluate(profiles: list[Profile] | None = None, policies=("auto", "ucb-specs
             cells = [(r["profile"], label, c) for r in rows for label, c in r["policies"][spec].items()]
             summary[spec] = {**_summary(cells), "expected": _summary(cells, "expected_"), "cells": len(cells),
                              "cells_behind_a_rival": _behind(rows, spec, "mean"),
-                             "expected_cells_behind_a_rival": _behind(rows, spec, "expected_mean")}
+                             "expected_cells_behind_a_rival": _behind(rows, spec, "expected_mean"),
+                             "cells_clearly_behind_a_rival": _behind(rows, spec, "mean", clear=True),
+                             "expected_cells_clearly_behind_a_rival": _behind(rows, spec, "expected_mean", clear=True)}
         out["by_kind"][kind] = summary
     out["summary"] = out["by_kind"][kinds[0]]
     return out

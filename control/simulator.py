@@ -455,6 +455,9 @@ def _simulate_scenario(profile: Profile, policies: list[str], sc: Scenario, seed
             "expected_gap_pct": float(expected.mean()),
             "expected_gap_pct_p90": float(np.percentile(expected, 90)),
             "expected_gap_pct_worst": float(expected.max()),
+            # per seed, in seed order: seeds are paired across policies, so two rows compare seed by seed
+            "gap_pct_seeds": [round(float(x), 4) for x in gaps],
+            "expected_gap_pct_seeds": [round(float(x), 4) for x in expected],
             "regret_slope": loglog_slope(curves),
             "regret_curve": [[int(m) + 1, float(curves[m])] for m in marks],
             "length_share": [round(float(x), 4) for x in hist / hist.sum()],

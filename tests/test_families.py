@@ -77,3 +77,37 @@ def test_the_new_kinds_are_evaluated_by_kind_and_count_cells_behind_a_rival():
         s = res["by_kind"][kind]
         assert set(s) == {"auto", "ucb-specstop", "hf-heuristic"}
         assert all(0 <= v["cells_behind_a_rival"] <= v["cells"] for v in s.values())
+
+
+def test_a_rival_ahead_by_luck_is_behind_but_not_clearly_behind():
+    from control.evaluation import _behind
+    row = lambda seeds: {"mean": float(np.mean(seeds)), "seeds": seeds}  # noqa: E731
+    per = [{"policies": {"auto": {"c": row([1.0, 3.0, 0.5, 2.5, 1.5])},
+                         "rival": {"c": row([1.2, 2.6, 0.7, 2.0, 1.4])}}}]  # 0.12 ahead, seeds disagree
+    assert _behind(per, "auto", "mean") == 1
+    assert _behind(per, "auto", "mean", clear=True) == 0
+    per[0]["policies"]["rival"]["c"] = row([0.5, 2.4, 0.1, 2.0, 1.0])  # ahead on every seed by ~0.5
+    assert _behind(per, "auto", "mean", clear=True) == 1
+
+
+def test_clearly_behind_is_unknown_where_a_saved_row_has_no_per_seed_gaps():
+    from control.evaluation import _behind
+    per = [{"policies": {"auto": {"c": {"mean": 1.0, "seeds": [1.0, 1.0]}}, "rival": {"c": {"mean": 0.5}}}}]
+    assert _behind(per, "auto", "mean") == 1 and _behind(per, "auto", "mean", clear=True) is None
+
+
+def test_the_paired_interval_needs_two_seeds_and_shrinks_with_more():
+    from control.evaluation import clearly_above
+    assert not clearly_above([5.0])
+    assert not clearly_above([0.3, -0.1, 0.4])  # mean 0.2, interval (-0.46, 0.86)
+    assert clearly_above([0.3, -0.1, 0.4] * 10)  # the same spread over 30 seeds
+
+
+def test_the_evaluation_counts_cells_clearly_behind_from_each_rows_seeds():
+    res = evaluate(family("steep", "cheap-draft", 1), policies=("auto", "naive-ucb"), delays=(20.0,), rounds=60,
+                   seeds=3, workers=1, tuned=False, changing=False)
+    cell = res["per_profile"][0]["policies"]["auto"]["const 20 ms"]
+    assert len(cell["seeds"]) == len(cell["expected_seeds"]) == 3
+    assert np.isclose(np.mean(cell["seeds"]), cell["mean"], atol=1e-3)
+    s = res["summary"]["auto"]
+    assert 0 <= s["cells_clearly_behind_a_rival"] <= s["cells_behind_a_rival"] <= s["cells"]

@@ -54,7 +54,8 @@ def _one(args) -> dict:
         v = sc["policies"]["auto"]
         rows[sc["label"]] = {"mean": v["gap_pct"], "p90": v["gap_pct_p90"], "worst": v["gap_pct_worst"],
                              "expected_mean": v["expected_gap_pct"], "expected_p90": v["expected_gap_pct_p90"],
-                             "expected_worst": v["expected_gap_pct_worst"]}
+                             "expected_worst": v["expected_gap_pct_worst"],
+                             "seeds": v["gap_pct_seeds"], "expected_seeds": v["expected_gap_pct_seeds"]}
     return {"kind": kind, "profile": profile.name, "auto": rows}
 
 
@@ -104,7 +105,8 @@ def screen(base: dict, kinds: list[str], overrides: dict, profiles: list[str], l
             cells = [(r["profile"], lab, c) for r in rs for lab, c in r["policies"]["auto"].items()]
             both[tag] = {**_summary(cells), "expected": _summary(cells, "expected_"), "cells": len(cells),
                          "behind": None if tail else _behind(rs, "auto", "mean"),
-                         "expected_behind": None if tail else _behind(rs, "auto", "expected_mean")}
+                         "expected_behind": None if tail else _behind(rs, "auto", "expected_mean"),
+                         "clearly_behind": None if tail else _behind(rs, "auto", "mean", clear=True)}
         out["by_kind"][kind] = both
     return out
 
@@ -112,7 +114,8 @@ def screen(base: dict, kinds: list[str], overrides: dict, profiles: list[str], l
 def _line(tag: str, s: dict) -> str:
     return (f"  {tag:<5} mean {s['mean_gap_pct']:6.3f}  worst cell {s['worst_mean_gap_pct']:5.2f}  worst seed "
             f"{s['worst_seed_pct']:5.2f}  >1% {s['cells_over_1pct_mean']:3d}  seed>3% {s['cells_over_3pct_worst_seed']:3d}"
-            f"  behind {'-' if s['behind'] is None else s['behind']:>2}/{s['cells']}  | exp mean {s['expected']['mean_gap_pct']:6.3f} exp worst seed "
+            f"  behind {'-' if s['behind'] is None else s['behind']:>2}/{s['cells']}"
+            f" (clearly {'-' if s['clearly_behind'] is None else s['clearly_behind']})  | exp mean {s['expected']['mean_gap_pct']:6.3f} exp worst seed "
             f"{s['expected']['worst_seed_pct']:5.2f}  ({s['worst_seed_cell']})")
 
 

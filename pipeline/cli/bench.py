@@ -226,14 +226,15 @@ def cmd_bench_policies(a: argparse.Namespace) -> None:
         print(f"== {kind}" + (f" (scenarios: {res['scenarios']})" if kind == "families" else ""))
         for title, get in (("realized", lambda v: v), ("expected (the choices alone)", lambda v: v["expected"])):
             print(f"{title:<32} {'mean':>7} {'worst mean':>11} {'worst p90':>10} {'worst seed':>11} "
-                  f"{'cells >1% mean':>15} {'>3% worst seed':>15} {'behind a rival':>15}")
+                  f"{'cells >1% mean':>15} {'>3% worst seed':>15} {'behind a rival':>15} {'clearly behind':>15}")
             behind = "cells_behind_a_rival" if title == "realized" else "expected_cells_behind_a_rival"
+            clear = "cells_clearly_behind_a_rival" if title == "realized" else "expected_cells_clearly_behind_a_rival"
             for spec, v in summary.items():
                 e = get(v)
                 print(f"{spec:<32} {e['mean_gap_pct']:>7.2f} {e['worst_mean_gap_pct']:>11.2f} "
                       f"{e['worst_p90_pct']:>10.2f} {e['worst_seed_pct']:>11.2f} "
                       f"{e['cells_over_1pct_mean']:>9}/{v['cells']:<5} {e['cells_over_3pct_worst_seed']:>9}/{v['cells']:<5} "
-                      f"{v[behind]:>9}/{v['cells']:<5}")
+                      f"{v[behind]:>9}/{v['cells']:<5} {'-' if v[clear] is None else v[clear]:>9}/{v['cells']:<5}")
 
 
 def register(sub) -> None:
