@@ -25,6 +25,7 @@ def _run(monkeypatch, regime_optimism: bool):
     # regime's deep positions low, the case optimism exists for; the leaner fit happens not to on this seed
     monkeypatch.setattr(streaks, "PSEUDO", 1.0)
     monkeypatch.setattr(streaks, "EARLY_EVERY", None)
+    monkeypatch.setattr(streaks, "TIED", False)  # the regimes found by the two free curves' test, then
     profile = next(p for p in kind_profiles("streaky", 1, 0) if p.name == "streaky/expensive-draft#1")
     sc = next(s for s in kind_scenarios("streaky", profile, DELAYS, 1000) if s.label == "streaky 55 ms")
     policy = make_policy("auto", profile.max_length, seed=SEED)

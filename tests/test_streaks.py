@@ -70,7 +70,8 @@ def test_rounds_without_regimes_keep_the_pooled_rule(seed):
 
 def test_regimes_that_start_after_a_stretch_without_them_are_found(monkeypatch):
     # 120 hard rounds fit two near-equal regimes; EM warm-started from that fit stays there for good, so
-    # each refit also starts afresh and keeps the likelier fit
+    # each refit also starts afresh and keeps the likelier fit (the two free curves' test, where it was found)
+    monkeypatch.setattr(streaks, "TIED", False)
     reg, hard = regimes(0.92, 0.25, 0.90, 0.97), regimes(0.25, 0.25, 0.5, 0.5)
     l0, a0, _ = rounds(hard, 120, 28, lengths=(1, 2))
     l1, a1, _ = rounds(reg, 400, 128, lengths=(1, 3))
@@ -170,3 +171,56 @@ def test_a_snapshot_whose_counts_are_not_numbers_is_refused_naming_them(field, v
     with pytest.raises(ControlError, match="regimes.belief, regimes.next_fit and regimes.seen must be numbers"):
         make_policy("auto", max_length=K).restore(snap)
 
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_the_tied_fit_recovers_regimes_that_share_one_shape(seed):
+    reg = regimes(0.92, 0.30, 0.90, 0.85)
+    lengths, accepted, _ = rounds(reg, 1500, seed)
+    fit = streaks.fit_tied(lengths, accepted, K)
+    assert np.abs(fit.hazard[0, :4] - 0.92).max() < 0.05, fit.hazard
+    assert abs(fit.hazard[1, 0] - 0.30) < 0.05, fit.hazard
+    assert np.abs(fit.stay - [0.90, 0.85]).max() < 0.05, fit.stay
+
+
+def test_the_tied_fit_keeps_a_shape_shared_by_both_regimes():
+    # a heavy head: the first position far below the rest in both regimes, by the same logit distance
+    logit = np.array([-1.0, 1.5, 1.5, 1.5, 1.5, 1.5, 1.5, 1.5])
+    hazard = 1 / (1 + np.exp(-(logit[None, :] + np.array([[1.0], [-1.0]]))))
+    reg = HiddenRegimes(np.cumprod(hazard, axis=1), np.array([[0.9, 0.1], [0.1, 0.9]]))
+    lengths, accepted, _ = rounds(reg, 2000, 3)
+    fit = streaks.fit_tied(lengths, accepted, K, iterations=300, tol=1e-9)  # the model, not EM's speed
+    # where each regime goes often (the hard one seldom passes its first position), and their logit distance
+    assert np.abs(fit.hazard[0, :3] - hazard[0, :3]).max() < 0.05 and abs(fit.hazard[1, 0] - hazard[1, 0]) < 0.05
+    logit = np.log(fit.hazard / (1 - fit.hazard))
+    assert np.allclose(logit[0] - logit[1], logit[0, 0] - logit[1, 0]) and abs(logit[0, 0] - logit[1, 0] - 2.0) < 0.4
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_the_tied_test_never_finds_regimes_in_rounds_without_them(seed, monkeypatch):
+    monkeypatch.setattr(streaks, "TIED", True)
+    rng = np.random.default_rng(seed)
+    for p in all_families(members=1, seed=seed):
+        learner = streaks.RegimeLearner(K)
+        ever = False
+        for L in rng.integers(1, 5, size=600):
+            learner.observe(int(L), int((p.survival[:L] >= rng.random()).sum()))
+            ever |= learner.active
+        assert not ever, p.name
+
+
+def test_the_tied_test_finds_streaks_sooner_than_two_free_curves(monkeypatch):
+    reg = regimes(0.90, 0.30, 0.90, 0.90)
+
+    def found(tied: bool, seed: int) -> int:
+        monkeypatch.setattr(streaks, "TIED", tied)
+        lengths, accepted, _ = rounds(reg, 300, seed, lengths=(1, 3))
+        learner = streaks.RegimeLearner(K)
+        for n, (L, a) in enumerate(zip(lengths, accepted), 1):
+            learner.observe(L, a)
+            if learner.active:
+                return n
+        return 10 ** 6
+
+    tied, free = [found(True, s) for s in range(4)], [found(False, s) for s in range(4)]
+    assert np.median(tied) < np.median(free) and max(tied) < 300, (tied, free)
