@@ -31,11 +31,12 @@ def rounds(reg: HiddenRegimes, n: int, seed: int, lengths=(1, K)) -> tuple[np.nd
     return np.array(ls), np.array(acc), np.array(regime)
 
 
+@pytest.mark.parametrize("fitter", [streaks.fit, streaks.fit_tied])  # two free curves, or one shared shape
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_fit_recovers_each_regimes_acceptance_and_persistence(seed):
+def test_fit_recovers_each_regimes_acceptance_and_persistence(seed, fitter):
     reg = regimes(0.92, 0.30, 0.90, 0.85)
     lengths, accepted, _ = rounds(reg, 1500, seed)
-    fit = streaks.fit(lengths, accepted, K)
+    fit = fitter(lengths, accepted, K)
     # the positions each regime reaches often (the hard one rarely passes its first) within a few points
     assert np.abs(fit.hazard[0, :4] - 0.92).max() < 0.05, fit.hazard
     assert abs(fit.hazard[1, 0] - 0.30) < 0.05, fit.hazard
@@ -55,9 +56,11 @@ def test_the_belief_follows_the_hidden_regime():
     assert np.mean(right) > 0.85
 
 
+@pytest.mark.parametrize("tied", [True, False])
 @pytest.mark.parametrize("seed", [0, 1])
-def test_rounds_without_regimes_keep_the_pooled_rule(seed):
-    # every family shape, acceptance independent across rounds: two regimes are never evident
+def test_rounds_without_regimes_keep_the_pooled_rule(seed, tied, monkeypatch):
+    # every family shape, acceptance independent across rounds: two regimes are never evident, by either test
+    monkeypatch.setattr(streaks, "TIED", tied)
     rng = np.random.default_rng(seed)
     for p in all_families(members=1, seed=seed):
         learner = streaks.RegimeLearner(K)
@@ -173,16 +176,6 @@ def test_a_snapshot_whose_counts_are_not_numbers_is_refused_naming_them(field, v
 
 
 
-@pytest.mark.parametrize("seed", [0, 1])
-def test_the_tied_fit_recovers_regimes_that_share_one_shape(seed):
-    reg = regimes(0.92, 0.30, 0.90, 0.85)
-    lengths, accepted, _ = rounds(reg, 1500, seed)
-    fit = streaks.fit_tied(lengths, accepted, K)
-    assert np.abs(fit.hazard[0, :4] - 0.92).max() < 0.05, fit.hazard
-    assert abs(fit.hazard[1, 0] - 0.30) < 0.05, fit.hazard
-    assert np.abs(fit.stay - [0.90, 0.85]).max() < 0.05, fit.stay
-
-
 def test_the_tied_fit_keeps_a_shape_shared_by_both_regimes():
     # a heavy head: the first position far below the rest in both regimes, by the same logit distance
     logit = np.array([-1.0, 1.5, 1.5, 1.5, 1.5, 1.5, 1.5, 1.5])
@@ -194,19 +187,6 @@ def test_the_tied_fit_keeps_a_shape_shared_by_both_regimes():
     assert np.abs(fit.hazard[0, :3] - hazard[0, :3]).max() < 0.05 and abs(fit.hazard[1, 0] - hazard[1, 0]) < 0.05
     logit = np.log(fit.hazard / (1 - fit.hazard))
     assert np.allclose(logit[0] - logit[1], logit[0, 0] - logit[1, 0]) and abs(logit[0, 0] - logit[1, 0] - 2.0) < 0.4
-
-
-@pytest.mark.parametrize("seed", [0, 1])
-def test_the_tied_test_never_finds_regimes_in_rounds_without_them(seed, monkeypatch):
-    monkeypatch.setattr(streaks, "TIED", True)
-    rng = np.random.default_rng(seed)
-    for p in all_families(members=1, seed=seed):
-        learner = streaks.RegimeLearner(K)
-        ever = False
-        for L in rng.integers(1, 5, size=600):
-            learner.observe(int(L), int((p.survival[:L] >= rng.random()).sum()))
-            ever |= learner.active
-        assert not ever, p.name
 
 
 def test_the_tied_test_finds_streaks_sooner_than_two_free_curves(monkeypatch):
