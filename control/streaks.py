@@ -190,6 +190,12 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
 
 
+def _logit(p) -> np.ndarray:
+    """Log-odds of a probability kept off 0 and 1 (a hazard of exactly 0 or 1 has no logit)."""
+    p = np.clip(p, 0.02, 0.98)
+    return np.log(p / (1 - p))
+
+
 _HALF = np.array([[0.5], [-0.5]])  # regime 0 (easy) sits delta / 2 above the shared shape, regime 1 below
 
 
@@ -217,15 +223,13 @@ def fit_tied(lengths, accepted, k: int, start: RegimeFit | None = None, iteratio
     lengths, accepted = np.asarray(lengths, np.int64), np.asarray(accepted, np.int64)
     acc, rej = _masks(lengths, accepted, k)
     if start is not None:
-        h = np.clip(start.hazard, 0.02, 0.98)
-        lg = np.log(h / (1 - h))
+        lg = _logit(start.hazard)
         b, delta, stay = lg.mean(axis=0), float(lg[0].mean() - lg[1].mean()), start.stay.copy()
     else:  # the pooled shape, the regimes apart by what the first position (every round reaches it) shows
         a, r = acc.sum(axis=0), rej.sum(axis=0)
-        h = np.clip((a + 0.5) / (a + r + 1.0), 0.02, 0.98)
-        h1 = np.clip(initial_fit(lengths, accepted, k).hazard[:, 0], 0.02, 0.98)
-        b = np.log(h / (1 - h))
-        delta, stay = float(np.clip(np.log(h1[0] / (1 - h1[0])) - np.log(h1[1] / (1 - h1[1])), 0.5, 6.0)), np.array([0.9, 0.9])
+        b = _logit((a + 0.5) / (a + r + 1.0))
+        l1 = _logit(initial_fit(lengths, accepted, k).hazard[:, 0])
+        delta, stay = float(np.clip(l1[0] - l1[1], 0.5, 6.0)), np.array([0.9, 0.9])
     last = -np.inf
     for _ in range(iterations):
         like = np.exp(_round_loglik(_sigmoid(b[None, :] + _HALF * delta), lengths, accepted))
