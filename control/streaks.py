@@ -113,14 +113,14 @@ def _forward_backward(like: np.ndarray, stay: np.ndarray, start: float) -> tuple
         alpha[t] = f
         p = f * s0 + (1.0 - f) * (1.0 - s1)
     loglik = float(np.sum(np.log(np.maximum(scale, 1e-300))))
-    gamma = np.empty((n, 2))
-    xi = np.zeros((2, 2))
+    gam0, gam1 = [0.0] * n, [0.0] * n
+    x_00 = x_01 = x_10 = x_11 = 0.0  # expected switch counts (Python floats: numpy item access per round is slow)
     b0, b1 = 1.0, 1.0  # backward messages, scaled
     for t in range(n - 1, -1, -1):
         f = alpha[t]
         g0, g1 = f * b0, (1.0 - f) * b1
         z = g0 + g1
-        gamma[t, 0], gamma[t, 1] = g0 / z, g1 / z
+        gam0[t], gam1[t] = g0 / z, g1 / z
         if t == 0:
             break
         # the switch from round t - 1 to t: alpha(t - 1) x transition x like(t) x beta(t)
@@ -130,14 +130,14 @@ def _forward_backward(like: np.ndarray, stay: np.ndarray, start: float) -> tuple
         x10, x11 = (1 - fp) * (1 - s1) * e0, (1 - fp) * s1 * e1
         zx = x00 + x01 + x10 + x11
         if zx > 0:
-            xi[0, 0] += x00 / zx
-            xi[0, 1] += x01 / zx
-            xi[1, 0] += x10 / zx
-            xi[1, 1] += x11 / zx
+            x_00 += x00 / zx
+            x_01 += x01 / zx
+            x_10 += x10 / zx
+            x_11 += x11 / zx
         nb0, nb1 = s0 * e0 + (1 - s0) * e1, (1 - s1) * e0 + s1 * e1
         zb = max(nb0, nb1)
         b0, b1 = (nb0 / zb, nb1 / zb) if zb > 0 else (1.0, 1.0)
-    return gamma, xi, loglik, p
+    return np.ascontiguousarray(np.array([gam0, gam1]).T), np.array([[x_00, x_01], [x_10, x_11]]), loglik, p
 
 
 def initial_fit(lengths: np.ndarray, accepted: np.ndarray, k: int) -> RegimeFit:

@@ -118,6 +118,7 @@ class AutoPolicy(Policy):
         self._hazard_logit: np.ndarray | None = None  # the round's learned hazard, in logits (STOP_LOOKAHEAD)
         self.regimes = RegimeLearner(k)  # a hidden easy/hard acceptance regime, learned (control.streaks)
         self._table: tuple | None = None  # (fit, delay, best length per belief) of the learned belief-MDP
+        self._estimate: tuple[bytes, np.ndarray] | None = None  # compute_estimate's last (arms, value)
 
     # --- learning ----------------------------------------------------------
     def observe(self, o: RoundOutcome) -> None:
@@ -181,7 +182,15 @@ class AutoPolicy(Policy):
         """C(L): per-length means shrunk toward a count-weighted affine fit (compute_slope), as far as the
         played lengths' means lie on it: where they stray from it by more than their noise explains (a
         jump at some length: a batch-shape or kernel change), each length's own mean counts for more
-        (empirical Bayes: SHRINK_ROUNDS at most, noise variance / spread around the fit otherwise)."""
+        (empirical Bayes: SHRINK_ROUNDS at most, noise variance / spread around the fit otherwise).
+        A round asks for it twice on the same arms (choose, then observe before counting the round),
+        so the last value is kept, keyed by the arms' contents."""
+        key = self.arm_n.tobytes() + self.arm_sum.tobytes() + self.arm_sq.tobytes()
+        if self._estimate is None or self._estimate[0] != key:
+            self._estimate = (key, self._compute_estimate())
+        return self._estimate[1].copy()
+
+    def _compute_estimate(self) -> np.ndarray:
         L, seen, mean = self._arm_means()
         if not seen.any():
             return L.copy()
