@@ -371,6 +371,7 @@ class RegimeLearner:
                 raise ValueError("regimes.fit: acceptance, stay and belief must lie in [0, 1]")
             model = RegimeFit(hazard, stay, ll, fb)
         self.lengths, self.accepted, self.model = lengths, accepted, model
+        self.tied = None  # not kept either: a learner loaded over a used one must not warm-start from its history
         self.active, self.belief, self.next_fit = bool(s["active"]) and model is not None, belief, next_fit
         self.seen = seen
         self.hinted = self.active  # not kept: the next refit says again
